@@ -1,0 +1,141 @@
+"""SLA2Attention: the one attention module that holds the router, α and options, and dispatches.
+
+On CUDA with the Triton kernels available it runs them (hard Top-k); everywhere else it runs the
+pure-PyTorch reference, which is also the only path for SoftTop-k (stage 1, dense by nature).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import reference as ref
+from .alpha import build_alpha
+from .checks import BACKENDS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
+from .kernel_path import kernels_available, run_kernels
+from .router import BlockRouter
+
+
+class SLA2Attention(nn.Module):
+    """Sparse-linear attention with a learnable router and mixing ratio (SLA2.md).
+
+    variant: "sla2" (α-mix), "sla" (SLA v1 baseline: O_s + proj(O_l), heuristic router) or "full".
+    alpha_mode: "per_head", "per_block" (needs seq_len) or "predicted" (length-free).
+    topk: "hard" (inference, stage 2) or "soft" (SoftTop-k, stage 1; dense O(N²)).
+    quant: low-bit sparse branch (INT8 QKᵀ, FP8 PV) with a straight-through backward (stage 2).
+    backend: "auto" (Triton on CUDA when it can, else reference), "reference" or "triton".
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        variant: str = "sla2",
+        sparsity: float = 0.95,
+        block_q: int = 128,
+        block_k: int = 64,
+        alpha_mode: str = "per_head",
+        alpha_init: float = 0.9,
+        seq_len: int | None = None,
+        topk: str = "hard",
+        tau: float = 0.1,
+        detach_lambda: bool = False,
+        quant: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        check_choice("variant", variant, VARIANTS)
+        check_choice("topk", topk, TOPK_MODES)
+        check_choice("backend", backend, BACKENDS)
+        check_options(num_heads, head_dim, sparsity, block_q, block_k, tau)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.variant, self.block_q, self.block_k = variant, block_q, block_k
+        self.sparsity, self.topk, self.tau, self.detach_lambda = sparsity, topk, tau, detach_lambda
+        self.quant, self.backend = quant, backend
+        if variant == "full":
+            return
+        self.router = BlockRouter(num_heads, head_dim, learnable=variant == "sla2")
+        if variant == "sla2":
+            nq = None if seq_len is None else ref.num_blocks(seq_len, block_q)
+            self.alpha = build_alpha(alpha_mode, num_heads, alpha_init, nq)
+        else:
+            # SLA's output projection of the linear branch starts at zero: an untrained SLA is sparse-only.
+            self.proj_o = nn.Parameter(torch.zeros(num_heads, head_dim, head_dim))
+
+    def extra_repr(self) -> str:
+        return (
+            f"variant={self.variant}, heads={self.num_heads}, head_dim={self.head_dim}, sparsity={self.sparsity}, "
+            f"block_q={self.block_q}, block_k={self.block_k}, topk={self.topk}, quant={self.quant}"
+        )
+
+    def router_parameters(self):
+        return iter(()) if self.variant != "sla2" else self.router.parameters()
+
+    def alpha_parameters(self):
+        if self.variant == "sla":
+            return iter((self.proj_o,))
+        return iter(()) if self.variant == "full" else self.alpha.parameters()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd") -> torch.Tensor:
+        """q, k, v: [B, N, H, D] ("bnhd", diffusers' layout) or [B, H, N, D] ("bhnd"); returns q's layout."""
+        check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
+        if self.variant == "sla2" and self.topk == "hard" and self._use_kernels(q):
+            return run_kernels(self, q, k, v, layout)
+        if layout == "bnhd":  # views only: the reference takes any strides
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        o = self._reference(q, k, v)
+        return o.transpose(1, 2) if layout == "bnhd" else o
+
+    def _use_kernels(self, q: torch.Tensor) -> bool:
+        if self.backend == "reference":
+            return False
+        ok, why = kernels_available(q, self)
+        if self.backend == "triton" and not ok:
+            raise RuntimeError(f"backend='triton' cannot run: {why}")
+        return ok
+
+    def _reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.variant == "full":
+            return ref.full_attention(q, k, v)
+        scores = self.router(q, k, self.block_q, self.block_k)
+        k_sel = ref.topk_count(scores.shape[-1], self.sparsity)
+        if self.variant == "sla":
+            mask = ref.hard_topk(scores, k_sel).mask
+            return ref.sla_attention(q, k, v, mask, self.proj_o, self.block_q, self.block_k)
+        self.alpha.check_length(scores.shape[-2])
+        if self.topk == "soft":
+            if self.quant:
+                raise ValueError("quant=True needs topk='hard': the low-bit branch runs on a hard block mask")
+            m = ref.soft_topk(scores, k_sel, self.tau, self.detach_lambda)
+            alpha = self.alpha(self._mass(scores, m, k.shape[-2]))
+            return ref.sla2_attention_soft(q, k, v, m, alpha, self.block_q, self.block_k)
+        # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
+        mask = ref.hard_topk(scores.detach(), k_sel).mask
+        alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
+        return ref.sla2_attention(q, k, v, mask, alpha, self.block_q, self.block_k, self.quant)
+
+    def _mass(self, scores: torch.Tensor, mask: torch.Tensor, n_k: int) -> torch.Tensor | None:
+        if not self.alpha.needs_mass:
+            return None
+        counts = ref.block_token_counts(n_k, self.block_k, scores.device)
+        return ref.selected_mass(scores, mask, counts)
+
+    @torch.no_grad()
+    def measure_mass(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd"):
+        """(measured rowsum(P⊙M), router estimate), each [H, nq] averaged over the batch, for α calibration."""
+        check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
+        if layout == "bnhd":
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+        scores = self.router(q, k, self.block_q, self.block_k)
+        mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity)).mask
+        tok = ref.expand_block_mask(mask, q.shape[-2], k.shape[-2], self.block_q, self.block_k)
+        p = torch.softmax(ref.scaled_scores(q.float(), k.float()), dim=-1)
+        row_mass = (p * tok).sum(dim=-1)  # [B, H, N]
+        measured = ref.mean_pool(row_mass[..., None], self.block_q)[..., 0].mean(dim=0)
+        counts = ref.block_token_counts(k.shape[-2], self.block_k, scores.device)
+        return measured, ref.selected_mass(scores.float(), mask, counts).mean(dim=0)
+
+    @torch.no_grad()
+    def calibrate_alpha(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd") -> None:
+        """Initialise α from the measured selected mass on one calibration batch (SLA2.md §3)."""
+        self.alpha.init_from_mass(*self.measure_mass(q, k, v, layout))

@@ -1,0 +1,30 @@
+"""Pure-PyTorch SLA2: the oracle that every kernel and every test is checked against (SLA2.md).
+
+Tensors are [B, H, N, D]; any float dtype (tests use float64). Masks are dense per block.
+"""
+
+from .blocks import block_token_counts, expand_block_mask, expand_query_blocks, mean_pool, num_blocks, smooth_k
+from .branches import (
+    full_attention,
+    scaled_scores,
+    linear_attention_complement,
+    linear_block_sums,
+    phi,
+    soft_linear_attention,
+    soft_sparse_attention,
+    sparse_attention,
+    weighted_linear_attention,
+)
+from .combine import alpha_mix, effective_alpha, sla2_attention, sla2_attention_soft, sla2_sparse_branch, sla_attention
+from .quant import (
+    FP8_E4M3_MAX,
+    INT8_MAX,
+    fake_quant_sparse_attention,
+    quantize_int8_blocks,
+    round_to_fp8_e4m3,
+    straight_through,
+)
+from .router import BlockSelection, hard_topk, router_scores, selected_mass, topk_count
+from .soft_topk import soft_topk
+
+__all__ = [name for name in dir() if not name.startswith("_")]
