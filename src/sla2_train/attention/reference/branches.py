@@ -90,8 +90,9 @@ def linear_attention_complement(
     num = fq @ h_i  # [B, H, nq, bq, Dv]
     den = (fq @ z_i[..., None]).squeeze(-1)  # [B, H, nq, bq]
     complement_empty = mask_blocks.all(dim=-1)[..., None, None]
-    # The safe denominator keeps the unused branch finite, so autograd through torch.where stays finite too.
-    den = torch.where(complement_empty[..., 0], 1, den)
+    # Padded query rows (den = 0) and empty complements are discarded below; a safe denominator keeps
+    # them finite, since autograd through torch.where multiplies the discarded branch's grad by 0.
+    den = torch.where(complement_empty[..., 0] | (den == 0), 1, den)
     o = torch.where(complement_empty, 0, num / den[..., None])
     return o.reshape(b, h, nq * block_q, -1)[:, :, :n].to(q.dtype)
 

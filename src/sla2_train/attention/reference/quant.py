@@ -7,7 +7,8 @@ FP8 e4m3 exactly as the hardware formats would hold them, then multiplied in the
   S  =  (Q̂ K̂ᵀ) s_q s_k / √D       (smoothing shifts each row by a constant: softmax unchanged)
   P̃  =  exp(S − rowmax) ∈ [0, 1]  -> FP8 e4m3 at scale 448 (the e4m3 maximum)
   V  -> FP8 e4m3, one scale per (head, channel) over all tokens: s_v = max|V[:, c]| / 448
-  O  =  (P̂ V̂) s_v / l, with l = rowsum of the unquantised P̃ (fp32), lse = rowmax + log l
+  O  =  (P̂ V̂) s_v / l, with l = rowsum of the unquantised P̃ (fp32)
+  lse = rowmax + log l + q·mean(K)/√D   (on the scale of the unsmoothed scores)
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def fake_quant_sparse_attention(
     s_v = (v.abs().amax(dim=-2, keepdim=True) / FP8_E4M3_MAX).clamp_min(MIN_SCALE)  # [B, H, 1, Dv]
     v_hat = round_to_fp8_e4m3(v / s_v)
     o = (p_hat @ v_hat) * s_v / l
-    return o, (row_max + torch.log(l)).squeeze(-1)
+    # Smoothing shifted row i of S by q_i·mean(K)/√D; adding it back puts lse on the scale of the
+    # original Q, K, which is what the straight-through backward recomputes P with.
+    shift = (q @ k.mean(dim=-2, keepdim=True).transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return o, (row_max + torch.log(l) + shift).squeeze(-1)
 
 
 def straight_through(exact: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
