@@ -125,3 +125,18 @@ def test_bad_inputs():
         make(topk="soft", quant=True)(q, k, v)
     with pytest.raises(RuntimeError, match="backend='triton' cannot run"):
         make(backend="triton")(q, k, v)
+
+
+def test_distill_loss_matches_dense_and_subsamples_rows():
+    attn = make(topk="soft", alpha_mode="per_block", seq_len=N)
+    q, k, v = qkv()
+    err = attn(q, k, v) - ref.full_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    torch.testing.assert_close(attn.distill_loss(q, k, v), err.square().mean().float())
+    # pick a seed whose 2-of-3 subset holds the ragged last block: the loss covers exactly those rows
+    seed = next(s for s in range(100) if 2 in torch.randperm(3, generator=torch.Generator().manual_seed(s))[:2])
+    chosen = torch.randperm(3, generator=torch.Generator().manual_seed(seed))[:2].sort().values
+    rows = torch.cat([torch.arange(b * BQ, min((b + 1) * BQ, N)) for b in chosen.tolist()])
+    part = attn.distill_loss(q, k, v, num_query_blocks=2, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(part, err[:, rows].square().mean().float())
+    part.backward()
+    assert attn.router.proj_q.grad.abs().sum() > 0

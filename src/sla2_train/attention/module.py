@@ -120,6 +120,44 @@ class SLA2Attention(nn.Module):
         counts = ref.block_token_counts(n_k, self.block_k, scores.device)
         return ref.selected_mass(scores, mask, counts)
 
+    def distill_loss(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layout: str = "bnhd",
+        num_query_blocks: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Stage-1 loss: MSE between full attention and SoftTop-k SLA2 (SLA2.md §7).
+
+        Both are dense in the key dimension, so memory is O(rows · N); `num_query_blocks` evaluates only
+        that many query blocks, drawn at random (the router still scores every block), which bounds
+        memory at real lengths. q, k, v are the frozen model's captured activations.
+        """
+        if self.variant != "sla2":
+            raise ValueError(f"distill_loss trains SLA2's router and alpha; this module is variant={self.variant!r}")
+        check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
+        if layout == "bnhd":
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = self.router(q, k, self.block_q, self.block_k)
+        nq = scores.shape[-2]
+        self.alpha.check_length(nq)
+        m = ref.soft_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity), self.tau, self.detach_lambda)
+        alpha = self.alpha(self._mass(scores, m, k.shape[-2])).expand(q.shape[0], self.num_heads, nq)
+        blocks = torch.arange(nq, device=q.device)
+        if num_query_blocks is not None and num_query_blocks < nq:
+            # Ascending order keeps a ragged last block last, where the token expansion expects it.
+            blocks = torch.randperm(nq, generator=generator, device="cpu")[:num_query_blocks].sort().values
+            blocks = blocks.to(q.device)
+        rows = (blocks[:, None] * self.block_q + torch.arange(self.block_q, device=q.device)).flatten()
+        rows = rows[rows < q.shape[-2]]
+        q_rows = q[:, :, rows]
+        student = ref.sla2_attention_soft(q_rows, k, v, m[:, :, blocks], alpha[:, :, blocks], self.block_q, self.block_k)
+        with torch.no_grad():
+            teacher = ref.full_attention(q_rows, k, v)
+        return torch.nn.functional.mse_loss(student.float(), teacher.float())
+
     @torch.no_grad()
     def measure_mass(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd"):
         """(measured rowsum(P⊙M), router estimate), each [H, nq] averaged over the batch, for α calibration."""
