@@ -1,0 +1,67 @@
+"""The LightningModule: one class for every stage; the stage config says what trains and on which loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from sla2_train.models import ConfigError, describe_attention
+
+from .checkpoint_weights import load_model_weights
+from .flow_matching import FlowMatching
+from .stage import Stage
+from .stats import alpha_means, skipped_total
+
+
+class SLA2Module(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        stage: Stage,
+        flow: FlowMatching,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        self.flow = flow
+        if init_from:
+            load_model_weights(model, init_from)
+        stage.apply(model)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, logs = self.stage.objective(self.model, batch, self.flow)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")
+        bs = batch["latents"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=bs)
+        alphas = alpha_means(self.model)
+        if alphas:
+            self.log("train/alpha_mean", sum(alphas) / len(alphas), batch_size=bs)
+            self.log_dict({f"train/alpha/layer_{i}": a for i, a in enumerate(alphas)}, batch_size=bs)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        skipped = skipped_total(dm)
+        if skipped is not None:
+            self.log("train/skipped_samples", float(skipped), batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, _ = self.stage.objective(self.model, batch, self.flow)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["latents"].shape[0], sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(f"stage {self.stage.name!r} leaves nothing to train")
+        return self.stage.optimizer(params)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # How the attention was built and trained (α mode, sparsity, blocks) travels with the weights.
+        checkpoint["sla2"] = {"stage": self.stage.name, "attention": describe_attention(self.model)}

@@ -1,0 +1,25 @@
+"""A training stage is data, not code: which groups train, with which objective, in which attention mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from sla2_train.models import set_attention_mode
+
+from .param_groups import set_trainable
+
+
+@dataclass
+class Stage:
+    name: str
+    train: list[str]
+    objective: Callable[..., Any]
+    optimizer: Callable[..., Any]  # partial: params -> torch.optim.Optimizer
+    attention_mode: dict[str, Any] = field(default_factory=dict)  # SLA2Attention options, e.g. topk, quant
+
+    def apply(self, model: nn.Module) -> None:
+        set_trainable(model, list(self.train))
+        set_attention_mode(model, **dict(self.attention_mode))

@@ -1,0 +1,34 @@
+"""Numbers worth watching during training besides the loss: α per layer, samples the data had to skip."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sla2_train.models import sla2_processors
+
+
+@torch.no_grad()
+def alpha_means(model: nn.Module) -> list[float]:
+    """Mean α of each layer whose α is a stored logit (alpha_mode per_head / per_block); [] otherwise."""
+    means = []
+    for proc in sla2_processors(model):
+        logit = getattr(getattr(proc.attention, "alpha", None), "logit", None)
+        if logit is not None:
+            means.append(float(torch.sigmoid(logit.float()).mean()))
+    return means
+
+
+def skipped_total(datamodule: Any) -> int | None:
+    """Total skipped samples if the datamodule reports them (an int, a mapping of counts, or a counter)."""
+    skipped = getattr(datamodule, "skipped", None)
+    if skipped is None:
+        return None
+    if callable(getattr(skipped, "total", None)):
+        return int(skipped.total())
+    if isinstance(skipped, Mapping):
+        return int(sum(skipped.values()))
+    return int(skipped)

@@ -1,0 +1,48 @@
+"""Run the transformer densely while recording each self-attention layer's (q, k, v).
+
+Stage 1 distils SLA2 towards full attention on exactly the inputs the dense model produces, and eval
+measures per-layer errors the same way; both need the teacher's q, k, v after q/k norm and RoPE.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from torch import nn
+
+from .attention_swap import sla2_processors
+from .sla2_processor import SLA2WanProcessor
+
+
+@contextmanager
+def dense_capture(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[list[SLA2WanProcessor]]:
+    """Inside: the model runs dense attention; the yielded processors (of `layers`, default all) hold
+    `.captured` = (q, k, v) and `.captured_out` = dense output of the last forward. Outside: SLA2 again, captures dropped (they are large)."""
+    procs = sla2_processors(model)
+    if not procs:
+        raise ValueError("the model has no SLA2 processors to capture from (attention=full?)")
+    chosen = procs if layers is None else [procs[i] for i in layers]
+    for p in procs:
+        p.dense = True
+    for p in chosen:
+        p.capture = True
+    try:
+        yield chosen
+    finally:
+        for p in procs:
+            p.dense = p.capture = False
+            p.captured = p.captured_out = None
+
+
+@contextmanager
+def dense_attention(model: nn.Module) -> Iterator[None]:
+    """The same model with its SLA2 layers temporarily running diffusers' dense attention."""
+    procs = sla2_processors(model)
+    for p in procs:
+        p.dense = True
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.dense = False

@@ -1,0 +1,47 @@
+"""Train SLA2 into a Wan2.1 transformer: compose the config (conf/), instantiate, fit.
+
+    python train.py                                   # tiny model, synthetic data, stage 1 (distill), CPU
+    python train.py model=wan2_1 model.path=/models/Wan2.1-T2V-1.3B-Diffusers trainer=gpu stage=qat ...
+    python train.py -m attention.sparsity=0.9,0.95    # one run per sparsity
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("train")
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    # Heavy imports here, so a mistyped override fails in a fraction of a second.
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from sla2_train.lit import config_errors_as_one_line
+
+    # Lightning adds its own console handler at import; Hydra's already prints (and files) these records.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+    with config_errors_as_one_line():
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        module = instantiate(cfg.module)
+        loggers = list(instantiate(cfg.logger).values())
+        callbacks = list(instantiate(cfg.callbacks).values())
+        trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        last = Path(cfg.ckpt_dir) / "last.ckpt"
+        ckpt_path = str(last) if cfg.resume and last.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s (resume=false starts over)", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    loss = trainer.callback_metrics.get("train/loss")
+    return None if loss is None else float(loss)
+
+
+if __name__ == "__main__":
+    main()
