@@ -1,0 +1,140 @@
+"""LightningDataModule streaming latent/text shards to the batch contract (see collate.py)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .distributed import rank_and_world
+from .shards import ShardSpec, resolve_shards, shapes_from_indexes, size_mismatches
+from .skips import SkipCounter, log
+from .streams import TrainStream, ValStream
+
+# Our train stream's __len__ is exact (each worker yields its share of epoch_length), so Lightning's generic
+# caution about IterableDataset lengths with several workers does not apply.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> int:
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class LatentDataModule(L.LightningDataModule):
+    """Train: resampled shards, exactly `epoch_length` batches per rank per epoch. Val: each sample once.
+
+    latent_shape / text_dim: expected shapes; None reads them from the shards' index.json. A sample that
+    does not match is skipped and counted in `skipped` (per rank, summed over its workers).
+    """
+
+    def __init__(
+        self,
+        train_shards: ShardSpec,
+        val_shards: ShardSpec = None,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        epoch_length: int = 100,
+        text_len: int = 512,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        latent_shape: Sequence[int] | None = None,
+        text_dim: int | None = None,
+        val_batch_size: int | None = None,
+        shuffle_buffer: int = 16,
+        prefetch_factor: int | None = None,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        if train_shards is None:
+            raise ValueError("data.train_shards is required (a shard folder, pattern or list)")
+        self.train_spec, self.val_spec = train_shards, val_shards
+        self.batch_size = _positive("batch_size", batch_size)
+        self.val_batch_size = _positive("val_batch_size", val_batch_size or batch_size)
+        self.num_workers = _positive("num_workers", num_workers, 0)
+        self.epoch_length = _positive("epoch_length", epoch_length)
+        self.text_len = _positive("text_len", text_len)
+        self.shuffle_buffer = _positive("shuffle_buffer", shuffle_buffer)
+        self.seed = int(seed)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.latent_shape = tuple(int(x) for x in latent_shape) if latent_shape is not None else None
+        self.text_dim = int(text_dim) if text_dim is not None else None
+        self.prefetch_factor = prefetch_factor
+        self.check_finite = check_finite
+        self.counter = SkipCounter()
+        self.train_files: list[str] | None = None
+        self.val_files: list[str] | None = None
+
+    # ---- setup -----------------------------------------------------------------------------------------
+    def _resolve(self) -> None:
+        if self.train_files is not None:
+            return
+        self.train_files = resolve_shards(self.train_spec)
+        self.val_files = resolve_shards(self.val_spec) if self.val_spec is not None else []
+        shape, dim = shapes_from_indexes(self.train_files + self.val_files)
+        # Config and index must agree: a model built for other shapes would fail much later and less clearly.
+        if shape is not None and self.latent_shape is not None and tuple(shape) != self.latent_shape:
+            raise ValueError(f"shards hold latents of shape {list(shape)} but data.latent_shape is {list(self.latent_shape)}")
+        if dim is not None and self.text_dim is not None and dim != self.text_dim:
+            raise ValueError(f"shards hold text embeddings of dim {dim} but data.text_dim is {self.text_dim}")
+        self.latent_shape = self.latent_shape or shape
+        self.text_dim = self.text_dim or dim
+        for bad in size_mismatches(self.train_files + self.val_files):
+            # Reading still works (damage is skipped and counted); say it early, once, with the file name.
+            log.warning("shard size differs from index.json, probably truncated: %s", bad)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._resolve()
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Samples skipped so far on this rank, by reason (corrupt_shard, bad_shape, ...)."""
+        return self.counter.counts()
+
+    # ---- loaders ---------------------------------------------------------------------------------------
+    def _stream_kwargs(self, batch_size: int) -> dict[str, Any]:
+        rank, world = rank_and_world()  # in the main process, after DDP init (see distributed.py)
+        self.counter.counts()  # creates the shared counts here, before workers fork, so theirs reach us
+        return dict(
+            batch_size=batch_size,
+            text_len=self.text_len,
+            counter=self.counter,
+            rank=rank,
+            world_size=world,
+            latent_shape=self.latent_shape,
+            text_dim=self.text_dim,
+            check_finite=self.check_finite,
+        )
+
+    def _loader(self, dataset: torch.utils.data.IterableDataset) -> DataLoader:
+        extra = {}
+        if self.num_workers > 0:
+            # Persistent workers keep each worker's epoch counter, so every epoch draws a fresh shard order.
+            extra["persistent_workers"] = True
+            if self.prefetch_factor is not None:
+                extra["prefetch_factor"] = self.prefetch_factor
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **extra)
+
+    def train_dataloader(self) -> DataLoader:
+        self._resolve()
+        # Seeding by the trainer's epoch makes a resumed run draw what the uninterrupted run would have drawn.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        stream = TrainStream(
+            self.train_files,
+            epoch_length=self.epoch_length,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            epoch_offset=epoch,
+            **self._stream_kwargs(self.batch_size),
+        )
+        return self._loader(stream)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._resolve()
+        if not self.val_files:
+            return []  # Lightning skips validation for an empty loader list
+        return self._loader(ValStream(self.val_files, **self._stream_kwargs(self.val_batch_size)))

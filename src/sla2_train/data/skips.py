@@ -1,0 +1,75 @@
+"""Count and report unusable samples instead of crashing a multi-day run on one bad file."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import tarfile
+
+from .format import SkipSample
+
+log = logging.getLogger("sla2_train.data")
+
+# Fixed reasons so the counter can live in shared memory (one slot each) across DataLoader workers.
+REASONS = ("corrupt_shard", "missing_member", "undecodable", "bad_shape", "non_finite")
+
+
+class SkipCounter:
+    """Per-process (per-rank) counts shared with this process's DataLoader workers.
+
+    The shared array is created lazily: created in __init__ it would be pickled with the
+    DataModule (e.g. by ddp_spawn), which multiprocessing forbids for synchronised objects.
+    """
+
+    def __init__(self) -> None:
+        self._array = None
+
+    def _shared(self):
+        """Must first run in the process that owns the DataLoader: workers then inherit the same array."""
+        if self._array is None:
+            self._array = multiprocessing.get_context().Array("q", len(REASONS))
+        return self._array
+
+    def add(self, reason: str, n: int = 1) -> None:
+        array = self._shared()
+        with array.get_lock():
+            array[REASONS.index(reason)] += n
+
+    def counts(self) -> dict[str, int]:
+        array = self._shared()
+        with array.get_lock():
+            return {reason: int(array[i]) for i, reason in enumerate(REASONS)}
+
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+
+def classify(exn: BaseException) -> str | None:
+    """The skip reason for a data error, or None for anything else (a bug must surface, not be counted)."""
+    if isinstance(exn, SkipSample):
+        return exn.reason
+    # What the tar layer raises for a truncated stream, bad header, unreadable file or duplicate member
+    # (webdataset raises ValueError for the latter): the shard, or its part after the damage, is unreadable.
+    if isinstance(exn, (tarfile.TarError, EOFError, OSError, ValueError)):
+        return "corrupt_shard"
+    return None
+
+
+def make_handler(counter: SkipCounter):
+    """A webdataset exception handler: one warning line, count, continue."""
+
+    def handler(exn: BaseException) -> bool:
+        reason = classify(exn)
+        if reason is None:
+            raise exn
+        counter.add(reason)
+        key = getattr(exn, "key", None)
+        detail = str(exn.args[0]) if exn.args else type(exn).__name__
+        # webdataset appends the shard url to exn.args; name it so the user can find the bad file.
+        urls = [a for a in exn.args[1:] if isinstance(a, str)]
+        where = f" sample {key}" if key else ""
+        where += f" in {urls[-1]}" if urls else ""
+        log.warning("skipped (%s)%s: %s", reason, where, detail[:300])
+        return True
+
+    return handler

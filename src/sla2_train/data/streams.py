@@ -1,0 +1,141 @@
+"""Iterable datasets over shards: resampled fixed-length training stream, deterministic validation split.
+
+Both batch inside the DataLoader workers (DataLoader(batch_size=None)) so a worker hands over whole batches.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import islice
+from typing import Any, Iterable, Iterator
+
+from torch.utils.data import IterableDataset
+from .collate import collate
+from .distributed import worker_and_count
+from .format import SkipSample, decode_sample
+from .reading import read_samples
+from .skips import SkipCounter, make_handler
+
+
+class _ShardStream(IterableDataset):
+    def __init__(
+        self,
+        shards: list[str],
+        batch_size: int,
+        text_len: int,
+        counter: SkipCounter,
+        rank: int = 0,
+        world_size: int = 1,
+        latent_shape: tuple[int, ...] | None = None,
+        text_dim: int | None = None,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        if not shards:
+            raise ValueError("no shards given")
+        self.shards = list(shards)
+        self.batch_size = batch_size
+        self.text_len = text_len
+        self.counter = counter
+        self.rank, self.world_size = rank, world_size
+        self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
+        self.text_dim = text_dim
+        self.check_finite = check_finite
+        self._since_good = 0  # shards opened since the last good sample (guards against all-corrupt data)
+
+    def _raw(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
+        return read_samples(urls, self.counter)
+
+    def _decode(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        handler = make_handler(self.counter)
+        for raw in raws:
+            try:
+                sample = decode_sample(raw, self.latent_shape, self.text_dim, self.check_finite)
+            except SkipSample as exn:
+                handler(exn.with_url(raw.get("__url__")))
+                continue
+            self._since_good = 0
+            yield sample
+
+    def _batched(self, samples: Iterable[dict[str, Any]], partial: bool) -> Iterator[dict[str, Any]]:
+        buf: list[dict[str, Any]] = []
+        for sample in samples:
+            buf.append(sample)
+            if len(buf) == self.batch_size:
+                yield collate(buf, self.text_len)
+                buf = []
+        if buf and partial:
+            yield collate(buf, self.text_len)
+
+
+def _shuffled(items: Iterable[Any], rng: random.Random, size: int) -> Iterator[Any]:
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buf[i]
+        buf[i] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class TrainStream(_ShardStream):
+    """Endless resampled shards cut to exactly `epoch_length` batches per rank per epoch.
+
+    Resampling (shards drawn with replacement, per-rank/worker seed) means no rank can run out of data
+    when shards do not divide across ranks × workers, and the fixed length (what webdataset's
+    `with_epoch` does, here split exactly across workers) gives every rank the same number of steps,
+    so DDP never hangs at an epoch end.
+    """
+
+    def __init__(self, *args, epoch_length: int, seed: int = 0, shuffle_buffer: int = 16, epoch_offset: int = 0, **kw):
+        super().__init__(*args, **kw)
+        self.epoch_length = epoch_length
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch_offset = epoch_offset
+        self._iterations = 0  # advances per epoch in the (persistent) worker copy
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    def _resampled(self, rng: random.Random) -> Iterator[str]:
+        limit = 3 * len(self.shards) + 10
+        while True:
+            if self._since_good > limit:
+                raise RuntimeError(f"no readable sample in the last {limit} shards opened; are all train shards corrupt? (first: {self.shards[0]})")
+            self._since_good += 1
+            yield rng.choice(self.shards)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = worker_and_count()
+        epoch = self.epoch_offset + self._iterations
+        self._iterations += 1
+        consumer = self.rank * num_workers + worker
+        # String seeds hash deterministically (unlike hash()), so runs are reproducible across processes.
+        rng = random.Random(f"sla2-train/{self.seed}/{consumer}/{epoch}")
+        num_batches = self.epoch_length // num_workers + (worker < self.epoch_length % num_workers)
+        if num_batches == 0:
+            return
+        samples = _shuffled(self._decode(self._raw(self._resampled(rng))), rng, self.shuffle_buffer)
+        yield from islice(self._batched(samples, partial=False), num_batches)
+
+
+class ValStream(_ShardStream):
+    """Every sample exactly once across ranks × workers, in a fixed order.
+
+    With at least as many shards as consumers, consumer g reads shards g, g+G, ...; otherwise every consumer
+    reads all shards and keeps samples g, g+G, ... (validation sets are small, the extra reading is cheap).
+    """
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = worker_and_count()
+        consumers = self.world_size * num_workers
+        consumer = self.rank * num_workers + worker
+        if len(self.shards) >= consumers:
+            raws = self._raw(self.shards[consumer::consumers])
+        else:
+            raws = islice(self._raw(self.shards), consumer, None, consumers)
+        yield from self._batched(self._decode(raws), partial=True)

@@ -1,0 +1,117 @@
+"""Bad data is skipped, counted once per event, reported in one line, and never unpickled."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import tarfile
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from sla2_train.data import LatentDataModule
+from sla2_train.data.format import LATENTS_MEMBER, TEXT_MEMBER, encode_sample
+
+
+class _Bomb:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _write_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def _bad_shard(path, marker):
+    """One good sample (with planted pickles) and one sample per skip reason."""
+    good = encode_sample("zz-good", torch.randn(3, 2, 5, 7), torch.randn(4, 6), {})
+    other = encode_sample("x", torch.randn(3, 2, 5, 7), torch.randn(2, 6), {})
+    nan = torch.randn(3, 2, 5, 7)
+    nan[0, 1, 2, 3] = float("inf")
+    bomb = pickle.dumps(_Bomb(str(marker)))
+    members = [
+        ("zz-garbage." + LATENTS_MEMBER, torch.randint(0, 255, (512,), dtype=torch.uint8).numpy().tobytes()),
+        ("zz-garbage." + TEXT_MEMBER, other[TEXT_MEMBER]),
+        ("zz-shape." + LATENTS_MEMBER, st_save({"latents": torch.randn(3, 2, 5, 8)})),
+        ("zz-shape." + TEXT_MEMBER, other[TEXT_MEMBER]),
+        ("zz-nan." + LATENTS_MEMBER, st_save({"latents": nan})),
+        ("zz-nan." + TEXT_MEMBER, other[TEXT_MEMBER]),
+        ("zz-missing." + LATENTS_MEMBER, other[LATENTS_MEMBER]),
+        ("zz-good." + LATENTS_MEMBER, good[LATENTS_MEMBER]),
+        ("zz-good." + TEXT_MEMBER, good[TEXT_MEMBER]),
+        ("zz-good.pt", bomb),
+        ("zz-good.pickle", bomb),
+        ("zz-pickled." + LATENTS_MEMBER, bomb),
+        ("zz-pickled." + TEXT_MEMBER, bomb),
+    ]
+    _write_tar(path, members)
+
+
+def _truncate_inside(path, member):
+    """Cut the shard in the middle of `member`'s payload, like an interrupted copy."""
+    with tarfile.open(path) as tar:
+        info = tar.getmember(member)
+    data = path.read_bytes()
+    path.write_bytes(data[: info.offset_data + info.size // 2])
+
+
+@pytest.fixture
+def damaged(make_shards, tmp_path):
+    folder, truth = make_shards(num=9, per_shard=3)
+    _truncate_inside(folder / "shard-000001.tar", "ds-00004." + LATENTS_MEMBER)
+    marker = tmp_path / "pwned"
+    _bad_shard(folder / "zz-bad.tar", marker)
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    return shards, truth, marker
+
+
+def test_bad_samples_skipped_counted_and_reported_once(damaged, caplog, monkeypatch):
+    shards, truth, marker = damaged
+
+    def forbidden(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    dm = LatentDataModule(shards, shards, batch_size=2, num_workers=0, text_len=8)
+    with caplog.at_level(logging.WARNING, logger="sla2_train.data"):
+        keys = [k for b in dm.val_dataloader() for k in b["keys"]]
+    expected = {"corrupt_shard": 1, "missing_member": 1, "undecodable": 2, "bad_shape": 1, "non_finite": 1}
+    assert dm.skipped == expected
+    skip_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(skip_lines) == sum(expected.values()), skip_lines
+    assert all("\n" not in line for line in skip_lines)
+    assert any("shard-000001.tar" in line and "corrupt_shard" in line for line in skip_lines)
+    # Every intact sample arrives once; of the truncated shard only the sample before the cut.
+    assert sorted(keys) == sorted(set(truth) - {"ds-00004", "ds-00005"} | {"zz-good"})
+    assert not marker.exists(), "a pickle payload was executed"
+
+
+def test_skip_counts_are_summed_over_workers(damaged):
+    shards, _, marker = damaged
+    dm = LatentDataModule(shards, shards, batch_size=2, num_workers=2, text_len=8)
+    list(dm.val_dataloader())
+    assert dm.skipped == {"corrupt_shard": 1, "missing_member": 1, "undecodable": 2, "bad_shape": 1, "non_finite": 1}
+    # Training over resampled shards keeps going through the damage and keeps counting.
+    loader = dm.train_dataloader()
+    assert len([b for _ in range(2) for b in loader]) == 2 * dm.epoch_length
+    assert sum(dm.skipped.values()) > 6
+    assert not marker.exists()
+
+
+def test_all_shards_corrupt_fails_clearly_instead_of_hanging(tmp_path):
+    for i in range(2):
+        (tmp_path / f"s{i}.tar").write_bytes(torch.randint(0, 255, (2048,), dtype=torch.uint8).numpy().tobytes())
+    dm = LatentDataModule(str(tmp_path), batch_size=1, num_workers=0, text_len=4, latent_shape=[1, 1, 1, 1], text_dim=1)
+    with pytest.raises(RuntimeError, match="no readable sample"):
+        next(iter(dm.train_dataloader()))
