@@ -8,10 +8,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+# A script's folder is sys.path[0]; the repo root holds kernels/, which transformers (via diffusers) would
+# import as the unrelated PyPI package `kernels`. The project is imported from its installed location.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 log = logging.getLogger("train")
 

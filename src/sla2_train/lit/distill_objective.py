@@ -1,9 +1,9 @@
 """Stage 1 objective: SLA2 (SoftTop-k) regressed onto full attention, layer by layer.
 
 The frozen DiT runs densely on noised latents at flow-matching timesteps; each self-attention layer's
-q, k, v (after q/k norm and RoPE) and its dense output are captured, then every chosen layer's SLA2
-recomputes the output from the same q, k, v. Layers see the dense model's activations, never SLA2's,
-so the teacher is exactly the model being approximated.
+q, k, v (after q/k norm and RoPE) are captured, and SLA2Attention.distill_loss compares its SoftTop-k
+output with full attention on those same q, k, v. Layers see the dense model's activations, never
+SLA2's, so the teacher is exactly the model being approximated.
 """
 
 from __future__ import annotations
@@ -11,27 +11,34 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sla2_train.metrics import relative_l1
-from sla2_train.models import dense_capture, sla2_processors
+from sla2_train.models import ConfigError, dense_capture, sla2_processors
 
 from .batch import latents_and_text
 from .flow_matching import FlowMatching
 
 
 class AttentionDistillation:
-    """layers_per_step: distil a random subset of layers per step (bounds the memory of the captures)."""
+    """layers_per_step: distil a random subset of layers per step (bounds the memory of the captures).
+    query_blocks: query blocks per layer in the dense soft-mask loss (bounds its O(rows·N) memory)."""
 
-    def __init__(self, layers_per_step: int | None = None):
-        if layers_per_step is not None and layers_per_step < 1:
-            raise ValueError(f"stage.objective.layers_per_step must be >= 1 or null, got {layers_per_step}")
+    def __init__(self, layers_per_step: int | None = None, query_blocks: int | None = None):
+        for name, value in (("layers_per_step", layers_per_step), ("query_blocks", query_blocks)):
+            if value is not None and value < 1:
+                raise ValueError(f"stage.objective.{name} must be >= 1 or null, got {value}")
         self.layers_per_step = layers_per_step
+        self.query_blocks = query_blocks
 
-    def _layers(self, num_layers: int, device: torch.device) -> list[int] | None:
+    def check(self, model: nn.Module) -> None:
+        variants = {p.attention.variant for p in sla2_processors(model)}
+        if variants != {"sla2"}:
+            got = sorted(variants) or ["full (dense model)"]
+            raise ConfigError(f"stage=distill trains SLA2's router and α and needs attention=sla2; got variant {got}")
+
+    def _layers(self, num_layers: int) -> list[int]:
         if self.layers_per_step is None or self.layers_per_step >= num_layers:
-            return None
+            return list(range(num_layers))
         return sorted(torch.randperm(num_layers)[: self.layers_per_step].tolist())
 
     def __call__(
@@ -40,18 +47,14 @@ class AttentionDistillation:
         x0, text = latents_and_text(batch)
         sigma = flow.sample_sigmas(x0.shape[0], x0.device)
         noisy = flow.noisy(x0, torch.randn_like(x0), sigma)
-        layers = self._layers(len(sla2_processors(model)), x0.device)
+        layers = self._layers(len(sla2_processors(model)))
         with torch.no_grad(), dense_capture(model, layers) as procs:
             model(noisy, flow.timesteps(sigma), text, return_dict=False)
-            captures = [(p.attention, p.captured, p.captured_out) for p in procs]
-        ids = layers if layers is not None else list(range(len(captures)))
+            captures = [(p.attention, p.captured) for p in procs]
         losses, logs = [], {}
-        for i, (attention, (q, k, v), teacher) in zip(ids, captures):
-            student = attention(q, k, v, layout="bnhd")
-            mse = F.mse_loss(student.float(), teacher.float())
+        for i, (attention, (q, k, v)) in zip(layers, captures):
+            mse = attention.distill_loss(q, k, v, layout="bnhd", num_query_blocks=self.query_blocks)
             losses.append(mse)
             logs[f"distill/mse/layer_{i}"] = mse.detach()
-            logs[f"distill/rel_l1/layer_{i}"] = relative_l1(student.detach(), teacher)
         loss = torch.stack(losses).mean()
-        logs["distill/mse"] = loss.detach()
         return loss, logs

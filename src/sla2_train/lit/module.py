@@ -41,6 +41,9 @@ class SLA2Module(pl.LightningModule):
             raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")
         bs = batch["latents"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        if self._trainer is not None and self.trainer.optimizers:
+            # Logged here rather than by LearningRateMonitor, which refuses to run without a logger.
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=bs)
         alphas = alpha_means(self.model)
         if alphas:

@@ -21,5 +21,8 @@ class Stage:
     attention_mode: dict[str, Any] = field(default_factory=dict)  # SLA2Attention options, e.g. topk, quant
 
     def apply(self, model: nn.Module) -> None:
+        check = getattr(self.objective, "check", None)
+        if check is not None:  # an objective may refuse a model it cannot train, before any step runs
+            check(model)
         set_trainable(model, list(self.train))
         set_attention_mode(model, **dict(self.attention_mode))

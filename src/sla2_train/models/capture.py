@@ -18,7 +18,7 @@ from .sla2_processor import SLA2WanProcessor
 @contextmanager
 def dense_capture(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[list[SLA2WanProcessor]]:
     """Inside: the model runs dense attention; the yielded processors (of `layers`, default all) hold
-    `.captured` = (q, k, v) and `.captured_out` = dense output of the last forward. Outside: SLA2 again, captures dropped (they are large)."""
+    `.captured` = (q, k, v) of the last forward. Outside: SLA2 again, captures dropped (they are large)."""
     procs = sla2_processors(model)
     if not procs:
         raise ValueError("the model has no SLA2 processors to capture from (attention=full?)")
@@ -32,7 +32,7 @@ def dense_capture(model: nn.Module, layers: Sequence[int] | None = None) -> Iter
     finally:
         for p in procs:
             p.dense = p.capture = False
-            p.captured = p.captured_out = None
+            p.captured = None
 
 
 @contextmanager

@@ -28,8 +28,7 @@ class SLA2WanProcessor(nn.Module):
     """Self-attention processor for `WanAttention` (attn1 only).
 
     dense:   run diffusers' own attention instead of SLA2 (the teacher in stage 1, the baseline in eval).
-    capture: keep this call's (q, k, v) [B, N, H, D], detached, in `.captured`, and the attention output
-             (before the head merge) in `.captured_out`: in dense mode that is the distillation teacher.
+    capture: keep this call's (q, k, v) [B, N, H, D], detached, in `.captured` for the caller to read.
     """
 
     # diffusers' set_attention_backend / context parallelism write these on every processor.
@@ -42,7 +41,6 @@ class SLA2WanProcessor(nn.Module):
         self.dense = False
         self.capture = False
         self.captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.captured_out: torch.Tensor | None = None
 
     def forward(
         self,
@@ -85,8 +83,6 @@ class SLA2WanProcessor(nn.Module):
             if attention_mask is not None:
                 raise ValueError("SLA2 attention takes no attention_mask (Wan's self-attention never passes one)")
             hidden_states = self.attention(query, key, value, layout="bnhd")
-        if self.capture:
-            self.captured_out = hidden_states.detach()
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
 
