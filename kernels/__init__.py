@@ -1,0 +1,25 @@
+"""Triton kernels of SLA2 (sparse-linear attention), importable as `sla2_kernels`.
+
+Tensors in, tensors out: no Lightning, no Hydra, no import of sla2_train. The pure-PyTorch twin of every op
+is `sla2_train.attention.reference`, the oracle of the tests in tests/kernels/.
+
+Public API (kernels/api.py):
+  router(q, k, proj_q, proj_k, *, block_q, block_k, topk, layout, kv_state=None) -> (scores, indices)
+  precompute(k, v, *, block_k, layout, quant=False) -> KVState   (optional: shares one K/V pass)
+  sla2_forward(q, k, v, indices, alpha, *, block_q, block_k, quant, layout, kv_state=None) -> (o, lse)
+"""
+
+import os
+
+import torch
+
+# Without CUDA, Triton can only run its interpreter (tests on CPU). It reads TRITON_INTERPRET when a
+# kernel is decorated, so it must be set before the kernel modules below are imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from .api import KVState, precompute, router, sla2_forward  # noqa: E402
+
+SUPPORTS_BACKWARD = False  # forward only (issue 3); the module falls back to the reference for gradients
+
+__all__ = ["KVState", "precompute", "router", "sla2_forward", "SUPPORTS_BACKWARD"]

@@ -1,0 +1,285 @@
+"""Thin wrappers: validate inputs (one clear line per problem), allocate outputs, launch the kernels.
+
+Shapes: q, k, v are [B, H, N, D] (layout "bhnd") or [B, N, H, D] ("bnhd", diffusers'); the kernels read
+them through their strides, so no transposing copy is made. O comes back in q's layout and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .linear_precompute import kv_precompute_kernel
+from .lowbit_quant import quantize_kv_kernel
+from .router import block_colsum_kernel, router_keys_kernel, router_scores_kernel
+from .sla2_fwd import sla2_fwd_kernel
+from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
+
+LAYOUTS = ("bhnd", "bnhd")
+DTYPES = (torch.bfloat16, torch.float16)
+HEAD_DIMS = (64, 128)
+BLOCKS = (64, 128)
+FP8_MAX = 448.0
+MIN_SCALE = 1e-12
+ROUTER_KEY_ROWS = 32  # key blocks projected per program of router_keys_kernel
+ROUTER_SCORE_COLS = 64  # key blocks scored per inner step of router_scores_kernel
+PRECOMPUTE_PROGRAMS = 1024  # aim for several waves of programs over the GPU's SMs in kv_precompute
+
+
+# Every buffer the kernels write is allocated through these two names, so tests can poison them (NaN) and
+# check that each element was written.
+_empty = torch.empty
+_empty_like = torch.empty_like
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _fail(msg: str):
+    raise ValueError(f"sla2_kernels: {msg}")
+
+
+def _dims(x: torch.Tensor, layout: str, name: str):
+    """(B, H, N, D) and the element strides in that order, for either layout."""
+    if layout not in LAYOUTS:
+        _fail(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        _fail(f"{name} must be a 4-D tensor ({layout}), got {getattr(x, 'shape', type(x))}")
+    if layout == "bhnd":
+        (B, H, N, D), (sb, sh, sn, sd) = x.shape, x.stride()
+    else:
+        (B, N, H, D), (sb, sn, sh, sd) = x.shape, x.stride()
+    return (B, H, N, D), (sb, sh, sn, sd)
+
+
+def _check_qkv(tensors: dict, layout: str):
+    dims = {}
+    for name, t in tensors.items():
+        dims[name] = _dims(t, layout, name)
+        if t.dtype not in DTYPES:
+            _fail(f"{name} dtype {t.dtype} is not supported; use one of {DTYPES}")
+    first = next(iter(tensors.values()))
+    for name, t in tensors.items():
+        if dims[name][0] != dims[next(iter(tensors))][0]:
+            _fail(f"shapes differ: " + ", ".join(f"{n} {tuple(x.shape)}" for n, x in tensors.items()))
+        if t.dtype != first.dtype:
+            _fail(f"dtypes differ: " + ", ".join(f"{n} {x.dtype}" for n, x in tensors.items()))
+        if t.device != first.device:
+            _fail(f"devices differ: " + ", ".join(f"{n} {x.device}" for n, x in tensors.items()))
+    if first.device.type != "cuda" and not _interpreting():
+        _fail(f"tensors are on {first.device}; the kernels need CUDA (or TRITON_INTERPRET=1 for tests)")
+    B, H, N, D = dims[next(iter(tensors))][0]
+    if D not in HEAD_DIMS:
+        _fail(f"head_dim {D} is not supported; use one of {HEAD_DIMS}")
+    if min(B, H, N) < 1:
+        _fail(f"empty input: B={B}, H={H}, N={N}")
+    return (B, H, N, D), {n: d[1] for n, d in dims.items()}
+
+
+def _check_block(name: str, value) -> int:
+    if value not in BLOCKS:
+        _fail(f"{name} must be one of {BLOCKS}, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------- precompute
+
+
+@dataclass
+class KVState:
+    """Everything derived from K and V alone (one pass): shared by the router and the forward."""
+
+    block_k: int
+    layout: str
+    shape: tuple  # (B, H, N, D)
+    ksum: torch.Tensor  # fp32 [BH, nk, D] column sums of each key block
+    kmean: torch.Tensor  # fp32 [BH, D] per-head token mean of K (the smoothing vector)
+    phik: torch.Tensor  # q.dtype [BH, nk·b_k, D] φ(K), padded rows 0
+    zblk: torch.Tensor  # fp32 [BH, nk, D] z_j = colsum φ(K_j)
+    htot: torch.Tensor  # fp32 [BH, D, D] H_tot = Σ_j φ(K_j)ᵀ V_j
+    ztot: torch.Tensor  # fp32 [BH, D] Z_tot = Σ_j z_j
+    k8: torch.Tensor | None = None  # int8 [BH, nk·b_k, D] smoothed K, INT8 per key block
+    sk: torch.Tensor | None = None  # fp32 [BH, nk]
+    v8t: torch.Tensor | None = None  # float8_e4m3fn [BH, D, nk·b_k] V / s_v, transposed
+    sv: torch.Tensor | None = None  # fp32 [BH, D] per-channel V scale
+
+    @property
+    def quant(self) -> bool:
+        return self.k8 is not None
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, quant: bool = False) -> KVState:
+    """φK, z_j, H_tot, Z_tot and the key-block sums in one pass over K, V; with quant also K̂, V̂ (SLA2.md §4–5)."""
+    bk = _check_block("block_k", block_k)
+    (B, H, N, D), strides = _check_qkv({"k": k, "v": v}, layout)
+    BH, nk = B * H, triton.cdiv(N, bk)
+    dev = k.device
+    # Enough programs to fill the GPU, each summing h_j over a contiguous run of key blocks.
+    nsplit = 1 if _interpreting() else max(1, min(nk, triton.cdiv(PRECOMPUTE_PROGRAMS, BH)))
+    per_split = triton.cdiv(nk, nsplit)
+    nsplit = triton.cdiv(nk, per_split)
+    f32 = dict(device=dev, dtype=torch.float32)
+    phik = _empty(BH, nk * bk, D, device=dev, dtype=k.dtype)
+    zblk = _empty(BH, nk, D, **f32)
+    ksum = _empty(BH, nk, D, **f32)
+    hpart = _empty(BH, nsplit, D, D, **f32)
+    zpart = _empty(BH, nsplit, D, **f32)
+    vmax = _empty(BH, nsplit, D, **f32) if quant else zpart
+    kv_precompute_kernel[(nsplit, BH)](
+        k, v, phik, zblk, ksum, hpart, zpart, vmax,
+        *strides["k"], *strides["v"],
+        N, H, nk, per_split, nsplit,
+        BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(), num_warps=8 if D == 128 else 4,
+    )
+    kmean = ksum.sum(dim=1) / N
+    state = KVState(bk, layout, (B, H, N, D), ksum, kmean, phik, zblk, hpart.sum(dim=1), zpart.sum(dim=1))
+    if quant:
+        sv = (vmax.amax(dim=1) / FP8_MAX).clamp_min(MIN_SCALE)
+        k8 = _empty(BH, nk * bk, D, device=dev, dtype=torch.int8)
+        sk = _empty(BH, nk, **f32)
+        v8t = _empty(BH, D, nk * bk, device=dev, dtype=torch.float8_e4m3fn)
+        quantize_kv_kernel[(nk, BH)](
+            k, v, kmean, sv, k8, sk, v8t,
+            *strides["k"], *strides["v"],
+            N, H, nk,
+            BK=bk, D=D, INTERPRET=_interpreting(), num_warps=4,
+        )
+        state.k8, state.sk, state.v8t, state.sv = k8, sk, v8t, sv
+    return state
+
+
+def _check_state(state: KVState, k: torch.Tensor, block_k: int, layout: str, quant: bool):
+    shape = _dims(k, layout, "k")[0]
+    if state.block_k != block_k or tuple(state.shape) != tuple(shape):
+        _fail(f"kv_state was built for block_k={state.block_k}, shape {state.shape}; "
+              f"this call has block_k={block_k}, shape {shape}")
+    if quant and not state.quant:
+        _fail("kv_state was built with quant=False; build it with quant=True for the low-bit forward")
+
+
+# ----------------------------------------------------------------------------------------------- router
+
+
+def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str, kv_state=None):
+    """Block scores fp32 [B, H, nq, nk] and the Top-k key blocks int32 [B, H, nq, topk], ascending."""
+    bq, bk = _check_block("block_q", block_q), _check_block("block_k", block_k)
+    (B, H, N, D), strides = _check_qkv({"q": q, "k": k}, layout)
+    for name, w in (("proj_q", proj_q), ("proj_k", proj_k)):
+        if not isinstance(w, torch.Tensor) or tuple(w.shape) != (H, D, D):
+            _fail(f"{name} must be [H, D, D] = [{H}, {D}, {D}], got {tuple(getattr(w, 'shape', ()))}")
+        if w.device != q.device:
+            _fail(f"{name} is on {w.device}, q on {q.device}")
+    BH, nq, nk = B * H, triton.cdiv(N, bq), triton.cdiv(N, bk)
+    if not isinstance(topk, int) or not 1 <= topk <= nk:
+        _fail(f"topk must be an int in [1, {nk}] (number of key blocks), got {topk!r}")
+    dev = q.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    if kv_state is not None:
+        _check_state(kv_state, k, bk, layout, quant=False)
+        ksum, kmean = kv_state.ksum, kv_state.kmean
+    else:
+        ksum = _empty(BH, nk, D, **f32)
+        block_colsum_kernel[(nk, BH)](k, ksum, *strides["k"], N, H, nk, BLK=bk, D=D, num_warps=4)
+        kmean = ksum.sum(dim=1) / N
+    wq = proj_q.detach().to(torch.float32).contiguous()
+    wk = proj_k.detach().to(torch.float32).contiguous()
+    kp = _empty(BH, nk, D, **f32)
+    router_keys_kernel[(triton.cdiv(nk, ROUTER_KEY_ROWS), BH)](
+        ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D),
+        RB=ROUTER_KEY_ROWS, BK=bk, D=D, num_warps=4,
+    )
+    scores = _empty(B, H, nq, nk, **f32)
+    router_scores_kernel[(nq, BH)](
+        q, wq, kp, scores, *strides["q"], N, H, nq, nk,
+        BQ=bq, D=D, SB=ROUTER_SCORE_COLS, num_warps=4 if D == 64 else 8,
+    )
+    # Top-k of a small [nq, nk] matrix per head: torch's topk + sort (timed in kernels/bench.py).
+    indices = scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+    return scores, indices
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    kpi: int  # selected key blocks gathered per iteration (tile width KPI·b_k)
+    num_warps: int
+    num_stages: int
+
+
+def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
+    kpi = 2 if block_k == 64 else 1
+    num_warps = 8 if (block_q == 128 or head_dim == 128) else 4
+    return FwdConfig(kpi, num_warps, 2)
+
+
+def _alpha_view(alpha, B: int, H: int, nq: int, device) -> torch.Tensor:
+    """alpha as an fp32 [B, H, nq] view (expand: stride 0 where it broadcasts, no copy of the values)."""
+    a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha))
+    a = a.to(device=device, dtype=torch.float32)
+    if a.dim() <= 3:
+        try:
+            return a.expand(B, H, nq)
+        except RuntimeError:
+            pass
+    _fail(f"alpha of shape {tuple(a.shape)} does not broadcast to [B, H, nq] = [{B}, {H}, {nq}]")
+
+
+def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool, layout: str,
+                 kv_state: KVState | None = None, config: FwdConfig | None = None, linear: bool | None = None):
+    """SLA2 forward: (o in q's layout and dtype, lse fp32 [B, H, N]).
+
+    indices: int [B, H, nq, topk], each row's selected key blocks (ascending, distinct, in [0, nk));
+    alpha: fp32 broadcastable to [B, H, nq]. `linear=False` drops the linear branch (benchmarks only).
+    """
+    bq, bk = _check_block("block_q", block_q), _check_block("block_k", block_k)
+    (B, H, N, D), strides = _check_qkv({"q": q, "k": k, "v": v}, layout)
+    BH, nq, nk = B * H, triton.cdiv(N, bq), triton.cdiv(N, bk)
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 4 or tuple(indices.shape[:3]) != (B, H, nq):
+        _fail(f"indices must be [B, H, nq, topk] = [{B}, {H}, {nq}, topk], got {tuple(getattr(indices, 'shape', ()))}")
+    if indices.dtype not in (torch.int32, torch.int64) or indices.device != q.device:
+        _fail(f"indices must be int32/int64 on {q.device}, got {indices.dtype} on {indices.device}")
+    topk = indices.shape[-1]
+    if not 1 <= topk <= nk:
+        _fail(f"indices select {topk} key blocks per query block; must be in [1, {nk}]")
+    idx = indices.to(torch.int32).contiguous()
+    alpha3 = _alpha_view(alpha, B, H, nq, q.device)
+    if kv_state is None:
+        kv_state = precompute(k, v, block_k=bk, layout=layout, quant=quant)
+    else:
+        _check_state(kv_state, k, bk, layout, quant)
+    cfg = config or default_config(bq, bk, D, quant)
+    if linear is None:
+        linear = topk < nk  # every block selected: nothing left for the linear branch, α = 1
+    o = _empty_like(q)
+    _, so = _dims(o, layout, "o")
+    lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
+    s = kv_state
+    common = dict(BQ=bq, BK=bk, D=D, KPI=cfg.kpi, LINEAR=linear, INTERPRET=_interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
+    if quant:
+        sla2_fwd_lowbit_kernel[(nq, BH)](
+            q, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot, s.k8, s.sk, s.v8t, s.sv, s.kmean,
+            *strides["q"], *strides["v"], *tail, **common,
+        )
+    else:
+        sla2_fwd_kernel[(nq, BH)](
+            q, k, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot,
+            *strides["q"], *strides["k"], *strides["v"], *tail, **common,
+        )
+    return o, lse

@@ -1,0 +1,109 @@
+"""Forward + backward of SLA2 as differentiable functions (tensors only; no torch.library here).
+
+`sla2_attention(q, k, v, indices, alpha, ...)` is a torch.autograd.Function: the forward is
+`api.sla2_forward` (bf16/fp16, or the low-bit INT8/FP8 sparse branch with quant=True), the backward is
+`sla2_bwd.sla2_backward`. QAT (SLA2.md §5): with quant=True the forward runs low-bit and the backward is the
+ordinary bf16/fp16 backward on the ORIGINAL q, k, v, using the forward's output and log-sum-exp (a
+straight-through estimator); nothing in the backward is quantised.
+
+`attention_backward(...)` is the backward alone (what the torch.library op of sla2_train registers as its
+autograd formula): it recomputes the key-side linear state (φK, z_j, totals: one pass over K and V) unless the
+caller passes the forward's `kv_state`.
+
+Gradients: q, k, v, and α (summed to α's shape). The router's indices get none (hard Top-k), and lse is not
+differentiable (the backward ignores a gradient on it).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .api import precompute, sla2_forward
+from .sla2_bwd import sla2_backward
+
+
+def _shape(q: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
+    if layout == "bnhd":
+        b, n, h, d = q.shape
+    else:
+        b, h, n, d = q.shape
+    return b, h, n, d
+
+
+def effective_alpha(alpha, q: torch.Tensor, indices: torch.Tensor, block_q: int, block_k: int, layout: str):
+    """α as fp32 [B, H, nq] (a broadcasting view), forced to 1 when every key block is selected."""
+    b, h, n, _ = _shape(q, layout)
+    nq, nk = triton.cdiv(n, block_q), triton.cdiv(n, block_k)
+    if indices.shape[-1] >= nk:
+        return torch.ones((), device=q.device, dtype=torch.float32).expand(b, h, nq)
+    a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha))
+    try:
+        return a.to(device=q.device, dtype=torch.float32).expand(b, h, nq)
+    except RuntimeError:
+        raise ValueError(f"sla2_kernels: alpha of shape {tuple(a.shape)} does not broadcast to [B, H, nq] = "
+                         f"[{b}, {h}, {nq}]") from None
+
+
+def attention_backward(
+    do, q, k, v, o, lse, indices, alpha, *, block_q: int, block_k: int, layout: str, kv_state=None, **kw
+):
+    """(dq, dk, dv, dalpha fp32 [B, H, nq]) from the forward's o and lse; α is the raw α (made effective here)."""
+    b, h, n, d = _shape(q, layout)
+    nk = triton.cdiv(n, block_k)
+    a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
+    if indices.shape[-1] < nk:
+        if kv_state is None:
+            kv_state = precompute(k, v, block_k=block_k, layout=layout, quant=False)
+        state = dict(phik=kv_state.phik, zblk=kv_state.zblk, htot=kv_state.htot, ztot=kv_state.ztot)
+    else:  # no linear branch: its state is never read
+        dummy = torch.empty(1, device=q.device, dtype=torch.float32)
+        state = dict(phik=q, zblk=dummy, htot=dummy, ztot=dummy)
+    dq, dk, dv, dalpha = sla2_backward(
+        do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout, **state, **kw
+    )
+    return dq, dk, dv, dalpha
+
+
+def reduce_alpha_grad(dalpha: torch.Tensor, alpha) -> torch.Tensor | None:
+    """Sum the per-(batch, head, query block) gradient to α's own (broadcast) shape."""
+    if not isinstance(alpha, torch.Tensor):
+        return None
+    return dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if alpha.dim() else dalpha.sum().to(alpha.dtype)
+
+
+class SLA2Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, indices, alpha, block_q, block_k, quant, layout, save_kv_state):
+        state = precompute(k, v, block_k=block_k, layout=layout, quant=quant)
+        a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
+        o, lse = sla2_forward(q, k, v, indices, a3, block_q=block_q, block_k=block_k, quant=quant, layout=layout,
+                              kv_state=state)
+        ctx.save_for_backward(q, k, v, o, lse, indices, alpha if isinstance(alpha, torch.Tensor) else None)
+        ctx.alpha_value = None if isinstance(alpha, torch.Tensor) else alpha
+        ctx.cfg = (block_q, block_k, layout)
+        ctx.kv_state = state if save_kv_state else None
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse, indices, alpha = ctx.saved_tensors
+        block_q, block_k, layout = ctx.cfg
+        a = alpha if alpha is not None else ctx.alpha_value
+        dq, dk, dv, dalpha = attention_backward(
+            do, q, k, v, o, lse, indices, a, block_q=block_q, block_k=block_k, layout=layout, kv_state=ctx.kv_state
+        )
+        ctx.kv_state = None
+        da = reduce_alpha_grad(dalpha, alpha) if alpha is not None and ctx.needs_input_grad[4] else None
+        return dq, dk, dv, None, da, None, None, None, None, None
+
+
+def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool = False, layout: str = "bnhd",
+                   save_kv_state: bool = False):
+    """Differentiable SLA2 (kernels forward + backward): returns (o, lse). lse is not differentiable.
+
+    save_kv_state keeps the forward's φK state for the backward (one K-sized tensor more in memory, one pass
+    over K and V less in the backward).
+    """
+    return SLA2Function.apply(q, k, v, indices, alpha, block_q, block_k, quant, layout, save_kv_state)

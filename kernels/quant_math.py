@@ -1,0 +1,60 @@
+"""Elementwise helpers of the low-bit path, exact on the GPU and under Triton's interpreter.
+
+Rounding to the INT8 grid uses the 1.5·2^23 trick (round-half-even, like torch.round) rather than a
+libdevice call, whose import path differs between Triton versions and which the interpreter lacks.
+FP8 e4m3: on the GPU the hardware conversion (cvt.rn.satfinite) is used; Triton's interpreter (3.9)
+rounds fp32 -> e4m3 wrongly when the mantissa carries into the exponent (e.g. 127.9 -> 64), so under
+the interpreter values are first rounded in software to the exact e4m3 grid, after which the cast is exact.
+"""
+
+import triton
+import triton.language as tl
+
+# fp32 has 23 mantissa bits: adding 1.5·2^23 leaves no fraction bits, so the add rounds half-to-even.
+# Module constants are tl.constexpr so that jit functions may read them (Triton rejects plain globals).
+INT8_MAX = tl.constexpr(127.0)
+FP8_E4M3_MAX = tl.constexpr(448.0)
+MIN_SCALE = tl.constexpr(1e-12)  # as the reference: an all-zero block keeps a positive scale
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def round_half_even(x):
+    """fp32 -> nearest integer (ties to even), kept in fp32; valid for |x| < 2^22."""
+    return (x + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def quantize_int8(x, scale):
+    """x / scale rounded to the INT8 grid [-127, 127] (the reference's torch.round(x / s).clamp)."""
+    r = round_half_even(x / scale)
+    r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+    return r.to(tl.int8)
+
+
+@triton.jit
+def round_to_e4m3_grid(x):
+    """Round fp32 x (|x| <= ~448) to the nearest e4m3 value (ties to even), saturating at ±448.
+
+    Normal e4m3 keeps 3 of fp32's 23 mantissa bits: round the low 20 bits away on the integer bit
+    pattern (a carry moves into the exponent, as it must). Below 2^-6 e4m3 is subnormal with a fixed
+    step of 2^-9: round x·2^9 to an integer instead.
+    """
+    ax = tl.abs(x)
+    bits = ax.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # -1048576 = ~0xFFFFF
+    normal = rounded.to(tl.float32, bitcast=True)
+    sub = round_half_even(ax * 512.0) * (1.0 / 512.0)
+    r = tl.minimum(tl.where(ax < 0.015625, sub, normal), 448.0)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def to_e4m3(x, INTERPRET: tl.constexpr):
+    """fp32 -> float8e4nv with round-to-nearest-even and saturation at ±448."""
+    if INTERPRET:
+        x = round_to_e4m3_grid(x)
+    else:
+        x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+    return x.to(tl.float8e4nv)

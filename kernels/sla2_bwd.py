@@ -1,0 +1,382 @@
+"""SLA2 backward in Triton (SLA2.md §6): sparse-branch FlashAttention backward over the selected blocks,
+linear-branch gradients by totals minus selected, dα, and the chain rule through φ = softmax over head_dim.
+
+Notation per (batch·head), query block I (b_q rows), key block j (b_k rows), α = α_I (effective: 1 when every
+key block is selected), forward O = α O_s + (1 − α) O_l and its lse (sparse branch, natural log):
+  Do_i = dO_i·O_i,  Dl_i = dO_i·O_l,i                      (O_l recomputed; O_s is never needed)
+  Δ_i  = rowsum(dO_s ⊙ O_s) = Do_i − (1 − α) Dl_i           (dO_s = α dO; no division by α)
+  dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i) = Σ_{i∈I} (Do_i − Dl_i) / α   (since O − O_l = α (O_s − O_l))
+Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS = P ⊙ (dP − Δ),
+  dQ += dS K/√D, dK += dSᵀ Q/√D, dV += α Pᵀ dO.
+Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = totals minus selected):
+  dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i
+  dH_I  = ψ_Iᵀ g_I,   dZ_I = −Σ_i (1 − α) Dl_i ψ_i
+  key block j: dh_j = dH_tot − Σ_{I selected j} dH_I,  dz_j likewise  (totals minus selected, per key)
+  dV_j += φK_j dh_j,  dφK_j = V_j dh_jᵀ + dz_j
+  φ backward: dx = φ ⊙ (dφ − rowsum(dφ ⊙ φ)).
+
+Kernels (launch order):
+  1. dq kernel, one program per (query block, batch·head): loop A over the selected key blocks gathers
+     H_sel = Σ φK_jᵀV_j (one MMA on tiles the forward also reads) and Z_sel; the epilogue recomputes O_l and
+     writes Δ, dα_I, dH_I, dZ_I and the linear dQ; loop B is the sparse dQ over the same list.
+  2. dH_tot, dZ_tot: sums of the stored dH_I, dZ_I (torch; the same rounded values, so "total minus every
+     block" cancels exactly).
+  3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
+     selected that key block (built on the GPU from the [B, H, nq, topk] index list by a stable sort: no
+     dense nq×nk or N×nk tensor): loop A sums their dH_I, dZ_I (linear part), loop B is the sparse dK/dV.
+     Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
+     selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
+
+Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] (bf16 by default), dZ [B, H, nq, D] fp32,
+the CSR list (B·H·nq·topk int32) and the forward's φK state: O(N·D²/b_q), never O(N²) or O(N·N/b_k).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .dot import mma, mma_acc
+from .quant_math import LOG2E
+
+
+@triton.jit
+def _phi_rows(x):
+    """Softmax over the last axis (head_dim) in fp32."""
+    xf = x.to(tl.float32)
+    e = tl.exp(xf - tl.max(xf, axis=1)[:, None])
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def sla2_bwd_dq_kernel(
+    Q, K, V, O, DO, DQ,
+    LSE, DELTA, IDX, ALPHA,
+    PHIK, ZBLK, HTOT, ZTOT,
+    DH, DZ, DALPHA,
+    sqb, sqh, sqn,
+    skb, skh, skn,
+    svb, svh, svn,
+    sob, soh, son,
+    sdob, sdoh, sdon,
+    sdqb, sdqh, sdqn,
+    sab, sah, saq,
+    N, H, NQ, NK, TOPK, sm_scale,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b64 = (bh // H).to(tl.int64)
+    h64 = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    BN: tl.constexpr = KPI * BK
+
+    offs_m = pid_m * BQ + tl.arange(0, BQ)
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BN)
+    slot = offs_n // BK
+    within = offs_n % BK
+    q_ok = offs_m < N
+    q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :],
+                 mask=q_ok[:, None], other=0.0)
+    o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+    lse = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0)
+    if LINEAR:
+        alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
+    else:
+        alpha = 1.0  # every block selected: α is exactly 1 (reference.effective_alpha)
+    k_base = K + b64 * skb + h64 * skh
+    v_base = V + b64 * svb + h64 * svh
+    idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
+    n_iter = tl.cdiv(TOPK, KPI)
+
+    dof = do.to(tl.float32)
+    d_o = tl.sum(dof * o.to(tl.float32), axis=1)  # Do_i = dO_i·O_i
+    if LINEAR:
+        # Loop A: H_sel = Σ_sel φK_jᵀ V_j, Z_sel = Σ_sel z_j, exactly as the forward gathers them.
+        phik_base = PHIK + bh64 * NK * BK * D
+        offs_slot = tl.arange(0, KPI)
+        h_sel = tl.zeros([D, D], dtype=tl.float32)
+        z_sel = tl.zeros([D], dtype=tl.float32)
+        for it in range(0, n_iter):
+            sel = it * KPI + slot
+            sel_ok = sel < TOPK
+            blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
+            rows = blk * BK + within
+            kv_ok = sel_ok & (rows < N)
+            v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+            fk = tl.load(phik_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0.0)
+            h_sel = mma_acc(tl.trans(fk), v, h_sel, INTERPRET)
+            sel2 = it * KPI + offs_slot
+            blk2 = tl.load(idx_base + sel2, mask=sel2 < TOPK, other=0)
+            zt = tl.load(ZBLK + (bh64 * NK + blk2[:, None]) * D + offs_d[None, :],
+                         mask=(sel2 < TOPK)[:, None], other=0.0)
+            z_sel += tl.sum(zt, axis=0)
+        h_i = tl.load(HTOT + bh64 * D * D + offs_d[:, None] * D + offs_d[None, :]) - h_sel
+        z_i = tl.load(ZTOT + bh64 * D + offs_d) - z_sel
+        # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores).
+        fq16 = _phi_rows(q).to(tl.bfloat16)
+        h16 = h_i.to(tl.bfloat16)
+        fq = fq16.to(tl.float32)
+        den = tl.sum(fq * z_i[None, :], axis=1)
+        inv = tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
+        o_l = mma(fq16, h16, INTERPRET) * inv[:, None]
+        d_l = tl.sum(dof * o_l, axis=1)  # Dl_i = dO_i·O_l,i
+        delta = d_o - (1.0 - alpha) * d_l
+        dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0) / alpha
+        # dφQ = (g Hᵀ − (1 − α) Dl Z) / den with g = (1 − α) dO; then through φ.
+        w = (1.0 - alpha) * d_l  # [BQ]
+        dfq = (mma(do.to(tl.bfloat16), tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
+        dq_lin = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None])
+        # dH_I = ψᵀ g and dZ_I = −Σ w ψ, ψ = φQ / den (padded rows: inv = 0).
+        psi = fq * inv[:, None]
+        dh = mma(tl.trans(psi.to(tl.bfloat16)), do.to(tl.bfloat16), INTERPRET) * (1.0 - alpha)
+        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
+        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi * w[:, None], axis=0))
+        acc = dq_lin / sm_scale
+    else:
+        delta = d_o
+        dalpha = 0.0
+        acc = tl.zeros([BQ, D], dtype=tl.float32)
+    tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
+    tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
+
+    # Loop B: sparse dQ over the selected blocks.
+    qk_scale = sm_scale * LOG2E
+    lse2 = lse * LOG2E
+    dos = (dof * alpha).to(do.dtype)  # dO_s = α dO
+    for it in range(0, n_iter):
+        sel = it * KPI + slot
+        sel_ok = sel < TOPK
+        blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
+        rows = blk * BK + within
+        kv_ok = sel_ok & (rows < N)
+        k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        s = mma(q, tl.trans(k), INTERPRET)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+        p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
+        dp = mma(dos, tl.trans(v), INTERPRET)
+        ds = p * (dp - delta[:, None])
+        acc = mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
+    tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :],
+             (acc * sm_scale).to(DQ.dtype.element_ty), mask=q_ok[:, None])
+
+
+@triton.jit
+def sla2_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV,
+    LSE, DELTA, ALPHA,
+    KV_PTR, KV_QBLK, KV_ORDER,
+    DH, DZ, DHTOT, DZTOT,
+    sqb, sqh, sqn,
+    skb, skh, skn,
+    svb, svh, svn,
+    sdob, sdoh, sdon,
+    sdkb, sdkh, sdkn,
+    sdvb, sdvh, sdvn,
+    sab, sah, saq,
+    N, H, NQ, NK, sm_scale,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    bh = tl.program_id(1)
+    b64 = (bh // H).to(tl.int64)
+    h64 = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    j = tl.load(KV_ORDER + bh64 * NK + tl.program_id(0))  # longest list first within the head
+    start = tl.load(KV_PTR + bh64 * NK + j)
+    end = tl.load(KV_PTR + bh64 * NK + j + 1)
+
+    offs_n = j * BK + tl.arange(0, BK)
+    offs_d = tl.arange(0, D)
+    offs_q = tl.arange(0, BQ)
+    k_ok = offs_n < N
+    k = tl.load(K + b64 * skb + h64 * skh + offs_n[:, None] * skn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
+    v = tl.load(V + b64 * svb + h64 * svh + offs_n[:, None] * svn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
+
+    if LINEAR:
+        # Loop A: dh_j = dH_tot − Σ_{I selected j} dH_I, dz_j likewise (totals minus selected).
+        dh_sel = tl.zeros([D, D], dtype=tl.float32)
+        dz_sel = tl.zeros([D], dtype=tl.float32)
+        for t in range(start, end):
+            i_blk = tl.load(KV_QBLK + t).to(tl.int64)
+            dh_sel += tl.load(DH + (bh64 * NQ + i_blk) * D * D + offs_d[:, None] * D + offs_d[None, :]).to(tl.float32)
+            dz_sel += tl.load(DZ + (bh64 * NQ + i_blk) * D + offs_d)
+        dh = tl.load(DHTOT + bh64 * D * D + offs_d[:, None] * D + offs_d[None, :]) - dh_sel
+        dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
+        fk = tl.where(k_ok[:, None], _phi_rows(k), 0.0)
+        dh16 = dh.to(tl.bfloat16)
+        dv_acc = mma(fk.to(tl.bfloat16), dh16, INTERPRET)  # φK_j dh_j
+        dfk = mma(v.to(tl.bfloat16), tl.trans(dh16), INTERPRET) + dz[None, :]
+        dk_acc = fk * (dfk - tl.sum(dfk * fk, axis=1)[:, None]) / sm_scale
+    else:
+        dv_acc = tl.zeros([BK, D], dtype=tl.float32)
+        dk_acc = tl.zeros([BK, D], dtype=tl.float32)
+
+    # Loop B: sparse dK, dV over the query blocks that selected this key block.
+    qk_scale = sm_scale * LOG2E
+    for t in range(start, end):
+        i_blk = tl.load(KV_QBLK + t)
+        rows = i_blk * BQ + offs_q
+        q_ok = rows < N
+        q = tl.load(Q + b64 * sqb + h64 * sqh + rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+        do = tl.load(DO + b64 * sdob + h64 * sdoh + rows[:, None] * sdon + offs_d[None, :],
+                     mask=q_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
+        delta = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
+        if LINEAR:
+            alpha = tl.load(ALPHA + b64 * sab + h64 * sah + i_blk * saq)
+        else:
+            alpha = 1.0
+        st = mma(k, tl.trans(q), INTERPRET)  # [BK, BQ]
+        pt = tl.exp2(st * qk_scale - lse2[None, :])
+        pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)
+        dv_acc = mma_acc((pt * alpha).to(do.dtype), do, dv_acc, INTERPRET)
+        dpt = mma(v, tl.trans(do), INTERPRET) * alpha
+        dst = pt * (dpt - delta[None, :])
+        dk_acc = mma_acc(dst.to(q.dtype), q, dk_acc, INTERPRET)
+    tl.store(DK + b64 * sdkb + h64 * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
+             (dk_acc * sm_scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
+    tl.store(DV + b64 * sdvb + h64 * sdvh + offs_n[:, None] * sdvn + offs_d[None, :],
+             dv_acc.to(DV.dtype.element_ty), mask=k_ok[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host side
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _bhn_strides(t: torch.Tensor, layout: str) -> tuple[int, int, int]:
+    """(batch, head, token) strides of a [B, H, N, D] ("bhnd") or [B, N, H, D] ("bnhd") tensor."""
+    if layout == "bnhd":
+        return t.stride(0), t.stride(2), t.stride(1)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR transpose of the [B, H, nq, topk] selection: for each (batch·head, key block) the query blocks that
+    selected it.
+
+    Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H, nk]): the query blocks of key
+    block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order lists each head's key
+    blocks by decreasing list length (the dk/dv launch order). Sort-based, on the indices' device, no host sync;
+    its size is that of the index list itself.
+    """
+    b, h, nq, topk = indices.shape
+    bh = b * h
+    flat = indices.reshape(bh, nq * topk).to(torch.int64)
+    flat = (flat + torch.arange(bh, device=indices.device)[:, None] * nk).reshape(-1)
+    keys, perm = torch.sort(flat, stable=True)
+    qblk = ((perm // topk) % nq).to(torch.int32)
+    counts = torch.bincount(keys, minlength=bh * nk)
+    ptr = torch.zeros(bh * nk + 1, dtype=torch.int32, device=indices.device)
+    ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
+    order = torch.sort(counts.view(bh, nk), dim=1, descending=True, stable=True).indices.to(torch.int32)
+    return ptr, qblk, order
+
+
+DQ_CONFIG = {"KPI": None, "num_warps": 8, "num_stages": 2}
+DKDV_CONFIG = {"num_warps": 8, "num_stages": 2}
+
+
+def sla2_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    indices: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    block_q: int,
+    block_k: int,
+    layout: str,
+    phik: torch.Tensor,
+    zblk: torch.Tensor,
+    htot: torch.Tensor,
+    ztot: torch.Tensor,
+    dh_dtype: torch.dtype = torch.bfloat16,
+    dq_config: dict | None = None,
+    dkdv_config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
+
+    q, k, v, o, do: [B, H, N, D] or [B, N, H, D] per `layout` (any strides with a unit last stride); the
+    gradients come back in the same layout, contiguous. indices: [B, H, nq, topk] sorted per row. alpha:
+    effective α (already 1 when topk = nk), broadcastable to [B, H, nq]. phik, zblk, htot, ztot: the linear
+    branch's key-side state of the forward's precompute (φK rows [B·H, nk·b_k, D] with padded rows 0, z_j
+    [B·H, nk, D], totals [B·H, D, D] and [B·H, D], fp32). dalpha is fp32 [B, H, nq] (reduce it to α's shape).
+    For QAT pass the low-bit forward's o and lse: the backward is the bf16 one (straight-through).
+    """
+    if layout == "bnhd":
+        bsz, n, heads, d = q.shape
+    else:
+        bsz, heads, n, d = q.shape
+    nq, nk = triton.cdiv(n, block_q), triton.cdiv(n, block_k)
+    topk = indices.shape[-1]
+    bh = bsz * heads
+    dev = q.device
+    linear = topk < nk
+    q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
+    lse = lse.contiguous()
+    idx = indices.to(torch.int32).contiguous()
+    alpha_full = alpha.to(torch.float32).expand(bsz, heads, nq)
+    sm_scale = 1.0 / math.sqrt(d)
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    delta = torch.empty(bsz, heads, n, device=dev, dtype=torch.float32)
+    dalpha = torch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
+    if linear:
+        dh = torch.empty(bh, nq, d, d, device=dev, dtype=dh_dtype)
+        dz = torch.empty(bh, nq, d, device=dev, dtype=torch.float32)
+    else:
+        dh = dz = delta  # unused placeholders
+    cfg = dict(DQ_CONFIG, **(dq_config or {}))
+    kpi = cfg.pop("KPI") or max(1, 128 // block_k)
+    sa = alpha_full.stride()
+    sla2_bwd_dq_kernel[(nq, bh)](
+        q, k, v, o, do, dq,
+        lse, delta, idx, alpha_full,
+        phik, zblk, htot, ztot,
+        dh, dz, dalpha,
+        *_bhn_strides(q, layout), *_bhn_strides(k, layout), *_bhn_strides(v, layout), *_bhn_strides(o, layout),
+        *_bhn_strides(do, layout), *_bhn_strides(dq, layout),
+        sa[0], sa[1], sa[2],
+        n, heads, nq, nk, topk, sm_scale,
+        BQ=block_q, BK=block_k, D=d, KPI=kpi, LINEAR=linear, INTERPRET=_interpreting(), **cfg,
+    )
+    if linear:
+        dhtot = dh.sum(dim=1, dtype=torch.float32)
+        dztot = dz.sum(dim=1)
+    else:
+        dhtot = dztot = delta
+    ptr, qblk, order = key_block_lists(idx, nk)
+    cfg = dict(DKDV_CONFIG, **(dkdv_config or {}))
+    sla2_bwd_dkdv_kernel[(nk, bh)](
+        q, k, v, do, dk, dv,
+        lse, delta, alpha_full,
+        ptr, qblk, order,
+        dh, dz, dhtot, dztot,
+        *_bhn_strides(q, layout), *_bhn_strides(k, layout), *_bhn_strides(v, layout), *_bhn_strides(do, layout),
+        *_bhn_strides(dk, layout), *_bhn_strides(dv, layout),
+        sa[0], sa[1], sa[2],
+        n, heads, nq, nk, sm_scale,
+        BQ=block_q, BK=block_k, D=d, LINEAR=linear, INTERPRET=_interpreting(), **cfg,
+    )
+    return dq, dk, dv, dalpha

@@ -1,0 +1,62 @@
+"""Low-bit forward (INT8 QKᵀ, FP8 PV) against the fake-quant reference and against the bf16 kernel.
+
+Under the interpreter the INT8 dot is exact and the e4m3 values are produced by the software rounding of
+kernels/quant_math.py (Triton 3.9's interpreter cast mis-rounds); the hardware e4m3 conversion and the
+8-bit wgmma are covered by the GPU tests (test_gpu.py).
+"""
+
+import pytest
+import torch
+
+import sla2_kernels
+from sla2_train.attention import reference as ref
+
+CASES = [
+    (1, 2, 300, 64, 64, 64, torch.bfloat16, "bhnd", False, 2),
+    (2, 1, 200, 128, 128, 64, torch.float16, "bnhd", True, 1),
+    (1, 2, 257, 64, 64, 128, torch.bfloat16, "bnhd", False, 2),
+    (1, 1, 384, 128, 128, 128, torch.float16, "bhnd", True, 2),
+    (1, 2, 190, 64, 128, 64, torch.bfloat16, "bhnd", True, 3),  # every block selected
+]
+
+
+def random_selection(B, H, N, bq, bk, topk, seed):
+    g = torch.Generator().manual_seed(seed)
+    nq, nk = -(-N // bq), -(-N // bk)
+    sel = ref.hard_topk(torch.rand(B, H, nq, nk, generator=g), topk)
+    return sel, 0.1 + 0.8 * torch.rand(B, H, nq, generator=g)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}")
+def test_lowbit_matches_fake_quant(case, poisoned, kt):
+    B, H, N, D, bq, bk, dtype, layout, strided, topk = case
+    (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
+    sel, alpha = random_selection(B, H, N, bq, bk, topk, seed=N * 3 + D)
+    o8, lse8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True, layout=layout)
+    kt.assert_all_written(poisoned)
+    o16, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False, layout=layout)
+    o8, o16 = kt.to_bhnd(o8, layout), kt.to_bhnd(o16, layout)
+    o_fq = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=True)
+    _, lse_fq = ref.fake_quant_sparse_attention(qf, kf, vf, sel.mask, bq, bk)
+    err = kt.rel_l1(o8, o_fq)
+    assert err <= 1e-2, f"low-bit vs fake-quant reference: relative L1 {err:.2e}"
+    torch.testing.assert_close(lse8, lse_fq, rtol=0, atol=1e-3)
+    err16, cos = kt.rel_l1(o8, o16.float()), kt.cosine(o8, o16)
+    assert err16 <= 5e-2 and cos >= 0.998, f"low-bit vs bf16: relative L1 {err16:.2e}, cosine {cos:.5f}"
+
+
+def test_quantised_k_v_equal_reference_rounding(kt):
+    """K̂ (smoothed, INT8 per key block) and V̂ (e4m3 per channel) as the reference rounds them."""
+    B, H, N, D, bk = 1, 2, 300, 64, 64
+    (q, k, v), (_, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
+    st = sla2_kernels.precompute(k, v, block_k=bk, layout="bhnd", quant=True)
+    k_hat, s_k = ref.quantize_int8_blocks(ref.smooth_k(kf), bk)
+    torch.testing.assert_close(st.sk.view(B, H, -1), s_k, rtol=1e-6, atol=0)
+    k8 = st.k8.view(B, H, -1, D)[:, :, :N].float()
+    assert float((k8 != k_hat).float().mean()) < 1e-3  # only rounding ties may differ (different mean order)
+    s_v = (vf.abs().amax(dim=-2, keepdim=True) / 448).clamp_min(1e-12)
+    v_hat = ref.round_to_fp8_e4m3(vf / s_v)
+    v8 = st.v8t.float().view(B, H, D, -1).transpose(-1, -2)[:, :, :N]
+    assert float((v8 != v_hat).float().mean()) < 1e-3
+    pad = st.k8.view(B, H, -1, D)[:, :, N:]
+    assert bool((pad == 0).all()) and bool((st.v8t.float().view(B, H, D, -1)[..., N:] == 0).all())
