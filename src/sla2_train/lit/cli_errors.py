@@ -14,9 +14,9 @@ CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, HydraExcept
 
 
 def one_line(err: BaseException) -> str:
-    """The innermost cause's first line, plus the config key Hydra/OmegaConf attached, if any."""
+    """The first line of the error under Hydra's wrappers, plus the config key Hydra/OmegaConf attached."""
     root = err
-    while root.__cause__ is not None:
+    while isinstance(root, HydraException) and root.__cause__ is not None:
         root = root.__cause__
     lines = str(root).strip().splitlines() or [type(root).__name__]
     key = re.search(r"full_key: (\S+)", str(err)) or re.search(r"full_key: (\S+)", str(root))

@@ -13,7 +13,7 @@ from sla2_train.models import ConfigError, describe_attention
 from .checkpoint_weights import load_model_weights
 from .flow_matching import FlowMatching
 from .stage import Stage
-from .stats import alpha_means, skipped_total
+from .stats import alpha_means, skipped_counts
 
 
 class SLA2Module(pl.LightningModule):
@@ -50,9 +50,9 @@ class SLA2Module(pl.LightningModule):
             self.log("train/alpha_mean", sum(alphas) / len(alphas), batch_size=bs)
             self.log_dict({f"train/alpha/layer_{i}": a for i, a in enumerate(alphas)}, batch_size=bs)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        skipped = skipped_total(dm)
-        if skipped is not None:
-            self.log("train/skipped_samples", float(skipped), batch_size=bs)
+        skipped = skipped_counts(dm)
+        if skipped:
+            self.log_dict({f"train/skipped/{k}": float(v) for k, v in skipped.items()}, batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -22,13 +22,11 @@ def alpha_means(model: nn.Module) -> list[float]:
     return means
 
 
-def skipped_total(datamodule: Any) -> int | None:
-    """Total skipped samples if the datamodule reports them (an int, a mapping of counts, or a counter)."""
+def skipped_counts(datamodule: Any) -> dict[str, int]:
+    """Skipped samples by reason, plus "total", if the datamodule reports them (a mapping or an int)."""
     skipped = getattr(datamodule, "skipped", None)
     if skipped is None:
-        return None
-    if callable(getattr(skipped, "total", None)):
-        return int(skipped.total())
-    if isinstance(skipped, Mapping):
-        return int(sum(skipped.values()))
-    return int(skipped)
+        return {}
+    counts = {str(k): int(v) for k, v in skipped.items()} if isinstance(skipped, Mapping) else {}
+    counts["total"] = sum(counts.values()) if isinstance(skipped, Mapping) else int(skipped)
+    return counts

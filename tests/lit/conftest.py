@@ -1,0 +1,65 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose(*overrides: str, name: str = "config"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture
+def compose_config():
+    """compose_config(*overrides) → the project's Hydra config, composed with the compose API."""
+    return _compose
+
+
+@pytest.fixture
+def build_module():
+    """build_module(*overrides) → (SLA2Module on the tiny model, config), fresh random weights."""
+
+    def build(*overrides: str):
+        cfg = _compose("model=tiny", "logger=none", *overrides)
+        torch.manual_seed(torch.seed() % 2**31)
+        return instantiate(cfg.module), cfg
+
+    return build
+
+
+@pytest.fixture
+def make_batch():
+    """make_batch(cfg, batch) → a fresh random batch in the data contract (padded, masked text)."""
+
+    def make(cfg, batch: int = 2):
+        c, f, h, w = cfg.model.latent_shape
+        lengths = torch.randint(1, cfg.model.text_len + 1, (batch,))
+        mask = torch.arange(cfg.model.text_len)[None] < lengths[:, None]
+        text = torch.randn(batch, cfg.model.text_len, cfg.model.text_dim) * mask[..., None]
+        return {"latents": torch.randn(batch, c, f, h, w), "text_embeds": text, "text_mask": mask,
+                "keys": [f"s{i}" for i in range(batch)]}
+
+    return make
+
+
+def _load_entry(name: str):
+    spec = importlib.util.spec_from_file_location(f"sla2_entry_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def train_entry():
+    """The repo's train.py as a module (its Hydra main takes a composed config directly)."""
+    return _load_entry("train")
+
+
+@pytest.fixture(scope="session")
+def eval_entry():
+    return _load_entry("eval")

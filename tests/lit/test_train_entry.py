@@ -1,0 +1,88 @@
+"""train.py end to end in-process: checkpoints resume, stage 2 starts from stage 1, bad configs are one line."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sla2_train.lit import SLA2Module
+from sla2_train.models import sla2_processors
+
+
+@pytest.fixture
+def run_args(tmp_path):
+    return [
+        "model=tiny", "logger=csv", f"output_root={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0", "trainer.limit_val_batches=0", "callbacks.progress.refresh_rate=0",
+    ]
+
+
+def test_resume_continues_from_the_saved_step_and_weights(run_args, compose_config, train_entry, monkeypatch):
+    first = compose_config(*run_args, "trainer.max_steps=2")
+    train_entry.main(first)
+    last = Path(first.ckpt_dir) / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
+    assert saved["sla2"]["attention"]["variant"] == "sla2" and saved["sla2"]["stage"] == "distill"
+
+    seen = {}
+
+    def probe(self):
+        seen["step"] = self.trainer.global_step
+        seen["state"] = {k: v.clone() for k, v in self.state_dict().items()}
+
+    monkeypatch.setattr(SLA2Module, "on_train_start", probe)
+    # A different seed gives different initial weights: equality below can only come from the checkpoint.
+    second = compose_config(*run_args, "trainer.max_steps=4", "seed=7")
+    assert second.ckpt_dir == first.ckpt_dir
+    train_entry.main(second)
+    assert seen["step"] == 2
+    assert seen["state"].keys() == saved["state_dict"].keys()
+    assert all(torch.equal(seen["state"][k], v) for k, v in saved["state_dict"].items())
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 4
+    adam_steps = {int(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4}  # optimizer state continued too, not restarted
+    assert not all(torch.equal(resumed["state_dict"][k], v) for k, v in saved["state_dict"].items())
+
+
+def test_resume_false_starts_over(run_args, compose_config, train_entry, monkeypatch):
+    train_entry.main(compose_config(*run_args, "trainer.max_steps=1"))
+    seen = {}
+    monkeypatch.setattr(SLA2Module, "on_train_start", lambda self: seen.setdefault("step", self.trainer.global_step))
+    train_entry.main(compose_config(*run_args, "trainer.max_steps=1", "resume=false"))
+    assert seen["step"] == 0
+
+
+def test_qat_starts_from_the_distilled_router(run_args, compose_config, train_entry, build_module):
+    cfg = compose_config(*run_args, "trainer.max_steps=2")
+    train_entry.main(cfg)
+    ckpt = Path(cfg.ckpt_dir) / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    module, _ = build_module("stage=qat", f"init_from={ckpt}")
+    for i, proc in enumerate(sla2_processors(module.model)):
+        for name, p in proc.attention.router.named_parameters():
+            assert torch.equal(p, state[f"model.blocks.{i}.attn1.processor.attention.router.{name}"])
+    # The distilled router is not the identity it started from: stage 1 really trained it.
+    eye = torch.eye(p.shape[-1]).expand_as(p)
+    assert not torch.allclose(p, eye)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("attention.sparsity=1.5", ["sparsity must be in (0, 1)", "1.5"]),
+        ("model.path=/no/such/wan", ["model.path", "/no/such/wan", "does not exist"]),
+        ("+model.transformer.arch.num_expertz=4", ["num_expertz"]),
+        ("stage.objective.layers_per_step=0", ["layers_per_step"]),
+        ("init_from=/no/such.ckpt", ["init_from", "/no/such.ckpt"]),
+    ],
+)
+def test_bad_values_are_one_clear_line(run_args, compose_config, train_entry, capsys, override, words):
+    cfg = compose_config(*run_args, override)
+    with pytest.raises(SystemExit) as code:
+        train_entry.main(cfg)
+    assert code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert all(w in err[0] for w in words), err[0]

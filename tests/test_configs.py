@@ -1,0 +1,115 @@
+"""Every config composes (Hydra compose API), the entry point takes sweeps, and bad input is one line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_config(*overrides: str, name: str = "config"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def run_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": ""}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def test_groups_have_the_expected_options():
+    assert {"tiny", "wan2_1", "wan2_1_14b"} <= set(options("model"))
+    assert {"full", "sla", "sla2"} <= set(options("attention"))
+    assert {"distill", "qat"} <= set(options("stage"))
+    assert {"cpu", "gpu", "ddp", "fsdp"} <= set(options("trainer"))
+    assert {"wandb", "csv", "none"} <= set(options("logger"))
+    assert options("experiment")
+
+
+@pytest.mark.parametrize("experiment", [None, *options("experiment")])
+@pytest.mark.parametrize("stage", options("stage"))
+def test_every_stage_and_experiment_composes_with_the_tiny_model(stage, experiment):
+    overrides = [f"stage={stage}", "model=tiny"] + ([f"experiment={experiment}"] if experiment else [])
+    cfg = compose_config(*overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert resolved["model"]["name"] == "tiny" and resolved["stage"]["name"] == stage
+    assert resolved["run_name"].startswith(f"tiny-{stage}-")
+
+
+@pytest.mark.parametrize("group", ["model", "attention", "trainer", "logger", "callbacks"])
+def test_every_option_of_every_group_composes(group):
+    for option in options(group):
+        cfg = compose_config(f"{group}={option}")
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def test_eval_config_composes():
+    cfg = compose_config(name="eval")
+    assert OmegaConf.to_container(cfg, resolve=True)["out_json"].endswith("eval.json")
+
+
+@pytest.mark.parametrize("stage", options("stage"))
+@pytest.mark.parametrize("attention", ["sla2", "sla", "full"])
+def test_module_builds_for_each_stage_and_attention(stage, attention):
+    cfg = compose_config("model=tiny", f"stage={stage}", f"attention={attention}")
+    if stage == "distill" and attention != "sla2":
+        with pytest.raises(Exception, match="attention=sla2"):
+            instantiate(cfg.module)
+        return
+    module = instantiate(cfg.module)
+    assert any(p.requires_grad for p in module.parameters())
+
+
+def test_cpu_trainer_instantiates():
+    cfg = compose_config("trainer=cpu", "logger=none")
+    trainer = instantiate(cfg.trainer, logger=[], callbacks=[])
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_multirun_over_sparsities(tmp_path):
+    proc = run_train("-m", "attention.sparsity=0.9,0.95", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+                     "logger=csv", "data.num_workers=0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for s in ("0.9", "0.95"):
+        ckpt = tmp_path / "outputs" / f"tiny-distill-sla2-{s}" / "checkpoints" / "last.ckpt"
+        assert ckpt.is_file()
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        assert saved["sla2"]["attention"]["sparsity"] == float(s) and saved["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("attention.bogus=1", ["attention.bogus"]),  # unknown key: Hydra rejects it before anything runs
+        ("model=wan9", ["model", "wan9"]),
+    ],
+)
+def test_unknown_config_keys_and_options_fail_fast_without_traceback(tmp_path, override, words):
+    proc = run_train(override, cwd=tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and all(w in proc.stderr for w in words), proc.stderr
+
+
+def test_sparsity_outside_the_open_interval_is_one_line_from_the_real_entry_point(tmp_path):
+    proc = run_train("attention.sparsity=1.0", "logger=none", "data.num_workers=0", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == ["error: attention: sparsity must be in (0, 1), got 1.0 (config key: module.model)"], lines
+    assert "Traceback" not in proc.stderr
