@@ -15,7 +15,7 @@ import triton
 
 from .linear_precompute import kv_precompute_kernel
 from .lowbit_quant import quantize_kv_kernel
-from .router import block_colsum_kernel, router_keys_kernel, router_scores_kernel
+from .router import block_colsum_kernel, block_scores_kernel, pooled_project_kernel
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
 
@@ -25,15 +25,24 @@ HEAD_DIMS = (64, 128)
 BLOCKS = (64, 128)
 FP8_MAX = 448.0
 MIN_SCALE = 1e-12
-ROUTER_KEY_ROWS = 32  # key blocks projected per program of router_keys_kernel
-ROUTER_SCORE_COLS = 64  # key blocks scored per inner step of router_scores_kernel
-PRECOMPUTE_PROGRAMS = 1024  # aim for several waves of programs over the GPU's SMs in kv_precompute
+ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
+ROUTER_SCORE_TILE = (32, 64)  # (query blocks, key blocks) of scores per program
+PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: few programs, each summing h_j over a long run of key blocks,
+# so the fp32 D×D partial sums (64 KB each at D = 128) written and re-read stay small
 
 
 # Every buffer the kernels write is allocated through these two names, so tests can poison them (NaN) and
 # check that each element was written.
 _empty = torch.empty
 _empty_like = torch.empty_like
+
+
+# The last compiled kernel of each launch site (registers, spills, shared memory, PTX) for kernels/bench.py.
+LAST_COMPILED: dict = {}
+
+
+def _launch(name: str, kernel, grid, *args, **kwargs):
+    LAST_COMPILED[name] = kernel[grid](*args, **kwargs)
 
 
 def _interpreting() -> bool:
@@ -129,7 +138,7 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
     BH, nk = B * H, triton.cdiv(N, bk)
     dev = k.device
     # Enough programs to fill the GPU, each summing h_j over a contiguous run of key blocks.
-    nsplit = 1 if _interpreting() else max(1, min(nk, triton.cdiv(PRECOMPUTE_PROGRAMS, BH)))
+    nsplit = 1 if _interpreting() else max(1, min(nk, triton.cdiv(PRECOMPUTE_PROGRAMS_PER_SM * _num_sms(dev), BH)))
     per_split = triton.cdiv(nk, nsplit)
     nsplit = triton.cdiv(nk, per_split)
     f32 = dict(device=dev, dtype=torch.float32)
@@ -139,7 +148,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
     hpart = _empty(BH, nsplit, D, D, **f32)
     zpart = _empty(BH, nsplit, D, **f32)
     vmax = _empty(BH, nsplit, D, **f32) if quant else zpart
-    kv_precompute_kernel[(nsplit, BH)](
+    _launch(
+        "kv_precompute", kv_precompute_kernel, (nsplit, BH),
         k, v, phik, zblk, ksum, hpart, zpart, vmax,
         *strides["k"], *strides["v"],
         N, H, nk, per_split, nsplit,
@@ -152,7 +162,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         k8 = _empty(BH, nk * bk, D, device=dev, dtype=torch.int8)
         sk = _empty(BH, nk, **f32)
         v8t = _empty(BH, D, nk * bk, device=dev, dtype=torch.float8_e4m3fn)
-        quantize_kv_kernel[(nk, BH)](
+        _launch(
+            "quantize_kv", quantize_kv_kernel, (nk, BH),
             k, v, kmean, sv, k8, sk, v8t,
             *strides["k"], *strides["v"],
             N, H, nk,
@@ -193,26 +204,35 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
         ksum, kmean = kv_state.ksum, kv_state.kmean
     else:
         ksum = _empty(BH, nk, D, **f32)
-        block_colsum_kernel[(nk, BH)](k, ksum, *strides["k"], N, H, nk, BLK=bk, D=D, num_warps=4)
+        _launch("block_colsum", block_colsum_kernel, (nk, BH), k, ksum, *strides["k"], N, H, nk,
+                BLK=bk, D=D, num_warps=4)
         kmean = ksum.sum(dim=1) / N
     wq = proj_q.detach().to(torch.float32).contiguous()
     wk = proj_k.detach().to(torch.float32).contiguous()
-    kp = _empty(BH, nk, D, **f32)
-    router_keys_kernel[(triton.cdiv(nk, ROUTER_KEY_ROWS), BH)](
-        ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D),
-        RB=ROUTER_KEY_ROWS, BK=bk, D=D, num_warps=4,
-    )
+    qsum = _empty(BH, nq, D, **f32)
+    _launch("block_colsum", block_colsum_kernel, (nq, BH), q, qsum, *strides["q"], N, H, nq,
+            BLK=bq, D=D, num_warps=4)
+    qp, kp = _empty(BH, nq, D, **f32), _empty(BH, nk, D, **f32)
+    rb = ROUTER_PROJECT_ROWS
+    _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nq, rb), BH),
+            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, SUB_MEAN=False, num_warps=4)
+    _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nk, rb), BH),
+            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, SUB_MEAN=True, num_warps=4)
     scores = _empty(B, H, nq, nk, **f32)
-    router_scores_kernel[(nq, BH)](
-        q, wq, kp, scores, *strides["q"], N, H, nq, nk,
-        BQ=bq, D=D, SB=ROUTER_SCORE_COLS, num_warps=4 if D == 64 else 8,
-    )
+    qt, kt = ROUTER_SCORE_TILE
+    _launch("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),
+            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, num_warps=4)
     # Top-k of a small [nq, nk] matrix per head: torch's topk + sort (timed in kernels/bench.py).
     indices = scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
     return scores, indices
 
 
 # ----------------------------------------------------------------------------------------------- forward
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - older layouts of triton
+    OutOfResources = RuntimeError
 
 
 @dataclass(frozen=True)
@@ -226,6 +246,20 @@ def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> Fw
     kpi = 2 if block_k == 64 else 1
     num_warps = 8 if (block_q == 128 or head_dim == 128) else 4
     return FwdConfig(kpi, num_warps, 2)
+
+
+def _fallbacks(cfg: FwdConfig):
+    """cfg, then configurations needing less shared memory (fewer stages, then a narrower tile)."""
+    seen = []
+    for c in (cfg, FwdConfig(cfg.kpi, cfg.num_warps, 1), FwdConfig(1, cfg.num_warps, cfg.num_stages),
+              FwdConfig(1, cfg.num_warps, 1)):
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+# (kernel key) -> the first configuration that compiled within the GPU's resources
+_WORKING_CONFIG: dict = {}
 
 
 def _alpha_view(alpha, B: int, H: int, nq: int, device) -> torch.Tensor:
@@ -270,16 +304,28 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     _, so = _dims(o, layout, "o")
     lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
-    common = dict(BQ=bq, BK=bk, D=D, KPI=cfg.kpi, LINEAR=linear, INTERPRET=_interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
-    if quant:
-        sla2_fwd_lowbit_kernel[(nq, BH)](
-            q, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot, s.k8, s.sk, s.v8t, s.sv, s.kmean,
-            *strides["q"], *strides["v"], *tail, **common,
-        )
+    key = (quant, bq, bk, D, q.dtype, linear, cfg)
+    for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
+        common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, LINEAR=linear, INTERPRET=_interpreting(),
+                      num_warps=c.num_warps, num_stages=c.num_stages)
+        try:
+            if quant:
+                _launch(
+                    "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
+                    q, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot, s.k8, s.sk, s.v8t, s.sv, s.kmean,
+                    *strides["q"], *strides["v"], *tail, **common,
+                )
+            else:
+                _launch(
+                    "sla2_fwd", sla2_fwd_kernel, (nq, BH),
+                    q, k, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot,
+                    *strides["q"], *strides["k"], *strides["v"], *tail, **common,
+                )
+        except OutOfResources:
+            continue  # e.g. shared memory of the pipelined tiles: try the next, smaller configuration
+        _WORKING_CONFIG[key] = c
+        break
     else:
-        sla2_fwd_kernel[(nq, BH)](
-            q, k, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot,
-            *strides["q"], *strides["k"], *strides["v"], *tail, **common,
-        )
+        _fail(f"no forward configuration fits this GPU's resources (tried from {cfg})")
     return o, lse

@@ -104,3 +104,18 @@ def sla2_forward(q, k, v, indices, alpha, block_q, block_k, quant=False):
     a = torch.as_tensor(alpha, dtype=torch.float32, device=q.device).expand(b, h, nq)
     a = a.repeat_interleave(block_q, dim=-1)[..., :n, None]
     return a * o_s + (1 - a) * o_l, lse
+
+
+def router_scores(q, k, proj_q, proj_k, block_q, block_k):
+    """(Q̄ Wq)(K̄ Wk)ᵀ/√D with Q̄ = mean-pool(Q), K̄ = mean-pool(K − mean_tokens K); fp32 [B, H, nq, nk]."""
+    q, k = q.float(), k.float()
+    n, d = q.shape[-2:]
+
+    def pool(x, block):
+        counts = torch.full((-(-n // block),), float(block), device=x.device)
+        counts[-1] = n - (counts.numel() - 1) * block
+        return _blocks(x, block).sum(dim=3) / counts[:, None]
+
+    qp = torch.einsum("bhnd,hde->bhne", pool(q, block_q), proj_q.float())
+    kp = torch.einsum("bhnd,hde->bhne", pool(k - k.mean(dim=-2, keepdim=True), block_k), proj_k.float())
+    return qp @ kp.transpose(-1, -2) / math.sqrt(d)

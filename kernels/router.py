@@ -1,9 +1,13 @@
-"""The block router (SLA2.md §2): pooled, projected block scores. Top-k runs in the wrapper.
+"""The block router (SLA2.md §2): pooled, projected block scores. Top-k runs in the wrapper (torch.topk).
 
 scores[i, j] = (Q̄_i Wq)·(K̄_j Wk) / √D, Q̄ = mean-pool(Q, b_q), K̄_j = mean-pool(K − mean_tokens K, b_k).
-Pooling the smoothed K needs no second pass: mean_j(K − μ) = colsum(K_j)/count_j − μ, and
-μ = Σ_j colsum(K_j) / N, so both come from the per-block column sums (written by kv_precompute_kernel
-or by block_colsum_kernel when the router runs alone). Ragged tails divide by their true count.
+Pooling the smoothed K needs no second pass: mean_j(K − μ) = colsum(K_j)/count_j − μ with
+μ = Σ_j colsum(K_j) / N, so both come from per-block column sums (kv_precompute_kernel writes them for K
+during its pass over K and V; block_colsum_kernel when the router runs alone). Ragged tails divide by
+their true count. Three small steps, each sized to its data:
+  block_colsum_kernel     one program per block: the only pass over Q (and K when alone), bandwidth-bound
+  pooled_project_kernel   RB pooled rows per program: (sums / count − μ) @ W[h], Wq and Wk read once per RB rows
+  block_scores_kernel     a [QT, nk-tile] tile of Q̄Wq · (K̄Wk)ᵀ per program
 Projections and scores are fp32 with IEEE dots (not tf32): Top-k must see the reference's ordering.
 """
 
@@ -32,55 +36,42 @@ def block_colsum_kernel(
 
 
 @triton.jit
-def router_keys_kernel(
-    KSUM, KMEAN, WK, KP,  # KSUM [BH, nk, D], KMEAN [BH, D], WK [H, D, D], KP [BH, nk, D] (all fp32)
-    N, H, NK, scale,
-    RB: tl.constexpr, BK: tl.constexpr, D: tl.constexpr,
+def pooled_project_kernel(
+    SUMS, MEAN, W, OUT,  # SUMS [BH, nb, D], MEAN [BH, D] (if SUB_MEAN), W [H, D, D], OUT [BH, nb, D]; fp32
+    N, H, NB, scale,
+    RB: tl.constexpr, BLK: tl.constexpr, D: tl.constexpr, SUB_MEAN: tl.constexpr,
 ):
-    """KP_j = (colsum K_j / count_j − μ) @ Wk[h] · scale, for RB key blocks per program."""
+    """OUT_j = (SUMS_j / count_j − μ) @ W[h] · scale, for RB blocks per program."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     h = bh % H
     bh64 = bh.to(tl.int64)
     j = pid * RB + tl.arange(0, RB)
     offs_d = tl.arange(0, D)
-    j_ok = j < NK
-    ks = tl.load(KSUM + (bh64 * NK + j[:, None]) * D + offs_d[None, :], mask=j_ok[:, None], other=0.0)
-    count = tl.minimum(N - j * BK, BK).to(tl.float32)
-    count = tl.where(j_ok, count, 1.0)
-    mu = tl.load(KMEAN + bh64 * D + offs_d)
-    kbar = ks / count[:, None] - mu[None, :]
-    w = tl.load(WK + h.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
-    kp = tl.dot(kbar, w, input_precision="ieee") * scale
-    tl.store(KP + (bh64 * NK + j[:, None]) * D + offs_d[None, :], kp, mask=j_ok[:, None])
+    j_ok = j < NB
+    sums = tl.load(SUMS + (bh64 * NB + j[:, None]) * D + offs_d[None, :], mask=j_ok[:, None], other=0.0)
+    count = tl.where(j_ok, tl.minimum(N - j * BLK, BLK), 1).to(tl.float32)
+    pooled = sums / count[:, None]
+    if SUB_MEAN:
+        pooled = pooled - tl.load(MEAN + bh64 * D + offs_d)[None, :]
+    w = tl.load(W + h.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
+    out = tl.dot(pooled, w, input_precision="ieee") * scale
+    tl.store(OUT + (bh64 * NB + j[:, None]) * D + offs_d[None, :], out, mask=j_ok[:, None])
 
 
 @triton.jit
-def router_scores_kernel(
-    Q, WQ, KP, SCORES,  # Q via strides; WQ [H, D, D]; KP [BH, nk, D]; SCORES [BH, nq, nk] fp32
-    sqb, sqh, sqn, sqd,
-    N, H, NQ, NK,
-    BQ: tl.constexpr, D: tl.constexpr, SB: tl.constexpr,
+def block_scores_kernel(
+    QP, KP, SCORES,  # QP [BH, nq, D], KP [BH, nk, D] (already scaled by 1/√D), SCORES [BH, nq, nk]; fp32
+    NQ, NK,
+    QT: tl.constexpr, KT: tl.constexpr, D: tl.constexpr,
 ):
-    """One query block: mean-pool its rows, project by Wq[h], dot with every projected key block."""
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    bh64 = bh.to(tl.int64)
-    rows = i * BQ + tl.arange(0, BQ)
+    pid_q = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    bh64 = tl.program_id(2).to(tl.int64)
+    i = pid_q * QT + tl.arange(0, QT)
+    j = pid_k * KT + tl.arange(0, KT)
     offs_d = tl.arange(0, D)
-    x = tl.load(
-        Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqn + offs_d[None, :] * sqd,
-        mask=(rows < N)[:, None], other=0.0,
-    )
-    count = tl.minimum(N - i * BQ, BQ).to(tl.float32)
-    q_bar = tl.sum(x.to(tl.float32), axis=0) / count  # [D]
-    w = tl.load(WQ + h.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])  # [D(in), D(out)]
-    q_proj = tl.sum(q_bar[:, None] * w, axis=0)  # [D] = q̄ @ Wq
-    offs_s = tl.arange(0, SB)
-    for j0 in range(0, NK, SB):
-        j = j0 + offs_s
-        kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + offs_d[None, :], mask=(j < NK)[:, None], other=0.0)
-        sc = tl.sum(kp * q_proj[None, :], axis=1)
-        tl.store(SCORES + (bh64 * NQ + i) * NK + j, sc, mask=j < NK)
+    qp = tl.load(QP + (bh64 * NQ + i[:, None]) * D + offs_d[None, :], mask=(i < NQ)[:, None], other=0.0)
+    kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + offs_d[None, :], mask=(j < NK)[:, None], other=0.0)
+    sc = tl.dot(qp, tl.trans(kp), input_precision="ieee")
+    tl.store(SCORES + (bh64 * NQ + i[:, None]) * NK + j[None, :], sc, mask=(i < NQ)[:, None] & (j < NK)[None, :])

@@ -57,3 +57,15 @@ def test_router_keeps_every_block(kt):
     nk = 4
     _, indices = sla2_kernels.router(q, k, proj_q, proj_k, block_q=64, block_k=64, topk=nk, layout="bhnd")
     assert torch.equal(indices, torch.arange(nk, dtype=torch.int32).expand_as(indices))
+
+
+def test_blocked_router_reference_matches_reference(kt):
+    """The router oracle of the GPU tests equals the reference."""
+    from sla2_kernels import blocked_reference
+
+    (_, _, _), (qf, kf, _) = kt.make_qkv(2, 2, 300, 64, torch.bfloat16, "bhnd")
+    proj_q, proj_k = _projections(2, 64, seed=5)
+    torch.testing.assert_close(
+        blocked_reference.router_scores(qf, kf, proj_q, proj_k, 64, 128),
+        ref.router_scores(qf, kf, proj_q, proj_k, 64, 128), rtol=1e-5, atol=1e-6,
+    )

@@ -1,0 +1,328 @@
+"""Benchmark of the SLA2 forward kernels on one GPU, with the baselines measured in the same process.
+
+    python3 kernels/bench.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep] [--budget-s 420]
+
+Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a block mask of exactly the
+SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
+SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
+scores, torch Top-k), main kernel (bf16 and low-bit), main kernel without the linear branch (the sparse part
+alone), and the whole forward (eager and as a CUDA graph). Both FLOP conventions (SLA2.md §8):
+dense-equivalent 4·B·H·N²·D / time, and actual = 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
+--sweep times main-kernel configurations (tile width, warps, stages) at the first shape and the last sparsity.
+Also: a sanity check that FlexAttention and our sparse part agree (same mask), the GPU's copy bandwidth and
+bf16 matmul rate (the two ceilings), and each kernel's registers / spills / shared memory.
+The table is printed last; JSON goes to DIR/bench.json. Times are medians of triton.testing.do_bench (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+
+def _import_kernels():
+    try:
+        import sla2_kernels
+    except ImportError:  # running from a checkout whose install does not map sla2_kernels
+        root = pathlib.Path(__file__).resolve().parent
+        spec = importlib.util.spec_from_file_location("sla2_kernels", root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        sla2_kernels = importlib.util.module_from_spec(spec)
+        sys.modules["sla2_kernels"] = sla2_kernels
+        spec.loader.exec_module(sla2_kernels)
+    return sla2_kernels
+
+
+SHAPES = {"1.3b": (1, 12, 32760, 128), "14b": (1, 40, 75600, 128)}
+BLOCK_Q, BLOCK_K = 128, 64  # the paper's blocks
+
+
+def topk_count(nk: int, sparsity: float) -> int:
+    """As sla2_train.attention.reference.topk_count (kernels/ does not import sla2_train)."""
+    return max(1, min(nk, round((1.0 - sparsity) * nk)))
+
+
+class Bench:
+    def __init__(self, args):
+        import torch
+        import triton
+
+        self.torch, self.triton, self.args = torch, triton, args
+        self.sk = _import_kernels()
+        self.t0 = time.time()
+        self.results = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "cuda": torch.version.cuda,
+            "rows": [],
+            "configs": [],
+            "resources": {},
+            "errors": [],
+        }
+
+    # ---------------------------------------------------------------- helpers
+    def left(self) -> float:
+        return self.args.budget_s - (time.time() - self.t0)
+
+    def time_ms(self, fn, graph=False) -> float:
+        testing = self.triton.testing
+        fn()
+        self.torch.cuda.synchronize()
+        if graph:
+            return float(testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
+        return float(testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
+
+    def safe(self, what, fn, default=None):
+        try:
+            return fn()
+        except Exception as err:  # keep going: one failure must not cost the whole run
+            msg = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print("ERROR", msg, flush=True)
+            traceback.print_exc(limit=3)
+            self.results["errors"].append(msg)
+            return default
+
+    def record_resources(self, tag):
+        for name, k in self.sk.api.LAST_COMPILED.items():
+            if k is None:
+                continue
+            try:
+                ptx = k.asm.get("ptx", "")
+                self.results["resources"][f"{tag}:{name}"] = dict(
+                    regs=int(k.n_regs), spills=int(k.n_spills), shared=int(k.metadata.shared),
+                    stages=getattr(k.metadata, "num_stages", None), warps=getattr(k.metadata, "num_warps", None),
+                    wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+                )
+            except Exception as err:
+                self.results["resources"][f"{tag}:{name}"] = str(err)
+
+    def save(self):
+        out = pathlib.Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(self.results, indent=1))
+
+    # ---------------------------------------------------------------- ceilings
+    def ceilings(self):
+        torch = self.torch
+        x = torch.empty(1 << 28, device="cuda", dtype=torch.float32)  # 1 GiB
+        y = torch.empty_like(x)
+        t = self.time_ms(lambda: y.copy_(x))
+        a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        tm = self.time_ms(lambda: a @ b)
+        self.results["ceilings"] = dict(copy_GBps=2 * x.numel() * 4 / t / 1e6, bf16_matmul_TFLOPs=2 * 8192**3 / tm / 1e9)
+        del x, y, a, b
+        print("ceilings", self.results["ceilings"], flush=True)
+
+    # ---------------------------------------------------------------- one shape
+    def run_shape(self, shape_name):
+        torch, sk = self.torch, self.sk
+        B, H, N, D = SHAPES[shape_name]
+        gen = torch.Generator(device="cuda").manual_seed(1234)
+        q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+        eye = torch.eye(D, device="cuda").expand(H, D, D)
+        proj_q = eye + 0.05 * torch.randn(H, D, D, device="cuda", generator=gen)
+        proj_k = eye + 0.05 * torch.randn(H, D, D, device="cuda", generator=gen)
+        nq, nk = -(-N // BLOCK_Q), -(-N // BLOCK_K)
+        alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda", generator=gen)
+        dense_flops = 4.0 * B * H * N * N * D
+        base = {}
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        for name, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
+            def run(backend=backend):
+                with sdpa_kernel(backend):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            base[name] = self.safe(f"{shape_name} {name}", lambda: self.time_ms(run))
+            print(shape_name, name, base[name], flush=True)
+        self.results.setdefault("baselines", {})[shape_name] = base
+
+        flex = self.safe(f"{shape_name} flex compile", lambda: self.make_flex(B, H, N, D))
+        kw = dict(block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
+        for sparsity in self.args.sparsities:
+            if self.left() < 30:
+                self.results["errors"].append(f"budget: skipped {shape_name} sparsity {sparsity}")
+                continue
+            topk = topk_count(nk, sparsity)
+            row = dict(shape=shape_name, B=B, H=H, N=N, D=D, sparsity=sparsity, topk=topk, nk=nk,
+                       density=topk / nk, **base)
+            st16 = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=False)
+            st8 = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True)
+            _, idx = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)
+            self.record_resources(f"{shape_name}")
+            T = {}
+            T["precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
+            T["precompute_quant"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True))
+            T["router"] = self.time_ms(lambda: sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw))
+            T["router_alone"] = self.time_ms(lambda: sk.router(q, k, proj_q, proj_k, topk=topk, **kw))
+            scores = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)[0]
+            T["topk_sort"] = self.time_ms(lambda: scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1))
+            for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
+                T["main" + tag] = self.time_ms(
+                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, **kw))
+                self.record_resources(f"{shape_name}")
+                T["sparse_only" + tag] = self.time_ms(
+                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, **kw))
+
+                def whole(quant=quant):
+                    s = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=quant)
+                    _, i = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=s, **kw)
+                    return sk.sla2_forward(q, k, v, i, alpha, quant=quant, kv_state=s, **kw)
+
+                T["total" + tag] = self.time_ms(whole)
+                T["total_graph" + tag] = self.safe(f"{shape_name} graph{tag}", lambda: self.time_ms(whole, graph=True))
+            if flex is not None:
+                T["flex"] = self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, q, k, v, idx, nk))
+            actual = 4.0 * B * H * N * topk * BLOCK_K * D
+            row.update({f"t_{n}": t for n, t in T.items()})
+            for n in ("main", "main_lowbit", "sparse_only", "sparse_only_lowbit", "total", "total_lowbit",
+                      "total_graph", "total_graph_lowbit", "flex"):
+                t = T.get(n)
+                if t:
+                    row[f"dense_equiv_TFLOPs_{n}"] = dense_flops / t / 1e9
+                    row[f"actual_TFLOPs_{n}"] = actual / t / 1e9
+            if base.get("sdpa_cudnn"):
+                row["cudnn_TFLOPs"] = dense_flops / base["sdpa_cudnn"] / 1e9
+                for n in ("total", "total_lowbit", "total_graph", "total_graph_lowbit"):
+                    if T.get(n):
+                        row[f"speedup_vs_cudnn_{n}"] = base["sdpa_cudnn"] / T[n]
+            self.results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            self.save()
+            if self.args.sweep and shape_name == self.args.shapes[0] and sparsity == self.args.sparsities[-1]:
+                self.sweep(q, k, v, idx, alpha, st16, st8, kw, shape_name, sparsity)
+            del st16, st8
+        if flex is not None and self.args.shapes and shape_name == self.args.shapes[0]:
+            self.safe("flex check", lambda: self.flex_check(flex, q, k, v, idx, alpha, nk, kw))
+        del q, k, v
+        torch.cuda.empty_cache()
+
+    # ---------------------------------------------------------------- config sweep
+    def sweep(self, q, k, v, idx, alpha, st16, st8, kw, shape_name, sparsity):
+        sk = self.sk
+        Cfg = sk.api.FwdConfig
+        configs = [Cfg(2, 8, 2), Cfg(1, 8, 2), Cfg(1, 8, 3), Cfg(2, 4, 2)]
+        for quant, st in ((False, st16), (True, st8)):
+            for cfg in configs:
+                if self.left() < 20:
+                    return
+                for linear in (True,):
+                    t = self.safe(f"sweep {cfg} quant={quant} linear={linear}", lambda: self.time_ms(
+                        lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg,
+                                                linear=linear, **kw)))
+                    name = "sla2_fwd_lowbit" if quant else "sla2_fwd"
+                    ck = sk.api.LAST_COMPILED.get(name)
+                    res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=linear, kpi=cfg.kpi,
+                               num_warps=cfg.num_warps, num_stages=cfg.num_stages, t_ms=t)
+                    if t is not None and ck is not None:
+                        res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared),
+                                   used_warps=getattr(ck.metadata, "num_warps", None),
+                                   used_stages=getattr(ck.metadata, "num_stages", None))
+                    self.results["configs"].append(res)
+                    print("sweep", json.dumps(res), flush=True)
+        self.save()
+
+    # ---------------------------------------------------------------- FlexAttention
+    def make_flex(self, B, H, N, D):
+        torch = self.torch
+        from torch.nn.attention.flex_attention import flex_attention
+
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return compiled
+
+    def flex_mask(self, idx, nk, N):
+        torch = self.torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        B, H, nq, topk = idx.shape
+        full_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
+        full_idx[..., :topk] = idx
+        full_num = torch.full((B, H, nq), topk, device="cuda", dtype=torch.int32)
+        none_num = torch.zeros(B, H, nq, device="cuda", dtype=torch.int32)
+        none_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
+        return BlockMask.from_kv_blocks(none_num, none_idx, full_num, full_idx, BLOCK_SIZE=(BLOCK_Q, BLOCK_K),
+                                        seq_lengths=(N, N))
+
+    def time_flex(self, flex, q, k, v, idx, nk):
+        bm = self.flex_mask(idx, nk, q.shape[2])
+        opts = {"BLOCK_M": BLOCK_Q, "BLOCK_N": BLOCK_K}
+        return self.time_ms(lambda: flex(q, k, v, block_mask=bm, kernel_options=opts))
+
+    def flex_check(self, flex, q, k, v, idx, alpha, nk, kw):
+        bm = self.flex_mask(idx, nk, q.shape[2])
+        o_flex = flex(q, k, v, block_mask=bm, kernel_options={"BLOCK_M": BLOCK_Q, "BLOCK_N": BLOCK_K})
+        o_ours, _ = self.sk.sla2_forward(q, k, v, idx, alpha, quant=False, linear=False, **kw)
+        rel = float((o_ours.float() - o_flex.float()).abs().sum() / o_flex.float().abs().sum())
+        self.results["flex_vs_sparse_part_rel_l1"] = rel
+        print("flex vs our sparse part, relative L1", rel, flush=True)
+
+    # ---------------------------------------------------------------- table
+    def table(self) -> str:
+        lines = [f"SLA2 forward, {self.results['device']}, torch {self.results['torch']}, triton "
+                 f"{self.results['triton']}, {self.results['date']} (ms, median)"]
+        c = self.results.get("ceilings")
+        if c:
+            lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s")
+        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "main", "sparse", "total",
+               "graph", "x cuDNN", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
+        lines.append(" ".join(f"{h:>8}" for h in hdr))
+
+        def f(x, p=3):
+            return f"{x:8.{p}f}" if isinstance(x, (int, float)) else f"{'-':>8}"
+
+        for r in self.results["rows"]:
+            lines.append(" ".join([
+                f"{r['shape']:>8}", f(r["sparsity"], 2), f"{r['topk']:8d}", f(r.get("sdpa_cudnn"), 2),
+                f(r.get("sdpa_flash"), 2), f(r.get("t_flex")), f(r.get("t_precompute")), f(r.get("t_router")),
+                f(r.get("t_main")), f(r.get("t_sparse_only")), f(r.get("t_total")), f(r.get("t_total_graph")),
+                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_main_lowbit")),
+                f(r.get("t_sparse_only_lowbit")), f(r.get("t_total_lowbit")), f(r.get("t_total_graph_lowbit")),
+                f(r.get("speedup_vs_cudnn_total_graph_lowbit"), 1), f(r.get("actual_TFLOPs_sparse_only"), 0),
+                f(r.get("cudnn_TFLOPs"), 0),
+            ]))
+        if self.results["configs"]:
+            lines.append("main-kernel configs (kpi, warps, stages): ms [regs/spills]")
+            for c in self.results["configs"]:
+                lines.append(f"  quant={c['quant']!s:5} linear={c['linear']!s:5} ({c['kpi']},{c['num_warps']},"
+                             f"{c['num_stages']}): {c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
+                             f"[{c.get('regs')}/{c.get('spills')}]")
+        if self.results["errors"]:
+            lines.append("errors: " + " | ".join(self.results["errors"]))
+        return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--shapes", default="1.3b,14b")
+    p.add_argument("--sparsities", default="0.9,0.95,0.97")
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--budget-s", type=float, default=400.0)
+    args = p.parse_args()
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    args.sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    b = Bench(args)
+    b.safe("ceilings", b.ceilings)
+    for shape in args.shapes:
+        if b.left() < 60:
+            b.results["errors"].append(f"budget: skipped shape {shape}")
+            continue
+        b.safe(f"shape {shape}", lambda: b.run_shape(shape))
+        b.save()
+    b.save()
+    print(json.dumps(b.results["resources"], indent=None))
+    print(b.table())
+
+
+if __name__ == "__main__":
+    main()

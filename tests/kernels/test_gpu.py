@@ -1,0 +1,136 @@
+"""GPU tests at the real shapes (H100): kernels vs the blocked PyTorch oracle (kernels/blocked_reference.py,
+itself checked against the reference in test_forward.py / test_router.py). Skipped without CUDA.
+
+These cover what the interpreter cannot: the native bf16/fp16, INT8 and FP8 tensor-core products (wgmma),
+the hardware e4m3 conversion, and the sizes of Wan2.1 (N = 32760 with ragged blocks; 75600 × 40 heads).
+"""
+
+import math
+
+import pytest
+import torch
+
+import sla2_kernels
+from sla2_kernels import blocked_reference as br
+
+pytestmark = pytest.mark.gpu
+
+
+def _inputs(B, H, N, D, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g) for _ in range(3))
+    k += 0.5 * torch.randn(1, H, 1, D, device="cuda", generator=g)  # a per-channel offset, as real K has
+    v += 0.3 * torch.randn(1, H, 1, D, device="cuda", generator=g)
+    eye = torch.eye(D, device="cuda").expand(H, D, D)
+    pq = eye + 0.3 * torch.randn(H, D, D, device="cuda", generator=g) / math.sqrt(D)
+    pk = eye + 0.3 * torch.randn(H, D, D, device="cuda", generator=g) / math.sqrt(D)
+    return q.to(dtype), k.to(dtype), v.to(dtype), pq, pk
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).abs().sum() / b.float().abs().sum())
+
+
+def _cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+
+
+def _topk_ok(indices, ref_scores, topk):
+    idx = indices.long()
+    assert bool((idx[..., 1:] > idx[..., :-1]).all())
+    chosen = torch.gather(ref_scores, -1, idx).sort(dim=-1, descending=True).values
+    best = ref_scores.topk(topk, dim=-1).values
+    assert bool(((chosen - best).abs() <= 1e-4 * (1 + best.abs())).all())
+
+
+def _check_forward(q, k, v, idx, alpha, bq, bk, layout="bhnd", heads=None):
+    """bf16 and low-bit kernels against the oracle (on `heads` only when given); returns (o16, o8)."""
+    outs = {}
+    for quant in (False, True):
+        o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout=layout)
+        assert torch.isfinite(o).all() and torch.isfinite(lse).all()
+        ob = o.transpose(1, 2) if layout == "bnhd" else o
+        qb, kb, vb = ((t.transpose(1, 2) if layout == "bnhd" else t) for t in (q, k, v))
+        sel = slice(None) if heads is None else heads
+        o_ref, lse_ref = br.sla2_forward(qb[:, sel], kb[:, sel], vb[:, sel], idx[:, sel], alpha[:, sel], bq, bk, quant)
+        err = _rel(ob[:, sel], o_ref)
+        assert err <= 1e-2, f"quant={quant}: relative L1 {err:.2e} against the oracle"
+        assert float((lse[:, sel] - lse_ref).abs().max()) <= 2e-3
+        outs[quant] = ob
+    err, cos = _rel(outs[True], outs[False]), _cos(outs[True], outs[False])
+    assert err <= 5e-2 and cos >= 0.998, f"low-bit vs bf16: relative L1 {err:.2e}, cosine {cos:.5f}"
+    return outs[False], outs[True]
+
+
+@pytest.mark.parametrize("sparsity", [0.97, 0.9])
+def test_wan_1p3b_shape(sparsity):
+    B, H, N, D, bq, bk = 1, 12, 32760, 128, 128, 64
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=1)
+    nq, nk = -(-N // bq), -(-N // bk)
+    topk = max(1, round((1 - sparsity) * nk))
+    state = sla2_kernels.precompute(k, v, block_k=bk, layout="bhnd")
+    scores, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd", kv_state=state)
+    ref_scores = br.router_scores(q, k, pq, pk, bq, bk)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    _topk_ok(idx, ref_scores, topk)
+    _, idx_alone = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
+    assert (idx_alone == idx).float().mean() > 0.999
+    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    o16, o8 = _check_forward(q, k, v, idx, alpha, bq, bk)
+    # diffusers' layout through strides: the same numbers as [B, H, N, D]
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    for quant, want in ((False, o16), (True, o8)):
+        o, _ = sla2_kernels.sla2_forward(qt, kt, vt, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout="bnhd")
+        assert o.shape == qt.shape and float((o.transpose(1, 2).float() - want.float()).abs().max()) <= 1e-2
+
+
+def test_wan_14b_shape_two_heads():
+    B, H, N, D, bq, bk = 1, 40, 75600, 128, 128, 64
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=2)
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
+    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    _check_forward(q, k, v, idx, alpha, bq, bk, heads=[0, H - 1])
+
+
+@pytest.mark.parametrize("bq, bk, D, dtype, layout", [
+    (64, 128, 64, torch.float16, "bnhd"),
+    (128, 128, 128, torch.float16, "bhnd"),
+    (64, 64, 64, torch.bfloat16, "bnhd"),
+])
+def test_other_blocks_dtypes_layouts(bq, bk, D, dtype, layout):
+    B, H, N = 2, 3, 8190  # ragged for every block size
+    q, k, v, pq, pk = _inputs(B, H, N, D, dtype, seed=bq + bk + D)
+    if layout == "bnhd":  # views into one fused [B, N, 3, H, D] buffer, as a fused QKV projection gives
+        fused = torch.stack([t.transpose(1, 2) for t in (q, k, v)], dim=2)
+        q, k, v = fused[:, :, 0], fused[:, :, 1], fused[:, :, 2]
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, nk // 10), layout=layout)
+    _check_forward(q, k, v, idx, 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda"), bq, bk, layout=layout)
+
+
+def test_software_e4m3_rounding_equals_hardware():
+    """The interpreter's software e4m3 rounding and the GPU's cvt give the same bytes (and so the CPU
+    tests of the low-bit path test the arithmetic the GPU runs)."""
+    from sla2_kernels.lowbit_quant import quantize_kv_kernel
+
+    B, H, N, D, bk = 1, 4, 4000, 128, 64
+    _, k, v, _, _ = _inputs(B, H, N, D, torch.bfloat16, seed=7)
+    v = v * torch.logspace(-3, 2, D, device="cuda", dtype=torch.bfloat16)  # many exponents per channel
+    st = sla2_kernels.precompute(k, v, block_k=bk, layout="bhnd", quant=True)
+    nk = -(-N // bk)
+    out = []
+    for soft in (True, False):
+        k8 = torch.empty(B * H, nk * bk, D, device="cuda", dtype=torch.int8)
+        sk = torch.empty(B * H, nk, device="cuda")
+        v8t = torch.empty(B * H, D, nk * bk, device="cuda", dtype=torch.float8_e4m3fn)
+        quantize_kv_kernel[(nk, B * H)](k, v, st.kmean, st.sv, k8, sk, v8t, *k.stride(), *v.stride(), N, H, nk,
+                                        BK=bk, D=D, INTERPRET=soft)
+        out.append((k8, sk, v8t.view(torch.uint8)))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+    # and both equal torch's own e4m3 cast of the same quotient
+    vf = v.float().view(B * H, N, D)
+    want = (vf / st.sv[:, None, :]).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    got = out[1][2].view(B * H, D, -1)[..., :N].transpose(1, 2)
+    assert float((got != want).float().mean()) < 1e-4  # division rounding may differ by an ulp at ties
