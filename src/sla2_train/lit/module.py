@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from sla2_train.models import ConfigError, describe_attention
 
+from .alpha_calibration import calibrate_alpha
 from .checkpoint_weights import load_model_weights
 from .flow_matching import FlowMatching
 from .stage import Stage
 from .stats import alpha_means, skipped_counts
+
+log = logging.getLogger(__name__)
 
 
 class SLA2Module(pl.LightningModule):
@@ -30,12 +35,20 @@ class SLA2Module(pl.LightningModule):
         self.flow = flow
         if init_from:
             load_model_weights(model, init_from)
+        # Calibration is for α that nothing has trained yet; a resumed run starts at global_step > 0.
+        self._needs_calibration = stage.calibrate_alpha and not init_from
         stage.apply(model)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self._needs_calibration and self.global_step == 0:
+            layers = calibrate_alpha(
+                self.model, batch, self.flow, lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
+            )
+            log.info("calibrated α of %d layers on the first batch", layers)
+        self._needs_calibration = False
         loss, logs = self.stage.objective(self.model, batch, self.flow)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")

@@ -19,6 +19,7 @@ class Stage:
     objective: Callable[..., Any]
     optimizer: Callable[..., Any]  # partial: params -> torch.optim.Optimizer
     attention_mode: dict[str, Any] = field(default_factory=dict)  # SLA2Attention options, e.g. topk, quant
+    calibrate_alpha: bool = False  # measure α on the first batch of a fresh run (not on resume / init_from)
 
     def apply(self, model: nn.Module) -> None:
         check = getattr(self.objective, "check", None)
