@@ -12,7 +12,7 @@ from torch import nn
 from . import reference as ref
 from .alpha import build_alpha
 from .checks import BACKENDS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
-from .kernel_path import kernels_available, run_kernels
+from .kernel_path import run_kernels, use_op_path
 from .router import BlockRouter
 
 
@@ -87,12 +87,8 @@ class SLA2Attention(nn.Module):
         return o.transpose(1, 2) if layout == "bnhd" else o
 
     def _use_kernels(self, q: torch.Tensor) -> bool:
-        if self.backend == "reference":
-            return False
-        ok, why = kernels_available(q, self)
-        if self.backend == "triton" and not ok:
-            raise RuntimeError(f"backend='triton' cannot run: {why}")
-        return ok
+        # The custom-op path: Triton kernels on CUDA, the reference behind the same op on CPU (kernel_path).
+        return use_op_path(q, self)
 
     def _reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.variant == "full":

@@ -1,0 +1,133 @@
+"""The torch.library ops (sla2::router, sla2::attention, sla2::attention_backward) on CPU, where their
+implementation is the reference: schema/fake/autograd registration (opcheck), gradients against autograd
+through the float64 reference, the module's op path against its reference path, and SoftTop-k router gradients.
+"""
+
+import pytest
+import torch
+
+from sla2_train.attention import SLA2Attention, ops
+from sla2_train.attention import reference as ref
+
+
+def selection(b, h, n, bq, bk, topk):
+    nq, nk = ref.num_blocks(n, bq), ref.num_blocks(n, bk)
+    return ref.hard_topk(torch.randn(b, h, nq, nk, dtype=torch.float64), topk)
+
+
+def qkv(b, h, n, d, layout, requires_grad=False):
+    shape = (b, n, h, d) if layout == "bnhd" else (b, h, n, d)
+    return [torch.randn(shape, dtype=torch.float64, requires_grad=requires_grad) for _ in range(3)]
+
+
+def bhnd(t, layout):
+    return t.transpose(1, 2) if layout == "bnhd" else t
+
+
+@pytest.mark.parametrize("layout", ["bnhd", "bhnd"])
+@pytest.mark.parametrize("alpha_shape", ["block", "head", "scalar"])
+@pytest.mark.parametrize("topk", [2, 6])  # 6 = every key block: α forced to 1, no gradient
+def test_op_gradients_equal_reference_autograd(layout, alpha_shape, topk):
+    b, h, n, d, bq, bk = 2, 2, 45, 8, 16, 8
+    q, k, v = qkv(b, h, n, d, layout, requires_grad=True)
+    sel = selection(b, h, n, bq, bk, topk)
+    nq = sel.mask.shape[-2]
+    shape = {"block": (b, h, nq), "head": (1, h, 1), "scalar": ()}[alpha_shape]
+    alpha = (torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    dout = torch.randn_like(q)
+    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, layout)
+    grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, alpha)]
+    a = ref.effective_alpha(leaves[3].expand(b, h, nq), sel.mask.all(dim=-1))
+    expect = ref.sla2_attention(*(bhnd(t, layout) for t in leaves[:3]), sel.mask, a, bq, bk)
+    expect_lse = ref.sparse_attention(*(bhnd(t, layout) for t in leaves[:3]), sel.mask, bq, bk)[1]
+    grads_ref = torch.autograd.grad((bhnd(expect, layout) * dout).sum(), leaves, allow_unused=True)
+    torch.testing.assert_close(bhnd(o, layout), expect, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lse, expect_lse)
+    for g, gr in zip(grads, grads_ref):
+        torch.testing.assert_close(g, torch.zeros_like(g) if gr is None else gr, rtol=1e-8, atol=1e-10)
+    if topk == 6:
+        assert grads[3].abs().max() == 0
+
+
+def test_quant_op_backward_is_straight_through_with_the_forward_output():
+    """quant=True: forward value = fake-quant reference; backward = the bf16 formula at the original q, k, v with
+    the forward's o and lse (as the kernels do), close to the exact gradient."""
+    b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
+    q, k, v = qkv(b, h, n, d, "bhnd", requires_grad=True)
+    sel = selection(b, h, n, bq, bk, 3)
+    alpha = torch.full((1, h, 1), 0.8, dtype=torch.float64, requires_grad=True)
+    dout = torch.randn_like(q)
+    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
+    fq = ref.sla2_attention(q, k, v, sel.mask, alpha, bq, bk, quant=True)
+    torch.testing.assert_close(o, fq.detach())
+    grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
+    ste = ops.reference_backward(dout, q.detach(), k.detach(), v.detach(), o.detach(), lse.double(),
+                                 sel.indices, alpha.detach(), bq, bk, "bhnd")
+    for g, gs in zip(grads[:3], ste[:3]):
+        torch.testing.assert_close(g, gs)
+    exact = torch.autograd.grad((fq * dout).sum(), (q, k, v))
+    for g, ge in zip(grads[:3], exact):
+        assert (g - ge).norm() / ge.norm() < 5e-2
+
+
+def test_opcheck():
+    b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
+    q, k, v = qkv(b, h, n, d, "bnhd", requires_grad=True)
+    sel = selection(b, h, n, bq, bk, 3)
+    alpha = torch.full((1, h, 3), 0.7, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.sla2.attention.default, (q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd"))
+    eye = torch.eye(d, dtype=torch.float64).expand(h, d, d).contiguous()
+    torch.library.opcheck(torch.ops.sla2.router.default, (q.detach(), k.detach(), eye, eye, bq, bk, 3, "bnhd"))
+    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd")
+    args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse, sel.indices.int(),
+            alpha.detach(), bq, bk, False, "bnhd")
+    torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
+
+
+@pytest.mark.parametrize("alpha_mode", ["per_head", "per_block", "predicted"])
+@pytest.mark.parametrize("quant", [False, True])
+def test_module_op_path_equals_reference_path(alpha_mode, quant):
+    h, d, n = 2, 8, 45
+    kw = dict(sparsity=0.5, block_q=16, block_k=8, alpha_mode=alpha_mode, seq_len=n, quant=quant)
+    op_path = SLA2Attention(h, d, **kw).double()
+    ref_path = SLA2Attention(h, d, backend="reference", **kw).double()
+    with torch.no_grad():
+        op_path.router.proj_q.add_(torch.randn(h, d, d, dtype=torch.float64) * 0.3)
+    ref_path.load_state_dict(op_path.state_dict())
+    q, k, v = qkv(2, h, n, d, "bnhd", requires_grad=True)
+    dout = torch.randn_like(q)
+    outs, grads = [], []
+    for m in (op_path, ref_path):
+        o = m(q, k, v)
+        outs.append(o)
+        params = list(m.alpha.parameters())
+        grads.append(torch.autograd.grad((o * dout).sum(), [q, k, v, *params]))
+        assert m.router.proj_q.grad is None
+    torch.testing.assert_close(outs[0], outs[1])
+    # quant: the op's backward uses the low-bit forward's o and lse, the reference path the exact gradient
+    rtol = 5e-2 if quant else 1e-7
+    for g0, g1 in zip(*grads):
+        assert (g0 - g1).norm() <= rtol * g1.norm() + 1e-12
+
+
+def test_soft_topk_router_gradients_float32_vs_float64():
+    """SoftTop-k (stage 1) is reference-only: every gradient, the router's included, at float32 matches float64."""
+    h, d, n = 2, 16, 96
+    m64 = SLA2Attention(h, d, sparsity=0.5, block_q=32, block_k=16, topk="soft", alpha_mode="predicted").double()
+    with torch.no_grad():
+        m64.router.proj_q.add_(torch.randn(h, d, d, dtype=torch.float64) * 0.2)
+        m64.router.proj_k.add_(torch.randn(h, d, d, dtype=torch.float64) * 0.2)
+    m32 = SLA2Attention(h, d, sparsity=0.5, block_q=32, block_k=16, topk="soft", alpha_mode="predicted")
+    m32.load_state_dict({k: v.float() for k, v in m64.state_dict().items()})
+    x64 = qkv(1, h, n, d, "bnhd", requires_grad=True)
+    x32 = [t.detach().float().requires_grad_() for t in x64]
+    dout = torch.randn_like(x64[0])
+    res = []
+    for m, x in ((m64, x64), (m32, x32)):
+        o = m(*x)
+        params = [m.router.proj_q, m.router.proj_k, *m.alpha.parameters()]
+        res.append(torch.autograd.grad((o * dout.to(o.dtype)).sum(), [*x, *params]))
+    for g64, g32 in zip(*res):
+        assert g64.abs().sum() > 0
+        assert (g32.double() - g64).norm() / g64.norm() < 1e-3

@@ -1,0 +1,197 @@
+"""SLA2 backward kernels (kernels/sla2_bwd.py, kernels/autograd.py) against autograd through the float64 reference.
+
+On CPU the kernels run under Triton's interpreter (tests/kernels/conftest.py sets TRITON_INTERPRET=1), so the
+shapes are small: ragged N, b_q/b_k 64 and 128, head_dim 64 and 128, both layouts, bf16 and fp16, every key
+block selected, QAT. Inputs are fresh random tensors per test; every float buffer the backward allocates is
+poisoned with NaN, so an element it fails to write shows up. Relative error ‖kernel − ref‖ / ‖ref‖ ≤ 2e-2.
+"""
+
+import pytest
+import torch
+
+import sla2_kernels
+from sla2_kernels import autograd as kag
+from sla2_kernels import sla2_bwd
+from sla2_train.attention import ops
+from sla2_train.attention import reference as ref
+
+TOL = 2e-2
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "non-finite values (unwritten or broken output)"
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """torch.empty / empty_like in the backward's host code return NaN-filled float buffers."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_fill(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-(2**30) if t.dtype == torch.int32 else 0)
+
+    monkeypatch.setattr(sla2_bwd.torch, "empty", lambda *a, **k: nan_fill(empty(*a, **k)))
+    monkeypatch.setattr(sla2_bwd.torch, "empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
+
+
+def to_layout(t, layout):
+    return t.transpose(1, 2).contiguous() if layout == "bnhd" else t.contiguous()
+
+
+def from_layout(t, layout):
+    return t.transpose(1, 2) if layout == "bnhd" else t
+
+
+def problem(b, h, n, d, bq, bk, topk, dtype, alpha_shape="block"):
+    """Random q, k, v, dO (already rounded to dtype, as float64), a random selection and α."""
+    q, k, v, do = (torch.randn(b, h, n, d, dtype=torch.float64).to(dtype).double() for _ in range(4))
+    nq, nk = -(-n // bq), -(-n // bk)
+    sel = ref.hard_topk(torch.randn(b, h, nq, nk), topk)
+    shape = {"block": (b, h, nq), "head": (1, h, 1), "scalar": ()}[alpha_shape]
+    alpha = torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1
+    return q, k, v, do, sel, alpha
+
+
+def reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=False):
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, alpha)]
+    nq, nk = sel.mask.shape[-2:]
+    a = ref.effective_alpha(leaves[3].expand(q.shape[0], q.shape[1], nq), sel.mask.all(dim=-1))
+    out = ref.sla2_attention(*leaves[:3], sel.mask, a, bq, bk, quant=quant)
+    out.backward(do)
+    return out.detach(), [t.grad for t in leaves]
+
+
+def kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype, quant=False):
+    qk, kk, vk, dok = (to_layout(t.to(dtype), layout) for t in (q, k, v, do))
+    leaves = [t.requires_grad_() for t in (qk, kk, vk)]
+    a = alpha.float().requires_grad_()
+    o, _lse = kag.sla2_attention(*leaves, sel.indices.to(torch.int32), a, block_q=bq, block_k=bk, quant=quant,
+                                 layout=layout)
+    o.backward(dok)
+    return from_layout(o.detach(), layout), [from_layout(t.grad, layout) for t in leaves] + [a.grad]
+
+
+CASES = [
+    # b, h, n, d, bq, bk, topk, layout, dtype, alpha shape
+    (2, 2, 333, 64, 128, 64, 3, "bnhd", torch.bfloat16, "block"),  # ragged, KPI = 2 with an odd topk
+    (1, 2, 300, 128, 64, 128, 1, "bhnd", torch.bfloat16, "head"),
+    (1, 2, 257, 64, 64, 64, 3, "bhnd", torch.float16, "scalar"),
+    (1, 1, 200, 128, 128, 64, 2, "bnhd", torch.bfloat16, "block"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}n{c[2]}d{c[3]}q{c[4]}k{c[5]}t{c[6]}-{c[7]}-{c[8]}".replace("torch.", ""))
+def test_gradients_match_float64_reference(case, poison):
+    b, h, n, d, bq, bk, topk, layout, dtype, ash = case
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, dtype, ash)
+    o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
+    o, g = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype)
+    assert rel(o, o_ref) <= 1e-2
+    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g, g_ref):
+        assert gk.shape == gr.shape, name
+        assert rel(gk, gr) <= TOL, (name, rel(gk, gr))
+
+
+def test_every_block_selected_alpha_is_one_and_gets_no_gradient(poison):
+    b, h, n, d, bq, bk = 1, 2, 300, 64, 128, 128
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, 3, torch.bfloat16)
+    o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
+    o, g = kernel_grads(q, k, v, do, sel, alpha, bq, bk, "bnhd", torch.bfloat16)
+    assert rel(o, o_ref) <= 1e-2
+    for gk, gr in zip(g[:3], g_ref[:3]):
+        assert rel(gk, gr) <= TOL
+    assert torch.equal(g[3], torch.zeros_like(g[3]))
+
+
+def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison):
+    """quant=True: low-bit forward; the backward is the bf16 kernel at the original q, k, v with the forward's
+    o and lse (SLA2.md §5). So (1) it equals the bf16 backward given that o, lse exactly; (2) it matches the
+    float64 straight-through formula at that o, lse; (3) it stays close to the exact gradient (the reference's
+    straight_through), the gap being the low-bit forward's error in o and lse."""
+    b, h, n, d, bq, bk, topk, layout = 1, 2, 333, 64, 128, 64, 2, "bnhd"
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    qk, kk, vk, dok = (to_layout(t.bfloat16(), layout) for t in (q, k, v, do))
+    idx = sel.indices.to(torch.int32)
+    a3 = alpha.float()
+    o_q, lse_q = sla2_kernels.sla2_forward(qk, kk, vk, idx, a3, block_q=bq, block_k=bk, quant=True, layout=layout)
+    o_b, lse_b = sla2_kernels.sla2_forward(qk, kk, vk, idx, a3, block_q=bq, block_k=bk, quant=False, layout=layout)
+    assert rel(o_q, o_b) > 1e-4  # the forward really is low-bit
+    o_a, g_auto = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, torch.bfloat16, quant=True)
+    torch.testing.assert_close(to_layout(o_a, layout), o_q, rtol=0, atol=0)
+    g_qat = kag.attention_backward(dok, qk, kk, vk, o_q, lse_q, idx, a3, block_q=bq, block_k=bk, layout=layout)
+    # (1) the autograd function's backward is exactly this call
+    for g1, g2 in zip(g_auto[:3], g_qat[:3]):
+        torch.testing.assert_close(g1, from_layout(g2, layout), rtol=0, atol=0)
+    # (2) float64 straight-through formula at the low-bit o and lse
+    f64 = [t.double() for t in (dok, qk, kk, vk, o_q)]
+    g_ste = ops.reference_backward(*f64, lse_q.double(), idx, alpha, bq, bk, layout)
+    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g_qat, g_ste):
+        assert rel(gk, gr) <= TOL, (name, rel(gk, gr))
+    # (3) exact gradient of the reference's straight_through
+    _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=True)
+    for name, gk, gr in zip(("dq", "dk", "dv"), g_auto[:3], g_ref[:3]):
+        assert rel(gk, gr) <= 5e-2, (name, rel(gk, gr))
+
+
+def test_strided_inputs_and_gradient(poison):
+    """q, k, v as views of one packed [B, N, 3, H, D] projection and a non-contiguous dO: no copies needed."""
+    b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
+    packed = torch.randn(b, n, 3, h, d).bfloat16()
+    q, k, v = packed.unbind(2)  # [B, N, H, D] with token stride 3·H·D
+    do_big = torch.randn(b, n, h, 2 * d).bfloat16()
+    do = do_big[..., :d]
+    nq, nk = -(-n // bq), -(-n // bk)
+    sel = ref.hard_topk(torch.randn(b, h, nq, nk), topk)
+    alpha = torch.rand(1, h, nq) * 0.8 + 0.1
+    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices.int(), alpha, block_q=bq, block_k=bk, quant=False,
+                                       layout="bnhd")
+    dq, dk, dv, da = kag.attention_backward(do, q, k, v, o, lse, sel.indices.int(), alpha, block_q=bq, block_k=bk,
+                                            layout="bnhd")
+    c = [t.contiguous() for t in (do, q, k, v)]
+    dq2, dk2, dv2, da2 = kag.attention_backward(c[0], c[1], c[2], c[3], o, lse, sel.indices.int(), alpha,
+                                                block_q=bq, block_k=bk, layout="bnhd")
+    for g1, g2 in ((dq, dq2), (dk, dk2), (dv, dv2), (da, da2)):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    _, g_ref = reference_grads(*(from_layout(t.double(), "bnhd") for t in (q, k, v, do)), sel, alpha.double(), bq, bk)
+    for gk, gr in zip((dq, dk, dv), g_ref[:3]):
+        assert rel(from_layout(gk, "bnhd"), gr) <= TOL
+
+
+def test_key_block_lists_are_the_transpose_of_the_selection():
+    b, h, nq, nk, topk = 2, 3, 7, 11, 4
+    idx = torch.rand(b, h, nq, nk).topk(topk, dim=-1).indices.sort(dim=-1).values.int()
+    ptr, qblk, order = sla2_bwd.key_block_lists(idx, nk)
+    mask = torch.zeros(b, h, nq, nk, dtype=torch.bool).scatter_(-1, idx.long(), True).view(b * h, nq, nk)
+    counts = mask.sum(dim=1)
+    assert ptr[0] == 0 and ptr[-1] == b * h * nq * topk
+    for bh in range(b * h):
+        for j in range(nk):
+            lo, hi = ptr[bh * nk + j].item(), ptr[bh * nk + j + 1].item()
+            assert qblk[lo:hi].tolist() == torch.nonzero(mask[bh, :, j]).flatten().tolist()
+        assert sorted(order[bh].tolist()) == list(range(nk))
+        assert (counts[bh][order[bh].long()].diff() <= 0).all()  # longest list first
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 1, 32760, 128, 128, 64, 0.97, "bnhd"), (2, 3, 4680, 64, 64, 64, 0.9, "bhnd"),
+                                   (1, 2, 9000, 128, 128, 128, 0.95, "bnhd")])
+@pytest.mark.parametrize("quant", [False, True])
+def test_gradients_at_real_shapes_gpu(shape, quant):
+    """H100: kernels vs autograd through the float32 reference (TF32 off) at the Wan-1.3B shape (one head)."""
+    b, h, n, d, bq, bk, sparsity, layout = shape
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = "cuda"
+    nq, nk = -(-n // bq), -(-n // bk)
+    topk = ref.topk_count(nk, sparsity)
+    q, k, v, do = (torch.randn(b, h, n, d, device=dev).bfloat16().float() for _ in range(4))
+    scores = ref.router_scores(q, k, *(torch.eye(d, device=dev).expand(h, d, d),) * 2, bq, bk)
+    sel = ref.hard_topk(scores, topk)
+    alpha = torch.rand(b, h, nq, device=dev) * 0.8 + 0.1
+    o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=quant)
+    o, g = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, torch.bfloat16, quant=quant)
+    assert rel(o, o_ref) <= (5e-2 if quant else 1e-2)
+    tol = 5e-2 if quant else TOL
+    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g, g_ref):
+        assert rel(gk, gr) <= tol, (name, rel(gk, gr))
