@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -60,7 +59,7 @@ class SLA2Module(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=bs)
         alphas = alpha_means(self.model)
         if alphas:
-            self.log("train/alpha_mean", sum(alphas) / len(alphas), batch_size=bs)
+            self.log("train/alpha_mean", torch.stack(alphas).mean(), batch_size=bs)
             self.log_dict({f"train/alpha/layer_{i}": a for i, a in enumerate(alphas)}, batch_size=bs)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         skipped = skipped_counts(dm)

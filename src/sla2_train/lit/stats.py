@@ -12,13 +12,14 @@ from sla2_train.models import sla2_processors
 
 
 @torch.no_grad()
-def alpha_means(model: nn.Module) -> list[float]:
-    """Mean α of each layer whose α is a stored logit (alpha_mode per_head / per_block); [] otherwise."""
+def alpha_means(model: nn.Module) -> list[torch.Tensor]:
+    """Mean α of each layer whose α is a stored logit (alpha_mode per_head / per_block); [] otherwise.
+    Tensors, not floats: reading them back every step would stall the GPU once per layer."""
     means = []
     for proc in sla2_processors(model):
         logit = getattr(getattr(proc.attention, "alpha", None), "logit", None)
         if logit is not None:
-            means.append(float(torch.sigmoid(logit.float()).mean()))
+            means.append(torch.sigmoid(logit.detach().float()).mean())
     return means
 
 
