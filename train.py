@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -38,6 +38,8 @@ def main(cfg: DictConfig) -> float | None:
         module = instantiate(cfg.module)
         loggers = list(instantiate(cfg.logger).values())
         callbacks = list(instantiate(cfg.callbacks).values())
+        for logger in loggers:  # the full resolved config, so a W&B/CSV run says exactly what it was
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
         last = Path(cfg.ckpt_dir) / "last.ckpt"
         ckpt_path = str(last) if cfg.resume and last.exists() else None
