@@ -7,6 +7,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .format import MEMBERS, check_key, shard_name
 
@@ -28,7 +29,8 @@ class ShardWriter:
     truncated `.tar` that looks finished; readers and resumers only trust `.tar` files.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, samples_per_shard: int, prefix: str = "shard", start_index: int = 0):
+    def __init__(self, out_dir: str | os.PathLike, samples_per_shard: int, prefix: str = "shard", start_index: int = 0,
+                 on_flush: Callable[[ShardInfo], None] | None = None):
         if samples_per_shard < 1:
             raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         self.out_dir = Path(out_dir)
@@ -36,6 +38,7 @@ class ShardWriter:
         self.samples_per_shard = samples_per_shard
         self.prefix = prefix
         self.next_index = start_index
+        self.on_flush = on_flush  # called once a shard is final (e.g. to record it for resuming)
         self.finished: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
         self._current: ShardInfo | None = None
@@ -77,7 +80,9 @@ class ShardWriter:
         os.replace(partial, final)
         self._current.bytes = final.stat().st_size
         self.finished.append(self._current)
-        self._tar, self._current = None, None
+        done, self._tar, self._current = self._current, None, None
+        if self.on_flush is not None:
+            self.on_flush(done)
 
     def close(self) -> list[ShardInfo]:
         self.flush()
