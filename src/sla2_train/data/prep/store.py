@@ -100,9 +100,11 @@ class OutputStore:
         out: dict[str, dict[str, Any]] = {}
         for p in sorted(self.root.glob("failures-r*.jsonl")):
             for line in p.read_text().splitlines():
-                if line.strip():
+                try:
                     rec = json.loads(line)
-                    out[rec["key"]] = rec
+                except json.JSONDecodeError:
+                    continue  # a line another rank is still appending, or cut by a crash
+                out[rec["key"]] = rec
         return out
 
     def next_shard_index(self) -> int:
