@@ -20,7 +20,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import math
 import os
 import pathlib
 import sys
@@ -66,6 +65,7 @@ class Bench:
             "cuda": torch.version.cuda,
             "rows": [],
             "configs": [],
+            "precompute_configs": [],
             "resources": {},
             "errors": [],
         }
@@ -166,7 +166,8 @@ class Bench:
             T["router"] = self.time_ms(lambda: sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw))
             T["router_alone"] = self.time_ms(lambda: sk.router(q, k, proj_q, proj_k, topk=topk, **kw))
             scores = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)[0]
-            T["topk_sort"] = self.time_ms(lambda: scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1))
+            T["topk_torch"] = self.time_ms(lambda: scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1))
+            T["topk"] = self.time_ms(lambda: sk.api._topk(scores, topk))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 T["main" + tag] = self.time_ms(
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, **kw))
@@ -211,12 +212,12 @@ class Bench:
     def sweep(self, q, k, v, idx, alpha, st16, st8, kw, shape_name, sparsity):
         sk = self.sk
         Cfg = sk.api.FwdConfig
-        configs = [Cfg(2, 8, 2), Cfg(1, 8, 2), Cfg(1, 8, 3), Cfg(2, 4, 2)]
+        configs = [Cfg(2, 8, 2), Cfg(2, 8, 3), Cfg(1, 8, 2), Cfg(1, 8, 3), Cfg(1, 8, 4), Cfg(2, 4, 2)]
         for quant, st in ((False, st16), (True, st8)):
             for cfg in configs:
                 if self.left() < 20:
                     return
-                for linear in (True,):
+                for linear in ((True, False) if cfg.kpi == 1 and cfg.num_stages == 3 else (True,)):
                     t = self.safe(f"sweep {cfg} quant={quant} linear={linear}", lambda: self.time_ms(
                         lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg,
                                                 linear=linear, **kw)))
@@ -230,6 +231,20 @@ class Bench:
                                    used_stages=getattr(ck.metadata, "num_stages", None))
                     self.results["configs"].append(res)
                     print("sweep", json.dumps(res), flush=True)
+        PC = sk.api.PrecomputeConfig
+        for bpp in (4, 8, 24, 64):
+            for warps, stages in ((8, 3), (8, 2), (4, 2)):
+                if self.left() < 20:
+                    return
+                pc = PC(bpp, warps, stages)
+                t = self.safe(f"precompute sweep {pc}", lambda: self.time_ms(
+                    lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc)))
+                ck = sk.api.LAST_COMPILED.get("kv_precompute")
+                res = dict(kind="precompute", blocks_per_program=bpp, num_warps=warps, num_stages=stages, t_ms=t)
+                if t is not None and ck is not None:
+                    res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
+                self.results["precompute_configs"].append(res)
+                print("sweep", json.dumps(res), flush=True)
         self.save()
 
     # ---------------------------------------------------------------- FlexAttention
@@ -273,8 +288,8 @@ class Bench:
         c = self.results.get("ceilings")
         if c:
             lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s")
-        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "main", "sparse", "total",
-               "graph", "x cuDNN", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
+        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "main", "sparse", "total",
+               "graph", "x cuDNN", "precomp8", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
 
         def f(x, p=3):
@@ -283,9 +298,9 @@ class Bench:
         for r in self.results["rows"]:
             lines.append(" ".join([
                 f"{r['shape']:>8}", f(r["sparsity"], 2), f"{r['topk']:8d}", f(r.get("sdpa_cudnn"), 2),
-                f(r.get("sdpa_flash"), 2), f(r.get("t_flex")), f(r.get("t_precompute")), f(r.get("t_router")),
+                f(r.get("sdpa_flash"), 2), f(r.get("t_flex")), f(r.get("t_precompute")), f(r.get("t_router")), f(r.get("t_topk")),
                 f(r.get("t_main")), f(r.get("t_sparse_only")), f(r.get("t_total")), f(r.get("t_total_graph")),
-                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_main_lowbit")),
+                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_precompute_quant")), f(r.get("t_main_lowbit")),
                 f(r.get("t_sparse_only_lowbit")), f(r.get("t_total_lowbit")), f(r.get("t_total_graph_lowbit")),
                 f(r.get("speedup_vs_cudnn_total_graph_lowbit"), 1), f(r.get("actual_TFLOPs_sparse_only"), 0),
                 f(r.get("cudnn_TFLOPs"), 0),
@@ -296,6 +311,12 @@ class Bench:
                 lines.append(f"  quant={c['quant']!s:5} linear={c['linear']!s:5} ({c['kpi']},{c['num_warps']},"
                              f"{c['num_stages']}): {c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
                              f"[{c.get('regs')}/{c.get('spills')}]")
+        if self.results["precompute_configs"]:
+            lines.append("precompute configs (blocks/program, warps, stages): ms [regs/spills/shared]")
+            lines.append("  " + "  ".join(
+                f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']}): "
+                f"{c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} [{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]"
+                for c in self.results["precompute_configs"]))
         if self.results["errors"]:
             lines.append("errors: " + " | ".join(self.results["errors"]))
         return "\n".join(lines)

@@ -27,8 +27,11 @@ def round_half_even(x):
 
 @triton.jit
 def quantize_int8(x, scale):
-    """x / scale rounded to the INT8 grid [-127, 127] (the reference's torch.round(x / s).clamp)."""
-    r = round_half_even(x / scale)
+    """x / scale rounded to the INT8 grid [-127, 127] (the reference's torch.round(x / s).clamp).
+
+    div_rn: IEEE division as torch's (Triton's `/` is the approximate div.full.f32, which moves near-ties).
+    """
+    r = round_half_even(tl.math.div_rn(x, scale))
     r = tl.minimum(tl.maximum(r, -127.0), 127.0)
     return r.to(tl.int8)
 

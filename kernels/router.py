@@ -8,7 +8,10 @@ their true count. Three small steps, each sized to its data:
   block_colsum_kernel     one program per block: the only pass over Q (and K when alone), bandwidth-bound
   pooled_project_kernel   RB pooled rows per program: (sums / count − μ) @ W[h], Wq and Wk read once per RB rows
   block_scores_kernel     a [QT, nk-tile] tile of Q̄Wq · (K̄Wk)ᵀ per program
-Projections and scores are fp32 with IEEE dots (not tf32): Top-k must see the reference's ordering.
+  topk_kernel             one row of scores per program: bitonic sort of (score, index) keys, the k-th key
+                          as threshold, selected indices written in ascending order
+Projections and scores use 3xTF32 dots (fp32-accurate on the tensor cores; plain tf32 would reorder near
+ties against the reference's fp32, and IEEE-fp32 dots run on the FMA units and spill).
 """
 
 import triton
@@ -55,7 +58,7 @@ def pooled_project_kernel(
     if SUB_MEAN:
         pooled = pooled - tl.load(MEAN + bh64 * D + offs_d)[None, :]
     w = tl.load(W + h.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
-    out = tl.dot(pooled, w, input_precision="ieee") * scale
+    out = tl.dot(pooled, w, input_precision="tf32x3") * scale
     tl.store(OUT + (bh64 * NB + j[:, None]) * D + offs_d[None, :], out, mask=j_ok[:, None])
 
 
@@ -73,5 +76,28 @@ def block_scores_kernel(
     offs_d = tl.arange(0, D)
     qp = tl.load(QP + (bh64 * NQ + i[:, None]) * D + offs_d[None, :], mask=(i < NQ)[:, None], other=0.0)
     kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + offs_d[None, :], mask=(j < NK)[:, None], other=0.0)
-    sc = tl.dot(qp, tl.trans(kp), input_precision="ieee")
+    sc = tl.dot(qp, tl.trans(kp), input_precision="tf32x3")
     tl.store(SCORES + (bh64 * NQ + i[:, None]) * NK + j[None, :], sc, mask=(i < NQ)[:, None] & (j < NK)[None, :])
+
+
+@triton.jit
+def topk_kernel(
+    SCORES, IDX,  # SCORES fp32 [rows, nk]; IDX int32 [rows, topk]
+    NK, TOPK,
+    NKP: tl.constexpr,  # nk rounded up to a power of two
+):
+    """Row-wise Top-k, indices ascending. Keys pack an order-preserving integer image of the score (high
+    32 bits) with NKP−1−j (low bits): keys are distinct, and among equal scores the lower index wins."""
+    row = tl.program_id(0).to(tl.int64)
+    j = tl.arange(0, NKP)
+    valid = j < NK
+    s = tl.load(SCORES + row * NK + j, mask=valid, other=0.0)
+    bits = s.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order == signed-integer order
+    key = (ordered.to(tl.int64) << 32) | (NKP - 1 - j).to(tl.int64)
+    key = tl.where(valid, key, -9223372036854775807 - 1)
+    ranked = tl.sort(key, descending=True)
+    kth = tl.sum(tl.where(j == TOPK - 1, ranked, 0), axis=0)
+    chosen = key >= kth
+    pos = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    tl.store(IDX + row * TOPK + pos, j, mask=chosen)

@@ -1,6 +1,6 @@
 """Fused SLA2 forward with the low-bit sparse branch (SLA2.md §5): INT8 QKᵀ, FP8 e4m3 PV, fp32 sums.
 
-Same program layout and linear branch as sla2_fwd.py (the linear branch stays bf16). Sparse branch:
+Same program layout and linear branch (phase 1) as sla2_fwd.py: the linear branch stays bf16. Sparse branch:
   Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 (per query block, quantised here, once per program)
   K̂, s_k, V̂ᵀ from quantize_kv_kernel (smoothed K per key block; V per channel, transposed)
   S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃ = exp(S − m) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂ V̂ (fp32)
@@ -18,9 +18,8 @@ lse is put back on the scale of the original Q, K: smoothing shifted row r by q_
 import triton
 import triton.language as tl
 
-from .dot import mma_acc
 from .quant_math import FP8_E4M3_MAX, LN2, LOG2E, quantize_int8, to_e4m3
-from .sla2_fwd import linear_epilogue
+from .sla2_fwd import linear_complement_sums, linear_output
 
 
 @triton.jit
@@ -57,14 +56,19 @@ def sla2_fwd_lowbit_kernel(
     qf = q.to(tl.float32)
     s_q = tl.maximum(tl.max(tl.max(tl.abs(qf), axis=1), axis=0) / 127.0, 1e-12)
     q8 = quantize_int8(qf, s_q)
+    mu = tl.load(KMEAN + bh64 * D + offs_d)
+    shift = tl.sum(qf * mu[None, :], axis=1) * sm_scale  # smoothing removed q·μ/√D from every score
     k8_base = K8 + bh64 * LDK * D
     v8_base = V8T + bh64 * D * LDK
     v_base = V + b64 * svb + h64 * svh
-    phik_base = PHIK + bh64 * LDK * D
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     sk_base = SK + bh64 * NK
     qk_scale = s_q * sm_scale * LOG2E
     n_iter = tl.cdiv(TOPK, KPI)
+
+    if LINEAR:  # phase 1, as in sla2_fwd.py (bf16: only the sparse branch is low-bit)
+        h_i, z_i = linear_complement_sums(v_base, svn, svd, PHIK, ZBLK, HTOT, ZTOT, idx_base, bh64, N, NK, TOPK,
+                                          BK, D, KPI, INTERPRET)
 
     # Pass 1: the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
@@ -80,12 +84,9 @@ def sla2_fwd_lowbit_kernel(
         s = tl.where(kv_ok[None, :], s, float("-inf"))
         m_i = tl.maximum(m_i, tl.max(s, axis=1))
 
-    # Pass 2: P̃ against the final maximum, FP8 PV, and the linear branch's selected sums.
+    # Pass 2: P̃ against the final maximum, FP8 PV.
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, D], dtype=tl.float32)
-    h_sel = tl.zeros([D, D], dtype=tl.float32)
-    z_sel = tl.zeros([D], dtype=tl.float32)
-    offs_slot = tl.arange(0, KPI)
     for it in range(0, n_iter):
         sel = it * KPI + slot
         sel_ok = sel < TOPK
@@ -101,24 +102,15 @@ def sla2_fwd_lowbit_kernel(
         p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET)
         v8t = tl.load(v8_base + offs_d[:, None] * LDK + rows[None, :], mask=sel_ok[None, :], other=0.0)
         acc += tl.dot(p8, tl.trans(v8t))
-        if LINEAR:
-            v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :] * svd, mask=kv_ok[:, None], other=0.0)
-            fk = tl.load(phik_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0.0)
-            h_sel = mma_acc(tl.trans(fk), v, h_sel, INTERPRET)
-            sel2 = it * KPI + offs_slot
-            blk2 = tl.load(idx_base + sel2, mask=sel2 < TOPK, other=0)
-            zt = tl.load(ZBLK + (bh64 * NK + blk2[:, None]) * D + offs_d[None, :],
-                         mask=(sel2 < TOPK)[:, None], other=0.0)
-            z_sel += tl.sum(zt, axis=0)
 
     s_v = tl.load(SV + bh64 * D + offs_d)
     o = acc * (s_v[None, :] / FP8_E4M3_MAX) / l_i[:, None]
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
-        o_l = linear_epilogue(q, h_sel, z_sel, HTOT, ZTOT, bh64, D, INTERPRET)
-        o = alpha * o + (1.0 - alpha) * o_l
+        # Q again (from L2): keeping the tile in registers through the loops would cost 32 registers a thread.
+        q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
+                    mask=q_ok[:, None], other=0.0)
+        o = alpha * o + (1.0 - alpha) * linear_output(q, h_i, z_i, INTERPRET)
     tl.store(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod,
              o.to(O.dtype.element_ty), mask=q_ok[:, None])
-    mu = tl.load(KMEAN + bh64 * D + offs_d)
-    shift = tl.sum(qf * mu[None, :], axis=1) * sm_scale  # smoothing removed q·μ/√D from every score
     tl.store(LSE + (bh64 * N) + offs_m, (m_i + tl.log2(l_i)) * LN2 + shift, mask=q_ok)

@@ -55,7 +55,10 @@ def _check_forward(q, k, v, idx, alpha, bq, bk, layout="bhnd", heads=None):
         o_ref, lse_ref = br.sla2_forward(qb[:, sel], kb[:, sel], vb[:, sel], idx[:, sel], alpha[:, sel], bq, bk, quant)
         err = _rel(ob[:, sel], o_ref)
         assert err <= 1e-2, f"quant={quant}: relative L1 {err:.2e} against the oracle"
-        assert float((lse[:, sel] - lse_ref).abs().max()) <= 2e-3
+        dl = (lse[:, sel] - lse_ref).abs()
+        # low-bit: a near-tie of the INT8 rounding (the smoothing mean is summed in another order) can move
+        # one score by a quantum (~1e-2) and a row's lse by ~2e-3; typical rows agree to 1e-6
+        assert float(dl.max()) <= (1e-2 if quant else 1e-3) and float(dl.mean()) <= 1e-4, (float(dl.max()), float(dl.mean()))
         outs[quant] = ob
     err, cos = _rel(outs[True], outs[False]), _cos(outs[True], outs[False])
     assert err <= 5e-2 and cos >= 0.998, f"low-bit vs bf16: relative L1 {err:.2e}, cosine {cos:.5f}"
@@ -127,10 +130,16 @@ def test_software_e4m3_rounding_equals_hardware():
         quantize_kv_kernel[(nk, B * H)](k, v, st.kmean, st.sv, k8, sk, v8t, *k.stride(), *v.stride(), N, H, nk,
                                         BK=bk, D=D, INTERPRET=soft)
         out.append((k8, sk, v8t.view(torch.uint8)))
-    for a, b in zip(*out):
-        assert torch.equal(a, b)
+    names = ("k8", "s_k", "v8t")
+    for name, a, b in zip(names, *out):
+        bad = (a != b).flatten().nonzero().flatten()
+        assert bad.numel() == 0, (
+            f"{name}: {bad.numel()} of {a.numel()} differ between software and hardware rounding; "
+            f"first: soft {a.flatten()[bad[:5]].tolist()} hw {b.flatten()[bad[:5]].tolist()}"
+        )
     # and both equal torch's own e4m3 cast of the same quotient
     vf = v.float().view(B * H, N, D)
     want = (vf / st.sv[:, None, :]).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
     got = out[1][2].view(B * H, D, -1)[..., :N].transpose(1, 2)
-    assert float((got != want).float().mean()) < 1e-4  # division rounding may differ by an ulp at ties
+    frac = float((got != want).float().mean())
+    assert frac < 1e-5, f"hardware e4m3 differs from torch's cast on a fraction {frac:.2e}"
