@@ -99,7 +99,7 @@ def sla2_fwd_lowbit_kernel(
         s = tl.where(kv_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - m_i[:, None])
         l_i += tl.sum(p, axis=1)
-        p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET)
+        p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
         v8t = tl.load(v8_base + offs_d[:, None] * LDK + rows[None, :], mask=sel_ok[None, :], other=0.0)
         acc += tl.dot(p8, tl.trans(v8t))
 
