@@ -27,7 +27,6 @@ class KeepDense:
         return model
 
 
-
 class SLA2Swap:
     """attention=sla2|sla: one SLA2Attention per self-attention layer, with the options of SLA2Attention."""
 
@@ -67,7 +66,7 @@ def set_attention_mode(model: nn.Module, **attrs: Any) -> None:
     for proc in sla2_processors(model):
         for key, value in attrs.items():
             if not hasattr(proc.attention, key):
-                raise ConfigError(f"SLA2Attention has no option {key!r}")
+                raise ConfigError(f"stage.attention_mode: SLA2Attention has no option {key!r}")
             setattr(proc.attention, key, value)
 
 
