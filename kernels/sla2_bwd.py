@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -66,8 +67,8 @@ def sla2_bwd_dq_kernel(
     sdqb, sdqh, sdqn,
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
-    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KPA: tl.constexpr,
+    LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -82,66 +83,68 @@ def sla2_bwd_dq_kernel(
     slot = offs_n // BK
     within = offs_n % BK
     q_ok = offs_m < N
-    q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :],
-                 mask=q_ok[:, None], other=0.0)
-    o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-    lse = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0)
-    if LINEAR:
-        alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
-    else:
-        alpha = 1.0  # every block selected: α is exactly 1 (reference.effective_alpha)
     k_base = K + b64 * skb + h64 * skh
     v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     n_iter = tl.cdiv(TOPK, KPI)
+    q_ptrs = Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :]
+    do_ptrs = DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :]
 
-    dof = do.to(tl.float32)
-    d_o = tl.sum(dof * o.to(tl.float32), axis=1)  # Do_i = dO_i·O_i
     if LINEAR:
-        # Loop A: H_sel = Σ_sel φK_jᵀ V_j, Z_sel = Σ_sel z_j, exactly as the forward gathers them.
+        alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
+        # Loop A (first, with nothing else live): H_sel = Σ_sel φK_jᵀ V_j, Z_sel = Σ_sel z_j, as the forward's
+        # phase 1 gathers them; H_I = H_tot − H_sel kept as bf16, as the forward uses it.
         phik_base = PHIK + bh64 * NK * BK * D
-        offs_slot = tl.arange(0, KPI)
+        offs_a = tl.arange(0, KPA * BK)
+        slot_a = offs_a // BK
+        within_a = offs_a % BK
+        offs_slot = tl.arange(0, KPA)
         h_sel = tl.zeros([D, D], dtype=tl.float32)
         z_sel = tl.zeros([D], dtype=tl.float32)
-        for it in range(0, n_iter):
-            sel = it * KPI + slot
+        for it in range(0, tl.cdiv(TOPK, KPA)):
+            sel = it * KPA + slot_a
             sel_ok = sel < TOPK
             blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-            rows = blk * BK + within
+            rows = blk * BK + within_a
             kv_ok = sel_ok & (rows < N)
             v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
             fk = tl.load(phik_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0.0)
             h_sel = mma_acc(tl.trans(fk), v, h_sel, INTERPRET)
-            sel2 = it * KPI + offs_slot
+            sel2 = it * KPA + offs_slot
             blk2 = tl.load(idx_base + sel2, mask=sel2 < TOPK, other=0)
             zt = tl.load(ZBLK + (bh64 * NK + blk2[:, None]) * D + offs_d[None, :],
                          mask=(sel2 < TOPK)[:, None], other=0.0)
             z_sel += tl.sum(zt, axis=0)
-        h_i = tl.load(HTOT + bh64 * D * D + offs_d[:, None] * D + offs_d[None, :]) - h_sel
+        h16 = (tl.load(HTOT + bh64 * D * D + offs_d[:, None] * D + offs_d[None, :]) - h_sel).to(tl.bfloat16)
         z_i = tl.load(ZTOT + bh64 * D + offs_d) - z_sel
-        # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores).
-        fq16 = _phi_rows(q).to(tl.bfloat16)
-        h16 = h_i.to(tl.bfloat16)
-        fq = fq16.to(tl.float32)
-        den = tl.sum(fq * z_i[None, :], axis=1)
+        # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores, fp32 denominator).
+        fq16 = _phi_rows(tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)).to(tl.bfloat16)
+        den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
         inv = tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
-        o_l = mma(fq16, h16, INTERPRET) * inv[:, None]
-        d_l = tl.sum(dof * o_l, axis=1)  # Dl_i = dO_i·O_l,i
+        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
+        d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
+        o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None],
+                    other=0.0)
+        d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
         delta = d_o - (1.0 - alpha) * d_l
         dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0) / alpha
-        # dφQ = (g Hᵀ − (1 − α) Dl Z) / den with g = (1 − α) dO; then through φ.
-        w = (1.0 - alpha) * d_l  # [BQ]
-        dfq = (mma(do.to(tl.bfloat16), tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
-        dq_lin = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None])
-        # dH_I = ψᵀ g and dZ_I = −Σ w ψ, ψ = φQ / den (padded rows: inv = 0).
+        # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
+        w = (1.0 - alpha) * d_l
+        do16 = do.to(tl.bfloat16)
+        dfq = (mma(do16, tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
+        fq = fq16.to(tl.float32)
+        acc = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]) / sm_scale  # linear dQ, on the sparse dQ's scale
+        # dH_I = ψᵀ g and dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (padded rows: inv = 0).
         psi = fq * inv[:, None]
-        dh = mma(tl.trans(psi.to(tl.bfloat16)), do.to(tl.bfloat16), INTERPRET) * (1.0 - alpha)
+        dh = mma(tl.trans(psi.to(tl.bfloat16)), do16, INTERPRET) * (1.0 - alpha)
         tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
         tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi * w[:, None], axis=0))
-        acc = dq_lin / sm_scale
     else:
-        delta = d_o
+        alpha = 1.0  # every block selected: α is exactly 1 (reference.effective_alpha)
+        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
+        o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None],
+                    other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         dalpha = 0.0
         acc = tl.zeros([BQ, D], dtype=tl.float32)
     tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
@@ -149,8 +152,9 @@ def sla2_bwd_dq_kernel(
 
     # Loop B: sparse dQ over the selected blocks.
     qk_scale = sm_scale * LOG2E
-    lse2 = lse * LOG2E
-    dos = (dof * alpha).to(do.dtype)  # dO_s = α dO
+    lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
+    dos = (do.to(tl.float32) * alpha).to(do.dtype)  # dO_s = α dO
+    q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
     for it in range(0, n_iter):
         sel = it * KPI + slot
         sel_ok = sel < TOPK
@@ -250,6 +254,11 @@ def sla2_bwd_dkdv_kernel(
 # ----------------------------------------------------------------------------------------------------------
 # Host side
 
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - older layouts of triton
+    OutOfResources = RuntimeError
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -272,24 +281,194 @@ def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch
 
     Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H, nk]): the query blocks of key
     block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order lists each head's key
-    blocks by decreasing list length (the dk/dv launch order). Sort-based, on the indices' device, no host sync;
-    its size is that of the index list itself.
+    blocks by decreasing list length (the dk/dv launch order). A stable sort of the flat (head, key block) ids
+    and a searchsorted for the offsets: on the indices' device, no host synchronisation (CUDA-graph safe), and
+    the size of the index list itself (no nq×nk or N×nk tensor).
     """
     b, h, nq, topk = indices.shape
     bh = b * h
+    dev = indices.device
     flat = indices.reshape(bh, nq * topk).to(torch.int64)
-    flat = (flat + torch.arange(bh, device=indices.device)[:, None] * nk).reshape(-1)
+    flat = (flat + torch.arange(bh, device=dev)[:, None] * nk).reshape(-1)
     keys, perm = torch.sort(flat, stable=True)
     qblk = ((perm // topk) % nq).to(torch.int32)
-    counts = torch.bincount(keys, minlength=bh * nk)
-    ptr = torch.zeros(bh * nk + 1, dtype=torch.int32, device=indices.device)
-    ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
-    order = torch.sort(counts.view(bh, nk), dim=1, descending=True, stable=True).indices.to(torch.int32)
+    ptr = torch.searchsorted(keys, torch.arange(bh * nk + 1, device=dev)).to(torch.int32)
+    counts = (ptr[1:] - ptr[:-1]).view(bh, nk)
+    order = torch.sort(counts, dim=1, descending=True, stable=True).indices.to(torch.int32)
     return ptr, qblk, order
 
 
-DQ_CONFIG = {"KPI": None, "num_warps": 8, "num_stages": 2}
-DKDV_CONFIG = {"num_warps": 8, "num_stages": 2}
+@dataclass(frozen=True)
+class BwdConfig:
+    kpi: int  # dq kernel, sparse loop: selected key blocks gathered per iteration (tile width kpi·b_k)
+    kpa: int  # dq kernel, linear loop (Σ φK_jᵀV_j): blocks gathered per iteration
+    dq_warps: int
+    dq_stages: int
+    dkdv_warps: int
+    dkdv_stages: int
+    dh_dtype: torch.dtype = torch.bfloat16  # storage of the per-query-block dH_I
+
+
+def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
+    # The sparse dq loop keeps the fp32 dQ accumulator and S, dP tiles live: a b_q × 64 tile (kpi = 1) keeps
+    # that within the registers; the linear loop holds one accumulator and likes the 128-wide tile.
+    kpa = 2 if block_k == 64 else 1
+    warps = 8 if (block_q == 128 or head_dim == 128) else 4
+    return BwdConfig(1, kpa, warps, 2, warps, 2)
+
+
+def _fallbacks(cfg: BwdConfig, kernel: str):
+    """cfg, then configurations of that kernel needing less shared memory."""
+    if kernel == "dq":
+        tries = [(cfg.kpi, cfg.kpa, cfg.dq_stages), (cfg.kpi, cfg.kpa, 1), (1, 1, cfg.dq_stages), (1, 1, 1)]
+        out = [replace(cfg, kpi=k, kpa=ka, dq_stages=st) for k, ka, st in tries]
+    else:
+        out = [replace(cfg, dkdv_stages=st) for st in (cfg.dkdv_stages, 1)]
+    seen = []
+    for c in out:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+_WORKING: dict = {}  # (kernel, shape key, requested config) -> the first configuration that fit the GPU
+LAST_COMPILED: dict = {}  # kernel name -> its last compiled kernel (registers, spills, shared memory) for benches
+
+
+def _launch_with_fallback(name, kernel, grid, key, cfg, make_kwargs):
+    """Launch with cfg, or with the first smaller configuration that fits (shared memory of the pipelined tiles)."""
+    cached = _WORKING.get((name, key, cfg))
+    for c in ([cached] if cached is not None else _fallbacks(cfg, name)):
+        args, kwargs = make_kwargs(c)
+        try:
+            LAST_COMPILED[name] = kernel[grid](*args, **kwargs)
+        except OutOfResources:
+            continue
+        _WORKING[(name, key, cfg)] = c
+        return c
+    raise RuntimeError(f"sla2_kernels: no {name} backward configuration fits this GPU's resources (from {cfg})")
+
+
+@dataclass
+class BwdProblem:
+    """Everything the two backward kernels share (built by `prepare`)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    do: torch.Tensor
+    lse: torch.Tensor
+    idx: torch.Tensor
+    alpha: torch.Tensor  # fp32 [B, H, nq] view (stride 0 where it broadcasts)
+    state: dict  # phik, zblk, htot, ztot
+    layout: str
+    shape: tuple  # (B, H, N, D)
+    block_q: int
+    block_k: int
+    cfg: BwdConfig
+    dq: torch.Tensor | None = None
+    dk: torch.Tensor | None = None
+    dv: torch.Tensor | None = None
+    dalpha: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+    dh: torch.Tensor | None = None
+    dz: torch.Tensor | None = None
+
+    @property
+    def nq(self) -> int:
+        return triton.cdiv(self.shape[2], self.block_q)
+
+    @property
+    def nk(self) -> int:
+        return triton.cdiv(self.shape[2], self.block_k)
+
+    @property
+    def linear(self) -> bool:
+        return self.idx.shape[-1] < self.nk
+
+
+def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, phik, zblk, htot, ztot,
+            config: BwdConfig | None = None) -> BwdProblem:
+    if layout == "bnhd":
+        bsz, n, heads, d = q.shape
+    else:
+        bsz, heads, n, d = q.shape
+    q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
+    nq = triton.cdiv(n, block_q)
+    cfg = config or default_config(block_q, block_k, d)
+    return BwdProblem(
+        q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
+        alpha.to(torch.float32).expand(bsz, heads, nq), dict(phik=phik, zblk=zblk, htot=htot, ztot=ztot),
+        layout, (bsz, heads, n, d), block_q, block_k, cfg,
+    )
+
+
+def run_dq(p: BwdProblem) -> None:
+    """dq kernel: dQ, Δ, dα and (linear branch) dH_I, dZ_I."""
+    bsz, heads, n, d = p.shape
+    bh, nq, nk = bsz * heads, p.nq, p.nk
+    dev = p.q.device
+    p.dq = torch.empty_like(p.q, memory_format=torch.contiguous_format)
+    p.delta = torch.empty(bsz, heads, n, device=dev, dtype=torch.float32)
+    p.dalpha = torch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
+    if p.linear:
+        p.dh = torch.empty(bh, nq, d, d, device=dev, dtype=p.cfg.dh_dtype)
+        p.dz = torch.empty(bh, nq, d, device=dev, dtype=torch.float32)
+    else:
+        p.dh = p.dz = p.delta  # never read
+    s, sa = p.state, p.alpha.stride()
+
+    def make(c):
+        args = (
+            p.q, p.k, p.v, p.o, p.do, p.dq,
+            p.lse, p.delta, p.idx, p.alpha,
+            s["phik"], s["zblk"], s["htot"], s["ztot"],
+            p.dh, p.dz, p.dalpha,
+            *_bhn_strides(p.q, p.layout), *_bhn_strides(p.k, p.layout), *_bhn_strides(p.v, p.layout),
+            *_bhn_strides(p.o, p.layout), *_bhn_strides(p.do, p.layout), *_bhn_strides(p.dq, p.layout),
+            sa[0], sa[1], sa[2],
+            n, heads, nq, nk, p.idx.shape[-1], 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KPA=c.kpa, LINEAR=p.linear, INTERPRET=_interpreting(),
+                  num_warps=c.dq_warps, num_stages=c.dq_stages)
+        return args, kw
+
+    key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
+    _launch_with_fallback("dq", sla2_bwd_dq_kernel, (nq, bh), key, p.cfg, make)
+
+
+def run_dkdv(p: BwdProblem) -> None:
+    """dH_tot / dZ_tot, the CSR key-block lists, then the dk/dv kernel."""
+    bsz, heads, n, d = p.shape
+    bh, nq, nk = bsz * heads, p.nq, p.nk
+    p.dk = torch.empty_like(p.k, memory_format=torch.contiguous_format)
+    p.dv = torch.empty_like(p.v, memory_format=torch.contiguous_format)
+    if p.linear:
+        dhtot = p.dh.sum(dim=1, dtype=torch.float32)  # the stored (rounded) dH_I: total − all cancels exactly
+        dztot = p.dz.sum(dim=1)
+    else:
+        dhtot = dztot = p.delta
+    ptr, qblk, order = key_block_lists(p.idx, nk)
+    sa = p.alpha.stride()
+
+    def make(c):
+        args = (
+            p.q, p.k, p.v, p.do, p.dk, p.dv,
+            p.lse, p.delta, p.alpha,
+            ptr, qblk, order,
+            p.dh, p.dz, dhtot, dztot,
+            *_bhn_strides(p.q, p.layout), *_bhn_strides(p.k, p.layout), *_bhn_strides(p.v, p.layout),
+            *_bhn_strides(p.do, p.layout), *_bhn_strides(p.dk, p.layout), *_bhn_strides(p.dv, p.layout),
+            sa[0], sa[1], sa[2],
+            n, heads, nq, nk, 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, LINEAR=p.linear, INTERPRET=_interpreting(),
+                  num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
+        return args, kw
+
+    key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
+    _launch_with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, p.cfg, make)
 
 
 def sla2_backward(
@@ -309,9 +488,7 @@ def sla2_backward(
     zblk: torch.Tensor,
     htot: torch.Tensor,
     ztot: torch.Tensor,
-    dh_dtype: torch.dtype = torch.bfloat16,
-    dq_config: dict | None = None,
-    dkdv_config: dict | None = None,
+    config: BwdConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
 
@@ -322,61 +499,8 @@ def sla2_backward(
     [B·H, nk, D], totals [B·H, D, D] and [B·H, D], fp32). dalpha is fp32 [B, H, nq] (reduce it to α's shape).
     For QAT pass the low-bit forward's o and lse: the backward is the bf16 one (straight-through).
     """
-    if layout == "bnhd":
-        bsz, n, heads, d = q.shape
-    else:
-        bsz, heads, n, d = q.shape
-    nq, nk = triton.cdiv(n, block_q), triton.cdiv(n, block_k)
-    topk = indices.shape[-1]
-    bh = bsz * heads
-    dev = q.device
-    linear = topk < nk
-    q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
-    lse = lse.contiguous()
-    idx = indices.to(torch.int32).contiguous()
-    alpha_full = alpha.to(torch.float32).expand(bsz, heads, nq)
-    sm_scale = 1.0 / math.sqrt(d)
-
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    delta = torch.empty(bsz, heads, n, device=dev, dtype=torch.float32)
-    dalpha = torch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
-    if linear:
-        dh = torch.empty(bh, nq, d, d, device=dev, dtype=dh_dtype)
-        dz = torch.empty(bh, nq, d, device=dev, dtype=torch.float32)
-    else:
-        dh = dz = delta  # unused placeholders
-    cfg = dict(DQ_CONFIG, **(dq_config or {}))
-    kpi = cfg.pop("KPI") or max(1, 128 // block_k)
-    sa = alpha_full.stride()
-    sla2_bwd_dq_kernel[(nq, bh)](
-        q, k, v, o, do, dq,
-        lse, delta, idx, alpha_full,
-        phik, zblk, htot, ztot,
-        dh, dz, dalpha,
-        *_bhn_strides(q, layout), *_bhn_strides(k, layout), *_bhn_strides(v, layout), *_bhn_strides(o, layout),
-        *_bhn_strides(do, layout), *_bhn_strides(dq, layout),
-        sa[0], sa[1], sa[2],
-        n, heads, nq, nk, topk, sm_scale,
-        BQ=block_q, BK=block_k, D=d, KPI=kpi, LINEAR=linear, INTERPRET=_interpreting(), **cfg,
-    )
-    if linear:
-        dhtot = dh.sum(dim=1, dtype=torch.float32)
-        dztot = dz.sum(dim=1)
-    else:
-        dhtot = dztot = delta
-    ptr, qblk, order = key_block_lists(idx, nk)
-    cfg = dict(DKDV_CONFIG, **(dkdv_config or {}))
-    sla2_bwd_dkdv_kernel[(nk, bh)](
-        q, k, v, do, dk, dv,
-        lse, delta, alpha_full,
-        ptr, qblk, order,
-        dh, dz, dhtot, dztot,
-        *_bhn_strides(q, layout), *_bhn_strides(k, layout), *_bhn_strides(v, layout), *_bhn_strides(do, layout),
-        *_bhn_strides(dk, layout), *_bhn_strides(dv, layout),
-        sa[0], sa[1], sa[2],
-        n, heads, nq, nk, sm_scale,
-        BQ=block_q, BK=block_k, D=d, LINEAR=linear, INTERPRET=_interpreting(), **cfg,
-    )
-    return dq, dk, dv, dalpha
+    p = prepare(do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k, layout=layout,
+                phik=phik, zblk=zblk, htot=htot, ztot=ztot, config=config)
+    run_dq(p)
+    run_dkdv(p)
+    return p.dq, p.dk, p.dv, p.dalpha

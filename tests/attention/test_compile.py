@@ -10,7 +10,6 @@ import pathlib
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from sla2_train.attention import SLA2Attention
 
@@ -55,6 +54,9 @@ def test_inductor_compiles_sla2_attention():
 
 
 def tiny_wan(head_dim=None, latent=None, block_q=None, block_k=None):
+    """The `tiny` model preset (conf/model/tiny.yaml) with SLA2 on every self-attention layer."""
+    from omegaconf import OmegaConf
+
     from sla2_train.models import wan_transformer
     from sla2_train.models.attention_swap import SLA2Swap
 
@@ -112,7 +114,19 @@ def test_compiled_kernels_gpu(quant):
     for a, b in zip(g, g_eager):
         if a is not None:
             assert (a.float() - b.float()).norm() <= 2e-2 * b.float().norm()
-    model, inputs = tiny_wan(head_dim=64, latent=[4, 3, 32, 32], block_q=64, block_k=64)
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
+
+    from sla2_train.models.attention_swap import SLA2Swap
+
+    torch.manual_seed(0)  # a small Wan2.1 architecture whose head_dim the kernels cover (omegaconf-free)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
+                                  out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+    latent = [4, 3, 32, 32]  # N = 3·16·16 = 768 tokens
+    SLA2Swap(sparsity=0.5, block_q=64, block_k=64).apply(model, latent)
+    inputs = dict(hidden_states=torch.randn(1, *latent), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 16, 32))
     model = model.cuda().bfloat16()
     inputs = {k: v.cuda().to(torch.bfloat16 if v.is_floating_point() and k != "timestep" else v.dtype)
               for k, v in inputs.items()}

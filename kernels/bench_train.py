@@ -1,0 +1,428 @@
+"""Training benchmark of SLA2 on one GPU: attention forward+backward, and a Wan2.1-1.3B training step.
+
+    python3 kernels/bench_train.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep]
+                                   [--wan] [--wan-steps 2] [--budget-s 480]
+
+Part 1, per shape (B, H, N, D): SDPA cuDNN and flash, forward and forward+backward; per sparsity: FlexAttention
+forward+backward with a BlockMask of exactly the SLA2 selection (equal density; compiled once per shape), and
+SLA2 bf16 and QAT (low-bit forward, bf16 backward): forward (router + precompute + main kernel), forward+backward
+(the same plus the backward), the backward alone and its parts (the K/V pass it recomputes, the CSR key-block
+lists, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of forward+backward
+(allocated above the inputs) against SDPA's. FLOPs, both conventions (SLA2.md §8): dense-equivalent
+14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N²
+replaced by N·topk·b_k (the blocks computed). --sweep times backward configurations at the first shape and the
+last sparsity (and dH_I stored in fp32 instead of bf16).
+
+Part 2 (--wan): the Wan2.1-T2V-1.3B architecture (diffusers WanTransformer3DModel, random weights, bf16,
+activation checkpointing), one AdamW step on one 81×480×832 latent ([1, 16, 21, 60, 104], N = 32760) with a
+512-token text context: dense (SDPA cuDNN) vs SLA2 at 97% (the project's SLA2Attention through its Wan processor
+and torch.library ops) without and with the low-bit forward. Step time (median of --wan-steps after one warm-up
+step) and peak memory. This part imports sla2_train (the adapter under test), lazily: the kernels package itself
+never does.
+
+Times are medians of triton.testing.do_bench (ms). The table is printed last; JSON goes to DIR/bench_train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+import traceback
+
+
+def _import_kernels():
+    try:
+        import sla2_kernels
+    except ImportError:  # a checkout whose install does not map sla2_kernels
+        root = pathlib.Path(__file__).resolve().parent
+        spec = importlib.util.spec_from_file_location("sla2_kernels", root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        sla2_kernels = importlib.util.module_from_spec(spec)
+        sys.modules["sla2_kernels"] = sla2_kernels
+        spec.loader.exec_module(sla2_kernels)
+    return sla2_kernels
+
+
+SHAPES = {"1.3b": (1, 12, 32760, 128), "14b": (1, 40, 75600, 128)}
+BLOCK_Q, BLOCK_K = 128, 64
+WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_LATENT = (16, 21, 60, 104)  # 81 frames 480×832 → N = 21·30·52 = 32760
+WAN_TEXT = (512, 4096)
+
+
+def topk_count(nk: int, sparsity: float) -> int:
+    return max(1, min(nk, round((1.0 - sparsity) * nk)))
+
+
+class Bench:
+    def __init__(self, args):
+        import torch
+        import triton
+
+        self.torch, self.triton, self.args = torch, triton, args
+        self.sk = _import_kernels()
+        from sla2_kernels import autograd as kag
+        from sla2_kernels import sla2_bwd
+
+        self.kag, self.bwd = kag, sla2_bwd
+        self.t0 = time.time()
+        self.results = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "rows": [], "sweep": [], "resources": {}, "wan": [], "errors": [],
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def left(self) -> float:
+        return self.args.budget_s - (time.time() - self.t0)
+
+    def time_ms(self, fn, graph=False) -> float:
+        fn()
+        self.torch.cuda.synchronize()
+        if graph:
+            return float(self.triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median"))
+        return float(self.triton.testing.do_bench(fn, warmup=5, rep=40, return_mode="median"))
+
+    def peak_mb(self, fn) -> float:
+        torch = self.torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del out
+        return peak / 2**20
+
+    def safe(self, what, fn, default=None):
+        try:
+            return fn()
+        except Exception as err:  # one failure must not cost the whole run
+            msg = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print("ERROR", msg, flush=True)
+            traceback.print_exc(limit=4)
+            self.results["errors"].append(msg)
+            return default
+
+    def record_resources(self, tag):
+        for name, k in self.bwd.LAST_COMPILED.items():
+            try:
+                ptx = k.asm.get("ptx", "")
+                self.results["resources"][f"{tag}:{name}"] = dict(
+                    regs=int(k.n_regs), spills=int(k.n_spills), shared=int(k.metadata.shared),
+                    warps=getattr(k.metadata, "num_warps", None), stages=getattr(k.metadata, "num_stages", None),
+                    wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
+            except Exception as err:
+                self.results["resources"][f"{tag}:{name}"] = str(err)
+
+    def save(self):
+        out = pathlib.Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_train.json").write_text(json.dumps(self.results, indent=1, default=str))
+
+    # ------------------------------------------------------------------ part 1
+    def run_shape(self, shape_name):
+        torch, sk, kag = self.torch, self.sk, self.kag
+        B, H, N, D = SHAPES[shape_name]
+        gen = torch.Generator(device="cuda").manual_seed(4321)
+        q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+        eye = torch.eye(D, device="cuda").expand(H, D, D)
+        proj_q = eye + 0.05 * torch.randn(H, D, D, device="cuda", generator=gen)
+        proj_k = eye + 0.05 * torch.randn(H, D, D, device="cuda", generator=gen)
+        nq, nk = -(-N // BLOCK_Q), -(-N // BLOCK_K)
+        alpha = (0.2 + 0.6 * torch.rand(1, H, nq, device="cuda", generator=gen)).requires_grad_()
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        dense = 4.0 * B * H * N * N * D
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        base = {}
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            def fwd(backend=backend):
+                with sdpa_kernel(backend):
+                    return torch.nn.functional.scaled_dot_product_attention(*x)
+
+            def fwd_bwd(backend=backend):
+                with sdpa_kernel(backend):
+                    o = torch.nn.functional.scaled_dot_product_attention(*x)
+                    return torch.autograd.grad(o, x, do)
+
+            base[f"sdpa_{name}_fwd"] = self.safe(f"{shape_name} {name} fwd", lambda: self.time_ms(fwd))
+            base[f"sdpa_{name}_fwdbwd"] = self.safe(f"{shape_name} {name} fwd+bwd", lambda: self.time_ms(fwd_bwd))
+            base[f"sdpa_{name}_peak_MB"] = self.safe(f"{shape_name} {name} mem", lambda: self.peak_mb(fwd_bwd))
+            print(shape_name, name, {k_: v_ for k_, v_ in base.items() if name in k_}, flush=True)
+        self.results.setdefault("baselines", {})[shape_name] = base
+        flex = self.safe(f"{shape_name} flex compile", self.make_flex)
+
+        kw = dict(block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
+        for sparsity in self.args.sparsities:
+            if self.left() < 40:
+                self.results["errors"].append(f"budget: skipped {shape_name} sparsity {sparsity}")
+                continue
+            topk = topk_count(nk, sparsity)
+            row = dict(shape=shape_name, B=B, H=H, N=N, D=D, sparsity=sparsity, topk=topk, nk=nk, **base)
+            _, idx = sk.router(q, k, proj_q, proj_k, topk=topk, **kw)
+            T = {}
+            for quant, tag in ((False, ""), (True, "_qat")):
+                def fwd(quant=quant):
+                    _, i = sk.router(q, k, proj_q, proj_k, topk=topk, **kw)
+                    return kag.sla2_attention(*x, i, alpha, quant=quant, **kw)[0]
+
+                def fwd_bwd(quant=quant):
+                    o = fwd(quant)
+                    return torch.autograd.grad(o, [*x, alpha], do)
+
+                with torch.no_grad():
+                    T["fwd" + tag] = self.time_ms(fwd)
+                T["fwdbwd" + tag] = self.time_ms(fwd_bwd)
+                row["peak_MB" + tag] = self.safe(f"mem{tag}", lambda: self.peak_mb(fwd_bwd))
+                T["fwdbwd_graph" + tag] = self.safe(f"{shape_name} {sparsity} graph{tag}",
+                                                     lambda: self.time_ms(fwd_bwd, graph=True))
+                o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, **kw)
+                T["bwd" + tag] = self.time_ms(
+                    lambda: kag.attention_backward(do, q, k, v, o, lse, idx, alpha.detach(), **kw))
+                self.record_resources(shape_name)
+            # parts of the (bf16) backward
+            o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
+            T["bwd_precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
+            T["bwd_csr"] = self.time_ms(lambda: self.bwd.key_block_lists(idx, nk))
+            st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
+            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), st, None)
+            T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq(p))
+            T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes dH_tot sums and the CSR lists
+            if flex is not None:
+                T.update(self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, x, do, idx, nk)) or {})
+                row["flex_peak_MB"] = self.safe("flex mem", lambda: self.peak_mb(
+                    lambda: self.flex_fwd_bwd(flex, x, do, self.flex_mask(idx, nk, N))))
+            row.update({f"t_{n}": t for n, t in T.items()})
+            actual = 4.0 * B * H * N * topk * BLOCK_K * D
+            for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd"):
+                if T.get(n):
+                    row[f"dense_equiv_TFLOPs_{n}"] = 3.5 * dense / T[n] / 1e9
+                    row[f"actual_TFLOPs_{n}"] = 3.5 * actual / T[n] / 1e9
+            if base.get("sdpa_cudnn_fwdbwd"):
+                for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd"):
+                    if T.get(n):
+                        row[f"x_cudnn_{n}"] = base["sdpa_cudnn_fwdbwd"] / T[n]
+            if T.get("bwd") and T.get("fwd"):
+                row["bwd_over_fwd"] = T["bwd"] / T["fwd"]
+            self.results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            self.save()
+            if self.args.sweep and shape_name == self.args.shapes[0] and sparsity == self.args.sparsities[-1]:
+                self.sweep(do, q, k, v, o, lse, idx, alpha.detach(), st)
+        del q, k, v, do, x
+        torch.cuda.empty_cache()
+
+    def prepared(self, do, q, k, v, o, lse, idx, alpha, st, cfg):
+        a3 = self.kag.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
+        return self.bwd.prepare(do, q, k, v, o, lse, idx, a3, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd",
+                                phik=st.phik, zblk=st.zblk, htot=st.htot, ztot=st.ztot, config=cfg)
+
+    def sweep(self, do, q, k, v, o, lse, idx, alpha, st):
+        torch, C = self.torch, self.bwd.BwdConfig
+        # (kpi, kpa, dq warps, dq stages, dkdv warps, dkdv stages[, dH dtype]); the default is first
+        configs = [C(1, 2, 8, 2, 8, 2), C(2, 2, 8, 2, 4, 2), C(1, 2, 8, 3, 8, 3), C(1, 1, 4, 2, 4, 3),
+                   C(1, 2, 8, 1, 8, 1), C(1, 2, 8, 2, 8, 2, torch.float32)]
+        for c in configs:
+            if self.left() < 25:
+                return
+            p = self.prepared(do, q, k, v, o, lse, idx, alpha, st, c)
+            res = dict(cfg=str(c))
+            res["dq_ms"] = self.safe(f"sweep dq {c}", lambda: self.time_ms(lambda: self.bwd.run_dq(p)))
+            ck = self.bwd.LAST_COMPILED.get("dq")
+            if ck is not None:
+                res["dq_regs_spills_smem"] = (int(ck.n_regs), int(ck.n_spills), int(ck.metadata.shared))
+            res["dkdv_ms"] = self.safe(f"sweep dkdv {c}", lambda: self.time_ms(lambda: self.bwd.run_dkdv(p)))
+            ck = self.bwd.LAST_COMPILED.get("dkdv")
+            if ck is not None:
+                res["dkdv_regs_spills_smem"] = (int(ck.n_regs), int(ck.n_spills), int(ck.metadata.shared))
+            self.results["sweep"].append(res)
+            print("sweep", json.dumps(res), flush=True)
+        self.save()
+
+    # ------------------------------------------------------------------ FlexAttention
+    def make_flex(self):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return self.torch.compile(flex_attention, dynamic=False)
+
+    def flex_mask(self, idx, nk, N):
+        torch = self.torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        B, H, nq, topk = idx.shape
+        full_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
+        full_idx[..., :topk] = idx
+        full_num = torch.full((B, H, nq), topk, device="cuda", dtype=torch.int32)
+        none_num = torch.zeros(B, H, nq, device="cuda", dtype=torch.int32)
+        none_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
+        return BlockMask.from_kv_blocks(none_num, none_idx, full_num, full_idx, BLOCK_SIZE=(BLOCK_Q, BLOCK_K),
+                                        seq_lengths=(N, N))
+
+    # Flex's default backward tiles may not divide the (128, 64) block mask; then these explicit ones are used.
+    FLEX_OPTIONS = (None, {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
+                           "BLOCK_N2": 64})
+
+    def flex_fwd_bwd(self, flex, x, do, bm):
+        o = flex(*x, block_mask=bm, kernel_options=self.flex_opts)
+        return self.torch.autograd.grad(o, x, do)
+
+    def time_flex(self, flex, x, do, idx, nk):
+        bm = self.flex_mask(idx, nk, x[0].shape[2])
+        for opts in self.FLEX_OPTIONS if getattr(self, "flex_opts", "unset") == "unset" else (self.flex_opts,):
+            self.flex_opts = opts
+            try:
+                self.flex_fwd_bwd(flex, x, do, bm)
+                break
+            except Exception as err:
+                print("flex options", opts, "failed:", type(err).__name__, str(err).splitlines()[:1], flush=True)
+        self.results["flex_kernel_options"] = self.flex_opts
+        with self.torch.no_grad():
+            t_f = self.time_ms(lambda: flex(*x, block_mask=bm, kernel_options=self.flex_opts))
+        t_fb = self.time_ms(lambda: self.flex_fwd_bwd(flex, x, do, bm))
+        return {"flex_fwd": t_f, "flex_fwdbwd": t_fb}
+
+    # ------------------------------------------------------------------ part 2: Wan step
+    def wan(self):
+        torch = self.torch
+        from diffusers import WanTransformer3DModel
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        from sla2_train.models.attention_swap import SLA2Swap, set_attention_mode  # the adapter under test
+
+        t_build = time.time()
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = WanTransformer3DModel(**WAN_1_3B)
+        model = model.to(torch.bfloat16)
+        model.enable_gradient_checkpointing()
+        model.train()
+        n_params = sum(p.numel() for p in model.parameters())
+        self.results["wan_build_s"] = time.time() - t_build
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(1, *WAN_LATENT, device="cuda", dtype=torch.bfloat16, generator=g)
+        target = torch.randn(1, *WAN_LATENT, device="cuda", dtype=torch.bfloat16, generator=g)
+        enc = torch.randn(1, *WAN_TEXT, device="cuda", dtype=torch.bfloat16, generator=g)
+        t = torch.tensor([500.0], device="cuda")
+
+        def run_variant(name, opt):
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):  # the dense layers (cross-attention in SLA2 runs too)
+                    out = model(hidden_states=x, timestep=t, encoder_hidden_states=enc, return_dict=False)[0]
+                    loss = (out.float() - target.float()).square().mean()
+                    loss.backward()
+                opt.step()
+                return loss.detach()
+
+            step()  # warm-up: kernel compilation, optimizer state
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(self.args.wan_steps):
+                t0 = time.perf_counter()
+                loss = step()
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            res = dict(variant=name, step_s=statistics.median(times), steps_s=times, loss=float(loss),
+                       peak_GB=torch.cuda.max_memory_allocated() / 2**30, params=n_params)
+            self.results["wan"].append(res)
+            print("wan", json.dumps(res), flush=True)
+            self.save()
+
+        run_variant("dense_cudnn", torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True))
+        SLA2Swap(sparsity=0.97, block_q=BLOCK_Q, block_k=BLOCK_K, alpha_mode="per_head").apply(model, WAN_LATENT)
+        model.to(device="cuda", dtype=torch.bfloat16)
+        for quant in (False, True):
+            if self.left() < 30:
+                self.results["errors"].append(f"budget: skipped Wan SLA2 quant={quant}")
+                continue
+            set_attention_mode(model, quant=quant)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+            run_variant(f"sla2_97{'_qat' if quant else ''}", opt)
+        dense = self.results["wan"][0]["step_s"] if self.results["wan"] else None
+        for r in self.results["wan"][1:]:
+            r["speedup_vs_dense"] = dense / r["step_s"] if dense else None
+        self.save()
+
+    # ------------------------------------------------------------------ table
+    def table(self) -> str:
+        R = self.results
+        lines = [f"SLA2 training benchmark, {R['device']}, torch {R['torch']}, triton {R['triton']}, {R['date']}"]
+
+        def f(x, p=3):
+            return f"{x:8.{p}f}" if isinstance(x, (int, float)) else f"{'-':>8}"
+
+        hdr = ("shape", "spars", "cuDNN", "flash", "flex", "fwd", "bwd", "fwd+bwd", "graph", "x cuDNN", "bwd/fwd",
+               "fwd8", "f+b qat", "x cuDNN8", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN", "MB flex")
+        lines.append("fwd+bwd (ms, median)")
+        lines.append(" ".join(f"{h:>8}" for h in hdr))
+        for r in R["rows"]:
+            lines.append(" ".join([
+                f"{r['shape']:>8}", f(r["sparsity"], 2), f(r.get("sdpa_cudnn_fwdbwd"), 2),
+                f(r.get("sdpa_flash_fwdbwd"), 2), f(r.get("t_flex_fwdbwd")), f(r.get("t_fwd")), f(r.get("t_bwd")),
+                f(r.get("t_fwdbwd")), f(r.get("t_fwdbwd_graph")), f(r.get("x_cudnn_fwdbwd_graph") or
+                                                                    r.get("x_cudnn_fwdbwd"), 1),
+                f(r.get("bwd_over_fwd"), 2), f(r.get("t_fwd_qat")), f(r.get("t_fwdbwd_qat")),
+                f(r.get("x_cudnn_fwdbwd_graph_qat") or r.get("x_cudnn_fwdbwd_qat"), 1), f(r.get("t_bwd_dq")),
+                f(r.get("t_bwd_dkdv")), f((r.get("t_bwd_precompute") or 0) + (r.get("t_bwd_csr") or 0)),
+                f(r.get("peak_MB"), 0), f(r.get("sdpa_cudnn_peak_MB"), 0), f(r.get("flex_peak_MB"), 0),
+            ]))
+        for s in R["sweep"]:
+            lines.append(f"  sweep {s['cfg']}: dq {s.get('dq_ms')} {s.get('dq_regs_spills_smem')}  "
+                         f"dkdv {s.get('dkdv_ms')} {s.get('dkdv_regs_spills_smem')}")
+        if R["wan"]:
+            lines.append("Wan2.1-1.3B training step (1×81×480×832, bf16, activation checkpointing, AdamW)")
+            for w in R["wan"]:
+                lines.append(f"  {w['variant']:>14}: {w['step_s']:.3f} s/step  peak {w['peak_GB']:.1f} GB"
+                             + (f"  x{w['speedup_vs_dense']:.2f} vs dense" if w.get("speedup_vs_dense") else ""))
+        if R["errors"]:
+            lines.append("errors: " + " | ".join(R["errors"]))
+        return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--shapes", default="1.3b,14b")
+    p.add_argument("--sparsities", default="0.9,0.95,0.97")
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--wan", action="store_true")
+    p.add_argument("--wan-steps", type=int, default=2)
+    p.add_argument("--wan-first", action="store_true", help="run the Wan step before the kernel part")
+    p.add_argument("--budget-s", type=float, default=480.0)
+    args = p.parse_args()
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    args.sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    b = Bench(args)
+    if args.wan and args.wan_first:
+        b.safe("wan", b.wan)
+    for shape in args.shapes:
+        if b.left() < 60:
+            b.results["errors"].append(f"budget: skipped shape {shape}")
+            continue
+        b.safe(f"shape {shape}", lambda: b.run_shape(shape))
+        b.save()
+    if args.wan and not args.wan_first:
+        if b.left() > 60:
+            b.safe("wan", b.wan)
+        else:
+            b.results["errors"].append("budget: skipped the Wan step")
+    b.save()
+    print(json.dumps(b.results["resources"]))
+    print(b.table())
+
+
+if __name__ == "__main__":
+    main()
