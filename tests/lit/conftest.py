@@ -1,4 +1,5 @@
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,10 @@ def train_entry():
 @pytest.fixture(scope="session")
 def eval_entry():
     return _load_entry("eval")
+
+
+@pytest.fixture
+def isolated_logging(monkeypatch):
+    """Root handlers that other tests' Hydra runs left behind write to streams pytest has since closed."""
+    kept = [h for h in logging.root.handlers if type(h).__module__.startswith("_pytest")]
+    monkeypatch.setattr(logging.root, "handlers", kept)

@@ -78,7 +78,9 @@ def test_qat_starts_from_the_distilled_router(run_args, compose_config, train_en
         ("init_from=/no/such.ckpt", ["init_from", "/no/such.ckpt"]),
     ],
 )
-def test_bad_values_are_one_clear_line(run_args, compose_config, train_entry, capsys, override, words):
+def test_bad_values_are_one_clear_line(
+    run_args, compose_config, train_entry, capsys, isolated_logging, override, words
+):
     cfg = compose_config(*run_args, override)
     with pytest.raises(SystemExit) as code:
         train_entry.main(cfg)
