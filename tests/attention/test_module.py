@@ -73,6 +73,8 @@ def test_calibration_matches_measured_mass(alpha_mode):
     attn = make(alpha_mode=alpha_mode, seq_len=N)
     q, k, v = qkv()
     measured, estimated = attn.measure_mass(q, k, v)
+    chunked, _ = attn.measure_mass(q, k, v, query_chunk=16)  # 3 chunks, the last one ragged
+    torch.testing.assert_close(chunked, measured)
     assert measured.shape == estimated.shape == (H, ref.num_blocks(N, BQ))
     assert ((measured > 0) & (measured <= 1)).all()
     attn.calibrate_alpha(q, k, v)

@@ -155,18 +155,30 @@ class SLA2Attention(nn.Module):
         return torch.nn.functional.mse_loss(student.float(), teacher.float())
 
     @torch.no_grad()
-    def measure_mass(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd"):
-        """(measured rowsum(P⊙M), router estimate), each [H, nq] averaged over the batch, for α calibration."""
+    def measure_mass(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd", query_chunk: int = 1024
+    ):
+        """(measured rowsum(P⊙M), router estimate), each [H, nq] averaged over the batch, for α calibration.
+
+        The true mass needs each query row's full softmax; rows go `query_chunk` at a time, so memory is
+        O(query_chunk · N) instead of O(N²) (one 1024-row chunk at N = 32760: 1.6 GB for 12 heads).
+        """
         check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
         if layout == "bnhd":
             q, k = q.transpose(1, 2), k.transpose(1, 2)
+        n = q.shape[-2]
         scores = self.router(q, k, self.block_q, self.block_k)
         mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity)).mask
-        tok = ref.expand_block_mask(mask, q.shape[-2], k.shape[-2], self.block_q, self.block_k)
-        p = torch.softmax(ref.scaled_scores(q.float(), k.float()), dim=-1)
-        row_mass = (p * tok).sum(dim=-1)  # [B, H, N]
+        chunk = max(self.block_q, query_chunk // self.block_q * self.block_q)  # whole query blocks per chunk
+        row_mass = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # [B, H, N]
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            blocks = slice(start // self.block_q, ref.num_blocks(rows.stop, self.block_q))
+            tok = ref.expand_block_mask(mask[:, :, blocks], rows.stop - start, n, self.block_q, self.block_k)
+            p = torch.softmax(ref.scaled_scores(q[:, :, rows].float(), k.float()), dim=-1)
+            row_mass[:, :, rows] = (p * tok).sum(dim=-1)
         measured = ref.mean_pool(row_mass[..., None], self.block_q)[..., 0].mean(dim=0)
-        counts = ref.block_token_counts(k.shape[-2], self.block_k, scores.device)
+        counts = ref.block_token_counts(n, self.block_k, scores.device)
         return measured, ref.selected_mass(scores.float(), mask, counts).mean(dim=0)
 
     @torch.no_grad()
