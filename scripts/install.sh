@@ -12,4 +12,6 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "$TORCH_SPEC"
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# pyenv only sees new console scripts (pytest) after a rehash
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 echo "[install] sla2-train ready ($("$PY" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__)'))"
