@@ -25,8 +25,9 @@ HEAD_DIMS = (64, 128)
 BLOCKS = (64, 128)
 FP8_MAX = 448.0
 MIN_SCALE = 1e-12
-ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
+ROUTER_PROJECT_ROWS = 16  # pooled blocks projected per program (W[h] is read once per 16 rows)
 ROUTER_SCORE_TILE = (32, 64)  # (query blocks, key blocks) of scores per program
+ROUTER_CHANNELS = 4  # channels per FMA step: the [rows, 4, D] / [32, 64, 4] products fit in registers
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: few programs, each summing h_j over a long run of key blocks,
 # so the fp32 D×D partial sums (64 KB each at D = 128) written and re-read stay small
 
@@ -163,7 +164,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         *strides["k"], *strides["v"],
         N, H, nk, per_split, nsplit,
         BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(),
-        num_warps=cfg.num_warps or (8 if D == 128 else 4), num_stages=cfg.num_stages or 3,
+        # 4 warps, 2 stages: best of the H100 sweep (2026-11-27): 0.216 ms vs 0.296 at 8 warps, 3 stages
+        num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
     )
     kmean = ksum.sum(dim=1) / N
     state = KVState(bk, layout, (B, H, N, D), ksum, kmean, phik, zblk, hpart.sum(dim=1), zpart.sum(dim=1))
@@ -225,32 +227,32 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
     qp, kp = _empty(BH, nq, D, **f32), _empty(BH, nk, D, **f32)
     rb = ROUTER_PROJECT_ROWS
     _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nq, rb), BH),
-            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, SUB_MEAN=False, num_warps=4)
+            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, SUB_MEAN=False, DC=ROUTER_CHANNELS,
+            num_warps=4)
     _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nk, rb), BH),
-            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, SUB_MEAN=True, num_warps=4)
+            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, SUB_MEAN=True,
+            DC=ROUTER_CHANNELS, num_warps=4)
     scores = _empty(B, H, nq, nk, **f32)
     qt, kt = ROUTER_SCORE_TILE
     _launch("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),
-            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, num_warps=4)
+            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, DC=ROUTER_CHANNELS, num_warps=4)
     return scores, _topk(scores, topk)
 
 
-TOPK_MAX_SORT = 4096  # widest row the Triton Top-k sorts in registers; wider rows use torch.topk
+TOPK_ROWS = 4  # rows per program of topk_kernel (one per warp)
 
 
 def _topk(scores: torch.Tensor, topk: int) -> torch.Tensor:
     """Row-wise Top-k of [B, H, nq, nk] scores -> int32 [B, H, nq, topk], ascending.
 
-    torch.topk + sort measured 0.10 ms at nk = 512 and 1.1 ms at nk = 1182 (H100, 2026-11-27); one
-    program per row sorting packed (score, index) keys is the replacement.
+    torch.topk + sort measured 0.10 ms at nk = 512 and 1.1 ms at nk = 1182, a bitonic sort per row in
+    Triton 0.05 ms and 6.9 ms (H100, 2026-11-27): radix selection replaces both.
     """
     B, H, nq, nk = scores.shape
-    nkp = triton.next_power_of_2(nk)
-    if nkp > TOPK_MAX_SORT:
-        return scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+    rows = B * H * nq
     indices = _empty(B, H, nq, topk, device=scores.device, dtype=torch.int32)
-    _launch("topk", topk_kernel, (B * H * nq,), scores, indices, nk, topk, NKP=nkp,
-            num_warps=4 if nkp <= 1024 else 8)
+    _launch("topk", topk_kernel, (triton.cdiv(rows, TOPK_ROWS),), scores, indices, rows, nk, topk,
+            R=TOPK_ROWS, NKP=triton.next_power_of_2(nk), num_warps=TOPK_ROWS)
     return indices
 
 
@@ -264,22 +266,32 @@ except ImportError:  # pragma: no cover - older layouts of triton
 
 @dataclass(frozen=True)
 class FwdConfig:
-    kpi: int  # selected key blocks gathered per iteration (tile width KPI·b_k)
+    kpi: int  # selected key blocks gathered per iteration of the sparse loop (tile width KPI·b_k)
     num_warps: int
     num_stages: int
+    kpi_linear: int | None = None  # the same for the linear phase (None: kpi)
+    exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
+
+
+# Set by kernels/bench.py after its sweep, to time the rows with the configuration it measured best.
+CONFIG_OVERRIDE: dict = {}
 
 
 def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
-    kpi = 2 if block_k == 64 else 1
+    """One selected block per iteration, 8 warps, 2 stages: best of the H100 sweep (2026-11-27, Wan-1.3B,
+    97%): bf16 1.12 ms vs 1.30 for two blocks per iteration; more stages only added shared memory."""
+    if quant in CONFIG_OVERRIDE:
+        return CONFIG_OVERRIDE[quant]
     num_warps = 8 if (block_q == 128 or head_dim == 128) else 4
-    return FwdConfig(kpi, num_warps, 2)
+    return FwdConfig(1, num_warps, 2)
 
 
 def _fallbacks(cfg: FwdConfig):
     """cfg, then configurations needing less shared memory (fewer stages, then a narrower tile)."""
     seen = []
-    for c in (cfg, FwdConfig(cfg.kpi, cfg.num_warps, 1), FwdConfig(1, cfg.num_warps, cfg.num_stages),
-              FwdConfig(1, cfg.num_warps, 1)):
+    narrow = FwdConfig(1, cfg.num_warps, cfg.num_stages, 1, cfg.exact_max)
+    for c in (cfg, FwdConfig(cfg.kpi, cfg.num_warps, 1, cfg.kpi_linear, cfg.exact_max), narrow,
+              FwdConfig(1, cfg.num_warps, 1, 1, cfg.exact_max)):
         if c not in seen:
             seen.append(c)
     return seen
@@ -334,14 +346,14 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
-        common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, LINEAR=linear, INTERPRET=_interpreting(),
-                      num_warps=c.num_warps, num_stages=c.num_stages)
+        common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, KPI_LIN=c.kpi_linear or c.kpi, LINEAR=linear,
+                      INTERPRET=_interpreting(), num_warps=c.num_warps, num_stages=c.num_stages)
         try:
             if quant:
                 _launch(
                     "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
                     q, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot, s.k8, s.sk, s.v8t, s.sv, s.kmean,
-                    *strides["q"], *strides["v"], *tail, **common,
+                    *strides["q"], *strides["v"], *tail, EXACT_MAX=c.exact_max, **common,
                 )
             else:
                 _launch(

@@ -50,7 +50,10 @@ def round_to_e4m3_grid(x):
     normal = rounded.to(tl.float32, bitcast=True)
     sub = round_half_even(ax * 512.0) * (1.0 / 512.0)
     r = tl.minimum(tl.where(ax < 0.015625, sub, normal), 448.0)
-    return tl.where(x < 0, -r, r)
+    # Put x's sign bit back with bit operations: Triton's unary minus is 0 − r, which turns −0 into +0
+    # (the hardware cast keeps −0; seen on the H100, 2026-11-27).
+    sign = x.to(tl.int32, bitcast=True) & -2147483648
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit

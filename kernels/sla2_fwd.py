@@ -83,7 +83,7 @@ def sla2_fwd_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, KPI_LIN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -108,7 +108,7 @@ def sla2_fwd_kernel(
 
     if LINEAR:
         h_i, z_i = linear_complement_sums(v_base, svn, svd, PHIK, ZBLK, HTOT, ZTOT, idx_base, bh64, N, NK, TOPK,
-                                          BK, D, KPI, INTERPRET)
+                                          BK, D, KPI_LIN, INTERPRET)
 
     qk_scale = sm_scale * LOG2E
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)

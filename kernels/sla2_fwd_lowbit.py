@@ -9,7 +9,8 @@ m is the EXACT row maximum over all selected blocks (pass 1, INT8 QKᵀ only), n
 P̃'s e4m3 rounding depends on m, and the reference rounds exp(S − rowmax). With a running maximum the
 rounding differs wherever the maximum moved, which on flat attention (random data) shifts the output
 by 1–2% relative L1 against the reference: as large as the quantisation error itself. Pass 1 costs one
-INT8 MMA per block; pass 2 then needs no rescaling of the accumulator.
+INT8 MMA per block; pass 2 then needs no rescaling of the accumulator. EXACT_MAX=False (FwdConfig.exact_max)
+runs the one-pass running-maximum variant instead, for measurement: it does not match the reference to 1e-2.
 Each P̂V̂ product is a fresh dot added to the fp32 accumulator in registers: Hopper's FP8 MMA keeps
 about 22 bits while accumulating, so long chains are flushed every b_k keys (two-level accumulation).
 lse is put back on the scale of the original Q, K: smoothing shifted row r by q_r·μ/√D.
@@ -33,7 +34,7 @@ def sla2_fwd_lowbit_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, KPI_LIN: tl.constexpr, EXACT_MAX: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -68,11 +69,11 @@ def sla2_fwd_lowbit_kernel(
 
     if LINEAR:  # phase 1, as in sla2_fwd.py (bf16: only the sparse branch is low-bit)
         h_i, z_i = linear_complement_sums(v_base, svn, svd, PHIK, ZBLK, HTOT, ZTOT, idx_base, bh64, N, NK, TOPK,
-                                          BK, D, KPI, INTERPRET)
+                                          BK, D, KPI_LIN, INTERPRET)
 
     # Pass 1: the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
-    for it in range(0, n_iter):
+    for it in range(0, n_iter if EXACT_MAX else 0):
         sel = it * KPI + slot
         sel_ok = sel < TOPK
         blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
@@ -97,8 +98,16 @@ def sla2_fwd_lowbit_kernel(
         s_k = tl.load(sk_base + blk, mask=sel_ok, other=0.0)
         s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * s_k)[None, :]
         s = tl.where(kv_ok[None, :], s, float("-inf"))
-        p = tl.exp2(s - m_i[:, None])
-        l_i += tl.sum(p, axis=1)
+        if EXACT_MAX:
+            p = tl.exp2(s - m_i[:, None])
+            l_i += tl.sum(p, axis=1)
+        else:  # one pass with a running maximum (SageAttention's arithmetic; see the module docstring)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp2(s - m_new[:, None])
+            corr = tl.exp2(m_i - m_new)
+            l_i = l_i * corr + tl.sum(p, axis=1)
+            acc = acc * corr[:, None]
+            m_i = m_new
         p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
         v8t = tl.load(v8_base + offs_d[:, None] * LDK + rows[None, :], mask=sel_ok[None, :], other=0.0)
         acc += tl.dot(p8, tl.trans(v8t))

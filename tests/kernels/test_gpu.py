@@ -143,3 +143,11 @@ def test_software_e4m3_rounding_equals_hardware():
     got = out[1][2].view(B * H, D, -1)[..., :N].transpose(1, 2)
     frac = float((got != want).float().mean())
     assert frac < 1e-5, f"hardware e4m3 differs from torch's cast on a fraction {frac:.2e}"
+
+
+@pytest.mark.parametrize("rows, nk, topk", [(12 * 256, 512, 15), (40 * 591, 1182, 35), (7, 4096, 100)])
+def test_topk_kernel(rows, nk, topk):
+    s = torch.randn(1, 1, rows, nk, device="cuda")
+    s[..., ::7] = s[..., 3:4]  # ties
+    idx = sla2_kernels.api._topk(s, topk)
+    _topk_ok(idx, s, topk)

@@ -60,3 +60,34 @@ def test_quantised_k_v_equal_reference_rounding(kt):
     assert float((v8 != v_hat).float().mean()) < 1e-3
     pad = st.k8.view(B, H, -1, D)[:, :, N:]
     assert bool((pad == 0).all()) and bool((st.v8t.float().view(B, H, D, -1)[..., N:] == 0).all())
+
+
+@pytest.mark.parametrize("cfg", [
+    sla2_kernels.api.FwdConfig(2, 8, 2),  # two key blocks per tile: an odd topk leaves an empty slot
+    sla2_kernels.api.FwdConfig(1, 8, 2, kpi_linear=2),
+], ids=["kpi2", "kpi1-lin2"])
+@pytest.mark.parametrize("quant", [False, True])
+def test_tile_configurations(cfg, quant, poisoned, kt):
+    """The configurations kernels/bench.py sweeps compute the same function."""
+    B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
+    (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
+    sel, alpha = random_selection(B, H, N, bq, bk, 3, seed=17)
+    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=quant,
+                                       layout="bnhd", config=cfg)
+    kt.assert_all_written(poisoned)
+    o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=quant)
+    assert kt.rel_l1(kt.to_bhnd(o, "bnhd"), o_ref) <= 1e-2
+
+
+def test_running_max_variant_is_close_but_not_the_reference(kt):
+    """exact_max=False (one pass, running max) is for measurement: within the low-bit vs bf16 bound only."""
+    B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
+    (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
+    sel, alpha = random_selection(B, H, N, bq, bk, 3, seed=19)
+    cfg = sla2_kernels.api.FwdConfig(1, 8, 2, exact_max=False)
+    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True,
+                                       layout="bhnd", config=cfg)
+    o_fq = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=True)
+    _, lse_fq = ref.fake_quant_sparse_attention(qf, kf, vf, sel.mask, bq, bk)
+    assert kt.rel_l1(o, o_fq) <= 5e-2
+    torch.testing.assert_close(lse, lse_fq, rtol=0, atol=1e-3)
