@@ -67,7 +67,7 @@ def sla2_bwd_dq_kernel(
     sdqb, sdqh, sdqn,
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
-    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KPA: tl.constexpr,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KPA: tl.constexpr, KS: tl.constexpr,
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -75,13 +75,9 @@ def sla2_bwd_dq_kernel(
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
     bh64 = bh.to(tl.int64)
-    BN: tl.constexpr = KPI * BK
 
     offs_m = pid_m * BQ + tl.arange(0, BQ)
     offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, BN)
-    slot = offs_n // BK
-    within = offs_n % BK
     q_ok = offs_m < N
     k_base = K + b64 * skb + h64 * skh
     v_base = V + b64 * svb + h64 * svh
@@ -128,17 +124,18 @@ def sla2_bwd_dq_kernel(
         d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
         delta = d_o - (1.0 - alpha) * d_l
         dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0) / alpha
-        # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
         w = (1.0 - alpha) * d_l
         do16 = do.to(tl.bfloat16)
+        # dH_I = ψᵀ g and dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (padded rows: inv = 0); stored before dφQ is
+        # formed so that fewer fp32 tiles are live at once.
+        psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
+        dh = mma(tl.trans(psi16), do16, INTERPRET) * (1.0 - alpha)
+        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
+        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0))
+        # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
         dfq = (mma(do16, tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
         fq = fq16.to(tl.float32)
         acc = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]) / sm_scale  # linear dQ, on the sparse dQ's scale
-        # dH_I = ψᵀ g and dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (padded rows: inv = 0).
-        psi = fq * inv[:, None]
-        dh = mma(tl.trans(psi.to(tl.bfloat16)), do16, INTERPRET) * (1.0 - alpha)
-        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
-        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi * w[:, None], axis=0))
     else:
         alpha = 1.0  # every block selected: α is exactly 1 (reference.effective_alpha)
         do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
@@ -150,16 +147,21 @@ def sla2_bwd_dq_kernel(
     tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
     tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
 
-    # Loop B: sparse dQ over the selected blocks.
+    # Loop B: sparse dQ over the selected blocks, in tiles of KPI·KS gathered key rows (KS ≤ b_k: a narrower
+    # tile keeps S, P, dP small next to the fp32 dQ accumulator).
     qk_scale = sm_scale * LOG2E
     lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
     dos = (do.to(tl.float32) * alpha).to(do.dtype)  # dO_s = α dO
     q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
-    for it in range(0, n_iter):
-        sel = it * KPI + slot
+    NSUB: tl.constexpr = BK // KS
+    offs_b = tl.arange(0, KPI * KS)
+    slot_b = offs_b // KS
+    within_b = offs_b % KS
+    for it in range(0, n_iter * NSUB):
+        sel = (it // NSUB) * KPI + slot_b
         sel_ok = sel < TOPK
         blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-        rows = blk * BK + within
+        rows = blk * BK + (it % NSUB) * KS + within_b
         kv_ok = sel_ok & (rows < N)
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
@@ -187,7 +189,8 @@ def sla2_bwd_dkdv_kernel(
     sdvb, sdvh, sdvn,
     sab, sah, saq,
     N, H, NQ, NK, sm_scale,
-    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
@@ -199,7 +202,6 @@ def sla2_bwd_dkdv_kernel(
 
     offs_n = j * BK + tl.arange(0, BK)
     offs_d = tl.arange(0, D)
-    offs_q = tl.arange(0, BQ)
     k_ok = offs_n < N
     k = tl.load(K + b64 * skb + h64 * skh + offs_n[:, None] * skn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
     v = tl.load(V + b64 * svb + h64 * svh + offs_n[:, None] * svn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
@@ -223,11 +225,14 @@ def sla2_bwd_dkdv_kernel(
         dv_acc = tl.zeros([BK, D], dtype=tl.float32)
         dk_acc = tl.zeros([BK, D], dtype=tl.float32)
 
-    # Loop B: sparse dK, dV over the query blocks that selected this key block.
+    # Loop B: sparse dK, dV over the query blocks that selected this key block, QS query rows at a time (QS ≤ b_q:
+    # narrower S/P/dP tiles next to the two fp32 accumulators).
     qk_scale = sm_scale * LOG2E
-    for t in range(start, end):
-        i_blk = tl.load(KV_QBLK + t)
-        rows = i_blk * BQ + offs_q
+    NSUBQ: tl.constexpr = BQ // QS
+    offs_qs = tl.arange(0, QS)
+    for u in range(start * NSUBQ, end * NSUBQ):
+        i_blk = tl.load(KV_QBLK + u // NSUBQ)
+        rows = i_blk * BQ + (u % NSUBQ) * QS + offs_qs
         q_ok = rows < N
         q = tl.load(Q + b64 * sqb + h64 * sqh + rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         do = tl.load(DO + b64 * sdob + h64 * sdoh + rows[:, None] * sdon + offs_d[None, :],
@@ -238,7 +243,7 @@ def sla2_bwd_dkdv_kernel(
             alpha = tl.load(ALPHA + b64 * sab + h64 * sah + i_blk * saq)
         else:
             alpha = 1.0
-        st = mma(k, tl.trans(q), INTERPRET)  # [BK, BQ]
+        st = mma(k, tl.trans(q), INTERPRET)  # [BK, QS]
         pt = tl.exp2(st * qk_scale - lse2[None, :])
         pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)
         dv_acc = mma_acc((pt * alpha).to(do.dtype), do, dv_acc, INTERPRET)
@@ -300,16 +305,23 @@ def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch
 
 @dataclass(frozen=True)
 class BwdConfig:
-    kpi: int  # dq kernel, sparse loop: selected key blocks gathered per iteration (tile width kpi·b_k)
+    kpi: int  # dq kernel, sparse loop: selected key blocks gathered per iteration (tile width kpi·ks)
     kpa: int  # dq kernel, linear loop (Σ φK_jᵀV_j): blocks gathered per iteration
     dq_warps: int
     dq_stages: int
     dkdv_warps: int
     dkdv_stages: int
     dh_dtype: torch.dtype = torch.bfloat16  # storage of the per-query-block dH_I
+    ks: int = 0  # dq sparse loop: key rows per selected block and iteration (0: b_k; must divide b_k)
+    qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
+
+
+TUNED: dict = {}  # (block_q, block_k, head_dim) -> BwdConfig chosen by a benchmark (kernels/bench_train.py)
 
 
 def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
+    if (block_q, block_k, head_dim) in TUNED:
+        return TUNED[(block_q, block_k, head_dim)]
     # The sparse dq loop keeps the fp32 dQ accumulator and S, dP tiles live: a b_q × 64 tile (kpi = 1) keeps
     # that within the registers; the linear loop holds one accumulator and likes the 128-wide tile.
     kpa = 2 if block_k == 64 else 1
@@ -430,7 +442,9 @@ def run_dq(p: BwdProblem) -> None:
             sa[0], sa[1], sa[2],
             n, heads, nq, nk, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KPA=c.kpa, LINEAR=p.linear, INTERPRET=_interpreting(),
+        ks = c.ks or p.block_k
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KPA=c.kpa, KS=ks,
+                  LINEAR=p.linear, INTERPRET=_interpreting(),
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
@@ -463,8 +477,8 @@ def run_dkdv(p: BwdProblem) -> None:
             sa[0], sa[1], sa[2],
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, LINEAR=p.linear, INTERPRET=_interpreting(),
-                  num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=c.qs or p.block_q, LINEAR=p.linear,
+                  INTERPRET=_interpreting(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)

@@ -159,9 +159,10 @@ def test_strided_inputs_and_gradient(poison):
         assert rel(from_layout(gk, "bnhd"), gr) <= TOL
 
 
-@pytest.mark.parametrize("kpi,kpa", [(2, 2), (1, 1)])
-def test_tile_widths_of_the_dq_loops(kpi, kpa, poison):
-    """The dq kernel's gathered tile widths (kpi·b_k sparse, kpa·b_k linear), odd topk leaving a slot empty."""
+@pytest.mark.parametrize("kpi,kpa,ks,qs", [(2, 2, 0, 0), (1, 1, 32, 64), (1, 2, 16, 32)])
+def test_tile_widths(kpi, kpa, ks, qs, poison):
+    """Tile shapes of the two kernels: dq gathers kpi·ks key rows (sparse loop) and kpa·b_k (linear loop),
+    dk/dv walks qs query rows at a time; odd topk leaves a gathered slot empty."""
     b, h, n, d, bq, bk, topk = 1, 2, 333, 64, 128, 64, 3
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
@@ -169,7 +170,7 @@ def test_tile_widths_of_the_dq_loops(kpi, kpa, poison):
     idx = sel.indices.to(torch.int32)
     o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
                                        layout="bhnd")
-    cfg = sla2_bwd.BwdConfig(kpi, kpa, 8, 2, 8, 2)
+    cfg = sla2_bwd.BwdConfig(kpi, kpa, 8, 2, 8, 2, ks=ks, qs=qs)
     g = kag.attention_backward(dok, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd",
                                config=cfg)
     for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g, g_ref):
@@ -189,6 +190,28 @@ def test_key_block_lists_are_the_transpose_of_the_selection():
             assert qblk[lo:hi].tolist() == torch.nonzero(mask[bh, :, j]).flatten().tolist()
         assert sorted(order[bh].tolist()) == list(range(nk))
         assert (counts[bh][order[bh].long()].diff() <= 0).all()  # longest list first
+
+
+def blocked_sla2(q, k, v, alpha, idx, bq, bk):
+    """Differentiable fp32 SLA2 at the Wan sizes: the blocked oracle's sparse branch, and its linear branch with
+    the padded query rows' 0/0 kept out of the graph (their NaN would reach dK, dV through autograd)."""
+    from sla2_kernels import blocked_reference as br
+
+    b, h, n, d = q.shape
+    o_s, _ = br.sparse_branch(q, k, v, idx, bq, bk)
+    fk = br._blocks(torch.softmax(k, dim=-1), bk)
+    hb = fk.transpose(-1, -2) @ br._blocks(v, bk)
+    zb = fk.sum(dim=-2)
+    nk = hb.shape[2]
+    sel = torch.zeros(*idx.shape[:-1], nk, device=q.device).scatter_(-1, idx.long(), 1.0)
+    h_i = hb.sum(dim=2, keepdim=True) - (sel @ hb.flatten(-2)).view(b, h, -1, d, d)
+    z_i = zb.sum(dim=2, keepdim=True) - sel @ zb
+    fq = br._blocks(torch.softmax(q, dim=-1), bq)
+    den = fq @ z_i[..., None]
+    o_l = (fq @ h_i) / torch.where(den > 0, den, 1.0)
+    o_l = o_l.reshape(b, h, -1, d)[:, :, :n]
+    a = alpha.expand(b, h, -1).repeat_interleave(bq, dim=-1)[..., :n, None]
+    return a * o_s + (1 - a) * o_l
 
 
 @pytest.mark.gpu
@@ -212,7 +235,7 @@ def test_gradients_at_real_shapes_gpu(shape, quant):
     idx = idx.sort(dim=-1).values.to(torch.int32)
     alpha = 0.1 + 0.8 * torch.rand(b, h, nq, device="cuda", generator=g)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, alpha)]
-    o_ref, _ = br.sla2_forward(*leaves[:3], idx, leaves[3], bq, bk, quant=False)
+    o_ref = blocked_sla2(*leaves, idx, bq, bk)
     o_ref.backward(do)
     qk, kk, vk, dok = (to_layout(t.bfloat16(), layout) for t in (q, k, v, do))
     x = [t.requires_grad_() for t in (qk, kk, vk)]
@@ -224,3 +247,21 @@ def test_gradients_at_real_shapes_gpu(shape, quant):
     got = [from_layout(t.grad, layout) for t in x] + [a.grad]
     for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), got, [t.grad for t in leaves]):
         assert rel(gk, gr) <= tol, (name, rel(gk, gr))
+
+
+@pytest.mark.parametrize("quant", [False, True])
+def test_custom_op_kernel_branch_under_the_interpreter(quant, monkeypatch, poison):
+    """The CUDA branch of torch.ops.sla2.attention / attention_backward (forward state kept for the backward),
+    run here by letting the op take the kernels on CPU tensors under Triton's interpreter."""
+    monkeypatch.setattr(ops, "kernels_cover", lambda q, bq, bk: (True, ""))
+    b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16, "head")
+    x = [to_layout(t.bfloat16(), "bnhd").requires_grad_() for t in (q, k, v)]
+    a = alpha.float().requires_grad_()
+    o = ops.sla2_attention(*x, sel.indices.int(), a, block_q=bq, block_k=bk, quant=quant, layout="bnhd")
+    o.backward(to_layout(do.bfloat16(), "bnhd"))
+    o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=quant)
+    assert rel(from_layout(o.detach(), "bnhd"), o_ref) <= 1e-2
+    got = [from_layout(t.grad, "bnhd") for t in x] + [a.grad]
+    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), got, g_ref):
+        assert rel(gk, gr) <= (5e-2 if quant else TOL), (name, rel(gk, gr))

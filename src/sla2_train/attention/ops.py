@@ -1,8 +1,10 @@
 """SLA2 as torch.library custom ops, so that torch.compile(fullgraph=True) traces through the attention.
 
     torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout) -> (scores, indices int32)
-    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout) -> (o, lse [B, H, N])
-    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout)
+    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout)
+        -> (o, lse [B, H, N], φK, z_j, H_tot, Z_tot)   (the last four: key-side state kept for the backward)
+    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, φK, z_j, H_tot, Z_tot,
+                                      block_q, block_k, quant, layout)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
 
 Each op has a fake (meta) implementation for tracing and one real implementation that dispatches on the
@@ -229,51 +231,79 @@ def _reference_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
     return ref.alpha_mix(o_s, o_l, a, block_q), lse
 
 
+def _state_shapes(q: torch.Tensor, block_k: int, layout: str):
+    b, h, n, d = _dims(q, layout)
+    nk = ref.num_blocks(n, block_k)
+    return (b * h, nk * block_k, d), (b * h, nk, d), (b * h, d, d), (b * h, d)
+
+
 @torch.library.custom_op("sla2::attention", mutates_args=())
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, alpha: torch.Tensor,
     block_q: int, block_k: int, quant: bool, layout: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SLA2 with a hard block selection: (o in q's layout and dtype, lse [B, H, N] of the sparse branch, fp32 or
-    float64 for float64 inputs)."""
+    float64 for float64 inputs, then the linear branch's key-side state that the backward reuses instead of
+    another pass over K and V: φK [B·H, nk·b_k, D] (q's dtype), z_j [B·H, nk, D], H_tot [B·H, D, D],
+    Z_tot [B·H, D] (fp32). The reference implementation (CPU) returns that state as zeros: its backward does
+    not read it."""
+    shapes = _state_shapes(q, block_k, layout)
     if kernels_cover(q, block_q, block_k)[0]:
         b, h, n, _ = _dims(q, layout)
         nq, nk = ref.num_blocks(n, block_q), ref.num_blocks(n, block_k)
         a = _effective_alpha(alpha, b, h, nq, indices.shape[-1] >= nk)
+        st = sla2_kernels.precompute(k, v, block_k=block_k, layout=layout, quant=quant)
         o, lse = sla2_kernels.sla2_forward(
-            q, k, v, indices, a, block_q=block_q, block_k=block_k, quant=quant, layout=layout
+            q, k, v, indices, a, block_q=block_q, block_k=block_k, quant=quant, layout=layout, kv_state=st
         )
         if o.stride() != torch.empty_like(q, device="meta").stride():  # the fake promises empty_like(q)
             o = torch.empty_like(q).copy_(o)
-        return o, lse.contiguous()
+        state = [st.phik, st.zblk, st.htot, st.ztot]
+        state = [t if tuple(t.shape) == s and t.is_contiguous() else t.reshape(s).contiguous()
+                 for t, s in zip(state, shapes)]
+        return (o, lse.contiguous(), *state)
     o, lse = _reference_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
     out = torch.empty_like(q)
     out.copy_(o.transpose(1, 2) if layout == "bnhd" else o)
-    return out, lse.to(_acc_dtype(q.dtype)).contiguous()
+    zeros = [q.new_zeros(shapes[0])] + [q.new_zeros(s, dtype=torch.float32) for s in shapes[1:]]
+    return (out, lse.to(_acc_dtype(q.dtype)).contiguous(), *zeros)
 
 
 @attention.register_fake
 def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
     b, h, n, _ = _dims(q, layout)
-    return torch.empty_like(q), q.new_empty(b, h, n, dtype=_acc_dtype(q.dtype))
+    shapes = _state_shapes(q, block_k, layout)
+    return (torch.empty_like(q), q.new_empty(b, h, n, dtype=_acc_dtype(q.dtype)), q.new_empty(shapes[0]),
+            *[q.new_empty(s, dtype=torch.float32) for s in shapes[1:]])
 
 
 @torch.library.custom_op("sla2::attention_backward", mutates_args=())
 def attention_backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    indices: torch.Tensor, alpha: torch.Tensor, block_q: int, block_k: int, quant: bool, layout: str,
+    indices: torch.Tensor, alpha: torch.Tensor, phik: torch.Tensor, zblk: torch.Tensor, htot: torch.Tensor,
+    ztot: torch.Tensor, block_q: int, block_k: int, quant: bool, layout: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape)."""
+    """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape).
+    phik, zblk, htot, ztot: the forward's key-side state (read by the kernels only)."""
     if kernel_autograd is not None and kernels_cover(q, block_q, block_k)[0]:
+        state = _KVStateView(phik, zblk, htot, ztot)
         return kernel_autograd.attention_backward(
-            do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k, layout=layout
+            do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k, layout=layout, kv_state=state
         )
     dq, dk, dv, dalpha = reference_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dalpha
 
 
+class _KVStateView:
+    """The fields of sla2_kernels' KVState that the backward reads."""
+
+    def __init__(self, phik, zblk, htot, ztot):
+        self.phik, self.zblk, self.htot, self.ztot = phik, zblk, htot, ztot
+
+
 @attention_backward.register_fake
-def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block_k, quant, layout):
+def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, phik, zblk, htot, ztot, block_q, block_k, quant,
+                             layout):
     b, h, n, _ = _dims(q, layout)
     nq = ref.num_blocks(n, block_q)
     like = dict(memory_format=torch.contiguous_format)
@@ -283,17 +313,17 @@ def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block
 
 def _setup_context(ctx, inputs, output):
     q, k, v, indices, alpha, block_q, block_k, quant, layout = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, indices, alpha)
+    o, lse, *state = output
+    ctx.save_for_backward(q, k, v, o, lse, indices, alpha, *state)
     ctx.cfg = (block_q, block_k, quant, layout)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, *state)
 
 
-def _backward(ctx, do, _dlse):
-    q, k, v, o, lse, indices, alpha = ctx.saved_tensors
+def _backward(ctx, do, *_grads_of_auxiliary_outputs):
+    q, k, v, o, lse, indices, alpha, *state = ctx.saved_tensors
     block_q, block_k, quant, layout = ctx.cfg
     dq, dk, dv, dalpha = torch.ops.sla2.attention_backward(
-        do, q, k, v, o, lse, indices, alpha, block_q, block_k, quant, layout
+        do, q, k, v, o, lse, indices, alpha, *state, block_q, block_k, quant, layout
     )
     da = dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if ctx.needs_input_grad[4] else None
     return dq, dk, dv, None, da, None, None, None, None
