@@ -450,20 +450,20 @@ def main():
     p.add_argument("--sparsities", default="0.9,0.95,0.97")
     p.add_argument("--other-sparsities", default="", help="sparsities for the shapes after the first")
     p.add_argument("--sweep", action="store_true", help="tune the backward configuration first (first shape, "
-                   "last sparsity) and use the fastest for everything after")
+                   "highest sparsity) and use the fastest for everything after")
     p.add_argument("--wan", action="store_true")
     p.add_argument("--wan-steps", type=int, default=2)
-    p.add_argument("--wan-first", action="store_true", help="run the Wan step before the kernel part")
+    p.add_argument("--wan-first", action="store_true", help="run the Wan step right after the sweep")
     p.add_argument("--budget-s", type=float, default=480.0)
     args = p.parse_args()
     args.shapes = [s for s in args.shapes.split(",") if s]
     args.sparsities = [float(s) for s in args.sparsities.split(",") if s]
     args.other_sparsities = [float(s) for s in args.other_sparsities.split(",") if s]
     b = Bench(args)
+    if args.sweep:
+        b.safe("sweep", lambda: b.sweep(args.shapes[0], max(args.sparsities)))
     if args.wan and args.wan_first:
         b.safe("wan", b.wan)
-    if args.sweep:
-        b.safe("sweep", lambda: b.sweep(args.shapes[0], args.sparsities[-1]))
     for i, shape in enumerate(args.shapes):
         if i == 1 and args.wan and not args.wan_first:  # the Wan step before the larger shapes
             b.safe("wan", b.wan) if b.left() > 60 else b.results["errors"].append("budget: skipped the Wan step")
