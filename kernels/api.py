@@ -25,9 +25,8 @@ HEAD_DIMS = (64, 128)
 BLOCKS = (64, 128)
 FP8_MAX = 448.0
 MIN_SCALE = 1e-12
-ROUTER_PROJECT_ROWS = 16  # pooled blocks projected per program (W[h] is read once per 16 rows)
+ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
 ROUTER_SCORE_TILE = (32, 64)  # (query blocks, key blocks) of scores per program
-ROUTER_CHANNELS = 4  # channels per FMA step: the [rows, 4, D] / [32, 64, 4] products fit in registers
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: few programs, each summing h_j over a long run of key blocks,
 # so the fp32 D×D partial sums (64 KB each at D = 128) written and re-read stay small
 
@@ -227,32 +226,35 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
     qp, kp = _empty(BH, nq, D, **f32), _empty(BH, nk, D, **f32)
     rb = ROUTER_PROJECT_ROWS
     _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nq, rb), BH),
-            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, SUB_MEAN=False, DC=ROUTER_CHANNELS,
-            num_warps=4)
+            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, SUB_MEAN=False, num_warps=4)
     _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nk, rb), BH),
-            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, SUB_MEAN=True,
-            DC=ROUTER_CHANNELS, num_warps=4)
+            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, SUB_MEAN=True, num_warps=4)
     scores = _empty(B, H, nq, nk, **f32)
     qt, kt = ROUTER_SCORE_TILE
     _launch("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),
-            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, DC=ROUTER_CHANNELS, num_warps=4)
+            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, num_warps=4)
     return scores, _topk(scores, topk)
 
 
 TOPK_ROWS = 4  # rows per program of topk_kernel (one per warp)
+TOPK_MAX_RADIX = 1024  # widest (power-of-two padded) row for topk_kernel; wider rows use torch.topk
 
 
 def _topk(scores: torch.Tensor, topk: int) -> torch.Tensor:
     """Row-wise Top-k of [B, H, nq, nk] scores -> int32 [B, H, nq, topk], ascending.
 
-    torch.topk + sort measured 0.10 ms at nk = 512 and 1.1 ms at nk = 1182, a bitonic sort per row in
-    Triton 0.05 ms and 6.9 ms (H100, 2026-11-27): radix selection replaces both.
+    Measured on the H100 (2026-11-27): nk = 512 (Wan-1.3B): torch.topk + sort 0.10 ms, bitonic sort per row
+    in Triton 0.05 ms, radix selection (topk_kernel) 0.028 ms; nk = 1182 (Wan-14B, rows padded to 2048):
+    torch 1.12 ms, bitonic 6.9 ms, radix 1.32 ms. So radix selection up to 1024 columns, torch above.
     """
     B, H, nq, nk = scores.shape
+    nkp = triton.next_power_of_2(nk)
+    if nkp > TOPK_MAX_RADIX:
+        return scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
     rows = B * H * nq
     indices = _empty(B, H, nq, topk, device=scores.device, dtype=torch.int32)
     _launch("topk", topk_kernel, (triton.cdiv(rows, TOPK_ROWS),), scores, indices, rows, nk, topk,
-            R=TOPK_ROWS, NKP=triton.next_power_of_2(nk), num_warps=TOPK_ROWS)
+            R=TOPK_ROWS, NKP=nkp, num_warps=TOPK_ROWS)
     return indices
 
 

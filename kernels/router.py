@@ -10,8 +10,10 @@ their true count. Three small steps, each sized to its data:
   block_scores_kernel     a [QT, nk-tile] tile of Q̄Wq · (K̄Wk)ᵀ per program
   topk_kernel             R rows of scores per program: radix selection of the k-th largest, selected
                           indices written in ascending order
-Projections and scores are fp32 FMA products (exact like the reference's fp32; tf32 would reorder near ties,
-and both IEEE and 3xTF32 tl.dot spilled registers here: measured 1.25 ms and 0.23 ms for the router).
+Projections and scores are 3xTF32 dots: fp32-accurate on the tensor cores (plain tf32 would reorder near ties
+against the reference's fp32). IEEE-fp32 dots spilled (router 1.25 ms, H100). A version with explicit fp32
+FMA products ([rows, 4, D] broadcasts) was right under the interpreter but wrong on the H100 with Triton 3.6
+(2026-11-27, scores off by up to 0.18) and no faster: not used.
 """
 
 import triton
@@ -42,49 +44,42 @@ def block_colsum_kernel(
 def pooled_project_kernel(
     SUMS, MEAN, W, OUT,  # SUMS [BH, nb, D], MEAN [BH, D] (if SUB_MEAN), W [H, D, D], OUT [BH, nb, D]; fp32
     N, H, NB, scale,
-    RB: tl.constexpr, BLK: tl.constexpr, D: tl.constexpr, SUB_MEAN: tl.constexpr, DC: tl.constexpr,
+    RB: tl.constexpr, BLK: tl.constexpr, D: tl.constexpr, SUB_MEAN: tl.constexpr,
 ):
-    """OUT_j = (SUMS_j / count_j − μ) @ W[h] · scale, for RB blocks per program, in fp32 FMAs
-    (DC input channels at a time: a [RB, DC, D] product summed over DC)."""
+    """OUT_j = (SUMS_j / count_j − μ) @ W[h] · scale, for RB blocks per program."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     h = bh % H
     bh64 = bh.to(tl.int64)
     j = pid * RB + tl.arange(0, RB)
-    offs_o = tl.arange(0, D)
+    offs_d = tl.arange(0, D)
     j_ok = j < NB
+    sums = tl.load(SUMS + (bh64 * NB + j[:, None]) * D + offs_d[None, :], mask=j_ok[:, None], other=0.0)
     count = tl.where(j_ok, tl.minimum(N - j * BLK, BLK), 1).to(tl.float32)
-    acc = tl.zeros([RB, D], dtype=tl.float32)
-    for d0 in range(0, D, DC):
-        di = d0 + tl.arange(0, DC)
-        x = tl.load(SUMS + (bh64 * NB + j[:, None]) * D + di[None, :], mask=j_ok[:, None], other=0.0)
-        x = x / count[:, None]
-        if SUB_MEAN:
-            x = x - tl.load(MEAN + bh64 * D + di)[None, :]
-        w = tl.load(W + h.to(tl.int64) * D * D + di[:, None] * D + offs_o[None, :])  # [DC, D]
-        acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
-    tl.store(OUT + (bh64 * NB + j[:, None]) * D + offs_o[None, :], acc * scale, mask=j_ok[:, None])
+    pooled = sums / count[:, None]
+    if SUB_MEAN:
+        pooled = pooled - tl.load(MEAN + bh64 * D + offs_d)[None, :]
+    w = tl.load(W + h.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
+    out = tl.dot(pooled, w, input_precision="tf32x3") * scale
+    tl.store(OUT + (bh64 * NB + j[:, None]) * D + offs_d[None, :], out, mask=j_ok[:, None])
 
 
 @triton.jit
 def block_scores_kernel(
     QP, KP, SCORES,  # QP [BH, nq, D], KP [BH, nk, D] (already scaled by 1/√D), SCORES [BH, nq, nk]; fp32
     NQ, NK,
-    QT: tl.constexpr, KT: tl.constexpr, D: tl.constexpr, DC: tl.constexpr,
+    QT: tl.constexpr, KT: tl.constexpr, D: tl.constexpr,
 ):
-    """A [QT, KT] tile of QP·KPᵀ in fp32 FMAs, DC channels at a time."""
     pid_q = tl.program_id(0)
     pid_k = tl.program_id(1)
     bh64 = tl.program_id(2).to(tl.int64)
     i = pid_q * QT + tl.arange(0, QT)
     j = pid_k * KT + tl.arange(0, KT)
-    acc = tl.zeros([QT, KT], dtype=tl.float32)
-    for d0 in range(0, D, DC):
-        dc = d0 + tl.arange(0, DC)
-        qp = tl.load(QP + (bh64 * NQ + i[:, None]) * D + dc[None, :], mask=(i < NQ)[:, None], other=0.0)
-        kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + dc[None, :], mask=(j < NK)[:, None], other=0.0)
-        acc += tl.sum(qp[:, None, :] * kp[None, :, :], axis=2)
-    tl.store(SCORES + (bh64 * NQ + i[:, None]) * NK + j[None, :], acc, mask=(i < NQ)[:, None] & (j < NK)[None, :])
+    offs_d = tl.arange(0, D)
+    qp = tl.load(QP + (bh64 * NQ + i[:, None]) * D + offs_d[None, :], mask=(i < NQ)[:, None], other=0.0)
+    kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + offs_d[None, :], mask=(j < NK)[:, None], other=0.0)
+    sc = tl.dot(qp, tl.trans(kp), input_precision="tf32x3")
+    tl.store(SCORES + (bh64 * NQ + i[:, None]) * NK + j[None, :], sc, mask=(i < NQ)[:, None] & (j < NK)[None, :])
 
 
 @triton.jit

@@ -76,7 +76,8 @@ def poisoned(monkeypatch):
 
 def assert_all_written(buffers):
     for t in buffers:
-        assert unwritten(t) == 0, f"{unwritten(t)} of {t.numel()} elements of a {tuple(t.shape)} {t.dtype} buffer unwritten"
+        n = unwritten(t)
+        assert n == 0, f"{n} of {t.numel()} elements of a {tuple(t.shape)} {t.dtype} buffer unwritten"
 
 
 def make_qkv(B, H, N, D, dtype, layout, strided=False, device="cpu", seed=None):

@@ -34,7 +34,11 @@ def random_selection(B, H, N, bq, bk, topk, seed):
     return sel, alpha
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}")
+def _case_id(c):
+    return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_forward_matches_reference(case, poisoned, kt):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)

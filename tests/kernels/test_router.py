@@ -20,7 +20,10 @@ CASES = [
 def _projections(H, D, seed):
     g = torch.Generator().manual_seed(seed)
     eye = torch.eye(D).expand(H, D, D)
-    return eye + 0.3 * torch.randn(H, D, D, generator=g) / math.sqrt(D), eye + 0.3 * torch.randn(H, D, D, generator=g) / math.sqrt(D)
+    def one():
+        return eye + 0.3 * torch.randn(H, D, D, generator=g) / math.sqrt(D)
+
+    return one(), one()
 
 
 def _check_topk(indices, ref_scores, topk):
@@ -69,3 +72,12 @@ def test_blocked_router_reference_matches_reference(kt):
         blocked_reference.router_scores(qf, kf, proj_q, proj_k, 64, 128),
         ref.router_scores(qf, kf, proj_q, proj_k, 64, 128), rtol=1e-5, atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("nk, topk", [(7, 3), (512, 15), (600, 31), (100, 100)])
+def test_radix_topk_with_ties_and_signs(nk, topk):
+    g = torch.Generator().manual_seed(nk + topk)
+    s = torch.randn(2, 3, 5, nk, generator=g)
+    s[..., ::5] = s[..., 1:2]  # ties across the selection boundary
+    s[..., 0] = -0.0
+    _check_topk(sla2_kernels.api._topk(s, topk), s, topk)
