@@ -89,7 +89,7 @@ def test_multirun_over_sparsities(tmp_path):
     for s in ("0.9", "0.95"):
         ckpt = tmp_path / "outputs" / f"tiny-distill-sla2-{s}" / "checkpoints" / "last.ckpt"
         assert ckpt.is_file()
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         assert saved["sla2"]["attention"]["sparsity"] == float(s) and saved["global_step"] == 2
 
 

@@ -21,7 +21,7 @@ def test_resume_continues_from_the_saved_step_and_weights(run_args, compose_conf
     first = compose_config(*run_args, "trainer.max_steps=2")
     train_entry.main(first)
     last = Path(first.ckpt_dir) / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2
     assert saved["sla2"]["attention"]["variant"] == "sla2" and saved["sla2"]["stage"] == "distill"
 
@@ -39,7 +39,7 @@ def test_resume_continues_from_the_saved_step_and_weights(run_args, compose_conf
     assert seen["step"] == 2
     assert seen["state"].keys() == saved["state_dict"].keys()
     assert all(torch.equal(seen["state"][k], v) for k, v in saved["state_dict"].items())
-    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4
     adam_steps = {int(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
     assert adam_steps == {4}  # optimizer state continued too, not restarted
