@@ -7,9 +7,12 @@ Public API (kernels/api.py):
   router(q, k, proj_q, proj_k, *, block_q, block_k, topk, layout, kv_state=None) -> (scores, indices)
   precompute(k, v, *, block_k, layout, quant=False) -> KVState   (optional: shares one K/V pass)
   sla2_forward(q, k, v, indices, alpha, *, block_q, block_k, quant, layout, kv_state=None) -> (o, lse)
+Backward (kernels/sla2_bwd.py) and its autograd glue: `sla2_kernels.autograd`, used by the torch.library ops
+of sla2_train.attention.ops.
 """
 
 import os
+
 
 import torch
 
@@ -20,6 +23,4 @@ if not torch.cuda.is_available():
 
 from .api import KVState, precompute, router, sla2_forward  # noqa: E402
 
-SUPPORTS_BACKWARD = False  # forward only (issue 3); the module falls back to the reference for gradients
-
-__all__ = ["KVState", "precompute", "router", "sla2_forward", "SUPPORTS_BACKWARD"]
+__all__ = ["KVState", "precompute", "router", "sla2_forward"]

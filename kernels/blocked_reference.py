@@ -88,7 +88,9 @@ def linear_branch(q, k, v, indices, block_q, block_k):
     h_i = hb.sum(dim=2, keepdim=True) - (sel @ hb.flatten(-2)).view(b, h, -1, d, d)
     z_i = zb.sum(dim=2, keepdim=True) - sel @ zb
     fq = _blocks(torch.softmax(q, dim=-1), block_q)
-    o = (fq @ h_i) / (fq @ z_i[..., None])
+    den = fq @ z_i[..., None]
+    # Padded query rows have φQ = 0 (den 0) and are cropped below; a safe den keeps autograd through them finite.
+    o = (fq @ h_i) / torch.where(den == 0, 1.0, den)
     o = torch.where((sel.sum(-1) == nk)[..., None, None], 0.0, o)
     return o.reshape(b, h, -1, d)[:, :, :n]
 
