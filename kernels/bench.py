@@ -17,64 +17,18 @@ The table is printed last; JSON goes to DIR/bench.json. Times are medians of tri
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.util
 import json
 import os
-import pathlib
-import sys
-import time
-import traceback
+
+from bench_common import BLOCK_K, BLOCK_Q, SHAPES, BenchBase, topk_count  # run as a script: a sibling module
 
 
-def _import_kernels():
-    try:
-        import sla2_kernels
-    except ImportError:  # running from a checkout whose install does not map sla2_kernels
-        root = pathlib.Path(__file__).resolve().parent
-        spec = importlib.util.spec_from_file_location("sla2_kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        sla2_kernels = importlib.util.module_from_spec(spec)
-        sys.modules["sla2_kernels"] = sla2_kernels
-        spec.loader.exec_module(sla2_kernels)
-    return sla2_kernels
-
-
-SHAPES = {"1.3b": (1, 12, 32760, 128), "14b": (1, 40, 75600, 128)}
-BLOCK_Q, BLOCK_K = 128, 64  # the paper's blocks
-
-
-def topk_count(nk: int, sparsity: float) -> int:
-    """As sla2_train.attention.reference.topk_count (kernels/ does not import sla2_train)."""
-    return max(1, min(nk, round((1.0 - sparsity) * nk)))
-
-
-class Bench:
+class Bench(BenchBase):
     def __init__(self, args):
-        import torch
-        import triton
-
-        self.torch, self.triton, self.args = torch, triton, args
-        self.sk = _import_kernels()
-        self.t0 = time.time()
+        super().__init__(args, configs=[], precompute_configs=[])
         self.pre_cfg = None
-        self.results = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "cuda": torch.version.cuda,
-            "rows": [],
-            "configs": [],
-            "precompute_configs": [],
-            "resources": {},
-            "errors": [],
-        }
 
     # ---------------------------------------------------------------- helpers
-    def left(self) -> float:
-        return self.args.budget_s - (time.time() - self.t0)
-
     def time_ms(self, fn, graph=False) -> float:
         testing = self.triton.testing
         fn()
@@ -82,35 +36,6 @@ class Bench:
         if graph:
             return float(testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
         return float(testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
-
-    def safe(self, what, fn, default=None):
-        try:
-            return fn()
-        except Exception as err:  # keep going: one failure must not cost the whole run
-            msg = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            print("ERROR", msg, flush=True)
-            traceback.print_exc(limit=3)
-            self.results["errors"].append(msg)
-            return default
-
-    def record_resources(self, tag):
-        for name, k in self.sk.api.LAST_COMPILED.items():
-            if k is None:
-                continue
-            try:
-                ptx = k.asm.get("ptx", "")
-                self.results["resources"][f"{tag}:{name}"] = dict(
-                    regs=int(k.n_regs), spills=int(k.n_spills), shared=int(k.metadata.shared),
-                    stages=getattr(k.metadata, "num_stages", None), warps=getattr(k.metadata, "num_warps", None),
-                    wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
-                )
-            except Exception as err:
-                self.results["resources"][f"{tag}:{name}"] = str(err)
-
-    def save(self):
-        out = pathlib.Path(self.args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(self.results, indent=1))
 
     # ---------------------------------------------------------------- ceilings
     def ceilings(self):
@@ -148,7 +73,7 @@ class Bench:
             print(shape_name, name, base[name], flush=True)
         self.results.setdefault("baselines", {})[shape_name] = base
 
-        flex = self.safe(f"{shape_name} flex compile", lambda: self.make_flex(B, H, N, D))
+        flex = self.safe(f"{shape_name} flex compile", lambda: self.make_flex())
         kw = dict(block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
         if self.args.sweep and shape_name == self.args.shapes[0]:
             sp = self.args.sparsities[-1]
@@ -168,7 +93,7 @@ class Bench:
             st16 = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=False, config=pc)
             st8 = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc)
             _, idx = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)
-            self.record_resources(f"{shape_name}")
+            self.record_resources(f"{shape_name}", self.sk.api.LAST_COMPILED)
             T = {}
             T["precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc))
             T["precompute_quant"] = self.time_ms(
@@ -181,7 +106,7 @@ class Bench:
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 T["main" + tag] = self.time_ms(
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, **kw))
-                self.record_resources(f"{shape_name}")
+                self.record_resources(f"{shape_name}", self.sk.api.LAST_COMPILED)
                 T["sparse_only" + tag] = self.time_ms(
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, **kw))
 
@@ -267,26 +192,6 @@ class Bench:
         self.save()
 
     # ---------------------------------------------------------------- FlexAttention
-    def make_flex(self, B, H, N, D):
-        torch = self.torch
-        from torch.nn.attention.flex_attention import flex_attention
-
-        compiled = torch.compile(flex_attention, dynamic=False)
-        return compiled
-
-    def flex_mask(self, idx, nk, N):
-        torch = self.torch
-        from torch.nn.attention.flex_attention import BlockMask
-
-        B, H, nq, topk = idx.shape
-        full_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
-        full_idx[..., :topk] = idx
-        full_num = torch.full((B, H, nq), topk, device="cuda", dtype=torch.int32)
-        none_num = torch.zeros(B, H, nq, device="cuda", dtype=torch.int32)
-        none_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
-        return BlockMask.from_kv_blocks(none_num, none_idx, full_num, full_idx, BLOCK_SIZE=(BLOCK_Q, BLOCK_K),
-                                        seq_lengths=(N, N))
-
     def time_flex(self, flex, q, k, v, idx, nk):
         bm = self.flex_mask(idx, nk, q.shape[2])
         opts = {"BLOCK_M": BLOCK_Q, "BLOCK_N": BLOCK_K}

@@ -26,33 +26,14 @@ Times are medians of triton.testing.do_bench (ms). The table is printed last; JS
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.util
 import json
-import math
 import os
-import pathlib
 import statistics
-import sys
 import time
-import traceback
+
+from bench_common import BLOCK_K, BLOCK_Q, SHAPES, BenchBase, topk_count  # run as a script: a sibling module
 
 
-def _import_kernels():
-    try:
-        import sla2_kernels
-    except ImportError:  # a checkout whose install does not map sla2_kernels
-        root = pathlib.Path(__file__).resolve().parent
-        spec = importlib.util.spec_from_file_location("sla2_kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        sla2_kernels = importlib.util.module_from_spec(spec)
-        sys.modules["sla2_kernels"] = sla2_kernels
-        spec.loader.exec_module(sla2_kernels)
-    return sla2_kernels
-
-
-SHAPES = {"1.3b": (1, 12, 32760, 128), "14b": (1, 40, 75600, 128)}
-BLOCK_Q, BLOCK_K = 128, 64
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
@@ -60,33 +41,17 @@ WAN_LATENT = (16, 21, 60, 104)  # 81 frames 480×832 → N = 21·30·52 = 32760
 WAN_TEXT = (512, 4096)
 
 
-def topk_count(nk: int, sparsity: float) -> int:
-    return max(1, min(nk, round((1.0 - sparsity) * nk)))
+class Bench(BenchBase):
+    json_name = "bench_train.json"
 
-
-class Bench:
     def __init__(self, args):
-        import torch
-        import triton
-
-        self.torch, self.triton, self.args = torch, triton, args
-        self.sk = _import_kernels()
+        super().__init__(args, sweep=[], wan=[])
         from sla2_kernels import autograd as kag
         from sla2_kernels import sla2_bwd
 
         self.kag, self.bwd = kag, sla2_bwd
-        self.t0 = time.time()
-        self.results = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "rows": [], "sweep": [], "resources": {}, "wan": [], "errors": [],
-        }
 
     # ------------------------------------------------------------------ helpers
-    def left(self) -> float:
-        return self.args.budget_s - (time.time() - self.t0)
-
     def time_ms(self, fn, graph=False) -> float:
         torch = self.torch
         fn()
@@ -118,32 +83,6 @@ class Bench:
         peak = torch.cuda.max_memory_allocated() - base
         del out
         return peak / 2**20
-
-    def safe(self, what, fn, default=None):
-        try:
-            return fn()
-        except Exception as err:  # one failure must not cost the whole run
-            msg = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            print("ERROR", msg, flush=True)
-            traceback.print_exc(limit=4)
-            self.results["errors"].append(msg)
-            return default
-
-    def record_resources(self, tag):
-        for name, k in self.bwd.LAST_COMPILED.items():
-            try:
-                ptx = k.asm.get("ptx", "")
-                self.results["resources"][f"{tag}:{name}"] = dict(
-                    regs=int(k.n_regs), spills=int(k.n_spills), shared=int(k.metadata.shared),
-                    warps=getattr(k.metadata, "num_warps", None), stages=getattr(k.metadata, "num_stages", None),
-                    wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
-            except Exception as err:
-                self.results["resources"][f"{tag}:{name}"] = str(err)
-
-    def save(self):
-        out = pathlib.Path(self.args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_train.json").write_text(json.dumps(self.results, indent=1, default=str))
 
     # ------------------------------------------------------------------ part 1
     def run_shape(self, shape_name):
@@ -205,7 +144,7 @@ class Bench:
                 o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, **kw)
                 T["bwd" + tag] = self.time_ms(
                     lambda: kag.attention_backward(do, q, k, v, o, lse, idx, alpha.detach(), **kw))
-                self.record_resources(shape_name)
+                self.record_resources(shape_name, self.bwd.LAST_COMPILED)
             # parts of the (bf16) backward
             o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
             T["bwd_precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
@@ -294,24 +233,6 @@ class Bench:
         self.save()
 
     # ------------------------------------------------------------------ FlexAttention
-    def make_flex(self):
-        from torch.nn.attention.flex_attention import flex_attention
-
-        return self.torch.compile(flex_attention, dynamic=False)
-
-    def flex_mask(self, idx, nk, N):
-        torch = self.torch
-        from torch.nn.attention.flex_attention import BlockMask
-
-        B, H, nq, topk = idx.shape
-        full_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
-        full_idx[..., :topk] = idx
-        full_num = torch.full((B, H, nq), topk, device="cuda", dtype=torch.int32)
-        none_num = torch.zeros(B, H, nq, device="cuda", dtype=torch.int32)
-        none_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
-        return BlockMask.from_kv_blocks(none_num, none_idx, full_num, full_idx, BLOCK_SIZE=(BLOCK_Q, BLOCK_K),
-                                        seq_lengths=(N, N))
-
     # Flex's default backward tiles on the H100 (BLOCK_N1 = 128, 8 warps) do not fit a 64-key block mask, and
     # inductor skips 8-warp backward configs: explicit 4-warp tiles that divide (128, 64), tried in order.
     FLEX_OPTIONS = (

@@ -1,0 +1,117 @@
+"""What kernels/bench.py and kernels/bench_train.py share: shapes, the kernels import, FlexAttention's
+equal-density block mask, and the run bookkeeping (time budget, error capture, resources, JSON).
+
+Both benches run as scripts (`python3 kernels/bench.py`), so this module is imported by its plain name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import pathlib
+import sys
+import time
+import traceback
+
+SHAPES = {"1.3b": (1, 12, 32760, 128), "14b": (1, 40, 75600, 128)}  # Wan2.1 1.3B 480p, 14B 720p
+BLOCK_Q, BLOCK_K = 128, 64  # the paper's blocks
+
+
+def topk_count(nk: int, sparsity: float) -> int:
+    """As sla2_train.attention.reference.topk_count (kernels/ does not import sla2_train)."""
+    return max(1, min(nk, round((1.0 - sparsity) * nk)))
+
+
+def import_kernels():
+    """`sla2_kernels`, from this folder when the package is not installed (the GPU machine gets a bare checkout)."""
+    try:
+        import sla2_kernels
+    except ImportError:
+        root = pathlib.Path(__file__).resolve().parent
+        spec = importlib.util.spec_from_file_location(
+            "sla2_kernels", root / "__init__.py", submodule_search_locations=[str(root)]
+        )
+        sla2_kernels = importlib.util.module_from_spec(spec)
+        sys.modules["sla2_kernels"] = sla2_kernels
+        spec.loader.exec_module(sla2_kernels)
+    return sla2_kernels
+
+
+class BenchBase:
+    """Bookkeeping of one benchmark run: `results` (saved as JSON), a wall-clock budget, kept-going errors."""
+
+    json_name = "bench.json"
+
+    def __init__(self, args, **fields):
+        import torch
+        import triton
+
+        self.torch, self.triton, self.args = torch, triton, args
+        self.sk = import_kernels()
+        self.t0 = time.time()
+        self.results = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "cuda": torch.version.cuda,
+            "rows": [],
+            "resources": {},
+            "errors": [],
+            **fields,
+        }
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.time() - self.t0)
+
+    def safe(self, what, fn, default=None):
+        try:
+            return fn()
+        except Exception as err:  # keep going: one failure must not cost the whole run
+            msg = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print("ERROR", msg, flush=True)
+            traceback.print_exc(limit=4)
+            self.results["errors"].append(msg)
+            return default
+
+    def record_resources(self, tag, compiled: dict):
+        """Registers, spills, shared memory and MMA kinds of the kernels last compiled (name -> CompiledKernel)."""
+        for name, k in compiled.items():
+            if k is None:
+                continue
+            try:
+                ptx = k.asm.get("ptx", "")
+                self.results["resources"][f"{tag}:{name}"] = dict(
+                    regs=int(k.n_regs), spills=int(k.n_spills), shared=int(k.metadata.shared),
+                    stages=getattr(k.metadata, "num_stages", None), warps=getattr(k.metadata, "num_warps", None),
+                    wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+                )
+            except Exception as err:
+                self.results["resources"][f"{tag}:{name}"] = str(err)
+
+    def save(self):
+        out = pathlib.Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / self.json_name).write_text(json.dumps(self.results, indent=1, default=str))
+
+    def make_flex(self):
+        """flex_attention compiled once with fixed shapes, so the timings hold no recompilation."""
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return self.torch.compile(flex_attention, dynamic=False)
+
+    def flex_mask(self, idx, nk, N):
+        """A BlockMask of exactly the SLA2 selection idx [B, H, nq, topk] (equal density), all blocks 'full'."""
+        torch = self.torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        B, H, nq, topk = idx.shape
+        full_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
+        full_idx[..., :topk] = idx
+        full_num = torch.full((B, H, nq), topk, device="cuda", dtype=torch.int32)
+        none_num = torch.zeros(B, H, nq, device="cuda", dtype=torch.int32)
+        none_idx = torch.zeros(B, H, nq, nk, device="cuda", dtype=torch.int32)
+        return BlockMask.from_kv_blocks(
+            none_num, none_idx, full_num, full_idx, BLOCK_SIZE=(BLOCK_Q, BLOCK_K), seq_lengths=(N, N)
+        )
