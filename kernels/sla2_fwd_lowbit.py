@@ -24,6 +24,23 @@ from .sla2_fwd import linear_complement_sums, linear_output
 
 
 @triton.jit
+def int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
+                BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr):
+    """Scores (log2 domain) against iteration `it`'s KPI selected key blocks: [BQ, KPI·BK], −inf on padding.
+
+    Returns (s, rows, sel_ok): the key rows gathered and which of the KPI slots hold a selected block.
+    """
+    sel = it * KPI + slot
+    sel_ok = sel < TOPK
+    blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
+    rows = blk * BK + within
+    k8 = tl.load(k8_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0)
+    s_k = tl.load(sk_base + blk, mask=sel_ok, other=0.0)
+    s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * s_k)[None, :]
+    return tl.where((sel_ok & (rows < N))[None, :], s, float("-inf")), rows, sel_ok
+
+
+@triton.jit
 def sla2_fwd_lowbit_kernel(
     Q, V, IDX, ALPHA, O, LSE,
     PHIK, ZBLK, HTOT, ZTOT,
@@ -74,30 +91,16 @@ def sla2_fwd_lowbit_kernel(
     # Pass 1: the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
     for it in range(0, n_iter if EXACT_MAX else 0):
-        sel = it * KPI + slot
-        sel_ok = sel < TOPK
-        blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-        rows = blk * BK + within
-        kv_ok = sel_ok & (rows < N)
-        k8 = tl.load(k8_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0)
-        s_k = tl.load(sk_base + blk, mask=sel_ok, other=0.0)
-        s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * s_k)[None, :]
-        s = tl.where(kv_ok[None, :], s, float("-inf"))
+        s, _rows, _ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
+                                      BK, D, KPI)
         m_i = tl.maximum(m_i, tl.max(s, axis=1))
 
     # Pass 2: P̃ against the final maximum, FP8 PV.
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, D], dtype=tl.float32)
     for it in range(0, n_iter):
-        sel = it * KPI + slot
-        sel_ok = sel < TOPK
-        blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-        rows = blk * BK + within
-        kv_ok = sel_ok & (rows < N)
-        k8 = tl.load(k8_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0)
-        s_k = tl.load(sk_base + blk, mask=sel_ok, other=0.0)
-        s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * s_k)[None, :]
-        s = tl.where(kv_ok[None, :], s, float("-inf"))
+        s, rows, sel_ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
+                                      BK, D, KPI)
         if EXACT_MAX:
             p = tl.exp2(s - m_i[:, None])
             l_i += tl.sum(p, axis=1)
