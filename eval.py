@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> dict:
         torch.manual_seed(cfg.seed)
         model = instantiate(cfg.model_with_attention)
         if cfg.ckpt:
-            load_model_weights(model, cfg.ckpt)
+            load_model_weights(model, cfg.ckpt, key="ckpt")
         scheduler = instantiate(cfg.scheduler)
         loggers = list(instantiate(cfg.logger).values())
     model.to(cfg.device)
