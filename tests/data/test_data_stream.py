@@ -62,6 +62,19 @@ def test_validation_two_ranks_two_workers_each_sample_once(make_shards, monkeypa
     assert _val_keys(_dm(folder, folder, batch_size=2, num_workers=2)) == per_rank[1]
 
 
+@pytest.mark.parametrize("num, per_shard, world", [(2, 2, 2), (5, 8, 4), (8, 2, 4)])
+def test_validation_gives_every_rank_data_once_there_are_world_size_samples(make_shards, monkeypatch, num, per_shard, world):
+    # A rank without a single validation batch never joins the epoch-end sync of the logged val metrics: DDP hangs.
+    folder, truth = make_shards(num=num, per_shard=per_shard)
+    counts = []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        counts.append(len(_val_keys(_dm(folder, folder, batch_size=1, num_workers=2))))
+    assert sum(counts) == num and min(counts) >= 1, counts
+    assert max(counts) - min(counts) <= 1, f"ranks unevenly loaded: {counts}"
+
+
 def test_train_exact_epoch_length_per_rank_and_fresh_order(make_shards, monkeypatch):
     folder, truth = make_shards(num=10, per_shard=3)  # 4 uneven shards over 2 ranks × 2 workers
     epochs = {}

@@ -128,12 +128,15 @@ class ValStream(_ShardStream):
 
     With at least as many shards as consumers, consumer g reads shards g, g+G, ...; otherwise every consumer
     reads all shards and keeps samples g, g+G, ... (validation sets are small, the extra reading is cheap).
+    Consumers are numbered worker-major (g = worker * world_size + rank), so shards and samples go round-robin
+    over the ranks first: every rank gets data as soon as there are world_size samples. A rank with no
+    validation batch would never reach the epoch-end sync of the logged metrics, and DDP would hang there.
     """
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_and_count()
         consumers = self.world_size * num_workers
-        consumer = self.rank * num_workers + worker
+        consumer = worker * self.world_size + self.rank
         if len(self.shards) >= consumers:
             raws = self._raw(self.shards[consumer::consumers])
         else:
