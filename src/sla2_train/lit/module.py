@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sla2_train.models import ConfigError, describe_attention
@@ -76,6 +77,18 @@ class SLA2Module(pl.LightningModule):
         if not params:
             raise ConfigError(f"stage {self.stage.name!r} leaves nothing to train")
         return self.stage.optimizer(params)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's FSDP precision plugin refuses norm clipping (torch's clip_grad_norm_ on a rank's shards
+        # would clip by that rank's norm), so trainer=fsdp with gradient_clip_val failed at the first step.
+        # The FSDP root's own clip_grad_norm_ reduces the norm over ranks.
+        strategy = self.trainer.strategy
+        if gradient_clip_val and isinstance(strategy, FSDPStrategy) and (gradient_clip_algorithm or "norm") == "norm":
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # How the attention was built and trained (α mode, sparsity, blocks) travels with the weights.
