@@ -115,3 +115,16 @@ def test_all_shards_corrupt_fails_clearly_instead_of_hanging(tmp_path):
     dm = LatentDataModule(str(tmp_path), batch_size=1, num_workers=0, text_len=4, latent_shape=[1, 1, 1, 1], text_dim=1)
     with pytest.raises(RuntimeError, match="no readable sample"):
         next(iter(dm.train_dataloader()))
+
+
+def test_wrong_shape_is_skipped_even_without_index_or_configured_shapes(make_shards, tmp_path):
+    folder, truth = make_shards(num=4, per_shard=4)
+    (folder / "index.json").unlink()  # e.g. shards from another writer, or a glob over several folders
+    odd = encode_sample("zz-odd", torch.randn(3, 2, 5, 8), torch.randn(2, 6), {})
+    odd_dim = encode_sample("zz-odd-dim", torch.randn(3, 2, 5, 7), torch.randn(2, 5), {})
+    _write_tar(folder / "zz.tar", [(f"{k}.{m}", p[m]) for k, p in (("zz-odd", odd), ("zz-odd-dim", odd_dim))
+                                   for m in (LATENTS_MEMBER, TEXT_MEMBER)])
+    dm = LatentDataModule(str(folder), str(folder), batch_size=8, num_workers=0, text_len=8)
+    keys = [k for b in dm.val_dataloader() for k in b["keys"]]
+    assert sorted(keys) == sorted(truth)
+    assert dm.skipped["bad_shape"] == 2

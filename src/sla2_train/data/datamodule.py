@@ -28,8 +28,9 @@ def _positive(name: str, value: int, minimum: int = 1) -> int:
 class LatentDataModule(L.LightningDataModule):
     """Train: resampled shards, exactly `epoch_length` batches per rank per epoch. Val: each sample once.
 
-    latent_shape / text_dim: expected shapes; None reads them from the shards' index.json. A sample that
-    does not match is skipped and counted in `skipped` (per rank, summed over its workers).
+    latent_shape / text_dim: expected shapes; None reads them from the shards' index.json (without one, the
+    first good sample of each worker sets them). A sample that does not match is skipped and counted in
+    `skipped` (per rank, summed over its workers).
     """
 
     def __init__(

@@ -54,6 +54,10 @@ class _ShardStream(IterableDataset):
             except SkipSample as exn:
                 handler(exn.with_url(raw.get("__url__")))
                 continue
+            # Shapes unknown (no index.json, none configured): the first good sample fixes them, so a later odd
+            # one is skipped as bad_shape instead of crashing the worker in collate's torch.stack.
+            self.latent_shape = self.latent_shape or tuple(sample["latents"].shape)
+            self.text_dim = self.text_dim or int(sample["text_embeds"].shape[1])
             self._since_good = 0
             yield sample
 
