@@ -109,6 +109,22 @@ def test_skip_counts_are_summed_over_workers(damaged):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_damage_counted_once_when_consumers_outnumber_shards(make_shards, monkeypatch, world):
+    folder, truth = make_shards(num=3, per_shard=3)  # one shard, 2 workers × world ranks: all read it
+    _truncate_inside(folder / "shard-000000.tar", "ds-00001." + LATENTS_MEMBER)
+    total, keys = {}, []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        dm = LatentDataModule(str(folder), str(folder), batch_size=1, num_workers=2, text_len=8)
+        keys += [k for b in dm.val_dataloader() for k in b["keys"]]
+        total = {r: total.get(r, 0) + n for r, n in dm.skipped.items()}
+    assert keys == ["ds-00000"]
+    assert total["corrupt_shard"] == 1, total
+    assert sum(total.values()) == 1, total
+
+
 def test_all_shards_corrupt_fails_clearly_instead_of_hanging(tmp_path):
     for i in range(2):
         (tmp_path / f"s{i}.tar").write_bytes(torch.randint(0, 255, (2048,), dtype=torch.uint8).numpy().tobytes())

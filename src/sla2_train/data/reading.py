@@ -56,7 +56,10 @@ def _members(urls: Iterable[str], report) -> Iterator[dict[str, Any]]:
         yield {}  # end-of-shard marker: samples never straddle shards
 
 
-def read_samples(urls: Iterable[str], counter: SkipCounter) -> Iterator[dict[str, Any]]:
-    """Raw samples {"__key__", "__url__", "<member>": bytes} from the shards, in order."""
-    report = make_handler(counter)
+def read_samples(urls: Iterable[str], counter: SkipCounter, quiet: bool = False) -> Iterator[dict[str, Any]]:
+    """Raw samples {"__key__", "__url__", "<member>": bytes} from the shards, in order.
+
+    quiet: damage is skipped without counting or warning (a reader whose shards another reader also reads).
+    """
+    report = make_handler(counter, quiet)
     return group_by_keys(_members(urls, report), handler=report)

@@ -55,13 +55,15 @@ def classify(exn: BaseException) -> str | None:
     return None
 
 
-def make_handler(counter: SkipCounter):
-    """A webdataset exception handler: one warning line, count, continue."""
+def make_handler(counter: SkipCounter, quiet: bool = False):
+    """A webdataset exception handler: one warning line, count, continue (quiet: only continue)."""
 
     def handler(exn: BaseException) -> bool:
         reason = classify(exn)
         if reason is None:
             raise exn
+        if quiet:
+            return True
         counter.add(reason)
         key = getattr(exn, "key", None)
         detail = str(exn.args[0]) if exn.args else type(exn).__name__

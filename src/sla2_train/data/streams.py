@@ -43,8 +43,8 @@ class _ShardStream(IterableDataset):
         self.check_finite = check_finite
         self._since_good = 0  # shards opened since the last good sample (guards against all-corrupt data)
 
-    def _raw(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
-        return read_samples(urls, self.counter)
+    def _raw(self, urls: Iterable[str], quiet: bool = False) -> Iterator[dict[str, Any]]:
+        return read_samples(urls, self.counter, quiet)
 
     def _decode(self, raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         handler = make_handler(self.counter)
@@ -144,5 +144,6 @@ class ValStream(_ShardStream):
         if len(self.shards) >= consumers:
             raws = self._raw(self.shards[consumer::consumers])
         else:
-            raws = islice(self._raw(self.shards), consumer, None, consumers)
+            # Shard damage is seen by every consumer here: consumer 0 alone counts it, so once per pass.
+            raws = islice(self._raw(self.shards, quiet=consumer != 0), consumer, None, consumers)
         yield from self._batched(self._decode(raws), partial=True)
