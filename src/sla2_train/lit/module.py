@@ -33,11 +33,20 @@ class SLA2Module(pl.LightningModule):
         self.model = model
         self.stage = stage
         self.flow = flow
+        self._seed = torch.initial_seed()  # train.py's seed_everything(cfg.seed), the same on every rank
         if init_from:
             load_model_weights(model, init_from)
         # Calibration is for α that nothing has trained yet; a resumed run starts at global_step > 0.
         self._needs_calibration = stage.calibrate_alpha and not init_from
         stage.apply(model)
+
+    def on_train_start(self) -> None:
+        # Every rank got the same seed, so every rank drew the same σ and ε for its own latents: a global
+        # batch of B·world_size latents saw only B noise levels. Reseed per rank, and by the step reached so
+        # a resumed run does not replay its first steps' noise. A fresh single-process run keeps its stream.
+        rank, step = self.global_rank, self.global_step
+        if self.trainer.world_size > 1 or step > 0:
+            torch.manual_seed(hash((self._seed, rank, step)) & (2**63 - 1))
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
