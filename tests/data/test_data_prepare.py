@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_prepare_stream_resume_and_refuse(tiny_wan, tmp_path, video_writer, rand
     assert read_index(out)["latent_shape"] == [4, 2, 4, 6]
 
 
-def test_two_processes_split_the_work_and_the_stream(tiny_wan, tmp_path, monkeypatch, video_writer, random_caption):
+def test_two_processes_split_the_work_and_the_stream(tiny_wan, tmp_path, monkeypatch, video_writer, random_caption, caplog):
     caption, write_video = random_caption, video_writer
     rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     (tmp_path / "videos").mkdir()
@@ -158,6 +159,11 @@ def test_two_processes_split_the_work_and_the_stream(tiny_wan, tmp_path, monkeyp
         report = _preparer(tmp_path / "videos", out, tiny_wan).run()
         written.append(report.written)
         assert report.index["complete"] is (rank == 1)
+        # Training on the folder meanwhile works, but says that it gets only part of the dataset.
+        with caplog.at_level(logging.WARNING, logger="sla2_train.data"):
+            caplog.clear()
+            LatentDataModule(str(out), batch_size=1, num_workers=0).setup("fit")
+        assert any("preparation is not finished" in r.getMessage() for r in caplog.records) is (rank == 0)
     assert sum(written) == 6 and min(written) >= 1
     index = read_index(out)
     assert index["num_samples"] == 6 and {s["name"][:10] for s in index["shards"]} == {"shard-r000", "shard-r001"}

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .distributed import rank_and_world
-from .shards import ShardSpec, resolve_shards, shapes_from_indexes, size_mismatches
+from .shards import ShardSpec, incomplete_folders, resolve_shards, shapes_from_indexes, size_mismatches
 from .skips import SkipCounter, log
 from .streams import TrainStream, ValStream
 
@@ -87,6 +87,10 @@ class LatentDataModule(L.LightningDataModule):
         for bad in size_mismatches(self.train_files + self.val_files):
             # Reading still works (damage is skipped and counted); say it early, once, with the file name.
             log.warning("shard size differs from index.json, probably truncated: %s", bad)
+        for folder in incomplete_folders(self.train_files + self.val_files):
+            # Each preparation process rewrites index.json when it finishes; only the last one marks it complete.
+            log.warning("index.json of %s says preparation is not finished (a process still running or failed): "
+                        "streaming only the shards finished so far", folder)
 
     def setup(self, stage: str | None = None) -> None:
         self._resolve()

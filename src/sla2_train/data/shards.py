@@ -55,11 +55,20 @@ def resolve_shards(spec: ShardSpec) -> list[str]:
 
 def indexes_for(shards: list[str]) -> list[dict[str, Any]]:
     """The index.json of every folder the shards live in (folders without one are skipped)."""
+    return [ix for _, ix in _folder_indexes(shards)]
+
+
+def _folder_indexes(shards: list[str]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for folder in sorted({os.path.dirname(os.path.abspath(s)) for s in shards}):
         if os.path.isfile(os.path.join(folder, INDEX_NAME)):
-            out.append(read_index(folder))
+            out.append((folder, read_index(folder)))
     return out
+
+
+def incomplete_folders(shards: list[str]) -> list[str]:
+    """Folders whose index.json says preparation has not finished (data/prepare.py: "complete": false)."""
+    return [folder for folder, ix in _folder_indexes(shards) if ix.get("complete") is False]
 
 
 def size_mismatches(shards: list[str]) -> list[str]:
