@@ -133,6 +133,12 @@ def test_prepare_stream_resume_and_refuse(tiny_wan, tmp_path, video_writer, rand
     assert not (out / "shard-r000-000099.tar.partial").exists() and not (out / "shard-r000-000098.tar").exists()
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p.name in stamps} == stamps
     assert read_index(out)["num_samples"] == 4
+    # A finished shard damaged since (a truncated copy) is not done: its samples are encoded again.
+    damaged = next(out / s["name"] for s in read_index(out)["shards"] if s["num_samples"] == 2)
+    damaged.write_bytes(damaged.read_bytes()[:-1024])
+    fourth = _preparer(tmp_path / "videos", out, tiny_wan).run()
+    assert fourth.written == 2 and fourth.already_done == 2
+    assert read_index(out)["num_samples"] == 4 and damaged.name not in {s["name"] for s in read_index(out)["shards"]}
     # Other settings into the same folder: refused, unless told to overwrite.
     other = Preparer(str(tmp_path / "videos"), str(out), clip=ClipSpec(num_frames=5, fps=8, height=32, width=48),
                      encoders=EncoderSpec(model_path=str(tiny_wan), device="cpu"), decode_workers=0, progress=False)

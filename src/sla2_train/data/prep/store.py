@@ -86,10 +86,18 @@ class OutputStore:
 
     # ---- resume state ----------------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
+        """Records of finished shards that are still intact (present, with the size recorded when written).
+
+        A shard damaged since (truncated copy, disk error) is not done: its samples are encoded again, and
+        it stays out of index.json.
+        """
         out = []
         for p in sorted(self.root.glob("shard-r*-*.json")):
-            if _RECORD.match(p.name) and (self.root / p.with_suffix(".tar").name).is_file():
-                out.append(json.loads(p.read_text()))
+            tar = self.root / p.with_suffix(".tar").name
+            if _RECORD.match(p.name) and tar.is_file():
+                record = json.loads(p.read_text())
+                if tar.stat().st_size == record["bytes"]:
+                    out.append(record)
         return out
 
     def done_keys(self) -> set[str]:
