@@ -101,3 +101,19 @@ def test_unknown_parameter_group_is_named(build_module):
     with pytest.raises(InstantiationException) as err:
         build_module("stage=qat", "stage.train=[dit,experts]")
     assert isinstance(err.value.__cause__, ConfigError) and "experts" in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("stage.attention_mode.topk=sfot", ["topk", "sfot"]),  # would run hard Top-k: the router never trains
+        ("+stage.attention_mode.sparsity=1.5", ["sparsity", "1.5"]),
+        ("+stage.attention_mode.router=null", ["router"]),  # a submodule, not an option
+    ],
+)
+def test_bad_attention_mode_is_named(build_module, override, words):
+    with pytest.raises(InstantiationException) as err:
+        build_module("stage=distill", override)
+    cause = err.value.__cause__
+    assert isinstance(cause, ConfigError) and str(cause).startswith("stage.attention_mode: ")
+    assert all(w in str(cause) for w in words), cause

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from sla2_train.attention import SLA2Attention
+from sla2_train.attention.checks import BACKENDS, TOPK_MODES, check_choice, check_options
 
 from .errors import ConfigError
 from .sla2_processor import SLA2WanProcessor
@@ -61,13 +62,30 @@ def sla2_processors(model: nn.Module) -> list[SLA2WanProcessor]:
     return [p for p in procs if isinstance(p, SLA2WanProcessor)]
 
 
+# The options a stage may switch after construction; the others (variant, blocks, α) shape the parameters.
+MUTABLE_OPTIONS = ("topk", "quant", "sparsity", "tau", "detach_lambda", "backend")
+
+
 def set_attention_mode(model: nn.Module, **attrs: Any) -> None:
-    """Set SLA2Attention's mutable options (topk, quant, sparsity) on every layer."""
+    """Set SLA2Attention's mutable options (topk, quant, sparsity, ...) on every layer, validated as the
+    constructor validates them: a mistyped `topk: sfot` would otherwise run hard Top-k, and stage 1 would
+    silently train α alone (hard Top-k gives the router no gradient)."""
+    for key in attrs:
+        if key not in MUTABLE_OPTIONS:
+            raise ConfigError(
+                f"stage.attention_mode: SLA2Attention has no option {key!r} that a stage can set; "
+                f"known: {list(MUTABLE_OPTIONS)}"
+            )
     for proc in sla2_processors(model):
+        a = proc.attention
         for key, value in attrs.items():
-            if not hasattr(proc.attention, key):
-                raise ConfigError(f"stage.attention_mode: SLA2Attention has no option {key!r}")
-            setattr(proc.attention, key, value)
+            setattr(a, key, value)
+        try:
+            check_choice("topk", a.topk, TOPK_MODES)
+            check_choice("backend", a.backend, BACKENDS)
+            check_options(a.num_heads, a.head_dim, a.sparsity, a.block_q, a.block_k, a.tau)
+        except ValueError as err:
+            raise ConfigError(f"stage.attention_mode: {err}") from err
 
 
 def describe_attention(model: nn.Module) -> dict[str, Any]:
