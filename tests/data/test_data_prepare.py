@@ -57,6 +57,10 @@ def test_discover_sidecars_and_manifests(tmp_path):
     assert items["y.webm"].caption == "birds" and items["x.mp4"].caption is None and items["gone.mp4"].caption == "t"
     (tmp_path / "m.csv").write_text("file,prompt\nz.mov,a river\n")
     assert {it.relpath: it.caption for it in discover(tmp_path / "v", tmp_path / "m.csv")}["z.mov"] == "a river"
+    # Absolute paths into the video folder name the same files (not extra items beside captionless ones).
+    (tmp_path / "abs.jsonl").write_text(json.dumps({"video": str(tmp_path / "v" / "z.mov"), "caption": "a boat"}) + "\n")
+    items = discover(tmp_path / "v", tmp_path / "abs.jsonl")
+    assert len(items) == 3 and {it.relpath: it.caption for it in items}["z.mov"] == "a boat"
     with pytest.raises(FileNotFoundError, match="video folder not found"):
         discover(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="caption manifest not found"):

@@ -33,7 +33,7 @@ def owner(key: str, world_size: int) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % world_size
 
 
-def _read_manifest(path: Path) -> dict[str, str]:
+def _read_manifest(path: Path, root: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"caption manifest not found: {path}")
     if path.suffix == ".jsonl":
@@ -55,7 +55,11 @@ def _read_manifest(path: Path) -> dict[str, str]:
         caption = next((row[k] for k in _CAPTION_FIELDS if k in row), None)
         if video is None:
             raise ValueError(f"{path}: entry {n} names no video (one of {', '.join(_PATH_FIELDS)})")
-        out[os.path.normpath(video)] = caption
+        video = os.path.normpath(os.path.expanduser(video))
+        if os.path.isabs(video) and Path(video).is_relative_to(root):
+            # The same file as the folder scan finds: one item, not a captioned one plus a "missing caption".
+            video = os.path.normpath(str(Path(video).relative_to(root)))
+        out[video] = caption
     return out
 
 
@@ -74,7 +78,7 @@ def discover(videos: str | os.PathLike, captions: str | os.PathLike | None = Non
         for p in root.rglob("*")
         if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
     }
-    manifest = _read_manifest(Path(captions).expanduser()) if captions else None
+    manifest = _read_manifest(Path(captions).expanduser(), root.absolute()) if captions else None
     # A manifest entry whose file is absent is still an item: it is reported (unreadable_video), not lost.
     rels = sorted(set(found) | set(manifest or {}))
     items = []
