@@ -58,5 +58,5 @@ def run_kernels(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
     if attn.alpha.needs_mass:
         mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, indices.long(), True)
         mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
-    alpha = attn.alpha(mass).float()  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
+    alpha = ops.alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
     return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout)[0]

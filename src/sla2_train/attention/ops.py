@@ -16,7 +16,7 @@ auxiliary output). With quant=True the forward is the low-bit sparse branch and 
 the original q, k, v using the forward's o and lse (QAT straight-through, SLA2.md §5); the reference
 implementation follows the reference's straight_through instead (exact gradient, fake-quant forward value).
 
-alpha is fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is selected
+alpha is at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is selected
 (reference.effective_alpha), and its gradient comes back in its own shape.
 """
 
@@ -333,7 +333,14 @@ attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool = False, layout: str = "bnhd"):
-    """Differentiable SLA2 through the custom op: returns o (q's layout). alpha: fp32, broadcastable to [B, H, nq]."""
+    """Differentiable SLA2 through the custom op: returns o (q's layout). alpha: a float or a tensor broadcastable
+    to [B, H, nq], taken in at least fp32."""
     if not isinstance(alpha, torch.Tensor):
         alpha = torch.tensor(float(alpha), device=q.device)
-    return torch.ops.sla2.attention(q, k, v, indices, alpha.float(), block_q, block_k, quant, layout)[0]
+    return torch.ops.sla2.attention(q, k, v, indices, alpha_dtype(alpha), block_q, block_k, quant, layout)[0]
+
+
+def alpha_dtype(alpha: torch.Tensor) -> torch.Tensor:
+    """alpha in at least fp32 (float64 stays float64: rounding it would put the reference path, and gradcheck
+    in float64, off by fp32's rounding)."""
+    return alpha.to(_acc_dtype(alpha.dtype))
