@@ -113,3 +113,11 @@ def test_sparsity_outside_the_open_interval_is_one_line_from_the_real_entry_poin
     errors = [line for line in lines if line.startswith("error: ")]
     assert errors == ["error: attention: sparsity must be in (0, 1), got 1.0 (config key: module.model)"], lines
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("model, shift", [("wan2_1", 3.0), ("wan2_1_14b", 5.0)])
+def test_noise_shift_follows_the_model_resolution_in_training_and_eval(model, shift):
+    # Wan2.1's flow_shift is 3.0 at 480p and 5.0 at 720p (the 14B preset's latents are 720p).
+    train = OmegaConf.to_container(compose_config(f"model={model}"), resolve=True, throw_on_missing=False)
+    evaluation = OmegaConf.to_container(compose_config(f"model={model}", name="eval"), resolve=True)
+    assert train["flow"]["shift"] == evaluation["scheduler"]["shift"] == shift
