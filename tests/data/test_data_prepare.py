@@ -218,3 +218,23 @@ def test_entry_point_runs_and_fails_clearly(tiny_wan, tmp_path, video_writer, ra
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "o2").exists(), "a failed start left an output folder behind"
+
+
+def test_any_per_video_decode_error_is_skipped_not_fatal(tiny_wan, tmp_path, video_writer, random_caption, monkeypatch):
+    from sla2_train.data.prep import pipeline
+
+    rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    (tmp_path / "videos").mkdir()
+    for name in ("ok", "odd"):
+        video_writer(tmp_path / "videos" / f"{name}.mp4", 10, 8, 48, 32)
+        (tmp_path / "videos" / f"{name}.txt").write_text(random_caption(rng))
+
+    def load(path, spec):
+        if path.endswith("odd.mp4"):
+            raise ZeroDivisionError("an error load_clip does not classify")
+        return load_clip(path, spec)
+
+    monkeypatch.setattr(pipeline, "load_clip", load)
+    report = _preparer(tmp_path / "videos", tmp_path / "out", tiny_wan).run()
+    assert report.written == 1 and dict(report.skipped) == {"unreadable_video": 1}
+    assert read_index(tmp_path / "out")["skipped"] == {"unreadable_video": 1}

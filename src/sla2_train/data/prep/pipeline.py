@@ -80,6 +80,10 @@ class _Clips(Dataset):
             return {"item": item, "clip": load_clip(item.path, self.spec), "source_hash": _sha256(item.path)}
         except VideoError as exn:
             return {"item": item, "error": (exn.reason, str(exn))}
+        except Exception as exn:
+            # Anything else one file provokes (odd stream metadata, the file gone before it is hashed, ...): raised,
+            # it would stop the run, and every resume would stop at the same file again, never recording it.
+            return {"item": item, "error": ("unreadable_video", f"{type(exn).__name__}: {exn}")}
 
 
 class Preparer:
