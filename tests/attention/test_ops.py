@@ -143,3 +143,38 @@ def test_soft_topk_router_gradients_float32_vs_float64():
     for g64, g32 in zip(*res):
         assert g64.abs().sum() > 0
         assert (g32.double() - g64).norm() / g64.norm() < 1e-3
+
+
+def _op_call(layout="bhnd", dtype=torch.float32, n_k=45, idx=None, alpha=0.5, block_q=16):
+    b, h, n, d, bk = 1, 2, 45, 8, 8
+    q, k, v = (torch.randn(b, h, n, d).to(dtype) for _ in range(3))
+    k = k[:, :, :n_k]
+    idx = selection(b, h, n, 16, bk, 2).indices.int() if idx is None else idx
+    return lambda: ops.sla2_attention(q, k, v, idx, alpha, block_q=block_q, block_k=bk, layout=layout)
+
+
+def _router_call(topk=2, proj_shape=(2, 8, 8), layout="bhnd"):
+    q, k = torch.randn(1, 2, 45, 8), torch.randn(1, 2, 45, 8)
+    w = torch.eye(8).expand(proj_shape).contiguous()
+    return lambda: torch.ops.sla2.router(q, k, w, torch.eye(8).expand(2, 8, 8), 16, 8, topk, layout)
+
+
+@pytest.mark.parametrize("call, match", [
+    (_op_call(layout="bshd"), "unknown layout 'bshd'"),
+    (_op_call(dtype=torch.int64), "q must be a floating-point tensor"),
+    (_op_call(n_k=40), "q, k, v shapes differ"),
+    (_op_call(idx=torch.zeros(1, 2, 2, 1, dtype=torch.int32)), "indices must be \\[B, H, nq, topk\\]"),
+    (_op_call(idx=torch.zeros(1, 2, 3, 1)), "indices must be int32/int64"),
+    (_op_call(idx=torch.zeros(1, 2, 3, 7, dtype=torch.int32)), "must be in \\[1, 6\\]"),
+    (_op_call(alpha=torch.full((4,), 0.5)), "alpha of shape \\(4,\\) does not broadcast"),
+    (_op_call(block_q=0), "block_q must be a positive int"),
+    (_router_call(topk=7), "topk must be in \\[1, 6\\]"),
+    (_router_call(proj_shape=(8, 8)), "proj_q must be \\[H, D, D\\]"),
+    (_router_call(layout="bshd"), "unknown layout 'bshd'"),
+])
+def test_bad_op_input_raises_one_clear_line(call, match):
+    """The ops validate before any work: an unknown layout was read as "bhnd", integer q/k/v or float indices
+    ran, and a wrong α or indices shape failed deep inside the reference with an unrelated message."""
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        call()
+    assert "\n" not in str(info.value)

@@ -28,6 +28,16 @@ def check_options(num_heads: int, head_dim: int, sparsity: float, block_q: int, 
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, num_heads: int, head_dim: int) -> None:
+    check_qkv_tensors(q, k, v, layout)
+    heads, dim = (q.shape[2], q.shape[3]) if layout == "bnhd" else (q.shape[1], q.shape[3])
+    if heads != num_heads or dim != head_dim:
+        raise ValueError(
+            f"expected {num_heads} heads of head_dim {head_dim} in layout {layout}, got {heads} heads of {dim}"
+        )
+
+
+def check_qkv_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> None:
+    """Layout, rank, dtype, shapes and device of q, k, v (no expectation on heads or head_dim)."""
     check_choice("layout", layout, LAYOUTS)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
@@ -40,8 +50,3 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, nu
         raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
-    heads, dim = (q.shape[2], q.shape[3]) if layout == "bnhd" else (q.shape[1], q.shape[3])
-    if heads != num_heads or dim != head_dim:
-        raise ValueError(
-            f"expected {num_heads} heads of head_dim {head_dim} in layout {layout}, got {heads} heads of {dim}"
-        )

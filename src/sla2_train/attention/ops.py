@@ -29,6 +29,7 @@ import sys
 import torch
 
 from . import reference as ref
+from .checks import check_qkv_tensors
 
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 KERNEL_HEAD_DIMS = (64, 128)
@@ -92,6 +93,45 @@ def _bhnd(t: torch.Tensor, layout: str) -> torch.Tensor:
 def _dims(q: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     b, h, n, d = _bhnd(q, layout).shape
     return b, h, n, d
+
+
+def _check_blocks(block_q: int, block_k: int) -> None:
+    for name, blk in (("block_q", block_q), ("block_k", block_k)):
+        if not isinstance(blk, int) or blk < 1:
+            raise ValueError(f"{name} must be a positive int, got {blk!r}")
+
+
+def check_attention_args(q, k, v, indices, alpha, block_q: int, block_k: int, layout: str) -> None:
+    """One clear line for a bad argument of sla2::attention (run by its real and its fake implementation)."""
+    check_qkv_tensors(q, k, v, layout)
+    _check_blocks(block_q, block_k)
+    b, h, n, _ = _dims(q, layout)
+    nq, nk = ref.num_blocks(n, block_q), ref.num_blocks(n, block_k)
+    if indices.dim() != 4 or tuple(indices.shape[:3]) != (b, h, nq):
+        raise ValueError(f"indices must be [B, H, nq, topk] = [{b}, {h}, {nq}, topk], got {tuple(indices.shape)}")
+    if indices.dtype not in (torch.int32, torch.int64) or indices.device != q.device:
+        raise TypeError(f"indices must be int32/int64 on {q.device}, got {indices.dtype} on {indices.device}")
+    if not 1 <= indices.shape[-1] <= nk:
+        raise ValueError(f"indices select {indices.shape[-1]} key blocks per query block; must be in [1, {nk}]")
+    if not alpha.is_floating_point() or (alpha.dim() > 0 and alpha.device != q.device):
+        raise TypeError(f"alpha must be a floating-point tensor on {q.device}, got {alpha.dtype} on {alpha.device}")
+    target = (b, h, nq)[max(0, 3 - alpha.dim()):]
+    if alpha.dim() > 3 or any(s != 1 and s != t for s, t in zip(alpha.shape, target)):
+        raise ValueError(f"alpha of shape {tuple(alpha.shape)} does not broadcast to [B, H, nq] = [{b}, {h}, {nq}]")
+
+
+def check_router_args(q, k, proj_q, proj_k, block_q: int, block_k: int, topk: int, layout: str) -> None:
+    """One clear line for a bad argument of sla2::router (run by its real and its fake implementation)."""
+    check_qkv_tensors(q, k, k, layout)
+    _check_blocks(block_q, block_k)
+    b, h, n, d = _dims(q, layout)
+    nk = ref.num_blocks(n, block_k)
+    for name, w in (("proj_q", proj_q), ("proj_k", proj_k)):
+        if tuple(w.shape) != (h, d, d) or w.device != q.device:
+            raise ValueError(f"{name} must be [H, D, D] = [{h}, {d}, {d}] on {q.device}, "
+                             f"got {tuple(w.shape)} on {w.device}")
+    if not 1 <= topk <= nk:
+        raise ValueError(f"topk must be in [1, {nk}] (the number of key blocks), got {topk}")
 
 
 def _mask(indices: torch.Tensor, nk: int) -> torch.Tensor:
@@ -188,6 +228,7 @@ def router(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block scores [B, H, nq, nk] (fp32; float64 for float64 inputs) and the Top-k key blocks int32
     [B, H, nq, topk] (ascending)."""
+    check_router_args(q, k, proj_q, proj_k, block_q, block_k, topk, layout)
     if kernels_cover(q, block_q, block_k)[0]:
         scores, indices = sla2_kernels.router(
             q, k, proj_q, proj_k, block_q=block_q, block_k=block_k, topk=topk, layout=layout
@@ -201,6 +242,7 @@ def router(
 
 @router.register_fake
 def _router_fake(q, k, proj_q, proj_k, block_q, block_k, topk, layout):
+    check_router_args(q, k, proj_q, proj_k, block_q, block_k, topk, layout)
     b, h, n, _ = _dims(q, layout)
     nq, nk = ref.num_blocks(n, block_q), ref.num_blocks(n, block_k)
     return (q.new_empty(b, h, nq, nk, dtype=_acc_dtype(q.dtype)), q.new_empty(b, h, nq, topk, dtype=torch.int32))
@@ -247,6 +289,7 @@ def attention(
     another pass over K and V: φK [B·H, nk·b_k, D] (q's dtype), z_j [B·H, nk, D], H_tot [B·H, D, D],
     Z_tot [B·H, D] (fp32). The reference implementation (CPU) returns that state as zeros: its backward does
     not read it."""
+    check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
     shapes = _state_shapes(q, block_k, layout)
     if kernels_cover(q, block_q, block_k)[0]:
         b, h, n, _ = _dims(q, layout)
@@ -271,6 +314,7 @@ def attention(
 
 @attention.register_fake
 def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
+    check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
     b, h, n, _ = _dims(q, layout)
     shapes = _state_shapes(q, block_k, layout)
     return (torch.empty_like(q), q.new_empty(b, h, n, dtype=_acc_dtype(q.dtype)), q.new_empty(shapes[0]),
