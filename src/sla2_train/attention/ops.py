@@ -13,8 +13,9 @@ blocks 64/128), the pure-PyTorch reference everywhere else (CPU, other dtypes): 
 tests and torch.compile on CPU exercise the very graph that runs on the GPU. `attention` carries its autograd
 formula (register_autograd): gradients for q, k, v and α; indices and lse get none (hard Top-k; lse is an
 auxiliary output). With quant=True the forward is the low-bit sparse branch and the backward the bf16 one at
-the original q, k, v using the forward's o and lse (QAT straight-through, SLA2.md §5); the reference
-implementation follows the reference's straight_through instead (exact gradient, fake-quant forward value).
+the original q, k, v using the forward's o and lse (QAT straight-through, SLA2.md §5), in the CPU
+implementation too (reference_backward at the fake-quant o and lse). Only the module's reference path
+(backend="reference") differs: reference.straight_through gives the exact gradient of the bf16 forward.
 
 alpha is at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is selected
 (reference.effective_alpha), and its gradient comes back in its own shape.
