@@ -178,3 +178,17 @@ def test_bad_op_input_raises_one_clear_line(call, match):
     with pytest.raises((ValueError, TypeError), match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_module_op_path_equals_reference_path_bf16():
+    """bf16 on CPU: the module's reference path routes in fp32 like the op (and the kernels). It pooled and
+    scored in bf16, so near-tied key blocks swapped and ~3% of the query blocks attended to other blocks."""
+    torch.manual_seed(0)
+    h, d, n = 2, 64, 1000
+    kw = dict(sparsity=0.9, block_q=64, block_k=64)
+    op_path, ref_path = SLA2Attention(h, d, **kw), SLA2Attention(h, d, backend="reference", **kw)
+    ref_path.load_state_dict(op_path.state_dict())
+    q, k, v = (torch.randn(1, n, h, d).bfloat16() for _ in range(3))
+    k = k + 0.5
+    o_op, o_ref = op_path(q, k, v).float(), ref_path(q, k, v).float()
+    assert (o_op - o_ref).norm() <= 3e-2 * o_op.norm()  # bf16 rounding of the branches, same blocks

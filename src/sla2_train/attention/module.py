@@ -93,7 +93,7 @@ class SLA2Attention(nn.Module):
     def _reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.variant == "full":
             return ref.full_attention(q, k, v)
-        scores = self.router(q, k, self.block_q, self.block_k)
+        scores = self._scores(q, k)
         k_sel = ref.topk_count(scores.shape[-1], self.sparsity)
         if self.variant == "sla":
             mask = ref.hard_topk(scores, k_sel).mask
@@ -109,6 +109,12 @@ class SLA2Attention(nn.Module):
         mask = ref.hard_topk(scores.detach(), k_sel).mask
         alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
         return ref.sla2_attention(q, k, v, mask, alpha, self.block_q, self.block_k, self.quant)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Router scores in at least fp32, as the kernels' router and the op path compute them: pooled in
+        bf16/fp16, near-tied blocks swap places, and the hard Top-k of the reference path chose other blocks."""
+        acc = torch.promote_types(q.dtype, torch.float32)
+        return self.router(q.to(acc), k.to(acc), self.block_q, self.block_k)
 
     def _mass(self, scores: torch.Tensor, mask: torch.Tensor, n_k: int) -> torch.Tensor | None:
         if not self.alpha.needs_mass:
@@ -136,7 +142,7 @@ class SLA2Attention(nn.Module):
         check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
         if layout == "bnhd":
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        scores = self.router(q, k, self.block_q, self.block_k)
+        scores = self._scores(q, k)
         nq = scores.shape[-2]
         self.alpha.check_length(nq)
         m = ref.soft_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity), self.tau, self.detach_lambda)
@@ -167,7 +173,7 @@ class SLA2Attention(nn.Module):
         if layout == "bnhd":
             q, k = q.transpose(1, 2), k.transpose(1, 2)
         n = q.shape[-2]
-        scores = self.router(q, k, self.block_q, self.block_k)
+        scores = self._scores(q, k)
         mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity)).mask
         chunk = max(self.block_q, query_chunk // self.block_q * self.block_q)  # whole query blocks per chunk
         row_mass = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # [B, H, N]
