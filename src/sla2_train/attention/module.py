@@ -1,7 +1,10 @@
 """SLA2Attention: the one attention module that holds the router, α and options, and dispatches.
 
-On CUDA with the Triton kernels available it runs them (hard Top-k); everywhere else it runs the
-pure-PyTorch reference, which is also the only path for SoftTop-k (stage 1, dense by nature).
+Hard Top-k SLA2 runs through the torch.library ops (kernel_path, ops): the Triton kernels on CUDA where they
+cover the call, the reference behind the same ops on CPU (with quant=True both give the straight-through
+gradient at the low-bit forward's o and lse). Everything else runs the module's pure-PyTorch reference path:
+SoftTop-k (stage 1, dense by nature), the SLA and full variants, backend="reference" (quant=True: the exact
+gradient of the bf16 forward), and CUDA calls the kernels do not cover (dense O(N²): e.g. fp32, head_dim 96).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ class SLA2Attention(nn.Module):
     alpha_mode: "per_head", "per_block" (needs seq_len) or "predicted" (length-free).
     topk: "hard" (inference, stage 2) or "soft" (SoftTop-k, stage 1; dense O(N²)).
     quant: low-bit sparse branch (INT8 QKᵀ, FP8 PV) with a straight-through backward (stage 2).
-    backend: "auto" (Triton on CUDA when it can, else reference), "reference" or "triton".
+    backend: "auto" (Triton on CUDA when it can, the reference behind the ops on CPU, else the reference
+    path), "reference" or "triton" (raises when a hard Top-k SLA2 call cannot run on the kernels; SoftTop-k
+    and the SLA/full variants still run the reference path).
     """
 
     def __init__(
