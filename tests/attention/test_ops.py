@@ -171,6 +171,8 @@ def _router_call(topk=2, proj_shape=(2, 8, 8), layout="bhnd"):
     (_router_call(topk=7), "topk must be in \\[1, 6\\]"),
     (_router_call(proj_shape=(8, 8)), "proj_q must be \\[H, D, D\\]"),
     (_router_call(layout="bshd"), "unknown layout 'bshd'"),
+    (lambda: SLA2Attention(2, 8, block_q=16, block_k=8)(*torch.randn(3, 1, 0, 2, 8)), "q, k, v are empty"),
+    (lambda: SLA2Attention(2, 8, block_q=16, block_k=8)(*torch.randn(3, 0, 45, 2, 8)), "q, k, v are empty"),
 ])
 def test_bad_op_input_raises_one_clear_line(call, match):
     """The ops validate before any work: an unknown layout was read as "bhnd", integer q/k/v or float indices

@@ -50,3 +50,5 @@ def check_qkv_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
         raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
+    if q.numel() == 0:
+        raise ValueError(f"q, k, v are empty: shape {tuple(q.shape)} ({layout})")
