@@ -57,4 +57,14 @@ class AttentionDistillation:
             losses.append(mse)
             logs[f"distill/mse/layer_{i}"] = mse.detach()
         loss = torch.stack(losses).mean()
+        chosen = set(layers)
+        # DDP (find_unused_parameters=False) needs every trainable parameter in each step's graph: the layers
+        # not sampled this step join with weight 0. Their gradient is then zero rather than None, on one
+        # GPU as on many, so a run behaves the same at every world size.
+        left_out = [
+            p for i, proc in enumerate(sla2_processors(model)) if i not in chosen
+            for p in proc.parameters() if p.requires_grad
+        ]
+        if left_out:
+            loss = loss + 0.0 * torch.stack([p.sum() for p in left_out]).sum()
         return loss, logs

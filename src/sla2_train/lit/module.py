@@ -15,6 +15,7 @@ from sla2_train.models import ConfigError, describe_attention
 from .alpha_calibration import calibrate_alpha
 from .checkpoint_weights import load_model_weights
 from .flow_matching import FlowMatching
+from .param_groups import optimizer_groups
 from .stage import Stage
 from .stats import alpha_means, skipped_counts
 
@@ -85,7 +86,7 @@ class SLA2Module(pl.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(f"stage {self.stage.name!r} leaves nothing to train")
-        return self.stage.optimizer(params)
+        return self.stage.optimizer(optimizer_groups(self.model, self.stage.train, self.stage.group_lr, params))
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None

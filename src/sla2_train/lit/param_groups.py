@@ -37,3 +37,22 @@ def set_trainable(model: nn.Module, train: list[str]) -> int:
             f"stage trains {list(train)} but the model has no such parameters (SLA2 groups need attention=sla2 or sla)"
         )
     return len(chosen)
+
+
+def optimizer_groups(model: nn.Module, train: list[str], group_lr: dict[str, float], trainable: list[nn.Parameter]):
+    """The optimizer's parameter list: plain `trainable` without group_lr, else one group per trained group.
+
+    A group named in group_lr gets that lr; the others keep the optimizer's own.
+    """
+    if not group_lr:
+        return trainable
+    unknown = sorted(set(group_lr) - set(train))
+    if unknown:
+        raise ConfigError(f"stage.group_lr names groups {unknown} that this stage does not train ({list(train)})")
+    groups = parameter_groups(model)
+    out = []
+    for name in train:
+        params = [p for p in groups[name] if p.requires_grad]
+        if params:
+            out.append({"params": params, "name": name, **({"lr": group_lr[name]} if name in group_lr else {})})
+    return out

@@ -20,6 +20,9 @@ class Stage:
     optimizer: Callable[..., Any]  # partial: params -> torch.optim.Optimizer
     attention_mode: dict[str, Any] = field(default_factory=dict)  # SLA2Attention options, e.g. topk, quant
     calibrate_alpha: bool = False  # measure α on the first batch of a fresh run (not on resume / init_from)
+    # Learning rate per trained group, overriding the optimizer's own lr (e.g. α, a handful of logits, next to
+    # the DiT's 1e-5 in stage 2, which would leave α all but frozen).
+    group_lr: dict[str, float] = field(default_factory=dict)
 
     def apply(self, model: nn.Module) -> None:
         check = getattr(self.objective, "check", None)
