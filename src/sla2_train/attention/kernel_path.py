@@ -8,15 +8,14 @@ elsewhere, forward and backward, so the same graph runs (and torch.compile trace
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import ops
 from . import reference as ref
 
-KERNEL_DTYPES = ops.KERNEL_DTYPES
-KERNEL_HEAD_DIMS = ops.KERNEL_HEAD_DIMS
-KERNEL_BLOCKS = ops.KERNEL_BLOCKS
-sla2_kernels = ops.sla2_kernels
+_warned_fallbacks: set[str] = set()
 
 
 def kernels_available(q: torch.Tensor, attn) -> tuple[bool, str]:
@@ -24,8 +23,6 @@ def kernels_available(q: torch.Tensor, attn) -> tuple[bool, str]:
     ok, why = ops.kernels_cover(q, attn.block_q, attn.block_k)
     if not ok:
         return ok, why
-    if attn.head_dim not in KERNEL_HEAD_DIMS:
-        return False, f"head_dim {attn.head_dim} is not one of {KERNEL_HEAD_DIMS}"
     if torch.is_grad_enabled() and ops.kernel_autograd is None:
         return False, f"gradients are needed and the backward kernels cannot be imported ({ops.backward_import_error})"
     return True, ""
@@ -41,6 +38,11 @@ def use_op_path(q: torch.Tensor, attn) -> bool:
         if not ok:
             raise RuntimeError(f"backend='triton' cannot run: {why}")
         return True
+    if not ok and q.is_cuda and why not in _warned_fallbacks:
+        # The module's reference path is dense, O(N²) memory: at Wan lengths the next thing is usually an OOM.
+        _warned_fallbacks.add(why)
+        warnings.warn(f"SLA2Attention runs its dense PyTorch reference on CUDA because {why}; "
+                      "backend='triton' makes this an error", stacklevel=3)
     return ok or q.device.type == "cpu"
 
 
