@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from . import api
 from .api import precompute, sla2_forward
 from .sla2_bwd import sla2_backward
 
@@ -37,12 +38,7 @@ def effective_alpha(alpha, q: torch.Tensor, indices: torch.Tensor, block_q: int,
     nq, nk = triton.cdiv(n, block_q), triton.cdiv(n, block_k)
     if indices.shape[-1] >= nk:
         return torch.ones((), device=q.device, dtype=torch.float32).expand(b, h, nq)
-    a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha))
-    try:
-        return a.to(device=q.device, dtype=torch.float32).expand(b, h, nq)
-    except RuntimeError:
-        raise ValueError(f"sla2_kernels: alpha of shape {tuple(a.shape)} does not broadcast to [B, H, nq] = "
-                         f"[{b}, {h}, {nq}]") from None
+    return api._alpha_view(alpha, b, h, nq, q.device)
 
 
 def attention_backward(
