@@ -75,6 +75,14 @@ def test_validation_gives_every_rank_data_once_there_are_world_size_samples(make
     assert max(counts) - min(counts) <= 1, f"ranks unevenly loaded: {counts}"
 
 
+def test_fewer_validation_samples_than_ranks_fails_clearly(make_shards, monkeypatch):
+    folder, _ = make_shards(num=3, per_shard=2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="validation shards hold 3 samples for 4 ranks"):
+        _dm(folder, folder, batch_size=1, num_workers=0).val_dataloader()
+
+
 def test_train_exact_epoch_length_per_rank_and_fresh_order(make_shards, monkeypatch):
     folder, truth = make_shards(num=10, per_shard=3)  # 4 uneven shards over 2 ranks × 2 workers
     epochs = {}

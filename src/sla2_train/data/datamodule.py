@@ -10,7 +10,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .distributed import rank_and_world
-from .shards import ShardSpec, incomplete_folders, resolve_shards, shapes_from_indexes, size_mismatches
+from .shards import (
+    ShardSpec,
+    incomplete_folders,
+    indexed_sample_count,
+    resolve_shards,
+    shapes_from_indexes,
+    size_mismatches,
+)
 from .skips import SkipCounter, log
 from .streams import TrainStream, ValStream
 
@@ -142,4 +149,12 @@ class LatentDataModule(L.LightningDataModule):
         self._resolve()
         if not self.val_files:
             return []  # Lightning skips validation for an empty loader list
+        _, world = rank_and_world()
+        count = indexed_sample_count(self.val_files)
+        if count is not None and count < world:
+            # A rank without a validation batch never joins the epoch-end sync of the val metrics: DDP would hang.
+            raise ValueError(
+                f"validation shards hold {count} samples for {world} ranks; every rank needs at least one "
+                "(add validation samples, or set trainer.limit_val_batches=0)"
+            )
         return self._loader(ValStream(self.val_files, **self._stream_kwargs(self.val_batch_size)))

@@ -91,3 +91,13 @@ def shapes_from_indexes(shards: list[str]) -> tuple[tuple[int, ...] | None, int 
     if len(shapes) > 1:
         raise ValueError(f"shard folders disagree on shapes (latent_shape, text_dim): {sorted(shapes)}")
     return next(iter(shapes)) if shapes else (None, None)
+
+
+def indexed_sample_count(shards: list[str]) -> int | None:
+    """Samples the shards hold according to their index files; None when some shard has no index entry."""
+    counts = {}
+    for folder, ix in _folder_indexes(shards):
+        for entry in ix["shards"]:
+            counts[os.path.join(folder, entry["name"])] = int(entry["num_samples"])
+    paths = [os.path.abspath(s) for s in shards]
+    return sum(counts[p] for p in paths) if all(p in counts for p in paths) else None
