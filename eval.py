@@ -41,13 +41,16 @@ def main(cfg: DictConfig) -> dict:
     from sla2_train.lit import config_errors_as_one_line
     from sla2_train.lit.checkpoint_weights import load_model_weights
     from sla2_train.lit.evaluation import compare_dense_and_sla2
-    from sla2_train.models import describe_attention
+    from sla2_train.models import describe_attention, set_attention_mode, sla2_processors
 
     with config_errors_as_one_line():
         torch.manual_seed(cfg.seed)
         model = instantiate(cfg.model_with_attention)
-        if cfg.ckpt:
-            load_model_weights(model, cfg.ckpt, key="ckpt")
+        saved = load_model_weights(model, cfg.ckpt, key="ckpt") if cfg.ckpt else {}
+        # Inference is hard Top-k; the low-bit branch is on where the checkpoint was trained with it (stage 2).
+        quant = bool(saved.get("quant", False)) if cfg.quant is None else bool(cfg.quant)
+        if sla2_processors(model):
+            set_attention_mode(model, topk="hard", quant=quant)
         scheduler = instantiate(cfg.scheduler)
         loggers = list(instantiate(cfg.logger).values())
     model.to(cfg.device)

@@ -42,3 +42,22 @@ def test_selecting_every_block_reproduces_dense_sampling(eval_main, tmp_path):
     assert max(report["rel_l1_per_layer"]) < 1e-5
     assert report["ssim"] > 0.9999
     assert report["psnr"] == "inf" or report["psnr"] > 80
+
+
+def test_qat_checkpoint_is_evaluated_with_the_low_bit_branch(eval_main, tmp_path):
+    """A stage-2 checkpoint was trained through the low-bit forward: eval runs it the same way unless told."""
+    spec = importlib.util.spec_from_file_location("sla2_entry_train", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "model=tiny", "logger=none", "stage=qat", "trainer.max_steps=1", f"output_root={tmp_path / 'train'}",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "trainer.limit_val_batches=0",
+            "callbacks.progress.refresh_rate=0"])
+    train.main(cfg)
+    ckpt = f"ckpt={Path(cfg.ckpt_dir) / 'last.ckpt'}"
+    on, _ = run_eval(eval_main, tmp_path / "on", ckpt)
+    off, _ = run_eval(eval_main, tmp_path / "off", ckpt, "quant=false")
+    assert on["attention"]["quant"] is True and on["attention"]["topk"] == "hard"
+    assert off["attention"]["quant"] is False
+    assert on["rel_l1_per_layer"] != off["rel_l1_per_layer"]

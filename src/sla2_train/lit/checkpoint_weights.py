@@ -15,10 +15,10 @@ PREFIX = "model."
 MUST_MATCH = ("variant", "sparsity", "block_q", "block_k", "alpha_mode")
 
 
-def load_model_weights(model: nn.Module, path: str | Path, key: str = "init_from") -> None:
+def load_model_weights(model: nn.Module, path: str | Path, key: str = "init_from") -> dict:
     """Load the `model.*` weights of a Lightning checkpoint written by SLA2Module (strict: same architecture
     and the same attention options, as recorded in the checkpoint's `sla2` entry). `key` names the config key
-    in errors."""
+    in errors. Returns the attention description the checkpoint recorded (empty for foreign checkpoints)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{key}: no checkpoint file at {str(path)!r}")
@@ -41,3 +41,4 @@ def load_model_weights(model: nn.Module, path: str | Path, key: str = "init_from
             f"{key} {str(path)!r} was trained with other attention options: {', '.join(diffs)}; "
             "set attention.* to match the checkpoint"
         )
+    return saved

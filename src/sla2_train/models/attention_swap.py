@@ -102,5 +102,7 @@ def describe_attention(model: nn.Module) -> dict[str, Any]:
         "block_k": a.block_k,
         "alpha_mode": getattr(alpha, "mode", None),
         "tau": a.tau,
+        "topk": a.topk,
+        "quant": a.quant,
         "num_layers": len(procs),
     }
