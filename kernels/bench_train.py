@@ -322,6 +322,15 @@ class Bench(BenchBase):
             set_attention_mode(model, quant=quant)
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
             run_variant(f"sla2_97{'_qat' if quant else ''}", opt)
+        if self.left() >= 30:
+            # Selective checkpointing: SLA2's outputs saved instead of recomputed in the backward (QAT forward).
+            from sla2_train.models.checkpointing import enable_checkpointing
+
+            enable_checkpointing(model, "keep_attention")
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+            run_variant("sla2_97_qat_keep_attention", opt)
+        else:
+            self.results["errors"].append("budget: skipped Wan SLA2 keep_attention")
         dense = self.results["wan"][0]["step_s"] if self.results["wan"] else None
         for r in self.results["wan"][1:]:
             r["speedup_vs_dense"] = dense / r["step_s"] if dense else None

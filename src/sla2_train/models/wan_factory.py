@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from diffusers import WanTransformer3DModel
 
+from .checkpointing import enable_checkpointing
 from .errors import ConfigError
 
 _WAN_ARGS = frozenset(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
@@ -64,9 +65,12 @@ def _check_folder_matches(model: WanTransformer3DModel, arch: Mapping[str, Any],
 def wan_transformer(
     arch: Mapping[str, Any] | None = None,
     path: str | None = None,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | str = False,
 ) -> WanTransformer3DModel:
-    """Random init from `arch` when `path` is None, else the weights of the local folder `path`."""
+    """Random init from `arch` when `path` is None, else the weights of the local folder `path`.
+
+    gradient_checkpointing: false / true (whole blocks recomputed) / "keep_attention" (see checkpointing.py).
+    """
     arch = check_arch(arch or {})
     if path is None:
         model = WanTransformer3DModel(**arch)
@@ -74,8 +78,7 @@ def wan_transformer(
         folder, subfolder = resolve_model_folder(path)
         model = WanTransformer3DModel.from_pretrained(folder, subfolder=subfolder)
         _check_folder_matches(model, arch, folder)
-    if gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+    enable_checkpointing(model, gradient_checkpointing)
     return model
 
 
