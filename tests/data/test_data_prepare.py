@@ -238,3 +238,33 @@ def test_any_per_video_decode_error_is_skipped_not_fatal(tiny_wan, tmp_path, vid
     report = _preparer(tmp_path / "videos", tmp_path / "out", tiny_wan).run()
     assert report.written == 1 and dict(report.skipped) == {"unreadable_video": 1}
     assert read_index(tmp_path / "out")["skipped"] == {"unreadable_video": 1}
+
+
+def test_a_video_that_kills_its_decoder_is_skipped_on_the_next_run(tiny_wan, tmp_path, video_writer, random_caption,
+                                                                   monkeypatch):
+    """A libav segfault takes the decode worker down with it; the re-run must not die on the same file again."""
+    import signal
+
+    from sla2_train.data.prep import pipeline
+
+    rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    (tmp_path / "videos").mkdir()
+    for name in ("ok", "killer"):
+        video_writer(tmp_path / "videos" / f"{name}.mp4", 10, 8, 48, 32)
+        (tmp_path / "videos" / f"{name}.txt").write_text(random_caption(rng))
+
+    def load(path, spec):
+        if path.endswith("killer.mp4"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return load_clip(path, spec)
+
+    monkeypatch.setattr(pipeline, "load_clip", load)  # fork: the decode worker inherits the patch
+    prep = _preparer(tmp_path / "videos", tmp_path / "out", tiny_wan)
+    prep.decode_workers = 1
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        prep.run()
+    report = prep.run()  # the same run again, the killer still in the folder
+    assert report.written == 1 and report.previously_failed == 1
+    index = read_index(tmp_path / "out")
+    assert index["num_samples"] == 1 and index["skipped"] == {"crashed_decoder": 1}
+    assert not list((tmp_path / "out").glob(".decoding-*"))

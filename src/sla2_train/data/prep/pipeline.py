@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -66,16 +67,24 @@ def _identity(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Clips(Dataset):
-    """Decoding runs in DataLoader workers, so the GPU encodes one clip while the CPUs decode the next."""
+    """Decoding runs in DataLoader workers, so the GPU encodes one clip while the CPUs decode the next.
 
-    def __init__(self, items: list[VideoItem], spec: ClipSpec):
-        self.items, self.spec = items, spec
+    While a process reads a video it keeps the video's key in a marker file (`marker_prefix` + pid): a file
+    that kills the decoder outright (a segfault in libav) leaves its marker behind, and the next run skips
+    it instead of dying on it again.
+    """
+
+    def __init__(self, items: list[VideoItem], spec: ClipSpec, marker_prefix: str):
+        self.items, self.spec, self.marker_prefix = items, spec, marker_prefix
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
+        marker = f"{self.marker_prefix}{os.getpid()}"
+        with open(marker, "w") as f:
+            f.write(f"{item.key}\t{item.relpath}")
         try:
             return {"item": item, "clip": load_clip(item.path, self.spec), "source_hash": _sha256(item.path)}
         except VideoError as exn:
@@ -84,6 +93,8 @@ class _Clips(Dataset):
             # Anything else one file provokes (odd stream metadata, the file gone before it is hashed, ...): raised,
             # it would stop the run, and every resume would stop at the same file again, never recording it.
             return {"item": item, "error": ("unreadable_video", f"{type(exn).__name__}: {exn}")}
+        finally:
+            os.unlink(marker)
 
 
 class Preparer:
@@ -133,6 +144,9 @@ class Preparer:
         store = OutputStore(self.out_dir, rank, world, settings, self.output.overwrite)
         if self.limit is not None:
             items = items[: self.limit]
+        for key, source in store.take_crash_markers():  # counted below with the earlier failures
+            store.record_failure(key, source, "crashed_decoder", "the decoding process died while reading this file")
+            log.warning("skipped (crashed_decoder) %s: its decoder died in an earlier run", source)
         done, failed = store.done_keys(), store.failures()
         todo = []
         for it in items:
@@ -158,7 +172,8 @@ class Preparer:
         def on_flush(info):
             store.record_shard(info, [pending.pop(k) for k in info.keys])
 
-        loader = DataLoader(_Clips(todo, self.clip), batch_size=None, num_workers=self.decode_workers,
+        clips = _Clips(todo, self.clip, store.decoding_marker_prefix())
+        loader = DataLoader(clips, batch_size=None, num_workers=self.decode_workers,
                             collate_fn=_identity, prefetch_factor=2 if self.decode_workers else None)
         writer = ShardWriter(store.root, self.output.samples_per_shard, prefix=store.prefix,
                              start_index=store.next_shard_index(), on_flush=on_flush)

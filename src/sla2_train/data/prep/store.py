@@ -6,6 +6,8 @@ Files (rank r of a run with several processes; every rank touches only its own f
     shard-rRRR-NNNNNN.json     the shard's record: its samples; written after the rename = the shard is done
     failures-rRRR.jsonl        skipped videos, one JSON line each (reason, detail)
     .done-rRRR-of-WWW          rank finished
+    .decoding-rRRR-PID         the video a decode process is reading now; one left behind names the file
+                               that killed its process (e.g. a libav segfault), skipped on the next run
     index.json                 rebuilt from all records by every rank that finishes (under a lock)
 """
 
@@ -71,7 +73,7 @@ class OutputStore:
     def _wipe(self) -> None:
         """overwrite=true: remove this rank's files; rank 0 also the index and files of ranks beyond this run."""
         for p in self.root.iterdir():
-            m = re.match(r"^(?:shard|failures|\.done)-r(\d{3})", p.name)
+            m = re.match(r"^(?:shard|failures|\.done|\.decoding)-r(\d{3})", p.name)
             mine = m is not None and int(m.group(1)) == self.rank
             extra = self.rank == 0 and (m is not None and int(m.group(1)) >= self.world or p.name in (INDEX_NAME, SETTINGS_NAME))
             if mine or extra:
@@ -123,6 +125,20 @@ class OutputStore:
     def record_shard(self, info: ShardInfo, samples: list[dict[str, Any]]) -> None:
         record = {"name": info.name, "num_samples": info.num_samples, "bytes": info.bytes, "samples": samples}
         _atomic_write(self.root / info.name.replace(".tar", ".json"), json.dumps(record))
+
+    def decoding_marker_prefix(self) -> str:
+        """Decode processes append their pid: one marker per process, holding the video it is reading."""
+        return str(self.root / f".decoding-r{self.rank:03d}-")
+
+    def take_crash_markers(self) -> list[tuple[str, str]]:
+        """(key, source) of videos whose decode process died mid-read in an earlier run; markers removed."""
+        out = []
+        for p in sorted(self.root.glob(f".decoding-r{self.rank:03d}-*")):
+            key, _, source = p.read_text().partition("\t")
+            if key:
+                out.append((key, source))
+            p.unlink()
+        return out
 
     def record_failure(self, key: str, source: str, reason: str, detail: str) -> None:
         with open(self.root / f"failures-r{self.rank:03d}.jsonl", "a") as f:
