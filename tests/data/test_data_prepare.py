@@ -38,6 +38,15 @@ def _video_folder(root: Path, rng, write_video, caption):
     return sorted(good)
 
 
+def _captioned_videos(folder: Path, names, write_video, caption):
+    """One short valid video with a sidecar caption per name."""
+    rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    folder.mkdir()
+    for name in names:
+        write_video(folder / f"{name}.mp4", 10, 8, 48, 32)
+        (folder / f"{name}.txt").write_text(caption(rng))
+
+
 def _preparer(videos, out, wan, **output):
     enc = EncoderSpec(model_path=str(wan), device="cpu", text_dtype="float32")
     return Preparer(str(videos), str(out), clip=CLIP, encoders=enc, output=OutputSpec(samples_per_shard=2, **output),
@@ -223,11 +232,7 @@ def test_entry_point_runs_and_fails_clearly(tiny_wan, tmp_path, video_writer, ra
 def test_any_per_video_decode_error_is_skipped_not_fatal(tiny_wan, tmp_path, video_writer, random_caption, monkeypatch):
     from sla2_train.data.prep import pipeline
 
-    rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    (tmp_path / "videos").mkdir()
-    for name in ("ok", "odd"):
-        video_writer(tmp_path / "videos" / f"{name}.mp4", 10, 8, 48, 32)
-        (tmp_path / "videos" / f"{name}.txt").write_text(random_caption(rng))
+    _captioned_videos(tmp_path / "videos", ("ok", "odd"), video_writer, random_caption)
 
     def load(path, spec):
         if path.endswith("odd.mp4"):
@@ -247,11 +252,7 @@ def test_a_video_that_kills_its_decoder_is_skipped_on_the_next_run(tiny_wan, tmp
 
     from sla2_train.data.prep import pipeline
 
-    rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    (tmp_path / "videos").mkdir()
-    for name in ("ok", "killer"):
-        video_writer(tmp_path / "videos" / f"{name}.mp4", 10, 8, 48, 32)
-        (tmp_path / "videos" / f"{name}.txt").write_text(random_caption(rng))
+    _captioned_videos(tmp_path / "videos", ("ok", "killer"), video_writer, random_caption)
 
     def load(path, spec):
         if path.endswith("killer.mp4"):
