@@ -43,6 +43,7 @@ import triton.language as tl
 
 from .dot import mma, mma_acc
 from .quant_math import LOG2E
+from .sla2_fwd import linear_complement_sums
 
 
 @triton.jit
@@ -88,31 +89,10 @@ def sla2_bwd_dq_kernel(
 
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
-        # Loop A (first, with nothing else live): H_sel = Σ_sel φK_jᵀ V_j, Z_sel = Σ_sel z_j, as the forward's
-        # phase 1 gathers them; H_I = H_tot − H_sel kept as bf16, as the forward uses it.
-        phik_base = PHIK + bh64 * NK * BK * D
-        offs_a = tl.arange(0, KPA * BK)
-        slot_a = offs_a // BK
-        within_a = offs_a % BK
-        offs_slot = tl.arange(0, KPA)
-        h_sel = tl.zeros([D, D], dtype=tl.float32)
-        z_sel = tl.zeros([D], dtype=tl.float32)
-        for it in range(0, tl.cdiv(TOPK, KPA)):
-            sel = it * KPA + slot_a
-            sel_ok = sel < TOPK
-            blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-            rows = blk * BK + within_a
-            kv_ok = sel_ok & (rows < N)
-            v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-            fk = tl.load(phik_base + rows[:, None] * D + offs_d[None, :], mask=sel_ok[:, None], other=0.0)
-            h_sel = mma_acc(tl.trans(fk), v, h_sel, INTERPRET)
-            sel2 = it * KPA + offs_slot
-            blk2 = tl.load(idx_base + sel2, mask=sel2 < TOPK, other=0)
-            zt = tl.load(ZBLK + (bh64 * NK + blk2[:, None]) * D + offs_d[None, :],
-                         mask=(sel2 < TOPK)[:, None], other=0.0)
-            z_sel += tl.sum(zt, axis=0)
-        h16 = (tl.load(HTOT + bh64 * D * D + offs_d[:, None] * D + offs_d[None, :]) - h_sel).to(tl.bfloat16)
-        z_i = tl.load(ZTOT + bh64 * D + offs_d) - z_sel
+        # Loop A (first, with nothing else live): H_I = H_tot − Σ_sel φK_jᵀ V_j (bf16) and Z_I, by the forward's
+        # own phase 1 (V's last stride is 1 here: the wrapper passes contiguous head rows).
+        h16, z_i = linear_complement_sums(v_base, svn, 1, PHIK, ZBLK, HTOT, ZTOT, idx_base, bh64, N, NK, TOPK,
+                                          BK, D, KPA, INTERPRET)
         # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores, fp32 denominator).
         fq16 = _phi_rows(tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)).to(tl.bfloat16)
         den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
