@@ -108,6 +108,16 @@ def make_qkv(B, H, N, D, dtype, layout, strided=False, device="cpu", seed=None):
     return (q, k, v), ref
 
 
+def random_selection(B, H, N, bq, bk, topk, seed):
+    """A random hard Top-k block selection and α in (0.1, 0.9) per query block."""
+    from sla2_train.attention import reference as ref
+
+    g = torch.Generator().manual_seed(seed)
+    nq, nk = -(-N // bq), -(-N // bk)
+    sel = ref.hard_topk(torch.rand(B, H, nq, nk, generator=g), topk)
+    return sel, 0.1 + 0.8 * torch.rand(B, H, nq, generator=g)
+
+
 def rel_l1(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref).abs().sum() / ref.abs().sum())
 
@@ -126,6 +136,6 @@ def kt():
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        make_qkv=make_qkv, rel_l1=rel_l1, cosine=cosine, to_bhnd=to_bhnd,
+        make_qkv=make_qkv, random_selection=random_selection, rel_l1=rel_l1, cosine=cosine, to_bhnd=to_bhnd,
         assert_all_written=assert_all_written, unwritten=unwritten,
     )

@@ -26,14 +26,6 @@ CASES = [
 ]
 
 
-def random_selection(B, H, N, bq, bk, topk, seed):
-    g = torch.Generator().manual_seed(seed)
-    nq, nk = -(-N // bq), -(-N // bk)
-    sel = ref.hard_topk(torch.rand(B, H, nq, nk, generator=g), topk)
-    alpha = 0.1 + 0.8 * torch.rand(B, H, nq, generator=g)
-    return sel, alpha
-
-
 def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
@@ -42,7 +34,7 @@ def _case_id(c):
 def test_forward_matches_reference(case, poisoned, kt):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
-    sel, alpha = random_selection(B, H, N, bq, bk, topk, seed=N * 7 + D)
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 7 + D)
     o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False, layout=layout)
     kt.assert_all_written(poisoned)
     assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (B, H, N) and lse.dtype == torch.float32
@@ -58,7 +50,7 @@ def test_alpha_broadcast_and_branches(alpha_kind, kt):
     """α = 1 gives the sparse branch alone, α = 0 the linear branch alone; α broadcasts from any shape."""
     B, H, N, D, bq, bk = 1, 2, 260, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
-    sel, alpha = random_selection(B, H, N, bq, bk, 2, seed=11)
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=11)
     state = sla2_kernels.precompute(k, v, block_k=bk, layout="bhnd")
     o_s_ref, _ = ref.sparse_attention(qf, kf, vf, sel.mask, bq, bk)
     o_l_ref = ref.linear_attention_complement(qf, kf, vf, sel.mask, bq, bk)
@@ -74,7 +66,7 @@ def test_blocked_reference_matches_reference(kt):
     for quant in (False, True):
         for N, D, bq, bk, topk in [(300, 64, 64, 64, 2), (200, 128, 128, 64, 1), (257, 64, 64, 128, 2), (190, 64, 128, 64, 3)]:
             (_, _, _), (qf, kf, vf) = kt.make_qkv(2, 2, N, D, torch.bfloat16, "bhnd")
-            sel, alpha = random_selection(2, 2, N, bq, bk, topk, seed=N + topk)
+            sel, alpha = kt.random_selection(2, 2, N, bq, bk, topk, seed=N + topk)
             o, lse = blocked_reference.sla2_forward(qf, kf, vf, sel.indices, alpha, bq, bk, quant)
             o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant)
             fn = ref.fake_quant_sparse_attention if quant else ref.sparse_attention

@@ -20,13 +20,6 @@ CASES = [
 ]
 
 
-def random_selection(B, H, N, bq, bk, topk, seed):
-    g = torch.Generator().manual_seed(seed)
-    nq, nk = -(-N // bq), -(-N // bk)
-    sel = ref.hard_topk(torch.rand(B, H, nq, nk, generator=g), topk)
-    return sel, 0.1 + 0.8 * torch.rand(B, H, nq, generator=g)
-
-
 def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
@@ -35,7 +28,7 @@ def _case_id(c):
 def test_lowbit_matches_fake_quant(case, poisoned, kt):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
-    sel, alpha = random_selection(B, H, N, bq, bk, topk, seed=N * 3 + D)
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 3 + D)
     o8, lse8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True, layout=layout)
     kt.assert_all_written(poisoned)
     o16, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False, layout=layout)
@@ -75,7 +68,7 @@ def test_tile_configurations(cfg, quant, poisoned, kt):
     """The configurations kernels/bench.py sweeps compute the same function."""
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
-    sel, alpha = random_selection(B, H, N, bq, bk, 3, seed=17)
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=17)
     o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=quant,
                                        layout="bnhd", config=cfg)
     kt.assert_all_written(poisoned)
@@ -87,7 +80,7 @@ def test_running_max_variant_is_close_but_not_the_reference(kt):
     """exact_max=False (one pass, running max) is for measurement: within the low-bit vs bf16 bound only."""
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
-    sel, alpha = random_selection(B, H, N, bq, bk, 3, seed=19)
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=19)
     cfg = sla2_kernels.api.FwdConfig(1, 8, 2, exact_max=False)
     o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True,
                                        layout="bhnd", config=cfg)
