@@ -14,6 +14,7 @@ import torch
 import triton
 
 from .linear_precompute import kv_precompute_kernel
+from .linear_state import complement_z_kernel
 from .lowbit_quant import quantize_kv_kernel
 from .router import block_colsum_kernel, block_scores_kernel, pooled_project_kernel, topk_kernel
 from .sla2_fwd import sla2_fwd_kernel
@@ -26,9 +27,12 @@ BLOCKS = (64, 128)
 FP8_MAX = 448.0
 MIN_SCALE = 1e-12
 ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
-ROUTER_SCORE_TILE = (32, 64)  # (query blocks, key blocks) of scores per program
-PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: few programs, each summing h_j over a long run of key blocks,
-# so the fp32 D×D partial sums (64 KB each at D = 128) written and re-read stay small
+ROUTER_SCORE_TILE = (64, 64)  # (query blocks, key blocks) of scores per program
+# head_dim columns per step of the router's 3xTF32 dots: whole 128-wide fp32 operands (hi and lo parts) spilled
+# (255 registers, 118 spills on the H100); 16 columns at a time compile to 150 registers, no spills (sm_90).
+ROUTER_DOT_CHUNK = 16
+PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
+Z_GATHER = 16  # complement_z_kernel: selected blocks' z_j gathered per step
 
 
 @dataclass(frozen=True)
@@ -118,9 +122,8 @@ class KVState:
     shape: tuple  # (B, H, N, D)
     ksum: torch.Tensor  # fp32 [BH, nk, D] column sums of each key block
     kmean: torch.Tensor  # fp32 [BH, D] per-head token mean of K (the smoothing vector)
-    phik: torch.Tensor  # q.dtype [BH, nk·b_k, D] φ(K), padded rows 0
+    hblk: torch.Tensor  # bf16 [BH, nk, D, D] h_j = φ(K_j)ᵀ V_j
     zblk: torch.Tensor  # fp32 [BH, nk, D] z_j = colsum φ(K_j)
-    htot: torch.Tensor  # fp32 [BH, D, D] H_tot = Σ_j φ(K_j)ᵀ V_j
     ztot: torch.Tensor  # fp32 [BH, D] Z_tot = Σ_j z_j
     k8: torch.Tensor | None = None  # int8 [BH, nk·b_k, D] smoothed K, INT8 per key block
     sk: torch.Tensor | None = None  # fp32 [BH, nk]
@@ -140,26 +143,25 @@ def _num_sms(device: torch.device) -> int:
 
 def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, quant: bool = False,
                config: PrecomputeConfig | None = None) -> KVState:
-    """φK, z_j, H_tot, Z_tot and the key-block sums in one pass over K, V; with quant also K̂, V̂ (SLA2.md §4–5)."""
+    """h_j, z_j, Z_tot and the key-block sums in one pass over K, V; with quant also K̂, V̂ (SLA2.md §4–5)."""
     bk = _check_block("block_k", block_k)
     (B, H, N, D), strides = _check_qkv({"k": k, "v": v}, layout)
     BH, nk = B * H, triton.cdiv(N, bk)
     dev = k.device
-    # Enough programs to fill the GPU, each summing h_j over a contiguous run of key blocks.
+    # Enough programs to fill the GPU, each over a contiguous run of key blocks.
     cfg = config or PrecomputeConfig()
     nsplit = 1 if _interpreting() else max(1, min(nk, triton.cdiv(PRECOMPUTE_PROGRAMS_PER_SM * _num_sms(dev), BH)))
     per_split = cfg.blocks_per_program or triton.cdiv(nk, nsplit)
     nsplit = triton.cdiv(nk, per_split)
     f32 = dict(device=dev, dtype=torch.float32)
-    phik = _empty(BH, nk * bk, D, device=dev, dtype=k.dtype)
+    hblk = _empty(BH, nk, D, D, device=dev, dtype=torch.bfloat16)
     zblk = _empty(BH, nk, D, **f32)
     ksum = _empty(BH, nk, D, **f32)
-    hpart = _empty(BH, nsplit, D, D, **f32)
     zpart = _empty(BH, nsplit, D, **f32)
     vmax = _empty(BH, nsplit, D, **f32) if quant else zpart
     _launch(
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
-        k, v, phik, zblk, ksum, hpart, zpart, vmax,
+        k, v, hblk, zblk, ksum, zpart, vmax,
         *strides["k"], *strides["v"],
         N, H, nk, per_split, nsplit,
         BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(),
@@ -167,7 +169,7 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
     )
     kmean = ksum.sum(dim=1) / N
-    state = KVState(bk, layout, (B, H, N, D), ksum, kmean, phik, zblk, hpart.sum(dim=1), zpart.sum(dim=1))
+    state = KVState(bk, layout, (B, H, N, D), ksum, kmean, hblk, zblk, zpart.sum(dim=1))
     if quant:
         sv = (vmax.amax(dim=1) / FP8_MAX).clamp_min(MIN_SCALE)
         k8 = _empty(BH, nk * bk, D, device=dev, dtype=torch.int8)
@@ -226,18 +228,22 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
     qp, kp = _empty(BH, nq, D, **f32), _empty(BH, nk, D, **f32)
     rb = ROUTER_PROJECT_ROWS
     _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nq, rb), BH),
-            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, SUB_MEAN=False, num_warps=4)
+            qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, DC=ROUTER_DOT_CHUNK, SUB_MEAN=False,
+            num_warps=4)
     _launch("pooled_project", pooled_project_kernel, (triton.cdiv(nk, rb), BH),
-            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, SUB_MEAN=True, num_warps=4)
+            ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, DC=ROUTER_DOT_CHUNK,
+            SUB_MEAN=True, num_warps=4)
     scores = _empty(B, H, nq, nk, **f32)
     qt, kt = ROUTER_SCORE_TILE
     _launch("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),
-            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, num_warps=4)
+            qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, DC=ROUTER_DOT_CHUNK, num_warps=4)
     return scores, _topk(scores, topk)
 
 
-TOPK_ROWS = 4  # rows per program of topk_kernel (one per warp)
 TOPK_MAX_RADIX = 1024  # widest (power-of-two padded) row for topk_kernel; wider rows use torch.topk
+# (rows per program, warps) of topk_kernel by padded row width; set by kernels/bench.py's Top-k sweep
+TOPK_LAUNCH: dict = {}
+TOPK_DEFAULT_LAUNCH = (4, 4)
 
 
 def _topk(scores: torch.Tensor, topk: int) -> torch.Tensor:
@@ -247,14 +253,19 @@ def _topk(scores: torch.Tensor, topk: int) -> torch.Tensor:
     in Triton 0.05 ms, radix selection (topk_kernel) 0.028 ms; nk = 1182 (Wan-14B, rows padded to 2048):
     torch 1.12 ms, bitonic 6.9 ms, radix 1.32 ms. So radix selection up to 1024 columns, torch above.
     """
-    B, H, nq, nk = scores.shape
-    nkp = triton.next_power_of_2(nk)
+    nkp = triton.next_power_of_2(scores.shape[-1])
     if nkp > TOPK_MAX_RADIX:
         return scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+    return topk_radix(scores, topk, *TOPK_LAUNCH.get(nkp, TOPK_DEFAULT_LAUNCH))
+
+
+def topk_radix(scores: torch.Tensor, topk: int, rows_per_program: int, num_warps: int) -> torch.Tensor:
+    """topk_kernel on any row width (the benchmark's Top-k sweep calls it directly)."""
+    B, H, nq, nk = scores.shape
     rows = B * H * nq
     indices = _empty(B, H, nq, topk, device=scores.device, dtype=torch.int32)
-    _launch("topk", topk_kernel, (triton.cdiv(rows, TOPK_ROWS),), scores, indices, rows, nk, topk,
-            R=TOPK_ROWS, NKP=nkp, num_warps=TOPK_ROWS)
+    _launch("topk", topk_kernel, (triton.cdiv(rows, rows_per_program),), scores, indices, rows, nk, topk,
+            R=rows_per_program, NKP=triton.next_power_of_2(nk), num_warps=num_warps)
     return indices
 
 
@@ -271,7 +282,6 @@ class FwdConfig:
     kpi: int  # selected key blocks gathered per iteration of the sparse loop (tile width KPI·b_k)
     num_warps: int
     num_stages: int
-    kpi_linear: int | None = None  # the same for the linear phase (None: kpi)
     exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
 
 
@@ -291,9 +301,8 @@ def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> Fw
 def _fallbacks(cfg: FwdConfig):
     """cfg, then configurations needing less shared memory (fewer stages, then a narrower tile)."""
     seen = []
-    narrow = FwdConfig(1, cfg.num_warps, cfg.num_stages, 1, cfg.exact_max)
-    for c in (cfg, FwdConfig(cfg.kpi, cfg.num_warps, 1, cfg.kpi_linear, cfg.exact_max), narrow,
-              FwdConfig(1, cfg.num_warps, 1, 1, cfg.exact_max)):
+    for c in (cfg, FwdConfig(cfg.kpi, cfg.num_warps, 1, cfg.exact_max), FwdConfig(1, cfg.num_warps, cfg.num_stages,
+              cfg.exact_max), FwdConfig(1, cfg.num_warps, 1, cfg.exact_max)):
         if c not in seen:
             seen.append(c)
     return seen
@@ -315,12 +324,33 @@ def _alpha_view(alpha, B: int, H: int, nq: int, device) -> torch.Tensor:
     _fail(f"alpha of shape {tuple(a.shape)} does not broadcast to [B, H, nq] = [{B}, {H}, {nq}]")
 
 
+def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
+    """The linear branch's per-query-block state (SLA2.md §4): (H_I bf16 [BH, nq, D, D], Z_I fp32 [BH, nq, D]),
+    H_I = Σ_{j not selected by I} h_j and Z_I likewise.
+
+    H_I is one batched product (1 − selection) @ h on the tensor cores, [nq, nk] × [nk, D²] per head (bf16
+    operands, fp32 accumulation): ~50 GFLOP at the Wan-1.3B shape instead of gathering every selected block's
+    tiles per query block. The 0/1 mask has the shape of the router's scores, [B·H, nq, nk] (bf16).
+    """
+    B, H, N, D = kv_state.shape
+    BH, nq, nk = B * H, triton.cdiv(N, block_q), triton.cdiv(N, kv_state.block_k)
+    idx = indices.reshape(BH, nq, indices.shape[-1])
+    keep = torch.ones(BH, nq, nk, device=idx.device, dtype=torch.bfloat16).scatter_(2, idx.long(), 0.0)
+    h_i = torch.bmm(keep, kv_state.hblk.view(BH, nk, D * D)).view(BH, nq, D, D)
+    z_i = _empty(BH, nq, D, device=idx.device, dtype=torch.float32)
+    _launch("complement_z", complement_z_kernel, (nq, BH), idx.to(torch.int32).contiguous(), kv_state.zblk,
+            kv_state.ztot, z_i, nq, nk, idx.shape[-1], D=D, KC=Z_GATHER, num_warps=4)
+    return h_i, z_i
+
+
 def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool, layout: str,
-                 kv_state: KVState | None = None, config: FwdConfig | None = None, linear: bool | None = None):
+                 kv_state: KVState | None = None, config: FwdConfig | None = None, linear: bool | None = None,
+                 lin_state: tuple | None = None):
     """SLA2 forward: (o in q's layout and dtype, lse fp32 [B, H, N]).
 
     indices: int [B, H, nq, topk], each row's selected key blocks (ascending, distinct, in [0, nk));
     alpha: fp32 broadcastable to [B, H, nq]. `linear=False` drops the linear branch (benchmarks only).
+    lin_state: (H_I, Z_I) from `linear_state` for these indices, if the caller already has them.
     """
     bq, bk = _check_block("block_q", block_q), _check_block("block_k", block_k)
     (B, H, N, D), strides = _check_qkv({"q": q, "k": k, "v": v}, layout)
@@ -341,6 +371,10 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     cfg = config or default_config(bq, bk, D, quant)
     if linear is None:
         linear = topk < nk  # every block selected: nothing left for the linear branch, α = 1
+    if linear:
+        h_i, z_i = lin_state if lin_state is not None else linear_state(idx, kv_state, block_q=bq)
+    else:
+        h_i = z_i = alpha3  # never read
     o = _empty_like(q)
     _, so = _dims(o, layout, "o")
     lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
@@ -348,19 +382,19 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
-        common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, KPI_LIN=c.kpi_linear or c.kpi, LINEAR=linear,
+        common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, LINEAR=linear,
                       INTERPRET=_interpreting(), num_warps=c.num_warps, num_stages=c.num_stages)
         try:
             if quant:
                 _launch(
                     "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
-                    q, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot, s.k8, s.sk, s.v8t, s.sv, s.kmean,
-                    *strides["q"], *strides["v"], *tail, EXACT_MAX=c.exact_max, **common,
+                    q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
+                    *strides["q"], *tail, EXACT_MAX=c.exact_max, **common,
                 )
             else:
                 _launch(
                     "sla2_fwd", sla2_fwd_kernel, (nq, BH),
-                    q, k, v, idx, alpha3, o, lse, s.phik, s.zblk, s.htot, s.ztot,
+                    q, k, v, idx, alpha3, o, lse, h_i, z_i,
                     *strides["q"], *strides["k"], *strides["v"], *tail, **common,
                 )
         except OutOfResources:

@@ -7,8 +7,8 @@ ordinary bf16/fp16 backward on the ORIGINAL q, k, v, using the forward's output 
 straight-through estimator); nothing in the backward is quantised.
 
 `attention_backward(...)` is the backward alone (what the torch.library op of sla2_train registers as its
-autograd formula): it recomputes the key-side linear state (φK, z_j, totals: one pass over K and V) unless the
-caller passes the forward's `kv_state`.
+autograd formula): it recomputes the linear branch's state H_I, Z_I (one pass over K and V and one product)
+unless the caller passes the forward's `lin_state`.
 
 Gradients: q, k, v, and α (summed to α's shape). The router's indices get none (hard Top-k), and lse is not
 differentiable (the backward ignores a gradient on it).
@@ -20,7 +20,7 @@ import torch
 import triton
 
 from . import api
-from .api import precompute, sla2_forward
+from .api import linear_state, precompute, sla2_forward
 from .sla2_bwd import sla2_backward
 
 
@@ -41,22 +41,30 @@ def effective_alpha(alpha, q: torch.Tensor, indices: torch.Tensor, block_q: int,
     return api._alpha_view(alpha, b, h, nq, q.device)
 
 
+def forward_linear_state(k, v, indices, *, block_q: int, block_k: int, layout: str, kv_state=None):
+    """(H_I, Z_I) the forward uses (api.linear_state), or None when every key block is selected (no linear branch)."""
+    n = _shape(k, layout)[2]
+    if indices.shape[-1] >= triton.cdiv(n, block_k):
+        return None
+    if kv_state is None:
+        kv_state = precompute(k, v, block_k=block_k, layout=layout, quant=False)
+    return linear_state(indices, kv_state, block_q=block_q)
+
+
 def attention_backward(
-    do, q, k, v, o, lse, indices, alpha, *, block_q: int, block_k: int, layout: str, kv_state=None, **kw
+    do, q, k, v, o, lse, indices, alpha, *, block_q: int, block_k: int, layout: str, lin_state=None, **kw
 ):
-    """(dq, dk, dv, dalpha fp32 [B, H, nq]) from the forward's o and lse; α is the raw α (made effective here)."""
-    b, h, n, d = _shape(q, layout)
-    nk = triton.cdiv(n, block_k)
+    """(dq, dk, dv, dalpha fp32 [B, H, nq]) from the forward's o and lse; α is the raw α (made effective here).
+    lin_state: the forward's (H_I, Z_I); recomputed from k, v when None."""
     a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
-    if indices.shape[-1] < nk:
-        if kv_state is None:
-            kv_state = precompute(k, v, block_k=block_k, layout=layout, quant=False)
-        state = dict(phik=kv_state.phik, zblk=kv_state.zblk, htot=kv_state.htot, ztot=kv_state.ztot)
-    else:  # no linear branch: its state is never read
+    if lin_state is None:
+        lin_state = forward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout)
+    if lin_state is None:  # no linear branch: its state is never read
         dummy = torch.empty(1, device=q.device, dtype=torch.float32)
-        state = dict(phik=q, zblk=dummy, htot=dummy, ztot=dummy)
+        lin_state = (dummy, dummy)
     dq, dk, dv, dalpha = sla2_backward(
-        do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout, **state, **kw
+        do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout,
+        h_i=lin_state[0], z_i=lin_state[1], **kw
     )
     return dq, dk, dv, dalpha
 
@@ -73,12 +81,13 @@ class SLA2Function(torch.autograd.Function):
     def forward(ctx, q, k, v, indices, alpha, block_q, block_k, quant, layout, save_kv_state):
         state = precompute(k, v, block_k=block_k, layout=layout, quant=quant)
         a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
+        lin = forward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout, kv_state=state)
         o, lse = sla2_forward(q, k, v, indices, a3, block_q=block_q, block_k=block_k, quant=quant, layout=layout,
-                              kv_state=state)
+                              kv_state=state, lin_state=lin)
         ctx.save_for_backward(q, k, v, o, lse, indices, alpha if isinstance(alpha, torch.Tensor) else None)
         ctx.alpha_value = None if isinstance(alpha, torch.Tensor) else alpha
         ctx.cfg = (block_q, block_k, layout)
-        ctx.kv_state = state if save_kv_state else None
+        ctx.lin_state = lin if save_kv_state else None
         ctx.mark_non_differentiable(lse)
         return o, lse
 
@@ -88,9 +97,9 @@ class SLA2Function(torch.autograd.Function):
         block_q, block_k, layout = ctx.cfg
         a = alpha if alpha is not None else ctx.alpha_value
         dq, dk, dv, dalpha = attention_backward(
-            do, q, k, v, o, lse, indices, a, block_q=block_q, block_k=block_k, layout=layout, kv_state=ctx.kv_state
+            do, q, k, v, o, lse, indices, a, block_q=block_q, block_k=block_k, layout=layout, lin_state=ctx.lin_state
         )
-        ctx.kv_state = None
+        ctx.lin_state = None
         da = reduce_alpha_grad(dalpha, alpha) if alpha is not None and ctx.needs_input_grad[4] else None
         return dq, dk, dv, None, da, None, None, None, None, None
 
@@ -99,7 +108,7 @@ def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant
                    save_kv_state: bool = False):
     """Differentiable SLA2 (kernels forward + backward): returns (o, lse). lse is not differentiable.
 
-    save_kv_state keeps the forward's φK state for the backward (one K-sized tensor more in memory, one pass
-    over K and V less in the backward).
+    save_kv_state keeps the forward's H_I, Z_I for the backward (B·H·nq·D² bf16, the size of K at b_q = D = 128;
+    one pass over K and V and one product less in the backward).
     """
     return SLA2Function.apply(q, k, v, indices, alpha, block_q, block_k, quant, layout, save_kv_state)

@@ -103,6 +103,8 @@ class Bench(BenchBase):
             scores = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)[0]
             T["topk_torch"] = self.time_ms(lambda: scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1))
             T["topk"] = self.time_ms(lambda: sk.api._topk(scores, topk))
+            T.update(self.topk_sweep(scores, topk))
+            T["linear_state"] = self.time_ms(lambda: sk.api.linear_state(idx, st16, block_q=BLOCK_Q))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 T["main" + tag] = self.time_ms(
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, **kw))
@@ -141,13 +143,32 @@ class Bench(BenchBase):
         del q, k, v
         torch.cuda.empty_cache()
 
+    TOPK_CANDIDATES = ((4, 4), (1, 1), (1, 2), (1, 4), (2, 2), (8, 8))  # (rows per program, warps)
+
+    def topk_sweep(self, scores, topk):
+        """The radix Top-k at each (rows per program, warps), checked equal to torch's selection."""
+        torch, sk = self.torch, self.sk
+        want = scores.topk(topk, dim=-1).indices.sort(dim=-1).values.to(torch.int32)
+        out = {}
+        for r, w in self.TOPK_CANDIDATES:
+            def run(r=r, w=w):
+                return sk.api.topk_radix(scores, topk, r, w)
+            got = self.safe(f"topk {r},{w}", run)
+            if got is None:
+                continue
+            # random fp32 scores: ties are unlikely, so the selections must agree exactly
+            ok = bool((got == want).all())
+            out[f"topk_r{r}w{w}"] = self.time_ms(run) if ok else None
+            print("topk sweep", scores.shape[-1], (r, w), out[f"topk_r{r}w{w}"], "ok" if ok else "MISMATCH", flush=True)
+        return out
+
     # ---------------------------------------------------------------- config sweep
     def sweep(self, q, k, v, idx, alpha, st16, st8, kw, shape_name, sparsity):
         """Time main-kernel and precompute configurations; install the fastest (reference-exact) ones as the
         defaults for the table rows (api.CONFIG_OVERRIDE, self.pre_cfg)."""
         sk = self.sk
         Cfg = sk.api.FwdConfig
-        common = [Cfg(1, 8, 2), Cfg(1, 8, 3), Cfg(2, 8, 2), Cfg(1, 8, 2, kpi_linear=2)]
+        common = [Cfg(1, 8, 2), Cfg(1, 8, 3), Cfg(2, 8, 2), Cfg(1, 4, 3)]
         best = {}
         for quant, st in ((False, st16), (True, st8)):
             for cfg in common + ([Cfg(1, 8, 2, exact_max=False)] if quant else []):
@@ -158,7 +179,7 @@ class Bench(BenchBase):
                 name = "sla2_fwd_lowbit" if quant else "sla2_fwd"
                 ck = sk.api.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True, kpi=cfg.kpi,
-                           kpi_linear=cfg.kpi_linear, exact_max=cfg.exact_max, num_warps=cfg.num_warps,
+                           exact_max=cfg.exact_max, num_warps=cfg.num_warps,
                            num_stages=cfg.num_stages, t_ms=t)
                 if t is not None and ck is not None:
                     res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
@@ -212,7 +233,8 @@ class Bench(BenchBase):
         c = self.results.get("ceilings")
         if c:
             lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s")
-        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "main", "sparse", "total",
+        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "lin_st", "main", "sparse",
+               "total",
                "graph", "x cuDNN", "precomp8", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
 
@@ -223,6 +245,7 @@ class Bench(BenchBase):
             lines.append(" ".join([
                 f"{r['shape']:>8}", f(r["sparsity"], 2), f"{r['topk']:8d}", f(r.get("sdpa_cudnn"), 2),
                 f(r.get("sdpa_flash"), 2), f(r.get("t_flex")), f(r.get("t_precompute")), f(r.get("t_router")), f(r.get("t_topk")),
+                f(r.get("t_linear_state")),
                 f(r.get("t_main")), f(r.get("t_sparse_only")), f(r.get("t_total")), f(r.get("t_total_graph")),
                 f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_precompute_quant")), f(r.get("t_main_lowbit")),
                 f(r.get("t_sparse_only_lowbit")), f(r.get("t_total_lowbit")), f(r.get("t_total_graph_lowbit")),
@@ -230,7 +253,7 @@ class Bench(BenchBase):
                 f(r.get("cudnn_TFLOPs"), 0),
             ]))
         if self.results["configs"]:
-            lines.append("main-kernel configs (kpi, warps, stages, kpi_linear, exact_max): ms [regs/spills/shared]")
+            lines.append("main-kernel configs (kpi, warps, stages, exact_max): ms [regs/spills/shared]")
             for c in self.results["configs"]:
                 lines.append(f"  quant={c['quant']!s:5} ({c['kpi']},{c['num_warps']},{c['num_stages']},"
                              f"{c.get('kpi_linear')},{c.get('exact_max')}): "

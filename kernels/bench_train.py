@@ -129,7 +129,8 @@ class Bench(BenchBase):
             for quant, tag in ((False, ""), (True, "_qat")):
                 def fwd(quant=quant):
                     _, i = sk.router(q, k, proj_q, proj_k, topk=topk, **kw)
-                    return kag.sla2_attention(*x, i, alpha, quant=quant, **kw)[0]
+                    # save_kv_state: H_I, Z_I kept for the backward, as the torch.library op path (training) does
+                    return kag.sla2_attention(*x, i, alpha, quant=quant, save_kv_state=True, **kw)[0]
 
                 def fwd_bwd(quant=quant):
                     o = fwd(quant)
@@ -150,10 +151,12 @@ class Bench(BenchBase):
             T["bwd_precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
             T["bwd_csr"] = self.time_ms(lambda: self.bwd.key_block_lists(idx, nk))
             st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
-            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), st, None)
+            T["linear_state"] = self.time_ms(lambda: sk.api.linear_state(idx, st, block_q=BLOCK_Q))
+            lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
+            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, None)
             T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes dH_tot sums and the CSR lists
-            if flex is not None:
+            if flex is not None and not self.args.no_flex:
                 T.update(self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, x, do, idx, nk)) or {})
                 row["flex_peak_MB"] = self.safe("flex mem", lambda: self.peak_mb(
                     lambda: self.flex_fwd_bwd(flex, x, do, self.flex_mask(idx, nk, N))))
@@ -175,13 +178,13 @@ class Bench(BenchBase):
         del q, k, v, do, x
         torch.cuda.empty_cache()
 
-    def prepared(self, do, q, k, v, o, lse, idx, alpha, st, cfg):
+    def prepared(self, do, q, k, v, o, lse, idx, alpha, lin, cfg):
         a3 = self.kag.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
         return self.bwd.prepare(do, q, k, v, o, lse, idx, a3, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd",
-                                phik=st.phik, zblk=st.zblk, htot=st.htot, ztot=st.ztot, config=cfg)
+                                h_i=lin[0], z_i=lin[1], config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each becomes the default (TUNED)
-    DQ_CANDIDATES = ((1, 2, 8, 2, 0), (1, 2, 8, 2, 32), (2, 2, 8, 2, 32), (1, 2, 8, 3, 32), (1, 2, 4, 2, 32))
+    DQ_CANDIDATES = ((1, 8, 2, 0), (1, 8, 2, 32), (2, 8, 2, 32), (1, 8, 3, 0), (1, 4, 2, 32))  # (kpi, warps, stages, ks)
     DKDV_CANDIDATES = ((8, 2, 0), (8, 3, 0), (8, 2, 64), (8, 3, 64), (4, 3, 64))  # (warps, stages, qs)
 
     def sweep(self, shape_name, sparsity):
@@ -197,20 +200,21 @@ class Bench(BenchBase):
         alpha = 0.2 + 0.6 * torch.rand(1, H, nq, device="cuda", generator=gen)
         o, lse = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
         st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
+        lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
         best = {}
         for kind, cands in (("dq", self.DQ_CANDIDATES), ("dkdv", self.DKDV_CANDIDATES)):
             for cand in cands:
                 if self.left() < 60:
                     break
                 if kind == "dq":
-                    kpi, kpa, w, stg, ks = cand
-                    c = C(kpi, kpa, w, stg, 8, 2, ks=ks)
-                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, st, c)
+                    kpi, w, stg, ks = cand
+                    c = C(kpi, w, stg, 8, 2, ks=ks)
+                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     fn = lambda p=p: self.bwd.run_dq(p)  # noqa: E731
                 else:
                     w, stg, qs = cand
-                    c = C(1, 2, 8, 2, w, stg, qs=qs)
-                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, st, c)
+                    c = C(1, 8, 2, w, stg, qs=qs)
+                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     self.bwd.run_dq(p)
                     fn = lambda p=p: self.bwd.run_dkdv(p)  # noqa: E731
                 t = self.safe(f"sweep {kind} {cand}", lambda: self.time_ms(fn))
@@ -224,7 +228,7 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        tuned = C(dq[0], dq[1], dq[2], dq[3], dkdv[0], dkdv[1], ks=dq[4], qs=dkdv[2])
+        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2])
         self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)
@@ -381,6 +385,8 @@ def main():
     p.add_argument("--other-sparsities", default="", help="sparsities for the shapes after the first")
     p.add_argument("--sweep", action="store_true", help="tune the backward configuration first (first shape, "
                    "highest sparsity) and use the fastest for everything after")
+    p.add_argument("--no-flex", action="store_true",
+                   help="skip FlexAttention fwd+bwd (torch 2.11's inductor cannot lower its backward for 128×64 blocks)")
     p.add_argument("--wan", action="store_true")
     p.add_argument("--wan-steps", type=int, default=2)
     p.add_argument("--wan-first", action="store_true", help="run the Wan step right after the sweep")

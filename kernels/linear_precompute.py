@@ -1,29 +1,33 @@
 """One pass over K and V per key block: what the linear branch and the router need (SLA2.md §4, §2).
 
 For key block j (b_k rows, ragged last block masked):
-  φK_j = softmax over head_dim of K_j, padded rows zeroed      -> phik  [BH, nk·b_k, D] (q's dtype)
-  z_j  = colsum φK_j                                           -> zblk  [BH, nk, D]     fp32
-  h_j  = φK_jᵀ V_j, summed over the program's blocks           -> hpart [BH, S, D, D]  fp32
-  colsum K_j (router pooling and the smoothing mean)           -> ksum  [BH, nk, D]     fp32
+  φK_j = softmax over head_dim of K_j (rounded to K's dtype), padded rows zeroed
+  h_j  = φK_jᵀ V_j                                             -> hblk  [BH, nk, D, D] bf16
+  z_j  = colsum φK_j                                           -> zblk  [BH, nk, D]    fp32
+  colsum K_j (router pooling and the smoothing mean)           -> ksum  [BH, nk, D]    fp32
   (quant) max|V| per channel over the program's blocks         -> vmax  [BH, S, D]     fp32
-S = number of splits along the key blocks; the wrapper sums the S partials into H_tot, Z_tot.
+  Σ z_j over the program's blocks                              -> zpart [BH, S, D]     fp32
+S = number of programs along the key blocks; the wrapper sums the S partials into Z_tot.
 
-Why φK is stored and h_j is not: h_j is D×D per block, i.e. 2·D/b_k times the bytes of K_j (fp32:
-4× at D=128, b_k=64), so writing and gathering it would dominate. The main kernel instead forms
-Σ_sel h_j = Σ_sel φK_jᵀV_j with one extra MMA per selected block on V_j, which it already loads.
-The same low-precision φK feeds H_tot here and Σ_sel there, so totals minus selected is consistent.
+Why h_j is stored (2·D/b_k times the bytes of K_j, 200 MB at the Wan-1.3B shape): the linear branch of query
+block I needs H_I = Σ_{j not selected by I} h_j. Gathering the selected blocks per query block (an MMA on
+φK_j and V_j tiles per selection) moved as many bytes through L2 as the sparse branch itself and cost 60% on
+top of it (H100, 2026-11-27). With h_j stored, H_I for every query block is one dense product
+(1 − selection mask) @ h: [nq, nk] × [nk, D²] per head on the tensor cores (api.linear_state).
+h_j is bf16 because the products are: its rounding (2⁻⁹ relative, independent per block) averages out over
+the ~nk blocks summed, far under the bf16 rounding of H_I itself.
 """
 
 import triton
 import triton.language as tl
 
-from .dot import mma_acc
+from .dot import mma
 
 
 @triton.jit
 def kv_precompute_kernel(
     K, V,  # [B, H, N, D] or [B, N, H, D] through strides
-    PHIK, ZBLK, KSUM, HPART, ZPART, VMAX,
+    HBLK, ZBLK, KSUM, ZPART, VMAX,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     N, H, NK, BLOCKS_PER_SPLIT, NSPLIT,
@@ -36,11 +40,9 @@ def kv_precompute_kernel(
     k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
     bh64 = bh.to(tl.int64)
-    phik_base = PHIK + bh64 * NK * BK * D
     offs_r = tl.arange(0, BK)
     offs_d = tl.arange(0, D)
 
-    h_acc = tl.zeros([D, D], dtype=tl.float32)
     z_acc = tl.zeros([D], dtype=tl.float32)
     v_max = tl.zeros([D], dtype=tl.float32)
     for jj in range(0, BLOCKS_PER_SPLIT):
@@ -56,16 +58,16 @@ def kv_precompute_kernel(
         e = tl.exp(kf - tl.max(kf, axis=1)[:, None])
         fk = e / tl.sum(e, axis=1)[:, None]
         fk = tl.where(row_ok[:, None], fk, 0.0).to(kt.dtype)
-        tl.store(phik_base + rows[:, None] * D + offs_d[None, :], fk, mask=(rows < NK * BK)[:, None])
         zj = tl.sum(fk.to(tl.float32), axis=0)
         tl.store(ZBLK + (bh64 * NK + j) * D + offs_d, zj, mask=blk_ok)
         z_acc += zj
-        h_acc = mma_acc(tl.trans(fk), vt, h_acc, INTERPRET)
+        hj = mma(tl.trans(fk), vt, INTERPRET)
+        tl.store(HBLK + (bh64 * NK + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
+                 mask=blk_ok[:, None])
         if QUANT:
             v_max = tl.maximum(v_max, tl.max(tl.abs(vt.to(tl.float32)), axis=0))
 
     part = bh64 * NSPLIT + pid_s
-    tl.store(HPART + part * D * D + offs_d[:, None] * D + offs_d[None, :], h_acc)
     tl.store(ZPART + part * D + offs_d, z_acc)
     if QUANT:
         tl.store(VMAX + part * D + offs_d, v_max)

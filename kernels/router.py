@@ -44,41 +44,47 @@ def block_colsum_kernel(
 def pooled_project_kernel(
     SUMS, MEAN, W, OUT,  # SUMS [BH, nb, D], MEAN [BH, D] (if SUB_MEAN), W [H, D, D], OUT [BH, nb, D]; fp32
     N, H, NB, scale,
-    RB: tl.constexpr, BLK: tl.constexpr, D: tl.constexpr, SUB_MEAN: tl.constexpr,
+    RB: tl.constexpr, BLK: tl.constexpr, D: tl.constexpr, DC: tl.constexpr, SUB_MEAN: tl.constexpr,
 ):
-    """OUT_j = (SUMS_j / count_j − μ) @ W[h] · scale, for RB blocks per program."""
+    """OUT_j = (SUMS_j / count_j − μ) @ W[h] · scale, for RB blocks per program, DC input columns at a time."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     h = bh % H
     bh64 = bh.to(tl.int64)
     j = pid * RB + tl.arange(0, RB)
     offs_d = tl.arange(0, D)
+    offs_c = tl.arange(0, DC)
     j_ok = j < NB
-    sums = tl.load(SUMS + (bh64 * NB + j[:, None]) * D + offs_d[None, :], mask=j_ok[:, None], other=0.0)
     count = tl.where(j_ok, tl.minimum(N - j * BLK, BLK), 1).to(tl.float32)
-    pooled = sums / count[:, None]
-    if SUB_MEAN:
-        pooled = pooled - tl.load(MEAN + bh64 * D + offs_d)[None, :]
-    w = tl.load(W + h.to(tl.int64) * D * D + offs_d[:, None] * D + offs_d[None, :])
-    out = tl.dot(pooled, w, input_precision="tf32x3") * scale
-    tl.store(OUT + (bh64 * NB + j[:, None]) * D + offs_d[None, :], out, mask=j_ok[:, None])
+    w_base = W + h.to(tl.int64) * D * D
+    acc = tl.zeros([RB, D], dtype=tl.float32)
+    for c in range(0, D, DC):
+        sums = tl.load(SUMS + (bh64 * NB + j[:, None]) * D + c + offs_c[None, :], mask=j_ok[:, None], other=0.0)
+        pooled = sums / count[:, None]
+        if SUB_MEAN:
+            pooled = pooled - tl.load(MEAN + bh64 * D + c + offs_c)[None, :]
+        w = tl.load(w_base + (c + offs_c[:, None]) * D + offs_d[None, :])
+        acc = tl.dot(pooled, w, acc, input_precision="tf32x3")
+    tl.store(OUT + (bh64 * NB + j[:, None]) * D + offs_d[None, :], acc * scale, mask=j_ok[:, None])
 
 
 @triton.jit
 def block_scores_kernel(
     QP, KP, SCORES,  # QP [BH, nq, D], KP [BH, nk, D] (already scaled by 1/√D), SCORES [BH, nq, nk]; fp32
     NQ, NK,
-    QT: tl.constexpr, KT: tl.constexpr, D: tl.constexpr,
+    QT: tl.constexpr, KT: tl.constexpr, D: tl.constexpr, DC: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_k = tl.program_id(1)
     bh64 = tl.program_id(2).to(tl.int64)
     i = pid_q * QT + tl.arange(0, QT)
     j = pid_k * KT + tl.arange(0, KT)
-    offs_d = tl.arange(0, D)
-    qp = tl.load(QP + (bh64 * NQ + i[:, None]) * D + offs_d[None, :], mask=(i < NQ)[:, None], other=0.0)
-    kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + offs_d[None, :], mask=(j < NK)[:, None], other=0.0)
-    sc = tl.dot(qp, tl.trans(kp), input_precision="tf32x3")
+    offs_c = tl.arange(0, DC)
+    sc = tl.zeros([QT, KT], dtype=tl.float32)
+    for c in range(0, D, DC):
+        qp = tl.load(QP + (bh64 * NQ + i[:, None]) * D + c + offs_c[None, :], mask=(i < NQ)[:, None], other=0.0)
+        kp = tl.load(KP + (bh64 * NK + j[:, None]) * D + c + offs_c[None, :], mask=(j < NK)[:, None], other=0.0)
+        sc = tl.dot(qp, tl.trans(kp), sc, input_precision="tf32x3")
     tl.store(SCORES + (bh64 * NQ + i[:, None]) * NK + j[None, :], sc, mask=(i < NQ)[:, None] & (j < NK)[None, :])
 
 

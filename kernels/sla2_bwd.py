@@ -8,7 +8,7 @@ key block is selected), forward O = α O_s + (1 − α) O_l and its lse (sparse 
   dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i) = Σ_{i∈I} (Do_i − Dl_i) / α   (since O − O_l = α (O_s − O_l))
 Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS = P ⊙ (dP − Δ),
   dQ += dS K/√D, dK += dSᵀ Q/√D, dV += α Pᵀ dO.
-Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = totals minus selected):
+Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select):
   dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i
   dH_I  = ψ_Iᵀ g_I,   dZ_I = −Σ_i (1 − α) Dl_i ψ_i
   key block j: dh_j = dH_tot − Σ_{I selected j} dH_I,  dz_j likewise  (totals minus selected, per key)
@@ -16,9 +16,9 @@ Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = totals minus s
   φ backward: dx = φ ⊙ (dφ − rowsum(dφ ⊙ φ)).
 
 Kernels (launch order):
-  1. dq kernel, one program per (query block, batch·head): loop A over the selected key blocks gathers
-     H_sel = Σ φK_jᵀV_j (one MMA on tiles the forward also reads) and Z_sel; the epilogue recomputes O_l and
-     writes Δ, dα_I, dH_I, dZ_I and the linear dQ; loop B is the sparse dQ over the same list.
+  1. prologue kernel, one program per (query block, batch·head): reads the forward's H_I, Z_I
+     (api.linear_state), recomputes O_l and writes Δ, dα_I, dH_I, dZ_I and the linear dQ (into dQ);
+     dq kernel, the same grid: FlashAttention's dQ over the selected key blocks, added to the linear dQ.
   2. dH_tot, dZ_tot: sums of the stored dH_I, dZ_I (torch; the same rounded values, so "total minus every
      block" cancels exactly).
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
@@ -28,7 +28,7 @@ Kernels (launch order):
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
 Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] (bf16 by default), dZ [B, H, nq, D] fp32,
-the CSR list (B·H·nq·topk int32) and the forward's φK state: O(N·D²/b_q), never O(N²) or O(N·N/b_k).
+the CSR list (B·H·nq·topk int32) and the forward's H_I, Z_I: O(N·D²/b_q), never O(N²) or O(N·N/b_k).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import triton.language as tl
 
 from .dot import mma, mma_acc
 from .quant_math import LOG2E
-from .sla2_fwd import linear_complement_sums
+from .sla2_fwd import load_linear_state
 
 
 @triton.jit
@@ -55,22 +55,80 @@ def _phi_rows(x):
 
 
 @triton.jit
-def sla2_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ,
-    LSE, DELTA, IDX, ALPHA,
-    PHIK, ZBLK, HTOT, ZTOT,
+def sla2_bwd_prologue_kernel(
+    Q, O, DO, DQ,
+    DELTA, ALPHA, HI, ZI,
     DH, DZ, DALPHA,
     sqb, sqh, sqn,
-    skb, skh, skn,
-    svb, svh, svn,
     sob, soh, son,
     sdob, sdoh, sdon,
     sdqb, sdqh, sdqn,
     sab, sah, saq,
+    N, H, NQ,
+    BQ: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Per query block: Δ, dα_I and (linear branch) dH_I, dZ_I and the linear dQ, written into DQ for the dq
+    kernel to add. A kernel of its own: fused into the dq kernel, this straight-line part pushed the sparse
+    loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers, none, without it)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b64 = (bh // H).to(tl.int64)
+    h64 = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    offs_m = pid_m * BQ + tl.arange(0, BQ)
+    offs_d = tl.arange(0, D)
+    q_ok = offs_m < N
+    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None],
+                 other=0.0)
+    o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+    d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
+    if LINEAR:
+        alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
+        h16, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # the forward's own H_I (bf16), Z_I
+        # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores, fp32 denominator).
+        q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None],
+                    other=0.0)
+        fq16 = _phi_rows(q).to(tl.bfloat16)
+        den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
+        inv = tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
+        d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
+        delta = d_o - (1.0 - alpha) * d_l
+        dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0) / alpha
+        w = (1.0 - alpha) * d_l
+        do16 = do.to(tl.bfloat16)
+        # dH_I = ψᵀ g and dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (padded rows: inv = 0).
+        psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
+        dh = mma(tl.trans(psi16), do16, INTERPRET) * (1.0 - alpha)
+        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
+        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0))
+        # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
+        dfq = (mma(do16, tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
+        fq = fq16.to(tl.float32)
+        dq_lin = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None])
+        tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :],
+                 dq_lin.to(DQ.dtype.element_ty), mask=q_ok[:, None])
+    else:
+        delta = d_o  # every block selected: α is exactly 1 (reference.effective_alpha)
+        dalpha = 0.0
+    tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
+    tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
+
+
+@triton.jit
+def sla2_bwd_dq_kernel(
+    Q, K, V, DO, DQ,
+    LSE, DELTA, IDX, ALPHA,
+    sqb, sqh, sqn,
+    skb, skh, skn,
+    svb, svh, svn,
+    sdob, sdoh, sdon,
+    sdqb, sdqh, sdqn,
+    sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
-    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KPA: tl.constexpr, KS: tl.constexpr,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KS: tl.constexpr,
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    """FlashAttention's dQ over the selected key blocks, plus the linear dQ the prologue left in DQ."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
@@ -84,55 +142,21 @@ def sla2_bwd_dq_kernel(
     v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     n_iter = tl.cdiv(TOPK, KPI)
-    q_ptrs = Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :]
-    do_ptrs = DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :]
-
+    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None],
+                 other=0.0)
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
-        # Loop A (first, with nothing else live): H_I = H_tot − Σ_sel φK_jᵀ V_j (bf16) and Z_I, by the forward's
-        # own phase 1 (V's last stride is 1 here: the wrapper passes contiguous head rows).
-        h16, z_i = linear_complement_sums(v_base, svn, 1, PHIK, ZBLK, HTOT, ZTOT, idx_base, bh64, N, NK, TOPK,
-                                          BK, D, KPA, INTERPRET)
-        # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores, fp32 denominator).
-        fq16 = _phi_rows(tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)).to(tl.bfloat16)
-        den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
-        inv = tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
-        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
-        d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
-        o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None],
-                    other=0.0)
-        d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
-        delta = d_o - (1.0 - alpha) * d_l
-        dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0) / alpha
-        w = (1.0 - alpha) * d_l
-        do16 = do.to(tl.bfloat16)
-        # dH_I = ψᵀ g and dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (padded rows: inv = 0); stored before dφQ is
-        # formed so that fewer fp32 tiles are live at once.
-        psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
-        dh = mma(tl.trans(psi16), do16, INTERPRET) * (1.0 - alpha)
-        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
-        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0))
-        # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
-        dfq = (mma(do16, tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
-        fq = fq16.to(tl.float32)
-        acc = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]) / sm_scale  # linear dQ, on the sparse dQ's scale
     else:
-        alpha = 1.0  # every block selected: α is exactly 1 (reference.effective_alpha)
-        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
-        o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None],
-                    other=0.0)
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-        dalpha = 0.0
-        acc = tl.zeros([BQ, D], dtype=tl.float32)
-    tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
-    tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
+        alpha = 1.0
+    delta = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
+    acc = tl.zeros([BQ, D], dtype=tl.float32)
 
-    # Loop B: sparse dQ over the selected blocks, in tiles of KPI·KS gathered key rows (KS ≤ b_k: a narrower
+    # Sparse dQ over the selected blocks, in tiles of KPI·KS gathered key rows (KS ≤ b_k: a narrower
     # tile keeps S, P, dP small next to the fp32 dQ accumulator).
     qk_scale = sm_scale * LOG2E
     lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
     dos = (do.to(tl.float32) * alpha).to(do.dtype)  # dO_s = α dO
-    q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
+    q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
     NSUB: tl.constexpr = BK // KS
     offs_b = tl.arange(0, KPI * KS)
     slot_b = offs_b // KS
@@ -151,8 +175,11 @@ def sla2_bwd_dq_kernel(
         dp = mma(dos, tl.trans(v), INTERPRET)
         ds = p * (dp - delta[:, None])
         acc = mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
-    tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :],
-             (acc * sm_scale).to(DQ.dtype.element_ty), mask=q_ok[:, None])
+    dq_ptrs = DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :]
+    dq = acc * sm_scale
+    if LINEAR:
+        dq += tl.load(dq_ptrs, mask=q_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_ok[:, None])
 
 
 @triton.jit
@@ -286,7 +313,6 @@ def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch
 @dataclass(frozen=True)
 class BwdConfig:
     kpi: int  # dq kernel, sparse loop: selected key blocks gathered per iteration (tile width kpi·ks)
-    kpa: int  # dq kernel, linear loop (Σ φK_jᵀV_j): blocks gathered per iteration
     dq_warps: int
     dq_stages: int
     dkdv_warps: int
@@ -303,21 +329,20 @@ def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
     if (block_q, block_k, head_dim) in TUNED:
         return TUNED[(block_q, block_k, head_dim)]
     # The sparse dq loop keeps the fp32 dQ accumulator and S, dP tiles live: a b_q × 64 tile (kpi = 1) keeps
-    # that within the registers; the linear loop holds one accumulator and likes the 128-wide tile.
-    kpa = 2 if block_k == 64 else 1
+    # that within the registers.
     warps = 8 if (block_q == 128 or head_dim == 128) else 4
     if (block_q, block_k, head_dim) == (128, 64, 128):
         # Measured on the H100 (kernels/README.md, Backward, 2026-11-27): dk/dv 2.22 ms with 4 warps, 3 stages
         # and 64 query rows per step vs 2.75 ms at 8 warps, 2 stages, 128 rows; the dq default was the fastest.
-        return BwdConfig(1, kpa, 8, 2, 4, 3, qs=64)
-    return BwdConfig(1, kpa, warps, 2, warps, 2)
+        return BwdConfig(1, 8, 2, 4, 3, qs=64)
+    return BwdConfig(1, warps, 2, warps, 2)
 
 
 def _fallbacks(cfg: BwdConfig, kernel: str):
     """cfg, then configurations of that kernel needing less shared memory."""
     if kernel == "dq":
-        tries = [(cfg.kpi, cfg.kpa, cfg.dq_stages), (cfg.kpi, cfg.kpa, 1), (1, 1, cfg.dq_stages), (1, 1, 1)]
-        out = [replace(cfg, kpi=k, kpa=ka, dq_stages=st) for k, ka, st in tries]
+        tries = [(cfg.kpi, cfg.dq_stages), (cfg.kpi, 1), (1, cfg.dq_stages), (1, 1)]
+        out = [replace(cfg, kpi=k, dq_stages=st) for k, st in tries]
     else:
         out = [replace(cfg, dkdv_stages=st) for st in (cfg.dkdv_stages, 1)]
     seen = []
@@ -357,7 +382,7 @@ class BwdProblem:
     lse: torch.Tensor
     idx: torch.Tensor
     alpha: torch.Tensor  # fp32 [B, H, nq] view (stride 0 where it broadcasts)
-    state: dict  # phik, zblk, htot, ztot
+    lin_state: tuple  # (H_I bf16 [BH, nq, D, D], Z_I fp32 [BH, nq, D]) of the forward; unused without a linear branch
     layout: str
     shape: tuple  # (B, H, N, D)
     block_q: int
@@ -384,7 +409,7 @@ class BwdProblem:
         return self.idx.shape[-1] < self.nk
 
 
-def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, phik, zblk, htot, ztot,
+def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i,
             config: BwdConfig | None = None) -> BwdProblem:
     if layout == "bnhd":
         bsz, n, heads, d = q.shape
@@ -395,13 +420,13 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, ph
     cfg = config or default_config(block_q, block_k, d)
     return BwdProblem(
         q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
-        alpha.to(torch.float32).expand(bsz, heads, nq), dict(phik=phik, zblk=zblk, htot=htot, ztot=ztot),
+        alpha.to(torch.float32).expand(bsz, heads, nq), (h_i, z_i),
         layout, (bsz, heads, n, d), block_q, block_k, cfg,
     )
 
 
 def run_dq(p: BwdProblem) -> None:
-    """dq kernel: dQ, Δ, dα and (linear branch) dH_I, dZ_I."""
+    """Prologue (Δ, dα, linear dQ and dH_I, dZ_I) then the dq kernel (sparse dQ)."""
     bsz, heads, n, d = p.shape
     bh, nq, nk = bsz * heads, p.nq, p.nk
     dev = p.q.device
@@ -413,21 +438,28 @@ def run_dq(p: BwdProblem) -> None:
         p.dz = torch.empty(bh, nq, d, device=dev, dtype=torch.float32)
     else:
         p.dh = p.dz = p.delta  # never read
-    s, sa = p.state, p.alpha.stride()
+    sa = p.alpha.stride()
+    LAST_COMPILED["prologue"] = sla2_bwd_prologue_kernel[(nq, bh)](
+        p.q, p.o, p.do, p.dq,
+        p.delta, p.alpha, *p.lin_state,
+        p.dh, p.dz, p.dalpha,
+        *_bhn_strides(p.q, p.layout), *_bhn_strides(p.o, p.layout), *_bhn_strides(p.do, p.layout),
+        *_bhn_strides(p.dq, p.layout), sa[0], sa[1], sa[2],
+        n, heads, nq,
+        BQ=p.block_q, D=d, LINEAR=p.linear, INTERPRET=_interpreting(), num_warps=8 if d == 128 else 4,
+    )
 
     def make(c):
         args = (
-            p.q, p.k, p.v, p.o, p.do, p.dq,
+            p.q, p.k, p.v, p.do, p.dq,
             p.lse, p.delta, p.idx, p.alpha,
-            s["phik"], s["zblk"], s["htot"], s["ztot"],
-            p.dh, p.dz, p.dalpha,
             *_bhn_strides(p.q, p.layout), *_bhn_strides(p.k, p.layout), *_bhn_strides(p.v, p.layout),
-            *_bhn_strides(p.o, p.layout), *_bhn_strides(p.do, p.layout), *_bhn_strides(p.dq, p.layout),
+            *_bhn_strides(p.do, p.layout), *_bhn_strides(p.dq, p.layout),
             sa[0], sa[1], sa[2],
             n, heads, nq, nk, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
         ks = c.ks or p.block_k
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KPA=c.kpa, KS=ks,
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KS=ks,
                   LINEAR=p.linear, INTERPRET=_interpreting(),
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
@@ -482,23 +514,21 @@ def sla2_backward(
     block_q: int,
     block_k: int,
     layout: str,
-    phik: torch.Tensor,
-    zblk: torch.Tensor,
-    htot: torch.Tensor,
-    ztot: torch.Tensor,
+    h_i: torch.Tensor,
+    z_i: torch.Tensor,
     config: BwdConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
 
     q, k, v, o, do: [B, H, N, D] or [B, N, H, D] per `layout` (any strides with a unit last stride); the
     gradients come back in the same layout, contiguous. indices: [B, H, nq, topk] sorted per row. alpha:
-    effective α (already 1 when topk = nk), broadcastable to [B, H, nq]. phik, zblk, htot, ztot: the linear
-    branch's key-side state of the forward's precompute (φK rows [B·H, nk·b_k, D] with padded rows 0, z_j
-    [B·H, nk, D], totals [B·H, D, D] and [B·H, D], fp32). dalpha is fp32 [B, H, nq] (reduce it to α's shape).
+    effective α (already 1 when topk = nk), broadcastable to [B, H, nq]. h_i, z_i: the linear branch's state the
+    forward used (`api.linear_state`: bf16 [B·H, nq, D, D], fp32 [B·H, nq, D]; any tensors when topk = nk).
+    dalpha is fp32 [B, H, nq] (reduce it to α's shape).
     For QAT pass the low-bit forward's o and lse: the backward is the bf16 one (straight-through).
     """
     p = prepare(do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k, layout=layout,
-                phik=phik, zblk=zblk, htot=htot, ztot=ztot, config=config)
+                h_i=h_i, z_i=z_i, config=config)
     run_dq(p)
     run_dkdv(p)
     return p.dq, p.dk, p.dv, p.dalpha

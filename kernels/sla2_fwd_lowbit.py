@@ -1,6 +1,7 @@
 """Fused SLA2 forward with the low-bit sparse branch (SLA2.md §5): INT8 QKᵀ, FP8 e4m3 PV, fp32 sums.
 
-Same program layout and linear branch (phase 1) as sla2_fwd.py: the linear branch stays bf16. Sparse branch:
+Same program layout and linear branch (epilogue on api.linear_state's H_I, Z_I) as sla2_fwd.py: the linear
+branch stays bf16. Sparse branch:
   Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 (per query block, quantised here, once per program)
   K̂, s_k, V̂ᵀ from quantize_kv_kernel (smoothed K per key block; V per channel, transposed)
   S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃ = exp(S − m) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂ V̂ (fp32)
@@ -20,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .quant_math import FP8_E4M3_MAX, LN2, LOG2E, quantize_int8, to_e4m3
-from .sla2_fwd import linear_complement_sums, linear_output
+from .sla2_fwd import linear_output, load_linear_state
 
 
 @triton.jit
@@ -42,16 +43,15 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs
 
 @triton.jit
 def sla2_fwd_lowbit_kernel(
-    Q, V, IDX, ALPHA, O, LSE,
-    PHIK, ZBLK, HTOT, ZTOT,
+    Q, IDX, ALPHA, O, LSE,
+    HI, ZI,  # from api.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
     K8, SK, V8T, SV, KMEAN,
     sqb, sqh, sqn, sqd,
-    svb, svh, svn, svd,
     sob, soh, son, sod,
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr, KPI_LIN: tl.constexpr, EXACT_MAX: tl.constexpr,
+    INTERPRET: tl.constexpr, EXACT_MAX: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -61,7 +61,7 @@ def sla2_fwd_lowbit_kernel(
     h64 = h.to(tl.int64)
     bh64 = bh.to(tl.int64)
     BN: tl.constexpr = KPI * BK
-    LDK = NK * BK  # rows of the padded per-head K8 / V8ᵀ / φK buffers
+    LDK = NK * BK  # rows of the padded per-head K8 / V8ᵀ buffers
 
     offs_m = pid_m * BQ + tl.arange(0, BQ)
     offs_d = tl.arange(0, D)
@@ -78,15 +78,10 @@ def sla2_fwd_lowbit_kernel(
     shift = tl.sum(qf * mu[None, :], axis=1) * sm_scale  # smoothing removed q·μ/√D from every score
     k8_base = K8 + bh64 * LDK * D
     v8_base = V8T + bh64 * D * LDK
-    v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     sk_base = SK + bh64 * NK
     qk_scale = s_q * sm_scale * LOG2E
     n_iter = tl.cdiv(TOPK, KPI)
-
-    if LINEAR:  # phase 1, as in sla2_fwd.py (bf16: only the sparse branch is low-bit)
-        h_i, z_i = linear_complement_sums(v_base, svn, svd, PHIK, ZBLK, HTOT, ZTOT, idx_base, bh64, N, NK, TOPK,
-                                          BK, D, KPI_LIN, INTERPRET)
 
     # Pass 1: the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
@@ -122,6 +117,7 @@ def sla2_fwd_lowbit_kernel(
         # Q again (from L2): keeping the tile in registers through the loops would cost 32 registers a thread.
         q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
                     mask=q_ok[:, None], other=0.0)
+        h_i, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # bf16: only the sparse branch is low-bit
         o = alpha * o + (1.0 - alpha) * linear_output(q, h_i, z_i, INTERPRET)
     tl.store(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod,
              o.to(O.dtype.element_ty), mask=q_ok[:, None])

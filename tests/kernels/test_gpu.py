@@ -151,3 +151,12 @@ def test_topk_kernel(rows, nk, topk):
     s[..., ::7] = s[..., 3:4]  # ties
     idx = sla2_kernels.api._topk(s, topk)
     _topk_ok(idx, s, topk)
+
+
+@pytest.mark.parametrize("launch", [(4, 4), (1, 1), (1, 4), (2, 2)])
+@pytest.mark.parametrize("rows, nk, topk", [(12 * 256, 512, 15), (40 * 591, 1182, 35)])
+def test_topk_radix_launches(rows, nk, topk, launch):
+    """Every (rows per program, warps) the benchmark's Top-k sweep may install selects a valid Top-k."""
+    s = torch.randn(1, 1, rows, nk, device="cuda")
+    s[..., ::7] = s[..., 3:4]  # ties
+    _topk_ok(sla2_kernels.api.topk_radix(s, topk, *launch), s, topk)

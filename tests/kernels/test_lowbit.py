@@ -61,8 +61,8 @@ def test_quantised_k_v_equal_reference_rounding(kt):
 
 @pytest.mark.parametrize("cfg", [
     sla2_kernels.api.FwdConfig(2, 8, 2),  # two key blocks per tile: an odd topk leaves an empty slot
-    sla2_kernels.api.FwdConfig(1, 8, 2, kpi_linear=2),
-], ids=["kpi2", "kpi1-lin2"])
+    sla2_kernels.api.FwdConfig(1, 4, 3),
+], ids=["kpi2", "kpi1-4warps"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_tile_configurations(cfg, quant, poisoned, kt):
     """The configurations kernels/bench.py sweeps compute the same function."""

@@ -81,3 +81,12 @@ def test_radix_topk_with_ties_and_signs(nk, topk):
     s[..., ::5] = s[..., 1:2]  # ties across the selection boundary
     s[..., 0] = -0.0
     _check_topk(sla2_kernels.api._topk(s, topk), s, topk)
+
+
+@pytest.mark.parametrize("launch", [(1, 1), (2, 2), (8, 8)])
+def test_radix_topk_launch_shapes(launch):
+    """Rows per program that do not divide the row count leave a partial last program."""
+    g = torch.Generator().manual_seed(sum(launch))
+    s = torch.randn(1, 3, 7, 300, generator=g)
+    s[..., ::5] = s[..., 1:2]
+    _check_topk(sla2_kernels.api.topk_radix(s, 9, *launch), s, 9)

@@ -274,81 +274,77 @@ def _reference_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
     return ref.alpha_mix(o_s, o_l, a, block_q), lse
 
 
-def _state_shapes(q: torch.Tensor, block_k: int, layout: str):
+def _state_shapes(q: torch.Tensor, block_q: int, layout: str):
+    """Shapes of the linear branch's state kept for the backward: H_I (bf16) and Z_I (fp32)."""
     b, h, n, d = _dims(q, layout)
-    nk = ref.num_blocks(n, block_k)
-    return (b * h, nk * block_k, d), (b * h, nk, d), (b * h, d, d), (b * h, d)
+    nq = ref.num_blocks(n, block_q)
+    return (b * h, nq, d, d), (b * h, nq, d)
 
 
 @torch.library.custom_op("sla2::attention", mutates_args=())
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, alpha: torch.Tensor,
     block_q: int, block_k: int, quant: bool, layout: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SLA2 with a hard block selection: (o in q's layout and dtype, lse [B, H, N] of the sparse branch, fp32 or
-    float64 for float64 inputs, then the linear branch's key-side state that the backward reuses instead of
-    another pass over K and V: φK [B·H, nk·b_k, D] (q's dtype), z_j [B·H, nk, D], H_tot [B·H, D, D],
-    Z_tot [B·H, D] (fp32). The reference implementation (CPU) returns that state as zeros: its backward does
-    not read it."""
+    float64 for float64 inputs, then the linear branch's per-query-block state that the backward reuses instead
+    of another pass over K and V: H_I [B·H, nq, D, D] (bf16) and Z_I [B·H, nq, D] (fp32). The reference
+    implementation (CPU), and the kernels when every key block is selected, return that state as zeros: nothing
+    reads it then."""
     check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
-    shapes = _state_shapes(q, block_k, layout)
+    shapes = _state_shapes(q, block_q, layout)
     if kernels_cover(q, block_q, block_k)[0]:
         b, h, n, _ = _dims(q, layout)
         nq, nk = ref.num_blocks(n, block_q), ref.num_blocks(n, block_k)
         a = _effective_alpha(alpha, b, h, nq, indices.shape[-1] >= nk)
         st = sla2_kernels.precompute(k, v, block_k=block_k, layout=layout, quant=quant)
+        lin = kernel_autograd.forward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout,
+                                                   kv_state=st)
         o, lse = sla2_kernels.sla2_forward(
-            q, k, v, indices, a, block_q=block_q, block_k=block_k, quant=quant, layout=layout, kv_state=st
+            q, k, v, indices, a, block_q=block_q, block_k=block_k, quant=quant, layout=layout, kv_state=st,
+            lin_state=lin,
         )
         if o.stride() != torch.empty_like(q, device="meta").stride():  # the fake promises empty_like(q)
             o = torch.empty_like(q).copy_(o)
-        state = [st.phik, st.zblk, st.htot, st.ztot]
-        state = [t if tuple(t.shape) == s and t.is_contiguous() else t.reshape(s).contiguous()
-                 for t, s in zip(state, shapes)]
-        return (o, lse.contiguous(), *state)
+        return (o, lse.contiguous(), *(lin if lin is not None else _state_zeros(q, shapes)))
     o, lse = _reference_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
     out = torch.empty_like(q)
     out.copy_(o.transpose(1, 2) if layout == "bnhd" else o)
-    zeros = [q.new_zeros(shapes[0])] + [q.new_zeros(s, dtype=torch.float32) for s in shapes[1:]]
-    return (out, lse.to(_acc_dtype(q.dtype)).contiguous(), *zeros)
+    return (out, lse.to(_acc_dtype(q.dtype)).contiguous(), *_state_zeros(q, shapes))
+
+
+def _state_zeros(q: torch.Tensor, shapes):
+    return q.new_zeros(shapes[0], dtype=torch.bfloat16), q.new_zeros(shapes[1], dtype=torch.float32)
 
 
 @attention.register_fake
 def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
     check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
     b, h, n, _ = _dims(q, layout)
-    shapes = _state_shapes(q, block_k, layout)
-    return (torch.empty_like(q), q.new_empty(b, h, n, dtype=_acc_dtype(q.dtype)), q.new_empty(shapes[0]),
-            *[q.new_empty(s, dtype=torch.float32) for s in shapes[1:]])
+    shapes = _state_shapes(q, block_q, layout)
+    return (torch.empty_like(q), q.new_empty(b, h, n, dtype=_acc_dtype(q.dtype)),
+            q.new_empty(shapes[0], dtype=torch.bfloat16), q.new_empty(shapes[1], dtype=torch.float32))
 
 
 @torch.library.custom_op("sla2::attention_backward", mutates_args=())
 def attention_backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    indices: torch.Tensor, alpha: torch.Tensor, phik: torch.Tensor, zblk: torch.Tensor, htot: torch.Tensor,
-    ztot: torch.Tensor, block_q: int, block_k: int, quant: bool, layout: str,
+    indices: torch.Tensor, alpha: torch.Tensor, h_i: torch.Tensor, z_i: torch.Tensor,
+    block_q: int, block_k: int, quant: bool, layout: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape).
-    phik, zblk, htot, ztot: the forward's key-side state (read by the kernels only)."""
+    h_i, z_i: the forward's linear-branch state (read by the kernels only)."""
     if kernel_autograd is not None and kernels_cover(q, block_q, block_k)[0]:
-        state = _KVStateView(phik, zblk, htot, ztot)
         return kernel_autograd.attention_backward(
-            do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k, layout=layout, kv_state=state
+            do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k, layout=layout,
+            lin_state=(h_i, z_i),
         )
     dq, dk, dv, dalpha = reference_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dalpha
 
 
-class _KVStateView:
-    """The fields of sla2_kernels' KVState that the backward reads."""
-
-    def __init__(self, phik, zblk, htot, ztot):
-        self.phik, self.zblk, self.htot, self.ztot = phik, zblk, htot, ztot
-
-
 @attention_backward.register_fake
-def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, phik, zblk, htot, ztot, block_q, block_k, quant,
-                             layout):
+def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, h_i, z_i, block_q, block_k, quant, layout):
     b, h, n, _ = _dims(q, layout)
     nq = ref.num_blocks(n, block_q)
     like = dict(memory_format=torch.contiguous_format)
