@@ -33,6 +33,10 @@ ROUTER_SCORE_TILE = (64, 64)  # (query blocks, key blocks) of scores per program
 ROUTER_DOT_CHUNK = 16
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
 Z_GATHER = 16  # complement_z_kernel: selected blocks' z_j gathered per step
+# h_j is stored for a multiple of this many key blocks (zero blocks after the last): the inner dimension of the
+# linear-state product (1 − selection) @ h. At nk = 1182 (Wan-14B) cuBLAS's bf16 GEMM ran at 220 TFLOP/s
+# (4.1 ms, H100); rows of the mask must start 16-byte aligned for its fast kernels.
+NK_ALIGN = 8
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class KVState:
     shape: tuple  # (B, H, N, D)
     ksum: torch.Tensor  # fp32 [BH, nk, D] column sums of each key block
     kmean: torch.Tensor  # fp32 [BH, D] per-head token mean of K (the smoothing vector)
-    hblk: torch.Tensor  # bf16 [BH, nk, D, D] h_j = φ(K_j)ᵀ V_j
+    hblk: torch.Tensor  # bf16 [BH, nk rounded up to NK_ALIGN, D, D] h_j = φ(K_j)ᵀ V_j, then zero blocks
     zblk: torch.Tensor  # fp32 [BH, nk, D] z_j = colsum φ(K_j)
     ztot: torch.Tensor  # fp32 [BH, D] Z_tot = Σ_j z_j
     k8: torch.Tensor | None = None  # int8 [BH, nk·b_k, D] smoothed K, INT8 per key block
@@ -154,7 +158,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
     per_split = cfg.blocks_per_program or triton.cdiv(nk, nsplit)
     nsplit = triton.cdiv(nk, per_split)
     f32 = dict(device=dev, dtype=torch.float32)
-    hblk = _empty(BH, nk, D, D, device=dev, dtype=torch.bfloat16)
+    hblk = _empty(BH, triton.cdiv(nk, NK_ALIGN) * NK_ALIGN, D, D, device=dev, dtype=torch.bfloat16)
+    hblk[:, nk:].zero_()
     zblk = _empty(BH, nk, D, **f32)
     ksum = _empty(BH, nk, D, **f32)
     zpart = _empty(BH, nsplit, D, **f32)
@@ -163,7 +168,7 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
         k, v, hblk, zblk, ksum, zpart, vmax,
         *strides["k"], *strides["v"],
-        N, H, nk, per_split, nsplit,
+        N, H, nk, hblk.shape[1], per_split, nsplit,
         BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(),
         # 4 warps, 2 stages: best of the H100 sweep (2026-11-27): 0.216 ms vs 0.296 at 8 warps, 3 stages
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
@@ -240,18 +245,18 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
     return scores, _topk(scores, topk)
 
 
-TOPK_MAX_RADIX = 1024  # widest (power-of-two padded) row for topk_kernel; wider rows use torch.topk
-# (rows per program, warps) of topk_kernel by padded row width; set by kernels/bench.py's Top-k sweep
-TOPK_LAUNCH: dict = {}
-TOPK_DEFAULT_LAUNCH = (4, 4)
+TOPK_MAX_RADIX = 2048  # widest (power-of-two padded) row for topk_kernel; wider rows use torch.topk
+# (rows per program, warps) of topk_kernel by padded row width. H100 sweep (kernels/bench.py, 2026-11-27):
+# nk = 512: (1, 1) 0.021 ms, (4, 4) 0.027, torch 0.10; nk = 1182 (2048 padded): (1, 4) 0.55 ms, (1, 1) 0.69,
+# (4, 4) 1.36, torch.topk + sort 1.13. Wider than 2048 was not measured: torch there.
+TOPK_LAUNCH: dict = {512: (1, 1), 2048: (1, 4)}
+TOPK_DEFAULT_LAUNCH = (1, 4)
 
 
 def _topk(scores: torch.Tensor, topk: int) -> torch.Tensor:
     """Row-wise Top-k of [B, H, nq, nk] scores -> int32 [B, H, nq, topk], ascending.
 
-    Measured on the H100 (2026-11-27): nk = 512 (Wan-1.3B): torch.topk + sort 0.10 ms, bitonic sort per row
-    in Triton 0.05 ms, radix selection (topk_kernel) 0.028 ms; nk = 1182 (Wan-14B, rows padded to 2048):
-    torch 1.12 ms, bitonic 6.9 ms, radix 1.32 ms. So radix selection up to 1024 columns, torch above.
+    Radix selection (topk_kernel) up to TOPK_MAX_RADIX padded columns, torch.topk above (see TOPK_LAUNCH).
     """
     nkp = triton.next_power_of_2(scores.shape[-1])
     if nkp > TOPK_MAX_RADIX:
@@ -335,8 +340,11 @@ def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
     B, H, N, D = kv_state.shape
     BH, nq, nk = B * H, triton.cdiv(N, block_q), triton.cdiv(N, kv_state.block_k)
     idx = indices.reshape(BH, nq, indices.shape[-1])
-    keep = torch.ones(BH, nq, nk, device=idx.device, dtype=torch.bfloat16).scatter_(2, idx.long(), 0.0)
-    h_i = torch.bmm(keep, kv_state.hblk.view(BH, nk, D * D)).view(BH, nq, D, D)
+    nk_pad = kv_state.hblk.shape[1]  # the padding blocks of h are zero; their mask columns are 0 too
+    keep = torch.ones(BH, nq, nk_pad, device=idx.device, dtype=torch.bfloat16)
+    keep[:, :, nk:] = 0.0
+    keep.scatter_(2, idx.long(), 0.0)
+    h_i = torch.bmm(keep, kv_state.hblk.view(BH, nk_pad, D * D)).view(BH, nq, D, D)
     z_i = _empty(BH, nq, D, device=idx.device, dtype=torch.float32)
     _launch("complement_z", complement_z_kernel, (nq, BH), idx.to(torch.int32).contiguous(), kv_state.zblk,
             kv_state.ztot, z_i, nq, nk, idx.shape[-1], D=D, KC=Z_GATHER, num_warps=4)

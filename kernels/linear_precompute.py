@@ -2,7 +2,7 @@
 
 For key block j (b_k rows, ragged last block masked):
   φK_j = softmax over head_dim of K_j (rounded to K's dtype), padded rows zeroed
-  h_j  = φK_jᵀ V_j                                             -> hblk  [BH, nk, D, D] bf16
+  h_j  = φK_jᵀ V_j                                             -> hblk  [BH, nk_pad, D, D] bf16
   z_j  = colsum φK_j                                           -> zblk  [BH, nk, D]    fp32
   colsum K_j (router pooling and the smoothing mean)           -> ksum  [BH, nk, D]    fp32
   (quant) max|V| per channel over the program's blocks         -> vmax  [BH, S, D]     fp32
@@ -30,7 +30,7 @@ def kv_precompute_kernel(
     HBLK, ZBLK, KSUM, ZPART, VMAX,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
-    N, H, NK, BLOCKS_PER_SPLIT, NSPLIT,
+    N, H, NK, NK_PAD, BLOCKS_PER_SPLIT, NSPLIT,  # NK_PAD: blocks per head in HBLK (zero blocks after NK)
     BK: tl.constexpr, D: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
@@ -62,7 +62,7 @@ def kv_precompute_kernel(
         tl.store(ZBLK + (bh64 * NK + j) * D + offs_d, zj, mask=blk_ok)
         z_acc += zj
         hj = mma(tl.trans(fk), vt, INTERPRET)
-        tl.store(HBLK + (bh64 * NK + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
+        tl.store(HBLK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
                  mask=blk_ok[:, None])
         if QUANT:
             v_max = tl.maximum(v_max, tl.max(tl.abs(vt.to(tl.float32)), axis=0))
