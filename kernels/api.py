@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -288,6 +288,8 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
+    rows: int = 0  # bf16 kernel: query rows per program, 0 = block_q (or block_q/2: two programs per block)
+    maxnreg: int = 0  # register cap a thread (0: the compiler's choice); 128 at 8 warps lets two programs share an SM
 
 
 # Set by kernels/bench.py after its sweep, to time the rows with the configuration it measured best.
@@ -306,8 +308,7 @@ def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> Fw
 def _fallbacks(cfg: FwdConfig):
     """cfg, then configurations needing less shared memory (fewer stages, then a narrower tile)."""
     seen = []
-    for c in (cfg, FwdConfig(cfg.kpi, cfg.num_warps, 1, cfg.exact_max), FwdConfig(1, cfg.num_warps, cfg.num_stages,
-              cfg.exact_max), FwdConfig(1, cfg.num_warps, 1, cfg.exact_max)):
+    for c in (cfg, replace(cfg, num_stages=1), replace(cfg, kpi=1), replace(cfg, kpi=1, num_stages=1)):
         if c not in seen:
             seen.append(c)
     return seen
@@ -329,6 +330,15 @@ def _alpha_view(alpha, B: int, H: int, nq: int, device) -> torch.Tensor:
     _fail(f"alpha of shape {tuple(a.shape)} does not broadcast to [B, H, nq] = [{B}, {H}, {nq}]")
 
 
+def complement_mask(indices: torch.Tensor, nk: int, align: int = NK_ALIGN) -> torch.Tensor:
+    """bf16 [B·H, nq, nk rounded up to align]: 1 where query block I did NOT select key block j, 0 where it did
+    and in the padding columns. The shape of the router's scores; what the linear branch sums over."""
+    bh, nq, topk = indices.numel() // (indices.shape[-2] * indices.shape[-1]), indices.shape[-2], indices.shape[-1]
+    keep = torch.ones(bh, nq, triton.cdiv(nk, align) * align, device=indices.device, dtype=torch.bfloat16)
+    keep[:, :, nk:] = 0.0
+    return keep.scatter_(2, indices.reshape(bh, nq, topk).long(), 0.0)
+
+
 def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
     """The linear branch's per-query-block state (SLA2.md §4): (H_I bf16 [BH, nq, D, D], Z_I fp32 [BH, nq, D]),
     H_I = Σ_{j not selected by I} h_j and Z_I likewise.
@@ -340,11 +350,8 @@ def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
     B, H, N, D = kv_state.shape
     BH, nq, nk = B * H, triton.cdiv(N, block_q), triton.cdiv(N, kv_state.block_k)
     idx = indices.reshape(BH, nq, indices.shape[-1])
-    nk_pad = kv_state.hblk.shape[1]  # the padding blocks of h are zero; their mask columns are 0 too
-    keep = torch.ones(BH, nq, nk_pad, device=idx.device, dtype=torch.bfloat16)
-    keep[:, :, nk:] = 0.0
-    keep.scatter_(2, idx.long(), 0.0)
-    h_i = torch.bmm(keep, kv_state.hblk.view(BH, nk_pad, D * D)).view(BH, nq, D, D)
+    keep = complement_mask(idx, nk)  # its padding columns meet h's zero padding blocks
+    h_i = torch.bmm(keep, kv_state.hblk.view(BH, keep.shape[-1], D * D)).view(BH, nq, D, D)
     z_i = _empty(BH, nq, D, device=idx.device, dtype=torch.float32)
     _launch("complement_z", complement_z_kernel, (nq, BH), idx.to(torch.int32).contiguous(), kv_state.zblk,
             kv_state.ztot, z_i, nq, nk, idx.shape[-1], D=D, KC=Z_GATHER, num_warps=4)
@@ -392,6 +399,8 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
         common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, LINEAR=linear,
                       INTERPRET=_interpreting(), num_warps=c.num_warps, num_stages=c.num_stages)
+        if c.maxnreg and not _interpreting():
+            common["maxnreg"] = c.maxnreg
         try:
             if quant:
                 _launch(
@@ -400,10 +409,13 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
                     *strides["q"], *tail, EXACT_MAX=c.exact_max, **common,
                 )
             else:
+                bm = c.rows or bq
+                if bq % bm:
+                    _fail(f"FwdConfig.rows={c.rows} must divide block_q={bq}")
                 _launch(
-                    "sla2_fwd", sla2_fwd_kernel, (nq, BH),
+                    "sla2_fwd", sla2_fwd_kernel, (nq * (bq // bm), BH),
                     q, k, v, idx, alpha3, o, lse, h_i, z_i,
-                    *strides["q"], *strides["k"], *strides["v"], *tail, **common,
+                    *strides["q"], *strides["k"], *strides["v"], *tail, BM=bm, **common,
                 )
         except OutOfResources:
             continue  # e.g. shared memory of the pipelined tiles: try the next, smaller configuration

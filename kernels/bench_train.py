@@ -184,7 +184,9 @@ class Bench(BenchBase):
                                 h_i=lin[0], z_i=lin[1], config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each becomes the default (TUNED)
-    DQ_CANDIDATES = ((1, 8, 2, 0), (1, 8, 2, 32), (2, 8, 2, 32), (1, 8, 3, 0), (1, 4, 2, 32))  # (kpi, warps, stages, ks)
+    # (kpi, warps, stages, ks, rows, maxnreg): 64-row programs at 4 warps fit two to an SM (245 or 174 registers)
+    DQ_CANDIDATES = ((1, 8, 2, 0, 0, 0), (1, 4, 2, 0, 64, 0), (1, 4, 2, 32, 64, 0), (1, 4, 3, 32, 64, 0),
+                     (1, 8, 2, 32, 64, 128))
     DKDV_CANDIDATES = ((8, 2, 0), (8, 3, 0), (8, 2, 64), (8, 3, 64), (4, 3, 64))  # (warps, stages, qs)
 
     def sweep(self, shape_name, sparsity):
@@ -207,8 +209,8 @@ class Bench(BenchBase):
                 if self.left() < 60:
                     break
                 if kind == "dq":
-                    kpi, w, stg, ks = cand
-                    c = C(kpi, w, stg, 8, 2, ks=ks)
+                    kpi, w, stg, ks, rows, mr = cand
+                    c = C(kpi, w, stg, 8, 2, ks=ks, dq_rows=rows, dq_maxnreg=mr)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     fn = lambda p=p: self.bwd.run_dq(p)  # noqa: E731
                 else:
@@ -228,7 +230,7 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2])
+        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2], dq_rows=dq[4], dq_maxnreg=dq[5])
         self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)

@@ -19,16 +19,17 @@ Kernels (launch order):
   1. prologue kernel, one program per (query block, batch·head): reads the forward's H_I, Z_I
      (api.linear_state), recomputes O_l and writes Δ, dα_I, dH_I, dZ_I and the linear dQ (into dQ);
      dq kernel, the same grid: FlashAttention's dQ over the selected key blocks, added to the linear dQ.
-  2. dH_tot, dZ_tot: sums of the stored dH_I, dZ_I (torch; the same rounded values, so "total minus every
-     block" cancels exactly).
+  2. dh_j = Σ_{I not selecting j} dH_I for every key block at once: the transposed complement mask (bf16,
+     [nq, nk] per head, the router scores' shape) times dH on the tensor cores; dZ_tot = Σ_I dZ_I.
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
-     selected that key block (built on the GPU from the [B, H, nq, topk] index list by a stable sort: no
-     dense nq×nk or N×nk tensor): loop A sums their dH_I, dZ_I (linear part), loop B is the sparse dK/dV.
+     selected that key block (built on the GPU from the [B, H, nq, topk] index list by a stable sort, no
+     N×nk tensor): dz_j = dZ_tot − the list's dZ_I, the linear part from dh_j; then the sparse dK/dV.
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
-Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] (bf16 by default), dZ [B, H, nq, D] fp32,
-the CSR list (B·H·nq·topk int32) and the forward's H_I, Z_I: O(N·D²/b_q), never O(N²) or O(N·N/b_k).
+Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
+[B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk bf16, as the router's
+scores) and the forward's H_I, Z_I: O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .api import NK_ALIGN, complement_mask
 from .dot import mma, mma_acc
 from .quant_math import LOG2E
 from .sla2_fwd import load_linear_state
@@ -126,16 +128,17 @@ def sla2_bwd_dq_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KS: tl.constexpr,
-    LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+    LINEAR: tl.constexpr, INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program (divides BQ)
 ):
-    """FlashAttention's dQ over the selected key blocks, plus the linear dQ the prologue left in DQ."""
-    pid_m = tl.program_id(0)
+    """FlashAttention's dQ over the selected key blocks, plus the linear dQ the prologue left in DQ.
+    dQ rows are independent, so a query block may be split over BQ // BM programs (BwdConfig.dq_rows)."""
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
     bh64 = bh.to(tl.int64)
 
-    offs_m = pid_m * BQ + tl.arange(0, BQ)
+    offs_m = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
     q_ok = offs_m < N
     k_base = K + b64 * skb + h64 * skh
@@ -149,7 +152,7 @@ def sla2_bwd_dq_kernel(
     else:
         alpha = 1.0
     delta = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
-    acc = tl.zeros([BQ, D], dtype=tl.float32)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
 
     # Sparse dQ over the selected blocks, in tiles of KPI·KS gathered key rows (KS ≤ b_k: a narrower
     # tile keeps S, P, dP small next to the fp32 dQ accumulator).
@@ -187,7 +190,7 @@ def sla2_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV,
     LSE, DELTA, ALPHA,
     KV_PTR, KV_QBLK, KV_ORDER,
-    DH, DZ, DHTOT, DZTOT,
+    DHK, DZ, DZTOT, NK_PAD,  # DHK bf16 [BH, NK_PAD, D, D]: dh_j = Σ_{I not selecting j} dH_I
     sqb, sqh, sqn,
     skb, skh, skn,
     svb, svh, svn,
@@ -214,17 +217,14 @@ def sla2_bwd_dkdv_kernel(
     v = tl.load(V + b64 * svb + h64 * svh + offs_n[:, None] * svn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
 
     if LINEAR:
-        # Loop A: dh_j = dH_tot − Σ_{I selected j} dH_I, dz_j likewise (totals minus selected).
-        dh_sel = tl.zeros([D, D], dtype=tl.float32)
+        # dh_j from one dense product on the host side (run_dkdv); dz_j = dZ_tot − Σ_{I selected j} dZ_I here.
         dz_sel = tl.zeros([D], dtype=tl.float32)
         for t in range(start, end):
             i_blk = tl.load(KV_QBLK + t).to(tl.int64)
-            dh_sel += tl.load(DH + (bh64 * NQ + i_blk) * D * D + offs_d[:, None] * D + offs_d[None, :]).to(tl.float32)
             dz_sel += tl.load(DZ + (bh64 * NQ + i_blk) * D + offs_d)
-        dh = tl.load(DHTOT + bh64 * D * D + offs_d[:, None] * D + offs_d[None, :]) - dh_sel
+        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
         dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
         fk = tl.where(k_ok[:, None], _phi_rows(k), 0.0)
-        dh16 = dh.to(tl.bfloat16)
         dv_acc = mma(fk.to(tl.bfloat16), dh16, INTERPRET)  # φK_j dh_j
         dfk = mma(v.to(tl.bfloat16), tl.trans(dh16), INTERPRET) + dz[None, :]
         dk_acc = fk * (dfk - tl.sum(dfk * fk, axis=1)[:, None]) / sm_scale
@@ -320,6 +320,8 @@ class BwdConfig:
     dh_dtype: torch.dtype = torch.bfloat16  # storage of the per-query-block dH_I
     ks: int = 0  # dq sparse loop: key rows per selected block and iteration (0: b_k; must divide b_k)
     qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
+    dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
+    dq_maxnreg: int = 0  # dq kernel: register cap a thread (0: the compiler's choice)
 
 
 TUNED: dict = {}  # (block_q, block_k, head_dim) -> BwdConfig chosen by a benchmark (kernels/bench_train.py)
@@ -459,13 +461,18 @@ def run_dq(p: BwdProblem) -> None:
             n, heads, nq, nk, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
         ks = c.ks or p.block_k
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KS=ks,
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KS=ks, BM=c.dq_rows or p.block_q,
                   LINEAR=p.linear, INTERPRET=_interpreting(),
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
+        if c.dq_maxnreg and not _interpreting():
+            kw["maxnreg"] = c.dq_maxnreg
         return args, kw
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
-    _launch_with_fallback("dq", sla2_bwd_dq_kernel, (nq, bh), key, p.cfg, make)
+    rows = p.cfg.dq_rows or p.block_q
+    if p.block_q % rows:
+        raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
+    _launch_with_fallback("dq", sla2_bwd_dq_kernel, (nq * (p.block_q // rows), bh), key, p.cfg, make)
 
 
 def run_dkdv(p: BwdProblem) -> None:
@@ -475,10 +482,14 @@ def run_dkdv(p: BwdProblem) -> None:
     p.dk = torch.empty_like(p.k, memory_format=torch.contiguous_format)
     p.dv = torch.empty_like(p.v, memory_format=torch.contiguous_format)
     if p.linear:
-        dhtot = p.dh.sum(dim=1, dtype=torch.float32)  # the stored (rounded) dH_I: total − all cancels exactly
+        # dh_j = Σ over the query blocks that did not select j of dH_I: the transposed complement mask times dH,
+        # [nk, nq] × [nq, D²] per head on the tensor cores (instead of a D×D fp32 sum per key block over its
+        # CSR list in the dk/dv kernel: 128 registers a thread at 4 warps, and the list's dH_I gathered).
+        keep = complement_mask(p.idx, nk, NK_ALIGN)
+        dhk = torch.bmm(keep.transpose(1, 2), p.dh.view(bh, nq, d * d).to(torch.bfloat16))
         dztot = p.dz.sum(dim=1)
     else:
-        dhtot = dztot = p.delta
+        dhk = dztot = p.delta
     ptr, qblk, order = key_block_lists(p.idx, nk)
     sa = p.alpha.stride()
 
@@ -487,7 +498,7 @@ def run_dkdv(p: BwdProblem) -> None:
             p.q, p.k, p.v, p.do, p.dk, p.dv,
             p.lse, p.delta, p.alpha,
             ptr, qblk, order,
-            p.dh, p.dz, dhtot, dztot,
+            dhk, p.dz, dztot, dhk.shape[1] if p.linear else 0,
             *_bhn_strides(p.q, p.layout), *_bhn_strides(p.k, p.layout), *_bhn_strides(p.v, p.layout),
             *_bhn_strides(p.do, p.layout), *_bhn_strides(p.dk, p.layout), *_bhn_strides(p.dv, p.layout),
             sa[0], sa[1], sa[2],

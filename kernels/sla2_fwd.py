@@ -1,6 +1,8 @@
 """Fused SLA2 forward, bf16/fp16: sparse softmax over the selected key blocks + complement linear + α-mix.
 
-One program per (query block i, batch·head); programs of one head are adjacent in the launch order, so
+One program per (query block i, batch·head), or two, each on half of the block's rows (FwdConfig.rows: a
+64-row tile needs half the registers, so two programs fit an SM and one's softmax overlaps the other's
+MMAs; both gather the same key blocks, the second from L2); programs of one head are adjacent, so
 that head's K and V (≈ 17 MB at N = 32760, D = 128) stay in L2 while its query blocks gather them.
 Each loop takes KPI selected key blocks per iteration (KPI·b_k gathered rows).
 
@@ -44,6 +46,19 @@ def linear_output(q, h_i, z_i, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def softmax_step(q, k, v, kv_ok, m_i, l_i, acc, qk_scale, INTERPRET: tl.constexpr):
+    """One online-softmax update (exp2 domain) with a tile of gathered keys; kv_ok masks padded key rows."""
+    s = mma(q, tl.trans(k), INTERPRET) * qk_scale
+    s = tl.where(kv_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp2(s - m_new[:, None])
+    corr = tl.exp2(m_i - m_new)
+    l_i = l_i * corr + tl.sum(p, axis=1)
+    acc = mma_acc(p.to(v.dtype), v, acc * corr[:, None], INTERPRET)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def sla2_fwd_kernel(
     Q, K, V, IDX, ALPHA, O, LSE,
     HI, ZI,  # from api.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
@@ -54,9 +69,9 @@ def sla2_fwd_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program (BQ, or BQ/2: two programs a block)
 ):
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block (routing unit)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -65,7 +80,7 @@ def sla2_fwd_kernel(
     bh64 = bh.to(tl.int64)
     BN: tl.constexpr = KPI * BK
 
-    offs_m = pid_m * BQ + tl.arange(0, BQ)
+    offs_m = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BN)
     slot = offs_n // BK  # which of the KPI blocks of this iteration a gathered row belongs to
@@ -78,25 +93,31 @@ def sla2_fwd_kernel(
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
 
     qk_scale = sm_scale * LOG2E
-    m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BQ], dtype=tl.float32)
-    acc = tl.zeros([BQ, D], dtype=tl.float32)
-    for it in range(0, tl.cdiv(TOPK, KPI)):
-        sel = it * KPI + slot
-        sel_ok = sel < TOPK  # an odd topk leaves the last iteration's second slot empty
-        blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-        rows = blk * BK + within
-        kv_ok = sel_ok & (rows < N)  # ragged last key block
-        k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=kv_ok[:, None], other=0.0)
-        v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :] * svd, mask=kv_ok[:, None], other=0.0)
-        s = mma(q, tl.trans(k), INTERPRET) * qk_scale
-        s = tl.where(kv_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp2(s - m_new[:, None])
-        corr = tl.exp2(m_i - m_new)
-        l_i = l_i * corr + tl.sum(p, axis=1)
-        acc = mma_acc(p.to(v.dtype), v, acc * corr[:, None], INTERPRET)
-        m_i = m_new
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    if KPI == 1:
+        # One selected block per iteration: its index is a scalar, so the tiles' addresses are fixed pointer
+        # tensors plus one scalar offset (no per-element index arithmetic in the loop).
+        offs_k = tl.arange(0, BK)
+        k_ptrs = k_base + offs_k[:, None] * skn + offs_d[None, :] * skd
+        v_ptrs = v_base + offs_k[:, None] * svn + offs_d[None, :] * svd
+        for it in range(0, TOPK):
+            start = tl.load(idx_base + it).to(tl.int64) * BK
+            kv_ok = (start + offs_k) < N  # ragged last key block
+            k = tl.load(k_ptrs + start * skn, mask=kv_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs + start * svn, mask=kv_ok[:, None], other=0.0)
+            m_i, l_i, acc = softmax_step(q, k, v, kv_ok, m_i, l_i, acc, qk_scale, INTERPRET)
+    else:
+        for it in range(0, tl.cdiv(TOPK, KPI)):
+            sel = it * KPI + slot
+            sel_ok = sel < TOPK  # an odd topk leaves the last iteration's second slot empty
+            blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
+            rows = blk * BK + within
+            kv_ok = sel_ok & (rows < N)  # ragged last key block
+            k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=kv_ok[:, None], other=0.0)
+            v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :] * svd, mask=kv_ok[:, None], other=0.0)
+            m_i, l_i, acc = softmax_step(q, k, v, kv_ok, m_i, l_i, acc, qk_scale, INTERPRET)
 
     o = acc / l_i[:, None]
     if LINEAR:

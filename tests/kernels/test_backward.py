@@ -159,10 +159,10 @@ def test_strided_inputs_and_gradient(poison):
         assert rel(from_layout(gk, "bnhd"), gr) <= TOL
 
 
-@pytest.mark.parametrize("kpi,ks,qs", [(2, 0, 0), (1, 32, 64), (1, 16, 32)])
-def test_tile_widths(kpi, ks, qs, poison):
-    """Tile shapes of the two kernels: dq gathers kpi·ks key rows per step, dk/dv walks qs query rows at a
-    time; odd topk leaves a gathered slot empty."""
+@pytest.mark.parametrize("kpi,ks,qs,rows", [(2, 0, 0, 0), (1, 32, 64, 0), (1, 16, 32, 0), (1, 32, 64, 64)])
+def test_tile_widths(kpi, ks, qs, rows, poison):
+    """Tile shapes of the two kernels: dq gathers kpi·ks key rows per step (rows per program: a query block
+    split over two programs), dk/dv walks qs query rows at a time; odd topk leaves a gathered slot empty."""
     b, h, n, d, bq, bk, topk = 1, 2, 333, 64, 128, 64, 3
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
@@ -170,7 +170,7 @@ def test_tile_widths(kpi, ks, qs, poison):
     idx = sel.indices.to(torch.int32)
     o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
                                        layout="bhnd")
-    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs)
+    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows, dq_maxnreg=128)
     g = kag.attention_backward(dok, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd",
                                config=cfg)
     for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g, g_ref):

@@ -62,7 +62,8 @@ def test_quantised_k_v_equal_reference_rounding(kt):
 @pytest.mark.parametrize("cfg", [
     sla2_kernels.api.FwdConfig(2, 8, 2),  # two key blocks per tile: an odd topk leaves an empty slot
     sla2_kernels.api.FwdConfig(1, 4, 3),
-], ids=["kpi2", "kpi1-4warps"])
+    sla2_kernels.api.FwdConfig(1, 8, 2, rows=32, maxnreg=128),  # bf16: two programs per query block
+], ids=["kpi2", "kpi1-4warps", "half-rows"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_tile_configurations(cfg, quant, poisoned, kt):
     """The configurations kernels/bench.py sweeps compute the same function."""
@@ -74,6 +75,9 @@ def test_tile_configurations(cfg, quant, poisoned, kt):
     kt.assert_all_written(poisoned)
     o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=quant)
     assert kt.rel_l1(kt.to_bhnd(o, "bnhd"), o_ref) <= 1e-2
+    if not quant:
+        _, lse_ref = ref.sparse_attention(qf, kf, vf, sel.mask, bq, bk)
+        torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-3)
 
 
 def test_running_max_variant_is_close_but_not_the_reference(kt):
