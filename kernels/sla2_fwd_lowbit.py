@@ -42,6 +42,17 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs
 
 
 @triton.jit
+def int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK: tl.constexpr, D: tl.constexpr):
+    """int8_scores for one selected block per iteration: a scalar index, so the K̂ tile is a fixed pointer tile
+    plus one offset (as sla2_fwd.py's loop). Returns (s, start row of the block)."""
+    blk = tl.load(idx_base + it)
+    start = blk.to(tl.int64) * BK
+    k8 = tl.load(k8_ptrs + start * D)  # K̂ is stored padded to nk·b_k rows (zeros): no mask
+    s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * tl.load(sk_base + blk))
+    return tl.where(((start + offs_k) < N)[None, :], s, float("-inf")), start
+
+
+@triton.jit
 def sla2_fwd_lowbit_kernel(
     Q, IDX, ALPHA, O, LSE,
     HI, ZI,  # from api.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
@@ -83,19 +94,29 @@ def sla2_fwd_lowbit_kernel(
     qk_scale = s_q * sm_scale * LOG2E
     n_iter = tl.cdiv(TOPK, KPI)
 
+    offs_k = tl.arange(0, BK)
+    k8_ptrs = k8_base + offs_k[:, None] * D + offs_d[None, :]
+    v8_ptrs = v8_base + offs_d[:, None] * LDK + offs_k[None, :]
+
     # Pass 1: the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
     for it in range(0, n_iter if EXACT_MAX else 0):
-        s, _rows, _ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
-                                      BK, D, KPI)
+        if KPI == 1:
+            s, _start = int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
+        else:
+            s, _rows, _ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
+                                        BK, D, KPI)
         m_i = tl.maximum(m_i, tl.max(s, axis=1))
 
     # Pass 2: P̃ against the final maximum, FP8 PV.
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, D], dtype=tl.float32)
     for it in range(0, n_iter):
-        s, rows, sel_ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
-                                      BK, D, KPI)
+        if KPI == 1:
+            s, start = int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
+        else:
+            s, rows, sel_ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N,
+                                          TOPK, BK, D, KPI)
         if EXACT_MAX:
             p = tl.exp2(s - m_i[:, None])
             l_i += tl.sum(p, axis=1)
@@ -107,7 +128,10 @@ def sla2_fwd_lowbit_kernel(
             acc = acc * corr[:, None]
             m_i = m_new
         p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
-        v8t = tl.load(v8_base + offs_d[:, None] * LDK + rows[None, :], mask=sel_ok[None, :], other=0.0)
+        if KPI == 1:
+            v8t = tl.load(v8_ptrs + start)  # V̂ᵀ is padded too
+        else:
+            v8t = tl.load(v8_base + offs_d[:, None] * LDK + rows[None, :], mask=sel_ok[None, :], other=0.0)
         acc += tl.dot(p8, tl.trans(v8t))
 
     s_v = tl.load(SV + bh64 * D + offs_d)
