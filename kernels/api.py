@@ -297,13 +297,13 @@ CONFIG_OVERRIDE: dict = {}
 
 
 def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
-    """One selected block per iteration, 8 warps; 3 stages for bf16, 2 for low-bit. H100 sweep (2026-11-27,
-    Wan-1.3B, 97%, kernels/README.md): bf16 (1, 8, 3) 0.849 ms, (1, 8, 2) 1.044, two blocks per iteration
-    0.996, 64-row programs capped at 128 registers 1.131; low-bit (1, 8, 2) 1.259, (1, 8, 3) 1.340."""
+    """One selected block per iteration, 8 warps, 3 stages. H100 sweeps (2026-11-27, Wan-1.3B, kernels/README.md):
+    at 97% bf16 (1, 8, 3) 0.849 ms, (1, 8, 2) 1.044, two blocks per iteration 0.996, 64-row programs capped at
+    128 registers 1.131; at 90% with the scalar-index low-bit loop, low-bit (1, 8, 3) 2.531, (1, 8, 2) 2.686."""
     if quant in CONFIG_OVERRIDE:
         return CONFIG_OVERRIDE[quant]
     num_warps = 8 if (block_q == 128 or head_dim == 128) else 4
-    return FwdConfig(1, num_warps, 2 if quant else 3)
+    return FwdConfig(1, num_warps, 3)
 
 
 def _fallbacks(cfg: FwdConfig):

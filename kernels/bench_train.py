@@ -187,7 +187,7 @@ class Bench(BenchBase):
     # (kpi, warps, stages, ks, rows, maxnreg): 64-row programs at 4 warps fit two to an SM (245 or 174 registers)
     DQ_CANDIDATES = ((1, 4, 2, 0, 64, 0), (1, 8, 2, 0, 0, 0), (1, 4, 3, 32, 64, 0), (1, 4, 3, 0, 64, 0))
     # (warps, stages, qs): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.5 KB each)
-    DKDV_CANDIDATES = ((4, 3, 64), (4, 2, 32), (4, 3, 32), (8, 3, 32), (8, 3, 64))
+    DKDV_CANDIDATES = ((4, 3, 32), (4, 2, 32), (4, 3, 64), (8, 3, 32), (8, 3, 64))
 
     def sweep(self, shape_name, sparsity):
         """Time the backward's candidate configurations at this shape and sparsity; keep the fastest of each kernel."""

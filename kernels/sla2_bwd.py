@@ -334,10 +334,10 @@ def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
     # that within the registers.
     warps = 8 if (block_q == 128 or head_dim == 128) else 4
     if (block_q, block_k, head_dim) == (128, 64, 128):
-        # Measured on the H100 (kernels/README.md, Backward, 2026-11-27, Wan-1.3B at 97%): dk/dv 2.00 ms with 4
-        # warps, 3 stages and 64 query rows per step vs 2.81 at 8 warps, 2 stages, 128 rows; dq 1.24 ms with
-        # 64-row programs at 4 warps (two per SM) vs 1.51 for one 8-warp program per query block.
-        return BwdConfig(1, 4, 2, 4, 3, qs=64, dq_rows=64)
+        # Measured on the H100 (kernels/README.md, Backward, 2026-11-27, Wan-1.3B at 97%): dk/dv 1.42 ms with 4
+        # warps, 3 stages and 32 query rows per step vs 1.99 at 64 rows and 2.81 at 8 warps, 2 stages, 128 rows;
+        # dq 1.23 ms with 64-row programs at 4 warps (two per SM) vs 1.51 for one 8-warp program per query block.
+        return BwdConfig(1, 4, 2, 4, 3, qs=32, dq_rows=64)
     return BwdConfig(1, warps, 2, warps, 2)
 
 
