@@ -24,6 +24,35 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+# dα_I = Σ_{i∈I} dO_i·(O_i − O_l,i) / α_I is a difference of terms ~10³ times larger than itself (measured on
+# random draws); the bf16 rounding of the forward's O and of H_I moves it by up to ~1e-4 of those terms' size
+# (max over 120 draws of the b1h1n200 case, the code before and after the linear-state change alike), which
+# exceeds 2e-2 of dα on ~5% of draws. So dα passes at TOL relative, or per block within TOL·|dα| plus
+# 2⁻¹² of the terms' size; test_dalpha_well_conditioned checks dα strictly where nothing cancels.
+DALPHA_CANCEL = 2.0 ** -12
+
+
+def dalpha_scale(do, o, alpha, bq):
+    """Per query block Σ_i Σ_d |dO_i,d · O_i,d| / α_I ([B, H, nq], float64); do, o as [B, H, N, D]."""
+    b, h, n, _ = do.shape
+    nq = -(-n // bq)
+    t = torch.nn.functional.pad((do.double() * o.double()).abs().sum(-1), (0, nq * bq - n))
+    return t.view(b, h, nq, bq).sum(-1) / alpha.double().expand(b, h, nq)
+
+
+def assert_grads(got, want, tol, *, do, o, alpha, bq):
+    """dq, dk, dv within tol (relative L2); dα likewise or within the cancellation-aware bound above."""
+    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), got, want):
+        assert gk.shape == gr.shape, name
+        err = rel(gk, gr)
+        if name == "dalpha" and err > tol:
+            scale = dalpha_scale(do, o, alpha, bq).sum_to_size(gr.shape)
+            bound = tol * gr.double().abs() + DALPHA_CANCEL * scale
+            assert bool(((gk.double() - gr.double()).abs() <= bound).all()), (name, err, (gk - gr).abs().max())
+        else:
+            assert err <= tol, (name, err)
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """torch.empty / empty_like in the backward's host code return NaN-filled float buffers."""
@@ -89,9 +118,21 @@ def test_gradients_match_float64_reference(case, poison):
     o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
     o, g = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype)
     assert rel(o, o_ref) <= 1e-2
-    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g, g_ref):
-        assert gk.shape == gr.shape, name
-        assert rel(gk, gr) <= TOL, (name, rel(gk, gr))
+    assert_grads(g, g_ref, TOL, do=do, o=o_ref, alpha=alpha, bq=bq)
+
+
+def test_dalpha_well_conditioned(poison):
+    """dO along O_s − O_l makes dα_I = Σ_i dO_i·(O_s,i − O_l,i) a sum of positive terms (no cancellation):
+    there the kernels' dα must match the float64 reference at TOL with no allowance."""
+    b, h, n, d, bq, bk, topk = 1, 2, 300, 64, 128, 64, 2
+    q, k, v, _, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    o_s, _ = ref.sparse_attention(q, k, v, sel.mask, bq, bk)
+    o_l = ref.linear_attention_complement(q, k, v, sel.mask, bq, bk)
+    do = ((o_s - o_l) * 30.0 + 0.1 * torch.randn_like(o_s)).bfloat16().double()
+    _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
+    _, g = kernel_grads(q, k, v, do, sel, alpha, bq, bk, "bhnd", torch.bfloat16)
+    assert bool((g_ref[3] > 0).all())
+    assert rel(g[3], g_ref[3]) <= TOL, rel(g[3], g_ref[3])
 
 
 def test_every_block_selected_alpha_is_one_and_gets_no_gradient(poison):
@@ -127,8 +168,7 @@ def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison):
     # (2) float64 straight-through formula at the low-bit o and lse
     f64 = [t.double() for t in (dok, qk, kk, vk, o_q)]
     g_ste = ops.reference_backward(*f64, lse_q.double(), idx, alpha, bq, bk, layout)
-    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g_qat, g_ste):
-        assert rel(gk, gr) <= TOL, (name, rel(gk, gr))
+    assert_grads(g_qat, g_ste, TOL, do=do, o=from_layout(o_q, layout), alpha=alpha, bq=bq)
     # (3) exact gradient of the reference's straight_through
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=True)
     for name, gk, gr in zip(("dq", "dk", "dv"), g_auto[:3], g_ref[:3]):
@@ -173,8 +213,7 @@ def test_tile_widths(kpi, ks, qs, rows, poison):
     cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows, dq_maxnreg=128)
     g = kag.attention_backward(dok, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd",
                                config=cfg)
-    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), g, g_ref):
-        assert rel(gk, gr) <= TOL, (name, rel(gk, gr))
+    assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
 
 
 def test_key_block_lists_are_the_transpose_of_the_selection():
@@ -228,10 +267,8 @@ def test_gradients_at_real_shapes_gpu(shape, quant):
     o, _lse = kag.sla2_attention(*x, idx, a, block_q=bq, block_k=bk, quant=quant, layout=layout)
     o.backward(dok)
     assert rel(from_layout(o.detach(), layout), o_ref.detach()) <= (5e-2 if quant else 1e-2)
-    tol = 5e-2 if quant else TOL
     got = [from_layout(t.grad, layout) for t in x] + [a.grad]
-    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), got, [t.grad for t in leaves]):
-        assert rel(gk, gr) <= tol, (name, rel(gk, gr))
+    assert_grads(got, [t.grad for t in leaves], 5e-2 if quant else TOL, do=do, o=o_ref.detach(), alpha=alpha, bq=bq)
 
 
 @pytest.mark.parametrize("quant", [False, True])
@@ -248,5 +285,4 @@ def test_custom_op_kernel_branch_under_the_interpreter(quant, monkeypatch, poiso
     o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=quant)
     assert rel(from_layout(o.detach(), "bnhd"), o_ref) <= 1e-2
     got = [from_layout(t.grad, "bnhd") for t in x] + [a.grad]
-    for name, gk, gr in zip(("dq", "dk", "dv", "dalpha"), got, g_ref):
-        assert rel(gk, gr) <= (5e-2 if quant else TOL), (name, rel(gk, gr))
+    assert_grads(got, g_ref, 5e-2 if quant else TOL, do=do, o=o_ref, alpha=alpha, bq=bq)
