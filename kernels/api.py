@@ -170,7 +170,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         *strides["k"], *strides["v"],
         N, H, nk, hblk.shape[1], per_split, nsplit,
         BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(),
-        # 4 warps, 2 stages: best of the H100 sweep (2026-11-27): 0.216 ms vs 0.296 at 8 warps, 3 stages
+        # 4 warps, 2 stages: best of the H100 sweep (2026-11-27, run 9): 0.223 ms vs 0.238 at 3 stages, 0.360 at
+        # 8 warps with 16 blocks a program
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
     )
     kmean = ksum.sum(dim=1) / N
@@ -387,8 +388,15 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     cfg = config or default_config(bq, bk, D, quant)
     if linear is None:
         linear = topk < nk  # every block selected: nothing left for the linear branch, α = 1
-    if linear:
-        h_i, z_i = lin_state if lin_state is not None else linear_state(idx, kv_state, block_q=bq)
+    if linear and lin_state is not None:
+        h_i, z_i = lin_state
+        if (tuple(h_i.shape), h_i.dtype, tuple(z_i.shape), z_i.dtype) != (
+                (BH, nq, D, D), torch.bfloat16, (BH, nq, D), torch.float32) or h_i.device != q.device:
+            _fail(f"lin_state must be (bf16 [{BH}, {nq}, {D}, {D}], fp32 [{BH}, {nq}, {D}]) on {q.device} "
+                  f"(api.linear_state), got ({h_i.dtype} {tuple(h_i.shape)}, {z_i.dtype} {tuple(z_i.shape)})")
+        h_i, z_i = h_i.contiguous(), z_i.contiguous()
+    elif linear:
+        h_i, z_i = linear_state(idx, kv_state, block_q=bq)
     else:
         h_i = z_i = alpha3  # never read
     o = _empty_like(q)

@@ -155,7 +155,7 @@ class Bench(BenchBase):
             lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
             p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, None)
             T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq(p))
-            T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes dH_tot sums and the CSR lists
+            T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
             if flex is not None and not self.args.no_flex:
                 T.update(self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, x, do, idx, nk)) or {})
                 row["flex_peak_MB"] = self.safe("flex mem", lambda: self.peak_mb(

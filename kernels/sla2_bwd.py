@@ -11,7 +11,7 @@ Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS 
 Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select):
   dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i
   dH_I  = ψ_Iᵀ g_I,   dZ_I = −Σ_i (1 − α) Dl_i ψ_i
-  key block j: dh_j = dH_tot − Σ_{I selected j} dH_I,  dz_j likewise  (totals minus selected, per key)
+  key block j: dh_j = Σ_{I not selecting j} dH_I,  dz_j = dZ_tot − Σ_{I selecting j} dZ_I
   dV_j += φK_j dh_j,  dφK_j = V_j dh_jᵀ + dz_j
   φ backward: dx = φ ⊙ (dφ − rowsum(dφ ⊙ φ)).
 
@@ -477,7 +477,7 @@ def run_dq(p: BwdProblem) -> None:
 
 
 def run_dkdv(p: BwdProblem) -> None:
-    """dH_tot / dZ_tot, the CSR key-block lists, then the dk/dv kernel."""
+    """dh_j (one product), dZ_tot, the CSR key-block lists, then the dk/dv kernel."""
     bsz, heads, n, d = p.shape
     bh, nq, nk = bsz * heads, p.nq, p.nk
     p.dk = torch.empty_like(p.k, memory_format=torch.contiguous_format)

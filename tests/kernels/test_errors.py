@@ -45,6 +45,10 @@ def _fwd(q, k, v, indices=None, alpha=0.5, **kw):
             "kv_state was built for block_k=128",
         ),
         (
+            lambda: _fwd(*_qkv(), lin_state=(torch.zeros(B * H, 3, D, D), torch.zeros(B * H, 3, D))),
+            "lin_state must be",
+        ),
+        (
             lambda: sla2_kernels.router(*_qkv()[:2], torch.eye(D).expand(H, D, D), torch.eye(D), block_q=64,
                                         block_k=64, topk=1, layout="bhnd"),
             "proj_k must be \\[H, D, D\\]",

@@ -2,8 +2,8 @@
 
     torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout) -> (scores, indices int32)
     torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout)
-        -> (o, lse [B, H, N], φK, z_j, H_tot, Z_tot)   (the last four: key-side state kept for the backward)
-    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, φK, z_j, H_tot, Z_tot,
+        -> (o, lse [B, H, N], H_I, Z_I)   (the last two: the linear branch's state kept for the backward)
+    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, H_I, Z_I,
                                       block_q, block_k, quant, layout)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
 
