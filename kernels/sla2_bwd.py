@@ -355,6 +355,11 @@ def _fallbacks(cfg: BwdConfig, kernel: str):
     return seen
 
 
+# Every buffer the backward allocates goes through these two names, so tests can poison them (NaN) without
+# touching the torch module itself.
+_empty = torch.empty
+_empty_like = torch.empty_like
+
 _WORKING: dict = {}  # (kernel, shape key, requested config) -> the first configuration that fit the GPU
 LAST_COMPILED: dict = {}  # kernel name -> its last compiled kernel (registers, spills, shared memory) for benches
 
@@ -433,12 +438,12 @@ def run_dq(p: BwdProblem) -> None:
     bsz, heads, n, d = p.shape
     bh, nq, nk = bsz * heads, p.nq, p.nk
     dev = p.q.device
-    p.dq = torch.empty_like(p.q, memory_format=torch.contiguous_format)
-    p.delta = torch.empty(bsz, heads, n, device=dev, dtype=torch.float32)
-    p.dalpha = torch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
+    p.dq = _empty_like(p.q, memory_format=torch.contiguous_format)
+    p.delta = _empty(bsz, heads, n, device=dev, dtype=torch.float32)
+    p.dalpha = _empty(bsz, heads, nq, device=dev, dtype=torch.float32)
     if p.linear:
-        p.dh = torch.empty(bh, nq, d, d, device=dev, dtype=p.cfg.dh_dtype)
-        p.dz = torch.empty(bh, nq, d, device=dev, dtype=torch.float32)
+        p.dh = _empty(bh, nq, d, d, device=dev, dtype=p.cfg.dh_dtype)
+        p.dz = _empty(bh, nq, d, device=dev, dtype=torch.float32)
     else:
         p.dh = p.dz = p.delta  # never read
     sa = p.alpha.stride()
@@ -480,8 +485,8 @@ def run_dkdv(p: BwdProblem) -> None:
     """dh_j (one product), dZ_tot, the CSR key-block lists, then the dk/dv kernel."""
     bsz, heads, n, d = p.shape
     bh, nq, nk = bsz * heads, p.nq, p.nk
-    p.dk = torch.empty_like(p.k, memory_format=torch.contiguous_format)
-    p.dv = torch.empty_like(p.v, memory_format=torch.contiguous_format)
+    p.dk = _empty_like(p.k, memory_format=torch.contiguous_format)
+    p.dv = _empty_like(p.v, memory_format=torch.contiguous_format)
     if p.linear:
         # dh_j = Σ over the query blocks that did not select j of dH_I: the transposed complement mask times dH,
         # [nk, nq] × [nq, D²] per head on the tensor cores (instead of a D×D fp32 sum per key block over its

@@ -55,14 +55,16 @@ def assert_grads(got, want, tol, *, do, o, alpha, bq):
 
 @pytest.fixture
 def poison(monkeypatch):
-    """torch.empty / empty_like in the backward's host code return NaN-filled float buffers."""
+    """The backward's buffers (sla2_bwd._empty / _empty_like) come back NaN-filled (int32: a huge negative).
+    Patched in sla2_bwd, not in torch: a patched torch.empty_like once stayed in dynamo's trace rules and broke
+    a later torch.compile test."""
     empty, empty_like = torch.empty, torch.empty_like
 
     def nan_fill(t):
         return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-(2**30) if t.dtype == torch.int32 else 0)
 
-    monkeypatch.setattr(sla2_bwd.torch, "empty", lambda *a, **k: nan_fill(empty(*a, **k)))
-    monkeypatch.setattr(sla2_bwd.torch, "empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
+    monkeypatch.setattr(sla2_bwd, "_empty", lambda *a, **k: nan_fill(empty(*a, **k)))
+    monkeypatch.setattr(sla2_bwd, "_empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
 
 
 def to_layout(t, layout):
