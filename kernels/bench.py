@@ -195,7 +195,7 @@ class Bench(BenchBase):
         self.results["chosen_configs"] = {str(qt): repr(c) for qt, (t, c) in best.items()}
         PC = sk.api.PrecomputeConfig
         pbest = None
-        for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(48, 4, 2), PC(16, 8, 2)):
+        for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(None, 8, 2), PC(None, 8, 3), PC(4, 8, 2)):
             if self.left() < 60:
                 break
             t = self.safe(f"precompute sweep {pc}", lambda: self.time_ms(
