@@ -289,8 +289,6 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
-    rows: int = 0  # bf16 kernel: query rows per program, 0 = block_q (or block_q/2: two programs per block)
-    maxnreg: int = 0  # register cap a thread (0: the compiler's choice); 128 at 8 warps lets two programs share an SM
 
 
 # Set by kernels/bench.py after its sweep, to time the rows with the configuration it measured best.
@@ -408,8 +406,6 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
         common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, LINEAR=linear,
                       INTERPRET=_interpreting(), num_warps=c.num_warps, num_stages=c.num_stages)
-        if c.maxnreg and not _interpreting():
-            common["maxnreg"] = c.maxnreg
         try:
             if quant:
                 _launch(
@@ -418,13 +414,10 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
                     *strides["q"], *tail, EXACT_MAX=c.exact_max, **common,
                 )
             else:
-                bm = c.rows or bq
-                if bq % bm:
-                    _fail(f"FwdConfig.rows={c.rows} must divide block_q={bq}")
                 _launch(
-                    "sla2_fwd", sla2_fwd_kernel, (nq * (bq // bm), BH),
+                    "sla2_fwd", sla2_fwd_kernel, (nq, BH),
                     q, k, v, idx, alpha3, o, lse, h_i, z_i,
-                    *strides["q"], *strides["k"], *strides["v"], *tail, BM=bm, **common,
+                    *strides["q"], *strides["k"], *strides["v"], *tail, **common,
                 )
         except OutOfResources:
             continue  # e.g. shared memory of the pipelined tiles: try the next, smaller configuration

@@ -168,13 +168,10 @@ class Bench(BenchBase):
         defaults for the table rows (api.CONFIG_OVERRIDE, self.pre_cfg)."""
         sk = self.sk
         Cfg = sk.api.FwdConfig
-        common = [Cfg(1, 8, 2), Cfg(1, 8, 3), Cfg(2, 8, 2)]
-        # bf16 only: 64-row programs (two per query block) capped at 128 registers, so two share an SM
-        half = [Cfg(1, 8, 2, rows=64, maxnreg=128), Cfg(1, 8, 2, rows=64), Cfg(1, 4, 2, rows=64, maxnreg=128),
-                Cfg(1, 8, 3, rows=64, maxnreg=128), Cfg(1, 8, 2, maxnreg=168)]
+        common = [Cfg(1, 8, 3), Cfg(1, 8, 2), Cfg(2, 8, 2), Cfg(1, 4, 3)]
         best = {}
         for quant, st in ((False, st16), (True, st8)):
-            for cfg in common + ([Cfg(1, 8, 2, exact_max=False)] if quant else half):
+            for cfg in common + ([Cfg(1, 8, 3, exact_max=False)] if quant else []):
                 if self.left() < 60:
                     break
                 t = self.safe(f"sweep {cfg} quant={quant}", lambda: self.time_ms(
@@ -182,7 +179,7 @@ class Bench(BenchBase):
                 name = "sla2_fwd_lowbit" if quant else "sla2_fwd"
                 ck = sk.api.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True, kpi=cfg.kpi,
-                           exact_max=cfg.exact_max, num_warps=cfg.num_warps, rows=cfg.rows, maxnreg=cfg.maxnreg,
+                           exact_max=cfg.exact_max, num_warps=cfg.num_warps,
                            num_stages=cfg.num_stages, t_ms=t)
                 if t is not None and ck is not None:
                     res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
@@ -256,10 +253,10 @@ class Bench(BenchBase):
                 f(r.get("cudnn_TFLOPs"), 0),
             ]))
         if self.results["configs"]:
-            lines.append("main-kernel configs (kpi, warps, stages, exact_max, rows, maxnreg): ms [regs/spills/shared]")
+            lines.append("main-kernel configs (kpi, warps, stages, exact_max): ms [regs/spills/shared]")
             for c in self.results["configs"]:
                 lines.append(f"  quant={c['quant']!s:5} ({c['kpi']},{c['num_warps']},{c['num_stages']},"
-                             f"{c.get('exact_max')},{c.get('rows')},{c.get('maxnreg')}): "
+                             f"{c.get('exact_max')}): "
                              f"{c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
                              f"[{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]")
             lines.append(f"chosen: {self.results.get('chosen_configs')} {self.results.get('chosen_precompute')}")

@@ -184,8 +184,8 @@ class Bench(BenchBase):
                                 h_i=lin[0], z_i=lin[1], config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each becomes the default (TUNED)
-    # (kpi, warps, stages, ks, rows, maxnreg): 64-row programs at 4 warps fit two to an SM (245 or 174 registers)
-    DQ_CANDIDATES = ((1, 4, 2, 0, 64, 0), (1, 8, 2, 0, 0, 0), (1, 4, 3, 32, 64, 0), (1, 4, 3, 0, 64, 0))
+    # (kpi, warps, stages, ks, rows): 64-row programs at 4 warps fit two to an SM (228 or 168 registers)
+    DQ_CANDIDATES = ((1, 4, 2, 0, 64), (1, 8, 2, 0, 0), (1, 4, 3, 32, 64), (1, 4, 3, 0, 64))
     # (warps, stages, qs): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.5 KB each)
     DKDV_CANDIDATES = ((4, 3, 32), (4, 2, 32), (4, 3, 64), (8, 3, 32), (8, 3, 64))
 
@@ -209,8 +209,8 @@ class Bench(BenchBase):
                 if self.left() < 60:
                     break
                 if kind == "dq":
-                    kpi, w, stg, ks, rows, mr = cand
-                    c = C(kpi, w, stg, 8, 2, ks=ks, dq_rows=rows, dq_maxnreg=mr)
+                    kpi, w, stg, ks, rows = cand
+                    c = C(kpi, w, stg, 8, 2, ks=ks, dq_rows=rows)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     fn = lambda p=p: self.bwd.run_dq(p)  # noqa: E731
                 else:
@@ -230,7 +230,7 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2], dq_rows=dq[4], dq_maxnreg=dq[5])
+        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2], dq_rows=dq[4])
         self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)

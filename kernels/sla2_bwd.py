@@ -321,7 +321,6 @@ class BwdConfig:
     ks: int = 0  # dq sparse loop: key rows per selected block and iteration (0: b_k; must divide b_k)
     qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
-    dq_maxnreg: int = 0  # dq kernel: register cap a thread (0: the compiler's choice)
 
 
 TUNED: dict = {}  # (block_q, block_k, head_dim) -> BwdConfig chosen by a benchmark (kernels/bench_train.py)
@@ -470,8 +469,6 @@ def run_dq(p: BwdProblem) -> None:
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KS=ks, BM=c.dq_rows or p.block_q,
                   LINEAR=p.linear, INTERPRET=_interpreting(),
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
-        if c.dq_maxnreg and not _interpreting():
-            kw["maxnreg"] = c.dq_maxnreg
         return args, kw
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)

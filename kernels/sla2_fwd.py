@@ -1,8 +1,6 @@
 """Fused SLA2 forward, bf16/fp16: sparse softmax over the selected key blocks + complement linear + α-mix.
 
-One program per (query block i, batch·head), or two, each on half of the block's rows (FwdConfig.rows: a
-64-row tile needs half the registers, so two programs fit an SM and one's softmax overlaps the other's
-MMAs; both gather the same key blocks, the second from L2); programs of one head are adjacent, so
+One program per (query block i, batch·head); programs of one head are adjacent in the launch order, so
 that head's K and V (≈ 17 MB at N = 32760, D = 128) stay in L2 while its query blocks gather them.
 Each loop takes KPI selected key blocks per iteration (KPI·b_k gathered rows).
 
@@ -12,6 +10,8 @@ H_I (bf16 D×D) and Z_I come from api.linear_state, one dense product for all qu
 earlier version formed them here in a first loop (H_tot minus Σ_sel φK_jᵀV_j, one MMA per selected block):
 that loop cost 60% on top of the sparse loop (0.43 of 1.12 ms, H100, Wan-1.3B at 97%) and held H_I in 32
 registers a thread through the sparse loop (255 registers; 187 without it, sm_90 compile).
+Two 64-row programs per query block under a 128-register cap (two programs an SM, so that one's softmax
+overlaps the other's MMAs) measured slower on the H100 (1.13 vs 0.85 ms, kernels/README.md): not kept.
 With every key block selected (topk = nk) the linear branch is compiled out and α is 1, as in the
 reference (effective_alpha): nothing is left for the linear branch.
 """
@@ -69,9 +69,9 @@ def sla2_fwd_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program (BQ, or BQ/2: two programs a block)
+    INTERPRET: tl.constexpr,
 ):
-    pid_m = tl.program_id(0) // (BQ // BM)  # the query block (routing unit)
+    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -80,7 +80,7 @@ def sla2_fwd_kernel(
     bh64 = bh.to(tl.int64)
     BN: tl.constexpr = KPI * BK
 
-    offs_m = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM + tl.arange(0, BM)
+    offs_m = pid_m * BQ + tl.arange(0, BQ)
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BN)
     slot = offs_n // BK  # which of the KPI blocks of this iteration a gathered row belongs to
@@ -93,9 +93,9 @@ def sla2_fwd_kernel(
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
 
     qk_scale = sm_scale * LOG2E
-    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BM], dtype=tl.float32)
-    acc = tl.zeros([BM, D], dtype=tl.float32)
+    m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BQ], dtype=tl.float32)
+    acc = tl.zeros([BQ, D], dtype=tl.float32)
     if KPI == 1:
         # One selected block per iteration: its index is a scalar, so the tiles' addresses are fixed pointer
         # tensors plus one scalar offset (no per-element index arithmetic in the loop).

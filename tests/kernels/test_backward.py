@@ -212,7 +212,7 @@ def test_tile_widths(kpi, ks, qs, rows, poison):
     idx = sel.indices.to(torch.int32)
     o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
                                        layout="bhnd")
-    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows, dq_maxnreg=128)
+    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows)
     g = kag.attention_backward(dok, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd",
                                config=cfg)
     assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
