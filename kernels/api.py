@@ -108,6 +108,19 @@ def _check_qkv(tensors: dict, layout: str):
     return (B, H, N, D), {n: d[1] for n, d in dims.items()}
 
 
+def _check_index_values(indices: torch.Tensor, nk: int):
+    """Every row's key blocks in [0, nk) and distinct. A host synchronisation, so it runs only under the
+    interpreter (CPU tests) or with SLA2_KERNELS_CHECK=1; the router always produces valid rows."""
+    if not (_interpreting() or os.environ.get("SLA2_KERNELS_CHECK", "0") == "1"):
+        return
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= nk:
+        _fail(f"indices must lie in [0, {nk}) (key blocks), found values in [{lo}, {hi}]")
+    srt = indices.sort(dim=-1).values
+    if bool((srt[..., 1:] == srt[..., :-1]).any()):
+        _fail("indices repeat a key block within a row; each query block's selection must be distinct")
+
+
 def _check_block(name: str, value) -> int:
     if value not in BLOCKS:
         _fail(f"{name} must be one of {BLOCKS}, got {value!r}")
@@ -377,6 +390,7 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     topk = indices.shape[-1]
     if not 1 <= topk <= nk:
         _fail(f"indices select {topk} key blocks per query block; must be in [1, {nk}]")
+    _check_index_values(indices, nk)
     idx = indices.to(torch.int32).contiguous()
     alpha3 = _alpha_view(alpha, B, H, nq, q.device)
     if kv_state is None:

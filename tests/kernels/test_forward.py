@@ -75,3 +75,27 @@ def test_blocked_reference_matches_reference(kt):
             else:
                 torch.testing.assert_close(o, o_ref, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(lse, fn(qf, kf, vf, sel.mask, bq, bk)[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("N, bq, bk, D, layout", [(300, 64, 64, 64, "bhnd"), (545, 128, 64, 128, "bnhd")])
+def test_linear_state_is_the_sum_over_the_unselected_blocks(N, bq, bk, D, layout, poisoned, kt):
+    """api.linear_state: H_I = Σ_{j not selected} φK_jᵀV_j and Z_I likewise, against float64 sums; nk that is
+    not a multiple of the alignment (5 and 9 key blocks here) pads h with zero blocks that add nothing."""
+    B, H, topk = 1, 2, 2
+    (_, k, v), (_, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, layout)
+    sel, _ = kt.random_selection(B, H, N, bq, bk, topk, seed=N)
+    st = sla2_kernels.precompute(k, v, block_k=bk, layout=layout)
+    h_i, z_i = sla2_kernels.linear_state(sel.indices, st, block_q=bq)
+    kt.assert_all_written(poisoned)
+    nq, nk = -(-N // bq), -(-N // bk)
+    phik = torch.nn.functional.pad(torch.softmax(kf.double(), dim=-1), (0, 0, 0, nk * bk - N))
+    vp = torch.nn.functional.pad(vf.double(), (0, 0, 0, nk * bk - N))
+    h = torch.einsum("bhjrd,bhjre->bhjde", phik.view(B, H, nk, bk, D), vp.view(B, H, nk, bk, D))
+    z = phik.view(B, H, nk, bk, D).sum(dim=3)
+    keep = (~sel.mask).double()  # [B, H, nq, nk]
+    h_want = torch.einsum("bhij,bhjde->bhide", keep, h).reshape(B * H, nq, D, D)
+    z_want = torch.einsum("bhij,bhjd->bhid", keep, z).reshape(B * H, nq, D)
+    assert h_i.dtype == torch.bfloat16 and z_i.dtype == torch.float32
+    assert kt.rel_l1(h_i, h_want) <= 1e-2  # φK, h_j and H_I each rounded to bf16
+    torch.testing.assert_close(z_i.double(), z_want, rtol=1e-2, atol=1e-3)  # φK rounded to bf16, sums exact
+    assert bool((st.hblk[:, nk:] == 0).all()) and st.hblk.shape[1] % 8 == 0
