@@ -16,11 +16,11 @@ The table is printed last; JSON goes to DIR/bench.json. Times are medians of tri
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 
-from bench_common import BLOCK_K, BLOCK_Q, SHAPES, BenchBase, topk_count  # run as a script: a sibling module
+from bench_common import (  # run as a script: a sibling module
+    BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists, topk_count,
+)
 
 
 class Bench(BenchBase):
@@ -272,15 +272,7 @@ class Bench(BenchBase):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
-    p.add_argument("--shapes", default="1.3b,14b")
-    p.add_argument("--sparsities", default="0.9,0.95,0.97")
-    p.add_argument("--sweep", action="store_true")
-    p.add_argument("--budget-s", type=float, default=400.0)
-    args = p.parse_args()
-    args.shapes = [s for s in args.shapes.split(",") if s]
-    args.sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    args = parse_lists(arg_parser(__doc__.splitlines()[0], budget_s=400.0).parse_args())
     b = Bench(args)
     b.safe("ceilings", b.ceilings)
     for shape in args.shapes:

@@ -6,9 +6,11 @@ Both benches run as scripts (`python3 kernels/bench.py`), so this module is impo
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 import time
@@ -21,6 +23,26 @@ BLOCK_Q, BLOCK_K = 128, 64  # the paper's blocks
 def topk_count(nk: int, sparsity: float) -> int:
     """As sla2_train.attention.reference.topk_count (kernels/ does not import sla2_train)."""
     return max(1, min(nk, round((1.0 - sparsity) * nk)))
+
+
+def arg_parser(description: str, budget_s: float) -> argparse.ArgumentParser:
+    """The options both benches take: output folder, shapes, sparsities, sweep, wall-clock budget."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--shapes", default="1.3b,14b")
+    p.add_argument("--sparsities", default="0.9,0.95,0.97")
+    p.add_argument("--sweep", action="store_true", help="tune configurations first (first shape) and time the rows "
+                   "with the fastest")
+    p.add_argument("--budget-s", type=float, default=budget_s)
+    return p
+
+
+def parse_lists(args, *float_lists: str):
+    """Comma-separated --shapes and the named float lists, parsed in place."""
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    for name in ("sparsities", *float_lists):
+        setattr(args, name, [float(x) for x in getattr(args, name).split(",") if x])
+    return args
 
 
 def import_kernels():

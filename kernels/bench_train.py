@@ -25,13 +25,13 @@ Times are medians of triton.testing.do_bench (ms). The table is printed last; JS
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import time
 
-from bench_common import BLOCK_K, BLOCK_Q, SHAPES, BenchBase, topk_count  # run as a script: a sibling module
+from bench_common import (  # run as a script: a sibling module
+    BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists, topk_count,
+)
 
 
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
@@ -380,23 +380,14 @@ class Bench(BenchBase):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
-    p.add_argument("--shapes", default="1.3b,14b")
-    p.add_argument("--sparsities", default="0.9,0.95,0.97")
+    p = arg_parser(__doc__.splitlines()[0], budget_s=480.0)
     p.add_argument("--other-sparsities", default="", help="sparsities for the shapes after the first")
-    p.add_argument("--sweep", action="store_true", help="tune the backward configuration first (first shape, "
-                   "highest sparsity) and use the fastest for everything after")
     p.add_argument("--no-flex", action="store_true",
                    help="skip FlexAttention fwd+bwd (torch 2.11's inductor cannot lower its backward for 128×64 blocks)")
     p.add_argument("--wan", action="store_true")
     p.add_argument("--wan-steps", type=int, default=2)
     p.add_argument("--wan-first", action="store_true", help="run the Wan step right after the sweep")
-    p.add_argument("--budget-s", type=float, default=480.0)
-    args = p.parse_args()
-    args.shapes = [s for s in args.shapes.split(",") if s]
-    args.sparsities = [float(s) for s in args.sparsities.split(",") if s]
-    args.other_sparsities = [float(s) for s in args.other_sparsities.split(",") if s]
+    args = parse_lists(p.parse_args(), "other_sparsities")
     b = Bench(args)
     if args.sweep:
         b.safe("sweep", lambda: b.sweep(args.shapes[0], max(args.sparsities)))

@@ -317,7 +317,6 @@ class BwdConfig:
     dq_stages: int
     dkdv_warps: int
     dkdv_stages: int
-    dh_dtype: torch.dtype = torch.bfloat16  # storage of the per-query-block dH_I
     ks: int = 0  # dq sparse loop: key rows per selected block and iteration (0: b_k; must divide b_k)
     qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
@@ -441,7 +440,7 @@ def run_dq(p: BwdProblem) -> None:
     p.delta = _empty(bsz, heads, n, device=dev, dtype=torch.float32)
     p.dalpha = _empty(bsz, heads, nq, device=dev, dtype=torch.float32)
     if p.linear:
-        p.dh = _empty(bh, nq, d, d, device=dev, dtype=p.cfg.dh_dtype)
+        p.dh = _empty(bh, nq, d, d, device=dev, dtype=torch.bfloat16)  # the dh product's operand
         p.dz = _empty(bh, nq, d, device=dev, dtype=torch.float32)
     else:
         p.dh = p.dz = p.delta  # never read
@@ -489,7 +488,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         # [nk, nq] × [nq, D²] per head on the tensor cores (instead of a D×D fp32 sum per key block over its
         # CSR list in the dk/dv kernel: 128 registers a thread at 4 warps, and the list's dH_I gathered).
         keep = complement_mask(p.idx, nk, NK_ALIGN)
-        dhk = torch.bmm(keep.transpose(1, 2), p.dh.view(bh, nq, d * d).to(torch.bfloat16))
+        dhk = torch.bmm(keep.transpose(1, 2), p.dh.view(bh, nq, d * d))
         dztot = p.dz.sum(dim=1)
         del keep
         if release_dh:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+import pickle
+
 import pytest
+import torch
 
 from sla2_train.data.format import encode_sample
 from sla2_train.data.index import build_index, write_index
@@ -66,6 +68,23 @@ def write_video(path, num_frames, fps, width, height, seed=0, codec="mpeg4"):
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+class _Bomb:
+    """Unpickling this creates a marker file: proof that code in a payload ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def pickle_bomb(tmp_path):
+    """(pickled payload that creates `marker` when unpickled, marker path): no test may ever create it."""
+    marker = tmp_path / "pwned"
+    return pickle.dumps(_Bomb(str(marker))), marker
 
 
 @pytest.fixture(scope="session")

@@ -68,19 +68,8 @@ def test_unusable_samples_raise_their_skip_reason():
         decode_sample(_raw("k", {**good, LATENTS_MEMBER: st_save({"latents": nan})}))
 
 
-class _Bomb:
-    """Unpickling this creates a marker file: proof that code in a payload ran."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_pickle_payload_is_never_unpickled(tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    bomb = pickle.dumps(_Bomb(str(marker)))
+def test_pickle_payload_is_never_unpickled(pickle_bomb, monkeypatch):
+    bomb, marker = pickle_bomb
     good = encode_sample("k", torch.randn(2, 1, 3, 3), torch.randn(4, 5), {})
 
     def forbidden(*a, **k):

@@ -15,14 +15,6 @@ from sla2_train.data import LatentDataModule
 from sla2_train.data.format import LATENTS_MEMBER, TEXT_MEMBER, encode_sample
 
 
-class _Bomb:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def _write_tar(path, members):
     with tarfile.open(path, "w") as tar:
         for name, payload in members:
@@ -31,13 +23,12 @@ def _write_tar(path, members):
             tar.addfile(info, io.BytesIO(payload))
 
 
-def _bad_shard(path, marker):
+def _bad_shard(path, bomb):
     """One good sample (with planted pickles) and one sample per skip reason."""
     good = encode_sample("zz-good", torch.randn(3, 2, 5, 7), torch.randn(4, 6), {})
     other = encode_sample("x", torch.randn(3, 2, 5, 7), torch.randn(2, 6), {})
     nan = torch.randn(3, 2, 5, 7)
     nan[0, 1, 2, 3] = float("inf")
-    bomb = pickle.dumps(_Bomb(str(marker)))
     members = [
         ("zz-garbage." + LATENTS_MEMBER, torch.randint(0, 255, (512,), dtype=torch.uint8).numpy().tobytes()),
         ("zz-garbage." + TEXT_MEMBER, other[TEXT_MEMBER]),
@@ -65,11 +56,11 @@ def _truncate_inside(path, member):
 
 
 @pytest.fixture
-def damaged(make_shards, tmp_path):
+def damaged(make_shards, pickle_bomb):
     folder, truth = make_shards(num=9, per_shard=3)
     _truncate_inside(folder / "shard-000001.tar", "ds-00004." + LATENTS_MEMBER)
-    marker = tmp_path / "pwned"
-    _bad_shard(folder / "zz-bad.tar", marker)
+    bomb, marker = pickle_bomb
+    _bad_shard(folder / "zz-bad.tar", bomb)
     shards = sorted(str(p) for p in folder.glob("*.tar"))
     return shards, truth, marker
 
