@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .linear_precompute import kv_precompute_kernel
 from .linear_state import complement_z_kernel
@@ -19,6 +20,7 @@ from .lowbit_quant import quantize_kv_kernel
 from .router import block_colsum_kernel, block_scores_kernel, pooled_project_kernel, topk_kernel
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
+from .sla2_fwd_tma import sla2_fwd_tma_kernel
 
 LAYOUTS = ("bhnd", "bnhd")
 DTYPES = (torch.bfloat16, torch.float16)
@@ -302,6 +304,8 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
+    tma: bool = False  # bf16: tiles by TMA descriptors (sla2_fwd_tma.py) where the tensors allow it
+    maxnreg: int | None = None  # register cap a thread (None: the compiler's choice)
 
 
 # Set by kernels/bench.py after its sweep, to time the rows with the configuration it measured best.
@@ -309,11 +313,14 @@ CONFIG_OVERRIDE: dict = {}
 
 
 def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
-    """One selected block per iteration, 8 warps, 3 stages. H100 sweeps (2026-11-27, Wan-1.3B, kernels/README.md):
-    at 97% bf16 (1, 8, 3) 0.849 ms, (1, 8, 2) 1.044, two blocks per iteration 0.996, 64-row programs capped at
-    128 registers 1.131; at 90% with the scalar-index low-bit loop, low-bit (1, 8, 3) 2.531, (1, 8, 2) 2.686."""
+    """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM). Low-bit: one selected block per iteration,
+    8 warps, 3 stages. H100 sweeps (2026-11-27, Wan-1.3B at 97%, kernels/README.md): sparse loop with TMA
+    (1, 4, 2) 0.427 ms, (1, 8, 2, maxnreg 128) 0.440, (1, 8, 3) 0.509, pointer kernel (1, 8, 3) 0.575; at 90%
+    with the scalar-index low-bit loop, low-bit (1, 8, 3) 2.531, (1, 8, 2) 2.686."""
     if quant in CONFIG_OVERRIDE:
         return CONFIG_OVERRIDE[quant]
+    if not quant:
+        return FwdConfig(1, 4, 2, tma=True)
     num_warps = 8 if (block_q == 128 or head_dim == 128) else 4
     return FwdConfig(1, num_warps, 3)
 
@@ -325,6 +332,27 @@ def _fallbacks(cfg: FwdConfig):
         if c not in seen:
             seen.append(c)
     return seen
+
+
+def bhnd_view(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """t as a [B, H, N, D] view (no copy)."""
+    return t if layout == "bhnd" else t.permute(0, 2, 1, 3)
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether TMA can move tiles of these tensors: 16-byte aligned base, unit stride in the last dimension,
+    every other stride a positive multiple of 16 bytes."""
+    for t in tensors:
+        es = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s <= 0 or (s * es) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Descriptor of a [B, H, N, D] (or [BH·nq, D, D]) view, blocks of `rows` rows of one (b, h)."""
+    block = [1] * (t.dim() - 2) + [rows, t.shape[-1]]
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block)
 
 
 # (kernel key) -> the first configuration that compiled within the GPU's resources
@@ -415,23 +443,36 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     _, so = _dims(o, layout, "o")
     lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
+    if cfg.tma and (quant or not tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
+                                           *((h_i,) if linear else ()))):
+        cfg = replace(cfg, tma=False)  # the low-bit kernel has no TMA variant; unsuitable strides or alignment
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
-        common = dict(BQ=bq, BK=bk, D=D, KPI=c.kpi, LINEAR=linear,
+        common = dict(BQ=bq, BK=bk, D=D, LINEAR=linear,
                       INTERPRET=_interpreting(), num_warps=c.num_warps, num_stages=c.num_stages)
+        if c.maxnreg:
+            common["maxnreg"] = c.maxnreg
         try:
             if quant:
                 _launch(
                     "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
                     q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
-                    *strides["q"], *tail, EXACT_MAX=c.exact_max, **common,
+                    *strides["q"], *tail, KPI=c.kpi, EXACT_MAX=c.exact_max, **common,
+                )
+            elif c.tma:
+                hd = h_i.view(BH * nq, D, D) if linear else q.new_zeros(1, D, D, dtype=torch.bfloat16)
+                q4, k4, v4, o4 = (bhnd_view(t, layout) for t in (q, k, v, o))
+                _launch(
+                    "sla2_fwd_tma", sla2_fwd_tma_kernel, (nq, BH),
+                    descriptor(q4, bq), descriptor(k4, bk), descriptor(v4, bk), descriptor(o4, bq), descriptor(hd, D),
+                    idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, 1.0 / math.sqrt(D), **common,
                 )
             else:
                 _launch(
                     "sla2_fwd", sla2_fwd_kernel, (nq, BH),
                     q, k, v, idx, alpha3, o, lse, h_i, z_i,
-                    *strides["q"], *strides["k"], *strides["v"], *tail, **common,
+                    *strides["q"], *strides["k"], *strides["v"], *tail, KPI=c.kpi, **common,
                 )
         except OutOfResources:
             continue  # e.g. shared memory of the pipelined tiles: try the next, smaller configuration

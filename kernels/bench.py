@@ -168,19 +168,23 @@ class Bench(BenchBase):
         defaults for the table rows (api.CONFIG_OVERRIDE, self.pre_cfg)."""
         sk = self.sk
         Cfg = sk.api.FwdConfig
-        common = [Cfg(1, 8, 3), Cfg(1, 8, 2), Cfg(2, 8, 2), Cfg(1, 4, 3)]
+        candidates = {
+            False: [Cfg(1, 4, 2, tma=True), Cfg(1, 8, 2, tma=True, maxnreg=128), Cfg(1, 8, 2, tma=True),
+                    Cfg(1, 8, 3, tma=True), Cfg(1, 8, 3)],
+            True: [Cfg(1, 8, 3), Cfg(1, 8, 2), Cfg(2, 8, 2), Cfg(1, 4, 3), Cfg(1, 8, 3, exact_max=False)],
+        }
         best = {}
         for quant, st in ((False, st16), (True, st8)):
-            for cfg in common + ([Cfg(1, 8, 3, exact_max=False)] if quant else []):
+            for cfg in candidates[quant]:
                 if self.left() < 60:
                     break
                 t = self.safe(f"sweep {cfg} quant={quant}", lambda: self.time_ms(
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
-                name = "sla2_fwd_lowbit" if quant else "sla2_fwd"
+                name = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma" if cfg.tma else "sla2_fwd"
                 ck = sk.api.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True, kpi=cfg.kpi,
-                           exact_max=cfg.exact_max, num_warps=cfg.num_warps,
-                           num_stages=cfg.num_stages, t_ms=t)
+                           exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                           tma=cfg.tma, maxnreg=cfg.maxnreg, t_ms=t)
                 if t is not None and ck is not None:
                     res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
                 self.results["configs"].append(res)

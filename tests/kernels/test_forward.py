@@ -30,12 +30,22 @@ def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
 
+# The TMA kernel (the default where the tensors allow it) and the pointer kernel, one and two key blocks a tile.
+PATHS = {
+    "tma": sla2_kernels.api.FwdConfig(1, 4, 2, tma=True),
+    "pointer": sla2_kernels.api.FwdConfig(1, 8, 3),
+    "pointer-kpi2": sla2_kernels.api.FwdConfig(2, 8, 2),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_forward_matches_reference(case, poisoned, kt):
+def test_forward_matches_reference(case, path, poisoned, kt):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 7 + D)
-    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False, layout=layout)
+    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False,
+                                       layout=layout, config=PATHS[path])
     kt.assert_all_written(poisoned)
     assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (B, H, N) and lse.dtype == torch.float32
     o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk)
@@ -43,6 +53,36 @@ def test_forward_matches_reference(case, poisoned, kt):
     err = kt.rel_l1(kt.to_bhnd(o, layout), o_ref)
     assert err <= 1e-2, f"relative L1 {err:.2e}"
     torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-3)
+
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t whose data starts 2 bytes past a 16-byte boundary (TMA cannot address it)."""
+    return torch.empty(t.numel() + 1, dtype=t.dtype)[1:].view_as(t).copy_(t)
+
+
+def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
+    """Aligned inputs go to the TMA kernel; a misaligned one falls back to the pointer kernel with the same
+    result; the low-bit forward has no TMA variant and keeps its own kernel."""
+    launched = []
+    launch = sla2_kernels.api._launch
+    monkeypatch.setattr(sla2_kernels.api, "_launch",
+                        lambda name, *a, **kw: (launched.append(name), launch(name, *a, **kw)))
+    B, H, N, D, bq, bk = 1, 2, 200, 64, 64, 64
+    (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=5)
+    run = lambda q_, quant=False: sla2_kernels.sla2_forward(q_, k, v, sel.indices, alpha, block_q=bq, block_k=bk,
+                                                            quant=quant, layout="bnhd")[0]
+    o_tma = run(q)
+    assert "sla2_fwd_tma" in launched and "sla2_fwd" not in launched
+    assert sla2_kernels.api.tma_ready(q) and not sla2_kernels.api.tma_ready(_misaligned(q))
+    launched.clear()
+    o_ptr = run(_misaligned(q))
+    assert "sla2_fwd" in launched and "sla2_fwd_tma" not in launched
+    o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk)
+    assert kt.rel_l1(kt.to_bhnd(o_ptr, "bnhd"), o_ref) <= 1e-2 and kt.rel_l1(o_ptr, o_tma.float()) <= 1e-2
+    launched.clear()
+    run(q, quant=True)
+    assert "sla2_fwd_lowbit" in launched and "sla2_fwd_tma" not in launched
 
 
 @pytest.mark.parametrize("alpha_kind", ["float", "per_head", "per_block"])
