@@ -184,10 +184,12 @@ class Bench(BenchBase):
                                 h_i=lin[0], z_i=lin[1], config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each becomes the default (TUNED)
-    # (kpi, warps, stages, ks, rows): 64-row programs at 4 warps fit two to an SM (228 or 168 registers)
-    DQ_CANDIDATES = ((1, 4, 2, 0, 64), (1, 8, 2, 0, 0), (1, 4, 3, 32, 64), (1, 4, 3, 0, 64))
-    # (warps, stages, qs): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.5 KB each)
-    DKDV_CANDIDATES = ((4, 3, 32), (4, 2, 32), (4, 3, 64), (8, 3, 32), (8, 3, 64))
+    # (kpi, warps, stages, ks, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201
+    # registers; TMA kernel: 154, its Q and dO tiles stay in shared memory)
+    DQ_CANDIDATES = ((1, 4, 2, 0, 64, True), (1, 4, 3, 0, 64, True), (1, 8, 2, 0, 0, True), (1, 4, 1, 0, 64, True),
+                     (1, 4, 2, 0, 64, False))
+    # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
+    DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
 
     def sweep(self, shape_name, sparsity):
         """Time the backward's candidate configurations at this shape and sparsity; keep the fastest of each kernel."""
@@ -209,13 +211,13 @@ class Bench(BenchBase):
                 if self.left() < 60:
                     break
                 if kind == "dq":
-                    kpi, w, stg, ks, rows = cand
-                    c = C(kpi, w, stg, 8, 2, ks=ks, dq_rows=rows)
+                    kpi, w, stg, ks, rows, tma = cand
+                    c = C(kpi, w, stg, 8, 2, ks=ks, dq_rows=rows, dq_tma=tma)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     fn = lambda p=p: self.bwd.run_dq(p)  # noqa: E731
                 else:
-                    w, stg, qs = cand
-                    c = C(1, 8, 2, w, stg, qs=qs)
+                    w, stg, qs, tma = cand
+                    c = C(1, 8, 2, w, stg, qs=qs, dkdv_tma=tma)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     self.bwd.run_dq(p)
                     fn = lambda p=p: self.bwd.run_dkdv(p)  # noqa: E731
@@ -230,7 +232,8 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2], dq_rows=dq[4])
+        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2], dq_rows=dq[4], dq_tma=dq[5],
+                  dkdv_tma=dkdv[3])
         self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)

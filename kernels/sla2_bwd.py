@@ -42,18 +42,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .api import NK_ALIGN, complement_mask
-from .dot import mma, mma_acc
+from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_ready
+from .bwd_math import _phi_rows, dkdv_linear, dkdv_step, dq_step
+from .dot import mma
 from .quant_math import LOG2E
+from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
 from .sla2_fwd import load_linear_state
-
-
-@triton.jit
-def _phi_rows(x):
-    """Softmax over the last axis (head_dim) in fp32."""
-    xf = x.to(tl.float32)
-    e = tl.exp(xf - tl.max(xf, axis=1)[:, None])
-    return e / tl.sum(e, axis=1)[:, None]
 
 
 @triton.jit
@@ -158,7 +152,6 @@ def sla2_bwd_dq_kernel(
     # tile keeps S, P, dP small next to the fp32 dQ accumulator).
     qk_scale = sm_scale * LOG2E
     lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
-    dos = (do.to(tl.float32) * alpha).to(do.dtype)  # dO_s = α dO
     q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
     NSUB: tl.constexpr = BK // KS
     offs_b = tl.arange(0, KPI * KS)
@@ -172,12 +165,7 @@ def sla2_bwd_dq_kernel(
         kv_ok = sel_ok & (rows < N)
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        s = mma(q, tl.trans(k), INTERPRET)
-        p = tl.exp2(s * qk_scale - lse2[:, None])
-        p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
-        dp = mma(dos, tl.trans(v), INTERPRET)
-        ds = p * (dp - delta[:, None])
-        acc = mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
+        acc = dq_step(q, k, v, do, kv_ok, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET)
     dq_ptrs = DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :]
     dq = acc * sm_scale
     if LINEAR:
@@ -224,10 +212,7 @@ def sla2_bwd_dkdv_kernel(
             dz_sel += tl.load(DZ + (bh64 * NQ + i_blk) * D + offs_d)
         dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
         dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
-        fk = tl.where(k_ok[:, None], _phi_rows(k), 0.0)
-        dv_acc = mma(fk.to(tl.bfloat16), dh16, INTERPRET)  # φK_j dh_j
-        dfk = mma(v.to(tl.bfloat16), tl.trans(dh16), INTERPRET) + dz[None, :]
-        dk_acc = fk * (dfk - tl.sum(dfk * fk, axis=1)[:, None]) / sm_scale
+        dv_acc, dk_acc = dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET)
     else:
         dv_acc = tl.zeros([BK, D], dtype=tl.float32)
         dk_acc = tl.zeros([BK, D], dtype=tl.float32)
@@ -250,13 +235,8 @@ def sla2_bwd_dkdv_kernel(
             alpha = tl.load(ALPHA + b64 * sab + h64 * sah + i_blk * saq)
         else:
             alpha = 1.0
-        st = mma(k, tl.trans(q), INTERPRET)  # [BK, QS]
-        pt = tl.exp2(st * qk_scale - lse2[None, :])
-        pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)
-        dv_acc = mma_acc((pt * alpha).to(do.dtype), do, dv_acc, INTERPRET)
-        dpt = mma(v, tl.trans(do), INTERPRET) * alpha
-        dst = pt * (dpt - delta[None, :])
-        dk_acc = mma_acc(dst.to(q.dtype), q, dk_acc, INTERPRET)
+        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale,
+                                   INTERPRET)
     tl.store(DK + b64 * sdkb + h64 * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
              (dk_acc * sm_scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
     tl.store(DV + b64 * sdvb + h64 * sdvh + offs_n[:, None] * sdvn + offs_d[None, :],
@@ -320,6 +300,8 @@ class BwdConfig:
     ks: int = 0  # dq sparse loop: key rows per selected block and iteration (0: b_k; must divide b_k)
     qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
+    dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py; one block a step, kpi and ks unused)
+    dkdv_tma: bool = False  # dk/dv kernel: TMA tiles
 
 
 TUNED: dict = {}  # (block_q, block_k, head_dim) -> BwdConfig chosen by a benchmark (kernels/bench_train.py)
@@ -470,11 +452,27 @@ def run_dq(p: BwdProblem) -> None:
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
+    def make_tma(c):
+        views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq)]
+        rows = [c.dq_rows or p.block_q, p.block_k, p.block_k, c.dq_rows or p.block_q, c.dq_rows or p.block_q]
+        args = (
+            *(descriptor(t, r) for t, r in zip(views, rows)),
+            p.lse, p.delta, p.idx, p.alpha, sa[0], sa[1], sa[2],
+            n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=c.dq_rows or p.block_q, LINEAR=p.linear,
+                  INTERPRET=_interpreting(), num_warps=c.dq_warps, num_stages=c.dq_stages)
+        return args, kw
+
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
     rows = p.cfg.dq_rows or p.block_q
     if p.block_q % rows:
         raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
-    _launch_with_fallback("dq", sla2_bwd_dq_kernel, (nq * (p.block_q // rows), bh), key, p.cfg, make)
+    grid = (nq * (p.block_q // rows), bh)
+    if p.cfg.dq_tma and tma_ready(*(bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq))):
+        _launch_with_fallback("dq", sla2_bwd_dq_tma_kernel, grid, key, p.cfg, make_tma)
+    else:
+        _launch_with_fallback("dq", sla2_bwd_dq_kernel, grid, key, replace(p.cfg, dq_tma=False), make)
 
 
 def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
@@ -515,8 +513,27 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
                   INTERPRET=_interpreting(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
+    def make_tma(c):
+        qs = c.qs or p.block_q
+        views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
+        args = (
+            *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
+            p.lse, p.delta, p.alpha,
+            ptr, qblk, order,
+            dhk, p.dz, dztot, dhk.shape[1] if p.linear else 0,
+            sa[0], sa[1], sa[2],
+            n, heads, nq, nk, 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear,
+                  INTERPRET=_interpreting(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
+        return args, kw
+
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
-    _launch_with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, p.cfg, make)
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
+    if p.cfg.dkdv_tma and tma_ready(*views):
+        _launch_with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma)
+    else:
+        _launch_with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, replace(p.cfg, dkdv_tma=False), make)
 
 
 def sla2_backward(

@@ -6,6 +6,8 @@ block selected, QAT. Inputs are fresh random tensors per test; every float buffe
 poisoned with NaN, so an element it fails to write shows up. Relative error ‖kernel − ref‖ / ‖ref‖ ≤ 2e-2.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -113,8 +115,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["pointer", "tma"])
+def bwd_path(request, monkeypatch):
+    """The backward's default configuration with the dq and dk/dv kernels of the pointer or the TMA family."""
+    tma = request.param == "tma"
+    default = sla2_bwd.default_config
+    monkeypatch.setattr(sla2_bwd, "default_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}n{c[2]}d{c[3]}q{c[4]}k{c[5]}t{c[6]}-{c[7]}-{c[8]}".replace("torch.", ""))
-def test_gradients_match_float64_reference(case, poison):
+def test_gradients_match_float64_reference(case, poison, bwd_path):
     b, h, n, d, bq, bk, topk, layout, dtype, ash = case
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, dtype, ash)
     o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
@@ -201,10 +212,12 @@ def test_strided_inputs_and_gradient(poison):
         assert rel(from_layout(gk, "bnhd"), gr) <= TOL
 
 
-@pytest.mark.parametrize("kpi,ks,qs,rows", [(2, 0, 0, 0), (1, 32, 64, 0), (1, 16, 32, 0), (1, 32, 64, 64)])
-def test_tile_widths(kpi, ks, qs, rows, poison):
+@pytest.mark.parametrize("kpi,ks,qs,rows,tma", [(2, 0, 0, 0, False), (1, 32, 64, 0, False), (1, 16, 32, 0, False),
+                                               (1, 32, 64, 64, False), (1, 0, 32, 64, True), (1, 0, 64, 0, True)])
+def test_tile_widths(kpi, ks, qs, rows, tma, poison):
     """Tile shapes of the two kernels: dq gathers kpi·ks key rows per step (rows per program: a query block
-    split over two programs), dk/dv walks qs query rows at a time; odd topk leaves a gathered slot empty."""
+    split over two programs), dk/dv walks qs query rows at a time; odd topk leaves a gathered slot empty.
+    The TMA kernels take one key block a step and split rows the same way."""
     b, h, n, d, bq, bk, topk = 1, 2, 333, 64, 128, 64, 3
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
@@ -212,10 +225,35 @@ def test_tile_widths(kpi, ks, qs, rows, poison):
     idx = sel.indices.to(torch.int32)
     o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
                                        layout="bhnd")
-    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows)
+    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows, dq_tma=tma, dkdv_tma=tma)
     g = kag.attention_backward(dok, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd",
                                config=cfg)
     assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
+
+
+def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
+    """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary takes the
+    pointer kernels, with the same gradients."""
+    b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
+    qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
+    idx = sel.indices.to(torch.int32)
+    o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
+                                       layout="bhnd")
+    cfg = sla2_bwd.BwdConfig(1, 4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
+    launched = []
+    launch = sla2_bwd._launch_with_fallback
+    monkeypatch.setattr(sla2_bwd, "_launch_with_fallback",
+                        lambda name, kernel, *a: (launched.append(kernel.fn.__name__), launch(name, kernel, *a))[1])
+    misaligned = torch.empty(dok.numel() + 1, dtype=dok.dtype)[1:].view_as(dok).copy_(dok)
+    for grad_out, want in ((dok, ["sla2_bwd_dq_tma_kernel", "sla2_bwd_dkdv_tma_kernel"]),
+                           (misaligned, ["sla2_bwd_dq_kernel", "sla2_bwd_dkdv_kernel"])):
+        launched.clear()
+        g = kag.attention_backward(grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk,
+                                   layout="bhnd", config=cfg)
+        assert launched == want
+        assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
 
 
 def test_key_block_lists_are_the_transpose_of_the_selection():

@@ -1,0 +1,49 @@
+"""The backward's per-tile arithmetic, shared by the pointer kernels (sla2_bwd.py) and the TMA kernels
+(sla2_bwd_tma.py): they differ only in how tiles reach the program. Notation as in sla2_bwd.py."""
+
+import triton
+import triton.language as tl
+
+from .dot import mma, mma_acc
+
+
+@triton.jit
+def _phi_rows(x):
+    """Softmax over the last axis (head_dim) in fp32."""
+    xf = x.to(tl.float32)
+    e = tl.exp(xf - tl.max(xf, axis=1)[:, None])
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def dq_step(q, k, v, do, kv_ok, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET: tl.constexpr):
+    """acc += dS K for one tile of selected key rows: P recomputed from lse, dP = α dO Vᵀ, dS = P (dP − Δ)."""
+    s = mma(q, tl.trans(k), INTERPRET)
+    p = tl.exp2(s * qk_scale - lse2[:, None])
+    p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
+    dp = mma(do, tl.trans(v), INTERPRET) * alpha
+    ds = p * (dp - delta[:, None])
+    return mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
+
+
+@triton.jit
+def dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale, INTERPRET: tl.constexpr):
+    """dV += α Pᵀ dO and dK += dSᵀ Q for one tile of query rows that selected this key block (transposed
+    tiles: key rows along the first axis)."""
+    st = mma(k, tl.trans(q), INTERPRET)  # [BK, rows]
+    pt = tl.exp2(st * qk_scale - lse2[None, :])
+    pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)
+    dv_acc = mma_acc((pt * alpha).to(do.dtype), do, dv_acc, INTERPRET)
+    dpt = mma(v, tl.trans(do), INTERPRET) * alpha
+    dst = pt * (dpt - delta[None, :])
+    return dv_acc, mma_acc(dst.to(q.dtype), q, dk_acc, INTERPRET)
+
+
+@triton.jit
+def dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET: tl.constexpr):
+    """Linear-branch (dV_j, dK_j·√D) of key block j from dh_j and dz_j: dV = φK dh, dφK = V dhᵀ + dz, then φ's
+    backward (the sparse loop adds to both and dK is scaled by 1/√D at the end)."""
+    fk = tl.where(k_ok[:, None], _phi_rows(k), 0.0)
+    dv_acc = mma(fk.to(tl.bfloat16), dh16, INTERPRET)
+    dfk = mma(v.to(tl.bfloat16), tl.trans(dh16), INTERPRET) + dz[None, :]
+    return dv_acc, fk * (dfk - tl.sum(dfk * fk, axis=1)[:, None]) / sm_scale

@@ -1,0 +1,116 @@
+"""The backward's two sparse kernels with every tile moved by TMA descriptors (as sla2_fwd_tma.py).
+
+Same grids, loops and arithmetic (kernels/bwd_math.py) as the pointer kernels of sla2_bwd.py; what changes is
+that Q, dO, K and V arrive in shared memory by TMA and feed the tensor cores from there, one selected
+block a step with a scalar index. The operand tiles then need no registers of their own, the fp32
+accumulators and score tiles have the register file to themselves, and more programs fit on an SM.
+α scales dP after the product (dP = α·(dO Vᵀ)) so that dO is used as loaded. Out-of-bounds rows of ragged
+blocks come back as zeros; the output stores are clipped at N by the TMA unit.
+"""
+
+import triton
+import triton.language as tl
+
+from .bwd_math import dkdv_linear, dkdv_step, dq_step
+from .quant_math import LOG2E
+
+
+@triton.jit
+def sla2_bwd_dq_tma_kernel(
+    q_desc, k_desc, v_desc, do_desc, dq_desc,  # [B, H, N, D] views; blocks [1, 1, BM or BK, D]
+    LSE, DELTA, IDX, ALPHA,
+    sab, sah, saq,
+    N, H, NQ, TOPK, sm_scale,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program
+    LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """Sparse dQ over the selected key blocks, added to the linear dQ the prologue left in dQ."""
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(tl.int64)
+    row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
+    offs_m = row0 + tl.arange(0, BM)
+    q_ok = offs_m < N
+    offs_k = tl.arange(0, BK)
+    if LINEAR:
+        alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
+    else:
+        alpha = 1.0
+    delta = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
+    lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
+    q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
+    do = do_desc.load([b, h, row0, 0]).reshape(BM, D)
+    idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
+    qk_scale = sm_scale * LOG2E
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    for it in range(0, TOPK):
+        start = tl.load(idx_base + it) * BK
+        k = k_desc.load([b, h, start, 0]).reshape(BK, D)
+        v = v_desc.load([b, h, start, 0]).reshape(BK, D)
+        acc = dq_step(q, k, v, do, (start + offs_k) < N, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET)
+    dq = acc * sm_scale
+    if LINEAR:
+        dq += dq_desc.load([b, h, row0, 0]).reshape(BM, D).to(tl.float32)
+    dq_desc.store([b, h, row0, 0], dq.to(dq_desc.dtype).reshape(1, 1, BM, D))
+
+
+@triton.jit
+def sla2_bwd_dkdv_tma_kernel(
+    q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,  # [B, H, N, D] views; blocks [1, 1, QS or BK, D]
+    LSE, DELTA, ALPHA,
+    KV_PTR, KV_QBLK, KV_ORDER,
+    DHK, DZ, DZTOT, NK_PAD,  # DHK bf16 [BH, NK_PAD, D, D]: dh_j = Σ_{I not selecting j} dH_I
+    sab, sah, saq,
+    N, H, NQ, NK, sm_scale,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """dK, dV of one key block: linear part from dh_j, dz_j; sparse part over the query blocks that selected
+    it (CSR list, QS query rows a step)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(tl.int64)
+    j = tl.load(KV_ORDER + bh64 * NK + tl.program_id(0))  # longest list first within the head
+    start = tl.load(KV_PTR + bh64 * NK + j)
+    end = tl.load(KV_PTR + bh64 * NK + j + 1)
+    row_k = j * BK
+    k_ok = row_k + tl.arange(0, BK) < N
+    offs_d = tl.arange(0, D)
+    k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
+    v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
+    if LINEAR:
+        dz_sel = tl.zeros([D], dtype=tl.float32)
+        for t in range(start, end):
+            dz_sel += tl.load(DZ + (bh64 * NQ + tl.load(KV_QBLK + t).to(tl.int64)) * D + offs_d)
+        # A plain load: dh_j feeds two products, one of them transposed, which Triton 3.6 cannot lower from
+        # one TMA tile (TMA lowering pass fails, sm_90 compile).
+        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
+        dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
+        dv_acc, dk_acc = dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET)
+    else:
+        dv_acc = tl.zeros([BK, D], dtype=tl.float32)
+        dk_acc = tl.zeros([BK, D], dtype=tl.float32)
+
+    qk_scale = sm_scale * LOG2E
+    NSUBQ: tl.constexpr = BQ // QS
+    offs_qs = tl.arange(0, QS)
+    for u in range(start * NSUBQ, end * NSUBQ):
+        i_blk = tl.load(KV_QBLK + u // NSUBQ)
+        r0 = i_blk * BQ + (u % NSUBQ) * QS
+        rows = r0 + offs_qs
+        q_ok = rows < N
+        q = q_desc.load([b, h, r0, 0]).reshape(QS, D)
+        do = do_desc.load([b, h, r0, 0]).reshape(QS, D)
+        lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
+        delta = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
+        if LINEAR:
+            alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + i_blk * saq)
+        else:
+            alpha = 1.0
+        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale,
+                                   INTERPRET)
+    dk_desc.store([b, h, row_k, 0], (dk_acc * sm_scale).to(dk_desc.dtype).reshape(1, 1, BK, D))
+    dv_desc.store([b, h, row_k, 0], dv_acc.to(dv_desc.dtype).reshape(1, 1, BK, D))
