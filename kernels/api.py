@@ -443,9 +443,9 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     _, so = _dims(o, layout, "o")
     lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
-    if cfg.tma and (quant or not tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
+    if cfg.tma and not (quant or tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
                                            *((h_i,) if linear else ()))):
-        cfg = replace(cfg, tma=False)  # the low-bit kernel has no TMA variant; unsuitable strides or alignment
+        cfg = replace(cfg, tma=False)  # unsuitable strides or alignment (the low-bit tiles are our own buffers)
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
@@ -455,10 +455,13 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
             common["maxnreg"] = c.maxnreg
         try:
             if quant:
+                tma = c.tma and c.kpi == 1
+                descs = (TensorDescriptor.from_tensor(s.k8.view(-1, D), [bk, D]),
+                         TensorDescriptor.from_tensor(s.v8t.view(-1, s.v8t.shape[-1]), [D, bk])) if tma else (None, None)
                 _launch(
                     "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
-                    q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
-                    *strides["q"], *tail, KPI=c.kpi, EXACT_MAX=c.exact_max, **common,
+                    q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean, *descs,
+                    *strides["q"], *tail, KPI=c.kpi, EXACT_MAX=c.exact_max, TMA=tma, **common,
                 )
             elif c.tma:
                 hd = h_i.view(BH * nq, D, D) if linear else q.new_zeros(1, D, D, dtype=torch.bfloat16)

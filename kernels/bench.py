@@ -171,7 +171,8 @@ class Bench(BenchBase):
         candidates = {
             False: [Cfg(1, 4, 2, tma=True), Cfg(1, 8, 2, tma=True, maxnreg=128), Cfg(1, 8, 2, tma=True),
                     Cfg(1, 8, 3, tma=True), Cfg(1, 8, 3)],
-            True: [Cfg(1, 8, 3), Cfg(1, 8, 2), Cfg(2, 8, 2), Cfg(1, 4, 3), Cfg(1, 8, 3, exact_max=False)],
+            True: [Cfg(1, 8, 3), Cfg(1, 8, 3, tma=True), Cfg(1, 8, 2, tma=True), Cfg(1, 8, 2), Cfg(2, 8, 2),
+                   Cfg(1, 8, 3, exact_max=False)],
         }
         best = {}
         for quant, st in ((False, st16), (True, st8)):

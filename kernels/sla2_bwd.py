@@ -22,7 +22,7 @@ Kernels (launch order):
   2. dh_j = Σ_{I not selecting j} dH_I for every key block at once: the transposed complement mask (bf16,
      [nq, nk] per head, the router scores' shape) times dH on the tensor cores; dZ_tot = Σ_I dZ_I.
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
-     selected that key block (built on the GPU from the [B, H, nq, topk] index list by a stable sort, no
+     selected that key block (built on the GPU from the [B, H, nq, topk] index list by counting kernels, no
      N×nk tensor): dz_j = dZ_tot − the list's dZ_I, the linear part from dh_j; then the sparse dK/dV.
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
@@ -45,6 +45,7 @@ import triton.language as tl
 from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_ready
 from .bwd_math import _phi_rows, dkdv_linear, dkdv_step, dq_step
 from .dot import mma
+from .key_block_lists import KEY_TILE, LIST_TILE, key_block_count_kernel, key_block_fill_kernel
 from .quant_math import LOG2E
 from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
 from .sla2_fwd import load_linear_state
@@ -273,19 +274,20 @@ def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch
 
     Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H, nk]): the query blocks of key
     block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order lists each head's key
-    blocks by decreasing list length (the dk/dv launch order). A stable sort of the flat (head, key block) ids
-    and a searchsorted for the offsets: on the indices' device, no host synchronisation (CUDA-graph safe), and
-    the size of the index list itself (no nq×nk or N×nk tensor).
+    blocks by decreasing list length (the dk/dv launch order). Counting kernels (key_block_lists.py) and a
+    prefix sum, on the indices' device: no host synchronisation (CUDA-graph safe), and the size of the index
+    list itself (no nq×nk or N×nk tensor).
     """
     b, h, nq, topk = indices.shape
-    bh = b * h
-    dev = indices.device
-    flat = indices.reshape(bh, nq * topk).to(torch.int64)
-    flat = (flat + torch.arange(bh, device=dev)[:, None] * nk).reshape(-1)
-    keys, perm = torch.sort(flat, stable=True)
-    qblk = ((perm // topk) % nq).to(torch.int32)
-    ptr = torch.searchsorted(keys, torch.arange(bh * nk + 1, device=dev)).to(torch.int32)
-    counts = (ptr[1:] - ptr[:-1]).view(bh, nk)
+    bh, nqt = b * h, nq * topk
+    idx = indices.reshape(bh, nqt).to(torch.int32).contiguous()
+    counts = _empty(bh, nk, device=idx.device, dtype=torch.int32)
+    grid = (triton.cdiv(nk, KEY_TILE), bh)
+    key_block_count_kernel[grid](idx, counts, nqt, nk, JT=KEY_TILE, T=LIST_TILE, num_warps=4)
+    ptr = torch.zeros(bh * nk + 1, device=idx.device, dtype=torch.int32)
+    torch.cumsum(counts.view(-1), dim=0, dtype=torch.int32, out=ptr[1:])
+    qblk = _empty(bh * nqt, device=idx.device, dtype=torch.int32)
+    key_block_fill_kernel[grid](idx, ptr, qblk, nqt, nk, topk, JT=KEY_TILE, T=LIST_TILE, num_warps=4)
     order = torch.sort(counts, dim=1, descending=True, stable=True).indices.to(torch.int32)
     return ptr, qblk, order
 

@@ -256,8 +256,8 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
         assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
 
 
-def test_key_block_lists_are_the_transpose_of_the_selection():
-    b, h, nq, nk, topk = 2, 3, 7, 11, 4
+@pytest.mark.parametrize("b,h,nq,nk,topk", [(2, 3, 7, 11, 4), (1, 2, 40, 70, 9)])  # one tile; several of both
+def test_key_block_lists_are_the_transpose_of_the_selection(b, h, nq, nk, topk):
     idx = torch.rand(b, h, nq, nk).topk(topk, dim=-1).indices.sort(dim=-1).values.int()
     ptr, qblk, order = sla2_bwd.key_block_lists(idx, nk)
     mask = torch.zeros(b, h, nq, nk, dtype=torch.bool).scatter_(-1, idx.long(), True).view(b * h, nq, nk)
@@ -283,7 +283,7 @@ def blocked_sla2(q, k, v, alpha, idx, bq, bk):
                                    (1, 2, 9000, 128, 128, 128, 0.95, "bnhd")],
                          ids=["wan1.3b-97", "b2h3n4680d64-90", "n9000q128k128-95"])
 @pytest.mark.parametrize("quant", [False, True])
-def test_gradients_at_real_shapes_gpu(shape, quant):
+def test_gradients_at_real_shapes_gpu(shape, quant, bwd_path):
     """H100: kernels vs autograd through the blocked fp32 oracle (kernels/blocked_reference.py, TF32 off), at the
     Wan2.1-1.3B shape among others. With quant the oracle is the exact gradient (what QAT approximates)."""
     from sla2_kernels import blocked_reference as br
