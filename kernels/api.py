@@ -46,6 +46,7 @@ class PrecomputeConfig:
     blocks_per_program: int | None = None  # None: enough programs for PRECOMPUTE_PROGRAMS_PER_SM per SM
     num_warps: int | None = None
     num_stages: int | None = None
+    tma: bool = False  # K, V tiles and the h_j stores by TMA descriptors (where the tensors allow it)
 
 
 # Every buffer the kernels write is allocated through these two names, so tests can poison them (NaN) and
@@ -129,6 +130,27 @@ def _check_block(name: str, value) -> int:
     return int(value)
 
 
+def bhnd_view(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """t as a [B, H, N, D] view (no copy)."""
+    return t if layout == "bhnd" else t.permute(0, 2, 1, 3)
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether TMA can move tiles of these tensors: 16-byte aligned base, unit stride in the last dimension,
+    every other stride a positive multiple of 16 bytes."""
+    for t in tensors:
+        es = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s <= 0 or (s * es) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Descriptor of a [B, H, N, D] (or [BH·nq, D, D]) view, blocks of `rows` rows of one (b, h)."""
+    block = [1] * (t.dim() - 2) + [rows, t.shape[-1]]
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block)
+
+
 # ----------------------------------------------------------------------------------------------- precompute
 
 
@@ -179,12 +201,15 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
     ksum = _empty(BH, nk, D, **f32)
     zpart = _empty(BH, nsplit, D, **f32)
     vmax = _empty(BH, nsplit, D, **f32) if quant else zpart
+    k4, v4 = bhnd_view(k, layout), bhnd_view(v, layout)
+    tma = cfg.tma and tma_ready(k4, v4)
+    descs = (descriptor(k4, bk), descriptor(v4, bk), descriptor(hblk.view(-1, D, D), D)) if tma else (None,) * 3
     _launch(
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
-        k, v, hblk, zblk, ksum, zpart, vmax,
+        k, v, hblk, zblk, ksum, zpart, vmax, *descs,
         *strides["k"], *strides["v"],
         N, H, nk, hblk.shape[1], per_split, nsplit,
-        BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(),
+        BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(), TMA=tma,
         # 4 warps, 2 stages: best of the H100 sweep (2026-11-27, run 9): 0.223 ms vs 0.238 at 3 stages, 0.360 at
         # 8 warps with 16 blocks a program
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
@@ -332,27 +357,6 @@ def _fallbacks(cfg: FwdConfig):
         if c not in seen:
             seen.append(c)
     return seen
-
-
-def bhnd_view(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """t as a [B, H, N, D] view (no copy)."""
-    return t if layout == "bhnd" else t.permute(0, 2, 1, 3)
-
-
-def tma_ready(*tensors: torch.Tensor) -> bool:
-    """Whether TMA can move tiles of these tensors: 16-byte aligned base, unit stride in the last dimension,
-    every other stride a positive multiple of 16 bytes."""
-    for t in tensors:
-        es = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s <= 0 or (s * es) % 16 for s in t.stride()[:-1]):
-            return False
-    return True
-
-
-def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    """Descriptor of a [B, H, N, D] (or [BH·nq, D, D]) view, blocks of `rows` rows of one (b, h)."""
-    block = [1] * (t.dim() - 2) + [rows, t.shape[-1]]
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block)
 
 
 # (kernel key) -> the first configuration that compiled within the GPU's resources

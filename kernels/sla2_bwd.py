@@ -22,14 +22,14 @@ Kernels (launch order):
   2. dh_j = Σ_{I not selecting j} dH_I for every key block at once: the transposed complement mask (bf16,
      [nq, nk] per head, the router scores' shape) times dH on the tensor cores; dZ_tot = Σ_I dZ_I.
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
-     selected that key block (built on the GPU from the [B, H, nq, topk] index list by counting kernels, no
+     selected that key block (built on the GPU from an int8 selection map of the router scores' shape, no
      N×nk tensor): dz_j = dZ_tot − the list's dZ_I, the linear part from dh_j; then the sparse dK/dV.
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
 Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
 [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk bf16, as the router's
-scores) and the forward's H_I, Z_I: O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
+scores), the selection map for the lists (B·H·nq·nk int8) and the forward's H_I, Z_I: O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import triton.language as tl
 from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_ready
 from .bwd_math import _phi_rows, dkdv_linear, dkdv_step, dq_step
 from .dot import mma
-from .key_block_lists import KEY_TILE, LIST_TILE, key_block_count_kernel, key_block_fill_kernel
+from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
 from .quant_math import LOG2E
 from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
 from .sla2_fwd import load_linear_state
@@ -274,20 +274,21 @@ def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch
 
     Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H, nk]): the query blocks of key
     block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order lists each head's key
-    blocks by decreasing list length (the dk/dv launch order). Counting kernels (key_block_lists.py) and a
-    prefix sum, on the indices' device: no host synchronisation (CUDA-graph safe), and the size of the index
-    list itself (no nq×nk or N×nk tensor).
+    blocks by decreasing list length (the dk/dv launch order). Built from an int8 [B·H, nq, nk] selection map
+    (key_block_lists.py: column sums, a prefix sum, ranks by cumulative sums) on the indices' device: no host
+    synchronisation (CUDA-graph safe), nothing larger than the router's scores (no N×nk tensor).
     """
     b, h, nq, topk = indices.shape
-    bh, nqt = b * h, nq * topk
-    idx = indices.reshape(bh, nqt).to(torch.int32).contiguous()
-    counts = _empty(bh, nk, device=idx.device, dtype=torch.int32)
-    grid = (triton.cdiv(nk, KEY_TILE), bh)
-    key_block_count_kernel[grid](idx, counts, nqt, nk, JT=KEY_TILE, T=LIST_TILE, num_warps=4)
-    ptr = torch.zeros(bh * nk + 1, device=idx.device, dtype=torch.int32)
+    bh = b * h
+    dev = indices.device
+    sel = torch.zeros(bh, nq, nk, device=dev, dtype=torch.int8)
+    sel.scatter_(2, indices.reshape(bh, nq, topk).long(), 1)
+    counts = sel.sum(dim=1, dtype=torch.int32)  # [bh, nk]
+    ptr = torch.zeros(bh * nk + 1, device=dev, dtype=torch.int32)
     torch.cumsum(counts.view(-1), dim=0, dtype=torch.int32, out=ptr[1:])
-    qblk = _empty(bh * nqt, device=idx.device, dtype=torch.int32)
-    key_block_fill_kernel[grid](idx, ptr, qblk, nqt, nk, topk, JT=KEY_TILE, T=LIST_TILE, num_warps=4)
+    qblk = _empty(bh * nq * topk, device=dev, dtype=torch.int32)
+    key_block_fill_kernel[(triton.cdiv(nk, KEY_TILE), bh)](sel, ptr, qblk, nq, nk, JT=KEY_TILE, IT=QUERY_TILE,
+                                                           num_warps=4)
     order = torch.sort(counts, dim=1, descending=True, stable=True).indices.to(torch.int32)
     return ptr, qblk, order
 
