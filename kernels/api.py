@@ -46,7 +46,6 @@ class PrecomputeConfig:
     blocks_per_program: int | None = None  # None: enough programs for PRECOMPUTE_PROGRAMS_PER_SM per SM
     num_warps: int | None = None
     num_stages: int | None = None
-    tma: bool = False  # K, V tiles and the h_j stores by TMA descriptors (where the tensors allow it)
 
 
 # Every buffer the kernels write is allocated through these two names, so tests can poison them (NaN) and
@@ -201,15 +200,14 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
     ksum = _empty(BH, nk, D, **f32)
     zpart = _empty(BH, nsplit, D, **f32)
     vmax = _empty(BH, nsplit, D, **f32) if quant else zpart
-    k4, v4 = bhnd_view(k, layout), bhnd_view(v, layout)
-    tma = cfg.tma and tma_ready(k4, v4)
-    descs = (descriptor(k4, bk), descriptor(v4, bk), descriptor(hblk.view(-1, D, D), D)) if tma else (None,) * 3
+    # No TMA variant: with descriptor loads and stores, Triton 3.6's software pipeliner failed on this kernel at
+    # the Wan shapes (H100, 2026-11-27), though it compiled at N = 4096.
     _launch(
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
-        k, v, hblk, zblk, ksum, zpart, vmax, *descs,
+        k, v, hblk, zblk, ksum, zpart, vmax,
         *strides["k"], *strides["v"],
         N, H, nk, hblk.shape[1], per_split, nsplit,
-        BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(), TMA=tma,
+        BK=bk, D=D, QUANT=quant, INTERPRET=_interpreting(),
         # 4 warps, 2 stages: best of the H100 sweep (2026-11-27, run 9): 0.223 ms vs 0.238 at 3 stages, 0.360 at
         # 8 warps with 16 blocks a program
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
@@ -329,7 +327,7 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
-    tma: bool = False  # bf16: tiles by TMA descriptors (sla2_fwd_tma.py) where the tensors allow it
+    tma: bool = False  # bf16 only: tiles by TMA descriptors (sla2_fwd_tma.py) where the tensors allow it
     maxnreg: int | None = None  # register cap a thread (None: the compiler's choice)
 
 
@@ -447,9 +445,11 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     _, so = _dims(o, layout, "o")
     lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
-    if cfg.tma and not (quant or tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
+    if cfg.tma and (quant or not tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
                                            *((h_i,) if linear else ()))):
-        cfg = replace(cfg, tma=False)  # unsuitable strides or alignment (the low-bit tiles are our own buffers)
+        # The low-bit kernel has no TMA variant: TMA tiles of K̂, V̂ᵀ measured no faster (H100, 1.3B at 97%:
+        # 1.094-1.100 vs 1.099-1.105 ms); or the tensors' strides or alignment do not suit TMA.
+        cfg = replace(cfg, tma=False)
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
@@ -459,13 +459,10 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
             common["maxnreg"] = c.maxnreg
         try:
             if quant:
-                tma = c.tma and c.kpi == 1
-                descs = (TensorDescriptor.from_tensor(s.k8.view(-1, D), [bk, D]),
-                         TensorDescriptor.from_tensor(s.v8t.view(-1, s.v8t.shape[-1]), [D, bk])) if tma else (None, None)
                 _launch(
                     "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
-                    q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean, *descs,
-                    *strides["q"], *tail, KPI=c.kpi, EXACT_MAX=c.exact_max, TMA=tma, **common,
+                    q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
+                    *strides["q"], *tail, KPI=c.kpi, EXACT_MAX=c.exact_max, **common,
                 )
             elif c.tma:
                 hd = h_i.view(BH * nq, D, D) if linear else q.new_zeros(1, D, D, dtype=torch.bfloat16)

@@ -171,8 +171,7 @@ class Bench(BenchBase):
         candidates = {
             False: [Cfg(1, 4, 2, tma=True), Cfg(1, 8, 2, tma=True, maxnreg=128), Cfg(1, 8, 2, tma=True),
                     Cfg(1, 8, 3, tma=True), Cfg(1, 8, 3)],
-            True: [Cfg(1, 8, 3), Cfg(1, 8, 3, tma=True), Cfg(1, 8, 2, tma=True), Cfg(1, 8, 2), Cfg(2, 8, 2),
-                   Cfg(1, 8, 3, exact_max=False)],
+            True: [Cfg(1, 8, 3), Cfg(1, 8, 2), Cfg(2, 8, 2), Cfg(1, 4, 3), Cfg(1, 8, 3, exact_max=False)],
         }
         best = {}
         for quant, st in ((False, st16), (True, st8)):
@@ -197,15 +196,14 @@ class Bench(BenchBase):
         self.results["chosen_configs"] = {str(qt): repr(c) for qt, (t, c) in best.items()}
         PC = sk.api.PrecomputeConfig
         pbest = None
-        for pc in (PC(None, 4, 2), PC(None, 4, 2, tma=True), PC(None, 4, 3, tma=True), PC(None, 8, 2, tma=True),
-                   PC(8, 4, 2), PC(None, 8, 3)):
+        for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(None, 8, 2), PC(None, 8, 3), PC(4, 8, 2)):
             if self.left() < 60:
                 break
             t = self.safe(f"precompute sweep {pc}", lambda: self.time_ms(
                 lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc)))
             ck = sk.api.LAST_COMPILED.get("kv_precompute")
             res = dict(kind="precompute", blocks_per_program=pc.blocks_per_program, num_warps=pc.num_warps,
-                       num_stages=pc.num_stages, tma=pc.tma, t_ms=t)
+                       num_stages=pc.num_stages, t_ms=t)
             if t is not None and ck is not None:
                 res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
             self.results["precompute_configs"].append(res)

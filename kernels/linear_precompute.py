@@ -28,11 +28,10 @@ from .dot import mma
 def kv_precompute_kernel(
     K, V,  # [B, H, N, D] or [B, N, H, D] through strides
     HBLK, ZBLK, KSUM, ZPART, VMAX,
-    k_desc, v_desc, h_desc,  # TMA: K, V as [B, H, N, D] views (blocks [1, 1, BK, D]), HBLK as [BH·NK_PAD, D, D]; else None
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     N, H, NK, NK_PAD, BLOCKS_PER_SPLIT, NSPLIT,  # NK_PAD: blocks per head in HBLK (zero blocks after NK)
-    BK: tl.constexpr, D: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr, TMA: tl.constexpr = False,
+    BK: tl.constexpr, D: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -51,12 +50,8 @@ def kv_precompute_kernel(
         rows = j * BK + offs_r
         row_ok = rows < N
         blk_ok = (offs_d * 0 + j) < NK  # [D]; the last split may run past the last block
-        if TMA:  # rows past N come back as zeros, as the masked loads give
-            kt = k_desc.load([b, h, j * BK, 0]).reshape(BK, D)
-            vt = v_desc.load([b, h, j * BK, 0]).reshape(BK, D)
-        else:
-            kt = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=row_ok[:, None], other=0.0)
-            vt = tl.load(v_base + rows[:, None] * svn + offs_d[None, :] * svd, mask=row_ok[:, None], other=0.0)
+        kt = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=row_ok[:, None], other=0.0)
+        vt = tl.load(v_base + rows[:, None] * svn + offs_d[None, :] * svd, mask=row_ok[:, None], other=0.0)
         kf = kt.to(tl.float32)
         tl.store(KSUM + (bh64 * NK + j) * D + offs_d, tl.sum(kf, axis=0), mask=blk_ok)
         # φ = softmax over head_dim; a padded row would give 1/D, so it is zeroed (as the reference).
@@ -67,12 +62,8 @@ def kv_precompute_kernel(
         tl.store(ZBLK + (bh64 * NK + j) * D + offs_d, zj, mask=blk_ok)
         z_acc += zj
         hj = mma(tl.trans(fk), vt, INTERPRET)
-        if TMA:
-            if j < NK:  # the last split may run past the last block
-                h_desc.store([bh * NK_PAD + j, 0, 0], hj.to(tl.bfloat16).reshape(1, D, D))
-        else:
-            tl.store(HBLK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
-                     mask=blk_ok[:, None])
+        tl.store(HBLK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
+                 mask=blk_ok[:, None])
         if QUANT:
             v_max = tl.maximum(v_max, tl.max(tl.abs(vt.to(tl.float32)), axis=0))
 

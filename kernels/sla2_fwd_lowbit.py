@@ -42,16 +42,12 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs
 
 
 @triton.jit
-def int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, k8_desc, k8_row0, sk_base, offs_k, N, BK: tl.constexpr,
-                    D: tl.constexpr, TMA: tl.constexpr):
+def int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK: tl.constexpr, D: tl.constexpr):
     """int8_scores for one selected block per iteration: a scalar index, so the K̂ tile is a fixed pointer tile
-    plus one offset (as sla2_fwd.py's loop), or one TMA tile at row k8_row0 + start. Returns (s, start row)."""
+    plus one offset (as sla2_fwd.py's loop). Returns (s, start row of the block)."""
     blk = tl.load(idx_base + it)
     start = blk.to(tl.int64) * BK
-    if TMA:
-        k8 = k8_desc.load([k8_row0 + blk * BK, 0])
-    else:
-        k8 = tl.load(k8_ptrs + start * D)  # K̂ is stored padded to nk·b_k rows (zeros): no mask
+    k8 = tl.load(k8_ptrs + start * D)  # K̂ is stored padded to nk·b_k rows (zeros): no mask
     s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * tl.load(sk_base + blk))
     return tl.where(((start + offs_k) < N)[None, :], s, float("-inf")), start
 
@@ -61,13 +57,12 @@ def sla2_fwd_lowbit_kernel(
     Q, IDX, ALPHA, O, LSE,
     HI, ZI,  # from api.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
     K8, SK, V8T, SV, KMEAN,
-    k8_desc, v8_desc,  # TMA: K̂ as [BH·nk·b_k, D] (block [BK, D]) and V̂ᵀ as [BH·D, nk·b_k] (block [D, BK]); else None
     sqb, sqh, sqn, sqd,
     sob, soh, son, sod,
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, LINEAR: tl.constexpr,
-    INTERPRET: tl.constexpr, EXACT_MAX: tl.constexpr, TMA: tl.constexpr = False,
+    INTERPRET: tl.constexpr, EXACT_MAX: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -107,8 +102,7 @@ def sla2_fwd_lowbit_kernel(
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
     for it in range(0, n_iter if EXACT_MAX else 0):
         if KPI == 1:
-            s, _start = int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, k8_desc, bh * LDK, sk_base, offs_k, N,
-                                        BK, D, TMA)
+            s, _start = int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
         else:
             s, _rows, _ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N, TOPK,
                                         BK, D, KPI)
@@ -119,8 +113,7 @@ def sla2_fwd_lowbit_kernel(
     acc = tl.zeros([BQ, D], dtype=tl.float32)
     for it in range(0, n_iter):
         if KPI == 1:
-            s, start = int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, k8_desc, bh * LDK, sk_base, offs_k, N,
-                                       BK, D, TMA)
+            s, start = int8_scores_one(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
         else:
             s, rows, sel_ok = int8_scores(it, q8, qk_scale, idx_base, k8_base, sk_base, slot, within, offs_d, N,
                                           TOPK, BK, D, KPI)
@@ -135,9 +128,7 @@ def sla2_fwd_lowbit_kernel(
             acc = acc * corr[:, None]
             m_i = m_new
         p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
-        if TMA:
-            v8t = v8_desc.load([bh * D, start.to(tl.int32)])
-        elif KPI == 1:
+        if KPI == 1:
             v8t = tl.load(v8_ptrs + start)  # V̂ᵀ is padded too
         else:
             v8t = tl.load(v8_base + offs_d[:, None] * LDK + rows[None, :], mask=sel_ok[None, :], other=0.0)

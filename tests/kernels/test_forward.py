@@ -117,16 +117,14 @@ def test_blocked_reference_matches_reference(kt):
             torch.testing.assert_close(lse, fn(qf, kf, vf, sel.mask, bq, bk)[1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
 @pytest.mark.parametrize("N, bq, bk, D, layout", [(300, 64, 64, 64, "bhnd"), (545, 128, 64, 128, "bnhd")])
-def test_linear_state_is_the_sum_over_the_unselected_blocks(N, bq, bk, D, layout, tma, poisoned, kt):
+def test_linear_state_is_the_sum_over_the_unselected_blocks(N, bq, bk, D, layout, poisoned, kt):
     """api.linear_state: H_I = Σ_{j not selected} φK_jᵀV_j and Z_I likewise, against float64 sums; nk that is
-    not a multiple of the alignment (5 and 9 key blocks here) pads h with zero blocks that add nothing. The
-    precompute's K, V tiles and h_j stores by pointers or by TMA."""
+    not a multiple of the alignment (5 and 9 key blocks here) pads h with zero blocks that add nothing."""
     B, H, topk = 1, 2, 2
     (_, k, v), (_, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, layout)
     sel, _ = kt.random_selection(B, H, N, bq, bk, topk, seed=N)
-    st = sla2_kernels.precompute(k, v, block_k=bk, layout=layout, config=sla2_kernels.api.PrecomputeConfig(tma=tma))
+    st = sla2_kernels.precompute(k, v, block_k=bk, layout=layout)
     h_i, z_i = sla2_kernels.linear_state(sel.indices, st, block_q=bq)
     kt.assert_all_written(poisoned)
     nq, nk = -(-N // bq), -(-N // bk)

@@ -62,8 +62,7 @@ def test_quantised_k_v_equal_reference_rounding(kt):
 @pytest.mark.parametrize("cfg", [
     sla2_kernels.api.FwdConfig(2, 8, 2),  # two key blocks per tile: an odd topk leaves an empty slot
     sla2_kernels.api.FwdConfig(1, 4, 3),
-    sla2_kernels.api.FwdConfig(1, 4, 2, tma=True),  # K̂, V̂ᵀ (low-bit) or Q, K, V (bf16) tiles by TMA
-], ids=["kpi2", "kpi1-4warps", "tma"])
+], ids=["kpi2", "kpi1-4warps"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_tile_configurations(cfg, quant, poisoned, kt):
     """The configurations kernels/bench.py sweeps compute the same function."""
