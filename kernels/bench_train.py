@@ -156,18 +156,21 @@ class Bench(BenchBase):
             p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, None)
             T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
+            if flex is not None and self.args.flex_square:
+                T.update(self.safe(f"{shape_name} flex 128x128 {sparsity}",
+                                   lambda: self.time_flex_square(flex, x, do, sparsity)) or {})
             if flex is not None and not self.args.no_flex:
                 T.update(self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, x, do, idx, nk)) or {})
                 row["flex_peak_MB"] = self.safe("flex mem", lambda: self.peak_mb(
                     lambda: self.flex_fwd_bwd(flex, x, do, self.flex_mask(idx, nk, N))))
             row.update({f"t_{n}": t for n, t in T.items()})
             actual = 4.0 * B * H * N * topk * BLOCK_K * D
-            for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd"):
+            for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd", "flex128_fwdbwd"):
                 if T.get(n):
                     row[f"dense_equiv_TFLOPs_{n}"] = 3.5 * dense / T[n] / 1e9
                     row[f"actual_TFLOPs_{n}"] = 3.5 * actual / T[n] / 1e9
             if base.get("sdpa_cudnn_fwdbwd"):
-                for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd"):
+                for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd", "flex128_fwdbwd"):
                     if T.get(n):
                         row[f"x_cudnn_{n}"] = base["sdpa_cudnn_fwdbwd"] / T[n]
             if T.get("bwd") and T.get("fwd"):
@@ -273,6 +276,33 @@ class Bench(BenchBase):
         t_fb = self.time_ms(lambda: self.flex_fwd_bwd(flex, x, do, bm))
         return {"flex_fwd": t_f, "flex_fwdbwd": t_fb}
 
+    def time_flex_square(self, flex, x, do, sparsity):
+        """FlexAttention fwd+bwd on a random 128×128 block mask of the same block density: its backward compiles
+        with inductor's default tiles, which the 128×64 mask of our own selection does not."""
+        torch = self.torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        B, H, N, _ = x[0].shape
+        nb = -(-N // 128)
+        topk = topk_count(nb, sparsity)
+        gen = torch.Generator(device="cuda").manual_seed(7)
+        idx = torch.rand(B, H, nb, nb, device="cuda", generator=gen).argsort(-1)[..., :topk].sort(-1).values
+        full_idx = torch.zeros(B, H, nb, nb, device="cuda", dtype=torch.int32)
+        full_idx[..., :topk] = idx.to(torch.int32)
+        zeros = torch.zeros(B, H, nb, device="cuda", dtype=torch.int32)
+        bm = BlockMask.from_kv_blocks(zeros, torch.zeros_like(full_idx), torch.full_like(zeros, topk), full_idx,
+                                      BLOCK_SIZE=(128, 128), seq_lengths=(N, N))
+
+        def fwd_bwd():
+            o = flex(*x, block_mask=bm)
+            return torch.autograd.grad(o, x, do)
+
+        fwd_bwd()  # compile
+        with torch.no_grad():
+            t_f = self.time_ms(lambda: flex(*x, block_mask=bm))
+        return {"flex128_fwd": t_f, "flex128_fwdbwd": self.time_ms(fwd_bwd), "flex128_topk": topk,
+                "flex128_density": topk / nb}
+
     # ------------------------------------------------------------------ part 2: Wan step
     def wan(self):
         torch = self.torch
@@ -353,14 +383,15 @@ class Bench(BenchBase):
         def f(x, p=3):
             return f"{x:8.{p}f}" if isinstance(x, (int, float)) else f"{'-':>8}"
 
-        hdr = ("shape", "spars", "cuDNN", "flash", "flex", "fwd", "bwd", "fwd+bwd", "graph", "x cuDNN", "bwd/fwd",
-               "fwd8", "f+b qat", "x cuDNN8", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN", "MB flex")
+        hdr = ("shape", "spars", "cuDNN", "flash", "flex", "flex128", "fwd", "bwd", "fwd+bwd", "graph", "x cuDNN",
+               "bwd/fwd", "fwd8", "f+b qat", "x cuDNN8", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN", "MB flex")
         lines.append("fwd+bwd (ms, median)")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
         for r in R["rows"]:
             lines.append(" ".join([
                 f"{r['shape']:>8}", f(r["sparsity"], 2), f(r.get("sdpa_cudnn_fwdbwd"), 2),
-                f(r.get("sdpa_flash_fwdbwd"), 2), f(r.get("t_flex_fwdbwd")), f(r.get("t_fwd")), f(r.get("t_bwd")),
+                f(r.get("sdpa_flash_fwdbwd"), 2), f(r.get("t_flex_fwdbwd")), f(r.get("t_flex128_fwdbwd")),
+                f(r.get("t_fwd")), f(r.get("t_bwd")),
                 f(r.get("t_fwdbwd")), f(r.get("t_fwdbwd_graph")), f(r.get("x_cudnn_fwdbwd_graph") or
                                                                     r.get("x_cudnn_fwdbwd"), 1),
                 f(r.get("bwd_over_fwd"), 2), f(r.get("t_fwd_qat")), f(r.get("t_fwdbwd_qat")),
@@ -387,6 +418,8 @@ def main():
     p.add_argument("--other-sparsities", default="", help="sparsities for the shapes after the first")
     p.add_argument("--no-flex", action="store_true",
                    help="skip FlexAttention fwd+bwd (torch 2.11's inductor cannot lower its backward for 128×64 blocks)")
+    p.add_argument("--flex-square", action="store_true",
+                   help="also time FlexAttention fwd+bwd on a random 128×128 block mask of the same density")
     p.add_argument("--wan", action="store_true")
     p.add_argument("--wan-steps", type=int, default=2)
     p.add_argument("--wan-first", action="store_true", help="run the Wan step right after the sweep")

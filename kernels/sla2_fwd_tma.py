@@ -57,10 +57,11 @@ def sla2_fwd_tma_kernel(
         v = v_desc.load([b, h, start, 0]).reshape(BK, D)
         m_i, l_i, acc = softmax_step(q, k, v, (start + offs_k) < N, m_i, l_i, acc, qk_scale, INTERPRET)
 
-    o = acc / l_i[:, None]
     if LINEAR:
         alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
-        if alpha != 1.0:
+        if alpha == 1.0:
+            o = acc / l_i[:, None]
+        else:
             offs_d = tl.arange(0, D)
             z_i = tl.load(ZI + (bh64 * NQ + pid_m) * D + offs_d)
             # Q again, by TMA: the tile of the loop lives in shared memory only; using that value here would
@@ -72,6 +73,8 @@ def sla2_fwd_tma_kernel(
             h_i = h_desc.load([bh * NQ + pid_m, 0, 0]).reshape(D, D)
             acc = mma_acc(e, h_i, acc * (alpha * den / ((1.0 - alpha) * l_i))[:, None], INTERPRET)
             o = acc * ((1.0 - alpha) / den)[:, None]
+    else:
+        o = acc / l_i[:, None]
     o_desc.store([b, h, row0, 0], o.to(o_desc.dtype).reshape(1, 1, BQ, D))
     offs_m = row0 + tl.arange(0, BQ)
     tl.store(LSE + bh64 * N + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=offs_m < N)
