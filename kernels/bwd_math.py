@@ -47,3 +47,24 @@ def dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET: tl.constexpr):
     dv_acc = mma(fk.to(tl.bfloat16), dh16, INTERPRET)
     dfk = mma(v.to(tl.bfloat16), tl.trans(dh16), INTERPRET) + dz[None, :]
     return dv_acc, fk * (dfk - tl.sum(dfk * fk, axis=1)[:, None]) / sm_scale
+
+
+@triton.jit
+def dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
+              BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr):
+    """(dV_j, dK_j·√D) before the sparse loop: key block j's linear-branch part, from dh_j (one product on the
+    host side, run_dkdv) and dz_j = dZ_tot − Σ_{I selecting j} dZ_I over its CSR list [start, end); zeros
+    without a linear branch. dh_j is a plain load in both kernel families: it feeds a product and its
+    transpose, which Triton 3.6 cannot lower from one TMA tile (its TMA lowering pass fails, sm_90 compile)."""
+    if LINEAR:
+        offs_d = tl.arange(0, D)
+        dz_sel = tl.zeros([D], dtype=tl.float32)
+        for t in range(start, end):
+            dz_sel += tl.load(DZ + (bh64 * NQ + tl.load(KV_QBLK + t).to(tl.int64)) * D + offs_d)
+        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
+        dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
+        dv_acc, dk_acc = dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET)
+    else:
+        dv_acc = tl.zeros([BK, D], dtype=tl.float32)
+        dk_acc = tl.zeros([BK, D], dtype=tl.float32)
+    return dv_acc, dk_acc

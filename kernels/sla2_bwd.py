@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_ready
-from .bwd_math import _phi_rows, dkdv_linear, dkdv_step, dq_step
+from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step
 from .dot import mma
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
 from .quant_math import LOG2E
@@ -205,18 +205,8 @@ def sla2_bwd_dkdv_kernel(
     k = tl.load(K + b64 * skb + h64 * skh + offs_n[:, None] * skn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
     v = tl.load(V + b64 * svb + h64 * svh + offs_n[:, None] * svn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
 
-    if LINEAR:
-        # dh_j from one dense product on the host side (run_dkdv); dz_j = dZ_tot − Σ_{I selected j} dZ_I here.
-        dz_sel = tl.zeros([D], dtype=tl.float32)
-        for t in range(start, end):
-            i_blk = tl.load(KV_QBLK + t).to(tl.int64)
-            dz_sel += tl.load(DZ + (bh64 * NQ + i_blk) * D + offs_d)
-        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
-        dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
-        dv_acc, dk_acc = dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET)
-    else:
-        dv_acc = tl.zeros([BK, D], dtype=tl.float32)
-        dk_acc = tl.zeros([BK, D], dtype=tl.float32)
+    dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
+                               BK, D, LINEAR, INTERPRET)
 
     # Loop B: sparse dK, dV over the query blocks that selected this key block, QS query rows at a time (QS ≤ b_q:
     # narrower S/P/dP tiles next to the two fp32 accumulators).

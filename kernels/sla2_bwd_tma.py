@@ -11,7 +11,7 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_linear, dkdv_step, dq_step
+from .bwd_math import dkdv_init, dkdv_step, dq_step
 from .quant_math import LOG2E
 
 
@@ -78,21 +78,10 @@ def sla2_bwd_dkdv_tma_kernel(
     end = tl.load(KV_PTR + bh64 * NK + j + 1)
     row_k = j * BK
     k_ok = row_k + tl.arange(0, BK) < N
-    offs_d = tl.arange(0, D)
     k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
     v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
-    if LINEAR:
-        dz_sel = tl.zeros([D], dtype=tl.float32)
-        for t in range(start, end):
-            dz_sel += tl.load(DZ + (bh64 * NQ + tl.load(KV_QBLK + t).to(tl.int64)) * D + offs_d)
-        # A plain load: dh_j feeds two products, one of them transposed, which Triton 3.6 cannot lower from
-        # one TMA tile (TMA lowering pass fails, sm_90 compile).
-        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
-        dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
-        dv_acc, dk_acc = dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET)
-    else:
-        dv_acc = tl.zeros([BK, D], dtype=tl.float32)
-        dk_acc = tl.zeros([BK, D], dtype=tl.float32)
+    dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
+                               BK, D, LINEAR, INTERPRET)
 
     qk_scale = sm_scale * LOG2E
     NSUBQ: tl.constexpr = BQ // QS

@@ -106,6 +106,22 @@ def kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype, quant=False):
     return from_layout(o.detach(), layout), [from_layout(t.grad, layout) for t in leaves] + [a.grad]
 
 
+def forward_problem(b, h, n, d, bq, bk, topk):
+    """A bf16 problem ("bhnd") with its float64 reference gradients and the kernels' forward o, lse; .backward(dO,
+    config) runs the kernels' backward on it."""
+    from types import SimpleNamespace
+
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
+    qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
+    idx = sel.indices.to(torch.int32)
+    o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
+                                       layout="bhnd")
+    backward = lambda grad_out, cfg: kag.attention_backward(  # noqa: E731
+        grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd", config=cfg)
+    return SimpleNamespace(do=do, dok=dok, alpha=alpha, g_ref=g_ref, o=o, bq=bq, backward=backward)
+
+
 CASES = [
     # b, h, n, d, bq, bk, topk, layout, dtype, alpha shape
     (2, 2, 333, 64, 128, 64, 3, "bnhd", torch.bfloat16, "block"),  # ragged, KPI = 2 with an odd topk
@@ -218,42 +234,27 @@ def test_tile_widths(kpi, ks, qs, rows, tma, poison):
     """Tile shapes of the two kernels: dq gathers kpi·ks key rows per step (rows per program: a query block
     split over two programs), dk/dv walks qs query rows at a time; odd topk leaves a gathered slot empty.
     The TMA kernels take one key block a step and split rows the same way."""
-    b, h, n, d, bq, bk, topk = 1, 2, 333, 64, 128, 64, 3
-    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
-    _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
-    qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
-    idx = sel.indices.to(torch.int32)
-    o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
-                                       layout="bhnd")
+    x = forward_problem(1, 2, 333, 64, 128, 64, 3)
     cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows, dq_tma=tma, dkdv_tma=tma)
-    g = kag.attention_backward(dok, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd",
-                               config=cfg)
-    assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
+    assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
 def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
     """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary takes the
     pointer kernels, with the same gradients."""
-    b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
-    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
-    _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
-    qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
-    idx = sel.indices.to(torch.int32)
-    o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
-                                       layout="bhnd")
+    x = forward_problem(1, 2, 200, 64, 64, 64, 2)
     cfg = sla2_bwd.BwdConfig(1, 4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
     launched = []
     launch = sla2_bwd._launch_with_fallback
     monkeypatch.setattr(sla2_bwd, "_launch_with_fallback",
                         lambda name, kernel, *a: (launched.append(kernel.fn.__name__), launch(name, kernel, *a))[1])
-    misaligned = torch.empty(dok.numel() + 1, dtype=dok.dtype)[1:].view_as(dok).copy_(dok)
-    for grad_out, want in ((dok, ["sla2_bwd_dq_tma_kernel", "sla2_bwd_dkdv_tma_kernel"]),
+    misaligned = torch.empty(x.dok.numel() + 1, dtype=x.dok.dtype)[1:].view_as(x.dok).copy_(x.dok)
+    for grad_out, want in ((x.dok, ["sla2_bwd_dq_tma_kernel", "sla2_bwd_dkdv_tma_kernel"]),
                            (misaligned, ["sla2_bwd_dq_kernel", "sla2_bwd_dkdv_kernel"])):
         launched.clear()
-        g = kag.attention_backward(grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk,
-                                   layout="bhnd", config=cfg)
+        g = x.backward(grad_out, cfg)
         assert launched == want
-        assert_grads(g, g_ref, TOL, do=do, o=o, alpha=alpha, bq=bq)
+        assert_grads(g, x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
 @pytest.mark.parametrize("b,h,nq,nk,topk", [(2, 3, 7, 11, 4), (1, 2, 40, 70, 9)])  # one tile; several of both
