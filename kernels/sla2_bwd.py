@@ -29,7 +29,8 @@ Kernels (launch order):
 
 Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
 [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk bf16, as the router's
-scores), the selection map for the lists (B·H·nq·nk int8) and the forward's H_I, Z_I: O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
+scores), the selection map for the lists (B·H·nq·nk int8) and the forward's H_I, Z_I: O(N·D²/b_k +
+N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 """
 
 from __future__ import annotations

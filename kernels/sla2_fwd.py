@@ -1,5 +1,8 @@
 """Fused SLA2 forward, bf16/fp16: sparse softmax over the selected key blocks + complement linear + α-mix.
 
+The pointer-tile kernel. The default is its TMA twin (sla2_fwd_tma.py, 0.68 vs 0.85 ms at Wan-1.3B, 97%,
+H100); this one runs where a tensor does not suit TMA, and holds the loop step both share.
+
 One program per (query block i, batch·head); programs of one head are adjacent in the launch order, so
 that head's K and V (≈ 17 MB at N = 32760, D = 128) stay in L2 while its query blocks gather them.
 Each loop takes KPI selected key blocks per iteration (KPI·b_k gathered rows).
