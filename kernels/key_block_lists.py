@@ -6,8 +6,10 @@ its column sums, their offsets a prefix sum of those, and query block i's place 
 query blocks before it that also selected j: a cumulative sum down column j. One program takes KEY_TILE key
 blocks of one head and walks the query blocks QUERY_TILE at a time, so the work is O(nq·nk) per head with no
 sort, and the lists come out ascending (deterministic order of the dK/dV sums).
-Measured on the H100 (2026-11-27, third session): torch.sort + searchsorted 0.22 ms (Wan-1.3B) and 0.32 ms
-(Wan-14B); comparing every index-list entry with every key block instead was 0.13 and 2.05 ms.
+Measured on the H100 (2026-11-27, third session, do_bench, eager): this construction 0.40 ms at Wan-1.3B and
+0.42 at Wan-14B against 0.63 and 0.62 for the torch.sort + searchsorted one it replaced (identical lists); both
+are mostly host time for a handful of small launches, which a CUDA graph removes. A first kernel comparing
+every index-list entry with every key block (O(nq·topk·nk)) took 2.05 ms at 14B.
 """
 
 import triton
