@@ -281,8 +281,8 @@ def blocked_sla2(q, k, v, alpha, idx, bq, bk):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(1, 12, 32760, 128, 128, 64, 0.97, "bnhd"), (2, 3, 4680, 64, 64, 64, 0.9, "bhnd"),
-                                   (1, 2, 9000, 128, 128, 128, 0.95, "bnhd")],
-                         ids=["wan1.3b-97", "b2h3n4680d64-90", "n9000q128k128-95"])
+                                   (1, 2, 9000, 128, 128, 128, 0.95, "bnhd"), (2, 2, 100, 128, 128, 64, 0.5, "bnhd")],
+                         ids=["wan1.3b-97", "b2h3n4680d64-90", "n9000q128k128-95", "n100-shorter-than-a-block"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_gradients_at_real_shapes_gpu(shape, quant, bwd_path):
     """H100: kernels vs autograd through the blocked fp32 oracle (kernels/blocked_reference.py, TF32 off), at the

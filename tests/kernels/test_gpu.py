@@ -112,6 +112,17 @@ def test_other_blocks_dtypes_layouts(bq, bk, D, dtype, layout):
     _check_forward(q, k, v, idx, 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda"), bq, bk, layout=layout)
 
 
+@pytest.mark.parametrize("N", [1, 100, 200])
+def test_sequences_shorter_than_a_block(N):
+    """N below b_q (and b_k for N < 64): the TMA boxes are larger than the tensor along N, so the loads must
+    zero-fill and the stores clip (added in the third session of 2026-11-27, after its last device run)."""
+    B, H, D, bq, bk = 2, 3, 128, 128, 64
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=N)
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, nk // 2), layout="bhnd")
+    _check_forward(q, k, v, idx, 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda"), bq, bk)
+
+
 def test_software_e4m3_rounding_equals_hardware():
     """The interpreter's software e4m3 rounding and the GPU's cvt give the same bytes (and so the CPU
     tests of the low-bit path test the arithmetic the GPU runs)."""
