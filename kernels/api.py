@@ -335,17 +335,30 @@ class FwdConfig:
 CONFIG_OVERRIDE: dict = {}
 
 
+def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
+    """The pointer kernels' best (one selected block per iteration, 3 stages; 8 warps for 128-row or 128-wide
+    tiles). H100, Wan-1.3B at 97%: bf16 (1, 8, 3) 0.849 ms, (1, 8, 2) 1.044, two blocks per iteration 0.996; at
+    90%, low-bit (1, 8, 3) 2.531, (1, 8, 2) 2.686 (kernels/README.md)."""
+    return FwdConfig(1, 8 if (block_q == 128 or head_dim == 128) else 4, 3)
+
+
 def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
-    """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM). Low-bit: one selected block per iteration,
-    8 warps, 3 stages. H100 sweeps (2026-11-27, Wan-1.3B at 97%, kernels/README.md): sparse loop with TMA
-    (1, 4, 2) 0.427 ms, (1, 8, 2, maxnreg 128) 0.440, (1, 8, 3) 0.509, pointer kernel (1, 8, 3) 0.575; at 90%
-    with the scalar-index low-bit loop, low-bit (1, 8, 3) 2.531, (1, 8, 2) 2.686."""
+    """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM); low-bit: pointer_config. H100 sweeps
+    (2026-11-27, Wan-1.3B at 97%, kernels/README.md): sparse loop with TMA (1, 4, 2) 0.427 ms, (1, 8, 2,
+    maxnreg 128) 0.440, (1, 8, 3) 0.509, pointer kernel (1, 8, 3) 0.575. Where TMA cannot be used (see
+    sla2_forward) the bf16 default becomes pointer_config."""
     if quant in CONFIG_OVERRIDE:
         return CONFIG_OVERRIDE[quant]
-    if not quant:
-        return FwdConfig(1, 4, 2, tma=True)
-    num_warps = 8 if (block_q == 128 or head_dim == 128) else 4
-    return FwdConfig(1, num_warps, 3)
+    return pointer_config(block_q, head_dim) if quant else FwdConfig(1, 4, 2, tma=True)
+
+
+def tma_hardware(device: torch.device) -> bool:
+    """TMA exists from Hopper (sm_90) on. Triton lowers descriptors to plain loads on older GPUs, where the
+    4-warp TMA configuration spills (sm_80 compile: 10 KB of stack a thread), so they take the pointer kernels.
+    Under the interpreter (CPU tests) the TMA kernels run anywhere."""
+    if _interpreting():
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _fallbacks(cfg: FwdConfig):
@@ -445,11 +458,12 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     _, so = _dims(o, layout, "o")
     lse = _empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
-    if cfg.tma and (quant or not tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
-                                           *((h_i,) if linear else ()))):
+    if cfg.tma and (quant or not tma_hardware(q.device)
+                    or not tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)), *((h_i,) if linear else ()))):
         # The low-bit kernel has no TMA variant: TMA tiles of K̂, V̂ᵀ measured no faster (H100, 1.3B at 97%:
-        # 1.094-1.100 vs 1.099-1.105 ms); or the tensors' strides or alignment do not suit TMA.
-        cfg = replace(cfg, tma=False)
+        # 1.094-1.100 vs 1.099-1.105 ms); or the GPU has no TMA, or the tensors' strides or alignment do not
+        # suit it. A caller's own configuration keeps its warps and stages; the default becomes the pointer one.
+        cfg = replace(cfg, tma=False) if config is not None else pointer_config(bq, D)
     tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):

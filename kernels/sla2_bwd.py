@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_ready
+from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_hardware, tma_ready
 from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step
 from .dot import mma
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
@@ -464,7 +464,8 @@ def run_dq(p: BwdProblem) -> None:
     if p.block_q % rows:
         raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
     grid = (nq * (p.block_q // rows), bh)
-    if p.cfg.dq_tma and tma_ready(*(bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq))):
+    if p.cfg.dq_tma and tma_hardware(p.q.device) and tma_ready(
+            *(bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq))):
         _launch_with_fallback("dq", sla2_bwd_dq_tma_kernel, grid, key, p.cfg, make_tma)
     else:
         _launch_with_fallback("dq", sla2_bwd_dq_kernel, grid, key, replace(p.cfg, dq_tma=False), make)
@@ -525,7 +526,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
     views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
-    if p.cfg.dkdv_tma and tma_ready(*views):
+    if p.cfg.dkdv_tma and tma_hardware(p.q.device) and tma_ready(*views):
         _launch_with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma)
     else:
         _launch_with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, replace(p.cfg, dkdv_tma=False), make)

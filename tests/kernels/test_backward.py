@@ -240,8 +240,8 @@ def test_tile_widths(kpi, ks, qs, rows, tma, poison):
 
 
 def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
-    """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary takes the
-    pointer kernels, with the same gradients."""
+    """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary, or a GPU
+    without TMA, takes the pointer kernels, with the same gradients."""
     x = forward_problem(1, 2, 200, 64, 64, 64, 2)
     cfg = sla2_bwd.BwdConfig(1, 4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
     launched = []
@@ -255,6 +255,10 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
         g = x.backward(grad_out, cfg)
         assert launched == want
         assert_grads(g, x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
+    launched.clear()
+    monkeypatch.setattr(sla2_bwd, "tma_hardware", lambda device: False)
+    assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
+    assert launched == ["sla2_bwd_dq_kernel", "sla2_bwd_dkdv_kernel"]
 
 
 @pytest.mark.parametrize("b,h,nq,nk,topk", [(2, 3, 7, 11, 4), (1, 2, 40, 70, 9)])  # one tile; several of both

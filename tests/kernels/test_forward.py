@@ -61,28 +61,37 @@ def _misaligned(t: torch.Tensor) -> torch.Tensor:
 
 
 def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
-    """Aligned inputs go to the TMA kernel; a misaligned one falls back to the pointer kernel with the same
-    result; the low-bit forward has no TMA variant and keeps its own kernel."""
+    """Aligned inputs go to the TMA kernel; a misaligned one falls back to the pointer kernel (at the pointer
+    kernel's own default configuration) with the same result; so does a GPU without TMA; the low-bit forward
+    has no TMA variant and keeps its own kernel."""
+    api = sla2_kernels.api
     launched = []
-    launch = sla2_kernels.api._launch
-    monkeypatch.setattr(sla2_kernels.api, "_launch",
-                        lambda name, *a, **kw: (launched.append(name), launch(name, *a, **kw)))
+    launch = api._launch
+    monkeypatch.setattr(api, "_launch", lambda name, *a, **kw: (
+        launched.append((name, kw.get("num_warps"), kw.get("num_stages"))), launch(name, *a, **kw)))
     B, H, N, D, bq, bk = 1, 2, 200, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=5)
     run = lambda q_, quant=False: sla2_kernels.sla2_forward(q_, k, v, sel.indices, alpha, block_q=bq, block_k=bk,
                                                             quant=quant, layout="bnhd")[0]
+    pointer = api.pointer_config(bq, D)
+    kernels = lambda: [name for name, *_ in launched if name.startswith("sla2_fwd")]  # noqa: E731
     o_tma = run(q)
-    assert "sla2_fwd_tma" in launched and "sla2_fwd" not in launched
-    assert sla2_kernels.api.tma_ready(q) and not sla2_kernels.api.tma_ready(_misaligned(q))
+    assert kernels() == ["sla2_fwd_tma"]
+    assert api.tma_ready(q) and not api.tma_ready(_misaligned(q))
     launched.clear()
     o_ptr = run(_misaligned(q))
-    assert "sla2_fwd" in launched and "sla2_fwd_tma" not in launched
+    assert [x for x in launched if x[0] == "sla2_fwd"] == [("sla2_fwd", pointer.num_warps, pointer.num_stages)]
     o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk)
     assert kt.rel_l1(kt.to_bhnd(o_ptr, "bnhd"), o_ref) <= 1e-2 and kt.rel_l1(o_ptr, o_tma.float()) <= 1e-2
     launched.clear()
+    with monkeypatch.context() as m:
+        m.setattr(api, "tma_hardware", lambda device: False)
+        run(q)
+    assert kernels() == ["sla2_fwd"]
+    launched.clear()
     run(q, quant=True)
-    assert "sla2_fwd_lowbit" in launched and "sla2_fwd_tma" not in launched
+    assert kernels() == ["sla2_fwd_lowbit"]
 
 
 @pytest.mark.parametrize("alpha_kind", ["float", "per_head", "per_block"])
