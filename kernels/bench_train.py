@@ -1,7 +1,7 @@
 """Training benchmark of SLA2 on one GPU: attention forward+backward, and a Wan2.1-1.3B training step.
 
     python3 kernels/bench_train.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep]
-                                   [--wan] [--wan-steps 2] [--budget-s 480]
+                                   [--no-flex] [--flex-square] [--wan] [--wan-steps 2] [--budget-s 480]
 
 Part 1, per shape (B, H, N, D): SDPA cuDNN and flash, forward and forward+backward; per sparsity: FlexAttention
 forward+backward with a BlockMask of exactly the SLA2 selection (equal density; compiled once per shape), and
@@ -10,8 +10,10 @@ SLA2 bf16 and QAT (low-bit forward, bf16 backward): forward (router + precompute
 lists, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of forward+backward
 (allocated above the inputs) against SDPA's. FLOPs, both conventions (SLA2.md §8): dense-equivalent
 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N²
-replaced by N·topk·b_k (the blocks computed). --sweep times backward configurations at the first shape and the
-last sparsity (and dH_I stored in fp32 instead of bf16).
+replaced by N·topk·b_k (the blocks computed). --sweep times the dq and dk/dv kernels' candidate configurations
+(pointer and TMA tiles) at the first shape and the last sparsity and keeps the fastest of each. --flex-square
+adds FlexAttention forward+backward on a random 128×128 block mask of the same density, whose backward compiles
+where the 128×64 mask of our own selection does not (torch 2.11).
 
 Part 2 (--wan): the Wan2.1-T2V-1.3B architecture (diffusers WanTransformer3DModel, random weights, bf16,
 activation checkpointing), one AdamW step on one 81×480×832 latent ([1, 16, 21, 60, 104], N = 32760) with a
@@ -20,7 +22,8 @@ and torch.library ops) without and with the low-bit forward. Step time (median o
 step) and peak memory. This part imports sla2_train (the adapter under test), lazily: the kernels package itself
 never does.
 
-Times are medians of triton.testing.do_bench (ms). The table is printed last; JSON goes to DIR/bench_train.json.
+Times are medians of triton.testing.do_bench (ms; calls over 50 ms: the median of three event-timed calls). The
+table is printed last; JSON goes to DIR/bench_train.json.
 """
 
 from __future__ import annotations
