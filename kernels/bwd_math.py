@@ -5,6 +5,7 @@ import triton
 import triton.language as tl
 
 from .dot import mma, mma_acc
+from .quant_math import LOG2E
 
 
 @triton.jit
@@ -13,6 +14,20 @@ def _phi_rows(x):
     xf = x.to(tl.float32)
     e = tl.exp(xf - tl.max(xf, axis=1)[:, None])
     return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def query_rows(LSE, DELTA, ALPHA_BH, saq, bh64, i_blk, rows, N, LINEAR: tl.constexpr):
+    """(q_ok, lse in the log2 domain, Δ, α) of query rows `rows` (of query block i_blk; ALPHA_BH points at this
+    (batch, head)'s α row). Without a linear branch α is 1 (effective_alpha)."""
+    q_ok = rows < N
+    lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
+    delta = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
+    if LINEAR:
+        alpha = tl.load(ALPHA_BH + i_blk * saq)
+    else:
+        alpha = 1.0
+    return q_ok, lse2, delta, alpha
 
 
 @triton.jit

@@ -22,14 +22,14 @@ Kernels (launch order):
   2. dh_j = Σ_{I not selecting j} dH_I for every key block at once: the transposed complement mask (bf16,
      [nq, nk] per head, the router scores' shape) times dH on the tensor cores; dZ_tot = Σ_I dZ_I.
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
-     selected that key block (built on the GPU from an int8 selection map of the router scores' shape, no
-     N×nk tensor): dz_j = dZ_tot − the list's dZ_I, the linear part from dh_j; then the sparse dK/dV.
+     selected that key block (built on the GPU from the complement mask of step 2, no N×nk tensor):
+     dz_j = dZ_tot − the list's dZ_I, the linear part from dh_j; then the sparse dK/dV.
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
 Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
 [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk bf16, as the router's
-scores), the selection map for the lists (B·H·nq·nk int8) and the forward's H_I, Z_I: O(N·D²/b_k +
+scores; also what the CSR lists are built from) and the forward's H_I, Z_I: O(N·D²/b_k +
 N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 """
 
@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_hardware, tma_ready
-from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step
+from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step, query_rows
 from .dot import mma
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
 from .quant_math import LOG2E
@@ -136,24 +136,19 @@ def sla2_bwd_dq_kernel(
 
     offs_m = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    q_ok = offs_m < N
+    q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, ALPHA + b64 * sab + h64 * sah, saq, bh64, pid_m, offs_m, N,
+                                          LINEAR)
     k_base = K + b64 * skb + h64 * skh
     v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     n_iter = tl.cdiv(TOPK, KPI)
     do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None],
                  other=0.0)
-    if LINEAR:
-        alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
-    else:
-        alpha = 1.0
-    delta = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
     acc = tl.zeros([BM, D], dtype=tl.float32)
 
     # Sparse dQ over the selected blocks, in tiles of KPI·KS gathered key rows (KS ≤ b_k: a narrower
     # tile keeps S, P, dP small next to the fp32 dQ accumulator).
     qk_scale = sm_scale * LOG2E
-    lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
     q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
     NSUB: tl.constexpr = BK // KS
     offs_b = tl.arange(0, KPI * KS)
@@ -212,21 +207,16 @@ def sla2_bwd_dkdv_kernel(
     # Loop B: sparse dK, dV over the query blocks that selected this key block, QS query rows at a time (QS ≤ b_q:
     # narrower S/P/dP tiles next to the two fp32 accumulators).
     qk_scale = sm_scale * LOG2E
+    alpha_bh = ALPHA + b64 * sab + h64 * sah
     NSUBQ: tl.constexpr = BQ // QS
     offs_qs = tl.arange(0, QS)
     for u in range(start * NSUBQ, end * NSUBQ):
         i_blk = tl.load(KV_QBLK + u // NSUBQ)
         rows = i_blk * BQ + (u % NSUBQ) * QS + offs_qs
-        q_ok = rows < N
+        q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, alpha_bh, saq, bh64, i_blk, rows, N, LINEAR)
         q = tl.load(Q + b64 * sqb + h64 * sqh + rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         do = tl.load(DO + b64 * sdob + h64 * sdoh + rows[:, None] * sdon + offs_d[None, :],
                      mask=q_ok[:, None], other=0.0)
-        lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
-        delta = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
-        if LINEAR:
-            alpha = tl.load(ALPHA + b64 * sab + h64 * sah + i_blk * saq)
-        else:
-            alpha = 1.0
         dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale,
                                    INTERPRET)
     tl.store(DK + b64 * sdkb + h64 * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
@@ -259,27 +249,29 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def key_block_lists(indices: torch.Tensor, nk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CSR transpose of the [B, H, nq, topk] selection: for each (batch·head, key block) the query blocks that
     selected it.
 
     Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H, nk]): the query blocks of key
     block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order lists each head's key
-    blocks by decreasing list length (the dk/dv launch order). Built from an int8 [B·H, nq, nk] selection map
-    (key_block_lists.py: column sums, a prefix sum, ranks by cumulative sums) on the indices' device: no host
-    synchronisation (CUDA-graph safe), nothing larger than the router's scores (no N×nk tensor).
+    blocks by decreasing list length (the dk/dv launch order). keep: the selection's complement mask
+    (api.complement_mask), when the caller has it already. Built from it (key_block_lists.py: zeros per column, a
+    prefix sum, ranks by cumulative sums) on the indices' device: no host synchronisation (CUDA-graph safe),
+    nothing larger than the router's scores (no N×nk tensor).
     """
     b, h, nq, topk = indices.shape
     bh = b * h
     dev = indices.device
-    sel = torch.zeros(bh, nq, nk, device=dev, dtype=torch.int8)
-    sel.scatter_(2, indices.reshape(bh, nq, topk).long(), 1)
-    counts = sel.sum(dim=1, dtype=torch.int32)  # [bh, nk]
+    if keep is None:
+        keep = complement_mask(indices, nk, NK_ALIGN)
+    counts = (keep[:, :, :nk] == 0).sum(dim=1, dtype=torch.int32)  # [bh, nk]
     ptr = torch.zeros(bh * nk + 1, device=dev, dtype=torch.int32)
     torch.cumsum(counts.view(-1), dim=0, dtype=torch.int32, out=ptr[1:])
     qblk = _empty(bh * nq * topk, device=dev, dtype=torch.int32)
-    key_block_fill_kernel[(triton.cdiv(nk, KEY_TILE), bh)](sel, ptr, qblk, nq, nk, JT=KEY_TILE, IT=QUERY_TILE,
-                                                           num_warps=4)
+    key_block_fill_kernel[(triton.cdiv(nk, KEY_TILE), bh)](keep, ptr, qblk, nq, nk, keep.shape[-1], JT=KEY_TILE,
+                                                           IT=QUERY_TILE, num_warps=4)
     order = torch.sort(counts, dim=1, descending=True, stable=True).indices.to(torch.int32)
     return ptr, qblk, order
 
@@ -447,8 +439,9 @@ def run_dq(p: BwdProblem) -> None:
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq)]
+
     def make_tma(c):
-        views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq)]
         rows = [c.dq_rows or p.block_q, p.block_k, p.block_k, c.dq_rows or p.block_q, c.dq_rows or p.block_q]
         args = (
             *(descriptor(t, r) for t, r in zip(views, rows)),
@@ -464,8 +457,7 @@ def run_dq(p: BwdProblem) -> None:
     if p.block_q % rows:
         raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
     grid = (nq * (p.block_q // rows), bh)
-    if p.cfg.dq_tma and tma_hardware(p.q.device) and tma_ready(
-            *(bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq))):
+    if p.cfg.dq_tma and tma_hardware(p.q.device) and tma_ready(*views):
         _launch_with_fallback("dq", sla2_bwd_dq_tma_kernel, grid, key, p.cfg, make_tma)
     else:
         _launch_with_fallback("dq", sla2_bwd_dq_kernel, grid, key, replace(p.cfg, dq_tma=False), make)
@@ -477,21 +469,21 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
     call this twice on one problem keep it."""
     bsz, heads, n, d = p.shape
     bh, nq, nk = bsz * heads, p.nq, p.nk
+    keep = complement_mask(p.idx, nk, NK_ALIGN)  # also the selection the CSR lists are built from
+    ptr, qblk, order = key_block_lists(p.idx, nk, keep)
     if p.linear:
         # dh_j = Σ over the query blocks that did not select j of dH_I: the transposed complement mask times dH,
         # [nk, nq] × [nq, D²] per head on the tensor cores (instead of a D×D fp32 sum per key block over its
         # CSR list in the dk/dv kernel: 128 registers a thread at 4 warps, and the list's dH_I gathered).
-        keep = complement_mask(p.idx, nk, NK_ALIGN)
         dhk = torch.bmm(keep.transpose(1, 2), p.dh.view(bh, nq, d * d))
         dztot = p.dz.sum(dim=1)
-        del keep
         if release_dh:
             p.dh = None
     else:
         dhk = dztot = p.delta
+    del keep
     p.dk = _empty_like(p.k, memory_format=torch.contiguous_format)
     p.dv = _empty_like(p.v, memory_format=torch.contiguous_format)
-    ptr, qblk, order = key_block_lists(p.idx, nk)
     sa = p.alpha.stride()
 
     def make(c):
@@ -509,9 +501,10 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
                   INTERPRET=_interpreting(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
+
     def make_tma(c):
         qs = c.qs or p.block_q
-        views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
         args = (
             *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
             p.lse, p.delta, p.alpha,
@@ -525,7 +518,6 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         return args, kw
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
-    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
     if p.cfg.dkdv_tma and tma_hardware(p.q.device) and tma_ready(*views):
         _launch_with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma)
     else:

@@ -11,7 +11,7 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_step
+from .bwd_math import dkdv_init, dkdv_step, dq_step, query_rows
 from .quant_math import LOG2E
 
 
@@ -31,15 +31,10 @@ def sla2_bwd_dq_tma_kernel(
     h = bh % H
     bh64 = bh.to(tl.int64)
     row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
-    offs_m = row0 + tl.arange(0, BM)
-    q_ok = offs_m < N
+    alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah
+    q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, alpha_bh, saq, bh64, pid_m, row0 + tl.arange(0, BM), N,
+                                          LINEAR)
     offs_k = tl.arange(0, BK)
-    if LINEAR:
-        alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
-    else:
-        alpha = 1.0
-    delta = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
-    lse2 = tl.load(LSE + bh64 * N + offs_m, mask=q_ok, other=0.0) * LOG2E
     q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     do = do_desc.load([b, h, row0, 0]).reshape(BM, D)
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
@@ -84,21 +79,15 @@ def sla2_bwd_dkdv_tma_kernel(
                                BK, D, LINEAR, INTERPRET)
 
     qk_scale = sm_scale * LOG2E
+    alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah
     NSUBQ: tl.constexpr = BQ // QS
     offs_qs = tl.arange(0, QS)
     for u in range(start * NSUBQ, end * NSUBQ):
         i_blk = tl.load(KV_QBLK + u // NSUBQ)
         r0 = i_blk * BQ + (u % NSUBQ) * QS
-        rows = r0 + offs_qs
-        q_ok = rows < N
         q = q_desc.load([b, h, r0, 0]).reshape(QS, D)
         do = do_desc.load([b, h, r0, 0]).reshape(QS, D)
-        lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
-        delta = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
-        if LINEAR:
-            alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + i_blk * saq)
-        else:
-            alpha = 1.0
+        q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, alpha_bh, saq, bh64, i_blk, r0 + offs_qs, N, LINEAR)
         dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale,
                                    INTERPRET)
     dk_desc.store([b, h, row_k, 0], (dk_acc * sm_scale).to(dk_desc.dtype).reshape(1, 1, BK, D))
