@@ -51,6 +51,17 @@ def forward_linear_state(k, v, indices, *, block_q: int, block_k: int, layout: s
     return linear_state(indices, kv_state, block_q=block_q)
 
 
+def forward_with_state(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool, layout: str):
+    """(o, lse, lin_state): the forward, with one pass over K and V for the linear branch's state and the low-bit
+    tiles alike; lin_state is (H_I, Z_I), the backward's input, or None when every key block is selected.
+    alpha: effective α (effective_alpha)."""
+    state = precompute(k, v, block_k=block_k, layout=layout, quant=quant)
+    lin = forward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout, kv_state=state)
+    o, lse = sla2_forward(q, k, v, indices, alpha, block_q=block_q, block_k=block_k, quant=quant, layout=layout,
+                          kv_state=state, lin_state=lin)
+    return o, lse, lin
+
+
 def attention_backward(
     do, q, k, v, o, lse, indices, alpha, *, block_q: int, block_k: int, layout: str, lin_state=None, **kw
 ):
@@ -79,11 +90,9 @@ def reduce_alpha_grad(dalpha: torch.Tensor, alpha) -> torch.Tensor | None:
 class SLA2Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, indices, alpha, block_q, block_k, quant, layout, save_kv_state):
-        state = precompute(k, v, block_k=block_k, layout=layout, quant=quant)
         a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
-        lin = forward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout, kv_state=state)
-        o, lse = sla2_forward(q, k, v, indices, a3, block_q=block_q, block_k=block_k, quant=quant, layout=layout,
-                              kv_state=state, lin_state=lin)
+        o, lse, lin = forward_with_state(q, k, v, indices, a3, block_q=block_q, block_k=block_k, quant=quant,
+                                         layout=layout)
         ctx.save_for_backward(q, k, v, o, lse, indices, alpha if isinstance(alpha, torch.Tensor) else None)
         ctx.alpha_value = None if isinstance(alpha, torch.Tensor) else alpha
         ctx.cfg = (block_q, block_k, layout)

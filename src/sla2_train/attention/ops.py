@@ -297,13 +297,8 @@ def attention(
         b, h, n, _ = _dims(q, layout)
         nq, nk = ref.num_blocks(n, block_q), ref.num_blocks(n, block_k)
         a = _effective_alpha(alpha, b, h, nq, indices.shape[-1] >= nk)
-        st = sla2_kernels.precompute(k, v, block_k=block_k, layout=layout, quant=quant)
-        lin = kernel_autograd.forward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout,
-                                                   kv_state=st)
-        o, lse = sla2_kernels.sla2_forward(
-            q, k, v, indices, a, block_q=block_q, block_k=block_k, quant=quant, layout=layout, kv_state=st,
-            lin_state=lin,
-        )
+        o, lse, lin = kernel_autograd.forward_with_state(q, k, v, indices, a, block_q=block_q, block_k=block_k,
+                                                         quant=quant, layout=layout)
         if o.stride() != torch.empty_like(q, device="meta").stride():  # the fake promises empty_like(q)
             o = torch.empty_like(q).copy_(o)
         return (o, lse.contiguous(), *(lin if lin is not None else _state_zeros(q, shapes)))
