@@ -323,7 +323,8 @@ except ImportError:  # pragma: no cover - older layouts of triton
 
 @dataclass(frozen=True)
 class FwdConfig:
-    kpi: int  # selected key blocks gathered per iteration of the sparse loop (tile width KPI·b_k)
+    """Launch configuration of the forward kernels (every kernel takes one selected key block per iteration)."""
+
     num_warps: int
     num_stages: int
     exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
@@ -336,20 +337,19 @@ CONFIG_OVERRIDE: dict = {}
 
 
 def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
-    """The pointer kernels' best (one selected block per iteration, 3 stages; 8 warps for 128-row or 128-wide
-    tiles). H100, Wan-1.3B at 97%: bf16 (1, 8, 3) 0.849 ms, (1, 8, 2) 1.044, two blocks per iteration 0.996; at
-    90%, low-bit (1, 8, 3) 2.531, (1, 8, 2) 2.686 (kernels/README.md)."""
-    return FwdConfig(1, 8 if (block_q == 128 or head_dim == 128) else 4, 3)
+    """The pointer kernels' best (3 stages; 8 warps for 128-row or 128-wide tiles). H100, Wan-1.3B at 97%: bf16
+    (8, 3) 0.849 ms, (8, 2) 1.044; at 90%, low-bit (8, 3) 2.531, (8, 2) 2.686 (kernels/README.md)."""
+    return FwdConfig(8 if (block_q == 128 or head_dim == 128) else 4, 3)
 
 
 def default_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
     """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM); low-bit: pointer_config. H100 sweeps
-    (2026-11-27, Wan-1.3B at 97%, kernels/README.md): sparse loop with TMA (1, 4, 2) 0.427 ms, (1, 8, 2,
-    maxnreg 128) 0.440, (1, 8, 3) 0.509, pointer kernel (1, 8, 3) 0.575. Where TMA cannot be used (see
+    (2026-11-27, Wan-1.3B at 97%, kernels/README.md): sparse loop with TMA (4, 2) 0.427 ms, (8, 2, maxnreg
+    128) 0.440, (8, 3) 0.509, pointer kernel (8, 3) 0.575. Where TMA cannot be used (see
     sla2_forward) the bf16 default becomes pointer_config."""
     if quant in CONFIG_OVERRIDE:
         return CONFIG_OVERRIDE[quant]
-    return pointer_config(block_q, head_dim) if quant else FwdConfig(1, 4, 2, tma=True)
+    return pointer_config(block_q, head_dim) if quant else FwdConfig(4, 2, tma=True)
 
 
 def tma_hardware(device: torch.device) -> bool:
@@ -362,12 +362,8 @@ def tma_hardware(device: torch.device) -> bool:
 
 
 def _fallbacks(cfg: FwdConfig):
-    """cfg, then configurations needing less shared memory (fewer stages, then a narrower tile)."""
-    seen = []
-    for c in (cfg, replace(cfg, num_stages=1), replace(cfg, kpi=1), replace(cfg, kpi=1, num_stages=1)):
-        if c not in seen:
-            seen.append(c)
-    return seen
+    """cfg, then the same with one stage (less shared memory for the pipelined tiles)."""
+    return [cfg] if cfg.num_stages == 1 else [cfg, replace(cfg, num_stages=1)]
 
 
 # (kernel key) -> the first configuration that compiled within the GPU's resources
@@ -464,7 +460,7 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
         # 1.094-1.100 vs 1.099-1.105 ms); or the GPU has no TMA, or the tensors' strides or alignment do not
         # suit it. A caller's own configuration keeps its warps and stages; the default becomes the pointer one.
         cfg = replace(cfg, tma=False) if config is not None else pointer_config(bq, D)
-    tail = (*so, *alpha3.stride(), N, H, nq, nk, topk, 1.0 / math.sqrt(D))
+    scale = 1.0 / math.sqrt(D)
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
     for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
         common = dict(BQ=bq, BK=bk, D=D, LINEAR=linear,
@@ -476,7 +472,8 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
                 _launch(
                     "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel, (nq, BH),
                     q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
-                    *strides["q"], *tail, KPI=c.kpi, EXACT_MAX=c.exact_max, **common,
+                    *strides["q"], *so, *alpha3.stride(), N, H, nq, nk, topk, scale,
+                    EXACT_MAX=c.exact_max, **common,
                 )
             elif c.tma:
                 hd = h_i.view(BH * nq, D, D) if linear else q.new_zeros(1, D, D, dtype=torch.bfloat16)
@@ -484,13 +481,14 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
                 _launch(
                     "sla2_fwd_tma", sla2_fwd_tma_kernel, (nq, BH),
                     descriptor(q4, bq), descriptor(k4, bk), descriptor(v4, bk), descriptor(o4, bq), descriptor(hd, D),
-                    idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, 1.0 / math.sqrt(D), **common,
+                    idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale, **common,
                 )
             else:
                 _launch(
                     "sla2_fwd", sla2_fwd_kernel, (nq, BH),
                     q, k, v, idx, alpha3, o, lse, h_i, z_i,
-                    *strides["q"], *strides["k"], *strides["v"], *tail, KPI=c.kpi, **common,
+                    *strides["q"], *strides["k"], *strides["v"], *so, *alpha3.stride(),
+                    N, H, nq, topk, scale, **common,
                 )
         except OutOfResources:
             continue  # e.g. shared memory of the pipelined tiles: try the next, smaller configuration

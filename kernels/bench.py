@@ -169,9 +169,9 @@ class Bench(BenchBase):
         sk = self.sk
         Cfg = sk.api.FwdConfig
         candidates = {
-            False: [Cfg(1, 4, 2, tma=True), Cfg(1, 8, 2, tma=True, maxnreg=128), Cfg(1, 8, 2, tma=True),
-                    Cfg(1, 8, 3, tma=True), Cfg(1, 8, 3)],
-            True: [Cfg(1, 8, 3), Cfg(1, 8, 2), Cfg(2, 8, 2), Cfg(1, 4, 3), Cfg(1, 8, 3, exact_max=False)],
+            False: [Cfg(4, 2, tma=True), Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 2, tma=True), Cfg(8, 3, tma=True),
+                    Cfg(8, 3)],
+            True: [Cfg(8, 3), Cfg(8, 2), Cfg(4, 3), Cfg(8, 3, exact_max=False)],
         }
         best = {}
         for quant, st in ((False, st16), (True, st8)):
@@ -182,7 +182,7 @@ class Bench(BenchBase):
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
                 name = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma" if cfg.tma else "sla2_fwd"
                 ck = sk.api.LAST_COMPILED.get(name)
-                res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True, kpi=cfg.kpi,
+                res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
                            exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                            tma=cfg.tma, maxnreg=cfg.maxnreg, t_ms=t)
                 if t is not None and ck is not None:
@@ -257,10 +257,10 @@ class Bench(BenchBase):
                 f(r.get("cudnn_TFLOPs"), 0),
             ]))
         if self.results["configs"]:
-            lines.append("main-kernel configs (kpi, warps, stages, exact_max): ms [regs/spills/shared]")
+            lines.append("main-kernel configs (warps, stages, exact_max, tma, maxnreg): ms [regs/spills/shared]")
             for c in self.results["configs"]:
-                lines.append(f"  quant={c['quant']!s:5} ({c['kpi']},{c['num_warps']},{c['num_stages']},"
-                             f"{c.get('exact_max')}): "
+                lines.append(f"  quant={c['quant']!s:5} ({c['num_warps']},{c['num_stages']},{c.get('exact_max')},"
+                             f"{c.get('tma')},{c.get('maxnreg')}): "
                              f"{c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
                              f"[{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]")
             lines.append(f"chosen: {self.results.get('chosen_configs')} {self.results.get('chosen_precompute')}")

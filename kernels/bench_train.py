@@ -190,10 +190,9 @@ class Bench(BenchBase):
                                 h_i=lin[0], z_i=lin[1], config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each becomes the default (TUNED)
-    # (kpi, warps, stages, ks, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201
-    # registers; TMA kernel: 154, its Q and dO tiles stay in shared memory)
-    DQ_CANDIDATES = ((1, 4, 2, 0, 64, True), (1, 4, 3, 0, 64, True), (1, 8, 2, 0, 0, True), (1, 4, 1, 0, 64, True),
-                     (1, 4, 2, 0, 64, False))
+    # (warps, stages, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201 registers; TMA
+    # kernel: 154, its Q and dO tiles stay in shared memory)
+    DQ_CANDIDATES = ((4, 2, 64, True), (4, 3, 64, True), (8, 2, 0, True), (4, 1, 64, True), (4, 2, 64, False))
     # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
     DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
 
@@ -217,13 +216,13 @@ class Bench(BenchBase):
                 if self.left() < 60:
                     break
                 if kind == "dq":
-                    kpi, w, stg, ks, rows, tma = cand
-                    c = C(kpi, w, stg, 8, 2, ks=ks, dq_rows=rows, dq_tma=tma)
+                    w, stg, rows, tma = cand
+                    c = C(w, stg, 8, 2, dq_rows=rows, dq_tma=tma)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     fn = lambda p=p: self.bwd.run_dq(p)  # noqa: E731
                 else:
                     w, stg, qs, tma = cand
-                    c = C(1, 8, 2, w, stg, qs=qs, dkdv_tma=tma)
+                    c = C(8, 2, w, stg, qs=qs, dkdv_tma=tma)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     self.bwd.run_dq(p)
                     fn = lambda p=p: self.bwd.run_dkdv(p)  # noqa: E731
@@ -238,8 +237,7 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        tuned = C(dq[0], dq[1], dq[2], dkdv[0], dkdv[1], ks=dq[3], qs=dkdv[2], dq_rows=dq[4], dq_tma=dq[5],
-                  dkdv_tma=dkdv[3])
+        tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3])
         self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)

@@ -122,8 +122,8 @@ def sla2_bwd_dq_kernel(
     sdob, sdoh, sdon,
     sdqb, sdqh, sdqn,
     sab, sah, saq,
-    N, H, NQ, NK, TOPK, sm_scale,
-    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, KPI: tl.constexpr, KS: tl.constexpr,
+    N, H, NQ, TOPK, sm_scale,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr,
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program (divides BQ)
 ):
     """FlashAttention's dQ over the selected key blocks, plus the linear dQ the prologue left in DQ.
@@ -141,25 +141,20 @@ def sla2_bwd_dq_kernel(
     k_base = K + b64 * skb + h64 * skh
     v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
-    n_iter = tl.cdiv(TOPK, KPI)
     do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None],
                  other=0.0)
     acc = tl.zeros([BM, D], dtype=tl.float32)
 
-    # Sparse dQ over the selected blocks, in tiles of KPI·KS gathered key rows (KS ≤ b_k: a narrower
-    # tile keeps S, P, dP small next to the fp32 dQ accumulator).
+    # Sparse dQ over the selected blocks, one a step, its rows addressed through a per-row index (the forward's
+    # scalar-index form was not measured here). Two blocks a step or half-block steps measured slower on the H100
+    # (1.30–1.48 vs 1.24 ms, Wan-1.3B at 97%) and were removed.
     qk_scale = sm_scale * LOG2E
     q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-    NSUB: tl.constexpr = BK // KS
-    offs_b = tl.arange(0, KPI * KS)
-    slot_b = offs_b // KS
-    within_b = offs_b % KS
-    for it in range(0, n_iter * NSUB):
-        sel = (it // NSUB) * KPI + slot_b
-        sel_ok = sel < TOPK
-        blk = tl.load(idx_base + sel, mask=sel_ok, other=0)
-        rows = blk * BK + (it % NSUB) * KS + within_b
-        kv_ok = sel_ok & (rows < N)
+    offs_b = tl.arange(0, BK)
+    for it in range(0, TOPK):
+        blk = tl.load(idx_base + it + offs_b * 0)  # the step's key block, once per row
+        rows = blk * BK + offs_b
+        kv_ok = rows < N
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         acc = dq_step(q, k, v, do, kv_ok, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET)
@@ -278,15 +273,15 @@ def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = 
 
 @dataclass(frozen=True)
 class BwdConfig:
-    kpi: int  # dq kernel, sparse loop: selected key blocks gathered per iteration (tile width kpi·ks)
+    """Launch configuration of the dq and dk/dv kernels (the dq loop takes one selected key block a step)."""
+
     dq_warps: int
     dq_stages: int
     dkdv_warps: int
     dkdv_stages: int
-    ks: int = 0  # dq sparse loop: key rows per selected block and iteration (0: b_k; must divide b_k)
     qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
-    dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py; one block a step, kpi and ks unused)
+    dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py)
     dkdv_tma: bool = False  # dk/dv kernel: TMA tiles
 
 
@@ -296,30 +291,20 @@ TUNED: dict = {}  # (block_q, block_k, head_dim) -> BwdConfig chosen by a benchm
 def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
     if (block_q, block_k, head_dim) in TUNED:
         return TUNED[(block_q, block_k, head_dim)]
-    # The sparse dq loop keeps the fp32 dQ accumulator and S, dP tiles live: a b_q × 64 tile (kpi = 1) keeps
-    # that within the registers.
     warps = 8 if (block_q == 128 or head_dim == 128) else 4
     if (block_q, block_k, head_dim) == (128, 64, 128):
         # Measured on the H100 (kernels/README.md, Backward, 2026-11-27, Wan-1.3B at 97%): dk/dv 1.42 ms with 4
         # warps, 3 stages and 32 query rows per step vs 1.99 at 64 rows and 2.81 at 8 warps, 2 stages, 128 rows;
         # dq 1.23 ms with 64-row programs at 4 warps (two per SM) vs 1.51 for one 8-warp program per query block.
         # TMA tiles (device run 3 of the third session): dq 1.135 vs 1.218 ms, dk/dv 1.351 vs 1.399.
-        return BwdConfig(1, 4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True)
-    return BwdConfig(1, warps, 2, warps, 2)
+        return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True)
+    return BwdConfig(warps, 2, warps, 2)
 
 
 def _fallbacks(cfg: BwdConfig, kernel: str):
-    """cfg, then configurations of that kernel needing less shared memory."""
-    if kernel == "dq":
-        tries = [(cfg.kpi, cfg.dq_stages), (cfg.kpi, 1), (1, cfg.dq_stages), (1, 1)]
-        out = [replace(cfg, kpi=k, dq_stages=st) for k, st in tries]
-    else:
-        out = [replace(cfg, dkdv_stages=st) for st in (cfg.dkdv_stages, 1)]
-    seen = []
-    for c in out:
-        if c not in seen:
-            seen.append(c)
-    return seen
+    """cfg, then the same with one stage for that kernel (less shared memory for the pipelined tiles)."""
+    field = "dq_stages" if kernel == "dq" else "dkdv_stages"
+    return [cfg] if getattr(cfg, field) == 1 else [cfg, replace(cfg, **{field: 1})]
 
 
 # Every buffer the backward allocates goes through these two names, so tests can poison them (NaN) without
@@ -403,7 +388,7 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_
 def run_dq(p: BwdProblem) -> None:
     """Prologue (Δ, dα, linear dQ and dH_I, dZ_I) then the dq kernel (sparse dQ)."""
     bsz, heads, n, d = p.shape
-    bh, nq, nk = bsz * heads, p.nq, p.nk
+    bh, nq = bsz * heads, p.nq
     dev = p.q.device
     p.dq = _empty_like(p.q, memory_format=torch.contiguous_format)
     p.delta = _empty(bsz, heads, n, device=dev, dtype=torch.float32)
@@ -431,10 +416,9 @@ def run_dq(p: BwdProblem) -> None:
             *_bhn_strides(p.q, p.layout), *_bhn_strides(p.k, p.layout), *_bhn_strides(p.v, p.layout),
             *_bhn_strides(p.do, p.layout), *_bhn_strides(p.dq, p.layout),
             sa[0], sa[1], sa[2],
-            n, heads, nq, nk, p.idx.shape[-1], 1.0 / math.sqrt(d),
+            n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
-        ks = c.ks or p.block_k
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, KPI=c.kpi, KS=ks, BM=c.dq_rows or p.block_q,
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=c.dq_rows or p.block_q,
                   LINEAR=p.linear, INTERPRET=_interpreting(),
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw

@@ -124,7 +124,7 @@ def forward_problem(b, h, n, d, bq, bk, topk):
 
 CASES = [
     # b, h, n, d, bq, bk, topk, layout, dtype, alpha shape
-    (2, 2, 333, 64, 128, 64, 3, "bnhd", torch.bfloat16, "block"),  # ragged, KPI = 2 with an odd topk
+    (2, 2, 333, 64, 128, 64, 3, "bnhd", torch.bfloat16, "block"),  # ragged
     (1, 2, 300, 128, 64, 128, 1, "bhnd", torch.bfloat16, "head"),
     (1, 2, 257, 64, 64, 64, 3, "bhnd", torch.float16, "scalar"),
     (1, 1, 200, 128, 128, 64, 2, "bnhd", torch.bfloat16, "block"),
@@ -228,14 +228,13 @@ def test_strided_inputs_and_gradient(poison):
         assert rel(from_layout(gk, "bnhd"), gr) <= TOL
 
 
-@pytest.mark.parametrize("kpi,ks,qs,rows,tma", [(2, 0, 0, 0, False), (1, 32, 64, 0, False), (1, 16, 32, 0, False),
-                                               (1, 32, 64, 64, False), (1, 0, 32, 64, True), (1, 0, 64, 0, True)])
-def test_tile_widths(kpi, ks, qs, rows, tma, poison):
-    """Tile shapes of the two kernels: dq gathers kpi·ks key rows per step (rows per program: a query block
-    split over two programs), dk/dv walks qs query rows at a time; odd topk leaves a gathered slot empty.
-    The TMA kernels take one key block a step and split rows the same way."""
+@pytest.mark.parametrize("qs,rows,tma", [(0, 0, False), (32, 64, False), (64, 0, False), (32, 64, True),
+                                         (64, 0, True)])
+def test_tile_widths(qs, rows, tma, poison):
+    """Tile shapes of the two kernels: dq programs take `rows` query rows (64: a query block split over two
+    programs), dk/dv walks qs query rows at a time; both kernel families."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3)
-    cfg = sla2_bwd.BwdConfig(kpi, 8, 2, 8, 2, ks=ks, qs=qs, dq_rows=rows, dq_tma=tma, dkdv_tma=tma)
+    cfg = sla2_bwd.BwdConfig(8, 2, 8, 2, qs=qs, dq_rows=rows, dq_tma=tma, dkdv_tma=tma)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
@@ -243,7 +242,7 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
     """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary, or a GPU
     without TMA, takes the pointer kernels, with the same gradients."""
     x = forward_problem(1, 2, 200, 64, 64, 64, 2)
-    cfg = sla2_bwd.BwdConfig(1, 4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
+    cfg = sla2_bwd.BwdConfig(4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
     launched = []
     launch = sla2_bwd._launch_with_fallback
     monkeypatch.setattr(sla2_bwd, "_launch_with_fallback",

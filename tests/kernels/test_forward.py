@@ -30,12 +30,8 @@ def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
 
-# The TMA kernel (the default where the tensors allow it) and the pointer kernel, one and two key blocks a tile.
-PATHS = {
-    "tma": sla2_kernels.api.FwdConfig(1, 4, 2, tma=True),
-    "pointer": sla2_kernels.api.FwdConfig(1, 8, 3),
-    "pointer-kpi2": sla2_kernels.api.FwdConfig(2, 8, 2),
-}
+# The TMA kernel (the default where the tensors allow it) and the pointer kernel.
+PATHS = {"tma": sla2_kernels.api.FwdConfig(4, 2, tma=True), "pointer": sla2_kernels.api.FwdConfig(8, 3)}
 
 
 @pytest.mark.parametrize("path", PATHS)

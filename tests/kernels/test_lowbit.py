@@ -60,9 +60,9 @@ def test_quantised_k_v_equal_reference_rounding(kt):
 
 
 @pytest.mark.parametrize("cfg", [
-    sla2_kernels.api.FwdConfig(2, 8, 2),  # two key blocks per tile: an odd topk leaves an empty slot
-    sla2_kernels.api.FwdConfig(1, 4, 3),
-], ids=["kpi2", "kpi1-4warps"])
+    sla2_kernels.api.FwdConfig(8, 2),
+    sla2_kernels.api.FwdConfig(4, 3),
+], ids=["8warps-2stages", "4warps-3stages"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_tile_configurations(cfg, quant, poisoned, kt):
     """The configurations kernels/bench.py sweeps compute the same function."""
@@ -84,7 +84,7 @@ def test_running_max_variant_is_close_but_not_the_reference(kt):
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=19)
-    cfg = sla2_kernels.api.FwdConfig(1, 8, 2, exact_max=False)
+    cfg = sla2_kernels.api.FwdConfig(8, 2, exact_max=False)
     o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True,
                                        layout="bhnd", config=cfg)
     o_fq = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=True)
