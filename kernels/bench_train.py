@@ -7,10 +7,10 @@ Part 1, per shape (B, H, N, D): SDPA cuDNN and flash, forward and forward+backwa
 forward+backward with a BlockMask of exactly the SLA2 selection (equal density; compiled once per shape), and
 SLA2 bf16 and QAT (low-bit forward, bf16 backward): forward (router + precompute + main kernel), forward+backward
 (the same plus the backward), the backward alone and its parts (the K/V pass it recomputes, the CSR key-block
-lists, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of forward+backward
+lists, the prologue, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of forward+backward
 (allocated above the inputs) against SDPA's. FLOPs, both conventions (SLA2.md §8): dense-equivalent
 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N²
-replaced by N·topk·b_k (the blocks computed). --sweep times the dq and dk/dv kernels' candidate configurations
+replaced by N·topk·b_k (the blocks computed). --sweep times the prologue's, dq and dk/dv kernels' candidate configurations
 (pointer and TMA tiles) at the first shape and the last sparsity and keeps the fastest of each. --flex-square
 adds FlexAttention forward+backward on a random 128×128 block mask of the same density, whose backward compiles
 where the 128×64 mask of our own selection does not (torch 2.11).
@@ -157,7 +157,8 @@ class Bench(BenchBase):
             T["linear_state"] = self.time_ms(lambda: sk.api.linear_state(idx, st, block_q=BLOCK_Q))
             lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
             p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, None)
-            T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq(p))
+            T["bwd_prologue"] = self.time_ms(lambda: self.bwd.run_prologue(p))
+            T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p))  # the dq kernel alone
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
             if flex is not None and self.args.flex_square:
                 T.update(self.safe(f"{shape_name} flex 128x128 {sparsity}",
@@ -195,6 +196,9 @@ class Bench(BenchBase):
     DQ_CANDIDATES = ((4, 2, 64, True), (4, 3, 64, True), (8, 2, 0, True), (4, 1, 64, True), (4, 2, 64, False))
     # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
     DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
+    # (rows, cols, warps, stages) of the prologue (sm_90 compile: 155–227 registers, 76–86 KB of shared memory)
+    PROLOGUE_CANDIDATES = ((32, 64, 4, 1), (32, 128, 4, 1), (16, 128, 4, 1), (16, 64, 4, 1), (32, 128, 8, 1),
+                           (64, 128, 8, 1), (32, 64, 4, 2))
 
     def sweep(self, shape_name, sparsity):
         """Time the backward's candidate configurations at this shape and sparsity; keep the fastest of each kernel."""
@@ -211,15 +215,22 @@ class Bench(BenchBase):
         st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
         lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
         best = {}
-        for kind, cands in (("dq", self.DQ_CANDIDATES), ("dkdv", self.DKDV_CANDIDATES)):
+        for kind, cands in (("prologue", self.PROLOGUE_CANDIDATES), ("dq", self.DQ_CANDIDATES),
+                            ("dkdv", self.DKDV_CANDIDATES)):
             for cand in cands:
                 if self.left() < 60:
                     break
-                if kind == "dq":
+                if kind == "prologue":
+                    rows, cols, w, stg = cand
+                    c = C(4, 2, 8, 2, prologue_rows=rows, prologue_cols=cols, prologue_warps=w, prologue_stages=stg)
+                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
+                    fn = lambda p=p: self.bwd.run_prologue(p)  # noqa: E731
+                elif kind == "dq":
                     w, stg, rows, tma = cand
                     c = C(w, stg, 8, 2, dq_rows=rows, dq_tma=tma)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
-                    fn = lambda p=p: self.bwd.run_dq(p)  # noqa: E731
+                    self.bwd.run_prologue(p)
+                    fn = lambda p=p: self.bwd.run_dq_sparse(p)  # noqa: E731
                 else:
                     w, stg, qs, tma = cand
                     c = C(8, 2, w, stg, qs=qs, dkdv_tma=tma)
@@ -237,7 +248,9 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3])
+        pro = best.get("prologue", (None, self.PROLOGUE_CANDIDATES[0]))[1]
+        tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3],
+                  prologue_rows=pro[0], prologue_cols=pro[1], prologue_warps=pro[2], prologue_stages=pro[3])
         self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)

@@ -17,6 +17,33 @@ def _phi_rows(x):
 
 
 @triton.jit
+def phi_inv(q, q_ok, z_i):
+    """(bf16 φQ, 1/den) of a tile of query rows, den = φQ·Z_I as the forward's epilogue forms it (0 on padding)."""
+    fq16 = _phi_rows(q).to(tl.bfloat16)
+    den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
+    return fq16, tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
+
+
+@triton.jit
+def prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET: tl.constexpr):
+    """The backward prologue for a tile of query rows with a linear branch: (Δ, Σ_rows (Do − Dl), this tile's part of
+    dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO). O_l is recomputed as the forward's epilogue forms it (bf16 φQ and H_I on the tensor
+    cores, fp32 denominator); Do = dO·O is given."""
+    fq16, inv = phi_inv(q, q_ok, z_i)
+    d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
+    delta = d_o - (1.0 - alpha) * d_l
+    dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0)
+    # dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (bf16, as in dH_I), w = (1 − α) Dl; padding rows have inv = 0.
+    w = (1.0 - alpha) * d_l
+    psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
+    dz = -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0)
+    # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
+    dfq = (mma(do.to(tl.bfloat16), tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
+    fq = fq16.to(tl.float32)
+    return delta, dalpha, dz, fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]), psi16
+
+
+@triton.jit
 def query_rows(LSE, DELTA, ALPHA_BH, saq, bh64, i_blk, rows, N, LINEAR: tl.constexpr):
     """(q_ok, lse in the log2 domain, Δ, α) of query rows `rows` (of query block i_blk; ALPHA_BH points at this
     (batch, head)'s α row). Without a linear branch α is 1 (effective_alpha)."""

@@ -27,7 +27,7 @@ Kernels (launch order):
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
-Memory besides the gradients: Δ [B, H, N] fp32, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
+Memory besides the gradients: Δ [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the prologue only, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
 [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk bf16, as the router's
 scores; also what the CSR lists are built from) and the forward's H_I, Z_I: O(N·D²/b_k +
 N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
@@ -44,8 +44,8 @@ import triton
 import triton.language as tl
 
 from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_hardware, tma_ready
-from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step, query_rows
-from .dot import mma
+from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step, prologue_linear_rows, query_rows
+from .dot import mma, mma_acc
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
 from .quant_math import LOG2E
 from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
@@ -57,58 +57,71 @@ def sla2_bwd_prologue_kernel(
     Q, O, DO, DQ,
     DELTA, ALPHA, HI, ZI,
     DH, DZ, DALPHA,
+    PSI,  # bf16 [B·H, nq·b_q, D] scratch: ψ from pass 1 to pass 2
     sqb, sqh, sqn,
     sob, soh, son,
     sdob, sdoh, sdon,
     sdqb, sdqh, sdqn,
     sab, sah, saq,
     N, H, NQ,
-    BQ: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+    BQ: tl.constexpr, D: tl.constexpr, RS: tl.constexpr, DC: tl.constexpr,  # RS rows a step; DC columns of dH_I
+    LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Per query block: Δ, dα_I and (linear branch) dH_I, dZ_I and the linear dQ, written into DQ for the dq
     kernel to add. A kernel of its own: fused into the dq kernel, this straight-line part pushed the sparse
-    loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers, none, without it)."""
+    loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers, none, without it).
+    Two passes over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ to PSI), then
+    dH_I = (1 − α) ψᵀ dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never shares the
+    registers with pass 1's tiles (the whole block at once: 255 registers, 60 spilled, one program an SM, 0.553 ms
+    at Wan-1.3B, 97%; these passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2 instead of stored:
+    0.553 again, its exps and row reductions twice more). What is left is latency-bound: two 4-warp programs an
+    SM (224 registers); ncu on the recomputing version counted 1.1 TB/s and 2.7 cycles between issues a scheduler."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
     bh64 = bh.to(tl.int64)
-    offs_m = pid_m * BQ + tl.arange(0, BQ)
     offs_d = tl.arange(0, D)
-    q_ok = offs_m < N
-    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None],
-                 other=0.0)
-    o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-    d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
+    q_bh = Q + b64 * sqb + h64 * sqh
+    do_bh = DO + b64 * sdob + h64 * sdoh
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
         h16, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # the forward's own H_I (bf16), Z_I
-        # O_l as the forward's epilogue computes it (bf16 φQ and H_I on the tensor cores, fp32 denominator).
-        q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None],
+        dz_acc = tl.zeros([D], dtype=tl.float32)
+    dalpha = 0.0
+    for r in range(0, BQ, RS):
+        offs_m = pid_m * BQ + r + tl.arange(0, RS)
+        q_ok = offs_m < N
+        do = tl.load(do_bh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+        o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None],
                     other=0.0)
-        fq16 = _phi_rows(q).to(tl.bfloat16)
-        den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
-        inv = tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
-        d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
-        delta = d_o - (1.0 - alpha) * d_l
-        dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0) / alpha
-        w = (1.0 - alpha) * d_l
-        do16 = do.to(tl.bfloat16)
-        # dH_I = ψᵀ g and dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (padded rows: inv = 0).
-        psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
-        dh = mma(tl.trans(psi16), do16, INTERPRET) * (1.0 - alpha)
-        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_d[None, :], dh.to(DH.dtype.element_ty))
-        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0))
-        # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
-        dfq = (mma(do16, tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
-        fq = fq16.to(tl.float32)
-        dq_lin = fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None])
-        tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :],
-                 dq_lin.to(DQ.dtype.element_ty), mask=q_ok[:, None])
-    else:
-        delta = d_o  # every block selected: α is exactly 1 (reference.effective_alpha)
-        dalpha = 0.0
-    tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
+        d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
+        if LINEAR:
+            q = tl.load(q_bh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+            delta, da, dz, dq_lin, psi16 = prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET)
+            dalpha += da
+            dz_acc += dz
+            tl.store(PSI + (bh64 * NQ * BQ + offs_m[:, None]) * D + offs_d[None, :], psi16)
+            tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :],
+                     dq_lin.to(DQ.dtype.element_ty), mask=q_ok[:, None])
+        else:
+            delta = d_o  # every block selected: α is exactly 1 (reference.effective_alpha)
+        tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
+    if LINEAR:
+        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, dz_acc)
+        dalpha = dalpha / alpha
+        tl.debug_barrier()  # pass 1's ψ rows, stored by other threads of this program
+        for c in range(0, D, DC):
+            offs_c = c + tl.arange(0, DC)
+            dh_acc = tl.zeros([D, DC], dtype=tl.float32)
+            for r in range(0, BQ, RS):
+                offs_m = pid_m * BQ + r + tl.arange(0, RS)
+                psi16 = tl.load(PSI + (bh64 * NQ * BQ + offs_m[:, None]) * D + offs_d[None, :])
+                do_c = tl.load(do_bh + offs_m[:, None] * sdon + offs_c[None, :], mask=(offs_m < N)[:, None],
+                               other=0.0)
+                dh_acc = mma_acc(tl.trans(psi16), do_c.to(tl.bfloat16), dh_acc, INTERPRET)
+            tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_c[None, :],
+                     (dh_acc * (1.0 - alpha)).to(DH.dtype.element_ty))
     tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
 
 
@@ -283,6 +296,13 @@ class BwdConfig:
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
     dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py)
     dkdv_tma: bool = False  # dk/dv kernel: TMA tiles
+    # prologue: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
+    # H100, Wan-1.3B at 97% (kernels/README.md): 32 rows, all 128 columns, 4 warps, 1 stage 0.443 ms; 64 columns
+    # 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); the one-pass kernel before it 0.553.
+    prologue_rows: int = 32
+    prologue_cols: int = 128
+    prologue_warps: int = 4
+    prologue_stages: int = 1
 
 
 TUNED: dict = {}  # (block_q, block_k, head_dim) -> BwdConfig chosen by a benchmark (kernels/bench_train.py)
@@ -385,8 +405,8 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_
     )
 
 
-def run_dq(p: BwdProblem) -> None:
-    """Prologue (Δ, dα, linear dQ and dH_I, dZ_I) then the dq kernel (sparse dQ)."""
+def run_prologue(p: BwdProblem) -> None:
+    """The prologue kernel: Δ, dα_I and (linear branch) dH_I, dZ_I and the linear dQ (into p.dq)."""
     bsz, heads, n, d = p.shape
     bh, nq = bsz * heads, p.nq
     dev = p.q.device
@@ -399,15 +419,32 @@ def run_dq(p: BwdProblem) -> None:
     else:
         p.dh = p.dz = p.delta  # never read
     sa = p.alpha.stride()
+    rs, dc = min(p.cfg.prologue_rows, p.block_q), min(p.cfg.prologue_cols, d)
+    launch = dict(BQ=p.block_q, D=d, RS=rs, DC=dc, LINEAR=p.linear, INTERPRET=_interpreting(),
+                  num_warps=p.cfg.prologue_warps, num_stages=p.cfg.prologue_stages)
+    # ψ per query row, pass 1 to pass 2 of the prologue (freed with it; below the dk/dv step's peak)
+    psi = _empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16) if p.linear else p.delta
     LAST_COMPILED["prologue"] = sla2_bwd_prologue_kernel[(nq, bh)](
         p.q, p.o, p.do, p.dq,
         p.delta, p.alpha, *p.lin_state,
-        p.dh, p.dz, p.dalpha,
+        p.dh, p.dz, p.dalpha, psi,
         *_bhn_strides(p.q, p.layout), *_bhn_strides(p.o, p.layout), *_bhn_strides(p.do, p.layout),
         *_bhn_strides(p.dq, p.layout), sa[0], sa[1], sa[2],
-        n, heads, nq,
-        BQ=p.block_q, D=d, LINEAR=p.linear, INTERPRET=_interpreting(), num_warps=8 if d == 128 else 4,
+        n, heads, nq, **launch,
     )
+
+
+def run_dq(p: BwdProblem) -> None:
+    """Prologue (Δ, dα, linear dQ and dH_I, dZ_I) then the dq kernel (sparse dQ)."""
+    run_prologue(p)
+    run_dq_sparse(p)
+
+
+def run_dq_sparse(p: BwdProblem) -> None:
+    """The dq kernel: sparse dQ over the selected key blocks, added to the prologue's linear dQ."""
+    bsz, heads, n, d = p.shape
+    bh, nq = bsz * heads, p.nq
+    sa = p.alpha.stride()
 
     def make(c):
         args = (

@@ -238,6 +238,15 @@ def test_tile_widths(qs, rows, tma, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
+@pytest.mark.parametrize("d,rows,cols", [(64, 16, 32), (128, 16, 64), (128, 64, 32), (128, 128, 128)])
+def test_prologue_step_shapes(d, rows, cols, poison):
+    """The prologue walks a query block `rows` rows a step and forms dH_I `cols` columns at a time: every split
+    (including one step for the whole block and columns narrower than head_dim) gives the same gradients."""
+    x = forward_problem(1, 2, 333, d, 128, 64, 3)
+    cfg = sla2_bwd.BwdConfig(8, 2, 8, 2, prologue_rows=rows, prologue_cols=cols)
+    assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
+
+
 def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
     """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary, or a GPU
     without TMA, takes the pointer kernels, with the same gradients."""
