@@ -15,9 +15,8 @@ import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .linear_precompute import kv_precompute_kernel
-from .linear_state import complement_mask_kernel, complement_z_kernel
+from .linear_state import complement_z_kernel
 from .lowbit_quant import quantize_kv_kernel
-from .partial_sums import sum_partials_kernel
 from .router import block_colsum_kernel, block_scores_kernel, pooled_project_kernel, topk_kernel
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
@@ -36,8 +35,6 @@ ROUTER_SCORE_TILE = (64, 64)  # (query blocks, key blocks) of scores per program
 ROUTER_DOT_CHUNK = 16
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
 Z_GATHER = 16  # complement_z_kernel: selected blocks' z_j gathered per step
-MASK_TILE = (512, 16)  # complement_mask_kernel: key blocks a program, selected indices compared a step
-SUM_TILE = (32, 64)  # sum_partials_kernel: columns a program, rows a step
 # h_j is stored for a multiple of this many key blocks (zero blocks after the last): the inner dimension of the
 # linear-state product (1 − selection) @ h. At nk = 1182 (Wan-14B) cuBLAS's bf16 GEMM ran at 220 TFLOP/s
 # (4.1 ms, H100); rows of the mask must start 16-byte aligned for its fast kernels.
@@ -215,7 +212,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         # 8 warps with 16 blocks a program
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
     )
-    state = KVState(bk, layout, (B, H, N, D), ksum, sum_partials(ksum, 1.0 / N), hblk, zblk, sum_partials(zpart))
+    kmean = ksum.sum(dim=1) / N
+    state = KVState(bk, layout, (B, H, N, D), ksum, kmean, hblk, zblk, zpart.sum(dim=1))
     if quant:
         sv = (vmax.amax(dim=1) / FP8_MAX).clamp_min(MIN_SCALE)
         k8 = _empty(BH, nk * bk, D, device=dev, dtype=torch.int8)
@@ -223,7 +221,7 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         v8t = _empty(BH, D, nk * bk, device=dev, dtype=torch.float8_e4m3fn)
         _launch(
             "quantize_kv", quantize_kv_kernel, (nk, BH),
-            k, v, state.kmean, sv, k8, sk, v8t,
+            k, v, kmean, sv, k8, sk, v8t,
             *strides["k"], *strides["v"],
             N, H, nk,
             BK=bk, D=D, INTERPRET=_interpreting(), num_warps=4,
@@ -265,7 +263,7 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
         ksum = _empty(BH, nk, D, **f32)
         _launch("block_colsum", block_colsum_kernel, (nk, BH), k, ksum, *strides["k"], N, H, nk,
                 BLK=bk, D=D, num_warps=4)
-        kmean = sum_partials(ksum, 1.0 / N)
+        kmean = ksum.sum(dim=1) / N
     wq = proj_q.detach().to(torch.float32).contiguous()
     wk = proj_k.detach().to(torch.float32).contiguous()
     qsum = _empty(BH, nq, D, **f32)
@@ -388,23 +386,9 @@ def complement_mask(indices: torch.Tensor, nk: int, align: int = NK_ALIGN) -> to
     """bf16 [B·H, nq, nk rounded up to align]: 1 where query block I did NOT select key block j, 0 where it did
     and in the padding columns. The shape of the router's scores; what the linear branch sums over."""
     bh, nq, topk = indices.numel() // (indices.shape[-2] * indices.shape[-1]), indices.shape[-2], indices.shape[-1]
-    nkp = triton.cdiv(nk, align) * align
-    keep = _empty(bh, nq, nkp, device=indices.device, dtype=torch.bfloat16)
-    jt, kc = MASK_TILE
-    _launch("complement_mask", complement_mask_kernel, (bh * nq, triton.cdiv(nkp, jt)),
-            indices.reshape(bh * nq, topk).to(torch.int32).contiguous(), keep, nk, topk, nkp, JT=jt, KC=kc,
-            num_warps=4)
-    return keep
-
-
-def sum_partials(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """fp32 [R, D] = scale × Σ over the middle axis of a contiguous fp32 [R, S, D] (partial_sums.py)."""
-    r, s, d = x.shape
-    out = _empty(r, d, device=x.device, dtype=torch.float32)
-    dt, st = SUM_TILE
-    _launch("sum_partials", sum_partials_kernel, (r, triton.cdiv(d, dt)), x, out, s, scale, D=d, DT=min(dt, d),
-            ST=st, num_warps=4)
-    return out
+    keep = torch.ones(bh, nq, triton.cdiv(nk, align) * align, device=indices.device, dtype=torch.bfloat16)
+    keep[:, :, nk:] = 0.0
+    return keep.scatter_(2, indices.reshape(bh, nq, topk).long(), 0.0)
 
 
 def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):

@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, sum_partials, tma_hardware, tma_ready
+from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_hardware, tma_ready
 from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step, prologue_linear_rows, query_rows
 from .dot import mma, mma_acc
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
@@ -497,7 +497,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         # [nk, nq] × [nq, D²] per head on the tensor cores (instead of a D×D fp32 sum per key block over its
         # CSR list in the dk/dv kernel: 128 registers a thread at 4 warps, and the list's dH_I gathered).
         dhk = torch.bmm(keep.transpose(1, 2), p.dh.view(bh, nq, d * d))
-        dztot = sum_partials(p.dz)
+        dztot = p.dz.sum(dim=1)
         if release_dh:
             p.dh = None
     else:

@@ -144,23 +144,3 @@ def test_linear_state_is_the_sum_over_the_unselected_blocks(N, bq, bk, D, layout
     assert kt.rel_l1(h_i, h_want) <= 1e-2  # φK, h_j and H_I each rounded to bf16
     torch.testing.assert_close(z_i.double(), z_want, rtol=1e-2, atol=1e-3)  # φK rounded to bf16, sums exact
     assert bool((st.hblk[:, nk:] == 0).all()) and st.hblk.shape[1] % 8 == 0
-
-
-@pytest.mark.parametrize("nq, nk, topk", [(3, 9, 3), (5, 40, 37), (2, 700, 20)])
-def test_complement_mask_is_one_off_the_selection(nq, nk, topk, poisoned):
-    """api.complement_mask: 1 on the key blocks a query block did not select, 0 on those it did and on the
-    padding columns up to the alignment; topk beyond one comparison step (37) and rows wider than a program
-    (700 key blocks) included."""
-    idx = torch.rand(2, 3, nq, nk).argsort(-1)[..., :topk].to(torch.int32)  # distinct, unsorted
-    keep = sla2_kernels.api.complement_mask(idx, nk)
-    want = torch.zeros(6, nq, keep.shape[-1])
-    want[:, :, :nk] = 1.0
-    want.scatter_(2, idx.reshape(6, nq, topk).long(), 0.0)
-    assert keep.dtype == torch.bfloat16 and keep.shape[-1] % 8 == 0
-    assert torch.equal(keep.float(), want)
-
-
-@pytest.mark.parametrize("rows, d", [(1, 64), (37, 128), (512, 128)])
-def test_sum_partials_is_the_sum_over_the_middle_axis(rows, d, poisoned):
-    x = torch.randn(3, rows, d)
-    torch.testing.assert_close(sla2_kernels.api.sum_partials(x, 0.25), x.sum(dim=1) * 0.25, rtol=1e-5, atol=1e-5)
