@@ -316,7 +316,9 @@ def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
         # Measured on the H100 (kernels/README.md, Backward, 2026-11-27, Wan-1.3B at 97%): dk/dv 1.42 ms with 4
         # warps, 3 stages and 32 query rows per step vs 1.99 at 64 rows and 2.81 at 8 warps, 2 stages, 128 rows;
         # dq 1.23 ms with 64-row programs at 4 warps (two per SM) vs 1.51 for one 8-warp program per query block.
-        # TMA tiles (device run 3 of the third session): dq 1.135 vs 1.218 ms, dk/dv 1.351 vs 1.399.
+        # TMA tiles (device run 3 of the third session): dq 1.135 vs 1.218 ms, dk/dv 1.351 vs 1.399. (Those dq
+        # times include the prologue, 0.55 ms then; the dq kernel alone: 0.606 ms with TMA tiles at 4 warps and
+        # 2 stages, 0.603 at 1 stage, 0.68 at 8 warps, 0.71 pointer; fourth session, s4-run2.)
         return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True)
     return BwdConfig(warps, 2, warps, 2)
 
