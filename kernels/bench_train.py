@@ -7,11 +7,12 @@ Part 1, per shape (B, H, N, D): SDPA cuDNN and flash, forward and forward+backwa
 forward+backward with a BlockMask of exactly the SLA2 selection (equal density; compiled once per shape), and
 SLA2 bf16 and QAT (low-bit forward, bf16 backward): forward (router + precompute + main kernel), forward+backward
 (the same plus the backward), the backward alone and its parts (the K/V pass it recomputes, the CSR key-block
-lists, the prologue, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of forward+backward
-(allocated above the inputs) against SDPA's. FLOPs, both conventions (SLA2.md §8): dense-equivalent
-14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N²
-replaced by N·topk·b_k (the blocks computed). --sweep times the prologue's, dq and dk/dv kernels' candidate configurations
-(pointer and TMA tiles) at the first shape and the last sparsity and keeps the fastest of each. --flex-square
+lists, the prologue, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of
+forward+backward (allocated above the inputs) against SDPA's. FLOPs, both conventions (SLA2.md §8):
+dense-equivalent 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the
+same with N² replaced by N·topk·b_k (the blocks computed). --sweep times the candidate configurations of the
+prologue, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity and keeps
+the fastest of each. --flex-square
 adds FlexAttention forward+backward on a random 128×128 block mask of the same density, whose backward compiles
 where the 128×64 mask of our own selection does not (torch 2.11).
 

@@ -26,9 +26,9 @@ def phi_inv(q, q_ok, z_i):
 
 @triton.jit
 def prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET: tl.constexpr):
-    """The backward prologue for a tile of query rows with a linear branch: (Δ, Σ_rows (Do − Dl), this tile's part of
-    dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO). O_l is recomputed as the forward's epilogue forms it (bf16 φQ and H_I on the tensor
-    cores, fp32 denominator); Do = dO·O is given."""
+    """The backward prologue for a tile of query rows with a linear branch: (Δ, Σ_rows (Do − Dl), this tile's part
+    of dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO). O_l is recomputed as the forward's
+    epilogue forms it (bf16 φQ and H_I on the tensor cores, fp32 denominator); Do = dO·O is given."""
     fq16, inv = phi_inv(q, q_ok, z_i)
     d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
     delta = d_o - (1.0 - alpha) * d_l
@@ -38,7 +38,8 @@ def prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET: tl.conste
     psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
     dz = -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0)
     # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
-    dfq = (mma(do.to(tl.bfloat16), tl.trans(h16), INTERPRET) * (1.0 - alpha) - w[:, None] * z_i[None, :]) * inv[:, None]
+    g_h = mma(do.to(tl.bfloat16), tl.trans(h16), INTERPRET) * (1.0 - alpha)
+    dfq = (g_h - w[:, None] * z_i[None, :]) * inv[:, None]
     fq = fq16.to(tl.float32)
     return delta, dalpha, dz, fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]), psi16
 

@@ -27,10 +27,10 @@ Kernels (launch order):
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
-Memory besides the gradients: Δ [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the prologue only, dH [B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ
-[B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk bf16, as the router's
-scores; also what the CSR lists are built from) and the forward's H_I, Z_I: O(N·D²/b_k +
-N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
+Memory besides the gradients: Δ [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the prologue only, dH
+[B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the
+complement mask (B·H·nq·nk bf16, as the router's scores; also what the CSR lists are built from) and the forward's
+H_I, Z_I: O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ import triton
 import triton.language as tl
 
 from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_hardware, tma_ready
-from .bwd_math import _phi_rows, dkdv_init, dkdv_step, dq_step, prologue_linear_rows, query_rows
-from .dot import mma, mma_acc
+from .bwd_math import dkdv_init, dkdv_step, dq_step, prologue_linear_rows, query_rows
+from .dot import mma_acc
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
 from .quant_math import LOG2E
 from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
