@@ -399,7 +399,8 @@ class Bench(BenchBase):
             return f"{x:8.{p}f}" if isinstance(x, (int, float)) else f"{'-':>8}"
 
         hdr = ("shape", "spars", "cuDNN", "flash", "flex", "flex128", "fwd", "bwd", "fwd+bwd", "graph", "x cuDNN",
-               "bwd/fwd", "fwd8", "f+b qat", "x cuDNN8", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN", "MB flex")
+               "bwd/fwd", "fwd8", "f+b qat", "x cuDNN8", "prologue", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN",
+               "MB flex")
         lines.append("fwd+bwd (ms, median)")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
         for r in R["rows"]:
@@ -410,12 +411,14 @@ class Bench(BenchBase):
                 f(r.get("t_fwdbwd")), f(r.get("t_fwdbwd_graph")), f(r.get("x_cudnn_fwdbwd_graph") or
                                                                     r.get("x_cudnn_fwdbwd"), 1),
                 f(r.get("bwd_over_fwd"), 2), f(r.get("t_fwd_qat")), f(r.get("t_fwdbwd_qat")),
-                f(r.get("x_cudnn_fwdbwd_graph_qat") or r.get("x_cudnn_fwdbwd_qat"), 1), f(r.get("t_bwd_dq")),
+                f(r.get("x_cudnn_fwdbwd_graph_qat") or r.get("x_cudnn_fwdbwd_qat"), 1), f(r.get("t_bwd_prologue")),
+                f(r.get("t_bwd_dq")),
                 f(r.get("t_bwd_dkdv")), f((r.get("t_bwd_precompute") or 0) + (r.get("t_bwd_csr") or 0)),
                 f(r.get("peak_MB"), 0), f(r.get("sdpa_cudnn_peak_MB"), 0), f(r.get("flex_peak_MB"), 0),
             ]))
         for s in R["sweep"]:
-            lines.append(f"  sweep {s['kind']:>4} {s['cand']}: {s['ms']} ms  regs/spills/smem {s.get('regs_spills_smem')}")
+            lines.append(f"  sweep {s['kind']:>8} {s['cand']}: {s['ms']} ms  regs/spills/smem "
+                         f"{s.get('regs_spills_smem')}")
         if R.get("tuned_config"):
             lines.append(f"  tuned: {R['tuned_config']}")
         if R["wan"]:
