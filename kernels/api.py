@@ -476,7 +476,8 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
                     EXACT_MAX=c.exact_max, **common,
                 )
             elif c.tma:
-                hd = h_i.view(BH * nq, D, D) if linear else q.new_zeros(1, D, D, dtype=torch.bfloat16)
+                # without a linear branch the kernel never reads H_I: an unwritten placeholder (no fill launch)
+                hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
                 q4, k4, v4, o4 = (bhnd_view(t, layout) for t in (q, k, v, o))
                 _launch(
                     "sla2_fwd_tma", sla2_fwd_tma_kernel, (nq, BH),

@@ -18,7 +18,8 @@ def _phi_rows(x):
 
 @triton.jit
 def phi_inv(q, q_ok, z_i):
-    """(bf16 φQ, 1/den) of a tile of query rows, den = φQ·Z_I as the forward's epilogue forms it (0 on padding)."""
+    """(bf16 φQ, 1/den) of a tile of query rows, den = φQ·Z_I in fp32 (0 on padding), as the pointer forward's
+    epilogue (sla2_fwd.linear_output) forms them."""
     fq16 = _phi_rows(q).to(tl.bfloat16)
     den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
     return fq16, tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
@@ -27,8 +28,10 @@ def phi_inv(q, q_ok, z_i):
 @triton.jit
 def prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET: tl.constexpr):
     """The backward prologue for a tile of query rows with a linear branch: (Δ, Σ_rows (Do − Dl), this tile's part
-    of dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO). O_l is recomputed as the forward's
-    epilogue forms it (bf16 φQ and H_I on the tensor cores, fp32 denominator); Do = dO·O is given."""
+    of dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO). O_l is recomputed as the pointer
+    forward's epilogue forms it (bf16 φQ and H_I on the tensor cores, fp32 denominator); the TMA forward rounds
+    the unnormalised exp(Q − rowmax) to bf16 instead (its normaliser cancels), so against the default forward the
+    recomputed O_l differs by bf16 rounding, inside the gradient tests' tolerance. Do = dO·O is given."""
     fq16, inv = phi_inv(q, q_ok, z_i)
     d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
     delta = d_o - (1.0 - alpha) * d_l

@@ -422,6 +422,9 @@ def run_prologue(p: BwdProblem) -> None:
         p.dh = p.dz = p.delta  # never read
     sa = p.alpha.stride()
     rs, dc = min(p.cfg.prologue_rows, p.block_q), min(p.cfg.prologue_cols, d)
+    for name, value in (("prologue_rows", rs), ("prologue_cols", dc)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
     launch = dict(BQ=p.block_q, D=d, RS=rs, DC=dc, LINEAR=p.linear, INTERPRET=_interpreting(),
                   num_warps=p.cfg.prologue_warps, num_stages=p.cfg.prologue_stages)
     # ψ per query row, pass 1 to pass 2 of the prologue (freed with it; below the dk/dv step's peak)

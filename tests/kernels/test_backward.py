@@ -247,6 +247,15 @@ def test_prologue_step_shapes(d, rows, cols, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
+@pytest.mark.parametrize("field, value", [("prologue_rows", 48), ("prologue_cols", 8)])
+def test_prologue_step_sizes_are_checked(field, value):
+    """A prologue step that is not a power of two ≥ 16 is one clear error, not a Triton compile failure."""
+    x = forward_problem(1, 1, 100, 64, 64, 64, 1)
+    cfg = sla2_bwd.BwdConfig(4, 2, 4, 2, **{field: value})
+    with pytest.raises(ValueError, match=f"BwdConfig.{field}={value} must be a power of two"):
+        x.backward(x.dok, cfg)
+
+
 def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
     """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary, or a GPU
     without TMA, takes the pointer kernels, with the same gradients."""

@@ -115,7 +115,7 @@ def test_other_blocks_dtypes_layouts(bq, bk, D, dtype, layout):
 @pytest.mark.parametrize("N", [1, 100, 200])
 def test_sequences_shorter_than_a_block(N):
     """N below b_q (and b_k for N < 64): the TMA boxes are larger than the tensor along N, so the loads must
-    zero-fill and the stores clip (added in the third session of 2026-11-27, after its last device run)."""
+    zero-fill and the stores clip."""
     B, H, D, bq, bk = 2, 3, 128, 128, 64
     q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=N)
     nq, nk = -(-N // bq), -(-N // bk)
