@@ -20,7 +20,7 @@ from .lowbit_quant import quantize_kv_kernel
 from .router import block_colsum_kernel, block_scores_kernel, pooled_project_kernel, topk_kernel
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
-from .sla2_fwd_tma import sla2_fwd_tma_kernel
+from .sla2_fwd_tma import EPI_CHUNKS, sla2_fwd_tma_kernel
 
 LAYOUTS = ("bhnd", "bnhd")
 DTYPES = (torch.bfloat16, torch.float16)
@@ -144,9 +144,10 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    """Descriptor of a [B, H, N, D] (or [BH·nq, D, D]) view, blocks of `rows` rows of one (b, h)."""
-    block = [1] * (t.dim() - 2) + [rows, t.shape[-1]]
+def descriptor(t: torch.Tensor, rows: int, cols: int | None = None) -> TensorDescriptor:
+    """Descriptor of a [B, H, N, D] (or [BH·nq, D, D]) view, blocks of `rows` rows of one (b, h) and `cols` of
+    the last dimension (all of it by default)."""
+    block = [1] * (t.dim() - 2) + [rows, cols or t.shape[-1]]
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block)
 
 
@@ -481,8 +482,9 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
                 q4, k4, v4, o4 = (bhnd_view(t, layout) for t in (q, k, v, o))
                 _launch(
                     "sla2_fwd_tma", sla2_fwd_tma_kernel, (nq, BH),
-                    descriptor(q4, bq), descriptor(k4, bk), descriptor(v4, bk), descriptor(o4, bq), descriptor(hd, D),
-                    idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale, **common,
+                    descriptor(q4, bq), descriptor(k4, bk), descriptor(v4, bk), descriptor(o4, bq),
+                    descriptor(q4, bq, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS),
+                    idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale, EPI_CHUNKS=EPI_CHUNKS, **common,
                 )
             else:
                 _launch(

@@ -14,7 +14,8 @@ key block per iteration, linear branch from api.linear_state's H_I, Z_I in the e
   epilogue needs no extra 128 registers a thread: with φQ ∝ e = exp(Q − rowmax) (the softmax's normaliser
   cancels in O_l = φQ H_I / φQ·Z_I),
       O = α·acc/l + (1 − α)·(e H_I)/(e·Z_I) = (1 − α)/den · (acc·α·den/((1 − α)·l) + e H_I),
-  one MMA accumulating into the rescaled acc. α = 1 (no linear share) takes the plain path.
+  e H_I accumulating into the rescaled acc, EPI_CHUNKS pieces of head_dim at a time. α = 1 (no linear share)
+  takes the plain path.
 
 The tensors must suit TMA (16-byte aligned base, unit stride in head_dim, other strides multiples of 16
 bytes); api.sla2_forward falls back to the pointer kernel otherwise.
@@ -27,15 +28,22 @@ from .dot import mma_acc
 from .quant_math import LN2, LOG2E
 from .sla2_fwd import softmax_step
 
+# The epilogue's product e H_I takes head_dim in this many pieces (the kernel's EPI_CHUNKS). The whole of e in
+# fp32 beside acc spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces: 1; 4 pieces: 4. H100, Wan-1.3B
+# at 97%: whole forward 0.976 → 0.943 ms as a CUDA graph (kernels/README.md, fifth session).
+EPI_CHUNKS = 2
+
 
 @triton.jit
 def sla2_fwd_tma_kernel(
     q_desc, k_desc, v_desc, o_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BQ or BK, D]
-    h_desc,  # H_I bf16 [BH·nq, D, D], block [1, D, D] (api.linear_state)
+    qc_desc, h_desc,  # Q again, blocks [1, 1, BQ, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (api.linear_state), blocks
+    # [1, D/EPI_CHUNKS, D]
     IDX, ALPHA, LSE, ZI,  # IDX int32 [BH, nq, topk]; ALPHA fp32 [B, H, nq] view; LSE fp32 [BH, N]; ZI fp32 [BH, nq, D]
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
-    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -66,12 +74,19 @@ def sla2_fwd_tma_kernel(
             z_i = tl.load(ZI + (bh64 * NQ + pid_m) * D + offs_d)
             # Q again, by TMA: the tile of the loop lives in shared memory only; using that value here would
             # keep a register copy of it alive through the loop (64 registers a thread at 4 warps: spills).
+            # The whole tile gives the row max and the denominator; e H_I then takes EPI_CHUNKS pieces of
+            # head_dim (Q's columns and H_I's rows by TMA again, from L2), so that only a piece of e sits next to
+            # acc (see EPI_CHUNKS).
             qe = q_desc.load([b, h, row0, 0]).reshape(BQ, D)
             mx = tl.max(qe, axis=1).to(tl.float32)
-            e = tl.exp2((qe.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16)
-            den = tl.sum(e.to(tl.float32) * z_i[None, :], axis=1)
-            h_i = h_desc.load([bh * NQ + pid_m, 0, 0]).reshape(D, D)
-            acc = mma_acc(e, h_i, acc * (alpha * den / ((1.0 - alpha) * l_i))[:, None], INTERPRET)
+            den = tl.sum(tl.exp2((qe.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16).to(tl.float32)
+                         * z_i[None, :], axis=1)
+            acc = acc * (alpha * den / ((1.0 - alpha) * l_i))[:, None]
+            for c in tl.static_range(EPI_CHUNKS):
+                qc = qc_desc.load([b, h, row0, c * (D // EPI_CHUNKS)]).reshape(BQ, D // EPI_CHUNKS)
+                ec = tl.exp2((qc.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16)
+                hc = h_desc.load([bh * NQ + pid_m, c * (D // EPI_CHUNKS), 0]).reshape(D // EPI_CHUNKS, D)
+                acc = mma_acc(ec, hc, acc, INTERPRET)
             o = acc * ((1.0 - alpha) / den)[:, None]
     else:
         o = acc / l_i[:, None]
