@@ -10,12 +10,8 @@ key block per iteration, linear branch from api.linear_state's H_I, Z_I in the e
   against 0.58 for the pointer kernel at its best configuration (kernels/README.md).
 * Out-of-bounds rows of a ragged last block come back as zeros from the TMA unit (the pointer kernel's
   masked loads), and the output store is clipped at N by it.
-* The linear branch is accumulated into the sparse accumulator instead of a second [BQ, D] tensor, so the
-  epilogue needs no extra 128 registers a thread: with φQ ∝ e = exp(Q − rowmax) (the softmax's normaliser
-  cancels in O_l = φQ H_I / φQ·Z_I),
-      O = α·acc/l + (1 − α)·(e H_I)/(e·Z_I) = (1 − α)/den · (acc·α·den/((1 − α)·l) + e H_I),
-  e H_I accumulating into the rescaled acc, EPI_CHUNKS pieces of head_dim at a time. α = 1 (no linear share)
-  takes the plain path.
+* The linear branch is accumulated into the sparse accumulator instead of a second [BQ, D] tensor
+  (tma_linear_mix). α = 1 (no linear share) takes the plain path.
 
 The tensors must suit TMA (16-byte aligned base, unit stride in head_dim, other strides multiples of 16
 bytes); api.sla2_forward falls back to the pointer kernel otherwise.
@@ -32,6 +28,31 @@ from .sla2_fwd import softmax_step
 # fp32 beside acc spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces: 1; 4 pieces: 4. H100, Wan-1.3B
 # at 97%: whole forward 0.976 → 0.943 ms as a CUDA graph (kernels/README.md, fifth session).
 EPI_CHUNKS = 2
+
+
+@triton.jit
+def tma_linear_mix(acc, row_scale, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, blk,
+                   BQ: tl.constexpr, D: tl.constexpr, EPI_CHUNKS: tl.constexpr, INTERPRET: tl.constexpr):
+    """O = α·O_s + (1 − α)·O_l for the TMA kernel's epilogue (α < 1), O_s = acc·row_scale[:, None]. With
+    φQ ∝ e = exp(Q − rowmax) the softmax's normaliser cancels in O_l = φQ H_I / φQ·Z_I, so
+        O = (1 − α)/den · (α·den/(1 − α)·O_s + e H_I),  den = e·Z_I,
+    e H_I accumulating into the rescaled acc: no second [BQ, D] accumulator (128 registers a thread at 4 warps).
+    Q comes again by TMA (q_desc): the loop's tile lives in shared memory only, and a register copy of it kept
+    through the loop would spill. The whole tile gives the row max and den; e H_I then takes EPI_CHUNKS pieces
+    of head_dim (qc_desc, h_desc: Q's columns and H_I's rows, from L2), so only a piece of e sits next to acc."""
+    offs_d = tl.arange(0, D)
+    z_i = tl.load(ZI + blk.to(tl.int64) * D + offs_d)
+    qe = q_desc.load([b, h, row0, 0]).reshape(BQ, D)
+    mx = tl.max(qe, axis=1).to(tl.float32)
+    den = tl.sum(tl.exp2((qe.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16).to(tl.float32)
+                 * z_i[None, :], axis=1)
+    acc = acc * (alpha * den / (1.0 - alpha) * row_scale)[:, None]
+    for c in tl.static_range(EPI_CHUNKS):
+        qc = qc_desc.load([b, h, row0, c * (D // EPI_CHUNKS)]).reshape(BQ, D // EPI_CHUNKS)
+        ec = tl.exp2((qc.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16)
+        hc = h_desc.load([blk, c * (D // EPI_CHUNKS), 0]).reshape(D // EPI_CHUNKS, D)
+        acc = mma_acc(ec, hc, acc, INTERPRET)
+    return acc * ((1.0 - alpha) / den)[:, None]
 
 
 @triton.jit
@@ -70,24 +91,8 @@ def sla2_fwd_tma_kernel(
         if alpha == 1.0:
             o = acc / l_i[:, None]
         else:
-            offs_d = tl.arange(0, D)
-            z_i = tl.load(ZI + (bh64 * NQ + pid_m) * D + offs_d)
-            # Q again, by TMA: the tile of the loop lives in shared memory only; using that value here would
-            # keep a register copy of it alive through the loop (64 registers a thread at 4 warps: spills).
-            # The whole tile gives the row max and the denominator; e H_I then takes EPI_CHUNKS pieces of
-            # head_dim (Q's columns and H_I's rows by TMA again, from L2), so that only a piece of e sits next to
-            # acc (see EPI_CHUNKS).
-            qe = q_desc.load([b, h, row0, 0]).reshape(BQ, D)
-            mx = tl.max(qe, axis=1).to(tl.float32)
-            den = tl.sum(tl.exp2((qe.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16).to(tl.float32)
-                         * z_i[None, :], axis=1)
-            acc = acc * (alpha * den / ((1.0 - alpha) * l_i))[:, None]
-            for c in tl.static_range(EPI_CHUNKS):
-                qc = qc_desc.load([b, h, row0, c * (D // EPI_CHUNKS)]).reshape(BQ, D // EPI_CHUNKS)
-                ec = tl.exp2((qc.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16)
-                hc = h_desc.load([bh * NQ + pid_m, c * (D // EPI_CHUNKS), 0]).reshape(D // EPI_CHUNKS, D)
-                acc = mma_acc(ec, hc, acc, INTERPRET)
-            o = acc * ((1.0 - alpha) / den)[:, None]
+            o = tma_linear_mix(acc, 1.0 / l_i, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, bh * NQ + pid_m, BQ, D,
+                               EPI_CHUNKS, INTERPRET)
     else:
         o = acc / l_i[:, None]
     o_desc.store([b, h, row0, 0], o.to(o_desc.dtype).reshape(1, 1, BQ, D))
