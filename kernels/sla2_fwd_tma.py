@@ -25,8 +25,8 @@ from .quant_math import LN2, LOG2E
 from .sla2_fwd import softmax_step
 
 # The epilogue's product e H_I takes head_dim in this many pieces (the kernel's EPI_CHUNKS). The whole of e in
-# fp32 beside acc spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces: 1; 4 pieces: 4. H100, Wan-1.3B
-# at 97%: whole forward 0.976 → 0.943 ms as a CUDA graph (kernels/README.md, fifth session).
+# fp32 beside acc spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces spill none, 4 pieces 4. H100,
+# Wan-1.3B at 97%: whole forward 0.976 → 0.943 ms as a CUDA graph (kernels/README.md, fifth session).
 EPI_CHUNKS = 2
 
 
