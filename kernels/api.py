@@ -362,9 +362,10 @@ def tma_hardware(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def _fallbacks(cfg: FwdConfig):
-    """cfg, then the same with one stage (less shared memory for the pipelined tiles)."""
-    return [cfg] if cfg.num_stages == 1 else [cfg, replace(cfg, num_stages=1)]
+def stage_fallbacks(cfg, field: str = "num_stages") -> list:
+    """cfg, then the same with one pipeline stage in `field` (less shared memory for the pipelined tiles): the
+    configurations a launch tries in turn, forward (FwdConfig) and backward (BwdConfig) alike."""
+    return [cfg] if getattr(cfg, field) == 1 else [cfg, replace(cfg, **{field: 1})]
 
 
 # (kernel key) -> the first configuration that compiled within the GPU's resources
@@ -463,7 +464,7 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
         cfg = replace(cfg, tma=False) if config is not None else pointer_config(bq, D)
     scale = 1.0 / math.sqrt(D)
     key = (quant, bq, bk, D, q.dtype, linear, cfg)
-    for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else _fallbacks(cfg):
+    for c in [_WORKING_CONFIG[key]] if key in _WORKING_CONFIG else stage_fallbacks(cfg):
         common = dict(BQ=bq, BK=bk, D=D, LINEAR=linear,
                       INTERPRET=_interpreting(), num_warps=c.num_warps, num_stages=c.num_stages)
         if c.maxnreg:

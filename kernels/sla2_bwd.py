@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, tma_hardware, tma_ready
+from .api import NK_ALIGN, bhnd_view, complement_mask, descriptor, stage_fallbacks, tma_hardware, tma_ready
 from .bwd_math import dkdv_init, dkdv_step, dq_step, prologue_linear_rows, query_rows
 from .dot import mma_acc
 from .key_block_lists import KEY_TILE, QUERY_TILE, key_block_fill_kernel
@@ -323,12 +323,6 @@ def default_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
     return BwdConfig(warps, 2, warps, 2)
 
 
-def _fallbacks(cfg: BwdConfig, kernel: str):
-    """cfg, then the same with one stage for that kernel (less shared memory for the pipelined tiles)."""
-    field = "dq_stages" if kernel == "dq" else "dkdv_stages"
-    return [cfg] if getattr(cfg, field) == 1 else [cfg, replace(cfg, **{field: 1})]
-
-
 # Every buffer the backward allocates goes through these two names, so tests can poison them (NaN) without
 # touching the torch module itself.
 _empty = torch.empty
@@ -341,7 +335,7 @@ LAST_COMPILED: dict = {}  # kernel name -> its last compiled kernel (registers, 
 def _launch_with_fallback(name, kernel, grid, key, cfg, make_kwargs):
     """Launch with cfg, or with the first smaller configuration that fits (shared memory of the pipelined tiles)."""
     cached = _WORKING.get((name, key, cfg))
-    for c in ([cached] if cached is not None else _fallbacks(cfg, name)):
+    for c in ([cached] if cached is not None else stage_fallbacks(cfg, f"{name}_stages")):
         args, kwargs = make_kwargs(c)
         try:
             LAST_COMPILED[name] = kernel[grid](*args, **kwargs)
