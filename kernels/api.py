@@ -199,7 +199,7 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
     hblk[:, nk:].zero_()
     zblk = _empty(BH, nk, D, **f32)
     ksum = _empty(BH, nk, D, **f32)
-    zpart = _empty(BH, nsplit, 2, D, **f32)  # partial Σ z_j and Σ colsum K_j per program
+    zpart = _empty(2, BH, nsplit, D, **f32)  # partial Σ z_j and Σ colsum K_j per program
     vmax = _empty(BH, nsplit, D, **f32) if quant else zpart
     # No TMA variant: with descriptor loads and stores, Triton 3.6's software pipeliner failed on this kernel at
     # the Wan shapes (H100, 2026-11-27), though it compiled at N = 4096.
@@ -213,8 +213,8 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
         # 8 warps with 16 blocks a program
         num_warps=cfg.num_warps or 4, num_stages=cfg.num_stages or 2,
     )
-    totals = zpart.sum(dim=1)  # [BH, 2, D]: Z_tot, Σ_tokens K
-    state = KVState(bk, layout, (B, H, N, D), ksum, totals[:, 1] / N, hblk, zblk, totals[:, 0].contiguous())
+    totals = zpart.sum(dim=2)  # [2, BH, D]: Z_tot, Σ_tokens K (each a contiguous [BH, D])
+    state = KVState(bk, layout, (B, H, N, D), ksum, totals[1] / N, hblk, zblk, totals[0])
     if quant:
         sv = (vmax.amax(dim=1) / FP8_MAX).clamp_min(MIN_SCALE)
         k8 = _empty(BH, nk * bk, D, device=dev, dtype=torch.int8)

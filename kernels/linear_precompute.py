@@ -6,7 +6,7 @@ For key block j (b_k rows, ragged last block masked):
   z_j  = colsum φK_j                                           -> zblk  [BH, nk, D]    fp32
   colsum K_j (router pooling and the smoothing mean)           -> ksum  [BH, nk, D]    fp32
   (quant) max|V| per channel over the program's blocks         -> vmax  [BH, S, D]     fp32
-  Σ z_j and Σ colsum K_j over the program's blocks            -> zpart [BH, S, 2, D]  fp32
+  Σ z_j and Σ colsum K_j over the program's blocks            -> zpart [2, BH, S, D]  fp32
 S = number of programs along the key blocks; the wrapper sums the S partials into Z_tot and μ_K (one small
 reduction instead of a torch sum over the nk blocks' sums, which took 20 µs at the Wan-1.3B shape: H100, ncu).
 
@@ -72,7 +72,8 @@ def kv_precompute_kernel(
             v_max = tl.maximum(v_max, tl.max(tl.abs(vt.to(tl.float32)), axis=0))
 
     part = bh64 * NSPLIT + pid_s
-    tl.store(ZPART + part * 2 * D + offs_d, z_acc)
-    tl.store(ZPART + (part * 2 + 1) * D + offs_d, k_acc)
+    tl.store(ZPART + part * D + offs_d, z_acc)
+    # the K sums one [BH, S, D] slab further on, so that each total comes out of one sum as a contiguous [BH, D]
+    tl.store(ZPART + (tl.num_programs(1) * NSPLIT + part) * D + offs_d, k_acc)
     if QUANT:
         tl.store(VMAX + part * D + offs_d, v_max)
