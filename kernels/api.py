@@ -111,16 +111,18 @@ def _check_qkv(tensors: dict, layout: str):
 
 
 def _check_index_values(indices: torch.Tensor, nk: int):
-    """Every row's key blocks in [0, nk) and distinct. A host synchronisation, so it runs only under the
-    interpreter (CPU tests) or with SLA2_KERNELS_CHECK=1; the router always produces valid rows."""
+    """Every row's key blocks in [0, nk), distinct and ascending (the low-bit kernel rounds P̃ against the running
+    maximum in the row's order, which the reference takes ascending). A host synchronisation, so it runs only
+    under the interpreter (CPU tests) or with SLA2_KERNELS_CHECK=1; the router always produces valid rows."""
     if not (_interpreting() or os.environ.get("SLA2_KERNELS_CHECK", "0") == "1"):
         return
     lo, hi = int(indices.min()), int(indices.max())
     if lo < 0 or hi >= nk:
         _fail(f"indices must lie in [0, {nk}) (key blocks), found values in [{lo}, {hi}]")
-    srt = indices.sort(dim=-1).values
-    if bool((srt[..., 1:] == srt[..., :-1]).any()):
+    if bool((indices[..., 1:] == indices[..., :-1]).any()):
         _fail("indices repeat a key block within a row; each query block's selection must be distinct")
+    if bool((indices[..., 1:] < indices[..., :-1]).any()):
+        _fail("indices must be ascending within each row (as the router returns them)")
 
 
 def _check_block(name: str, value) -> int:
@@ -328,7 +330,10 @@ class FwdConfig:
 
     num_warps: int
     num_stages: int
-    exact_max: bool = True  # low-bit: P̃ against the exact row max (two passes), as the reference
+    # Low-bit: False = one pass, P̃ rounded against the running row max (SageAttention2), as the reference
+    # (fake_quant_sparse_attention); True = two passes against the exact row max, which matches
+    # fake_quant_sparse_attention(..., running_max=False).
+    exact_max: bool = False
     tma: bool = False  # bf16 only: tiles by TMA descriptors (sla2_fwd_tma.py) where the tensors allow it
     maxnreg: int | None = None  # register cap a thread (None: the compiler's choice)
 
@@ -339,7 +344,8 @@ CONFIG_OVERRIDE: dict = {}
 
 def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
     """The pointer kernels' best (3 stages; 8 warps for 128-row or 128-wide tiles). H100, Wan-1.3B at 97%: bf16
-    (8, 3) 0.849 ms, (8, 2) 1.044; at 90%, low-bit (8, 3) 2.531, (8, 2) 2.686 (kernels/README.md)."""
+    (8, 3) 0.849 ms, (8, 2) 1.044; at 90%, low-bit with exact_max (two passes) (8, 3) 2.531, (8, 2) 2.686
+    (kernels/README.md)."""
     return FwdConfig(8 if (block_q == 128 or head_dim == 128) else 4, 3)
 
 

@@ -2,8 +2,10 @@
 
 sla2_train.attention.reference expands block masks to dense [N, N] token masks, which at N = 32760 needs
 tens of GB; this version gathers only the selected key blocks, so it runs at the Wan shapes on one GPU.
-Same arithmetic as the reference (fp32; fake-quant with the exact row maximum); tests/kernels checks
-it against the reference at small sizes. Inputs [B, H, N, D] (any strides), indices [B, H, nq, topk].
+Same arithmetic as the reference (fp32; fake-quant rounds P̃ against the running maximum over the selected
+blocks in the indices' order, as the one-pass kernel, or with running_max=False against the final row
+maximum); tests/kernels checks it against the reference at small sizes. Inputs [B, H, N, D] (any strides),
+indices [B, H, nq, topk], ascending like the router's (the reference's order).
 """
 
 from __future__ import annotations
@@ -41,8 +43,16 @@ def _round_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype)
 
 
-def sparse_branch(q, k, v, indices, block_q, block_k, quant=False):
-    """(O_s [B, H, N, D], lse [B, H, N]) over the selected blocks, fp32."""
+def _running_max(s: torch.Tensor, block_k: int) -> torch.Tensor:
+    """[B, H, nq, bq, k·bk] scores -> the running row maximum over the k gathered blocks, per column (same shape):
+    what the one-pass kernel has seen once it has taken that column's block (SageAttention2's arithmetic)."""
+    block_max = s.unflatten(-1, (-1, block_k)).amax(dim=-1)  # [B, H, nq, bq, k]; every block has a valid key
+    return block_max.cummax(dim=-1).values.repeat_interleave(block_k, dim=-1)
+
+
+def sparse_branch(q, k, v, indices, block_q, block_k, quant=False, running_max=True):
+    """(O_s [B, H, N, D], lse [B, H, N]) over the selected blocks, fp32. running_max: see the module docstring
+    (low-bit only)."""
     q, k, v = (t.float() for t in (q, k, v))
     b, h, n, d = q.shape
     qb = _blocks(q, block_q)  # [B, H, nq, bq, D]
@@ -67,7 +77,10 @@ def sparse_branch(q, k, v, indices, block_q, block_k, quant=False):
     if quant:
         s_v = (v.abs().amax(dim=-2, keepdim=True) / FP8_MAX).clamp_min(MIN_SCALE)  # [B, H, 1, D]
         vs = _gather(_blocks(_round_fp8(v / s_v), block_k), indices)
-        o = (_round_fp8(p * FP8_MAX) / FP8_MAX) @ vs * s_v[:, :, None] / l
+        m_p = _running_max(s, block_k) if running_max else m  # the maximum each P̃ block is rounded against
+        p_hat = _round_fp8(torch.exp(s - m_p) * FP8_MAX) / FP8_MAX
+        # the kernel's rescaling by e^(m_{j−1} − m_j) at every later step compounds to e^(m_j − m)
+        o = (p_hat * torch.exp(m_p - m)) @ vs * s_v[:, :, None] / l
         shift = (qb @ mean[:, :, None].transpose(-1, -2)) / math.sqrt(d)
         lse = m + torch.log(l) + shift
     else:
@@ -95,11 +108,11 @@ def linear_branch(q, k, v, indices, block_q, block_k):
     return o.reshape(b, h, -1, d)[:, :, :n]
 
 
-def sla2_forward(q, k, v, indices, alpha, block_q, block_k, quant=False):
+def sla2_forward(q, k, v, indices, alpha, block_q, block_k, quant=False, running_max=True):
     """(o fp32 [B, H, N, D], lse fp32 [B, H, N]); α broadcastable to [B, H, nq], forced to 1 when all selected."""
     b, h, n, d = q.shape
     nq, nk = -(-n // block_q), -(-n // block_k)
-    o_s, lse = sparse_branch(q, k, v, indices, block_q, block_k, quant)
+    o_s, lse = sparse_branch(q, k, v, indices, block_q, block_k, quant, running_max)
     if indices.shape[-1] == nk:
         return o_s, lse
     o_l = linear_branch(q, k, v, indices, block_q, block_k)

@@ -4,14 +4,17 @@ Same program layout and linear branch (epilogue on api.linear_state's H_I, Z_I) 
 branch stays bf16. Sparse branch:
   Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 (per query block, quantised here, once per program)
   K̂, s_k, V̂ᵀ from quantize_kv_kernel (smoothed K per key block; V per channel, transposed)
-  S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃ = exp(S − m) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂ V̂ (fp32)
-  O_s = acc · s_v / (448 · l), l = rowsum of the unquantised P̃.
-m is the EXACT row maximum over all selected blocks (pass 1, INT8 QKᵀ only), not a running maximum:
-P̃'s e4m3 rounding depends on m, and the reference rounds exp(S − rowmax). With a running maximum the
-rounding differs wherever the maximum moved, which on flat attention (random data) shifts the output
-by 1–2% relative L1 against the reference: as large as the quantisation error itself. Pass 1 costs one
-INT8 MMA per block; pass 2 then needs no rescaling of the accumulator. EXACT_MAX=False (FwdConfig.exact_max)
-runs the one-pass running-maximum variant instead, for measurement: it does not match the reference to 1e-2.
+  S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃_j = exp(S_j − m_j) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂_j V̂_j (fp32)
+  O_s = acc · s_v / (448 · l), l = rowsum of the unquantised exp(S − m), m the final row maximum.
+Which m_j P̃ is rounded against matters: e4m3 keeps 3 mantissa bits, so on flat attention (random data) the
+choice moves the output by 1–2% relative L1, as much as the quantisation error itself. By default
+(EXACT_MAX=False, FwdConfig.exact_max) m_j is the running maximum over the selected blocks taken so far,
+block j included, and acc and l are rescaled by exp(m_{j−1} − m_j) at each step: SageAttention2's online
+arithmetic, one pass over the blocks, and the reference's (fake_quant_sparse_attention, running_max=True),
+which walks the blocks in ascending order as the router's sorted index lists give them. EXACT_MAX=True
+rounds against the exact row maximum instead: pass 1 finds it by one extra INT8 MMA per block, and pass 2
+then needs no rescaling; it matches fake_quant_sparse_attention(..., running_max=False). Main kernel on the
+H100 at Wan-1.3B: one pass 0.93 ms, two passes 1.10 ms (kernels/README.md).
 Each P̂V̂ product is a fresh dot added to the fp32 accumulator in registers: Hopper's FP8 MMA keeps
 about 22 bits while accumulating, so long chains are flushed every b_k keys (two-level accumulation).
 lse is put back on the scale of the original Q, K: smoothing shifted row r by q_r·μ/√D.
@@ -78,13 +81,13 @@ def sla2_fwd_lowbit_kernel(
     k8_ptrs = k8_base + offs_k[:, None] * D + offs_d[None, :]
     v8_ptrs = v8_base + offs_d[:, None] * LDK + offs_k[None, :]
 
-    # Pass 1: the exact row maximum of the quantised scores (log2 domain).
+    # Pass 1 (EXACT_MAX only): the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
     for it in range(0, TOPK if EXACT_MAX else 0):
         s, _start = int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
         m_i = tl.maximum(m_i, tl.max(s, axis=1))
 
-    # Pass 2: P̃ against the final maximum, FP8 PV.
+    # Main pass: P̃ against the exact maximum (EXACT_MAX) or the running one (default), FP8 PV.
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, D], dtype=tl.float32)
     for it in range(0, TOPK):
@@ -92,7 +95,7 @@ def sla2_fwd_lowbit_kernel(
         if EXACT_MAX:
             p = tl.exp2(s - m_i[:, None])
             l_i += tl.sum(p, axis=1)
-        else:  # one pass with a running maximum (SageAttention's arithmetic; see the module docstring)
+        else:  # running maximum, as the reference's default (SageAttention2's arithmetic; module docstring)
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.exp2(s - m_new[:, None])
             corr = tl.exp2(m_i - m_new)

@@ -51,6 +51,10 @@ def _fwd(q, k, v, indices=None, alpha=0.5, **kw):
         (lambda: _fwd(*_qkv(), indices=torch.full((B, H, 3, 1), 3, dtype=torch.int32)), "must lie in \\[0, 3\\)"),
         (lambda: _fwd(*_qkv(), indices=torch.zeros(B, H, 3, 2, dtype=torch.int32)), "repeat a key block"),
         (
+            lambda: _fwd(*_qkv(), indices=torch.tensor([2, 0], dtype=torch.int32).expand(B, H, 3, 2)),
+            "must be ascending",
+        ),
+        (
             lambda: sla2_kernels.router(*_qkv()[:2], torch.eye(D).expand(H, D, D), torch.eye(D), block_q=64,
                                         block_k=64, topk=1, layout="bhnd"),
             "proj_k must be \\[H, D, D\\]",

@@ -107,7 +107,8 @@ def test_alpha_broadcast_and_branches(alpha_kind, kt):
 
 
 def test_blocked_reference_matches_reference(kt):
-    """The oracle of the GPU tests and of bench --check equals the reference (fp32, both variants)."""
+    """The oracle of the GPU tests and of bench --check equals the reference (fp32, both variants; low-bit in
+    both P̃ roundings, the running maximum by default)."""
     for quant in (False, True):
         for N, D, bq, bk, topk in [(300, 64, 64, 64, 2), (200, 128, 128, 64, 1), (257, 64, 64, 128, 2), (190, 64, 128, 64, 3)]:
             (_, _, _), (qf, kf, vf) = kt.make_qkv(2, 2, N, D, torch.bfloat16, "bhnd")
@@ -117,6 +118,9 @@ def test_blocked_reference_matches_reference(kt):
             fn = ref.fake_quant_sparse_attention if quant else ref.sparse_attention
             if quant:  # ulp-level differences in S can flip an e4m3 rounding tie of P̃: one element moves 1/16
                 assert kt.rel_l1(o, o_ref) <= 1e-4
+                o_s, _ = blocked_reference.sparse_branch(qf, kf, vf, sel.indices, bq, bk, quant, running_max=False)
+                o_s_ref, _ = fn(qf, kf, vf, sel.mask, bq, bk, running_max=False)
+                assert kt.rel_l1(o_s, o_s_ref) <= 1e-4
             else:
                 torch.testing.assert_close(o, o_ref, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(lse, fn(qf, kf, vf, sel.mask, bq, bk)[1], rtol=1e-5, atol=1e-5)

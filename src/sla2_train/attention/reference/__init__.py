@@ -20,8 +20,10 @@ from .quant import (
     FP8_E4M3_MAX,
     INT8_MAX,
     fake_quant_sparse_attention,
+    quantised_scores,
     quantize_int8_blocks,
     round_to_fp8_e4m3,
+    running_block_max,
     straight_through,
 )
 from .router import BlockSelection, hard_topk, router_scores, selected_mass, topk_count
