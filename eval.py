@@ -9,15 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
-# A script's folder is sys.path[0]; the repo root holds kernels/, which transformers (via diffusers) would
-# import as the unrelated PyPI package `kernels`. The project is imported from its installed location.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("eval")
 

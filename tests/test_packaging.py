@@ -1,20 +1,61 @@
-"""Every package folder ships: pyproject lists packages by hand (src/ plus kernels/ as sla2_kernels)."""
+"""Packaging and layout: every package folder ships, and the repo root never shadows another distribution."""
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_package_folder_is_listed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {"sla2_kernels"} if (ROOT / "kernels" / "__init__.py").exists() else set()
-    for init in (ROOT / "src").rglob("__init__.py"):
-        found.add(".".join(init.parent.relative_to(ROOT / "src").parts))
+    found = set()
+    for base in (ROOT / "src", ROOT / "kernels"):
+        for init in base.rglob("__init__.py"):
+            found.add(".".join(init.parent.relative_to(base).parts))
     assert found == listed, f"add to / remove from [tool.setuptools] packages: {sorted(found ^ listed)}"
 
 
-def test_sla2_kernels_imports_from_the_installed_mapping():
+def test_kernels_folder_is_not_a_package():
+    # A kernels/__init__.py would make the repo root's kernels/ importable as `kernels`, the name of an unrelated
+    # PyPI package that diffusers and transformers probe for.
+    assert not (ROOT / "kernels" / "__init__.py").exists()
+
+
+def test_sla2_kernels_imports_from_its_own_folder():
     import sla2_kernels
 
-    assert Path(sla2_kernels.__file__).resolve().parent == ROOT / "kernels"
+    assert Path(sla2_kernels.__file__).resolve().parent == ROOT / "kernels" / "sla2_kernels"
+
+
+def _run_from_root(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_diffusers_does_not_take_the_kernels_folder_for_a_package():
+    # `python -c` and `python -m` put the repo root on sys.path, as `python -m pytest` does.
+    code = ("import diffusers.utils.import_utils as d, transformers.utils.import_utils as t; "
+            "print(d.is_kernels_available(), t.is_kernels_available())")
+    res = _run_from_root("-c", code)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["False", "False"]
+
+
+def test_python_m_pytest_from_the_repo_root():
+    res = _run_from_root("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_packaging.py",
+                         "-k", "every_package_folder or not_a_package")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "2 passed" in res.stdout
+
+
+@pytest.mark.slow
+def test_python_train_py_from_the_repo_root(tmp_path):
+    res = _run_from_root("train.py", "trainer.max_steps=2", "logger=none",
+                         f"output_root={tmp_path}/outputs", f"data.cache_dir={tmp_path}/cache")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -1,30 +1,14 @@
 """Kernel tests: on a machine without CUDA the Triton kernels run under Triton's interpreter.
 
 TRITON_INTERPRET must be set before any kernel is decorated, i.e. before sla2_kernels is imported.
-sla2_kernels is the kernels/ folder (pyproject maps it); if the installed distribution does not
-provide it, it is loaded from the checkout so the tests still run.
 """
 
-import importlib.util
 import os
-import pathlib
-import sys
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-try:
-    import sla2_kernels  # noqa: F401
-except ImportError:
-    _root = pathlib.Path(__file__).resolve().parents[2] / "kernels"
-    _spec = importlib.util.spec_from_file_location(
-        "sla2_kernels", _root / "__init__.py", submodule_search_locations=[str(_root)]
-    )
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["sla2_kernels"] = _mod
-    _spec.loader.exec_module(_mod)
 
 
 import pytest  # noqa: E402

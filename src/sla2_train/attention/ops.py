@@ -23,10 +23,6 @@ alpha is at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when e
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import torch
 
 from . import reference as ref
@@ -38,26 +34,12 @@ KERNEL_BLOCKS = (64, 128)
 
 
 def _load_kernels():
-    """`sla2_kernels` (the kernels/ folder); loaded from the checkout when the installed package lacks it."""
+    """`sla2_kernels`, or None and the reason (triton missing or broken: a CPU-only install)."""
     try:
         import sla2_kernels
 
         return sla2_kernels, None
-    except ImportError as err:
-        first = err
-    root = pathlib.Path(__file__).resolve().parents[3] / "kernels"
-    if not (root / "__init__.py").exists():
-        return None, first
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "sla2_kernels", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["sla2_kernels"] = mod
-        spec.loader.exec_module(mod)
-        return mod, None
-    except Exception as err:  # triton missing or broken: CPU-only install
-        sys.modules.pop("sla2_kernels", None)
+    except Exception as err:
         return None, err
 
 

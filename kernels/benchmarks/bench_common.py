@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
@@ -46,17 +45,11 @@ def parse_lists(args, *float_lists: str):
 
 
 def import_kernels():
-    """`sla2_kernels`, from this folder when the package is not installed (the GPU machine gets a bare checkout)."""
+    """`sla2_kernels`: installed (`pip install -e .`) or on PYTHONPATH (`PYTHONPATH=src:kernels` in a bare checkout)."""
     try:
         import sla2_kernels
-    except ImportError:
-        root = pathlib.Path(__file__).resolve().parent
-        spec = importlib.util.spec_from_file_location(
-            "sla2_kernels", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        sla2_kernels = importlib.util.module_from_spec(spec)
-        sys.modules["sla2_kernels"] = sla2_kernels
-        spec.loader.exec_module(sla2_kernels)
+    except ImportError as err:
+        raise SystemExit(f"cannot import sla2_kernels ({err}): run `pip install -e .` or set PYTHONPATH=src:kernels")
     return sla2_kernels
 
 
