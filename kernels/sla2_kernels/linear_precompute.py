@@ -1,4 +1,5 @@
-"""One pass over K and V per key block: what the linear branch and the router need (docs/method.md: Linear branch, Router).
+"""One pass over K and V per key block: what the linear branch and the router need (docs/method.md: Linear
+branch, Router).
 
 For key block j (b_k rows, ragged last block masked):
   φK_j = softmax over head_dim of K_j (rounded to K's dtype), padded rows zeroed

@@ -1,4 +1,5 @@
-"""Fused SLA2 forward with the low-bit sparse branch (docs/method.md, Low-bit sparse branch and QAT): INT8 QKᵀ, FP8 e4m3 PV, fp32 sums.
+"""Fused SLA2 forward with the low-bit sparse branch: INT8 QKᵀ, FP8 e4m3 PV, fp32 sums (docs/method.md, Low-bit
+sparse branch and QAT).
 
 Same program layout and linear branch (epilogue on forward.linear_state's H_I, Z_I) as sla2_fwd.py: the linear
 branch stays bf16. Sparse branch:

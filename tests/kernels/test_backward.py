@@ -177,9 +177,9 @@ def test_every_block_selected_alpha_is_one_and_gets_no_gradient(poison, kernel_o
 
 def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison, kernel_ops):
     """quant=True: low-bit forward; the backward is the bf16 kernel at the original q, k, v with the forward's
-    o and lse (SLA2.md §5). So (1) it equals the bf16 backward given that o, lse exactly; (2) it matches the
-    float64 straight-through formula at that o, lse; (3) it stays close to the exact gradient (the reference's
-    straight_through), the gap being the low-bit forward's error in o and lse."""
+    o and lse (docs/method.md, Low-bit sparse branch and QAT). So (1) it equals the bf16 backward given that o,
+    lse exactly; (2) it matches the float64 straight-through formula at that o, lse; (3) it stays close to the
+    exact gradient (the reference's straight_through), the gap being the low-bit forward's error in o and lse."""
     b, h, n, d, bq, bk, topk, layout = 1, 2, 333, 64, 128, 64, 2, "bnhd"
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     qk, kk, vk, dok = (to_layout(t.bfloat16(), layout) for t in (q, k, v, do))

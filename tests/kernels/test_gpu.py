@@ -1,4 +1,4 @@
-"""GPU tests at the real shapes (H100): kernels vs the blocked PyTorch oracle (kernels/blocked_reference.py,
+"""GPU tests at the real shapes (H100): kernels vs the blocked PyTorch oracle (sla2_kernels/blocked_reference.py,
 itself checked against the reference in test_forward.py / test_router.py). Skipped without CUDA.
 
 These cover what the interpreter cannot: the native bf16/fp16, INT8 and FP8 tensor-core products (wgmma),

@@ -1,7 +1,7 @@
 """Low-bit forward (INT8 QKᵀ, FP8 PV) against the fake-quant reference and against the bf16 kernel.
 
 Under the interpreter the INT8 dot is exact and the e4m3 values are produced by the software rounding of
-kernels/quant_math.py (Triton 3.9's interpreter cast mis-rounds); the hardware e4m3 conversion and the
+sla2_kernels/quant_math.py (Triton 3.9's interpreter cast mis-rounds); the hardware e4m3 conversion and the
 8-bit wgmma are covered by the GPU tests (test_gpu.py).
 """
 
@@ -68,7 +68,7 @@ def test_quantised_k_v_equal_reference_rounding(kt):
 ], ids=["8warps-2stages", "4warps-3stages"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_tile_configurations(cfg, quant, poisoned, kt):
-    """The configurations kernels/bench.py sweeps compute the same function."""
+    """The configurations kernels/benchmarks/bench.py sweeps compute the same function."""
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=17)

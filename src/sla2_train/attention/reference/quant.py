@@ -1,4 +1,5 @@
-"""Fake-quantised low-bit sparse branch (docs/method.md, Low-bit sparse branch and QAT) and its straight-through estimator.
+"""Fake-quantised low-bit sparse branch and its straight-through estimator (docs/method.md, Low-bit sparse branch
+and QAT).
 
 Same arithmetic as the INT8/FP8 kernel, in floating point: values are rounded to the INT8 grid and to
 FP8 e4m3 exactly as the hardware formats would hold them, then multiplied in the input's dtype.
