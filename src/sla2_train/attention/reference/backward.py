@@ -7,7 +7,7 @@ import torch
 
 from .blocks import block_token_counts, expand_block_mask, expand_query_blocks, mean_pool, num_blocks
 from .branches import linear_block_sums, phi
-from .indexed import acc_dtype, bhnd, dims, effective_alpha, index_mask
+from .indexed import acc_dtype, bhnd, block_alpha, dims, index_mask
 
 
 def pad_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def reference_backward(do, q, k, v, o, lse, indices, alpha, block_q: int, block_
     qr, kr, vr, orr, dor = (bhnd(t, layout).to(acc) for t in (q, k, v, o, do))
     mask = index_mask(indices, nk)
     linear = indices.shape[-1] < nk
-    a = effective_alpha(alpha, b, h, nq, not linear).to(acc)
+    a = block_alpha(alpha, b, h, nq, not linear).to(acc)
     a_tok = expand_query_blocks(a, n, block_q)  # [B, H, N, 1]
     scale = d ** -0.5
     # Sparse branch: P from the forward's lse on the selected blocks; dO_s = α dO; Δ = Do − (1 − α) Dl.

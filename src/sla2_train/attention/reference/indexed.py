@@ -38,7 +38,7 @@ def index_mask(indices: torch.Tensor, nk: int) -> torch.Tensor:
     return torch.zeros(shape, dtype=torch.bool, device=indices.device).scatter_(-1, indices.long(), True)
 
 
-def effective_alpha(alpha: torch.Tensor, b: int, h: int, nq: int, all_selected: bool) -> torch.Tensor:
+def block_alpha(alpha: torch.Tensor, b: int, h: int, nq: int, all_selected: bool) -> torch.Tensor:
     """α as [B, H, nq] in at least float32, forced to 1 when every key block is selected (combine.effective_alpha)."""
     if all_selected:
         return torch.ones((), dtype=torch.float32, device=alpha.device).expand(b, h, nq)
@@ -60,7 +60,7 @@ def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: 
     acc = acc_dtype(q.dtype)
     qr, kr, vr = (bhnd(t, layout).to(acc) for t in (q, k, v))
     mask = index_mask(indices, nk)
-    a = effective_alpha(alpha, b, h, nq, indices.shape[-1] >= nk).to(acc)
+    a = block_alpha(alpha, b, h, nq, indices.shape[-1] >= nk).to(acc)
     if quant:
         o_s, lse = fake_quant_sparse_attention(qr, kr, vr, mask, block_q, block_k)
     else:
