@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> dict:
 
     from sla2_train import evaluation
     from sla2_train.evaluation.logging_out import log_report
-    from sla2_train.lit import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line
 
     with config_errors_as_one_line():
         ev = evaluation.build(cfg)

@@ -43,7 +43,8 @@ class ForwardTimer:
 
     def __init__(self, module: torch.nn.Module, device: torch.device | str):
         self.device, self.ms = device, []
-        self._handles = [module.register_forward_pre_hook(self._start), module.register_forward_hook(self._stop)]
+        self._handles = [module.register_forward_pre_hook(self._start, prepend=True),
+                         module.register_forward_hook(self._stop, prepend=True)]  # before other hooks (probes)
 
     def _start(self, *_):
         synchronize(self.device)
