@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from sla2_train.lit.checkpoint_weights import load_model_weights
 from sla2_train.models import dense_capture, describe_attention, set_attention_mode, sla2_processors
 
 from .metric_suite import build_metrics, score_video
@@ -75,7 +74,11 @@ def build(cfg) -> Evaluation:
     cfg.model.path = folder  # the transformer loads from the same folder as the text encoder and VAE
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model_with_attention)
-    saved = load_model_weights(model, cfg.ckpt, key="ckpt") if cfg.ckpt else {}
+    saved = {}
+    if cfg.ckpt:
+        from sla2_train.lit.checkpoint_weights import load_model_weights  # Lightning is needed for checkpoints only
+
+        saved = load_model_weights(model, cfg.ckpt, key="ckpt")
     procs = sla2_processors(model)
     quant_modes = _quant_modes(cfg, saved) if procs else []
     dtype = _dtype(cfg)

@@ -41,10 +41,10 @@ def wandb_media(report: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def log_report(loggers, report: dict[str, Any], folder: Path, hyperparams: dict[str, Any]) -> None:
-    from lightning.pytorch.loggers import WandbLogger
-
     metrics = flat_metrics(report)
     for logger in loggers:
+        from lightning.pytorch.loggers import WandbLogger
+
         logger.log_hyperparams(hyperparams)
         logger.log_metrics(metrics, step=0)
         if isinstance(logger, WandbLogger):
