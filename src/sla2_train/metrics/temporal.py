@@ -21,7 +21,7 @@ def check_video(video: torch.Tensor) -> torch.Tensor:
 
 def temporal_flickering(video: torch.Tensor) -> float:
     """(255 − mean |frame_t − frame_{t−1}|) / 255 over all consecutive pairs: 1.0 for a still video."""
-    v = check_video(video).float()
+    v = check_video(video).double()
     if v.shape[0] < 2:
         raise ValueError("temporal flickering needs at least 2 frames")
     return float((255.0 - (v[1:] - v[:-1]).abs().mean()) / 255.0)
