@@ -83,36 +83,34 @@ class SSIM(VideoMetric):
         return video_ssim(_pixels(video, self._device), _pixels(reference, self._device), data_range=1.0)
 
 
-class SubjectConsistency(VideoMetric):
-    """VBench subject consistency: frame_consistency of DINO ViT-B/16 features."""
-
-    name = "subject_consistency"
+class _FeatureConsistency(VideoMetric):
+    """frame_consistency of per-frame features from `features.image`."""
 
     def __init__(self, features):
         self.features = features
+
+    def score(self, video, prompt, reference=None):
+        return frame_consistency(self.features.image(video))
+
+
+class SubjectConsistency(_FeatureConsistency):
+    """VBench subject consistency: DINO ViT-B/16 features."""
+
+    name = "subject_consistency"
 
     @classmethod
     def load(cls, path, key: str = "backbones.dino"):
         return cls(DinoFeatures(require_path(path, key, "a local DINO ViT-B/16 folder (transformers ViTModel)")))
 
-    def score(self, video, prompt, reference=None):
-        return frame_consistency(self.features.image(video))
 
-
-class BackgroundConsistency(VideoMetric):
-    """VBench background consistency: frame_consistency of CLIP image features."""
+class BackgroundConsistency(_FeatureConsistency):
+    """VBench background consistency: CLIP image features."""
 
     name = "background_consistency"
-
-    def __init__(self, features):
-        self.features = features
 
     @classmethod
     def load(cls, path, key: str = "backbones.clip"):
         return cls(ClipFeatures(require_path(path, key, "a local CLIP folder (transformers CLIPModel)")))
-
-    def score(self, video, prompt, reference=None):
-        return frame_consistency(self.features.image(video))
 
 
 class AestheticQuality(VideoMetric):

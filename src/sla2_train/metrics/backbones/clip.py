@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .frames import FrameEncoder
 from .preprocess import CLIP_MEAN, CLIP_STD, center_crop, normalize, resize_short_side, to_float
 
 
@@ -14,7 +15,7 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class ClipFeatures:
+class ClipFeatures(FrameEncoder):
     """CLIP's preprocessing (short side to the model's size, centre crop, CLIP mean/std) and projections."""
 
     def __init__(self, folder: Path, with_text: bool = False):
@@ -24,19 +25,9 @@ class ClipFeatures:
         self.tokenizer = AutoTokenizer.from_pretrained(folder) if with_text else None
         self.size = self.model.config.vision_config.image_size
 
-    def to(self, device) -> "ClipFeatures":
-        self.model.to(device)
-        return self
-
-    @torch.no_grad()
-    def image(self, video: torch.Tensor, batch: int = 16) -> torch.Tensor:
-        """uint8 [F, H, W, 3] → [F, C] image embeddings (not normalised)."""
-        device = next(self.model.parameters()).device
-        out = []
-        for s in range(0, video.shape[0], batch):
-            x = center_crop(resize_short_side(to_float(video[s:s + batch]).to(device), self.size), self.size)
-            out.append(_features(self.model.get_image_features(pixel_values=normalize(x, CLIP_MEAN, CLIP_STD))))
-        return torch.cat(out).float()
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        x = center_crop(resize_short_side(to_float(frames), self.size), self.size)
+        return _features(self.model.get_image_features(pixel_values=normalize(x, CLIP_MEAN, CLIP_STD)))
 
     @torch.no_grad()
     def text(self, prompt: str) -> torch.Tensor:
