@@ -38,7 +38,8 @@ def test_subject_consistency_from_a_saved_dino(backbones, video):
 
     direct = ViTModel.from_pretrained(backbones["dino"], add_pooling_layer=False)
     x = F.interpolate(to_float(video[:2]), size=(32, 38), mode="bicubic", antialias=True).clamp(0, 1)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     cls = direct(pixel_values=(x - mean) / std, interpolate_pos_encoding=True).last_hidden_state[:, 0]
     assert torch.allclose(feats[:2], cls, atol=1e-5)
 

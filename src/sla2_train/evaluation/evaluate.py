@@ -139,34 +139,19 @@ def row_name(quant: bool | None, sparsity: float | None = None) -> str:
     return "dense" if quant is None else f"sla2 {sparsity:g} {quant_label(quant)}"
 
 
-@torch.no_grad()
-def run(ev: Evaluation) -> dict[str, Any]:
-    cfg, model = ev.cfg, ev.model
-    procs = sla2_processors(model)
-    sparsity = procs[0].attention.sparsity if procs else None
-    cfg_forwards = 2 if cfg.guidance_scale > 1.0 else 1
-    probe = None
-    if procs:
-        probe = AttentionProbe(model, procs, ev.quant_modes, cfg.device,
-                               time_at=cfg.num_inference_steps * cfg_forwards // 2, repeats=cfg.attention_timing_repeats)
-    for pi, prompt in enumerate(ev.prompts):
-        for seed in ev.seeds:
-            noise = _noise(ev, seed)
-            if procs:
-                with dense_capture(model):
-                    hook = model.register_forward_hook(probe)
-                    try:
-                        dense = _generate(ev, prompt, noise, probe)
-                    finally:
-                        hook.remove()
-            else:
-                dense = _generate(ev, prompt, noise, None)
-            _record(ev, "dense", pi, seed, *dense, reference=None)
-            for quant in ev.quant_modes:
-                set_attention_mode(model, quant=quant)
-                _record(ev, row_name(quant, sparsity), pi, seed, *_generate(ev, prompt, noise, None), reference=dense[0])
-    rows = summarise_rows(ev.videos)
-    flops = attention_flops(model, cfg.model.latent_shape, cfg.num_inference_steps * cfg_forwards)
+def _dense_video(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: AttentionProbe | None):
+    if probe is None:
+        return _generate(ev, prompt, noise, None)
+    with dense_capture(ev.model):
+        hook = ev.model.register_forward_hook(probe)
+        try:
+            return _generate(ev, prompt, noise, probe)
+        finally:
+            hook.remove()
+
+
+def _annotate_rows(rows, ev: Evaluation, probe: AttentionProbe | None, flops: dict, sparsity) -> None:
+    """Add FLOPs, attention times and shares, per-layer errors and speedups to the rows."""
     for row in rows:
         quant = next((q for q in ev.quant_modes if row_name(q, sparsity) == row["name"]), None)
         row["attention_tflops_dense_equivalent"] = flops["dense"] / 1e12
@@ -178,9 +163,32 @@ def run(ev: Evaluation) -> dict[str, Any]:
         if quant is not None:
             row["rel_l1_per_layer"] = probe.mean_errors(quant)
             row["metrics"]["rel_l1_mean"] = sum(row["rel_l1_per_layer"]) / len(row["rel_l1_per_layer"])
-    dense_s = rows[0]["seconds_per_video"]
-    for row in rows:
-        row["speedup"] = dense_s / row["seconds_per_video"]
+        row["speedup"] = rows[0]["seconds_per_video"] / row["seconds_per_video"]
+
+
+@torch.no_grad()
+def run(ev: Evaluation) -> dict[str, Any]:
+    cfg, model = ev.cfg, ev.model
+    procs = sla2_processors(model)
+    sparsity = procs[0].attention.sparsity if procs else None
+    forwards = cfg.num_inference_steps * (2 if cfg.guidance_scale > 1.0 else 1)  # classifier-free guidance: 2
+    probe = None
+    if procs:
+        probe = AttentionProbe(model, procs, ev.quant_modes, cfg.device, time_at=forwards // 2,
+                               repeats=cfg.attention_timing_repeats)
+    for pi, prompt in enumerate(ev.prompts):
+        for seed in ev.seeds:
+            noise = _noise(ev, seed)
+            dense = _dense_video(ev, prompt, noise, probe)
+            _record(ev, "dense", pi, seed, *dense, reference=None)
+            for quant in ev.quant_modes:
+                set_attention_mode(model, quant=quant)
+                sparse = _generate(ev, prompt, noise, None)
+                _record(ev, row_name(quant, sparsity), pi, seed, *sparse, reference=dense[0])
+    rows = summarise_rows(ev.videos)
+    flops = attention_flops(model, cfg.model.latent_shape, forwards)
+    _annotate_rows(rows, ev, probe, flops, sparsity)
     return {"settings": ev.settings, "rows": rows, "videos": ev.videos, "skipped": ev.skipped,
             "timing": "cuda-synchronised" if str(cfg.device).startswith("cuda") else "cpu wall clock",
-            "flops_per_video": {k: v for k, v in flops.items() if k != "sla2_parts"}, "flops_sla2_parts": flops.get("sla2_parts")}
+            "flops_per_video": {k: v for k, v in flops.items() if k != "sla2_parts"},
+            "flops_sla2_parts": flops.get("sla2_parts")}

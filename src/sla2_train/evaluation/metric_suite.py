@@ -44,4 +44,5 @@ def build_metrics(specs: Mapping[str, Any]) -> tuple[list[VideoMetric], dict[str
 def score_video(metrics: list[VideoMetric], video: torch.Tensor, prompt: str,
                 reference: torch.Tensor | None) -> dict[str, float]:
     """Every metric on one video; metrics against the dense video are left out for the dense video itself."""
-    return {m.name: m.score(video, prompt, reference) for m in metrics if reference is not None or not m.needs_reference}
+    return {m.name: m.score(video, prompt, reference)
+            for m in metrics if reference is not None or not m.needs_reference}

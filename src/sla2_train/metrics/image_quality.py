@@ -23,7 +23,8 @@ def _data_range(reference: torch.Tensor, data_range: float | None) -> float:
 
 
 def video_psnr(pred: torch.Tensor, reference: torch.Tensor, data_range: float | None = None) -> float:
-    return float(peak_signal_noise_ratio(pred.float(), reference.float(), data_range=_data_range(reference, data_range)))
+    data_range = _data_range(reference, data_range)
+    return float(peak_signal_noise_ratio(pred.float(), reference.float(), data_range=data_range))
 
 
 def video_ssim(pred: torch.Tensor, reference: torch.Tensor, kernel_size: int = 11,
@@ -32,4 +33,5 @@ def video_ssim(pred: torch.Tensor, reference: torch.Tensor, kernel_size: int = 1
     # The Gaussian window must fit the (possibly tiny) frame and be odd.
     k = min(kernel_size, *r.shape[-2:])
     k -= 1 - k % 2
-    return float(structural_similarity_index_measure(p, r, data_range=_data_range(reference, data_range), kernel_size=k))
+    data_range = _data_range(reference, data_range)
+    return float(structural_similarity_index_measure(p, r, data_range=data_range, kernel_size=k))

@@ -20,8 +20,7 @@ from .backbones import (
     load_scripted,
     require_path,
 )
-from .backbones.lpips import lpips_resize
-from .backbones.preprocess import to_float
+from .backbones.preprocess import limit_long_side, to_float
 from .image_quality import video_psnr, video_ssim
 from .temporal import (
     frame_consistency,
@@ -41,7 +40,7 @@ class VideoMetric:
     def to(self, device) -> "VideoMetric":
         self.device = torch.device(device)
         for value in vars(self).values():
-            if hasattr(value, "to") and value is not self.device:
+            if hasattr(value, "to") and not isinstance(value, torch.device):
                 value.to(device)
         return self
 
@@ -166,7 +165,7 @@ class ImagingQuality(VideoMetric):
 
     @torch.no_grad()
     def score(self, video, prompt, reference=None):
-        scores = [self.iqa(lpips_resize(to_float(f[None]).to(self._device), self.max_side)).float().flatten()
+        scores = [self.iqa(limit_long_side(to_float(f[None]).to(self._device), self.max_side)).float().flatten()
                   for f in video]
         return float(torch.cat(scores).mean() / 100.0)
 
@@ -227,6 +226,6 @@ class LPIPSDistance(VideoMetric):
         return cls(LPIPS.load(vgg, lin, vgg_key, lin_key))
 
     def score(self, video, prompt, reference=None):
-        d = [self.net(lpips_resize(to_float(a[None]).to(self._device)), lpips_resize(to_float(b[None]).to(self._device)))
-             for a, b in zip(video, reference)]
+        frame = lambda x: limit_long_side(to_float(x[None]).to(self._device))  # noqa: E731
+        d = [self.net(frame(a), frame(b)) for a, b in zip(video, reference)]
         return float(torch.cat(d).mean())

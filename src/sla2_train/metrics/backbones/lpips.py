@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sla2_train.models import ConfigError
@@ -82,11 +81,3 @@ class LPIPS(nn.Module):
             total = total + (w * (fx - fy).pow(2)).sum(1).mean((-2, -1))
         return total
 
-
-def lpips_resize(x: torch.Tensor, max_side: int = 512) -> torch.Tensor:
-    """Frames larger than max_side on their long side are scaled down (LPIPS is patch-level; saves memory)."""
-    h, w = x.shape[-2:]
-    if max(h, w) <= max_side:
-        return x
-    s = max_side / max(h, w)
-    return F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)

@@ -31,3 +31,12 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def limit_long_side(x: torch.Tensor, max_side: int = 512) -> torch.Tensor:
+    """Frames whose long side exceeds max_side are scaled down to it (VBench's IQA input; bounds LPIPS's memory)."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= max_side:
+        return x
+    s = max_side / max(h, w)
+    return F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
