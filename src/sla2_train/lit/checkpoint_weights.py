@@ -25,7 +25,11 @@ def load_model_weights(model: nn.Module, path: str | Path, key: str = "init_from
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
     weights = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(f"{key} {str(path)!r} does not fit this model: {lines[-1]}") from err
     if missing or unexpected:
         raise ConfigError(
             f"{key} {str(path)!r} does not fit this model: {len(missing)} missing keys (e.g. {missing[:2]}), "
