@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A Unigram vocabulary is all a T5 tokenizer needs; no sentencepiece model file, no download.
+# A Unigram vocabulary in the tokenizers library makes a T5-like tokenizer: no sentencepiece model, no download.
 WORDS = ["▁a", "▁cat", "▁dog", "▁runs", "▁on", "▁the", "▁grass", "▁red", "▁car", "▁slowly"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz▁"
 
@@ -25,12 +25,16 @@ def compose_tiny(*overrides: str):
 def build_tiny_pipeline(folder: Path, *overrides: str) -> Path:
     """save_pretrained of a WanPipeline whose transformer is the `model=tiny` preset (with `overrides`)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
-    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     cfg = compose_tiny(*overrides)
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [(w, -1.0 - i) for i, w in enumerate(WORDS)] + [(c, -20.0) for c in LETTERS]
-    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    unigram = Tokenizer(models.Unigram(vocab, unk_id=2))
+    unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])  # as T5
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=len(vocab), d_model=cfg.model.text_dim, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
         relative_attention_num_buckets=8,
