@@ -6,9 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from sla2_train.export.loading import MUST_MATCH, load_weights
-
-__all__ = ["MUST_MATCH", "load_model_weights"]
+from sla2_train.export.loading import load_weights
 
 
 def load_model_weights(model: nn.Module, path: str | Path, key: str = "init_from") -> dict:
