@@ -12,9 +12,10 @@ Export and `init_from` / eval's `ckpt` read the EMA weights when a checkpoint ha
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -38,9 +39,14 @@ class TrainedWeights:
     ema: bool
 
 
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers config without its bookkeeping entries (names starting with "_"), tuples as lists: the form
+    config.json holds, so configs from checkpoints and from folders compare equal."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+
 def transformer_config(model: nn.Module) -> dict[str, Any]:
-    """The diffusers config of `model`, without diffusers' bookkeeping entries (names starting with "_")."""
-    return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    return plain_config(model.config)
 
 
 def checkpoint_metadata(model: nn.Module, stage: str) -> dict[str, Any]:

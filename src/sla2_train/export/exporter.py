@@ -14,17 +14,13 @@ from diffusers import WanTransformer3DModel
 
 from sla2_train.models import ConfigError
 
+from .checkpoint_format import plain_config
 from .folder import TRANSFORMER, split_sla2, write_sla2
 from .loading import read_weights
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _base_transformer_config(base: Path) -> dict[str, Any]:
-    config = json.loads((base / TRANSFORMER / "config.json").read_text())
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def _check_base(base: Path) -> None:
@@ -39,11 +35,10 @@ def _architecture(trained: dict[str, Any] | None, base: Path | None) -> dict[str
         if trained is None:
             raise ConfigError("the checkpoint records no transformer config; pass --base <the model.path it was trained from>")
         return trained
-    from_base = _base_transformer_config(base)
+    from_base = plain_config(json.loads((base / TRANSFORMER / "config.json").read_text()))
     if trained is None:
         return from_base
-    as_lists = lambda d: json.loads(json.dumps(d))  # noqa: E731  tuples (checkpoint) vs lists (JSON)
-    diffs = [f"{k}={v!r} (base: {from_base.get(k)!r})" for k, v in as_lists(trained).items() if from_base.get(k) != v]
+    diffs = [f"{k}={v!r} (base: {from_base.get(k)!r})" for k, v in plain_config(trained).items() if from_base.get(k) != v]
     if diffs:
         raise ConfigError(f"--base {str(base)!r} holds another architecture than the checkpoint: {', '.join(diffs)}")
     return trained

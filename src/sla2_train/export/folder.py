@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from sla2_train.models import ConfigError
 
-from .checkpoint_format import TrainedWeights
+from .checkpoint_format import TrainedWeights, plain_config
 
 TRANSFORMER = "transformer"
 SLA2_WEIGHTS = "sla2.safetensors"
@@ -76,7 +76,7 @@ def read_exported(path: str | Path, key: str = "init_from") -> TrainedWeights:
     return TrainedWeights(
         weights={**_read_dense(folder, key), **sla2},
         attention=dict(meta.get("attention") or {}),
-        transformer_config=None if config is None else {k: v for k, v in config.items() if not k.startswith("_")},
+        transformer_config=None if config is None else plain_config(config),
         stage=meta.get("stage"),
         ema=bool(meta.get("ema")),
     )
