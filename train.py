@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> float | None:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from sla2_train.lit import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line
 
     # Lightning adds its own console handler at import; Hydra's already prints (and files) these records.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
