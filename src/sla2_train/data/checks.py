@@ -28,6 +28,9 @@ def check_shapes_match(
     text_bad = shard_dim is not None and text_dim is not None and shard_dim != text_dim
     if not (latent_bad or text_bad):
         return
+    # A side left open (None) agrees with anything: show it as the shards' value.
+    latent_shape = shard_shape if latent_shape is None else latent_shape
+    text_dim = shard_dim if text_dim is None else text_dim
     raise DataError(
         f"the shards in {where} hold latents {list(shard_shape or [])} with text_dim {shard_dim} (index.json), "
         f"but the model is built for latents {list(latent_shape or [])} with text_dim {text_dim} "
