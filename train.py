@@ -22,12 +22,14 @@ def main(cfg: DictConfig) -> float | None:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from sla2_train.cli_errors import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line, run_errors_as_one_line
+    from sla2_train.run_guards import check_attention_fits, check_run_config
 
     # Lightning adds its own console handler at import; Hydra's already prints (and files) these records.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
-    with config_errors_as_one_line():
+    with config_errors_as_one_line(cfg):
+        check_run_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
         module = instantiate(cfg.module)
@@ -36,11 +38,14 @@ def main(cfg: DictConfig) -> float | None:
         for logger in loggers:  # the full resolved config, so a W&B/CSV run says exactly what it was
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        check_attention_fits(module.model, trainer.strategy.root_device, cfg.model.latent_shape,
+                             datamodule.batch_size, trainer.precision, cfg.model.name)
         last = Path(cfg.ckpt_dir) / "last.ckpt"
         ckpt_path = str(last) if cfg.resume and last.exists() else None
     if ckpt_path:
         log.info("resuming from %s (resume=false starts over)", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with run_errors_as_one_line(cfg):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     loss = trainer.callback_metrics.get("train/loss")
     return None if loss is None else float(loss)
 

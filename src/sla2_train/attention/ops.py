@@ -246,6 +246,7 @@ def _reference_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
     nq, nk = ref.num_blocks(n, block_q), ref.num_blocks(n, block_k)
     acc = _acc_dtype(q.dtype)
     qr, kr, vr = (_bhnd(t, layout).to(acc) for t in (q, k, v))
+    ref.check_dense_fits(qr, kr)
     mask = _mask(indices, nk)
     a = _effective_alpha(alpha, b, h, nq, indices.shape[-1] >= nk).to(acc)
     if quant:

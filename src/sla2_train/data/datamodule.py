@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Sequence
 
@@ -132,9 +133,18 @@ class LatentDataModule(L.LightningDataModule):
             check_finite=self.check_finite,
         )
 
+    def _workers(self) -> int:
+        """num_workers, at most one per CPU this process may use: more only slow each other down (and PyTorch
+        warns about them on every run, e.g. the default 4 on a 2-core machine)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.num_workers > cpus:
+            log.info("data.num_workers=%d but %d CPUs are available: using %d workers", self.num_workers, cpus, cpus)
+            self.num_workers = cpus
+        return self.num_workers
+
     def _loader(self, dataset: torch.utils.data.IterableDataset) -> DataLoader:
         extra = {}
-        if self.num_workers > 0:
+        if self._workers() > 0:
             # Persistent workers keep each worker's epoch counter, so every epoch draws a fresh shard order.
             extra["persistent_workers"] = True
             if self.prefetch_factor is not None:
