@@ -15,8 +15,8 @@ from .branches import (
     sparse_attention,
     weighted_linear_attention,
 )
-from .memory import DenseTooLarge, check_dense_fits
 from .combine import alpha_mix, effective_alpha, sla2_attention, sla2_attention_soft, sla2_sparse_branch, sla_attention
+from .memory import DenseTooLarge, check_dense_fits
 from .quant import (
     FP8_E4M3_MAX,
     INT8_MAX,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from .blocks import expand_query_blocks
-from .memory import check_dense_fits
 from .branches import (
     linear_attention_complement,
     soft_linear_attention,
     soft_sparse_attention,
     sparse_attention,
 )
+from .memory import check_dense_fits
 from .quant import fake_quant_sparse_attention, straight_through
 
 

@@ -43,7 +43,7 @@ def gigabytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def check_dense_fits(q: torch.Tensor, k: torch.Tensor, what: str = "dense reference attention") -> None:
+def check_dense_fits(q: torch.Tensor, k: torch.Tensor) -> None:
     """DenseTooLarge when the dense path over q [B, H, Nq, D], k [B, H, Nk, D] cannot fit where q lives."""
     if torch.compiler.is_compiling():
         return  # traced graphs are checked when they run eagerly first; a file read does not trace
@@ -54,7 +54,7 @@ def check_dense_fits(q: torch.Tensor, k: torch.Tensor, what: str = "dense refere
     free = available_bytes(q.device)
     if need > free:
         raise DenseTooLarge(
-            f"{what} at N={n_q:,} query and {k.shape[-2]:,} key tokens (B {b}, H {h}, {q.dtype}) needs at least "
+            f"dense reference attention at N={n_q:,} query and {k.shape[-2]:,} key tokens (B {b}, H {h}, {q.dtype}) needs at least "
             f"{gigabytes(need)} for its N×N scores, but {q.device.type} has {gigabytes(free)} available; "
             "run on a GPU (trainer=gpu: the Triton kernels never form the N×N matrix) or use a shorter sequence"
         )
