@@ -34,11 +34,13 @@ def main(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from sla2_train.cli_errors import config_errors_as_one_line
+    from sla2_train.run_guards import check_weights
     from sla2_train.lit.checkpoint_weights import load_model_weights
     from sla2_train.lit.evaluation import compare_dense_and_sla2
     from sla2_train.models import describe_attention, set_attention_mode, sla2_processors
 
-    with config_errors_as_one_line():
+    with config_errors_as_one_line(cfg):
+        check_weights(cfg)
         torch.manual_seed(cfg.seed)
         model = instantiate(cfg.model_with_attention)
         saved = load_model_weights(model, cfg.ckpt, key="ckpt") if cfg.ckpt else {}

@@ -104,3 +104,16 @@ def test_a_plain_run_prints_none_of_the_warnings_we_cause(tmp_path):
     for noise in ("anonymous setting", "Total length of `list` across ranks is zero", "worker processes in total"):
         assert noise not in out, out[-3000:]
     assert (tmp_path / "outputs" / "tiny-distill-sla2-0.95" / "wandb").is_dir()  # where the README says W&B logs go
+
+
+def test_every_shipped_config_passes_the_type_check():
+    from hydra import compose, initialize_config_dir
+
+    conf = ROOT / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for group in ("trainer", "logger", "callbacks", "attention", "stage", "data", "model", "experiment"):
+            for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
+                extra = ["data.train_shards=/shards"] if option == "webdataset" else []
+                check_config_types(compose("config", overrides=[f"{group}={option}", *extra]))
+        check_config_types(compose("eval"))
+        check_config_types(compose("prepare", overrides=["videos=/v", "out_dir=/o", "encoders.model_path=/m"]))

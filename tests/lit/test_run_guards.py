@@ -116,3 +116,9 @@ def test_shards_made_for_another_model_fail_in_one_line_naming_both(
     assert "[16, 21, 60, 104]" in line and "[4, 3, 14, 18]" in line, line
     assert "model.latent_shape" in line and "model=wan2_1" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_a_real_preset_without_weights_is_refused(compose_config, eval_entry, capsys, isolated_logging, tmp_path):
+    cfg = compose_config("model=wan2_1", "logger=none", f"out_json={tmp_path / 'report.json'}", name="eval")
+    line = _refused(eval_entry, cfg, capsys)
+    assert "model.path is not set" in line and "model.random_init=true" in line, line
