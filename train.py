@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +22,8 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from sla2_train.cli_errors import config_errors_as_one_line, run_errors_as_one_line
+    from sla2_train.lit.loggers import finish_runs
+    from sla2_train.lit.resume import checkpoint_to_resume
     from sla2_train.run_guards import check_attention_fits, check_run_config
 
     # Lightning adds its own console handler at import; Hydra's already prints (and files) these records.
@@ -40,12 +41,20 @@ def main(cfg: DictConfig) -> float | None:
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
         check_attention_fits(module.model, trainer.strategy.root_device, cfg.model.latent_shape,
                              datamodule.batch_size, trainer.precision, cfg.model.name)
-        last = Path(cfg.ckpt_dir) / "last.ckpt"
-        ckpt_path = str(last) if cfg.resume and last.exists() else None
+        ckpt_path = checkpoint_to_resume(cfg.ckpt_dir, cfg.resume)
     if ckpt_path:
         log.info("resuming from %s (resume=false starts over)", ckpt_path)
-    with run_errors_as_one_line(cfg):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif cfg.resume:
+        log.info("starting fresh: no checkpoint in %s", cfg.ckpt_dir)
+    else:
+        log.info("starting fresh: resume=false (a checkpoint in %s is replaced)", cfg.ckpt_dir)
+    failed = True
+    try:
+        with run_errors_as_one_line(cfg):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        failed = False
+    finally:
+        finish_runs(loggers, failed)
     loss = trainer.callback_metrics.get("train/loss")
     return None if loss is None else float(loss)
 
