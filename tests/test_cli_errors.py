@@ -103,7 +103,7 @@ def test_a_plain_run_prints_none_of_the_warnings_we_cause(tmp_path):
     out = proc.stdout + proc.stderr
     for noise in ("anonymous setting", "Total length of `list` across ranks is zero", "worker processes in total"):
         assert noise not in out, out[-3000:]
-    assert (tmp_path / "outputs" / "tiny-distill-sla2-0.95" / "wandb").is_dir()  # where the README says W&B logs go
+    assert [p.name for p in (tmp_path / "outputs").glob("*/wandb")] == ["wandb"]  # where the README says W&B logs go
 
 
 def test_every_shipped_config_passes_the_type_check():
