@@ -122,3 +122,22 @@ def test_eval_of_a_real_preset_without_weights_is_refused(compose_config, eval_e
     cfg = compose_config("model=wan2_1", "logger=none", f"out_json={tmp_path / 'report.json'}", name="eval")
     line = _refused(eval_entry, cfg, capsys)
     assert "model.path is not set" in line and "model.random_init=true" in line, line
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "all_damaged"])
+def test_unusable_shard_folders_are_one_line_from_the_entry_point(
+    run_args, compose_config, train_entry, capsys, isolated_logging, tmp_path, case
+):
+    folder = tmp_path / "shards"
+    if case != "missing":
+        folder.mkdir()
+    if case == "all_damaged":
+        for i in range(5):
+            (folder / f"s{i}.tar").write_bytes(torch.randint(0, 255, (4096,), dtype=torch.uint8).numpy().tobytes())
+    args = [a for a in run_args if not a.startswith("data.cache_dir")]
+    cfg = compose_config(*args, "model=tiny", "data=webdataset", f"data.train_shards={folder}")
+    line = _refused(train_entry, cfg, capsys)
+    expected = {"missing": "no such shard folder", "empty": "no .tar shards in folder",
+                "all_damaged": "none of the 5 shards holds a usable sample (skipped: corrupt_shard 5)"}[case]
+    assert line.startswith("error: data.train_shards: ") and expected in line, line
+    assert not (tmp_path / "out").exists()
