@@ -59,9 +59,13 @@ def test_every_option_of_every_group_composes(group):
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
-def test_eval_config_composes():
-    cfg = compose_config(name="eval")
-    assert OmegaConf.to_container(cfg, resolve=True)["out_json"].endswith("eval.json")
+@pytest.mark.parametrize("scheduler", options("eval/scheduler"))
+@pytest.mark.parametrize("random_model", options("eval/random_model"))
+def test_eval_config_composes(scheduler, random_model):
+    cfg = compose_config(f"eval/scheduler={scheduler}", f"eval/random_model={random_model}", name="eval")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["output_dir"].endswith("tiny-sla2-0.95")
+    instantiate(cfg.eval.scheduler)
 
 
 @pytest.mark.parametrize("stage", options("stage"))
@@ -128,7 +132,7 @@ def test_noise_shift_follows_the_model_resolution_in_training_and_eval(model, sh
     # Wan2.1's flow_shift is 3.0 at 480p and 5.0 at 720p (the 14B preset's latents are 720p).
     train = OmegaConf.to_container(compose_config(f"model={model}"), resolve=True, throw_on_missing=False)
     evaluation = OmegaConf.to_container(compose_config(f"model={model}", name="eval"), resolve=True)
-    assert train["flow"]["shift"] == evaluation["scheduler"]["shift"] == shift
+    assert train["flow"]["shift"] == evaluation["eval"]["scheduler"]["flow_shift"] == shift
 
 
 def test_the_default_sparsity_sweep_selects_three_different_block_counts(monkeypatch):

@@ -1,13 +1,22 @@
-"""eval.py in-process on the tiny model: JSON report, and the all-blocks limit reproduces dense sampling."""
+"""eval.py end to end on the tiny random Wan folder: videos, metrics, table, settings, and bad input as one line."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
+from sla2_train.evaluation.video_io import read_mp4
+
 ROOT = Path(__file__).resolve().parents[1]
+FAST = ["logger=none", "num_inference_steps=2", "max_prompts=1"]
+BACKBONE_METRICS = ["subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
+                    "clip_text_score", "motion_smoothness", "dynamic_degree", "lpips"]
 
 
 @pytest.fixture(scope="module")
@@ -18,34 +27,91 @@ def eval_main():
     return module.main
 
 
-def run_eval(eval_main, tmp_path, *overrides):
+MODELS = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def models_dir(tmp_path_factory):
+    # One random-model folder for the module: it depends on the recipe only.
+    MODELS["dir"] = tmp_path_factory.mktemp("random-models")
+
+
+def compose_eval(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("eval", overrides=["logger=csv", f"output_root={tmp_path}", "num_samples=2",
-                                         "num_inference_steps=3", *overrides])
-    eval_main(cfg)
-    return json.loads(Path(cfg.out_json).read_text()), cfg
+        return compose("eval", overrides=[*FAST, f"output_root={tmp_path}", f"random_models_dir={MODELS['dir']}",
+                                          *overrides])
 
 
-def test_eval_reports_quality_and_per_layer_error(eval_main, tmp_path):
-    report, cfg = run_eval(eval_main, tmp_path, "attention.sparsity=0.9")
-    assert len(report["per_sample"]) == 2 and [s["seed"] for s in report["per_sample"]] == [0, 1]
-    assert len(report["rel_l1_per_layer"]) == cfg.model.transformer.arch.num_layers
-    # 1 of 12 key blocks exact, the rest linear: clearly not full attention, but not garbage either.
-    assert all(0.05 < e < 2.0 for e in report["rel_l1_per_layer"])
-    assert isinstance(report["psnr"], float) and 0.0 < report["ssim"] < 1.0
-    assert report["attention"]["sparsity"] == 0.9
-    assert any(Path(cfg.output_dir).glob("csv/**/metrics.csv"))  # numbers went to the logger too
+def run_eval(eval_main, tmp_path, *overrides):
+    report = eval_main(compose_eval(tmp_path, *overrides))
+    folder = Path(report["folder"])
+    return json.loads((folder / "eval.json").read_text()), folder
 
 
-def test_selecting_every_block_reproduces_dense_sampling(eval_main, tmp_path):
-    report, _ = run_eval(eval_main, tmp_path, "attention.sparsity=0.01")
-    assert max(report["rel_l1_per_layer"]) < 1e-5
-    assert report["ssim"] > 0.9999
-    assert report["psnr"] == "inf" or report["psnr"] > 80
+def test_prompts_to_videos_metrics_and_table(eval_main, tmp_path):
+    report, folder = run_eval(eval_main, tmp_path, "attention.sparsity=0.9", "quant=[false,true]", "max_prompts=2")
+    s = report["settings"]
+    assert (s["num_frames"], s["height"], s["width"]) == (9, 112, 144)  # latents [4, 3, 14, 18] through the VAE
+    for key in ("fps", "num_inference_steps", "scheduler", "guidance_scale", "negative_prompt", "seeds",
+                "videos_per_prompt", "prompt_set", "checkpoint", "attention", "prompts_expanded"):
+        assert key in s
+    assert s["scheduler"]["flow_shift"] == 3.0 and s["guidance_scale"] == 5.0 and len(s["prompts"]) == 2
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["dense", "sla2 0.9 bf16", "sla2 0.9 int8/fp8"]
+    # Every video is a decodable mp4 of the settings' size, and dense/SLA2 share prompts and seeds.
+    assert len(report["videos"]) == 6
+    for v in report["videos"]:
+        assert read_mp4(folder / v["video"]).shape == (9, 112, 144, 3)
+        assert v["forwards"] == 2 * 2  # two steps, classifier-free guidance
+    dense, bf16, lowbit = report["rows"]
+    assert set(dense["metrics"]) == {"temporal_flickering"}
+    assert {"temporal_flickering", "psnr", "ssim", "rel_l1_mean"} <= set(bf16["metrics"])
+    assert 0 < bf16["metrics"]["ssim"] <= 1 and 0.05 < bf16["metrics"]["rel_l1_mean"] < 2
+    assert len(bf16["rel_l1_per_layer"]) == 2 and bf16["rel_l1_per_layer"] != lowbit["rel_l1_per_layer"]
+    assert bf16["attention_tflops_actual"] < dense["attention_tflops_actual"]
+    assert dense["attention_tflops_actual"] == bf16["attention_tflops_dense_equivalent"]
+    for row in report["rows"]:
+        assert row["seconds_per_video"] > 0 and row["attention_ms_per_forward"] > 0
+    assert sorted(report["skipped"]) == sorted(BACKBONE_METRICS)
+    assert all(line.startswith(f"{k} skipped: set backbones.") for k, line in report["skipped"].items())
+    table = (folder / "table.md").read_text()
+    assert "| dense |" in table and "| sla2 0.9 int8/fp8 |" in table and "9×112×144" in table
+
+
+def test_selecting_every_block_reproduces_dense_videos(eval_main, tmp_path):
+    report, _ = run_eval(eval_main, tmp_path, "attention.sparsity=0.01", "max_prompts=1")
+    sla2 = report["rows"][1]
+    assert max(sla2["rel_l1_per_layer"]) < 1e-5
+    assert sla2["metrics"]["ssim"] > 0.9999
+    assert sla2["metrics"]["psnr"] == "inf" or sla2["metrics"]["psnr"] > 60
+
+
+def test_dense_model_reports_one_row(eval_main, tmp_path):
+    report, _ = run_eval(eval_main, tmp_path, "attention=full", "max_prompts=1")
+    assert [r["name"] for r in report["rows"]] == ["dense"]
+
+
+def test_results_are_never_overwritten(eval_main, tmp_path):
+    fast = ("attention=full", "num_inference_steps=1")
+    _, first = run_eval(eval_main, tmp_path, *fast)
+    _, second = run_eval(eval_main, tmp_path, *fast)
+    _, other = run_eval(eval_main, tmp_path, *fast, "guidance_scale=3.0")
+    assert len({first, second, other}) == 3 and (first / "eval.json").exists()
+    assert second.name == first.name + "-1" and other.name != first.name
 
 
 def test_qat_checkpoint_is_evaluated_with_the_low_bit_branch(eval_main, tmp_path):
     """A stage-2 checkpoint was trained through the low-bit forward: eval runs it the same way unless told."""
+    ckpt = _qat_checkpoint(tmp_path)
+    on, _ = run_eval(eval_main, tmp_path / "on", f"ckpt={ckpt}", "max_prompts=1")
+    off, _ = run_eval(eval_main, tmp_path / "off", f"ckpt={ckpt}", "max_prompts=1", "quant=false")
+    assert [r["name"] for r in on["rows"]] == ["dense", "sla2 0.95 int8/fp8"]
+    assert [r["name"] for r in off["rows"]] == ["dense", "sla2 0.95 bf16"]
+    assert on["settings"]["checkpoint"]["path"] == str(Path(ckpt).resolve())
+    assert on["settings"]["attention_built"]["topk"] == "hard"
+
+
+def _qat_checkpoint(tmp_path) -> Path:
     spec = importlib.util.spec_from_file_location("sla2_entry_train", ROOT / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
@@ -56,9 +122,44 @@ def test_qat_checkpoint_is_evaluated_with_the_low_bit_branch(eval_main, tmp_path
             f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "trainer.limit_val_batches=0",
             "callbacks.progress.refresh_rate=0"])
     train.main(cfg)
-    ckpt = f"ckpt={Path(cfg.ckpt_dir) / 'last.ckpt'}"
-    on, _ = run_eval(eval_main, tmp_path / "on", ckpt)
-    off, _ = run_eval(eval_main, tmp_path / "off", ckpt, "quant=false")
-    assert on["attention"]["quant"] is True and on["attention"]["topk"] == "hard"
-    assert off["attention"]["quant"] is False
-    assert on["rel_l1_per_layer"] != off["rel_l1_per_layer"]
+    return Path(cfg.ckpt_dir) / "last.ckpt"
+
+
+def _bad_input_cases(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# no prompts\n")
+    partial = tmp_path / "wan-folder"
+    (partial / "transformer").mkdir(parents=True)
+    (partial / "tokenizer").mkdir()
+    misfit = tmp_path / "misfit.ckpt"
+    torch.save({"state_dict": {"model.blocks.0.attn1.to_q.weight": torch.zeros(3, 3)}}, misfit)
+    return [
+        (f"prompts={tmp_path / 'absent.txt'}", "prompts: "),
+        (f"prompts={empty}", "holds no prompts"),
+        (f"model.path={partial}", "has no text_encoder/, vae/"),
+        (f"backbones.dino={tmp_path / 'no-dino'}", "backbones.dino: no file or folder at"),
+        (f"ckpt={misfit}", "does not fit this model"),
+    ]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(eval_main, tmp_path, capsys):
+    for override, message in _bad_input_cases(tmp_path):
+        cfg = compose_eval(tmp_path / "out", override)
+        with pytest.raises(SystemExit) as exit_info:
+            eval_main(cfg)
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], (override, err)
+        assert not list((tmp_path / "out").glob("eval/*/*/eval.json"))
+
+
+def test_multirun_sweep_writes_one_combined_table(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), "-m", "attention.sparsity=0.9,0.95", *FAST, "max_prompts=1",
+         "num_inference_steps=1", f"output_root={tmp_path}", f"random_models_dir={tmp_path / 'models'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = list((tmp_path / "eval" / "sweeps").glob("*/table.md"))
+    assert len(tables) == 1
+    names = [line.split("|")[1].strip() for line in tables[0].read_text().splitlines() if line.startswith("| ")]
+    assert names == ["Attention", "dense", "sla2 0.9 bf16", "sla2 0.95 bf16"]

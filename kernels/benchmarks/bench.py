@@ -1,17 +1,21 @@
 """Benchmark of the SLA2 forward kernels on one GPU, with the baselines measured in the same process.
 
-    python3 kernels/bench.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep] [--budget-s 420]
+    python3 kernels/benchmarks/bench.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep]
+                                        [--budget-s 400]
 
 Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a block mask of exactly the
 SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
 scores, torch Top-k), main kernel (bf16 and low-bit), main kernel without the linear branch (the sparse part
-alone), and the whole forward (eager and as a CUDA graph). Both FLOP conventions (SLA2.md §8):
+alone), and the whole forward (eager and as a CUDA graph). Both FLOP conventions (docs/method.md, FLOP conventions):
 dense-equivalent 4·B·H·N²·D / time, and actual = 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
---sweep times main-kernel configurations (tile width, warps, stages) at the first shape and the last sparsity.
+--sweep times main-kernel and precompute configurations (warps, stages, TMA) at the first shape and the last
+sparsity, then times the rows with the fastest (passed as `config=`; the package's defaults are in
+sla2_kernels/tuning.py).
 Also: a sanity check that FlexAttention and our sparse part agree (same mask), the GPU's copy bandwidth and
 bf16 matmul rate (the two ceilings), and each kernel's registers / spills / shared memory.
-The table is printed last; JSON goes to DIR/bench.json. Times are medians of triton.testing.do_bench (ms).
+The table is printed last; JSON goes to DIR/bench.json (DIR: --out, default $OUT or kernels/benchmarks/results/).
+Times are medians of triton.testing.do_bench (ms).
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from bench_common import (  # run as a script: a sibling module
 )
 
 
+def _kernel_modules():
+    from sla2_kernels import launch, routing
+
+    return launch, routing
+
+
 class Bench(BenchBase):
     def __init__(self, args):
         super().__init__(args, configs=[], precompute_configs=[])
-        self.pre_cfg = None
+        self.launch, self.routing = _kernel_modules()
+        self.pre_cfg = None  # PrecomputeConfig, and forward configurations by quant: the sweep's picks (None: defaults)
+        self.fwd_cfg: dict = {}
 
     # ---------------------------------------------------------------- helpers
     def time_ms(self, fn, graph=False) -> float:
@@ -93,7 +105,7 @@ class Bench(BenchBase):
             st16 = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=False, config=pc)
             st8 = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc)
             _, idx = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)
-            self.record_resources(f"{shape_name}", self.sk.api.LAST_COMPILED)
+            self.record_resources(f"{shape_name}", self.launch.LAST_COMPILED)
             T = {}
             T["precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc))
             T["precompute_quant"] = self.time_ms(
@@ -102,20 +114,21 @@ class Bench(BenchBase):
             T["router_alone"] = self.time_ms(lambda: sk.router(q, k, proj_q, proj_k, topk=topk, **kw))
             scores = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=st16, **kw)[0]
             T["topk_torch"] = self.time_ms(lambda: scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1))
-            T["topk"] = self.time_ms(lambda: sk.api._topk(scores, topk))
+            T["topk"] = self.time_ms(lambda: self.routing.topk_indices(scores, topk))
             T.update(self.topk_sweep(scores, topk))
-            T["linear_state"] = self.time_ms(lambda: sk.api.linear_state(idx, st16, block_q=BLOCK_Q))
+            T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st16, block_q=BLOCK_Q))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
+                fc = self.fwd_cfg.get(quant)
                 T["main" + tag] = self.time_ms(
-                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, **kw))
-                self.record_resources(f"{shape_name}", self.sk.api.LAST_COMPILED)
-                T["sparse_only" + tag] = self.time_ms(
-                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, **kw))
+                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=fc, **kw))
+                self.record_resources(f"{shape_name}", self.launch.LAST_COMPILED)
+                T["sparse_only" + tag] = self.time_ms(lambda: sk.sla2_forward(
+                    q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, config=fc, **kw))
 
-                def whole(quant=quant):
+                def whole(quant=quant, fc=fc):
                     s = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=quant, config=pc)
                     _, i = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=s, **kw)
-                    return sk.sla2_forward(q, k, v, i, alpha, quant=quant, kv_state=s, **kw)
+                    return sk.sla2_forward(q, k, v, i, alpha, quant=quant, kv_state=s, config=fc, **kw)
 
                 T["total" + tag] = self.time_ms(whole)
                 T["total_graph" + tag] = self.safe(f"{shape_name} graph{tag}", lambda: self.time_ms(whole, graph=True))
@@ -152,7 +165,7 @@ class Bench(BenchBase):
         out = {}
         for r, w in self.TOPK_CANDIDATES:
             def run(r=r, w=w):
-                return sk.api.topk_radix(scores, topk, r, w)
+                return self.routing.topk_radix(scores, topk, r, w)
             got = self.safe(f"topk {r},{w}", run)
             if got is None:
                 continue
@@ -164,12 +177,12 @@ class Bench(BenchBase):
 
     # ---------------------------------------------------------------- config sweep
     def sweep(self, q, k, v, idx, alpha, st16, st8, kw, shape_name, sparsity):
-        """Time main-kernel and precompute configurations; install the fastest ones that compute the default
-        arithmetic as the defaults for the table rows (api.CONFIG_OVERRIDE, self.pre_cfg). The low-bit sweep
+        """Time main-kernel and precompute configurations; the fastest ones that compute the default arithmetic
+        become the configurations of the table rows (self.fwd_cfg, self.pre_cfg). The low-bit sweep
         also times the non-default P̃ rounding (exact_max flipped: the other reference variant), for the
         table only: it is never chosen."""
         sk = self.sk
-        Cfg = sk.api.FwdConfig
+        Cfg = sk.FwdConfig
         default_exact_max = Cfg(4, 2).exact_max
         candidates = {
             False: [Cfg(4, 2, tma=True), Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 2, tma=True), Cfg(8, 3, tma=True),
@@ -184,7 +197,7 @@ class Bench(BenchBase):
                 t = self.safe(f"sweep {cfg} quant={quant}", lambda: self.time_ms(
                     lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
                 name = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma" if cfg.tma else "sla2_fwd"
-                ck = sk.api.LAST_COMPILED.get(name)
+                ck = self.launch.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
                            exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                            tma=cfg.tma, maxnreg=cfg.maxnreg, t_ms=t)
@@ -196,17 +209,17 @@ class Bench(BenchBase):
                 if t is not None and default_arithmetic and (quant not in best or t < best[quant][0]):
                     best[quant] = (t, cfg)
         for quant, (t, cfg) in best.items():
-            sk.api.CONFIG_OVERRIDE[quant] = cfg
+            self.fwd_cfg[quant] = cfg
         self.results["chosen_configs"] = {str(qt): repr(c) for qt, (t, c) in best.items()}
         self.results["default_exact_max"] = default_exact_max
-        PC = sk.api.PrecomputeConfig
+        PC = sk.PrecomputeConfig
         pbest = None
         for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(None, 8, 2), PC(None, 8, 3), PC(4, 8, 2)):
             if self.left() < 60:
                 break
             t = self.safe(f"precompute sweep {pc}", lambda: self.time_ms(
                 lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc)))
-            ck = sk.api.LAST_COMPILED.get("kv_precompute")
+            ck = self.launch.LAST_COMPILED.get("kv_precompute")
             res = dict(kind="precompute", blocks_per_program=pc.blocks_per_program, num_warps=pc.num_warps,
                        num_stages=pc.num_stages, t_ms=t)
             if t is not None and ck is not None:

@@ -1,7 +1,8 @@
-"""What kernels/bench.py and kernels/bench_train.py share: shapes, the kernels import, FlexAttention's
+"""What bench.py, bench_train.py and profile_ncu.py share: shapes, the kernels import, FlexAttention's
 equal-density block mask, and the run bookkeeping (time budget, error capture, resources, JSON).
 
-Both benches run as scripts (`python3 kernels/bench.py`), so this module is imported by its plain name.
+The benches run as scripts (`python3 kernels/benchmarks/bench.py`), so this module is imported by its plain name.
+Raw output goes to --out: $OUT when set, else kernels/benchmarks/results/ (ignored by git).
 """
 
 from __future__ import annotations
@@ -11,23 +12,26 @@ import datetime
 import json
 import os
 import pathlib
-import sys
 import time
 import traceback
 
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SHAPES = {"1.3b": (1, 12, 32760, 128), "14b": (1, 40, 75600, 128)}  # Wan2.1 1.3B 480p, 14B 720p
 BLOCK_Q, BLOCK_K = 128, 64  # the paper's blocks
 
 
 def topk_count(nk: int, sparsity: float) -> int:
-    """As sla2_train.attention.reference.topk_count (kernels/ does not import sla2_train)."""
-    return max(1, min(nk, round((1.0 - sparsity) * nk)))
+    """Blocks kept per query block, as SLA2Attention counts them."""
+    from sla2_train.attention.reference import topk_count as count
+
+    return count(nk, sparsity)
 
 
 def arg_parser(description: str, budget_s: float) -> argparse.ArgumentParser:
     """The options both benches take: output folder, shapes, sparsities, sweep, wall-clock budget."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS),
+                   help="folder for the JSON (default: $OUT, else kernels/benchmarks/results/)")
     p.add_argument("--shapes", default="1.3b,14b")
     p.add_argument("--sparsities", default="0.9,0.95,0.97")
     p.add_argument("--sweep", action="store_true", help="tune configurations first (first shape) and time the rows "
@@ -45,11 +49,14 @@ def parse_lists(args, *float_lists: str):
 
 
 def import_kernels():
-    """`sla2_kernels`: installed (`pip install -e .`) or on PYTHONPATH (`PYTHONPATH=src:kernels` in a bare checkout)."""
+    """`sla2_kernels`, with the custom ops of sla2_train registered (torch.ops.sla2.*, the one autograd path):
+    installed (`pip install -e .`) or on PYTHONPATH (`PYTHONPATH=src:kernels` in a bare checkout)."""
     try:
         import sla2_kernels
+        import sla2_kernels.backward  # noqa: F401  (triton: fail here, not in the middle of a run)
+        import sla2_train.attention.ops  # noqa: F401
     except ImportError as err:
-        raise SystemExit(f"cannot import sla2_kernels ({err}): run `pip install -e .` or set PYTHONPATH=src:kernels")
+        raise SystemExit(f"cannot import the kernels ({err}): run `pip install -e .` or set PYTHONPATH=src:kernels")
     return sla2_kernels
 
 

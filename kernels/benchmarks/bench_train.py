@@ -1,18 +1,21 @@
 """Training benchmark of SLA2 on one GPU: attention forward+backward, and a Wan2.1-1.3B training step.
 
-    python3 kernels/bench_train.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep]
-                                   [--no-flex] [--flex-square] [--wan] [--wan-steps 5] [--budget-s 480]
+    python3 kernels/benchmarks/bench_train.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.9,0.95,0.97] [--sweep]
+                                              [--no-flex] [--flex-square] [--wan] [--wan-steps 5] [--budget-s 480]
 
 Part 1, per shape (B, H, N, D): SDPA cuDNN and flash, forward and forward+backward; per sparsity: FlexAttention
 forward+backward with a BlockMask of exactly the SLA2 selection (equal density; compiled once per shape), and
-SLA2 bf16 and QAT (low-bit forward, bf16 backward): forward (router + precompute + main kernel), forward+backward
-(the same plus the backward), the backward alone and its parts (the K/V pass it recomputes, the CSR key-block
-lists, the prologue, the dq kernel, the dk/dv kernel), forward+backward as a CUDA graph, and the peak memory of
-forward+backward (allocated above the inputs) against SDPA's. FLOPs, both conventions (SLA2.md §8):
-dense-equivalent 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the
-same with N² replaced by N·topk·b_k (the blocks computed). --sweep times the candidate configurations of the
-prologue, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity and keeps
-the fastest of each. --flex-square
+SLA2 bf16 and QAT (low-bit forward, bf16 backward) through the training path, the custom op sla2::attention with
+the package's default configurations (sla2_kernels/tuning.py): forward (router + precompute + main kernel),
+forward+backward (the same plus the backward), forward+backward as a CUDA graph, and its peak memory (allocated
+above the inputs) against SDPA's; then the backward alone and its parts (the K/V pass it recomputes, the CSR
+key-block lists, the prologue, the dq kernel, the dk/dv kernel). FLOPs, both conventions (docs/method.md, FLOP
+conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and
+actual = the same with N² replaced by N·topk·b_k (the blocks computed). --sweep times the candidate configurations of the
+prologue, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity; the
+fastest of each makes the configuration that the backward-alone rows and their parts then run (passed as
+`config=`; the op's forward+backward keeps the defaults, so a better pick becomes a default by an edit of
+tuning.py). --flex-square
 adds FlexAttention forward+backward on a random 128×128 block mask of the same density, whose backward compiles
 where the 128×64 mask of our own selection does not (torch 2.11).
 
@@ -20,11 +23,10 @@ Part 2 (--wan): the Wan2.1-T2V-1.3B architecture (diffusers WanTransformer3DMode
 activation checkpointing), one AdamW step on one 81×480×832 latent ([1, 16, 21, 60, 104], N = 32760) with a
 512-token text context: dense (SDPA cuDNN) vs SLA2 at 97% (the project's SLA2Attention through its Wan processor
 and torch.library ops) without and with the low-bit forward. Step time (median of --wan-steps after one warm-up
-step) and peak memory. This part imports sla2_train (the adapter under test), lazily: the kernels package itself
-never does.
+step) and peak memory.
 
 Times are medians of triton.testing.do_bench (ms; calls over 50 ms: the median of three event-timed calls). The
-table is printed last; JSON goes to DIR/bench_train.json.
+table is printed last; JSON goes to DIR/bench_train.json (DIR: --out, default $OUT or kernels/benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ class Bench(BenchBase):
 
     def __init__(self, args):
         super().__init__(args, sweep=[], wan=[])
-        from sla2_kernels import autograd as kag
-        from sla2_kernels import sla2_bwd
+        from sla2_kernels import backward, forward, launch, selection
 
-        self.kag, self.bwd = kag, sla2_bwd
+        self.bwd, self.fwd, self.launch, self.selection = backward, forward, launch, selection
+        self.bwd_cfg = None  # the sweep's BwdConfig (None: the package's default)
 
     # ------------------------------------------------------------------ helpers
     def time_ms(self, fn, graph=False) -> float:
@@ -90,7 +92,7 @@ class Bench(BenchBase):
 
     # ------------------------------------------------------------------ part 1
     def run_shape(self, shape_name):
-        torch, sk, kag = self.torch, self.sk, self.kag
+        torch, sk = self.torch, self.sk
         B, H, N, D = SHAPES[shape_name]
         gen = torch.Generator(device="cuda").manual_seed(4321)
         q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
@@ -133,8 +135,8 @@ class Bench(BenchBase):
             for quant, tag in ((False, ""), (True, "_qat")):
                 def fwd(quant=quant):
                     _, i = sk.router(q, k, proj_q, proj_k, topk=topk, **kw)
-                    # save_kv_state: H_I, Z_I kept for the backward, as the torch.library op path (training) does
-                    return kag.sla2_attention(*x, i, alpha, quant=quant, save_kv_state=True, **kw)[0]
+                    # the training path: the custom op (forward state H_I, Z_I kept for its backward)
+                    return torch.ops.sla2.attention(*x, i, alpha, BLOCK_Q, BLOCK_K, quant, "bhnd")[0]
 
                 def fwd_bwd(quant=quant):
                     o = fwd(quant)
@@ -147,17 +149,17 @@ class Bench(BenchBase):
                 T["fwdbwd_graph" + tag] = self.safe(f"{shape_name} {sparsity} graph{tag}",
                                                      lambda: self.time_ms(fwd_bwd, graph=True))
                 o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, **kw)
-                T["bwd" + tag] = self.time_ms(
-                    lambda: kag.attention_backward(do, q, k, v, o, lse, idx, alpha.detach(), **kw))
-                self.record_resources(shape_name, self.bwd.LAST_COMPILED)
+                T["bwd" + tag] = self.time_ms(lambda: sk.sla2_backward(
+                    do, q, k, v, o, lse, idx, alpha.detach(), config=self.bwd_cfg, **kw))
+                self.record_resources(shape_name, self.launch.LAST_COMPILED)
             # parts of the (bf16) backward
             o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
             T["bwd_precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
-            T["bwd_csr"] = self.time_ms(lambda: self.bwd.key_block_lists(idx, nk))
+            T["bwd_csr"] = self.time_ms(lambda: self.selection.key_block_lists(idx, nk))
             st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
-            T["linear_state"] = self.time_ms(lambda: sk.api.linear_state(idx, st, block_q=BLOCK_Q))
-            lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
-            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, None)
+            T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st, block_q=BLOCK_Q))
+            lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
+            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, self.bwd_cfg)
             T["bwd_prologue"] = self.time_ms(lambda: self.bwd.run_prologue(p))
             T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p))  # the dq kernel alone
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
@@ -187,24 +189,24 @@ class Bench(BenchBase):
         torch.cuda.empty_cache()
 
     def prepared(self, do, q, k, v, o, lse, idx, alpha, lin, cfg):
-        a3 = self.kag.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
+        a3 = self.fwd.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
         return self.bwd.prepare(do, q, k, v, o, lse, idx, a3, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd",
                                 h_i=lin[0], z_i=lin[1], config=cfg)
 
-    # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each becomes the default (TUNED)
+    # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each makes self.bwd_cfg
     # (warps, stages, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201 registers; TMA
     # kernel: 154, its Q and dO tiles stay in shared memory)
     DQ_CANDIDATES = ((4, 2, 64, True), (4, 3, 64, True), (8, 2, 0, True), (4, 1, 64, True), (4, 2, 64, False))
     # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
     DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
-    # (rows, cols, warps, stages) of the prologue (H100, s4-run4: 155–229 registers, 76–92 KB of shared memory;
+    # (rows, cols, warps, stages) of the prologue (H100, 2026-11-27: 155–229 registers, 76–92 KB of shared memory;
     # the 2-stage one 255 and 12 spills)
     PROLOGUE_CANDIDATES = ((32, 64, 4, 1), (32, 128, 4, 1), (16, 128, 4, 1), (16, 64, 4, 1), (32, 128, 8, 1),
                            (64, 128, 8, 1), (32, 64, 4, 2))
 
     def sweep(self, shape_name, sparsity):
         """Time the backward's candidate configurations at this shape and sparsity; keep the fastest of each kernel."""
-        torch, sk, C = self.torch, self.sk, self.bwd.BwdConfig
+        torch, sk, C = self.torch, self.sk, self.sk.BwdConfig
         B, H, N, D = SHAPES[shape_name]
         gen = torch.Generator(device="cuda").manual_seed(99)
         q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
@@ -215,7 +217,7 @@ class Bench(BenchBase):
         alpha = 0.2 + 0.6 * torch.rand(1, H, nq, device="cuda", generator=gen)
         o, lse = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
         st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
-        lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
+        lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
         best = {}
         for kind, cands in (("prologue", self.PROLOGUE_CANDIDATES), ("dq", self.DQ_CANDIDATES),
                             ("dkdv", self.DKDV_CANDIDATES)):
@@ -240,7 +242,7 @@ class Bench(BenchBase):
                     self.bwd.run_dq(p)
                     fn = lambda p=p: self.bwd.run_dkdv(p)  # noqa: E731
                 t = self.safe(f"sweep {kind} {cand}", lambda: self.time_ms(fn))
-                ck = self.bwd.LAST_COMPILED.get(kind)
+                ck = self.launch.LAST_COMPILED.get(kind)
                 res = dict(kind=kind, cand=cand, ms=t)
                 if ck is not None:
                     res["regs_spills_smem"] = (int(ck.n_regs), int(ck.n_spills), int(ck.metadata.shared))
@@ -253,7 +255,7 @@ class Bench(BenchBase):
         pro = best.get("prologue", (None, self.PROLOGUE_CANDIDATES[0]))[1]
         tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3],
                   prologue_rows=pro[0], prologue_cols=pro[1], prologue_warps=pro[2], prologue_stages=pro[3])
-        self.bwd.TUNED[(BLOCK_Q, BLOCK_K, D)] = tuned
+        self.bwd_cfg = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)
         del q, k, v, do, o, lse, st
@@ -440,7 +442,7 @@ def main():
     p.add_argument("--flex-square", action="store_true",
                    help="also time FlexAttention fwd+bwd on a random 128×128 block mask of the same density")
     p.add_argument("--wan", action="store_true")
-    # 5, not 2: the median of two steps is their mean, and one slow step moved it by 7% (H100, s6-run5)
+    # 5, not 2: the median of two steps is their mean, and one slow step moved it by 7% (H100, 2026-11-27)
     p.add_argument("--wan-steps", type=int, default=5, help="timed steps per variant (their median is reported)")
     p.add_argument("--wan-first", action="store_true", help="run the Wan step right after the sweep")
     args = parse_lists(p.parse_args(), "other_sparsities")

@@ -1,7 +1,8 @@
 """One SLA2 forward and backward at a Wan shape, for Nsight Compute: where the kernels' time goes.
 
     ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy \
-        --section WarpStateStats --section MemoryWorkloadAnalysis python3 kernels/profile_ncu.py [--shape 1.3b]
+        --section WarpStateStats --section MemoryWorkloadAnalysis python3 kernels/benchmarks/profile_ncu.py \
+        [--shape 1.3b]
 
 Everything runs once outside the profiled range first (compilation, autotuned fallbacks), then the profiler is
 switched on for exactly one forward (precompute, router, linear state, main kernel) and one backward (prologue,
@@ -25,7 +26,6 @@ def main():
     import torch
 
     sk = import_kernels()
-    from sla2_kernels import autograd as kag
 
     B, H, N, D = SHAPES[args.shape]
     gen = torch.Generator(device="cuda").manual_seed(7)
@@ -39,9 +39,9 @@ def main():
     def step():
         st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=args.quant)
         _, idx = sk.router(q, k, eye, eye, topk=topk, kv_state=st, **kw)
-        lin = sk.api.linear_state(idx, st, block_q=BLOCK_Q)
+        lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
         o, lse = sk.sla2_forward(q, k, v, idx, alpha, quant=args.quant, kv_state=st, lin_state=lin, **kw)
-        return kag.attention_backward(do, q, k, v, o, lse, idx, alpha, lin_state=lin, **kw)
+        return sk.sla2_backward(do, q, k, v, o, lse, idx, alpha, lin_state=lin, **kw)
 
     step()
     torch.cuda.synchronize()

@@ -14,9 +14,8 @@ import math
 
 import torch
 
-FP8_MAX = 448.0
-INT8_MAX = 127.0
-MIN_SCALE = 1e-12
+from .constants import FP8_E4M3_MAX as FP8_MAX
+from .constants import INT8_MAX, MIN_SCALE
 
 
 def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""One pass over K and V per key block: what the linear branch and the router need (SLA2.md §4, §2).
+"""One pass over K and V per key block: what the linear branch and the router need (docs/method.md: Linear
+branch, Router).
 
 For key block j (b_k rows, ragged last block masked):
   φK_j = softmax over head_dim of K_j (rounded to K's dtype), padded rows zeroed
@@ -14,7 +15,7 @@ Why h_j is stored (2·D/b_k times the bytes of K_j, 200 MB at the Wan-1.3B shape
 block I needs H_I = Σ_{j not selected by I} h_j. Gathering the selected blocks per query block (an MMA on
 φK_j and V_j tiles per selection) moved as many bytes through L2 as the sparse branch itself and cost 60% on
 top of it (H100, 2026-11-27). With h_j stored, H_I for every query block is one dense product
-(1 − selection mask) @ h: [nq, nk] × [nk, D²] per head on the tensor cores (api.linear_state).
+(1 − selection mask) @ h: [nq, nk] × [nk, D²] per head on the tensor cores (forward.linear_state).
 h_j is bf16 because the products are: its rounding (2⁻⁹ relative, independent per block) averages out over
 the ~nk blocks summed, far under the bf16 rounding of H_I itself.
 """

@@ -1,4 +1,4 @@
-"""Quantise K and V once per key block for the low-bit sparse branch (SLA2.md §5).
+"""Quantise K and V once per key block for the low-bit sparse branch (docs/method.md, Low-bit sparse branch and QAT).
 
 K: smoothed (K − μ, μ = per-head token mean), INT8 with one scale per key block, s_k = max|K_j − μ|/127.
 V: FP8 e4m3 with one scale per (head, channel) over all tokens, s_v = max|V[:, c]|/448, stored
@@ -11,7 +11,7 @@ blocks, so quantising here once is cheaper than in the main loop (the elementwis
 import triton
 import triton.language as tl
 
-from .quant_math import quantize_int8, to_e4m3
+from .quant_math import INT8_MAX, MIN_SCALE, quantize_int8, to_e4m3
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def quantize_kv_kernel(
                  mask=row_ok, other=0.0).to(tl.float32)
     mu = tl.load(KMEAN + bh64 * D + offs_d)
     ks = tl.where(row_ok, kt - mu[None, :], 0.0)
-    s_k = tl.maximum(tl.max(tl.max(tl.abs(ks), axis=1), axis=0) / 127.0, 1e-12)
+    s_k = tl.maximum(tl.max(tl.max(tl.abs(ks), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
     ldk = NK * BK
     tl.store(K8 + bh64 * ldk * D + rows[:, None] * D + offs_d[None, :], quantize_int8(ks, s_k))
     tl.store(SK + bh64 * NK + j, s_k)

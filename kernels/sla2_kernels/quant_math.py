@@ -10,18 +10,21 @@ the interpreter values are first rounded in software to the exact e4m3 grid, aft
 import triton
 import triton.language as tl
 
-# fp32 has 23 mantissa bits: adding 1.5·2^23 leaves no fraction bits, so the add rounds half-to-even.
+from . import constants
+
 # Module constants are tl.constexpr so that jit functions may read them (Triton rejects plain globals).
-INT8_MAX = tl.constexpr(127.0)
-FP8_E4M3_MAX = tl.constexpr(448.0)
-MIN_SCALE = tl.constexpr(1e-12)  # as the reference: an all-zero block keeps a positive scale
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+INT8_MAX = tl.constexpr(constants.INT8_MAX)
+FP8_E4M3_MAX = tl.constexpr(constants.FP8_E4M3_MAX)
+MIN_SCALE = tl.constexpr(constants.MIN_SCALE)
+LOG2E = tl.constexpr(constants.LOG2E)
+LN2 = tl.constexpr(constants.LN2)
 
 
 @triton.jit
 def round_half_even(x):
-    """fp32 -> nearest integer (ties to even), kept in fp32; valid for |x| < 2^22."""
+    """Adding 1.5·2^23 leaves fp32 (23 mantissa bits) no fraction bits, so the add rounds half-to-even.
+
+    fp32 -> nearest integer (ties to even), kept in fp32; valid for |x| < 2^22."""
     return (x + 12582912.0) - 12582912.0
 
 
@@ -32,7 +35,7 @@ def quantize_int8(x, scale):
     div_rn: IEEE division as torch's (Triton's `/` is the approximate div.full.f32, which moves near-ties).
     """
     r = round_half_even(tl.math.div_rn(x, scale))
-    r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+    r = tl.minimum(tl.maximum(r, -INT8_MAX), INT8_MAX)
     return r.to(tl.int8)
 
 
@@ -49,7 +52,7 @@ def round_to_e4m3_grid(x):
     rounded = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # -1048576 = ~0xFFFFF
     normal = rounded.to(tl.float32, bitcast=True)
     sub = round_half_even(ax * 512.0) * (1.0 / 512.0)
-    r = tl.minimum(tl.where(ax < 0.015625, sub, normal), 448.0)
+    r = tl.minimum(tl.where(ax < 0.015625, sub, normal), FP8_E4M3_MAX)
     # Put x's sign bit back with bit operations: Triton's unary minus is 0 − r, which turns −0 into +0
     # (the hardware cast keeps −0; seen on the H100, 2026-11-27).
     sign = x.to(tl.int32, bitcast=True) & -2147483648
@@ -65,5 +68,5 @@ def to_e4m3(x, INTERPRET: tl.constexpr, IN_RANGE: tl.constexpr = False):
     if INTERPRET:
         x = round_to_e4m3_grid(x)
     elif not IN_RANGE:
-        x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+        x = tl.minimum(tl.maximum(x, -FP8_E4M3_MAX), FP8_E4M3_MAX)
     return x.to(tl.float8e4nv)

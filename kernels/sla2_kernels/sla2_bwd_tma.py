@@ -1,6 +1,6 @@
 """The backward's two sparse kernels with every tile moved by TMA descriptors (as sla2_fwd_tma.py).
 
-Same grids, loops and arithmetic (kernels/bwd_math.py) as the pointer kernels of sla2_bwd.py; what changes is
+Same grids, loops and arithmetic (bwd_math.py) as the pointer kernels of sla2_bwd.py; what changes is
 that Q, dO, K and V arrive in shared memory by TMA and feed the tensor cores from there, one selected
 block a step with a scalar index. The operand tiles then need no registers of their own, the fp32
 accumulators and score tiles have the register file to themselves, and more programs fit on an SM.

@@ -8,12 +8,12 @@ that head's K and V (≈ 17 MB at N = 32760, D = 128) stay in L2 while its query
 
   loop:      online softmax (exp2 domain) over the selected blocks, acc += P V_sel.
   epilogue:  O_s = acc / l;  O_l = φQ H_I / (φQ · Z_I);  O = α O_s + (1 − α) O_l;  lse = m + log l.
-H_I (bf16 D×D) and Z_I come from api.linear_state, one dense product for all query blocks at once. An
+H_I (bf16 D×D) and Z_I come from forward.linear_state, one dense product for all query blocks at once. An
 earlier version formed them here in a first loop (H_tot minus Σ_sel φK_jᵀV_j, one MMA per selected block):
 that loop cost 60% on top of the sparse loop (0.43 of 1.12 ms, H100, Wan-1.3B at 97%) and held H_I in 32
 registers a thread through the sparse loop (255 registers; 187 without it, sm_90 compile).
 Two 64-row programs per query block under a 128-register cap (two programs an SM, so that one's softmax
-overlaps the other's MMAs) measured slower on the H100 (1.13 vs 0.85 ms, kernels/README.md): not kept.
+overlaps the other's MMAs) measured slower on the H100 (2026-11-27: 1.13 vs 0.85 ms): not kept.
 With every key block selected (topk = nk) the linear branch is compiled out and α is 1, as in the
 reference (effective_alpha): nothing is left for the linear branch.
 """
@@ -27,7 +27,7 @@ from .quant_math import LN2, LOG2E
 
 @triton.jit
 def load_linear_state(HI, ZI, bh64, pid_m, NQ, D: tl.constexpr):
-    """(H_I bf16 [D, D], Z_I fp32 [D]) of query block pid_m, from api.linear_state."""
+    """(H_I bf16 [D, D], Z_I fp32 [D]) of query block pid_m, from forward.linear_state."""
     offs_d = tl.arange(0, D)
     base = bh64 * NQ + pid_m
     h_i = tl.load(HI + base * D * D + offs_d[:, None] * D + offs_d[None, :])
@@ -63,7 +63,7 @@ def softmax_step(q, k, v, kv_ok, m_i, l_i, acc, qk_scale, INTERPRET: tl.constexp
 @triton.jit
 def sla2_fwd_kernel(
     Q, K, V, IDX, ALPHA, O, LSE,
-    HI, ZI,  # from api.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
+    HI, ZI,  # from forward.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
     sqb, sqh, sqn, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,

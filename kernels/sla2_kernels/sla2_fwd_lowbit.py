@@ -1,6 +1,7 @@
-"""Fused SLA2 forward with the low-bit sparse branch (SLA2.md §5): INT8 QKᵀ, FP8 e4m3 PV, fp32 sums.
+"""Fused SLA2 forward with the low-bit sparse branch: INT8 QKᵀ, FP8 e4m3 PV, fp32 sums (docs/method.md, Low-bit
+sparse branch and QAT).
 
-Same program layout and linear branch (epilogue on api.linear_state's H_I, Z_I) as sla2_fwd.py: the linear
+Same program layout and linear branch (epilogue on forward.linear_state's H_I, Z_I) as sla2_fwd.py: the linear
 branch stays bf16. Sparse branch:
   Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 (per query block, quantised here, once per program)
   K̂, s_k, V̂ᵀ from quantize_kv_kernel (smoothed K per key block; V per channel, transposed)
@@ -14,7 +15,7 @@ arithmetic, one pass over the blocks, and the reference's (fake_quant_sparse_att
 which walks the blocks in ascending order as the router's sorted index lists give them. EXACT_MAX=True
 rounds against the exact row maximum instead: pass 1 finds it by one extra INT8 MMA per block, and pass 2
 then needs no rescaling; it matches fake_quant_sparse_attention(..., running_max=False). Main kernel on the
-H100 at Wan-1.3B: one pass 0.93 ms, two passes 1.10 ms (kernels/README.md).
+H100 at Wan-1.3B (2026-11-27): one pass 0.93 ms, two passes 1.10 ms.
 Each P̂V̂ product is a fresh dot added to the fp32 accumulator in registers: Hopper's FP8 MMA keeps
 about 22 bits while accumulating, so long chains are flushed every b_k keys (two-level accumulation).
 lse is put back on the scale of the original Q, K: smoothing shifted row r by q_r·μ/√D.
@@ -23,7 +24,7 @@ lse is put back on the scale of the original Q, K: smoothing shifted row r by q_
 import triton
 import triton.language as tl
 
-from .quant_math import FP8_E4M3_MAX, LN2, LOG2E, quantize_int8, to_e4m3
+from .quant_math import FP8_E4M3_MAX, INT8_MAX, LN2, LOG2E, MIN_SCALE, quantize_int8, to_e4m3
 from .sla2_fwd import linear_output, load_linear_state
 
 
@@ -43,7 +44,7 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK: tl.
 @triton.jit
 def sla2_fwd_lowbit_kernel(
     Q, IDX, ALPHA, O, LSE,
-    HI, ZI,  # from api.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
+    HI, ZI,  # from forward.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
     K8, SK, V8T, SV, KMEAN,
     sqb, sqh, sqn, sqd,
     sob, soh, son, sod,
@@ -67,7 +68,7 @@ def sla2_fwd_lowbit_kernel(
     q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
                 mask=q_ok[:, None], other=0.0)
     qf = q.to(tl.float32)
-    s_q = tl.maximum(tl.max(tl.max(tl.abs(qf), axis=1), axis=0) / 127.0, 1e-12)
+    s_q = tl.maximum(tl.max(tl.max(tl.abs(qf), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
     q8 = quantize_int8(qf, s_q)
     mu = tl.load(KMEAN + bh64 * D + offs_d)
     shift = tl.sum(qf * mu[None, :], axis=1) * sm_scale  # smoothing removed q·μ/√D from every score

@@ -1,20 +1,20 @@
 """Fused SLA2 forward, bf16/fp16, with every tile moved by the tensor-memory accelerator (TMA descriptors).
 
 Same algorithm and program layout as sla2_fwd.py (one program per query block and batch·head, one selected
-key block per iteration, linear branch from api.linear_state's H_I, Z_I in the epilogue). What differs:
+key block per iteration, linear branch from forward.linear_state's H_I, Z_I in the epilogue). What differs:
 
 * Q, K, V and H_I arrive in shared memory by TMA and feed the tensor cores from there: Q no longer occupies
   registers through the loop, and the pointer arithmetic of the gathered tiles is gone. A 4-warp program
   then fits in 255 registers with no spills, two programs run per SM (98 KB of shared memory each at two
   stages), and one program's softmax overlaps the other's MMAs. H100, Wan-1.3B at 97%: sparse loop 0.43 ms
-  against 0.58 for the pointer kernel at its best configuration (kernels/README.md).
+  against 0.58 for the pointer kernel at its best configuration (2026-11-27).
 * Out-of-bounds rows of a ragged last block come back as zeros from the TMA unit (the pointer kernel's
   masked loads), and the output store is clipped at N by it.
 * The linear branch is accumulated into the sparse accumulator instead of a second [BQ, D] tensor
   (tma_linear_mix). α = 1 (no linear share) takes the plain path.
 
 The tensors must suit TMA (16-byte aligned base, unit stride in head_dim, other strides multiples of 16
-bytes); api.sla2_forward falls back to the pointer kernel otherwise.
+bytes); forward.sla2_forward falls back to the pointer kernel otherwise.
 """
 
 import triton
@@ -23,12 +23,6 @@ import triton.language as tl
 from .dot import mma_acc
 from .quant_math import LN2, LOG2E
 from .sla2_fwd import softmax_step
-
-# The epilogue's product e H_I takes head_dim in this many pieces (the kernel's EPI_CHUNKS). The whole of e in
-# fp32 beside acc spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces spill none, 4 pieces 4. H100,
-# Wan-1.3B at 97%: whole forward 0.976 → 0.943 ms as a CUDA graph (kernels/README.md, fifth session).
-EPI_CHUNKS = 2
-
 
 @triton.jit
 def tma_linear_mix(acc, row_scale, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, blk,
@@ -58,7 +52,7 @@ def tma_linear_mix(acc, row_scale, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row
 @triton.jit
 def sla2_fwd_tma_kernel(
     q_desc, k_desc, v_desc, o_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BQ or BK, D]
-    qc_desc, h_desc,  # Q again, blocks [1, 1, BQ, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (api.linear_state), blocks
+    qc_desc, h_desc,  # Q again, blocks [1, 1, BQ, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (forward.linear_state), blocks
     # [1, D/EPI_CHUNKS, D]
     IDX, ALPHA, LSE, ZI,  # IDX int32 [BH, nq, topk]; ALPHA fp32 [B, H, nq] view; LSE fp32 [BH, N]; ZI fp32 [BH, nq, D]
     sab, sah, saq,

@@ -31,7 +31,8 @@ def test_fp8_e4m3_rounding_bound():
 
 
 def test_low_bit_sparse_branch_error_bound():
-    """Stated bound (SLA2.md §5 arithmetic, D = 64): relative L1 ≤ 5e-2 and cosine ≥ 0.998 against exact (issue 3)."""
+    """Stated bound (docs/method.md, Low-bit sparse branch and QAT; D = 64): relative L1 ≤ 5e-2 and cosine ≥ 0.998
+    against exact."""
     b, h, n, d, bq, bk = 1, 4, 300, 64, 64, 32
     q, k, v = (torch.randn(b, h, n, d, dtype=torch.float64) for _ in range(3))
     k = k + 2.0  # a shared key offset: smoothing must remove it before INT8 or the error would grow

@@ -6,7 +6,7 @@ through the float64 reference, the module's op path against its reference path, 
 import pytest
 import torch
 
-from sla2_train.attention import SLA2Attention, ops
+from sla2_train.attention import SLA2Attention, backend
 from sla2_train.attention import reference as ref
 
 
@@ -58,7 +58,7 @@ def test_op_gradcheck_float64_alpha(alpha_shape):
     idx = selection(b, h, n, bq, bk, 2).indices.int()
     shape = {"block": (b, h, 3), "head": (1, h, 1), "scalar": ()}[alpha_shape]
     alpha = (torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
-    fn = lambda a: ops.sla2_attention(q, k, v, idx, a, block_q=bq, block_k=bk, layout="bnhd")  # noqa: E731
+    fn = lambda a: backend.sla2_attention(q, k, v, idx, a, block_q=bq, block_k=bk, layout="bnhd")  # noqa: E731
     assert torch.autograd.gradcheck(fn, (alpha,), fast_mode=True)
 
 
@@ -74,7 +74,7 @@ def test_quant_op_backward_is_straight_through_with_the_forward_output():
     fq = ref.sla2_attention(q, k, v, sel.mask, alpha, bq, bk, quant=True)
     torch.testing.assert_close(o, fq.detach())
     grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
-    ste = ops.reference_backward(dout, q.detach(), k.detach(), v.detach(), o.detach(), lse.double(),
+    ste = ref.reference_backward(dout, q.detach(), k.detach(), v.detach(), o.detach(), lse.double(),
                                  sel.indices, alpha.detach(), bq, bk, "bhnd")
     for g, gs in zip(grads[:3], ste[:3]):
         torch.testing.assert_close(g, gs)
@@ -93,7 +93,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.sla2.router.default, (q.detach(), k.detach(), eye, eye, bq, bk, 3, "bnhd"))
     o, lse, *state = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd")
     args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse, sel.indices.int(),
-            alpha.detach(), *state, bq, bk, False, "bnhd")
+            alpha.detach(), *state, bq, bk, "bnhd")
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
 
 
@@ -150,13 +150,14 @@ def _op_call(layout="bhnd", dtype=torch.float32, n_k=45, idx=None, alpha=0.5, bl
     q, k, v = (torch.randn(b, h, n, d).to(dtype) for _ in range(3))
     k = k[:, :, :n_k]
     idx = selection(b, h, n, 16, bk, 2).indices.int() if idx is None else idx
-    return lambda: ops.sla2_attention(q, k, v, idx, alpha, block_q=block_q, block_k=bk, layout=layout)
+    return lambda: backend.sla2_attention(q, k, v, idx, alpha, block_q=block_q, block_k=bk, layout=layout)
 
 
 def _router_call(topk=2, proj_shape=(2, 8, 8), layout="bhnd"):
     q, k = torch.randn(1, 2, 45, 8), torch.randn(1, 2, 45, 8)
     w = torch.eye(8).expand(proj_shape).contiguous()
-    return lambda: torch.ops.sla2.router(q, k, w, torch.eye(8).expand(2, 8, 8), 16, 8, topk, layout)
+    return lambda: backend.block_router(q, k, w, torch.eye(8).expand(2, 8, 8), block_q=16, block_k=8, topk=topk,
+                                        layout=layout)
 
 
 @pytest.mark.parametrize("call, match", [

@@ -25,7 +25,7 @@ def random_mask(b, h, nq, nk, p=0.4):
 
 
 def brute_sla2_row(q, k, v, i, mask, alpha_i, bq, bk):
-    """O_i = α softmax over selected tokens + (1−α) rownorm(φq_i·φk_j) over the rest (SLA2.md §1)."""
+    """O_i = α softmax over selected tokens + (1−α) rownorm(φq_i·φk_j) over the rest (docs/method.md)."""
     n, d = k.shape
     sel = [j for j in range(n) if mask[i // bq, j // bk]]
     rest = [j for j in range(n) if not mask[i // bq, j // bk]]

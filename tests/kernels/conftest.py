@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from sla2_kernels import api  # noqa: E402
+from sla2_kernels import launch  # noqa: E402
 
 INT8_POISON = -128  # never produced: quantisation clamps to [-127, 127]
 FP8_NAN_BITS = 0x7F  # e4m3fn NaN
@@ -53,9 +53,25 @@ def poisoned(monkeypatch):
         allocated.append(t)
         return t
 
-    monkeypatch.setattr(api, "_empty", empty)
-    monkeypatch.setattr(api, "_empty_like", empty_like)
+    monkeypatch.setattr(launch, "empty", empty)
+    monkeypatch.setattr(launch, "empty_like", empty_like)
     return allocated
+
+
+@pytest.fixture
+def kernel_ops():
+    """The custom ops of sla2_train.attention.ops with their CUDA implementation (the kernels) on CPU tensors,
+    here under Triton's interpreter: the path training takes on the GPU, autograd formula included."""
+    from sla2_train.attention import ops
+
+    table = [(ops.router, ops.router_kernels, ops.router_reference),
+             (ops.attention, ops.attention_kernels, ops.attention_reference),
+             (ops.attention_backward, ops.backward_kernels, ops.backward_reference)]
+    for op, kernels, _ in table:
+        op.register_kernel("cpu", kernels)
+    yield
+    for op, _, reference in table:
+        op.register_kernel("cpu", reference)
 
 
 def assert_all_written(buffers):

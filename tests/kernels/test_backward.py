@@ -1,4 +1,5 @@
-"""SLA2 backward kernels (kernels/sla2_bwd.py, kernels/autograd.py) against autograd through the float64 reference.
+"""SLA2 backward kernels (sla2_kernels.backward, through the custom op sla2::attention) against autograd through the
+float64 reference.
 
 On CPU the kernels run under Triton's interpreter (tests/kernels/conftest.py sets TRITON_INTERPRET=1), so the
 shapes are small: ragged N, b_q/b_k 64 and 128, head_dim 64 and 128, both layouts, bf16 and fp16, every key
@@ -12,9 +13,8 @@ import pytest
 import torch
 
 import sla2_kernels
-from sla2_kernels import autograd as kag
-from sla2_kernels import sla2_bwd
-from sla2_train.attention import ops
+from sla2_kernels import backward, launch, layouts, selection
+from sla2_train.attention import backend
 from sla2_train.attention import reference as ref
 
 TOL = 2e-2
@@ -57,16 +57,16 @@ def assert_grads(got, want, tol, *, do, o, alpha, bq):
 
 @pytest.fixture
 def poison(monkeypatch):
-    """The backward's buffers (sla2_bwd._empty / _empty_like) come back NaN-filled (int32: a huge negative).
-    Patched in sla2_bwd, not in torch: a patched torch.empty_like once stayed in dynamo's trace rules and broke
-    a later torch.compile test."""
+    """The kernels' buffers (launch.empty / empty_like) come back NaN-filled (int32: a huge negative).
+    Patched in sla2_kernels.launch, not in torch: a patched torch.empty_like once stayed in dynamo's trace rules
+    and broke a later torch.compile test."""
     empty, empty_like = torch.empty, torch.empty_like
 
     def nan_fill(t):
         return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-(2**30) if t.dtype == torch.int32 else 0)
 
-    monkeypatch.setattr(sla2_bwd, "_empty", lambda *a, **k: nan_fill(empty(*a, **k)))
-    monkeypatch.setattr(sla2_bwd, "_empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
+    monkeypatch.setattr(launch, "empty", lambda *a, **k: nan_fill(empty(*a, **k)))
+    monkeypatch.setattr(launch, "empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
 
 
 def to_layout(t, layout):
@@ -100,8 +100,8 @@ def kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype, quant=False):
     qk, kk, vk, dok = (to_layout(t.to(dtype), layout) for t in (q, k, v, do))
     leaves = [t.requires_grad_() for t in (qk, kk, vk)]
     a = alpha.float().requires_grad_()
-    o, _lse = kag.sla2_attention(*leaves, sel.indices.to(torch.int32), a, block_q=bq, block_k=bk, quant=quant,
-                                 layout=layout)
+    o = backend.sla2_attention(*leaves, sel.indices.to(torch.int32), a, block_q=bq, block_k=bk, quant=quant,
+                               layout=layout)
     o.backward(dok)
     return from_layout(o.detach(), layout), [from_layout(t.grad, layout) for t in leaves] + [a.grad]
 
@@ -117,9 +117,9 @@ def forward_problem(b, h, n, d, bq, bk, topk):
     idx = sel.indices.to(torch.int32)
     o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
                                        layout="bhnd")
-    backward = lambda grad_out, cfg: kag.attention_backward(  # noqa: E731
+    run = lambda grad_out, cfg: sla2_kernels.sla2_backward(  # noqa: E731
         grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd", config=cfg)
-    return SimpleNamespace(do=do, dok=dok, alpha=alpha, g_ref=g_ref, o=o, bq=bq, backward=backward)
+    return SimpleNamespace(do=do, dok=dok, alpha=alpha, g_ref=g_ref, o=o, bq=bq, backward=run)
 
 
 CASES = [
@@ -135,13 +135,13 @@ CASES = [
 def bwd_path(request, monkeypatch):
     """The backward's default configuration with the dq and dk/dv kernels of the pointer or the TMA family."""
     tma = request.param == "tma"
-    default = sla2_bwd.default_config
-    monkeypatch.setattr(sla2_bwd, "default_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
+    default = backward.default_bwd_config
+    monkeypatch.setattr(backward, "default_bwd_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
     return request.param
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}n{c[2]}d{c[3]}q{c[4]}k{c[5]}t{c[6]}-{c[7]}-{c[8]}".replace("torch.", ""))
-def test_gradients_match_float64_reference(case, poison, bwd_path):
+def test_gradients_match_float64_reference(case, poison, bwd_path, kernel_ops):
     b, h, n, d, bq, bk, topk, layout, dtype, ash = case
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, dtype, ash)
     o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
@@ -150,7 +150,7 @@ def test_gradients_match_float64_reference(case, poison, bwd_path):
     assert_grads(g, g_ref, TOL, do=do, o=o_ref, alpha=alpha, bq=bq)
 
 
-def test_dalpha_well_conditioned(poison):
+def test_dalpha_well_conditioned(poison, kernel_ops):
     """dO along O_s − O_l makes dα_I = Σ_i dO_i·(O_s,i − O_l,i) a sum of positive terms (no cancellation):
     there the kernels' dα must match the float64 reference at TOL with no allowance."""
     b, h, n, d, bq, bk, topk = 1, 2, 300, 64, 128, 64, 2
@@ -164,7 +164,7 @@ def test_dalpha_well_conditioned(poison):
     assert rel(g[3], g_ref[3]) <= TOL, rel(g[3], g_ref[3])
 
 
-def test_every_block_selected_alpha_is_one_and_gets_no_gradient(poison):
+def test_every_block_selected_alpha_is_one_and_gets_no_gradient(poison, kernel_ops):
     b, h, n, d, bq, bk = 1, 2, 300, 64, 128, 128
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, 3, torch.bfloat16)
     o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
@@ -175,11 +175,11 @@ def test_every_block_selected_alpha_is_one_and_gets_no_gradient(poison):
     assert torch.equal(g[3], torch.zeros_like(g[3]))
 
 
-def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison):
+def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison, kernel_ops):
     """quant=True: low-bit forward; the backward is the bf16 kernel at the original q, k, v with the forward's
-    o and lse (SLA2.md §5). So (1) it equals the bf16 backward given that o, lse exactly; (2) it matches the
-    float64 straight-through formula at that o, lse; (3) it stays close to the exact gradient (the reference's
-    straight_through), the gap being the low-bit forward's error in o and lse."""
+    o and lse (docs/method.md, Low-bit sparse branch and QAT). So (1) it equals the bf16 backward given that o,
+    lse exactly; (2) it matches the float64 straight-through formula at that o, lse; (3) it stays close to the
+    exact gradient (the reference's straight_through), the gap being the low-bit forward's error in o and lse."""
     b, h, n, d, bq, bk, topk, layout = 1, 2, 333, 64, 128, 64, 2, "bnhd"
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     qk, kk, vk, dok = (to_layout(t.bfloat16(), layout) for t in (q, k, v, do))
@@ -190,13 +190,13 @@ def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison):
     assert rel(o_q, o_b) > 1e-4  # the forward really is low-bit
     o_a, g_auto = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, torch.bfloat16, quant=True)
     torch.testing.assert_close(to_layout(o_a, layout), o_q, rtol=0, atol=0)
-    g_qat = kag.attention_backward(dok, qk, kk, vk, o_q, lse_q, idx, a3, block_q=bq, block_k=bk, layout=layout)
-    # (1) the autograd function's backward is exactly this call
+    g_qat = sla2_kernels.sla2_backward(dok, qk, kk, vk, o_q, lse_q, idx, a3, block_q=bq, block_k=bk, layout=layout)
+    # (1) the op's autograd formula is exactly this call
     for g1, g2 in zip(g_auto[:3], g_qat[:3]):
         torch.testing.assert_close(g1, from_layout(g2, layout), rtol=0, atol=0)
     # (2) float64 straight-through formula at the low-bit o and lse
     f64 = [t.double() for t in (dok, qk, kk, vk, o_q)]
-    g_ste = ops.reference_backward(*f64, lse_q.double(), idx, alpha, bq, bk, layout)
+    g_ste = ref.reference_backward(*f64, lse_q.double(), idx, alpha, bq, bk, layout)
     assert_grads(g_qat, g_ste, TOL, do=do, o=from_layout(o_q, layout), alpha=alpha, bq=bq)
     # (3) exact gradient of the reference's straight_through
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=True)
@@ -216,11 +216,11 @@ def test_strided_inputs_and_gradient(poison):
     alpha = torch.rand(1, h, nq) * 0.8 + 0.1
     o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices.int(), alpha, block_q=bq, block_k=bk, quant=False,
                                        layout="bnhd")
-    dq, dk, dv, da = kag.attention_backward(do, q, k, v, o, lse, sel.indices.int(), alpha, block_q=bq, block_k=bk,
-                                            layout="bnhd")
+    dq, dk, dv, da = sla2_kernels.sla2_backward(do, q, k, v, o, lse, sel.indices.int(), alpha, block_q=bq,
+                                                block_k=bk, layout="bnhd")
     c = [t.contiguous() for t in (do, q, k, v)]
-    dq2, dk2, dv2, da2 = kag.attention_backward(c[0], c[1], c[2], c[3], o, lse, sel.indices.int(), alpha,
-                                                block_q=bq, block_k=bk, layout="bnhd")
+    dq2, dk2, dv2, da2 = sla2_kernels.sla2_backward(c[0], c[1], c[2], c[3], o, lse, sel.indices.int(), alpha,
+                                                    block_q=bq, block_k=bk, layout="bnhd")
     for g1, g2 in ((dq, dq2), (dk, dk2), (dv, dv2), (da, da2)):
         torch.testing.assert_close(g1, g2, rtol=0, atol=0)
     _, g_ref = reference_grads(*(from_layout(t.double(), "bnhd") for t in (q, k, v, do)), sel, alpha.double(), bq, bk)
@@ -234,7 +234,7 @@ def test_tile_widths(qs, rows, tma, poison):
     """Tile shapes of the two kernels: dq programs take `rows` query rows (64: a query block split over two
     programs), dk/dv walks qs query rows at a time; both kernel families."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3)
-    cfg = sla2_bwd.BwdConfig(8, 2, 8, 2, qs=qs, dq_rows=rows, dq_tma=tma, dkdv_tma=tma)
+    cfg = sla2_kernels.BwdConfig(8, 2, 8, 2, qs=qs, dq_rows=rows, dq_tma=tma, dkdv_tma=tma)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
@@ -243,7 +243,7 @@ def test_long_key_block_lists(tma, poison):
     """Key blocks selected by most query blocks (CSR lists of up to 20 query blocks; the other CPU tests
     have a few), ragged N: the sparse walk over the list and dz_j = dZ_tot − Σ over the list stay exact."""
     x = forward_problem(1, 2, 1250, 64, 64, 64, 18)
-    cfg = sla2_bwd.BwdConfig(4, 2, 4, 2, dq_tma=tma, dkdv_tma=tma)
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_tma=tma, dkdv_tma=tma)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
@@ -252,7 +252,7 @@ def test_prologue_step_shapes(d, rows, cols, poison):
     """The prologue walks a query block `rows` rows a step and forms dH_I `cols` columns at a time: every split
     (including one step for the whole block and columns narrower than head_dim) gives the same gradients."""
     x = forward_problem(1, 2, 333, d, 128, 64, 3)
-    cfg = sla2_bwd.BwdConfig(8, 2, 8, 2, prologue_rows=rows, prologue_cols=cols)
+    cfg = sla2_kernels.BwdConfig(8, 2, 8, 2, prologue_rows=rows, prologue_cols=cols)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
@@ -260,7 +260,7 @@ def test_prologue_step_shapes(d, rows, cols, poison):
 def test_prologue_step_sizes_are_checked(field, value):
     """A prologue step that is not a power of two ≥ 16 is one clear error, not a Triton compile failure."""
     x = forward_problem(1, 1, 100, 64, 64, 64, 1)
-    cfg = sla2_bwd.BwdConfig(4, 2, 4, 2, **{field: value})
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, **{field: value})
     with pytest.raises(ValueError, match=f"BwdConfig.{field}={value} must be a power of two"):
         x.backward(x.dok, cfg)
 
@@ -269,11 +269,11 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
     """TMA requested: aligned tensors take the TMA kernels; a dO starting off a 16-byte boundary, or a GPU
     without TMA, takes the pointer kernels, with the same gradients."""
     x = forward_problem(1, 2, 200, 64, 64, 64, 2)
-    cfg = sla2_bwd.BwdConfig(4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_tma=True, dkdv_tma=True)
     launched = []
-    launch = sla2_bwd._launch_with_fallback
-    monkeypatch.setattr(sla2_bwd, "_launch_with_fallback",
-                        lambda name, kernel, *a: (launched.append(kernel.fn.__name__), launch(name, kernel, *a))[1])
+    with_fallback = launch.with_fallback
+    monkeypatch.setattr(launch, "with_fallback", lambda name, kernel, *a: (
+        launched.append(kernel.fn.__name__), with_fallback(name, kernel, *a))[1])
     misaligned = torch.empty(x.dok.numel() + 1, dtype=x.dok.dtype)[1:].view_as(x.dok).copy_(x.dok)
     for grad_out, want in ((x.dok, ["sla2_bwd_dq_tma_kernel", "sla2_bwd_dkdv_tma_kernel"]),
                            (misaligned, ["sla2_bwd_dq_kernel", "sla2_bwd_dkdv_kernel"])):
@@ -282,7 +282,7 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
         assert launched == want
         assert_grads(g, x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
     launched.clear()
-    monkeypatch.setattr(sla2_bwd, "tma_hardware", lambda device: False)
+    monkeypatch.setattr(layouts, "tma_hardware", lambda device: False)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
     assert launched == ["sla2_bwd_dq_kernel", "sla2_bwd_dkdv_kernel"]
 
@@ -290,7 +290,7 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
 @pytest.mark.parametrize("b,h,nq,nk,topk", [(2, 3, 7, 11, 4), (1, 2, 40, 70, 9)])  # one tile; several of both
 def test_key_block_lists_are_the_transpose_of_the_selection(b, h, nq, nk, topk):
     idx = torch.rand(b, h, nq, nk).topk(topk, dim=-1).indices.sort(dim=-1).values.int()
-    ptr, qblk, order = sla2_bwd.key_block_lists(idx, nk)
+    ptr, qblk, order = selection.key_block_lists(idx, nk)
     mask = torch.zeros(b, h, nq, nk, dtype=torch.bool).scatter_(-1, idx.long(), True).view(b * h, nq, nk)
     counts = mask.sum(dim=1)
     assert ptr[0] == 0 and ptr[-1] == b * h * nq * topk
@@ -315,7 +315,7 @@ def blocked_sla2(q, k, v, alpha, idx, bq, bk):
                          ids=["wan1.3b-97", "b2h3n4680d64-90", "n9000q128k128-95", "n100-shorter-than-a-block"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_gradients_at_real_shapes_gpu(shape, quant, bwd_path):
-    """H100: kernels vs autograd through the blocked fp32 oracle (kernels/blocked_reference.py, TF32 off), at the
+    """H100: kernels vs autograd through the blocked fp32 oracle (sla2_kernels/blocked_reference.py, TF32 off), at the
     Wan2.1-1.3B shape among others. With quant the oracle is the exact gradient (what QAT approximates)."""
     from sla2_kernels import blocked_reference as br
 
@@ -335,7 +335,7 @@ def test_gradients_at_real_shapes_gpu(shape, quant, bwd_path):
     qk, kk, vk, dok = (to_layout(t.bfloat16(), layout) for t in (q, k, v, do))
     x = [t.requires_grad_() for t in (qk, kk, vk)]
     a = alpha.clone().requires_grad_()
-    o, _lse = kag.sla2_attention(*x, idx, a, block_q=bq, block_k=bk, quant=quant, layout=layout)
+    o = backend.sla2_attention(*x, idx, a, block_q=bq, block_k=bk, quant=quant, layout=layout)
     o.backward(dok)
     assert rel(from_layout(o.detach(), layout), o_ref.detach()) <= (5e-2 if quant else 1e-2)
     got = [from_layout(t.grad, layout) for t in x] + [a.grad]
@@ -343,15 +343,14 @@ def test_gradients_at_real_shapes_gpu(shape, quant, bwd_path):
 
 
 @pytest.mark.parametrize("quant", [False, True])
-def test_custom_op_kernel_branch_under_the_interpreter(quant, monkeypatch, poison):
-    """The CUDA branch of torch.ops.sla2.attention / attention_backward (forward state kept for the backward),
-    run here by letting the op take the kernels on CPU tensors under Triton's interpreter."""
-    monkeypatch.setattr(ops, "kernels_cover", lambda q, bq, bk: (True, ""))
+def test_custom_op_kernel_branch_under_the_interpreter(quant, poison, kernel_ops):
+    """The CUDA implementation of torch.ops.sla2.attention / attention_backward (forward state kept for the
+    backward), run here on CPU tensors under Triton's interpreter."""
     b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16, "head")
     x = [to_layout(t.bfloat16(), "bnhd").requires_grad_() for t in (q, k, v)]
     a = alpha.float().requires_grad_()
-    o = ops.sla2_attention(*x, sel.indices.int(), a, block_q=bq, block_k=bk, quant=quant, layout="bnhd")
+    o = backend.sla2_attention(*x, sel.indices.int(), a, block_q=bq, block_k=bk, quant=quant, layout="bnhd")
     o.backward(to_layout(do.bfloat16(), "bnhd"))
     o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk, quant=quant)
     assert rel(from_layout(o.detach(), "bnhd"), o_ref) <= 1e-2

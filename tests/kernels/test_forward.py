@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sla2_kernels
-from sla2_kernels import blocked_reference
+from sla2_kernels import blocked_reference, launch, layouts, tuning
 from sla2_train.attention import reference as ref
 
 # (B, H, N, D, block_q, block_k, dtype, layout, strided, topk). Together: b_q and b_k in {64, 128},
@@ -31,7 +31,7 @@ def _case_id(c):
 
 
 # The TMA kernel (the default where the tensors allow it) and the pointer kernel.
-PATHS = {"tma": sla2_kernels.api.FwdConfig(4, 2, tma=True), "pointer": sla2_kernels.api.FwdConfig(8, 3)}
+PATHS = {"tma": sla2_kernels.FwdConfig(4, 2, tma=True), "pointer": sla2_kernels.FwdConfig(8, 3)}
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -60,21 +60,20 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     """Aligned inputs go to the TMA kernel; a misaligned one falls back to the pointer kernel (at the pointer
     kernel's own default configuration) with the same result; so does a GPU without TMA; the low-bit forward
     has no TMA variant and keeps its own kernel."""
-    api = sla2_kernels.api
     launched = []
-    launch = api._launch
-    monkeypatch.setattr(api, "_launch", lambda name, *a, **kw: (
-        launched.append((name, kw.get("num_warps"), kw.get("num_stages"))), launch(name, *a, **kw)))
+    run_kernel = launch.run
+    monkeypatch.setattr(launch, "run", lambda name, *a, **kw: (
+        launched.append((name, kw.get("num_warps"), kw.get("num_stages"))), run_kernel(name, *a, **kw)))
     B, H, N, D, bq, bk = 1, 2, 200, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=5)
     run = lambda q_, quant=False: sla2_kernels.sla2_forward(q_, k, v, sel.indices, alpha, block_q=bq, block_k=bk,
                                                             quant=quant, layout="bnhd")[0]
-    pointer = api.pointer_config(bq, D)
+    pointer = tuning.pointer_config(bq, D)
     kernels = lambda: [name for name, *_ in launched if name.startswith("sla2_fwd")]  # noqa: E731
     o_tma = run(q)
     assert kernels() == ["sla2_fwd_tma"]
-    assert api.tma_ready(q) and not api.tma_ready(_misaligned(q))
+    assert layouts.tma_ready(q) and not layouts.tma_ready(_misaligned(q))
     launched.clear()
     o_ptr = run(_misaligned(q))
     assert [x for x in launched if x[0] == "sla2_fwd"] == [("sla2_fwd", pointer.num_warps, pointer.num_stages)]
@@ -82,7 +81,7 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     assert kt.rel_l1(kt.to_bhnd(o_ptr, "bnhd"), o_ref) <= 1e-2 and kt.rel_l1(o_ptr, o_tma.float()) <= 1e-2
     launched.clear()
     with monkeypatch.context() as m:
-        m.setattr(api, "tma_hardware", lambda device: False)
+        m.setattr(layouts, "tma_hardware", lambda device: False)
         run(q)
     assert kernels() == ["sla2_fwd"]
     launched.clear()
@@ -128,7 +127,7 @@ def test_blocked_reference_matches_reference(kt):
 
 @pytest.mark.parametrize("N, bq, bk, D, layout", [(300, 64, 64, 64, "bhnd"), (545, 128, 64, 128, "bnhd")])
 def test_linear_state_is_the_sum_over_the_unselected_blocks(N, bq, bk, D, layout, poisoned, kt):
-    """api.linear_state: H_I = Σ_{j not selected} φK_jᵀV_j and Z_I likewise, against float64 sums; nk that is
+    """linear_state: H_I = Σ_{j not selected} φK_jᵀV_j and Z_I likewise, against float64 sums; nk that is
     not a multiple of the alignment (5 and 9 key blocks here) pads h with zero blocks that add nothing."""
     B, H, topk = 1, 2, 2
     (_, k, v), (_, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, layout)

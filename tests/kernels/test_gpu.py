@@ -1,4 +1,4 @@
-"""GPU tests at the real shapes (H100): kernels vs the blocked PyTorch oracle (kernels/blocked_reference.py,
+"""GPU tests at the real shapes (H100): kernels vs the blocked PyTorch oracle (sla2_kernels/blocked_reference.py,
 itself checked against the reference in test_forward.py / test_router.py). Skipped without CUDA.
 
 These cover what the interpreter cannot: the native bf16/fp16, INT8 and FP8 tensor-core products (wgmma),
@@ -13,6 +13,7 @@ import torch
 
 import sla2_kernels
 from sla2_kernels import blocked_reference as br
+from sla2_kernels import routing, tuning
 
 pytestmark = pytest.mark.gpu
 
@@ -133,7 +134,7 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
     q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=5)
     nk = -(-N // bk)
     _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
-    cfg = replace(sla2_kernels.api.pointer_config(bq, D), exact_max=exact_max)  # the default launch, either variant
+    cfg = replace(tuning.pointer_config(bq, D), exact_max=exact_max)  # the default launch, either variant
     o, lse = sla2_kernels.sla2_forward(q, k, v, idx, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
                                        config=cfg)
     refs = {rm: br.sparse_branch(q, k, v, idx, bq, bk, quant=True, running_max=rm) for rm in (True, False)}
@@ -181,7 +182,7 @@ def test_software_e4m3_rounding_equals_hardware():
 def test_topk_kernel(rows, nk, topk):
     s = torch.randn(1, 1, rows, nk, device="cuda")
     s[..., ::7] = s[..., 3:4]  # ties
-    idx = sla2_kernels.api._topk(s, topk)
+    idx = routing.topk_indices(s, topk)
     _topk_ok(idx, s, topk)
 
 
@@ -191,4 +192,4 @@ def test_topk_radix_launches(rows, nk, topk, launch):
     """Every (rows per program, warps) the benchmark's Top-k sweep may install selects a valid Top-k."""
     s = torch.randn(1, 1, rows, nk, device="cuda")
     s[..., ::7] = s[..., 3:4]  # ties
-    _topk_ok(sla2_kernels.api.topk_radix(s, topk, *launch), s, topk)
+    _topk_ok(routing.topk_radix(s, topk, *launch), s, topk)

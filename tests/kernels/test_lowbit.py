@@ -1,7 +1,7 @@
 """Low-bit forward (INT8 QKᵀ, FP8 PV) against the fake-quant reference and against the bf16 kernel.
 
 Under the interpreter the INT8 dot is exact and the e4m3 values are produced by the software rounding of
-kernels/quant_math.py (Triton 3.9's interpreter cast mis-rounds); the hardware e4m3 conversion and the
+sla2_kernels/quant_math.py (Triton 3.9's interpreter cast mis-rounds); the hardware e4m3 conversion and the
 8-bit wgmma are covered by the GPU tests (test_gpu.py).
 """
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import sla2_kernels
+from sla2_kernels import tuning
 from sla2_train.attention import reference as ref
 
 CASES = [
@@ -62,12 +63,12 @@ def test_quantised_k_v_equal_reference_rounding(kt):
 
 
 @pytest.mark.parametrize("cfg", [
-    sla2_kernels.api.FwdConfig(8, 2),
-    sla2_kernels.api.FwdConfig(4, 3),
+    sla2_kernels.FwdConfig(8, 2),
+    sla2_kernels.FwdConfig(4, 3),
 ], ids=["8warps-2stages", "4warps-3stages"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_tile_configurations(cfg, quant, poisoned, kt):
-    """The configurations kernels/bench.py sweeps compute the same function."""
+    """The configurations kernels/benchmarks/bench.py sweeps compute the same function."""
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=17)
@@ -93,7 +94,7 @@ def test_exact_max_variant_matches_final_max_reference(kt):
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=19)
-    cfg = sla2_kernels.api.FwdConfig(8, 2, exact_max=True)
+    cfg = sla2_kernels.FwdConfig(8, 2, exact_max=True)
     o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True,
                                        layout="bhnd", config=cfg)
     o_fq, lse_fq = _fake_quant_sla2(qf, kf, vf, sel, alpha, bq, bk, running_max=False)
@@ -121,12 +122,12 @@ def test_each_variant_follows_its_own_rounding(kt):
     assert gap >= 3e-3, f"the two roundings should differ on this input: {gap:.2e}"
     for exact_max in (False, True):
         o, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
-                                         config=sla2_kernels.api.FwdConfig(8, 2, exact_max=exact_max))
+                                         config=sla2_kernels.FwdConfig(8, 2, exact_max=exact_max))
         own, other = kt.rel_l1(o, refs[not exact_max]), kt.rel_l1(o, refs[exact_max])
         assert own <= gap / 5 and other >= gap / 2, f"exact_max={exact_max}: own {own:.2e}, other {other:.2e}"
 
 
 def test_default_is_the_one_pass_kernel():
     """The default configuration rounds P̃ against the running maximum, as the reference's default does."""
-    assert sla2_kernels.api.default_config(64, 64, 64, quant=True).exact_max is False
-    assert sla2_kernels.api.FwdConfig(8, 3).exact_max is False
+    assert tuning.default_fwd_config(64, 64, 64, quant=True).exact_max is False
+    assert sla2_kernels.FwdConfig(8, 3).exact_max is False

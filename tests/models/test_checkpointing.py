@@ -5,7 +5,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from sla2_train.attention import ops
+from sla2_train.attention.reference import indexed
 from sla2_train.models import ConfigError, set_attention_mode
 
 
@@ -19,13 +19,13 @@ def build(compose_config, mode, seed):
 
 def step(model, inputs, monkeypatch):
     calls = {"n": 0}
-    real = ops._reference_forward
+    real = indexed.indexed_forward
 
     def counted(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "_reference_forward", counted)
+    monkeypatch.setattr(indexed, "indexed_forward", counted)
     out = model(*inputs, return_dict=False)[0]
     out.square().mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -1,4 +1,4 @@
-"""Parameterisations of α, the mixing ratio of the sparse and linear branches (SLA2.md §3).
+"""Parameterisations of α, the mixing ratio of the sparse and linear branches (docs/method.md, α).
 
 Each maps the router's estimate m̂ [B, H, nq] of the softmax mass on the selected blocks to α,
 broadcastable to [B, H, nq]. `per_block` ties a checkpoint to one sequence length; `per_head` and

@@ -1,10 +1,9 @@
-"""SLA2Attention: the one attention module that holds the router, α and options, and dispatches.
+"""SLA2Attention: the one attention module that holds the router, α and options.
 
-Hard Top-k SLA2 runs through the torch.library ops (kernel_path, ops): the Triton kernels on CUDA where they
-cover the call, the reference behind the same ops on CPU (with quant=True both give the straight-through
-gradient at the low-bit forward's o and lse). Everything else runs the module's pure-PyTorch reference path:
-SoftTop-k (stage 1, dense by nature), the SLA and full variants, backend="reference" (quant=True: the exact
-gradient of the bf16 forward), and CUDA calls the kernels do not cover (dense O(N²): e.g. fp32, head_dim 96).
+Each call validates q, k, v once, then backend.choose decides once where it runs: hard Top-k SLA2 through the
+torch.library ops (the Triton kernels on CUDA, the reference behind the same ops on CPU), everything else on
+the module's pure-PyTorch reference path below (SoftTop-k, the SLA and full variants, backend="reference", CUDA
+calls the kernels do not cover). backend.py says which, and why.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ from torch import nn
 
 from . import reference as ref
 from .alpha import build_alpha
+from .backend import OPS, choose, run_ops
 from .checks import BACKENDS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
-from .kernel_path import run_kernels, use_op_path
 from .router import BlockRouter
 
 
 class SLA2Attention(nn.Module):
-    """Sparse-linear attention with a learnable router and mixing ratio (SLA2.md).
+    """Sparse-linear attention with a learnable router and mixing ratio (docs/method.md).
 
     variant: "sla2" (α-mix), "sla" (SLA v1 baseline: O_s + proj(O_l), heuristic router) or "full".
     alpha_mode: "per_head", "per_block" (needs seq_len) or "predicted" (length-free).
@@ -84,16 +83,12 @@ class SLA2Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd") -> torch.Tensor:
         """q, k, v: [B, N, H, D] ("bnhd", diffusers' layout) or [B, H, N, D] ("bhnd"); returns q's layout."""
         check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
-        if self.variant == "sla2" and self.topk == "hard" and self._use_kernels(q):
-            return run_kernels(self, q, k, v, layout)
+        if choose(self, q) == OPS:
+            return run_ops(self, q, k, v, layout)
         if layout == "bnhd":  # views only: the reference takes any strides
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         o = self._reference(q, k, v)
         return o.transpose(1, 2) if layout == "bnhd" else o
-
-    def _use_kernels(self, q: torch.Tensor) -> bool:
-        # The custom-op path: Triton kernels on CUDA, the reference behind the same op on CPU (kernel_path).
-        return use_op_path(q, self)
 
     def _reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.variant == "full":

@@ -1,4 +1,4 @@
-"""The learnable router's parameters (SLA2.md §2): one (proj_q, proj_k) pair per head."""
+"""The learnable router's parameters (docs/method.md, Router): one (proj_q, proj_k) pair per head."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sla2_train.diffusion import FlowMatching
-from sla2_train.models import ConfigError, describe_attention
+from sla2_train.export.checkpoint_format import META_KEY, checkpoint_metadata
+from sla2_train.models import ConfigError
 
 from .alpha_calibration import calibrate_alpha
 from .checkpoint_weights import load_model_weights
@@ -97,5 +98,6 @@ class SLA2Module(pl.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # How the attention was built and trained (α mode, sparsity, blocks) travels with the weights.
-        checkpoint["sla2"] = {"stage": self.stage.name, "attention": describe_attention(self.model)}
+        # How the attention was built and trained (α mode, sparsity, blocks) and the transformer's architecture
+        # travel with the weights, so sla2-export needs nothing but the checkpoint.
+        checkpoint[META_KEY] = checkpoint_metadata(self.model, self.stage.name)

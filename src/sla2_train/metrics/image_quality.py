@@ -1,7 +1,7 @@
-"""PSNR and SSIM between two latent (or pixel) videos [B, C, F, H, W], via torchmetrics.
+"""PSNR and SSIM between two videos [B, C, F, H, W], via torchmetrics.
 
-The range is the reference's own (max − min): latents are not in [0, 1], and a fixed range would make
-the numbers depend on the VAE's scaling rather than on the attention.
+Pixel videos pass data_range=1 ([0, 1] frames). Without it the range is the reference's own (max − min),
+for latents, which are not in [0, 1].
 """
 
 from __future__ import annotations
@@ -18,17 +18,20 @@ def _frames(video: torch.Tensor) -> torch.Tensor:
     return video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).float()
 
 
-def _data_range(reference: torch.Tensor) -> float:
-    return max(float(reference.max() - reference.min()), 1e-8)
+def _data_range(reference: torch.Tensor, data_range: float | None) -> float:
+    return data_range if data_range is not None else max(float(reference.max() - reference.min()), 1e-8)
 
 
-def video_psnr(pred: torch.Tensor, reference: torch.Tensor) -> float:
-    return float(peak_signal_noise_ratio(pred.float(), reference.float(), data_range=_data_range(reference)))
+def video_psnr(pred: torch.Tensor, reference: torch.Tensor, data_range: float | None = None) -> float:
+    data_range = _data_range(reference, data_range)
+    return float(peak_signal_noise_ratio(pred.float(), reference.float(), data_range=data_range))
 
 
-def video_ssim(pred: torch.Tensor, reference: torch.Tensor, kernel_size: int = 11) -> float:
+def video_ssim(pred: torch.Tensor, reference: torch.Tensor, kernel_size: int = 11,
+               data_range: float | None = None) -> float:
     p, r = _frames(pred), _frames(reference)
     # The Gaussian window must fit the (possibly tiny) frame and be odd.
     k = min(kernel_size, *r.shape[-2:])
     k -= 1 - k % 2
-    return float(structural_similarity_index_measure(p, r, data_range=_data_range(reference), kernel_size=k))
+    data_range = _data_range(reference, data_range)
+    return float(structural_similarity_index_measure(p, r, data_range=data_range, kernel_size=k))

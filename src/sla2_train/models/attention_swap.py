@@ -40,7 +40,11 @@ class SLA2Swap:
             raise ConfigError("attention: num_heads, head_dim and seq_len come from the model; remove them")
 
     def apply(self, model: nn.Module, latent_shape: Sequence[int]) -> nn.Module:
-        seq_len = token_count(model, latent_shape)
+        return self.install(model, token_count(model, latent_shape))
+
+    def install(self, model: nn.Module, seq_len: int | None) -> nn.Module:
+        """Set a fresh SLA2 processor on every `blocks[i].attn1`; `seq_len` sizes α in alpha_mode=per_block
+        (None: the length-free modes)."""
         for block in model.blocks:
             attn = block.attn1
             try:

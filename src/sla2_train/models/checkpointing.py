@@ -1,7 +1,7 @@
 """Activation checkpointing that keeps SLA2's attention outputs instead of recomputing them.
 
 diffusers' default checkpoints each Wan block whole, so the backward re-runs the block's forward, SLA2
-included (DESIGN.md pitfalls: ~12% wasted compute measured by a peer on Wan-1.3B with dense attention).
+included (FastVideo reports ~12% of the compute wasted this way on Wan-1.3B with dense attention).
 `keep_attention` is selective checkpointing: the outputs of the sla2::router and sla2::attention ops
 (O, lse and the key-side state the backward reads) are saved during the forward and reused in the
 recompute; everything else (projections, norms, FFN) is recomputed as before. The price is those outputs'

@@ -1,8 +1,10 @@
-"""Pure-PyTorch SLA2: the oracle that every kernel and every test is checked against (SLA2.md).
+"""Pure-PyTorch SLA2: the oracle that every kernel and every test is checked against (docs/method.md).
 
-Tensors are [B, H, N, D]; any float dtype (tests use float64). Masks are dense per block.
+Tensors are [B, H, N, D]; any float dtype (tests use float64). Masks are dense per block. indexed.py and
+backward.py take the router's index lists and either layout: the custom ops' implementation on CPU.
 """
 
+from .backward import reference_backward
 from .blocks import block_token_counts, expand_block_mask, expand_query_blocks, mean_pool, num_blocks, smooth_k
 from .branches import (
     full_attention,
@@ -16,6 +18,7 @@ from .branches import (
     weighted_linear_attention,
 )
 from .combine import alpha_mix, effective_alpha, sla2_attention, sla2_attention_soft, sla2_sparse_branch, sla_attention
+from .indexed import indexed_forward, indexed_router
 from .memory import DenseTooLarge, check_dense_fits
 from .quant import (
     FP8_E4M3_MAX,

@@ -1,4 +1,5 @@
-"""Fake-quantised low-bit sparse branch (SLA2.md §5) and its straight-through estimator.
+"""Fake-quantised low-bit sparse branch and its straight-through estimator (docs/method.md, Low-bit sparse branch
+and QAT).
 
 Same arithmetic as the INT8/FP8 kernel, in floating point: values are rounded to the INT8 grid and to
 FP8 e4m3 exactly as the hardware formats would hold them, then multiplied in the input's dtype.
@@ -27,12 +28,10 @@ import math
 
 import torch
 
-from .blocks import expand_block_mask, num_blocks, smooth_k
+# The kernels' own constants (a module that imports no triton): one definition for the kernels and this twin.
+from sla2_kernels.constants import FP8_E4M3_MAX, INT8_MAX, MIN_SCALE
 
-INT8_MAX = 127.0
-FP8_E4M3_MAX = 448.0
-# Keeps an all-zero block's scale positive, so dequantisation never divides by zero.
-MIN_SCALE = 1e-12
+from .blocks import expand_block_mask, num_blocks, smooth_k
 
 
 def block_absmax_scale(x: torch.Tensor, block: int, qmax: float) -> torch.Tensor:
@@ -120,5 +119,6 @@ def fake_quant_sparse_attention(
 
 
 def straight_through(exact: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
-    """Forward value of `approx`, gradient of `exact` (QAT's straight-through estimator, SLA2.md §5)."""
+    """Forward value of `approx`, gradient of `exact`: QAT's straight-through estimator (docs/method.md, Low-bit
+    sparse branch and QAT)."""
     return exact + (approx - exact).detach()

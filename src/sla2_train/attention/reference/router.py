@@ -1,4 +1,4 @@
-"""The learnable block router (SLA2.md §2): pooled, projected scores and hard Top-k."""
+"""The learnable block router (docs/method.md, Router): pooled, projected scores and hard Top-k."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Per query block normaliser of the linear branch: Z_I = Z_tot − Σ_{j selected by I} z_j (fp32, exact sums).
 
-H_I, the D×D numerator state, is a dense product on the tensor cores (api.linear_state); Z_I is D numbers per
+H_I, the D×D numerator state, is a dense product on the tensor cores (forward.linear_state); Z_I is D numbers per
 query block, so it is summed here over the selected blocks (topk ≪ nk) in fp32 rather than by a second
 product that would round z_j or depend on the TF32 setting.
 """

@@ -1,13 +1,13 @@
 """CSR transpose of the selection for the dk/dv kernel: for each (batch·head, key block j) the query blocks
 that selected j, ascending.
 
-From the complement mask the backward already builds for the dh product (api.complement_mask: bf16 [B·H, nq,
+From the complement mask the backward already builds for the dh product (selection.complement_mask: bf16 [B·H, nq,
 nk padded], 0 where query block i selected key block j): the lists' lengths are the zeros per column, their
 offsets a prefix sum of those, and query block i's place in list j is the number of query blocks before it that
 also selected j: a cumulative sum down column j. One program takes KEY_TILE key blocks of one head and walks the
 query blocks QUERY_TILE at a time, so the work is O(nq·nk) per head with no sort, and the lists come out
 ascending (deterministic order of the dK/dV sums).
-Measured on the H100 (2026-11-27, third session, do_bench, eager, with its own int8 map then): 0.40 ms at
+Measured on the H100 (2026-11-27, do_bench, eager, with its own int8 map then): 0.40 ms at
 Wan-1.3B and 0.42 at Wan-14B against 0.63 and 0.62 for the torch.sort + searchsorted construction it replaced
 (identical lists); both mostly host time for a handful of small launches, which a CUDA graph removes. A first
 kernel comparing every index-list entry with every key block (O(nq·topk·nk)) took 2.05 ms at 14B.
@@ -15,10 +15,6 @@ kernel comparing every index-list entry with every key block (O(nq·topk·nk)) t
 
 import triton
 import triton.language as tl
-
-KEY_TILE = 64  # key blocks per program
-QUERY_TILE = 64  # query blocks per step
-
 
 @triton.jit
 def key_block_fill_kernel(KEEP, PTR, QBLK, NQ, NK, NK_PAD, JT: tl.constexpr, IT: tl.constexpr):

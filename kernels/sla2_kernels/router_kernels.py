@@ -1,4 +1,4 @@
-"""The block router (SLA2.md §2): pooled, projected block scores. Top-k runs in the wrapper (torch.topk).
+"""The block router (docs/method.md, Router): pooled, projected block scores. Host side: routing.py.
 
 scores[i, j] = (Q̄_i Wq)·(K̄_j Wk) / √D, Q̄ = mean-pool(Q, b_q), K̄_j = mean-pool(K − mean_tokens K, b_k).
 Pooling the smoothed K needs no second pass: mean_j(K − μ) = colsum(K_j)/count_j − μ with

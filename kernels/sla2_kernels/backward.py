@@ -1,0 +1,259 @@
+"""The SLA2 backward's host side (docs/method.md, Backward): buffers, the launch order of the prologue, dq and dk/dv
+kernels (sla2_bwd.py, TMA twins in sla2_bwd_tma.py), and the dh product between them. The formulas are in
+sla2_bwd.py's docstring.
+
+`sla2_backward` is the public entry; `prepare` and the `run_*` steps are what the benchmarks time one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+
+from . import launch, layouts
+from .forward import effective_alpha, linear_state
+from .layouts import NK_ALIGN, bhn_strides, bhnd_view, descriptor, dims, last_dim_contiguous
+from .kv_state import precompute
+from .selection import complement_mask, key_block_lists
+from .sla2_bwd import sla2_bwd_dkdv_kernel, sla2_bwd_dq_kernel, sla2_bwd_prologue_kernel
+from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
+from .tuning import BwdConfig, default_bwd_config
+
+
+@dataclass
+class BwdProblem:
+    """Everything the two backward kernels share (built by `prepare`)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    do: torch.Tensor
+    lse: torch.Tensor
+    idx: torch.Tensor
+    alpha: torch.Tensor  # fp32 [B, H, nq] view (stride 0 where it broadcasts)
+    lin_state: tuple  # (H_I bf16 [BH, nq, D, D], Z_I fp32 [BH, nq, D]) of the forward; unused without a linear branch
+    layout: str
+    shape: tuple  # (B, H, N, D)
+    block_q: int
+    block_k: int
+    cfg: BwdConfig
+    dq: torch.Tensor | None = None
+    dk: torch.Tensor | None = None
+    dv: torch.Tensor | None = None
+    dalpha: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+    dh: torch.Tensor | None = None
+    dz: torch.Tensor | None = None
+
+    @property
+    def nq(self) -> int:
+        return triton.cdiv(self.shape[2], self.block_q)
+
+    @property
+    def nk(self) -> int:
+        return triton.cdiv(self.shape[2], self.block_k)
+
+    @property
+    def linear(self) -> bool:
+        return self.idx.shape[-1] < self.nk
+
+
+def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i,
+            config: BwdConfig | None = None) -> BwdProblem:
+    """The problem of one backward call; alpha: effective α (forward.effective_alpha), broadcastable to [B, H, nq]."""
+    bsz, heads, n, d = dims(q, layout)[0]
+    q, k, v, o, do = (last_dim_contiguous(t) for t in (q, k, v, o, do))
+    nq = triton.cdiv(n, block_q)
+    cfg = config or default_bwd_config(block_q, block_k, d)
+    return BwdProblem(
+        q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
+        alpha.to(torch.float32).expand(bsz, heads, nq), (h_i, z_i),
+        layout, (bsz, heads, n, d), block_q, block_k, cfg,
+    )
+
+
+def run_prologue(p: BwdProblem) -> None:
+    """The prologue kernel: Δ, dα_I and (linear branch) dH_I, dZ_I and the linear dQ (into p.dq)."""
+    bsz, heads, n, d = p.shape
+    bh, nq = bsz * heads, p.nq
+    dev = p.q.device
+    p.dq = launch.empty_like(p.q, memory_format=torch.contiguous_format)
+    p.delta = launch.empty(bsz, heads, n, device=dev, dtype=torch.float32)
+    p.dalpha = launch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
+    if p.linear:
+        p.dh = launch.empty(bh, nq, d, d, device=dev, dtype=torch.bfloat16)  # the dh product's operand
+        p.dz = launch.empty(bh, nq, d, device=dev, dtype=torch.float32)
+    else:
+        p.dh = p.dz = p.delta  # never read
+    sa = p.alpha.stride()
+    rs, dc = min(p.cfg.prologue_rows, p.block_q), min(p.cfg.prologue_cols, d)
+    for name, value in (("prologue_rows", rs), ("prologue_cols", dc)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
+    meta = dict(BQ=p.block_q, D=d, RS=rs, DC=dc, LINEAR=p.linear, INTERPRET=launch.interpreting(),
+                num_warps=p.cfg.prologue_warps, num_stages=p.cfg.prologue_stages)
+    # ψ per query row, pass 1 to pass 2 of the prologue (freed with it; below the dk/dv step's peak)
+    psi = launch.empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16) if p.linear else p.delta
+    launch.run(
+        "prologue", sla2_bwd_prologue_kernel, (nq, bh),
+        p.q, p.o, p.do, p.dq,
+        p.delta, p.alpha, *p.lin_state,
+        p.dh, p.dz, p.dalpha, psi,
+        *bhn_strides(p.q, p.layout), *bhn_strides(p.o, p.layout), *bhn_strides(p.do, p.layout),
+        *bhn_strides(p.dq, p.layout), sa[0], sa[1], sa[2],
+        n, heads, nq, **meta,
+    )
+
+
+def run_dq(p: BwdProblem) -> None:
+    """Prologue (Δ, dα, linear dQ and dH_I, dZ_I) then the dq kernel (sparse dQ)."""
+    run_prologue(p)
+    run_dq_sparse(p)
+
+
+def run_dq_sparse(p: BwdProblem) -> None:
+    """The dq kernel: sparse dQ over the selected key blocks, added to the prologue's linear dQ."""
+    bsz, heads, n, d = p.shape
+    bh, nq = bsz * heads, p.nq
+    sa = p.alpha.stride()
+
+    def make(c):
+        args = (
+            p.q, p.k, p.v, p.do, p.dq,
+            p.lse, p.delta, p.idx, p.alpha,
+            *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
+            *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
+            sa[0], sa[1], sa[2],
+            n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=c.dq_rows or p.block_q,
+                  LINEAR=p.linear, INTERPRET=launch.interpreting(),
+                  num_warps=c.dq_warps, num_stages=c.dq_stages)
+        return args, kw
+
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq)]
+
+    def make_tma(c):
+        rows = [c.dq_rows or p.block_q, p.block_k, p.block_k, c.dq_rows or p.block_q, c.dq_rows or p.block_q]
+        args = (
+            *(descriptor(t, r) for t, r in zip(views, rows)),
+            p.lse, p.delta, p.idx, p.alpha, sa[0], sa[1], sa[2],
+            n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=c.dq_rows or p.block_q, LINEAR=p.linear,
+                  INTERPRET=launch.interpreting(), num_warps=c.dq_warps, num_stages=c.dq_stages)
+        return args, kw
+
+    key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
+    rows = p.cfg.dq_rows or p.block_q
+    if p.block_q % rows:
+        raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
+    grid = (nq * (p.block_q // rows), bh)
+    if p.cfg.dq_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
+        launch.with_fallback("dq", sla2_bwd_dq_tma_kernel, grid, key, p.cfg, make_tma, "dq_stages")
+    else:
+        launch.with_fallback("dq", sla2_bwd_dq_kernel, grid, key, replace(p.cfg, dq_tma=False), make, "dq_stages")
+
+
+def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
+    """dh_j (one product), dZ_tot, the CSR key-block lists, then the dk/dv kernel. release_dh drops dH_I once
+    dh_j exists, before dK and dV are allocated (100 MB less at the peak at the Wan-1.3B shape); benchmarks that
+    call this twice on one problem keep it."""
+    bsz, heads, n, d = p.shape
+    bh, nq, nk = bsz * heads, p.nq, p.nk
+    keep = complement_mask(p.idx, nk, NK_ALIGN)  # also the selection the CSR lists are built from
+    ptr, qblk, order = key_block_lists(p.idx, nk, keep)
+    if p.linear:
+        # dh_j = Σ over the query blocks that did not select j of dH_I: the transposed complement mask times dH,
+        # [nk, nq] × [nq, D²] per head on the tensor cores (instead of a D×D fp32 sum per key block over its
+        # CSR list in the dk/dv kernel: 128 registers a thread at 4 warps, and the list's dH_I gathered).
+        dhk = torch.bmm(keep.transpose(1, 2), p.dh.view(bh, nq, d * d))
+        dztot = p.dz.sum(dim=1)
+        if release_dh:
+            p.dh = None
+    else:
+        dhk = dztot = p.delta
+    del keep
+    p.dk = launch.empty_like(p.k, memory_format=torch.contiguous_format)
+    p.dv = launch.empty_like(p.v, memory_format=torch.contiguous_format)
+    sa = p.alpha.stride()
+
+    def make(c):
+        args = (
+            p.q, p.k, p.v, p.do, p.dk, p.dv,
+            p.lse, p.delta, p.alpha,
+            ptr, qblk, order,
+            dhk, p.dz, dztot, dhk.shape[1] if p.linear else 0,
+            *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
+            *bhn_strides(p.do, p.layout), *bhn_strides(p.dk, p.layout), *bhn_strides(p.dv, p.layout),
+            sa[0], sa[1], sa[2],
+            n, heads, nq, nk, 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=c.qs or p.block_q, LINEAR=p.linear,
+                  INTERPRET=launch.interpreting(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
+        return args, kw
+
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dk, p.dv)]
+
+    def make_tma(c):
+        qs = c.qs or p.block_q
+        args = (
+            *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
+            p.lse, p.delta, p.alpha,
+            ptr, qblk, order,
+            dhk, p.dz, dztot, dhk.shape[1] if p.linear else 0,
+            sa[0], sa[1], sa[2],
+            n, heads, nq, nk, 1.0 / math.sqrt(d),
+        )
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear,
+                  INTERPRET=launch.interpreting(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
+        return args, kw
+
+    key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
+    if p.cfg.dkdv_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
+        launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma, "dkdv_stages")
+    else:
+        launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, replace(p.cfg, dkdv_tma=False), make,
+                             "dkdv_stages")
+
+
+def sla2_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    indices: torch.Tensor,
+    alpha,
+    *,
+    block_q: int,
+    block_k: int,
+    layout: str,
+    lin_state: tuple | None = None,
+    config: BwdConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
+
+    q, k, v, o, do: [B, H, N, D] or [B, N, H, D] per `layout` (any strides with a unit last stride); the
+    gradients come back in the same layout, contiguous. indices: [B, H, nq, topk] sorted per row. alpha: the
+    raw α, broadcastable to [B, H, nq] (made effective here: 1 when topk = nk). lin_state: the forward's
+    (H_I, Z_I) (forward.linear_state, or forward_with_state's); recomputed from k, v when None (one pass over K
+    and V and one product more). dalpha is fp32 [B, H, nq]: reduce it to α's shape.
+    For QAT pass the low-bit forward's o and lse: the backward is the bf16 one (straight-through).
+    """
+    a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
+    n = dims(q, layout)[0][2]
+    if indices.shape[-1] >= triton.cdiv(n, block_k):  # no linear branch: its state is never read
+        lin_state = (a3, a3)
+    elif lin_state is None:
+        lin_state = linear_state(indices, precompute(k, v, block_k=block_k, layout=layout), block_q=block_q)
+    p = prepare(do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout,
+                h_i=lin_state[0], z_i=lin_state[1], config=config)
+    run_dq(p)
+    run_dkdv(p, release_dh=True)
+    return p.dq, p.dk, p.dv, p.dalpha

@@ -1,0 +1,74 @@
+"""The block router's host side (docs/method.md, Router): pooled, projected block scores and their row-wise
+Top-k. The kernels are in router_kernels.py."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from . import launch
+from .checks import check_block, check_projections, check_qkv, check_state, check_topk
+from .router_kernels import block_colsum_kernel, block_scores_kernel, pooled_project_kernel, topk_kernel
+from .tuning import (
+    ROUTER_DOT_CHUNK, ROUTER_PROJECT_ROWS, ROUTER_SCORE_TILE, TOPK_DEFAULT_LAUNCH, TOPK_LAUNCH, TOPK_MAX_RADIX,
+)
+
+
+def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str, kv_state=None):
+    """Block scores fp32 [B, H, nq, nk] and the Top-k key blocks int32 [B, H, nq, topk], ascending."""
+    bq, bk = check_block("block_q", block_q), check_block("block_k", block_k)
+    (B, H, N, D), strides = check_qkv({"q": q, "k": k}, layout)
+    check_projections(proj_q, proj_k, H, D, q.device)
+    BH, nq, nk = B * H, triton.cdiv(N, bq), triton.cdiv(N, bk)
+    check_topk(topk, nk)
+    dev = q.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    if kv_state is not None:
+        check_state(kv_state, k, bk, layout, quant=False)
+        ksum, kmean = kv_state.ksum, kv_state.kmean
+    else:
+        ksum = launch.empty(BH, nk, D, **f32)
+        launch.run("block_colsum", block_colsum_kernel, (nk, BH), k, ksum, *strides["k"], N, H, nk,
+                   BLK=bk, D=D, num_warps=4)
+        kmean = ksum.sum(dim=1) / N
+    wq = proj_q.detach().to(torch.float32).contiguous()
+    wk = proj_k.detach().to(torch.float32).contiguous()
+    qsum = launch.empty(BH, nq, D, **f32)
+    launch.run("block_colsum", block_colsum_kernel, (nq, BH), q, qsum, *strides["q"], N, H, nq,
+               BLK=bq, D=D, num_warps=4)
+    qp, kp = launch.empty(BH, nq, D, **f32), launch.empty(BH, nk, D, **f32)
+    rb = ROUTER_PROJECT_ROWS
+    launch.run("pooled_project", pooled_project_kernel, (triton.cdiv(nq, rb), BH),
+               qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, DC=ROUTER_DOT_CHUNK, SUB_MEAN=False,
+               num_warps=4)
+    launch.run("pooled_project", pooled_project_kernel, (triton.cdiv(nk, rb), BH),
+               ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, DC=ROUTER_DOT_CHUNK,
+               SUB_MEAN=True, num_warps=4)
+    scores = launch.empty(B, H, nq, nk, **f32)
+    qt, kt = ROUTER_SCORE_TILE
+    launch.run("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),
+               qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, DC=ROUTER_DOT_CHUNK, num_warps=4)
+    return scores, topk_indices(scores, topk)
+
+
+def topk_indices(scores: torch.Tensor, topk: int) -> torch.Tensor:
+    """Row-wise Top-k of [B, H, nq, nk] scores -> int32 [B, H, nq, topk], ascending.
+
+    Radix selection (topk_kernel) up to TOPK_MAX_RADIX padded columns, torch.topk above (tuning.TOPK_LAUNCH).
+    """
+    nkp = triton.next_power_of_2(scores.shape[-1])
+    if nkp > TOPK_MAX_RADIX:
+        return scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+    return topk_radix(scores, topk, *TOPK_LAUNCH.get(nkp, TOPK_DEFAULT_LAUNCH))
+
+
+def topk_radix(scores: torch.Tensor, topk: int, rows_per_program: int, num_warps: int) -> torch.Tensor:
+    """topk_kernel on any row width (the benchmark's Top-k sweep calls it directly)."""
+    B, H, nq, nk = scores.shape
+    rows = B * H * nq
+    indices = launch.empty(B, H, nq, topk, device=scores.device, dtype=torch.int32)
+    launch.run("topk", topk_kernel, (triton.cdiv(rows, rows_per_program),), scores, indices, rows, nk, topk,
+               R=rows_per_program, NKP=triton.next_power_of_2(nk), num_warps=num_warps)
+    return indices

@@ -1,0 +1,115 @@
+"""Launch configurations and their measured defaults: one home for every tile size, warp count and stage count
+the host code picks, with the measurements that chose them. Unless a line says otherwise: NVIDIA H100 80GB HBM3,
+torch 2.11, Triton 3.6, 2026-11-27, Wan-1.3B shape (B1 H12 N32760 D128, b_q 128, b_k 64) at 97% sparsity, medians
+of triton.testing.do_bench. The benchmarks in kernels/benchmarks/ re-run these sweeps (`--sweep`) and pass their
+pick as `config=`; a new default is an edit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ------------------------------------------------------------------------------------------------ forward
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    """Launch configuration of the forward kernels (every kernel takes one selected key block per iteration)."""
+
+    num_warps: int
+    num_stages: int
+    # Low-bit: False = one pass, P̃ rounded against the running row max (SageAttention2), as the reference
+    # (fake_quant_sparse_attention); True = two passes against the exact row max, which matches
+    # fake_quant_sparse_attention(..., running_max=False).
+    exact_max: bool = False
+    tma: bool = False  # bf16 only: tiles by TMA descriptors (sla2_fwd_tma.py) where the tensors allow it
+    maxnreg: int | None = None  # register cap a thread (None: the compiler's choice)
+
+
+def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
+    """The pointer kernels' best (3 stages; 8 warps for 128-row or 128-wide tiles). H100, 2026-11-27: bf16 (8, 3)
+    0.849 ms, (8, 2) 1.044; at 90%, low-bit with exact_max (two passes) (8, 3) 2.531, (8, 2) 2.686."""
+    return FwdConfig(8 if (block_q == 128 or head_dim == 128) else 4, 3)
+
+
+def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
+    """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM); low-bit: pointer_config. H100, 2026-11-27, sparse
+    loop with TMA (4, 2) 0.427 ms, (8, 2, maxnreg 128) 0.440, (8, 3) 0.509, pointer kernel (8, 3) 0.575. Where
+    TMA cannot be used (forward.sla2_forward) the bf16 default becomes pointer_config."""
+    return pointer_config(block_q, head_dim) if quant else FwdConfig(4, 2, tma=True)
+
+
+# The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc
+# spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces spill none, 4 pieces 4. H100, 2026-11-27:
+# whole forward 0.976 → 0.943 ms as a CUDA graph.
+EPI_CHUNKS = 2
+
+# ------------------------------------------------------------------------------------------------ backward
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """Launch configuration of the dq and dk/dv kernels (the dq loop takes one selected key block a step)."""
+
+    dq_warps: int
+    dq_stages: int
+    dkdv_warps: int
+    dkdv_stages: int
+    qs: int = 0  # dk/dv sparse loop: query rows per iteration (0: b_q; must divide b_q)
+    dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
+    dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py)
+    dkdv_tma: bool = False  # dk/dv kernel: TMA tiles
+    # prologue: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
+    # H100, 2026-11-27: 32 rows, all 128 columns, 4 warps, 1 stage 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57;
+    # 8 warps 0.59; 2 stages 0.54 (spills); the one-pass kernel before it 0.553.
+    prologue_rows: int = 32
+    prologue_cols: int = 128
+    prologue_warps: int = 4
+    prologue_stages: int = 1
+
+
+def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
+    warps = 8 if (block_q == 128 or head_dim == 128) else 4
+    if (block_q, block_k, head_dim) == (128, 64, 128):
+        # H100, 2026-11-27: dk/dv 1.42 ms with 4 warps, 3 stages and 32 query rows per step vs 1.99 at 64 rows and
+        # 2.81 at 8 warps, 2 stages, 128 rows; dq 1.23 ms with 64-row programs at 4 warps (two per SM) vs 1.51 for
+        # one 8-warp program per query block. TMA tiles: dq 1.135 vs 1.218 ms, dk/dv 1.351 vs 1.399 (those dq
+        # times include the prologue, 0.55 ms then). The dq kernel alone, 2026-11-27: 0.606 ms with TMA tiles at
+        # 4 warps and 2 stages, 0.603 at 1 stage, 0.68 at 8 warps, 0.71 pointer.
+        return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True)
+    return BwdConfig(warps, 2, warps, 2)
+
+
+# The CSR key-block lists (key_block_fill.py): key blocks a program takes, query blocks a step.
+KEY_TILE = 64
+QUERY_TILE = 64
+
+# ------------------------------------------------------------------------------------------------ precompute
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    blocks_per_program: int | None = None  # None: enough programs for PRECOMPUTE_PROGRAMS_PER_SM per SM
+    # 4 warps, 2 stages: best of the H100 sweep (2026-11-27): 0.223 ms vs 0.238 at 3 stages, 0.360 at 8 warps
+    # with 16 blocks a program
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
+Z_GATHER = 16  # complement_z_kernel: selected blocks' z_j gathered per step
+
+# ------------------------------------------------------------------------------------------------ router
+
+ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
+ROUTER_SCORE_TILE = (64, 64)  # (query blocks, key blocks) of scores per program
+# head_dim columns per step of the router's 3xTF32 dots: whole 128-wide fp32 operands (hi and lo parts) spilled
+# (255 registers, 118 spills on the H100); 16 columns at a time compile to 150 registers, no spills (sm_90).
+ROUTER_DOT_CHUNK = 16
+
+TOPK_MAX_RADIX = 2048  # widest (power-of-two padded) row for topk_kernel; wider rows use torch.topk
+# (rows per program, warps) of topk_kernel by padded row width. H100, 2026-11-27: nk = 512: (1, 1) 0.021 ms,
+# (4, 4) 0.027, torch 0.10; nk = 1182 (2048 padded): (1, 4) 0.55 ms, (1, 1) 0.69, (4, 4) 1.36, torch.topk + sort
+# 1.13. Wider than 2048 was not measured: torch there.
+TOPK_LAUNCH: dict = {512: (1, 1), 2048: (1, 4)}
+TOPK_DEFAULT_LAUNCH = (1, 4)

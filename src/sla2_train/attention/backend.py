@@ -1,0 +1,107 @@
+"""Which implementation computes an SLA2Attention call, decided here once per call, and the op path's run.
+
+  ops (CUDA)       the custom ops of ops.py, whose CUDA implementation is the Triton kernels of sla2_kernels
+                   (router, forward, backward): hard Top-k SLA2 where the kernels cover the call;
+  ops (CPU)        the same ops, whose CPU implementation is the reference (reference/indexed.py,
+                   reference/backward.py): CPU runs, tests and torch.compile exercise the graph the GPU runs;
+  reference        SLA2Attention's plain reference path (dense, autograd through PyTorch): SoftTop-k, the SLA
+                   and full variants, backend="reference", and CUDA calls the kernels do not cover (fp32, head_dim
+                   96, ...), with a warning once per reason, since it needs O(N²) memory.
+
+backend="auto" takes the ops where the kernels cover the call and on CPU; "reference" never takes them;
+"triton" insists on the kernels for hard Top-k SLA2 and raises when they cannot run.
+With quant=True the ops give QAT's straight-through gradient (the bf16 backward at the low-bit forward's o and
+lse) on CPU and CUDA alike; the reference path gives the exact gradient of the bf16 forward.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+from . import ops  # noqa: F401  (registers torch.ops.sla2.*)
+from . import reference as ref
+from .checks import check_attention_args, check_router_args
+
+OPS, REFERENCE = "ops", "reference"
+
+
+def _load_kernels():
+    """sla2_kernels' coverage test, or None and why the kernels cannot be imported (no triton: a CPU install)."""
+    try:
+        importlib.import_module("sla2_kernels.backward")  # the forward and the backward, as the ops run them
+        from sla2_kernels import unsupported
+    except Exception as err:
+        return None, f"sla2_kernels cannot be imported ({err})"
+    return unsupported, ""
+
+
+_unsupported, _import_error = _load_kernels()
+_warned_fallbacks: set[str] = set()
+
+
+def kernels_missing(q: torch.Tensor, block_q: int, block_k: int) -> str:
+    """Why the Triton kernels cannot compute this call ("" when they can)."""
+    if _unsupported is None:
+        return _import_error
+    if not q.is_cuda:
+        return "inputs are not on a CUDA device"
+    return _unsupported(q.dtype, q.shape[-1], block_q, block_k)
+
+
+def choose(attn, q: torch.Tensor) -> str:
+    """OPS or REFERENCE for this call of `attn` (an SLA2Attention); owns the fallback warning."""
+    if attn.variant != "sla2" or attn.topk != "hard" or attn.backend == "reference":
+        return REFERENCE
+    why = kernels_missing(q, attn.block_q, attn.block_k)
+    if attn.backend == "triton" and why:
+        raise RuntimeError(f"backend='triton' cannot run: {why}")
+    if not why or q.device.type == "cpu":
+        return OPS
+    if q.is_cuda and why not in _warned_fallbacks:
+        # The module's reference path is dense, O(N²) memory: at Wan lengths the next thing is usually an OOM.
+        _warned_fallbacks.add(why)
+        warnings.warn(f"SLA2Attention runs its dense PyTorch reference on CUDA because {why}; "
+                      "backend='triton' makes this an error", stacklevel=3)
+    return REFERENCE
+
+
+def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> torch.Tensor:
+    """Hard Top-k SLA2 of `attn` through the ops: router, α, attention (inputs already validated by attn)."""
+    n = q.shape[1] if layout == "bnhd" else q.shape[2]
+    k_sel = ref.topk_count(ref.num_blocks(n, attn.block_k), attn.sparsity)
+    # Hard Top-k has no gradient: the router runs on detached inputs (it is trained through SoftTop-k only).
+    scores, indices = torch.ops.sla2.router(
+        q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
+        attn.block_q, attn.block_k, k_sel, layout,
+    )
+    attn.alpha.check_length(scores.shape[-2])
+    mass = None
+    if attn.alpha.needs_mass:
+        mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, indices.long(), True)
+        mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
+    alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
+    return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout)[0]
+
+
+def alpha_dtype(alpha: torch.Tensor) -> torch.Tensor:
+    """alpha in at least fp32 (float64 stays float64: rounding it would put the reference path, and gradcheck
+    in float64, off by fp32's rounding)."""
+    return alpha.to(torch.promote_types(alpha.dtype, torch.float32))
+
+
+def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool = False, layout: str = "bnhd"):
+    """Differentiable SLA2 through the custom op, for a direct call (benchmarks, tests): validates, then returns o
+    (q's layout). alpha: a float or a tensor broadcastable to [B, H, nq], taken in at least fp32."""
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.tensor(float(alpha), device=q.device)
+    check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
+    return torch.ops.sla2.attention(q, k, v, indices, alpha_dtype(alpha), block_q, block_k, quant, layout)[0]
+
+
+def block_router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str = "bnhd"):
+    """(scores, indices) of the router op, for a direct call: validates, then runs torch.ops.sla2.router."""
+    check_router_args(q, k, proj_q, proj_k, block_q, block_k, topk, layout)
+    return torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout)

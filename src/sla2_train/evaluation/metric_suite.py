@@ -1,0 +1,48 @@
+"""The configured metrics (config group eval/metrics), built before any video is generated.
+
+A metric whose weights are not configured is skipped with one line naming the key; a configured path that
+does not exist stops the run (ConfigError) before hours of sampling, not after.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import torch
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+
+from sla2_train.metrics import MissingWeights, VideoMetric
+
+log = logging.getLogger("eval")
+
+
+def _root(err: BaseException) -> BaseException:
+    while isinstance(err, HydraException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def build_metrics(specs: Mapping[str, Any]) -> tuple[list[VideoMetric], dict[str, str]]:
+    """(metrics, {name: skip line}); a spec set to null is switched off without a line."""
+    metrics, skipped = [], {}
+    for name, spec in specs.items():
+        if spec is None:
+            continue
+        try:
+            metrics.append(instantiate(spec))
+        except Exception as err:
+            root = _root(err)
+            if not isinstance(root, MissingWeights):
+                raise root from None
+            skipped[name] = f"{name} skipped: {root}"
+            log.warning(skipped[name])
+    return metrics, skipped
+
+
+def score_video(metrics: list[VideoMetric], video: torch.Tensor, prompt: str,
+                reference: torch.Tensor | None) -> dict[str, float]:
+    """Every metric on one video; metrics against the dense video are left out for the dense video itself."""
+    return {m.name: m.score(video, prompt, reference)
+            for m in metrics if reference is not None or not m.needs_reference}

@@ -1,0 +1,73 @@
+"""Per-layer attention error along the dense trajectory, and attention time per transformer forward.
+
+Both read the (q, k, v) that each self-attention layer received in the dense model's forward (after q/k norm
+and RoPE, captured by models.dense_capture), so every SLA2 setting is judged, and timed, on the same inputs:
+errors do not compound across layers in this number (PSNR/SSIM of the videos show compounding).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sla2_train.metrics import relative_l1
+from sla2_train.models import set_attention_mode
+
+from .timing import synchronize, time_ms
+
+
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[B, N, H, D] → [B, N, H, D] through SDPA (flash on CUDA in bf16: O(N) memory at Wan lengths)."""
+    return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+
+
+class AttentionProbe:
+    """A forward hook for the transformer run inside dense_capture.
+
+    After every forward: each layer's rel-L1 of SLA2 (once per low-bit setting in `quant_modes`) against full
+    attention. After forward number `time_at`: each setting's attention time summed over the layers
+    (dense SDPA under the key "dense"). `seconds` is the probe's own time, taken off the dense video's.
+    """
+
+    def __init__(self, model, procs, quant_modes: Sequence[bool], device, time_at: int | None, repeats: int = 3):
+        self.model, self.procs, self.quant_modes = model, procs, list(quant_modes)
+        self.device, self.time_at, self.repeats = device, time_at, repeats
+        self.error_sums = {q: torch.zeros(len(procs), dtype=torch.float64) for q in self.quant_modes}
+        self.forwards, self.seconds = 0, 0.0
+        self.attention_ms: dict[str, float] = {}
+        self.shape: tuple[int, ...] | None = None
+
+    def __call__(self, module, args, output) -> None:
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            self._measure()
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.forwards += 1
+
+    def _measure(self) -> None:
+        full = [full_attention(*p.captured) for p in self.procs]
+        self.shape = tuple(self.procs[0].captured[0].shape)
+        for quant in self.quant_modes:
+            set_attention_mode(self.model, quant=quant)
+            errors = [float(relative_l1(p.attention(*p.captured, layout="bnhd"), f)) for p, f in zip(self.procs, full)]
+            self.error_sums[quant] += torch.tensor(errors, dtype=torch.float64)
+        if self.forwards == self.time_at:
+            self.attention_ms["dense"] = sum(
+                time_ms(lambda p=p: full_attention(*p.captured), self.device, self.repeats) for p in self.procs)
+            for quant in self.quant_modes:
+                set_attention_mode(self.model, quant=quant)
+                self.attention_ms[quant_label(quant)] = sum(
+                    time_ms(lambda p=p: p.attention(*p.captured, layout="bnhd"), self.device, self.repeats)
+                    for p in self.procs)
+
+    def mean_errors(self, quant: bool) -> list[float]:
+        return (self.error_sums[quant] / max(self.forwards, 1)).tolist()
+
+
+def quant_label(quant: bool) -> str:
+    return "int8/fp8" if quant else "bf16"

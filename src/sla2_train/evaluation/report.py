@@ -1,0 +1,93 @@
+"""eval.json and the Markdown table in the paper's layout (rows: dense and each SLA2 setting; columns:
+quality metrics, attention FLOPs, speed), for one run or combined over a multirun sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+# Column order: VBench dimensions first, then fidelity to the dense video, then the attention error.
+METRIC_COLUMNS = {
+    "imaging_quality": "Imaging Q.",
+    "clip_text_score": "CLIP text (≈ Overall Cons.)",
+    "aesthetic_quality": "Aesthetic Q.",
+    "motion_smoothness": "Motion Smooth.",
+    "subject_consistency": "Subject Cons.",
+    "background_consistency": "Background Cons.",
+    "dynamic_degree": "Dynamic Deg.",
+    "temporal_flickering": "Temporal Flicker",
+    "psnr": "PSNR vs dense (dB)",
+    "ssim": "SSIM vs dense",
+    "lpips": "LPIPS vs dense ↓",
+    "rel_l1_mean": "Attn rel-L1 ↓",
+}
+SPEED_COLUMNS = {
+    "attention_tflops_dense_equivalent": "Attn TFLOPs/video (dense-eq.)",
+    "attention_tflops_actual": "Attn TFLOPs/video (actual)",
+    "seconds_per_video": "s/video",
+    "speedup": "Speedup",
+    "forward_ms": "DiT ms/forward",
+    "attention_ms_per_forward": "Attn ms/forward",
+    "attention_share": "Attn share",
+}
+
+
+def json_safe(value):
+    # PSNR of identical videos is +inf, which strict JSON cannot hold.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    metrics = [k for k in METRIC_COLUMNS if any(k in r["metrics"] for r in rows)]
+    speed = [k for k in SPEED_COLUMNS if any(k in r for r in rows)]
+    head = ["Attention", *(METRIC_COLUMNS[k] for k in metrics), *(SPEED_COLUMNS[k] for k in speed)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["name"], *(_cell(r["metrics"].get(k)) for k in metrics)]
+        cells += [f"{100 * r[k]:.1f}%" if k == "attention_share" and k in r else _cell(r.get(k)) for k in speed]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    s = settings
+    sched = s["scheduler"].get("_target_", "?").rsplit(".", 1)[-1]
+    shift = s["scheduler"].get("flow_shift", s["scheduler"].get("shift"))
+    return (f"{s['model']} ({'random weights' if s['random_weights'] else s['model_path']}), "
+            f"checkpoint {s['checkpoint']['path'] if s['checkpoint'] else 'none'}; {s['num_frames']}×{s['height']}×"
+            f"{s['width']} at {s['fps']} fps, {s['num_inference_steps']} steps {sched} shift {shift}, guidance "
+            f"{s['guidance_scale']}, {len(s['prompts'])} prompts of '{s['prompt_set']}' × {s['videos_per_prompt']} "
+            f"videos (seeds {s['seeds']}), {s['dtype']} on {s['device']}")
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    (folder / "eval.json").write_text(json.dumps(json_safe(report), indent=1))
+    text = [markdown_table(report["rows"]), "", settings_line(report["settings"]), f"timing: {report['timing']}"]
+    text += [f"- {line}" for line in report["skipped"].values()]
+    (folder / "table.md").write_text("\n".join(text) + "\n")
+
+
+def combined_table(result_folders: Sequence[Path]) -> str:
+    """One table over several runs (a multirun sweep): the first run's dense row, then every SLA2 row."""
+    reports = [json.loads((Path(f) / "eval.json").read_text()) for f in result_folders]
+    rows = [r for r in reports[0]["rows"] if r["name"] == "dense"]
+    for rep in reports:
+        rows += [r for r in rep["rows"] if r["name"] != "dense"]
+    notes = [f"- {Path(f).name}: {settings_line(rep['settings'])}" for f, rep in zip(result_folders, reports)]
+    return markdown_table(rows) + "\n" + "\n".join(notes) + "\n"

@@ -1,0 +1,59 @@
+"""One loader for trained weights: a Lightning checkpoint from train.py or a folder made by sla2-export.
+
+train.py's `init_from` and eval.py's `ckpt` both come here (through lit.checkpoint_weights.load_model_weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sla2_train.models import ConfigError, describe_attention
+
+from .checkpoint_format import TrainedWeights, read_training_checkpoint
+from .folder import read_exported
+
+log = logging.getLogger(__name__)
+
+# Options that change what the weights mean without changing their shapes: a router distilled for 97%
+# sparsity loads without complaint into a 95% model, so the state dict alone cannot catch the mix-up.
+MUST_MATCH = ("variant", "sparsity", "block_q", "block_k", "alpha_mode")
+
+
+def read_weights(path: str | Path, key: str = "init_from", ema: bool = True) -> TrainedWeights:
+    """A checkpoint file or an exported folder; `key` names the config key in errors."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return read_exported(path, key)
+    return read_training_checkpoint(path, key, ema)
+
+
+def load_weights(model: nn.Module, path: str | Path, key: str = "init_from", ema: bool = True) -> dict[str, Any]:
+    """Load trained weights into `model` (the transformer with its attention installed), strictly: the same
+    architecture and the same attention options as recorded beside the weights. EMA weights are preferred
+    when the checkpoint has them. Returns the recorded attention description (empty for foreign checkpoints)."""
+    trained = read_weights(path, key, ema)
+    try:
+        missing, unexpected = model.load_state_dict(trained.weights, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(f"{key} {str(path)!r} does not fit this model: {lines[-1]}") from err
+    if missing or unexpected:
+        raise ConfigError(
+            f"{key} {str(path)!r} does not fit this model: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); same model and attention options are needed"
+        )
+    saved, ours = trained.attention, describe_attention(model)
+    diffs = [
+        f"{k}={saved[k]!r} (this run: {ours.get(k)!r})" for k in MUST_MATCH if k in saved and saved[k] != ours.get(k)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{key} {str(path)!r} was trained with other attention options: {', '.join(diffs)}; "
+            "set attention.* to match the checkpoint"
+        )
+    log.info("%s: loaded %s weights from %s", key, "EMA" if trained.ema else "trained", path)
+    return saved
