@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sla2_train.lit.cli_errors import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
