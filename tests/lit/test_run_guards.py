@@ -119,7 +119,7 @@ def test_shards_made_for_another_model_fail_in_one_line_naming_both(
 
 
 def test_eval_of_a_real_preset_without_weights_is_refused(compose_config, eval_entry, capsys, isolated_logging, tmp_path):
-    cfg = compose_config("model=wan2_1", "logger=none", f"out_json={tmp_path / 'report.json'}", name="eval")
+    cfg = compose_config("model=wan2_1", "logger=none", f"output_root={tmp_path / 'out'}", name="eval")
     line = _refused(eval_entry, cfg, capsys)
     assert "model.path is not set" in line and "model.random_init=true" in line, line
 
