@@ -44,8 +44,10 @@ def main(cfg: DictConfig) -> dict:
     from sla2_train import evaluation
     from sla2_train.evaluation.logging_out import log_report
     from sla2_train.cli_errors import config_errors_as_one_line
+    from sla2_train.run_guards import check_weights
 
-    with config_errors_as_one_line():
+    with config_errors_as_one_line(cfg):
+        check_weights(cfg)
         ev = evaluation.build(cfg)
         loggers = list(instantiate(cfg.logger).values())
     report = evaluation.run(ev)

@@ -21,14 +21,16 @@ def main(cfg: DictConfig) -> float | None:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from sla2_train.cli_errors import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line, run_errors_as_one_line
     from sla2_train.lit.loggers import finish_runs
     from sla2_train.lit.resume import checkpoint_to_resume
+    from sla2_train.run_guards import check_attention_fits, check_run_config
 
     # Lightning adds its own console handler at import; Hydra's already prints (and files) these records.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
-    with config_errors_as_one_line():
+    with config_errors_as_one_line(cfg):
+        check_run_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
         module = instantiate(cfg.module)
@@ -37,6 +39,8 @@ def main(cfg: DictConfig) -> float | None:
         for logger in loggers:  # the full resolved config, so a W&B/CSV run says exactly what it was
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        check_attention_fits(module.model, trainer.strategy.root_device, cfg.model.latent_shape,
+                             datamodule.batch_size, trainer.precision, cfg.model.name)
         ckpt_path = checkpoint_to_resume(cfg.ckpt_dir, cfg.resume)
     if ckpt_path:
         log.info("resuming from %s (resume=false starts over)", ckpt_path)
@@ -46,7 +50,8 @@ def main(cfg: DictConfig) -> float | None:
         log.info("starting fresh: resume=false (a checkpoint in %s is replaced)", cfg.ckpt_dir)
     failed = True
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with run_errors_as_one_line(cfg):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         failed = False
     finally:
         finish_runs(loggers, failed)

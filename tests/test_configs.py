@@ -110,13 +110,21 @@ def test_unknown_config_keys_and_options_fail_fast_without_traceback(tmp_path, o
     assert "Traceback" not in proc.stderr and all(w in proc.stderr for w in words), proc.stderr
 
 
-def test_sparsity_outside_the_open_interval_is_one_line_from_the_real_entry_point(tmp_path):
-    proc = run_train("attention.sparsity=1.0", "logger=none", "data.num_workers=0", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("attention.sparsity=1.0", "error: attention: sparsity must be in (0, 1), got 1.0 (config key: attention.sparsity)"),
+        ("attention.sparsity=high", "error: attention.sparsity must be a number, got 'high'"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_key_and_leaves_no_output_folder(tmp_path, override, expected):
+    proc = run_train(override, "logger=none", "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
     errors = [line for line in lines if line.startswith("error: ")]
-    assert errors == ["error: attention: sparsity must be in (0, 1), got 1.0 (config key: module.model)"], lines
+    assert errors == [expected], lines
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists(), list((tmp_path / "outputs").rglob("*"))
 
 
 @pytest.mark.parametrize("model, shift", [("wan2_1", 3.0), ("wan2_1_14b", 5.0)])

@@ -117,7 +117,8 @@ def _qat_checkpoint(tmp_path) -> Path:
     spec.loader.exec_module(train)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
-            "model=tiny", "logger=none", "stage=qat", "trainer.max_steps=1", f"output_root={tmp_path / 'train'}",
+            "model=tiny", "logger=none", "stage=qat", "stage.allow_untrained_router=true", "trainer.max_steps=1",
+            f"output_root={tmp_path / 'train'}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "trainer.limit_val_batches=0",
             "callbacks.progress.refresh_rate=0"])
     train.main(cfg)

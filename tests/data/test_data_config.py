@@ -8,10 +8,12 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
 from sla2_train.data import LatentDataModule, write_synthetic_shards
+from sla2_train.data.errors import DataError
 from sla2_train.lit.callbacks import SkippedSamplesLogger
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
@@ -40,9 +42,13 @@ def test_webdataset_config_requires_shards_and_checks_dims(tmp_path):
     dm = instantiate(_data_cfg("webdataset", f"data.train_shards={tmp_path}/s", "data.num_workers=0"))
     dm.setup("fit")
     assert dm.latent_shape == (4, 3, 14, 18)
-    bad = instantiate(_data_cfg("webdataset", f"data.train_shards={tmp_path}/s", "model.text_dim=64"))
-    with pytest.raises(ValueError, match="dim 32 but data.text_dim is 64"):
-        bad.setup("fit")
+    # Shards made for another model are refused when the DataModule is built, naming both sides and the keys.
+    for override, words in (("model.text_dim=64", "text_dim 32 .* text_dim 64"),
+                            ("model.latent_shape=[16,21,60,104]", r"latents \[4, 3, 14, 18\] .* latents \[16, 21, 60, 104\]")):
+        with pytest.raises(InstantiationException, match=words) as err:
+            instantiate(_data_cfg("webdataset", f"data.train_shards={tmp_path}/s", override))
+        assert isinstance(err.value.__cause__, DataError)
+        assert "model.latent_shape / model.text_dim" in str(err.value.__cause__)
 
 
 class _Probe(L.LightningModule):

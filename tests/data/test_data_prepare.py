@@ -208,16 +208,37 @@ def test_entry_point_runs_and_fails_clearly(tiny_wan, tmp_path, video_writer, ra
     main()
     assert "wrote 1" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "index.json").read_text())["num_samples"] == 1
+    logs = set((tmp_path / "outputs" / "prepare").iterdir())
+    (tmp_path / "no_videos").mkdir()
     for override, message in [(f"videos={tmp_path}/missing", "video folder not found"),
+                              (f"videos={tmp_path}/no_videos", f"videos: no video files (.mp4, "),
                               ("clip.num_frames=8", "must be 4k+1"),
-                              ("encoders.model_path=/nonexistent", "vae folder not found")]:
+                              ("clip.fps=fast", "clip.fps must be a number, got 'fast'"),
+                              ("encoders.model_path=/nonexistent", "vae folder not found"),
+                              ("encoders.model_path", "encoders.model_path is required")]:
         key = override.split("=")[0]
-        monkeypatch.setattr(sys, "argv", [a for a in args if not a.startswith(key + "=")] + [override, f"out_dir={tmp_path}/o2"])
+        kept = [a for a in args if not a.startswith(key + "=")]
+        monkeypatch.setattr(sys, "argv", kept + ([override] if "=" in override else []) + [f"out_dir={tmp_path}/o2"])
         with pytest.raises(SystemExit) as exit_info:
             main()
         assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
         assert not (tmp_path / "o2").exists(), "a failed start left an output folder behind"
+        assert set((tmp_path / "outputs" / "prepare").iterdir()) == logs, "a failed start left a log folder behind"
+
+
+def test_a_limited_run_leaves_the_index_partial(tiny_wan, tmp_path, video_writer, random_caption):
+    _captioned_videos(tmp_path / "videos", ["a", "b", "c"], video_writer, random_caption)
+    out = tmp_path / "shards"
+    first = _preparer(tmp_path / "videos", out, tiny_wan)
+    first.limit = 2
+    report = first.run()
+    assert report.written == 2 and report.index["complete"] is False
+    assert "partial (limit reached" in report.summary()
+    assert read_index(out)["complete"] is False
+    rest = _preparer(tmp_path / "videos", out, tiny_wan).run()  # the same command without limit finishes it
+    assert rest.written == 1 and rest.already_done == 2 and read_index(out)["complete"] is True
 
 
 def test_any_per_video_decode_error_is_skipped_not_fatal(tiny_wan, tmp_path, video_writer, random_caption, monkeypatch):

@@ -12,7 +12,10 @@ import torch
 from safetensors.torch import save as st_save
 
 from sla2_train.data import LatentDataModule
+from sla2_train.data.errors import DataError
 from sla2_train.data.format import LATENTS_MEMBER, TEXT_MEMBER, encode_sample
+from sla2_train.data.skips import SkipCounter
+from sla2_train.data.streams import TrainStream
 
 
 def _write_tar(path, members):
@@ -116,12 +119,37 @@ def test_damage_counted_once_when_consumers_outnumber_shards(make_shards, monkey
     assert sum(total.values()) == 1, total
 
 
-def test_all_shards_corrupt_fails_clearly_instead_of_hanging(tmp_path):
+def test_all_shards_corrupt_fails_in_one_line_with_the_count(tmp_path, caplog):
+    for i in range(3):
+        (tmp_path / f"s{i}.tar").write_bytes(torch.randint(0, 255, (2048,), dtype=torch.uint8).numpy().tobytes())
+    with caplog.at_level(logging.WARNING, logger="sla2_train.data"):
+        with pytest.raises(DataError) as err:
+            LatentDataModule(str(tmp_path), batch_size=1, num_workers=0, text_len=4, latent_shape=[1, 1, 1, 1], text_dim=1)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("data.train_shards: none of the 3 shards holds a usable sample")
+    assert "corrupt_shard 3" in str(err.value)
+    assert not caplog.records  # the check reads quietly: the one line says it all
+
+
+def test_stream_that_finds_nothing_usable_stops_instead_of_spinning(tmp_path):
     for i in range(2):
         (tmp_path / f"s{i}.tar").write_bytes(torch.randint(0, 255, (2048,), dtype=torch.uint8).numpy().tobytes())
-    dm = LatentDataModule(str(tmp_path), batch_size=1, num_workers=0, text_len=4, latent_shape=[1, 1, 1, 1], text_dim=1)
-    with pytest.raises(RuntimeError, match="no readable sample"):
-        next(iter(dm.train_dataloader()))
+    stream = TrainStream([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=1, text_len=4,
+                         counter=SkipCounter(), epoch_length=1)
+    with pytest.raises(DataError, match="no usable sample in the last 16 shards opened .*corrupt_shard 17"):
+        next(iter(stream))
+
+
+def test_resampled_damage_is_counted_every_time_but_warned_once(make_shards, caplog):
+    folder, _ = make_shards(num=6, per_shard=3)
+    _truncate_inside(folder / "shard-000001.tar", "ds-00004." + LATENTS_MEMBER)
+    dm = LatentDataModule(str(folder), batch_size=1, num_workers=0, text_len=8, epoch_length=12)
+    with caplog.at_level(logging.WARNING, logger="sla2_train.data"):
+        for _ in range(3):
+            list(dm.train_dataloader())
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert dm.skipped["corrupt_shard"] > 1
+    assert len(warned) == 1 and "shard-000001.tar" in warned[0], warned
 
 
 def test_wrong_shape_is_skipped_even_without_index_or_configured_shapes(make_shards, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sla2_train.data import LatentDataModule
+from sla2_train.data.errors import DataError
 from sla2_train.data.streams import TrainStream
 
 
@@ -116,13 +117,17 @@ def test_train_epoch_shorter_than_worker_count(make_shards):
 
 def test_clear_errors(make_shards, tmp_path):
     folder, _ = make_shards(num=3, per_shard=2)
-    with pytest.raises(FileNotFoundError, match="no .tar shards in folder"):
-        _dm(tmp_path).setup()
-    with pytest.raises(FileNotFoundError, match="shard not found"):
-        _dm(str(tmp_path / "nope" / "s-{0..1}.tar")).setup()
-    with pytest.raises(ValueError, match="text embeddings of dim 6 but data.text_dim is 5"):
-        _dm(folder, text_dim=5).setup()
-    with pytest.raises(ValueError, match=r"latents of shape \[3, 2, 5, 7\] but data.latent_shape"):
-        _dm(folder, latent_shape=[3, 2, 5, 8]).setup()
-    with pytest.raises(ValueError, match="data.batch_size must be"):
+    # Built is checked: every problem surfaces at construction, where the entry point prints one line.
+    with pytest.raises(DataError, match="data.train_shards: no .tar shards in folder"):
+        _dm(tmp_path)
+    with pytest.raises(DataError, match="data.train_shards: no such shard folder"):
+        _dm(tmp_path / "missing")
+    with pytest.raises(DataError, match="data.val_shards: shard not found"):
+        _dm(folder, str(tmp_path / "nope" / "s-{0..1}.tar"))
+    with pytest.raises(DataError, match=r"latents \[3, 2, 5, 7\] with text_dim 6 .* model is built for latents "
+                       r"\[3, 2, 5, 7\] with text_dim 5"):
+        _dm(folder, text_dim=5)
+    with pytest.raises(DataError, match=r"built for latents \[3, 2, 5, 8\] .*model.latent_shape"):
+        _dm(folder, latent_shape=[3, 2, 5, 8])
+    with pytest.raises(DataError, match="data.batch_size must be"):
         _dm(folder, batch_size=0)

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 @pytest.mark.parametrize(
     "stage,extra",
-    [("distill", []), ("qat", []), ("distill", ["stage.objective.layers_per_step=1"])],
+    [("distill", []), ("qat", ["stage.allow_untrained_router=true"]), ("distill", ["stage.objective.layers_per_step=1"])],
     ids=["distill", "qat", "distill-sampled-layers"],
 )
 def test_two_process_ddp_trains_and_checkpoints(tmp_path, stage, extra):

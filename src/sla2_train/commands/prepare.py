@@ -11,28 +11,21 @@ are refused unless output.overwrite=true. Bad videos are skipped, counted and li
 
 from __future__ import annotations
 
-import sys
-
 import hydra
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from sla2_train.cli_errors import config_errors_as_one_line
 
 from . import CONF_DIR
 
 
 @hydra.main(config_path=CONF_DIR, config_name="prepare", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        try:
-            preparer = instantiate(cfg)
-        except InstantiationException as exn:  # e.g. ClipSpec rejecting num_frames: report the cause itself
-            raise exn.__cause__ if isinstance(exn.__cause__, ValueError) else exn
-        report = preparer.run()
-    except (FileNotFoundError, FileExistsError, ValueError) as exn:
-        # Configuration and input problems: one clear line, not a traceback.
-        print(f"prepare: error: {exn}", file=sys.stderr)
-        sys.exit(2)
+    # Configuration and input problems (a missing key, an empty video folder, an out_dir holding another
+    # dataset) are one line and exit code 2, and leave neither out_dir nor a log folder behind.
+    with config_errors_as_one_line(cfg, also=(FileExistsError,)):
+        report = instantiate(cfg).run()
     print(report.summary())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Sequence
 
@@ -9,7 +10,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from .checks import check_readable, check_shapes_match
 from .distributed import rank_and_world
+from .errors import DataError
 from .shards import (
     ShardSpec,
     incomplete_folders,
@@ -24,20 +27,25 @@ from .streams import TrainStream, ValStream
 # Our train stream's __len__ is exact (each worker yields its share of epoch_length), so Lightning's generic
 # caution about IterableDataset lengths with several workers does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+# Without val_shards, val_dataloader returns [] on purpose (Lightning then skips validation).
+warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
 
 
 def _positive(name: str, value: int, minimum: int = 1) -> int:
     if not isinstance(value, int) or value < minimum:
-        raise ValueError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
+        raise DataError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
 class LatentDataModule(L.LightningDataModule):
     """Train: resampled shards, exactly `epoch_length` batches per rank per epoch. Val: each sample once.
 
-    latent_shape / text_dim: expected shapes; None reads them from the shards' index.json (without one, the
-    first good sample of each worker sets them). A sample that does not match is skipped and counted in
-    `skipped` (per rank, summed over its workers).
+    latent_shape / text_dim: expected shapes (the model's); None reads them from the shards' index.json
+    (without one, the first good sample of each worker sets them). A sample that does not match is skipped
+    and counted in `skipped` (per rank, summed over its workers).
+
+    Built, it has checked the shards: they exist, their index agrees with latent_shape / text_dim, and each
+    split holds at least one usable sample; otherwise DataError, one line naming the `data.` key.
     """
 
     def __init__(
@@ -59,7 +67,7 @@ class LatentDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if train_shards is None:
-            raise ValueError("data.train_shards is required (a shard folder, pattern or list)")
+            raise DataError("data.train_shards is required (a shard folder, pattern or list)")
         self.train_spec, self.val_spec = train_shards, val_shards
         self.batch_size = _positive("batch_size", batch_size)
         self.val_batch_size = _positive("val_batch_size", val_batch_size or batch_size)
@@ -76,19 +84,22 @@ class LatentDataModule(L.LightningDataModule):
         self.counter = SkipCounter()
         self.train_files: list[str] | None = None
         self.val_files: list[str] | None = None
+        self._resolve()
 
     # ---- setup -----------------------------------------------------------------------------------------
     def _resolve(self) -> None:
         if self.train_files is not None:
             return
-        self.train_files = resolve_shards(self.train_spec)
-        self.val_files = resolve_shards(self.val_spec) if self.val_spec is not None else []
-        shape, dim = shapes_from_indexes(self.train_files + self.val_files)
-        # Config and index must agree: a model built for other shapes would fail much later and less clearly.
-        if shape is not None and self.latent_shape is not None and tuple(shape) != self.latent_shape:
-            raise ValueError(f"shards hold latents of shape {list(shape)} but data.latent_shape is {list(self.latent_shape)}")
-        if dim is not None and self.text_dim is not None and dim != self.text_dim:
-            raise ValueError(f"shards hold text embeddings of dim {dim} but data.text_dim is {self.text_dim}")
+        train = resolve_shards(self.train_spec, "data.train_shards")
+        val = resolve_shards(self.val_spec, "data.val_shards") if self.val_spec is not None else []
+        shape, dim = shapes_from_indexes(train + val)
+        # Config and index must agree: a model built for other shapes would fail much later and less clearly
+        # (or not at all: a 32,760-token sequence through the tiny model runs until the machine is out of memory).
+        check_shapes_match(str(self.train_spec), shape, dim, self.latent_shape, self.text_dim)
+        for key, files in (("data.train_shards", train), ("data.val_shards", val)):
+            if files:
+                check_readable(key, files, self.latent_shape or shape, self.text_dim or dim, self.check_finite)
+        self.train_files, self.val_files = train, val
         self.latent_shape = self.latent_shape or shape
         self.text_dim = self.text_dim or dim
         for bad in size_mismatches(self.train_files + self.val_files):
@@ -122,9 +133,18 @@ class LatentDataModule(L.LightningDataModule):
             check_finite=self.check_finite,
         )
 
+    def _workers(self) -> int:
+        """num_workers, at most one per CPU this process may use: more only slow each other down (and PyTorch
+        warns about them on every run, e.g. the default 4 on a 2-core machine)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.num_workers > cpus:
+            log.info("data.num_workers=%d but %d CPUs are available: using %d workers", self.num_workers, cpus, cpus)
+            self.num_workers = cpus
+        return self.num_workers
+
     def _loader(self, dataset: torch.utils.data.IterableDataset) -> DataLoader:
         extra = {}
-        if self.num_workers > 0:
+        if self._workers() > 0:
             # Persistent workers keep each worker's epoch counter, so every epoch draws a fresh shard order.
             extra["persistent_workers"] = True
             if self.prefetch_factor is not None:

@@ -56,10 +56,14 @@ def _members(urls: Iterable[str], report) -> Iterator[dict[str, Any]]:
         yield {}  # end-of-shard marker: samples never straddle shards
 
 
+def raw_samples(urls: Iterable[str], report) -> Iterator[dict[str, Any]]:
+    """Raw samples {"__key__", "__url__", "<member>": bytes} from the shards, in order; damage goes to `report`."""
+    return group_by_keys(_members(urls, report), handler=report)
+
+
 def read_samples(urls: Iterable[str], counter: SkipCounter, quiet: bool = False) -> Iterator[dict[str, Any]]:
-    """Raw samples {"__key__", "__url__", "<member>": bytes} from the shards, in order.
+    """raw_samples with damage counted and warned about (once per shard and sample, see skips.make_handler).
 
     quiet: damage is skipped without counting or warning (a reader whose shards another reader also reads).
     """
-    report = make_handler(counter, quiet)
-    return group_by_keys(_members(urls, report), handler=report)
+    return raw_samples(urls, make_handler(counter, quiet))

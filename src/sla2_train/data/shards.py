@@ -9,13 +9,14 @@ from typing import Any, Iterable
 
 import braceexpand
 
+from .errors import DataError
 from .format import INDEX_NAME
 from .index import read_index
 
 ShardSpec = str | os.PathLike | Iterable[str | os.PathLike] | None
 
 
-def _expand_one(item: str) -> list[str]:
+def _expand_one(item: str, key: str) -> list[str]:
     path = Path(item).expanduser()
     if path.is_dir():
         if (path / INDEX_NAME).is_file():
@@ -25,31 +26,37 @@ def _expand_one(item: str) -> list[str]:
         else:
             found = sorted(str(p) for p in path.glob("*.tar"))
         if not found:
-            raise FileNotFoundError(f"no .tar shards in folder {path}")
+            raise DataError(f"{key}: no .tar shards in folder {path}")
         return found
     if "{" in item:
         return [str(Path(p).expanduser()) for p in braceexpand.braceexpand(item)]
     if any(ch in item for ch in "*?["):
         found = sorted(glob.glob(str(path)))
         if not found:
-            raise FileNotFoundError(f"no shard matches pattern {item}")
+            raise DataError(f"{key}: no shard matches pattern {item}")
         return found
+    if not path.exists() and path.suffix != ".tar":
+        raise DataError(f"{key}: no such shard folder: {path}")
     return [str(path)]
 
 
-def resolve_shards(spec: ShardSpec) -> list[str]:
-    """Folder (uses index.json), 'a-{000..009}.tar', '*.tar' glob, a path, or a list of these → tar paths."""
+def resolve_shards(spec: ShardSpec, key: str = "shards") -> list[str]:
+    """Folder (uses index.json), 'a-{000..009}.tar', '*.tar' glob, a path, or a list of these → tar paths.
+
+    key: the config key the spec came from, named in the DataError when it names no existing shard.
+    """
     if spec is None:
         return []
     items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     shards: list[str] = []
     for item in items:
-        shards.extend(_expand_one(os.fspath(item)))
+        shards.extend(_expand_one(os.fspath(item), key))
     if not shards:
-        raise FileNotFoundError(f"shard spec {spec!r} names no shards")
+        raise DataError(f"{key}: {spec!r} names no shards")
     missing = [s for s in shards if not os.path.isfile(s)]
     if missing:
-        raise FileNotFoundError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{key}: shard not found: {missing[0]}{more}")
     return shards
 
 

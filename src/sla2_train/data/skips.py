@@ -10,6 +10,10 @@ from .format import SkipSample
 
 log = logging.getLogger("sla2_train.data")
 
+# What this process has warned about: resampled training reopens a damaged shard again and again, and one
+# warning per (reason, sample, shard) says all there is; the counter still counts every skip.
+_WARNED: set[tuple[str, str | None, str | None]] = set()
+
 # Fixed reasons so the counter can live in shared memory (one slot each) across DataLoader workers.
 REASONS = ("corrupt_shard", "missing_member", "undecodable", "bad_shape", "non_finite")
 
@@ -56,7 +60,7 @@ def classify(exn: BaseException) -> str | None:
 
 
 def make_handler(counter: SkipCounter, quiet: bool = False):
-    """A webdataset exception handler: one warning line, count, continue (quiet: only continue)."""
+    """A webdataset exception handler: count, one warning line the first time, continue (quiet: only continue)."""
 
     def handler(exn: BaseException) -> bool:
         reason = classify(exn)
@@ -71,6 +75,10 @@ def make_handler(counter: SkipCounter, quiet: bool = False):
         urls = [a for a in exn.args[1:] if isinstance(a, str)]
         where = f" sample {key}" if key else ""
         where += f" in {urls[-1]}" if urls else ""
+        seen = (reason, key, urls[-1] if urls else None)
+        if seen in _WARNED:
+            return True
+        _WARNED.add(seen)
         log.warning("skipped (%s)%s: %s", reason, where, detail[:300])
         return True
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 from torch.utils.data import IterableDataset
 from .collate import collate
 from .distributed import worker_and_count
+from .errors import DataError
 from .format import SkipSample, decode_sample
 from .reading import read_samples
 from .skips import SkipCounter, make_handler
@@ -109,7 +110,9 @@ class TrainStream(_ShardStream):
         limit = 3 * len(self.shards) + 10
         while True:
             if self._since_good > limit:
-                raise RuntimeError(f"no readable sample in the last {limit} shards opened; are all train shards corrupt? (first: {self.shards[0]})")
+                skipped = ", ".join(f"{r} {n}" for r, n in self.counter.counts().items() if n)
+                raise DataError(f"data.train_shards: no usable sample in the last {limit} shards opened (skipped so "
+                                f"far: {skipped or 'none'}); are all train shards damaged? (first: {self.shards[0]})")
             self._since_good += 1
             yield rng.choice(self.shards)
 

@@ -14,6 +14,16 @@ from .resume import checkpoint_to_resume
 RUN_ID_FILE = "wandb_run_id"
 
 
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger passes `anonymous=None` to wandb.init, and every wandb release since 0.19 answers
+    "The anonymous setting has no effect and will be removed" on each run; the key is simply not passed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
 def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, **kwargs) -> WandbLogger:
     """A WandbLogger writing into `save_dir`, whose run id is kept in `<save_dir>/wandb_run_id`.
 
@@ -29,7 +39,7 @@ def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, **kwargs) ->
         if rank_zero_only.rank == 0:  # the other ranks log nothing (Lightning gives them a dummy run)
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id + "\n")
-    return WandbLogger(save_dir=save_dir, id=run_id, resume="allow", **kwargs)
+    return QuietWandbLogger(save_dir=save_dir, id=run_id, resume="allow", **kwargs)
 
 
 def finish_runs(loggers: Iterable[Logger], failed: bool) -> None:

@@ -23,6 +23,9 @@ class Stage:
     # Learning rate per trained group, overriding the optimizer's own lr (e.g. α, a handful of logits, next to
     # the DiT's 1e-5 in stage 2, which would leave α all but frozen).
     group_lr: dict[str, float] = field(default_factory=dict)
+    # A stage that freezes the router starts from stage 1's (init_from); train.py refuses to start it without
+    # one unless this says the untrained router is meant (run_guards.check_router).
+    allow_untrained_router: bool = False
 
     def apply(self, model: nn.Module) -> None:
         check = getattr(self.objective, "check", None)

@@ -31,6 +31,8 @@ class KeepDense:
 class SLA2Swap:
     """attention=sla2|sla: one SLA2Attention per self-attention layer, with the options of SLA2Attention."""
 
+    config_options_of = SLA2Attention  # the config's option types are checked against its signature
+
     def __init__(self, name: str = "sla2", **options: Any):
         self.name = name
         self.options = dict(options)

@@ -19,6 +19,7 @@ from .branches import (
 )
 from .combine import alpha_mix, effective_alpha, sla2_attention, sla2_attention_soft, sla2_sparse_branch, sla_attention
 from .indexed import indexed_forward, indexed_router
+from .memory import DenseTooLarge, check_dense_fits
 from .quant import (
     FP8_E4M3_MAX,
     INT8_MAX,

@@ -12,6 +12,7 @@ import math
 import torch
 
 from .blocks import expand_block_mask, num_blocks
+from .memory import check_dense_fits
 
 
 def scaled_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -20,6 +21,7 @@ def scaled_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Dense softmax attention: the distillation teacher and the all-blocks limit of SLA2."""
+    check_dense_fits(q, k)
     return torch.softmax(scaled_scores(q, k), dim=-1) @ v
 
 

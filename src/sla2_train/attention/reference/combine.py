@@ -11,6 +11,7 @@ from .branches import (
     soft_sparse_attention,
     sparse_attention,
 )
+from .memory import check_dense_fits
 from .quant import fake_quant_sparse_attention, straight_through
 
 
@@ -59,6 +60,7 @@ def sla2_attention(
     quant: bool = False,
 ) -> torch.Tensor:
     """SLA2 with a hard block mask (bool [B, H, nq, nk]); q, k, v [B, H, N, D]."""
+    check_dense_fits(q, k)
     o_s = sla2_sparse_branch(q, k, v, mask_blocks, block_q, block_k, quant)
     o_l = linear_attention_complement(q, k, v, mask_blocks, block_q, block_k)
     return alpha_mix(o_s, o_l, effective_alpha(alpha, mask_blocks.all(dim=-1)), block_q)
@@ -74,6 +76,7 @@ def sla2_attention_soft(
     block_k: int,
 ) -> torch.Tensor:
     """SLA2 with a soft block mask m in [0, 1] (SoftTop-k, stage 1). Dense O(N²)."""
+    check_dense_fits(q, k)
     o_s = soft_sparse_attention(q, k, v, m_blocks, block_q, block_k)
     o_l = soft_linear_attention(q, k, v, m_blocks, block_q, block_k)
     return alpha_mix(o_s, o_l, effective_alpha(alpha, (m_blocks == 1).all(dim=-1)), block_q)
@@ -89,6 +92,7 @@ def sla_attention(
     block_k: int,
 ) -> torch.Tensor:
     """The SLA (v1) baseline: O_s + proj(O_l), the linear branch over the complement; proj [H, Dv, Dv]."""
+    check_dense_fits(q, k)
     o_s, _ = sparse_attention(q, k, v, mask_blocks, block_q, block_k)
     o_l = linear_attention_complement(q, k, v, mask_blocks, block_q, block_k)
     return o_s + torch.einsum("bhnd,hde->bhne", o_l, proj.to(o_l.dtype))

@@ -13,6 +13,7 @@ import torch
 from .blocks import num_blocks
 from .branches import linear_attention_complement, sparse_attention
 from .combine import alpha_mix
+from .memory import check_dense_fits
 from .quant import fake_quant_sparse_attention
 from .router import hard_topk, router_scores
 
@@ -59,6 +60,7 @@ def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: 
     nq, nk = num_blocks(n, block_q), num_blocks(n, block_k)
     acc = acc_dtype(q.dtype)
     qr, kr, vr = (bhnd(t, layout).to(acc) for t in (q, k, v))
+    check_dense_fits(qr, kr)
     mask = index_mask(indices, nk)
     a = block_alpha(alpha, b, h, nq, indices.shape[-1] >= nk).to(acc)
     if quant:

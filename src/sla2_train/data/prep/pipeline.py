@@ -17,7 +17,7 @@ from ..distributed import rank_and_world
 from ..format import encode_sample
 from ..writer import ShardWriter
 from .encoders import EncoderSpec, TextEncoder, VaeEncoder, component_dir, resolve_device
-from .sources import VideoItem, discover, owner
+from .sources import VIDEO_EXTENSIONS, VideoItem, discover, owner
 from .store import OutputStore
 from .video import ClipSpec, VideoError, load_clip
 
@@ -41,13 +41,15 @@ class Report:
     previously_failed: int = 0
     skipped: Counter = field(default_factory=Counter)
     index: dict[str, Any] | None = None
+    limited: bool = False            # `limit` left some of this process's videos out
 
     def summary(self) -> str:
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
         line = (f"rank {self.rank}/{self.world_size}: wrote {self.written}, already done {self.already_done}, "
                 f"skipped {sum(self.skipped.values())} ({skipped}), earlier failures not retried {self.previously_failed}")
         if self.index is not None:
-            state = "complete" if self.index.get("complete") else "partial (other ranks still running)"
+            why = "limit reached: the rest of the videos are not prepared" if self.limited else "other ranks still running"
+            state = "complete" if self.index.get("complete") else f"partial ({why})"
             line += (f"\ndataset {state}: {self.index['num_samples']} samples in {len(self.index['shards'])} shards, "
                      f"latents {self.index['latent_shape']}, text_dim {self.index['text_dim']}, "
                      f"skipped in total {self.index['skipped'] or 'none'}")
@@ -139,9 +141,14 @@ class Preparer:
         rank, world = rank_and_world()
         report = Report(rank, world)
         # Check inputs before touching out_dir, so a typo leaves no half-made dataset folder behind.
-        items = [it for it in discover(self.videos, self.captions) if owner(it.key, world) == rank]
+        found = discover(self.videos, self.captions)
+        if not found:
+            raise FileNotFoundError(f"videos: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {self.videos}")
+        items = [it for it in found if owner(it.key, world) == rank]
         settings = self.settings()  # also checks that the model folders exist
         store = OutputStore(self.out_dir, rank, world, settings, self.output.overwrite)
+        # A run cut short by `limit` has not prepared its share: it must not mark the dataset complete.
+        report.limited = self.limit is not None and len(items) > self.limit
         if self.limit is not None:
             items = items[: self.limit]
         for key, source in store.take_crash_markers():  # counted below with the earlier failures
@@ -160,7 +167,7 @@ class Preparer:
                 todo.append(it)
         if todo:
             self._encode_all(todo, store, report)
-        report.index = store.finish()
+        report.index = store.finish(share_done=not report.limited)
         log.info("%s", report.summary())
         return report
 

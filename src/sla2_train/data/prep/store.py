@@ -154,9 +154,14 @@ class OutputStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def finish(self) -> dict[str, Any] | None:
-        """Mark this rank done and rebuild index.json from every shard record present (None if no shard yet)."""
-        (self.root / f".done-r{self.rank:03d}-of-{self.world:03d}").touch()
+    def finish(self, share_done: bool = True) -> dict[str, Any] | None:
+        """Rebuild index.json from every shard record present (None if no shard yet).
+
+        share_done: this rank prepared all of its videos (not a `limit` run), so it is marked done; the index
+        is complete when every rank is.
+        """
+        if share_done:
+            (self.root / f".done-r{self.rank:03d}-of-{self.world:03d}").touch()
         with self._lock():
             records = self.records()
             if not records:
