@@ -107,9 +107,9 @@ class SLA2Attention(nn.Module):
         if self.topk == "soft":
             if self.quant:
                 raise ValueError("quant=True needs topk='hard': the low-bit branch runs on a hard block mask")
-            m = ref.soft_topk(scores, k_sel, self.tau, self.detach_lambda)
-            alpha = self.alpha(self._mass(scores, m, k.shape[-2]))
-            return ref.sla2_attention_soft(q, k, v, m, alpha, self.block_q, self.block_k)
+            u = ref.soft_topk_logits(scores, k_sel, self.tau, self.detach_lambda)
+            alpha = self.alpha(self._mass(scores, torch.sigmoid(u), k.shape[-2]))
+            return ref.sla2_attention_soft(q, k, v, u, alpha, self.block_q, self.block_k)
         # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
         mask = ref.hard_topk(scores.detach(), k_sel).mask
         alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
@@ -150,8 +150,8 @@ class SLA2Attention(nn.Module):
         scores = self._scores(q, k)
         nq = scores.shape[-2]
         self.alpha.check_length(nq)
-        m = ref.soft_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity), self.tau, self.detach_lambda)
-        alpha = self.alpha(self._mass(scores, m, k.shape[-2])).expand(q.shape[0], self.num_heads, nq)
+        u = ref.soft_topk_logits(scores, ref.topk_count(scores.shape[-1], self.sparsity), self.tau, self.detach_lambda)
+        alpha = self.alpha(self._mass(scores, torch.sigmoid(u), k.shape[-2])).expand(q.shape[0], self.num_heads, nq)
         blocks = torch.arange(nq, device=q.device)
         if num_query_blocks is not None and num_query_blocks < nq:
             # Ascending order keeps a ragged last block last, where the token expansion expects it.
@@ -160,7 +160,7 @@ class SLA2Attention(nn.Module):
         rows = (blocks[:, None] * self.block_q + torch.arange(self.block_q, device=q.device)).flatten()
         rows = rows[rows < q.shape[-2]]
         q_rows = q[:, :, rows]
-        student = ref.sla2_attention_soft(q_rows, k, v, m[:, :, blocks], alpha[:, :, blocks], self.block_q, self.block_k)
+        student = ref.sla2_attention_soft(q_rows, k, v, u[:, :, blocks], alpha[:, :, blocks], self.block_q, self.block_k)
         with torch.no_grad():
             teacher = ref.full_attention(q_rows, k, v)
         return torch.nn.functional.mse_loss(student.float(), teacher.float())

@@ -98,16 +98,19 @@ def linear_attention_complement(
 
 
 def soft_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m_blocks: torch.Tensor, block_q: int, block_k: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits_blocks: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
-    """softmax(S + log m) V for a soft block mask m in [0, 1] (dense, O(N²): router training only)."""
-    tok = expand_block_mask(m_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
-    return masked_softmax_attention(q, k, v, torch.log(tok.to(q.dtype)))[0]
+    """softmax(S + log m) V for the soft block mask m = σ(logits) (dense, O(N²): router training only).
+
+    log m is taken as logsigmoid(logits): finite wherever the logit is, even where m itself underflows.
+    """
+    tok = expand_block_mask(logits_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
+    return masked_softmax_attention(q, k, v, torch.nn.functional.logsigmoid(tok.to(q.dtype)))[0]
 
 
 def soft_linear_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m_blocks: torch.Tensor, block_q: int, block_k: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits_blocks: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
-    """Linear branch weighted by (1 − m) and row-normalised (dense, O(N²): router training only)."""
-    tok = expand_block_mask(m_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
-    return weighted_linear_attention(q, k, v, 1.0 - tok.to(q.dtype))
+    """Linear branch weighted by 1 − m = σ(−logits) and row-normalised (dense, O(N²): router training only)."""
+    tok = expand_block_mask(logits_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
+    return weighted_linear_attention(q, k, v, torch.sigmoid(-tok.to(q.dtype)))
