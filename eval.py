@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from sla2_train.lit import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line
     from sla2_train.lit.checkpoint_weights import load_model_weights
     from sla2_train.lit.evaluation import compare_dense_and_sla2
     from sla2_train.models import describe_attention, set_attention_mode, sla2_processors

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +21,9 @@ def main(cfg: DictConfig) -> float | None:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from sla2_train.lit import config_errors_as_one_line
+    from sla2_train.cli_errors import config_errors_as_one_line
+    from sla2_train.lit.loggers import finish_runs
+    from sla2_train.lit.resume import checkpoint_to_resume
 
     # Lightning adds its own console handler at import; Hydra's already prints (and files) these records.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -36,11 +37,19 @@ def main(cfg: DictConfig) -> float | None:
         for logger in loggers:  # the full resolved config, so a W&B/CSV run says exactly what it was
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
-        last = Path(cfg.ckpt_dir) / "last.ckpt"
-        ckpt_path = str(last) if cfg.resume and last.exists() else None
+        ckpt_path = checkpoint_to_resume(cfg.ckpt_dir, cfg.resume)
     if ckpt_path:
         log.info("resuming from %s (resume=false starts over)", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif cfg.resume:
+        log.info("starting fresh: no checkpoint in %s", cfg.ckpt_dir)
+    else:
+        log.info("starting fresh: resume=false (a checkpoint in %s is replaced)", cfg.ckpt_dir)
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        failed = False
+    finally:
+        finish_runs(loggers, failed)
     loss = trainer.callback_metrics.get("train/loss")
     return None if loss is None else float(loss)
 

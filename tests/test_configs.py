@@ -83,8 +83,8 @@ def test_cpu_trainer_instantiates():
 
 
 def test_multirun_over_sparsities(tmp_path):
-    proc = run_train("-m", "attention.sparsity=0.9,0.95", "trainer.max_steps=2", "trainer.limit_val_batches=0",
-                     "logger=csv", "data.num_workers=0", cwd=tmp_path)
+    proc = run_train("-m", "attention.sparsity=0.9,0.95", "model=tiny", "trainer.max_steps=2",
+                     "trainer.limit_val_batches=0", "logger=csv", "data.num_workers=0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for s in ("0.9", "0.95"):
         ckpt = tmp_path / "outputs" / f"tiny-distill-sla2-{s}" / "checkpoints" / "last.ckpt"
@@ -121,3 +121,60 @@ def test_noise_shift_follows_the_model_resolution_in_training_and_eval(model, sh
     train = OmegaConf.to_container(compose_config(f"model={model}"), resolve=True, throw_on_missing=False)
     evaluation = OmegaConf.to_container(compose_config(f"model={model}", name="eval"), resolve=True)
     assert train["flow"]["shift"] == evaluation["scheduler"]["shift"] == shift
+
+
+def test_the_default_sparsity_sweep_selects_three_different_block_counts(monkeypatch):
+    """`python train.py -m attention.sparsity=0.9,0.95,0.97` must compare three different models."""
+    from sla2_train.attention import reference
+
+    kept = {}
+    hard_topk = reference.hard_topk
+
+    def spy(scores, k):
+        kept.setdefault(sparsity, set()).add((scores.shape[-1], k))
+        return hard_topk(scores, k)
+
+    monkeypatch.setattr(reference, "hard_topk", spy)
+    for sparsity in (0.9, 0.95, 0.97):
+        cfg = compose_config("logger=none", "stage=qat", f"attention.sparsity={sparsity}")
+        assert cfg.model.name == "demo"
+        model = instantiate(cfg.module.model)
+        c, f, h, w = cfg.model.latent_shape
+        with torch.no_grad():
+            model(torch.randn(1, c, f, h, w), torch.tensor([500.0]), torch.randn(1, cfg.model.text_len, cfg.model.text_dim))
+    counts = {s: {k for _, k in pairs} for s, pairs in kept.items()}
+    assert all(len(c) == 1 for c in counts.values()), counts  # one count per sparsity, every layer alike
+    assert len({c.pop() for c in counts.values()}) == 3, kept
+
+
+def test_the_default_run_validates_before_it_stops(tmp_path):
+    """The default trainer and data: validation (val/loss) runs within trainer.max_steps."""
+    import lightning.pytorch as pl
+
+    class Probe(pl.LightningModule):  # the default data and loop, a model that costs nothing
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.validated_at = []
+
+        def training_step(self, batch, _):
+            return (batch["latents"].mean() - self.w).pow(2).sum()
+
+        def validation_step(self, batch, _):
+            self.log("val/loss", (batch["latents"].mean() - self.w).pow(2).sum(), batch_size=len(batch["keys"]))
+
+        def on_validation_end(self):
+            self.validated_at.append(self.global_step)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cfg = compose_config("logger=none", f"output_root={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}",
+                         "data.num_workers=0")
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                          enable_progress_bar=False)
+    probe = Probe()
+    trainer.fit(probe, datamodule=instantiate(cfg.data))
+    assert trainer.global_step == cfg.trainer.max_steps
+    assert probe.validated_at and probe.validated_at[0] < cfg.trainer.max_steps, probe.validated_at
+    assert "val/loss" in trainer.callback_metrics

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +60,29 @@ def test_python_train_py_from_the_repo_root(tmp_path):
     res = _run_from_root("train.py", "trainer.max_steps=2", "logger=none",
                          f"output_root={tmp_path}/outputs", f"data.cache_dir={tmp_path}/cache")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_console_scripts_resolve_and_find_their_config():
+    import importlib
+
+    from sla2_train.commands import CONF_DIR
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"sla2-prepare", "sla2-make-synthetic"} <= set(scripts)
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+    assert Path(CONF_DIR) == ROOT / "conf" and (ROOT / "conf" / "prepare.yaml").is_file()
+    assert sorted(p.name for p in (ROOT / "data").iterdir()) == ["README.md"]  # data/ documents the format only
+
+
+def test_make_synthetic_writes_a_readable_dataset(tmp_path, capsys):
+    from sla2_train.commands.make_synthetic import main
+    from sla2_train.data import read_index
+
+    n = int(torch.randint(3, 9, ()))
+    assert main([str(tmp_path / "shards"), "--num-samples", str(n), "--samples-per-shard", "2"]) == 0
+    assert f"wrote {n} samples" in capsys.readouterr().out
+    assert read_index(tmp_path / "shards")["num_samples"] == n
+    assert main([str(tmp_path / "shards")]) == 1  # an existing dataset is refused, one line
+    assert capsys.readouterr().err.startswith("error: ")

@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
-from sla2_train.data import LatentDataModule, SkippedSamplesLogger, write_synthetic_shards
+from sla2_train.data import LatentDataModule, write_synthetic_shards
+from sla2_train.lit.callbacks import SkippedSamplesLogger
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 TINY = ["+model.latent_shape=[4,3,14,18]", "+model.text_dim=32", "+model.text_len=16"]
@@ -77,4 +78,4 @@ def test_trainer_fit_consumes_exact_epochs(tmp_path):
     assert len(probe.val_passes) == 2
     for keys in probe.val_passes:  # each validation pass: every val sample exactly once
         assert len(keys) == 5 and len(set(keys)) == 5 and all(k.startswith("val") for k in keys)
-    assert trainer.callback_metrics["data/skipped_corrupt_shard"] == 0
+    assert trainer.callback_metrics["train/skipped/corrupt_shard"] == 0

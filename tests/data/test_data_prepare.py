@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -194,24 +193,16 @@ def test_two_processes_split_the_work_and_the_stream(tiny_wan, tmp_path, monkeyp
     assert sorted(seen) == sorted(index["sources"]) and len(seen) == len(set(seen))
 
 
-def _entry_point():
-    """data/prepare.py loaded as a module, so its Hydra main runs in this process (no 5 s interpreter start)."""
-    path = Path(__file__).resolve().parents[2] / "data" / "prepare.py"
-    spec = importlib.util.spec_from_file_location("sla2_prepare_entry", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_entry_point_runs_and_fails_clearly(tiny_wan, tmp_path, video_writer, random_caption, monkeypatch, capsys):
     rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     (tmp_path / "videos").mkdir()
     video_writer(tmp_path / "videos" / "v.mp4", 10, 8, 48, 32)
     (tmp_path / "videos" / "v.txt").write_text(random_caption(rng))
-    args = ["prepare.py", f"videos={tmp_path}/videos", f"out_dir={tmp_path}/out", f"encoders.model_path={tiny_wan}",
+    args = ["sla2-prepare", f"videos={tmp_path}/videos", f"out_dir={tmp_path}/out", f"encoders.model_path={tiny_wan}",
             "encoders.device=cpu", "encoders.text_dtype=float32", "clip.num_frames=9", "clip.fps=8", "clip.height=32",
             "clip.width=48", "decode_workers=1", "progress=false"]
-    main = _entry_point()
+    from sla2_train.commands.prepare import main  # `sla2-prepare`, run in this process
+
     monkeypatch.chdir(tmp_path)  # Hydra's log folder goes to ./outputs
     monkeypatch.setattr(sys, "argv", args)
     main()

@@ -71,3 +71,12 @@ def isolated_logging(monkeypatch):
     """Root handlers that other tests' Hydra runs left behind write to streams pytest has since closed."""
     kept = [h for h in logging.root.handlers if type(h).__module__.startswith("_pytest")]
     monkeypatch.setattr(logging.root, "handlers", kept)
+
+
+@pytest.fixture
+def run_args(tmp_path):
+    """train.py overrides for a quick in-process CPU run of the tiny model into tmp_path."""
+    return [
+        "model=tiny", "logger=csv", f"output_root={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0", "trainer.limit_val_batches=0", "callbacks.progress.refresh_rate=0",
+    ]

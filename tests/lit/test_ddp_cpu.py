@@ -28,7 +28,7 @@ def test_two_process_ddp_trains_and_checkpoints(tmp_path, stage, extra):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "--master_addr=127.0.0.1",
-        str(ROOT / "train.py"), "trainer=ddp_cpu", "trainer.max_steps=3", "logger=csv", f"stage={stage}",
+        str(ROOT / "train.py"), "model=tiny", "trainer=ddp_cpu", "trainer.max_steps=3", "logger=csv", f"stage={stage}",
         f"output_root={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0",
         "trainer.limit_val_batches=0", "callbacks.progress.refresh_rate=0", *extra,
     ]

@@ -9,14 +9,6 @@ from sla2_train.lit import SLA2Module
 from sla2_train.models import sla2_processors
 
 
-@pytest.fixture
-def run_args(tmp_path):
-    return [
-        "model=tiny", "logger=csv", f"output_root={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}",
-        "data.num_workers=0", "trainer.limit_val_batches=0", "callbacks.progress.refresh_rate=0",
-    ]
-
-
 def test_resume_continues_from_the_saved_step_and_weights(run_args, compose_config, train_entry, monkeypatch):
     first = compose_config(*run_args, "trainer.max_steps=2")
     train_entry.main(first)

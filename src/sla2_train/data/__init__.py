@@ -1,6 +1,5 @@
 """Latent/text shards: format, synthetic generator, streaming LightningDataModule (see data/README.md)."""
 
-from .callbacks import SkippedSamplesLogger
 from .collate import collate
 from .datamodule import LatentDataModule
 from .format import SkipSample, decode_sample, encode_sample
@@ -13,7 +12,6 @@ __all__ = [
     "LatentDataModule",
     "ShardWriter",
     "SkipSample",
-    "SkippedSamplesLogger",
     "collate",
     "decode_sample",
     "encode_sample",

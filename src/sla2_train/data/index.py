@@ -36,7 +36,7 @@ def build_index(
 
 
 def write_index(out_dir: str | os.PathLike, index: dict[str, Any]) -> Path:
-    """Written last and atomically (data/prepare.py rewrites it per finishing process, see "complete")."""
+    """Written last and atomically (sla2-prepare rewrites it per finishing process, see "complete")."""
     path = Path(out_dir) / INDEX_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(index, indent=1))

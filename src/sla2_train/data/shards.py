@@ -67,7 +67,7 @@ def _folder_indexes(shards: list[str]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def incomplete_folders(shards: list[str]) -> list[str]:
-    """Folders whose index.json says preparation has not finished (data/prepare.py: "complete": false)."""
+    """Folders whose index.json says preparation has not finished (sla2-prepare: "complete": false)."""
     return [folder for folder, ix in _folder_indexes(shards) if ix.get("complete") is False]
 
 

@@ -12,10 +12,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from sla2_train.diffusion import FlowMatching
 from sla2_train.models import dense_capture, sla2_processors
 
 from .batch import latents_and_text
-from .flow_matching import FlowMatching
 
 
 @torch.no_grad()

@@ -1,15 +1,141 @@
-"""Checkpointing that always leaves the final state in last.ckpt."""
+"""Callbacks of the default training run: checkpoints that survive interruption, skipped-data counts."""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import signal
+import threading
+from time import monotonic
+
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .stats import skipped_counts
+
+log = logging.getLogger(__name__)
+
+
+def replace_atomically(partial: str, final: str) -> None:
+    """Move a finished checkpoint over the previous one so that a reader sees either the old or the new one.
+
+    A file is flushed to disk, then renamed (atomic within one file system). A folder (FSDP's sharded
+    checkpoint) cannot replace a folder in one rename: the old one is moved aside first and deleted last.
+    """
+    if os.path.isdir(partial):
+        aside = final + ".old"
+        shutil.rmtree(aside, ignore_errors=True)
+        if os.path.exists(final):
+            os.replace(final, aside)
+        os.replace(partial, final)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, final)
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Lightning writes last.ckpt at the end of training only if no checkpoint was written before, so a run
-    that stops between save intervals would resume from an older step; this one always writes it."""
+    """last.ckpt that always holds the latest finished step a run reached.
+
+    Beyond ModelCheckpoint's step interval it saves
+    - at the end of training (Lightning skips that when an earlier save exists, so a run stopping between save
+      intervals would resume from an older step);
+    - every `every_n_minutes` of training as well (ModelCheckpoint takes a step or a time interval, not both);
+    - on SIGTERM (a preempted cluster job; Lightning stops at the end of the step) and on the first SIGINT
+      (Ctrl-C; the step in flight finishes first, a second Ctrl-C aborts at once).
+    Each save goes to `<file>.partial` and is then renamed over the previous one, so a run killed while saving
+    leaves the previous checkpoint loadable (Lightning's own write goes through a temporary file only when
+    the system temp folder is on the checkpoint's file system, and a copy across file systems is not atomic).
+    """
+
+    def __init__(self, *args, every_n_minutes: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if every_n_minutes is not None and every_n_minutes <= 0:
+            raise ValueError(f"callbacks.checkpoint.every_n_minutes must be > 0 or null, got {every_n_minutes}")
+        self.every_n_minutes = every_n_minutes
+        self._last_save_time = monotonic()
+        self._interrupted = False
+        self._previous_sigint = None
+
+    # ---- interruption ----------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker inherited this handler: it keeps serving the step in flight
+        if self._interrupted:  # the second Ctrl-C: stop now, without saving
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self._interrupted = True
+        # os.write: print() inside a signal handler can collide with a print the handler interrupted
+        os.write(2, b"\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)\n")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_save_time = monotonic()
+        self._interrupted = False
+        self._pid = os.getpid()
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _save_last_now(self, trainer: pl.Trainer, why: str) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        log.info("%s: saved %s at step %d; the same command resumes from it", why, self.last_model_path,
+                 trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Every rank takes the same decisions, or a save (which synchronises ranks) would hang.
+        if trainer.strategy.reduce_boolean_decision(self._interrupted, all=False):
+            self._save_last_now(trainer, "interrupted")
+            raise KeyboardInterrupt  # Lightning's Ctrl-C path: teardown, then exit
+        if self.every_n_minutes is not None and not self._should_skip_saving_checkpoint(trainer):
+            due = monotonic() - self._last_save_time >= 60 * self.every_n_minutes
+            if trainer.strategy.broadcast(due, src=0):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException at the end of a step, so the state saved is a finished step.
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
+            self._save_last_now(trainer, "terminated (SIGTERM)")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    # ---- every save ------------------------------------------------------------------------------------
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        partial = filepath + ".partial"
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        trainer.strategy.barrier("LastCheckpoint.written")  # every rank's part (FSDP shards) is on disk
+        if trainer.is_global_zero:
+            replace_atomically(partial, filepath)
+        trainer.strategy.barrier("LastCheckpoint.renamed")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        self._last_save_time = monotonic()
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+
+class SkippedSamplesLogger(pl.Callback):
+    """Logs the data module's skipped samples as `train/skipped/<reason>` and `train/skipped/total`, summed over
+    ranks, after every step: bad data shows up in the run's metrics beside the loss, not only in warnings."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        counts = skipped_counts(getattr(trainer, "datamodule", None))
+        if not counts:
+            return
+        # One reduction for all reasons; every rank reports the same fixed reasons, so the collective matches.
+        summed = trainer.strategy.reduce(
+            torch.tensor(list(counts.values()), dtype=torch.float32, device=pl_module.device), reduce_op="sum"
+        )
+        pl_module.log_dict({f"train/skipped/{k}": v for k, v in zip(counts, summed)}, on_step=True, on_epoch=False)

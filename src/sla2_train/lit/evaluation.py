@@ -15,7 +15,7 @@ from torch import nn
 
 from sla2_train.metrics import relative_l1, video_psnr, video_ssim
 from sla2_train.models import dense_attention, dense_capture, sla2_processors
-from sla2_train.models.sampling import sample_latents
+from sla2_train.diffusion import sample_latents
 
 
 def _layer_errors(procs) -> list[float]:

@@ -10,14 +10,14 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from sla2_train.diffusion import FlowMatching
 from sla2_train.models import ConfigError, describe_attention
 
 from .alpha_calibration import calibrate_alpha
 from .checkpoint_weights import load_model_weights
-from .flow_matching import FlowMatching
 from .param_groups import optimizer_groups
 from .stage import Stage
-from .stats import alpha_means, skipped_counts
+from .stats import alpha_means
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ class SLA2Module(pl.LightningModule):
         if alphas:
             self.log("train/alpha_mean", torch.stack(alphas).mean(), batch_size=bs)
             self.log_dict({f"train/alpha/layer_{i}": a for i, a in enumerate(alphas)}, batch_size=bs)
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        skipped = skipped_counts(dm)
-        if skipped:
-            self.log_dict({f"train/skipped/{k}": float(v) for k, v in skipped.items()}, batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

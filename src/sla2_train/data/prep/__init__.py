@@ -1,4 +1,4 @@
-"""Dataset preparation: videos + captions → latent/text shards (entry point: data/prepare.py)."""
+"""Dataset preparation: videos + captions → latent/text shards (entry point: `sla2-prepare`, sla2_train/commands/prepare.py)."""
 
 from .encoders import EncoderSpec, TextEncoder, VaeEncoder, prompt_clean
 from .pipeline import OutputSpec, Preparer, Report

@@ -98,7 +98,7 @@ class _Clips(Dataset):
 
 
 class Preparer:
-    """Built by Hydra from data/conf/prepare.yaml; `run()` prepares this process's share of the videos."""
+    """Built by Hydra from conf/prepare.yaml; `run()` prepares this process's share of the videos."""
 
     def __init__(self, videos: str, out_dir: str, clip: ClipSpec = ClipSpec(), encoders: EncoderSpec = EncoderSpec(),
                  output: OutputSpec = OutputSpec(), captions: str | None = None, decode_workers: int = 4,

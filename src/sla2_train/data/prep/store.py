@@ -173,7 +173,7 @@ class OutputStore:
             index = build_index(
                 shards, shapes.pop(), dims.pop(), self.settings["dtype"],
                 [s["text_len"] for s in samples], {s["key"]: s["source_hash"] for s in samples},
-                extra={"created_by": "data/prepare.py", "complete": finished, "skipped": dict(sorted(skipped.items())),
+                extra={"created_by": "sla2-prepare", "complete": finished, "skipped": dict(sorted(skipped.items())),
                        "params": self.settings, "sources": {s["key"]: s["source"] for s in samples}},
             )
             write_index(self.root, index)

@@ -1,6 +1,6 @@
 """Write synthetic latent/text shards in the real format (for loader benchmarks or offline smoke runs).
 
-    python data/make_synthetic.py OUT_DIR --num-samples 64 --latent-shape 16 21 60 104 --text-dim 4096 --max-text-len 512
+    sla2-make-synthetic OUT_DIR --num-samples 64 --latent-shape 16 21 60 104 --text-dim 4096 --max-text-len 512
 
 `data=synthetic` does the same on the fly into a cache; this is for a fixed folder you point
 `data=webdataset data.train_shards=OUT_DIR` at.

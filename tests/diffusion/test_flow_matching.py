@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from sla2_train.lit import FlowMatching
+from sla2_train.diffusion import FlowMatching
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])

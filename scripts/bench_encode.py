@@ -1,7 +1,7 @@
-"""Time the preparation's VAE encode per clip (the GPU part of data/prepare.py) at a real clip size.
+"""Time the preparation's VAE encode per clip (the GPU part of sla2-prepare) at a real clip size.
 
-    python data/bench_encode.py --model-path /models/Wan2.1-T2V-1.3B-Diffusers      # the real VAE
-    python data/bench_encode.py --random                                             # Wan2.1 VAE architecture, random weights
+    python scripts/bench_encode.py --model-path /models/Wan2.1-T2V-1.3B-Diffusers      # the real VAE
+    python scripts/bench_encode.py --random                                             # Wan2.1 VAE architecture, random weights
 
 Random weights time the same computation as the real ones (same architecture, same shapes). Prints one JSON line.
 """

@@ -1,7 +1,9 @@
 """Videos + captions → Wan VAE latents + UMT5 embeddings in webdataset shards (format: data/README.md).
 
-    python data/prepare.py videos=DIR out_dir=OUT encoders.model_path=WAN_DIFFUSERS_DIR [clip.height=720 clip.width=1280]
-    torchrun --nproc_per_node=8 data/prepare.py ...     # one process per GPU
+    sla2-prepare videos=DIR out_dir=OUT encoders.model_path=WAN_DIFFUSERS_DIR [clip.height=720 clip.width=1280]
+    torchrun --nproc_per_node=8 -m sla2_train.commands.prepare ...     # one process per GPU
+
+Config: conf/prepare.yaml.
 
 Re-running the same command resumes (finished samples are skipped); other settings into the same out_dir
 are refused unless output.overwrite=true. Bad videos are skipped, counted and listed in failures-r*.jsonl.
@@ -9,7 +11,6 @@ are refused unless output.overwrite=true. Bad videos are skipped, counted and li
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
@@ -17,9 +18,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from . import CONF_DIR
 
-# Absolute: the entry point also works when imported from elsewhere (tests), not only run as a script.
-@hydra.main(config_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"), config_name="prepare", version_base=None)
+
+@hydra.main(config_path=CONF_DIR, config_name="prepare", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         try:

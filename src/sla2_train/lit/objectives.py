@@ -1,9 +1,11 @@
-"""Stage 1 objective: SLA2 (SoftTop-k) regressed onto full attention, layer by layer.
+"""The training objectives a stage config names: `objective(model, batch, flow) -> (loss, logs)`.
 
-The frozen DiT runs densely on noised latents at flow-matching timesteps; each self-attention layer's
+AttentionDistillation (stage 1): SLA2 (SoftTop-k) regressed onto full attention, layer by layer. The frozen DiT runs densely on noised latents at flow-matching timesteps; each self-attention layer's
 q, k, v (after q/k norm and RoPE) are captured, and SLA2Attention.distill_loss compares its SoftTop-k
 output with full attention on those same q, k, v. Layers see the dense model's activations, never
 SLA2's, so the teacher is exactly the model being approximated.
+
+FlowMatchingLoss (stage 2): the flow-matching (rectified-flow) loss of the DiT itself, run with SLA2 attention.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sla2_train.diffusion import FlowMatching
 from sla2_train.models import ConfigError, dense_capture, sla2_processors
 
 from .batch import latents_and_text
-from .flow_matching import FlowMatching
 
 
 class AttentionDistillation:
@@ -68,3 +71,15 @@ class AttentionDistillation:
         if left_out:
             loss = loss + 0.0 * torch.stack([p.sum() for p in left_out]).sum()
         return loss, logs
+
+
+class FlowMatchingLoss:
+    def __call__(
+        self, model: nn.Module, batch: Mapping[str, Any], flow: FlowMatching
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x0, text = latents_and_text(batch)
+        noise = torch.randn_like(x0)
+        sigma = flow.sample_sigmas(x0.shape[0], x0.device)
+        pred = model(flow.noisy(x0, noise, sigma), flow.timesteps(sigma), text, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), flow.target(x0, noise).float())
+        return loss, {"flow/mse": loss.detach(), "flow/sigma_mean": sigma.mean()}
