@@ -18,7 +18,7 @@ import sys
 import torch
 
 from .bench import run
-from .objectives import CALIBRATIONS, OBJECTIVES, build
+from .objectives import CALIBRATIONS, OBJECTIVES, build_calibration, build_objective
 from .report import write
 from .sets import AttentionSet
 from .stage1 import Stage1Recipe
@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.97])
     p.add_argument("--block-q", type=int, default=32)
     p.add_argument("--block-k", type=int, default=16)
-    p.add_argument("--objective", default="default", help=f"one of {sorted(OBJECTIVES)}")
+    p.add_argument("--objective", default="stage",
+                   help=f"stage (conf/stage/distill.yaml's objective.loss) or one of {sorted(OBJECTIVES)}")
     p.add_argument("--calibrate", default="least_squares", help=f"α after training: {sorted(CALIBRATIONS)}")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -84,8 +85,8 @@ def load_sets(args) -> tuple[AttentionSet, AttentionSet]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        objective = build(OBJECTIVES, args.objective, "--objective")
-        calibrate = build(CALIBRATIONS, args.calibrate, "--calibrate")
+        objective = build_objective(args.objective)
+        calibrate = build_calibration(args.calibrate)
         train, heldout = load_sets(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"sla2-attnbench: {err}", file=sys.stderr)

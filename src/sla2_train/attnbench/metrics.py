@@ -53,7 +53,11 @@ def mask_metrics(t: Teacher, mask: torch.Tensor, alpha: torch.Tensor, best: torc
     }
 
 
-def gap_closed(err_identity: float, err_learned: float, err_best: float, min_gap: float = 1e-4) -> float | None:
-    """(err_identity − err_learned) / (err_identity − err_best); None where the heuristic is already best."""
+MIN_GAP = 0.02  # a heuristic within 2% of best-mass leaves no gap worth a ratio
+
+
+def gap_closed(err_identity: float, err_learned: float, err_best: float, min_gap: float = MIN_GAP) -> float | None:
+    """(err_identity − err_learned) / (err_identity − err_best); None where the heuristic is within `min_gap`
+    (relative) of best-mass or better than it (then the ratio measures noise, not routing)."""
     gap = err_identity - err_best
-    return None if gap < min_gap else (err_identity - err_learned) / gap
+    return None if gap <= min_gap * err_identity else (err_identity - err_learned) / gap
