@@ -56,7 +56,7 @@ def test_regimes(layer):
     overlap = torch.minimum(p, p2).sum(-1).mean(-1)
     assert overlap[content] < overlap[local] - 0.05
     span = (ref.scaled_scores(q, k).amax(-1) - ref.scaled_scores(q, k).amin(-1)).mean(-1)[0]
-    assert span[local] > 10 and span[diffuse] < 3  # peaked vs flat logits
+    assert span[local] > 3 * span[diffuse]  # peaked vs flat logits
 
 
 def test_rope_makes_the_position_part_depend_on_offset_only():
