@@ -59,6 +59,7 @@ class LastCheckpoint(ModelCheckpoint):
         self.every_n_minutes = every_n_minutes
         self._last_save_time = monotonic()
         self._interrupted = False
+        self._pid = os.getpid()
         self._previous_sigint = None
 
     # ---- interruption ----------------------------------------------------------------------------------
@@ -73,6 +74,7 @@ class LastCheckpoint(ModelCheckpoint):
         os.write(2, b"\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)\n")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         self._last_save_time = monotonic()
         self._interrupted = False
         self._pid = os.getpid()
@@ -80,6 +82,7 @@ class LastCheckpoint(ModelCheckpoint):
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
@@ -102,6 +105,7 @@ class LastCheckpoint(ModelCheckpoint):
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
         # Lightning raises SIGTERMException at the end of a step, so the state saved is a finished step.
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
             self._save_last_now(trainer, "terminated (SIGTERM)")

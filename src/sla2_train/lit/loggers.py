@@ -14,7 +14,7 @@ from .resume import checkpoint_to_resume
 RUN_ID_FILE = "wandb_run_id"
 
 
-def wandb_logger(save_dir: str, ckpt_dir: str, resume: bool, **kwargs) -> WandbLogger:
+def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, **kwargs) -> WandbLogger:
     """A WandbLogger writing into `save_dir`, whose run id is kept in `<save_dir>/wandb_run_id`.
 
     A run that resumes from a checkpoint logs into the W&B run it started (same id, resume="allow"), so one

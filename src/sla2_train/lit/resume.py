@@ -7,7 +7,9 @@ from pathlib import Path
 LAST = "last.ckpt"
 
 
-def checkpoint_to_resume(ckpt_dir: str, resume: bool) -> str | None:
+def checkpoint_to_resume(ckpt_dir: str | None, resume: bool) -> str | None:
     """<ckpt_dir>/last.ckpt when `resume` is on and that file exists, else None (the run starts fresh)."""
+    if not (resume and ckpt_dir):
+        return None
     last = Path(ckpt_dir) / LAST
-    return str(last) if resume and last.exists() else None
+    return str(last) if last.exists() else None
