@@ -71,7 +71,8 @@ def test_alpha_closed_form_is_the_least_squares_minimum():
     alpha = D.clipped_ratio(num.sum(-1), den.sum(-1))[0]  # per head
     grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
     for h in range(2):
-        err = ((grid[:, None, None] * o_s[0, h] + (1 - grid[:, None, None]) * o_l[0, h] - o_full[0, h]) ** 2).sum((1, 2))
+        a = grid[:, None, None]
+        err = ((a * o_s[0, h] + (1 - a) * o_l[0, h] - o_full[0, h]) ** 2).sum((1, 2))
         assert alpha[h].item() == pytest.approx(grid[err.argmin()].item(), abs=1e-4)
     # clipped: a target beyond O_s gives α = 1, a target beyond O_l gives α = 0
     assert D.clipped_ratio(*D.alpha_normal_equations(2 * o_s - o_l, o_s, o_l, 8)).eq(1).all()

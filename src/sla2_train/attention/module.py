@@ -182,7 +182,7 @@ class SLA2Attention(nn.Module):
     def calibrate_alpha(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd", fit=None
     ) -> None:
-        """Set α from one calibration batch (SLA2.md §3): `fit` (attention/distill.py) gives the target α and
+        """Set α from one calibration batch (docs/method.md): `fit` (attention/distill.py) gives the target α and
         the router's mass estimate; default MeasuredMassFit, the measured selected mass."""
         check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
         if layout == "bnhd":

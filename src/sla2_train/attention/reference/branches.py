@@ -1,8 +1,8 @@
 """The two SLA2 branches in plain PyTorch, on [B, H, N, D] tensors, in the input's dtype.
 
-Sparse branch: softmax restricted to the selected blocks (SLA2.md §1).
+Sparse branch: softmax restricted to the selected blocks (docs/method.md).
 Linear branch: φ(Q)φ(K)ᵀ over the complement blocks, row-normalised, φ = softmax over head_dim;
-computed from per-key-block sums as totals minus selected (SLA2.md §4), which is how the kernels do it.
+computed from per-key-block sums as totals minus selected (docs/method.md), which is how the kernels do it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def linear_block_sums(k: torch.Tensor, v: torch.Tensor, block_k: int) -> tuple[t
 def linear_attention_complement(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_blocks: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
-    """O_l over the complement of the selected blocks, by totals minus selected (SLA2.md §4).
+    """O_l over the complement of the selected blocks, by totals minus selected (docs/method.md).
 
     Sums run in at least float32. A query block that selected every key block gets O_l = 0 exactly:
     total minus everything is only zero up to rounding, and 0/0 would amplify that rounding.

@@ -1,4 +1,4 @@
-"""SoftTop-k (SLA2.md §2): m_ij = σ(u_ij) with logits u_ij = s_ij/τ + λ_i, λ_i chosen so each row sums to k.
+"""SoftTop-k (docs/method.md): m_ij = σ(u_ij) with logits u_ij = s_ij/τ + λ_i, λ_i chosen so each row sums to k.
 
 The mask is handed around as its logits u: the sparse branch needs log m = log σ(u) and the linear branch
 1 − m = σ(−u), both exact from u in any dtype, while m itself underflows to 0 in float32 once u < −104
