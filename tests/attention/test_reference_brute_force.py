@@ -109,7 +109,8 @@ def test_soft_mask_with_hard_values_equals_hard_sla2():
     mask = random_mask(b, h, ref.num_blocks(n, bq), ref.num_blocks(n, bk))
     alpha = torch.rand(b, h, mask.shape[2], dtype=torch.float64)
     hard = ref.sla2_attention(q, k, v, mask, alpha, bq, bk)
-    soft = ref.sla2_attention_soft(q, k, v, mask.double(), alpha, bq, bk)
+    logits = torch.full(mask.shape, float("-inf"), dtype=torch.float64).masked_fill(mask, float("inf"))
+    soft = ref.sla2_attention_soft(q, k, v, logits, alpha, bq, bk)
     torch.testing.assert_close(soft, hard, rtol=1e-10, atol=1e-12)
 
 

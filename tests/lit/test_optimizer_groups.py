@@ -30,7 +30,7 @@ def test_layers_left_out_get_zero_gradient_not_none(build_module, make_batch):
     module, cfg = build_module("stage=distill", "stage.objective.layers_per_step=1")
     loss, logs = module.stage.objective(module.model, make_batch(cfg), module.flow)
     loss.backward()
-    sampled = {int(k.rsplit("_", 1)[1]) for k in logs if k.startswith("distill/mse/layer_")}
+    sampled = {int(k.rsplit("_", 1)[1]) for k in logs if k.startswith("distill/loss/layer_")}
     assert len(sampled) == 1
     for i, proc in enumerate(module.model.blocks):
         grads = [p.grad for p in proc.attn1.processor.parameters() if p.requires_grad]

@@ -15,6 +15,7 @@ from . import reference as ref
 from .alpha import build_alpha
 from .backend import OPS, choose, run_ops
 from .checks import BACKENDS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
+from .distill import MeasuredMassFit, stage1_loss
 from .router import BlockRouter
 
 
@@ -102,9 +103,9 @@ class SLA2Attention(nn.Module):
         if self.topk == "soft":
             if self.quant:
                 raise ValueError("quant=True needs topk='hard': the low-bit branch runs on a hard block mask")
-            m = ref.soft_topk(scores, k_sel, self.tau, self.detach_lambda)
-            alpha = self.alpha(self._mass(scores, m, k.shape[-2]))
-            return ref.sla2_attention_soft(q, k, v, m, alpha, self.block_q, self.block_k)
+            u = ref.soft_topk_logits(scores, k_sel, self.tau, self.detach_lambda)
+            alpha = self.alpha(self._mass(scores, torch.sigmoid(u), k.shape[-2]))
+            return ref.sla2_attention_soft(q, k, v, u, alpha, self.block_q, self.block_k)
         # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
         mask = ref.hard_topk(scores.detach(), k_sel).mask
         alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
@@ -130,35 +131,20 @@ class SLA2Attention(nn.Module):
         layout: str = "bnhd",
         num_query_blocks: int | None = None,
         generator: torch.Generator | None = None,
+        objective=None,
     ) -> torch.Tensor:
-        """Stage-1 loss: MSE between full attention and SoftTop-k SLA2 (SLA2.md §7).
+        """Stage-1 loss on the frozen model's captured q, k, v (attention/distill.py; default: the paper's MSE
+        between full attention and SoftTop-k SLA2).
 
-        Both are dense in the key dimension, so memory is O(rows · N); `num_query_blocks` evaluates only
-        that many query blocks, drawn at random (the router still scores every block), which bounds
-        memory at real lengths. q, k, v are the frozen model's captured activations.
+        The teacher is dense in the key dimension, so memory is O(rows · N); `num_query_blocks` evaluates
+        only that many query blocks, drawn at random (the router still scores every block).
         """
         if self.variant != "sla2":
             raise ValueError(f"distill_loss trains SLA2's router and alpha; this module is variant={self.variant!r}")
         check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
         if layout == "bnhd":
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        scores = self._scores(q, k)
-        nq = scores.shape[-2]
-        self.alpha.check_length(nq)
-        m = ref.soft_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity), self.tau, self.detach_lambda)
-        alpha = self.alpha(self._mass(scores, m, k.shape[-2])).expand(q.shape[0], self.num_heads, nq)
-        blocks = torch.arange(nq, device=q.device)
-        if num_query_blocks is not None and num_query_blocks < nq:
-            # Ascending order keeps a ragged last block last, where the token expansion expects it.
-            blocks = torch.randperm(nq, generator=generator, device="cpu")[:num_query_blocks].sort().values
-            blocks = blocks.to(q.device)
-        rows = (blocks[:, None] * self.block_q + torch.arange(self.block_q, device=q.device)).flatten()
-        rows = rows[rows < q.shape[-2]]
-        q_rows = q[:, :, rows]
-        student = ref.sla2_attention_soft(q_rows, k, v, m[:, :, blocks], alpha[:, :, blocks], self.block_q, self.block_k)
-        with torch.no_grad():
-            teacher = ref.full_attention(q_rows, k, v)
-        return torch.nn.functional.mse_loss(student.float(), teacher.float())
+        return stage1_loss(self, q, k, v, num_query_blocks, generator, objective)
 
     @torch.no_grad()
     def measure_mass(
@@ -188,6 +174,12 @@ class SLA2Attention(nn.Module):
         return measured, ref.selected_mass(scores.float(), mask, counts).mean(dim=0)
 
     @torch.no_grad()
-    def calibrate_alpha(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd") -> None:
-        """Initialise α from the measured selected mass on one calibration batch (SLA2.md §3)."""
-        self.alpha.init_from_mass(*self.measure_mass(q, k, v, layout))
+    def calibrate_alpha(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "bnhd", fit=None
+    ) -> None:
+        """Set α from one calibration batch (docs/method.md): `fit` (attention/distill.py) gives the target α and
+        the router's mass estimate; default MeasuredMassFit, the measured selected mass."""
+        check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
+        if layout == "bnhd":
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        self.alpha.init_from_mass(*(fit or MeasuredMassFit())(self, q, k, v))

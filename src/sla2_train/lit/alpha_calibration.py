@@ -24,8 +24,12 @@ def calibrate_alpha(
     batch: Mapping[str, Any],
     flow: FlowMatching,
     average: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    fit=None,
 ) -> int:
-    """Calibrate every SLA2 layer's α on q, k, v captured from a dense run; returns the number of layers."""
+    """Calibrate every SLA2 layer's α on q, k, v captured from a dense run; returns the number of layers.
+
+    fit: an α fit of sla2_train.attention.distill (None: the measured selected mass; LeastSquaresFit: the
+    α that minimises the hard-mask error)."""
     procs = [p for p in sla2_processors(model) if p.attention.variant == "sla2"]
     if not procs:
         return 0
@@ -35,7 +39,7 @@ def calibrate_alpha(
         model(flow.noisy(x0, torch.randn_like(x0), sigma), flow.timesteps(sigma), text, return_dict=False)
         for proc in captured:
             if proc in procs:
-                proc.attention.calibrate_alpha(*proc.captured, layout="bnhd")
+                proc.attention.calibrate_alpha(*proc.captured, layout="bnhd", fit=fit)
     for proc in procs:
         for p in proc.attention.alpha_parameters():
             p.copy_(average(p.detach()))

@@ -24,14 +24,16 @@ from .batch import latents_and_text
 
 class AttentionDistillation:
     """layers_per_step: distil a random subset of layers per step (bounds the memory of the captures).
-    query_blocks: query blocks per layer in the dense soft-mask loss (bounds its O(rows·N) memory)."""
+    query_blocks: query blocks per layer in the dense teacher (bounds its O(rows·N) memory).
+    loss: the per-layer stage-1 objective (sla2_train.attention.distill); None = the paper's SoftTop-k MSE."""
 
-    def __init__(self, layers_per_step: int | None = None, query_blocks: int | None = None):
+    def __init__(self, layers_per_step: int | None = None, query_blocks: int | None = None, loss=None):
         for name, value in (("layers_per_step", layers_per_step), ("query_blocks", query_blocks)):
             if value is not None and value < 1:
                 raise ValueError(f"stage.objective.{name} must be >= 1 or null, got {value}")
         self.layers_per_step = layers_per_step
         self.query_blocks = query_blocks
+        self.loss = loss
 
     def check(self, model: nn.Module) -> None:
         variants = {p.attention.variant for p in sla2_processors(model)}
@@ -56,9 +58,11 @@ class AttentionDistillation:
             captures = [(p.attention, p.captured) for p in procs]
         losses, logs = [], {}
         for i, (attention, (q, k, v)) in zip(layers, captures):
-            mse = attention.distill_loss(q, k, v, layout="bnhd", num_query_blocks=self.query_blocks)
+            mse = attention.distill_loss(
+                q, k, v, layout="bnhd", num_query_blocks=self.query_blocks, objective=self.loss
+            )
             losses.append(mse)
-            logs[f"distill/mse/layer_{i}"] = mse.detach()
+            logs[f"distill/loss/layer_{i}"] = mse.detach()
         loss = torch.stack(losses).mean()
         chosen = set(layers)
         # DDP (find_unused_parameters=False) needs every trainable parameter in each step's graph: the layers

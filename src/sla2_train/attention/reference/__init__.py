@@ -31,6 +31,6 @@ from .quant import (
     straight_through,
 )
 from .router import BlockSelection, hard_topk, router_scores, selected_mass, topk_count
-from .soft_topk import soft_topk
+from .soft_topk import soft_topk, soft_topk_logits
 
 __all__ = [name for name in dir() if not name.startswith("_")]

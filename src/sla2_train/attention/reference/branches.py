@@ -1,8 +1,8 @@
 """The two SLA2 branches in plain PyTorch, on [B, H, N, D] tensors, in the input's dtype.
 
-Sparse branch: softmax restricted to the selected blocks (SLA2.md §1).
+Sparse branch: softmax restricted to the selected blocks (docs/method.md).
 Linear branch: φ(Q)φ(K)ᵀ over the complement blocks, row-normalised, φ = softmax over head_dim;
-computed from per-key-block sums as totals minus selected (SLA2.md §4), which is how the kernels do it.
+computed from per-key-block sums as totals minus selected (docs/method.md), which is how the kernels do it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def linear_block_sums(k: torch.Tensor, v: torch.Tensor, block_k: int) -> tuple[t
 def linear_attention_complement(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_blocks: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
-    """O_l over the complement of the selected blocks, by totals minus selected (SLA2.md §4).
+    """O_l over the complement of the selected blocks, by totals minus selected (docs/method.md).
 
     Sums run in at least float32. A query block that selected every key block gets O_l = 0 exactly:
     total minus everything is only zero up to rounding, and 0/0 would amplify that rounding.
@@ -100,16 +100,19 @@ def linear_attention_complement(
 
 
 def soft_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m_blocks: torch.Tensor, block_q: int, block_k: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits_blocks: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
-    """softmax(S + log m) V for a soft block mask m in [0, 1] (dense, O(N²): router training only)."""
-    tok = expand_block_mask(m_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
-    return masked_softmax_attention(q, k, v, torch.log(tok.to(q.dtype)))[0]
+    """softmax(S + log m) V for the soft block mask m = σ(logits) (dense, O(N²): router training only).
+
+    log m is taken as logsigmoid(logits): finite wherever the logit is, even where m itself underflows.
+    """
+    tok = expand_block_mask(logits_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
+    return masked_softmax_attention(q, k, v, torch.nn.functional.logsigmoid(tok.to(q.dtype)))[0]
 
 
 def soft_linear_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m_blocks: torch.Tensor, block_q: int, block_k: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits_blocks: torch.Tensor, block_q: int, block_k: int
 ) -> torch.Tensor:
-    """Linear branch weighted by (1 − m) and row-normalised (dense, O(N²): router training only)."""
-    tok = expand_block_mask(m_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
-    return weighted_linear_attention(q, k, v, 1.0 - tok.to(q.dtype))
+    """Linear branch weighted by 1 − m = σ(−logits) and row-normalised (dense, O(N²): router training only)."""
+    tok = expand_block_mask(logits_blocks, q.shape[-2], k.shape[-2], block_q, block_k)
+    return weighted_linear_attention(q, k, v, torch.sigmoid(-tok.to(q.dtype)))

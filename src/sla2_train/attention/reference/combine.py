@@ -70,16 +70,19 @@ def sla2_attention_soft(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    m_blocks: torch.Tensor,
+    mask_logits: torch.Tensor,
     alpha: torch.Tensor,
     block_q: int,
     block_k: int,
 ) -> torch.Tensor:
-    """SLA2 with a soft block mask m in [0, 1] (SoftTop-k, stage 1). Dense O(N²)."""
+    """SLA2 with the soft block mask m = σ(mask_logits) (SoftTop-k, stage 1; ±∞ logits give a hard mask).
+
+    Dense O(N²). Taking the logits, not m, keeps log m and 1 − m exact where m underflows (soft_topk.py).
+    """
     check_dense_fits(q, k)
-    o_s = soft_sparse_attention(q, k, v, m_blocks, block_q, block_k)
-    o_l = soft_linear_attention(q, k, v, m_blocks, block_q, block_k)
-    return alpha_mix(o_s, o_l, effective_alpha(alpha, (m_blocks == 1).all(dim=-1)), block_q)
+    o_s = soft_sparse_attention(q, k, v, mask_logits, block_q, block_k)
+    o_l = soft_linear_attention(q, k, v, mask_logits, block_q, block_k)
+    return alpha_mix(o_s, o_l, effective_alpha(alpha, (torch.sigmoid(mask_logits) == 1).all(dim=-1)), block_q)
 
 
 def sla_attention(

@@ -1,0 +1,232 @@
+"""Stage-1 objectives: what the router and α are trained on (docs/method.md, "Stage 1 objective").
+
+A step looks at a subset of query blocks (`DistillRows`) and the teacher's view of them: the full softmax
+rows P, full attention O = PV and the true pooled block mass B_ij = mean over the rows r of query block i of
+Σ_{t in key block j} P_rt. An objective is a set of weighted terms, each a callable
+(attention, rows, scores) -> scalar, so a config lists them (hydra.utils.instantiate) and nothing branches on
+names:
+
+- SoftTopkMSE: the paper's loss, MSE(full attention, SLA2 through SoftTop-k).
+- BlockMassKL: KL(B_i || softmax of the router's scores over key blocks). Hard Top-k keeps the blocks with
+  the highest scores; it is right exactly when the scores rank blocks as B does, and B is dense signal.
+- AlphaHardMSE: MSE(full attention, SLA2 at the hard Top-k mask) with the mask fixed, so only α learns,
+  and it learns the mix that inference runs. Its minimum per head is the least-squares α of `alpha_fit`.
+- IdentityDecay: ||W_q − I||² + ||W_k − I||², a pull toward the heuristic router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Mapping
+
+import torch
+
+from . import reference as ref
+
+
+@dataclass
+class DistillRows:
+    """Query blocks `blocks` (ascending) of one [B, H, N, D] input, and the dense teacher on their rows."""
+
+    q: torch.Tensor  # [B, H, R, D], the rows of `blocks`
+    k: torch.Tensor  # [B, H, N, D]
+    v: torch.Tensor
+    blocks: torch.Tensor  # long [nb]
+    block_q: int
+    block_k: int
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        """Full softmax rows P [B, H, R, N] in float32 (no gradient: the teacher is frozen)."""
+        with torch.no_grad():
+            return torch.softmax(ref.scaled_scores(self.q.float(), self.k.float()), dim=-1)
+
+    @cached_property
+    def full(self) -> torch.Tensor:
+        return self.probs @ self.v.float()
+
+    @cached_property
+    def block_mass(self) -> torch.Tensor:
+        """True pooled block mass [B, H, nb, nk]; each row sums to 1."""
+        return pooled_block_mass(self.probs, self.block_q, self.block_k)
+
+
+def pooled_block_mass(probs: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
+    """Softmax rows P [B, H, R, N] (R whole query blocks, a ragged one last) -> [B, H, R/bq, nk]: each key
+    block's share of the row, averaged over the rows of each query block."""
+    b, h, r, n = probs.shape
+    nk = ref.num_blocks(n, block_k)
+    per_key = torch.nn.functional.pad(probs, (0, nk * block_k - n)).view(b, h, r, nk, block_k).sum(-1)
+    return ref.mean_pool(per_key, block_q)
+
+
+def select_rows(q, k, v, block_q: int, block_k: int, num_query_blocks: int | None, generator=None) -> DistillRows:
+    """All query blocks, or `num_query_blocks` of them drawn at random (bounds the O(rows · N) memory)."""
+    nq = ref.num_blocks(q.shape[-2], block_q)
+    blocks = torch.arange(nq, device=q.device)
+    if num_query_blocks is not None and num_query_blocks < nq:
+        # Ascending order keeps a ragged last block last, where pooling and token expansion expect it.
+        blocks = torch.randperm(nq, generator=generator, device="cpu")[:num_query_blocks].sort().values
+        blocks = blocks.to(q.device)
+    rows = (blocks[:, None] * block_q + torch.arange(block_q, device=q.device)).flatten()
+    rows = rows[rows < q.shape[-2]]
+    return DistillRows(q[:, :, rows], k, v, blocks, block_q, block_k)
+
+
+def _alpha(attention, scores: torch.Tensor, mask: torch.Tensor, n_k: int) -> torch.Tensor:
+    b, h, nq = scores.shape[:3]
+    return attention.alpha(attention._mass(scores, mask, n_k)).expand(b, h, nq)
+
+
+class SoftTopkMSE:
+    """MSE between full attention and SLA2 through SoftTop-k (the paper's stage-1 loss).
+
+    tau / detach_lambda: None takes the attention module's own options."""
+
+    def __init__(self, weight: float = 1.0, tau: float | None = None, detach_lambda: bool | None = None):
+        self.weight, self.tau, self.detach_lambda = weight, tau, detach_lambda
+
+    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
+        tau = attention.tau if self.tau is None else self.tau
+        detach = attention.detach_lambda if self.detach_lambda is None else self.detach_lambda
+        u = ref.soft_topk_logits(scores, ref.topk_count(scores.shape[-1], attention.sparsity), tau, detach)
+        alpha = _alpha(attention, scores, torch.sigmoid(u), rows.k.shape[-2])
+        b = rows.blocks
+        student = ref.sla2_attention_soft(
+            rows.q, rows.k, rows.v, u[:, :, b], alpha[:, :, b], rows.block_q, rows.block_k
+        )
+        return torch.nn.functional.mse_loss(student.float(), rows.full)
+
+
+class BlockMassKL:
+    """KL(true pooled block mass || softmax over key blocks of the router's scores), per query block.
+
+    A key block stands for its token count (the ragged last one for fewer), as in the router's own mass
+    estimate. Mean over query blocks, heads and batch."""
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = weight
+
+    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
+        counts = ref.block_token_counts(rows.k.shape[-2], rows.block_k, scores.device, torch.float32)
+        log_r = torch.log_softmax(scores[:, :, rows.blocks].float() + counts.log(), dim=-1)
+        target = rows.block_mass
+        kl = torch.special.xlogy(target, target) - target * log_r
+        return kl.sum(-1).mean()
+
+
+class AlphaHardMSE:
+    """MSE between full attention and SLA2 at the hard Top-k mask, which is held fixed: only α learns, and
+    it learns the mix that inference runs (α → 1 where the linear branch does not help)."""
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = weight
+
+    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.detach()
+        mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], attention.sparsity)).mask
+        alpha = _alpha(attention, scores, mask, rows.k.shape[-2])[:, :, rows.blocks]
+        sel = mask[:, :, rows.blocks]
+        with torch.no_grad():
+            o_s, o_l = hard_branches(rows.q.float(), rows.k.float(), rows.v.float(), sel, rows.block_q, rows.block_k)
+        out = ref.alpha_mix(o_s, o_l, ref.effective_alpha(alpha, sel.all(dim=-1)), rows.block_q)
+        return torch.nn.functional.mse_loss(out, rows.full)
+
+
+class IdentityDecay:
+    """||W_q − I||² + ||W_k − I||² summed over heads: keeps an under-determined router near the heuristic."""
+
+    def __init__(self, weight: float = 1e-4):
+        self.weight = weight
+
+    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
+        r = attention.router
+        eye = torch.eye(r.proj_q.shape[-1], dtype=r.proj_q.dtype, device=r.proj_q.device)
+        return (r.proj_q - eye).square().sum() + (r.proj_k - eye).square().sum()
+
+
+class Stage1Objective:
+    """Σ weight · term over named terms; `last` holds each term's value of the latest call, for logging."""
+
+    def __init__(self, terms: Mapping[str, object]):
+        if not terms:
+            raise ValueError("stage.objective.loss.terms is empty: name at least one stage-1 loss term")
+        self.terms = dict(terms)
+        self.last: dict[str, torch.Tensor] = {}
+
+    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
+        values = {name: term(attention, rows, scores) for name, term in self.terms.items()}
+        self.last = {name: value.detach() for name, value in values.items()}
+        return sum(term.weight * values[name] for name, term in self.terms.items())
+
+
+PAPER_OBJECTIVE = Stage1Objective({"soft_mse": SoftTopkMSE()})
+
+
+def hard_branches(q, k, v, mask: torch.Tensor, block_q: int, block_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O_s, O_l) at a hard block mask for block-aligned query rows q [B, H, R, D]."""
+    o_s, _ = ref.sparse_attention(q, k, v, mask, block_q, block_k)
+    return o_s, ref.linear_attention_complement(q, k, v, mask, block_q, block_k)
+
+
+def alpha_normal_equations(o_full, o_s, o_l, block_q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block [B, H, nq]: num = <O_full − O_l, O_s − O_l>, den = ||O_s − O_l||², so that
+    α* = num / den minimises ||α O_s + (1 − α) O_l − O_full||² (sum num and den first for a coarser α)."""
+    d = (o_s - o_l).float()
+    num = ((o_full.float() - o_l.float()) * d).sum(-1)
+    den = d.square().sum(-1)
+    pool = lambda x: ref.mean_pool(x[..., None], block_q)[..., 0]  # noqa: E731 (means; ratios are unchanged)
+    return pool(num), pool(den)
+
+
+def clipped_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """α* = num / den clipped to [0, 1]; 1 where the branches agree (den = 0: any α gives the same output)."""
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 1.0).clamp(0.0, 1.0)
+
+
+class MeasuredMassFit:
+    """α calibration from the measured selected mass rowsum(P⊙M) (the paper's reading of α)."""
+
+    def __call__(self, attention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+        return attention.measure_mass(q, k, v, layout="bhnd")
+
+
+class LeastSquaresFit:
+    """α calibration by least squares given the hard mask: per head (or per query block for per-block α),
+    α* = <O_full − O_l, O_s − O_l> / ||O_s − O_l||² clipped to [0, 1]. Query rows go `query_chunk` at a time."""
+
+    def __init__(self, query_chunk: int = 1024):
+        self.query_chunk = query_chunk
+
+    @torch.no_grad()
+    def __call__(self, attention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = attention._scores(q, k)
+        mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], attention.sparsity)).mask
+        bq = attention.block_q
+        chunk = max(bq, self.query_chunk // bq * bq)
+        nums, dens = [], []
+        qf, kf, vf = q.float(), k.float(), v.float()
+        for start in range(0, q.shape[-2], chunk):
+            stop = min(start + chunk, q.shape[-2])
+            sel = mask[:, :, start // bq : ref.num_blocks(stop, bq)]
+            o_s, o_l = hard_branches(qf[:, :, start:stop], kf, vf, sel, bq, attention.block_k)
+            full = ref.full_attention(qf[:, :, start:stop], kf, vf)
+            num, den = alpha_normal_equations(full, o_s, o_l, bq)
+            nums.append(num)
+            dens.append(den)
+        num, den = torch.cat(nums, -1).mean(0), torch.cat(dens, -1).mean(0)  # [H, nq]
+        per_block = clipped_ratio(num, den)
+        per_head = clipped_ratio(num.sum(-1), den.sum(-1))[:, None].expand_as(per_block)
+        counts = ref.block_token_counts(k.shape[-2], attention.block_k, scores.device)
+        estimated = ref.selected_mass(scores.float(), mask, counts).mean(0)
+        # A per-head α takes the head's own least-squares value, not the mean of the per-block ones.
+        return (per_block if attention.alpha.mode != "per_head" else per_head), estimated
+
+
+def stage1_loss(attention, q, k, v, num_query_blocks=None, generator=None, objective=None) -> torch.Tensor:
+    """The stage-1 loss of one [B, H, N, D] input (SLA2Attention.distill_loss's body)."""
+    rows = select_rows(q, k, v, attention.block_q, attention.block_k, num_query_blocks, generator)
+    scores = attention._scores(q, k)
+    attention.alpha.check_length(scores.shape[-2])
+    return (objective or PAPER_OBJECTIVE)(attention, rows, scores)

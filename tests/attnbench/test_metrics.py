@@ -1,0 +1,100 @@
+"""The benchmark's metrics and the α least-squares fit against their definitions, computed the slow way."""
+
+import math
+
+import pytest
+import torch
+
+from sla2_train.attention import SLA2Attention
+from sla2_train.attention import distill as D
+from sla2_train.attention import reference as ref
+from sla2_train.attnbench.metrics import Teacher, gap_closed, mask_metrics
+
+
+def _qkv(n, h=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, h, n, d, generator=g, dtype=torch.float64) * s for s in (1.5, 1.5, 1.0)]
+
+
+@pytest.mark.parametrize("n,bq,bk", [(40, 8, 4), (45, 16, 8), (37, 8, 8)])
+def test_block_mass_recall_mass_and_l1_match_loops(n, bq, bk):
+    q, k, v = _qkv(n, seed=n)
+    t = Teacher(q, k, v, bq, bk)
+    nq, nk = ref.num_blocks(n, bq), ref.num_blocks(n, bk)
+    p = torch.softmax((q @ k.transpose(-1, -2)).float() / math.sqrt(8), -1)
+    for h in range(2):
+        for i in range(nq):
+            rows = range(i * bq, min((i + 1) * bq, n))
+            for j in range(nk):
+                cols = range(j * bk, min((j + 1) * bk, n))
+                expect = sum(p[0, h, r, c].item() for r in rows for c in cols) / len(rows)
+                assert t.block_mass[0, h, i, j].item() == pytest.approx(expect, abs=1e-5)
+    k_sel = 2
+    mask = ref.hard_topk(torch.randn(1, 2, nq, nk), k_sel).mask
+    best = t.best_mask(k_sel)
+    for h in range(2):  # best-mass blocks hold at least as much mass as any other choice of k blocks
+        for i in range(nq):
+            assert t.block_mass[0, h, i][best[0, h, i]].sum() >= t.block_mass[0, h, i][mask[0, h, i]].sum() - 1e-6
+    alpha = torch.rand(1, 2, nq)
+    m = mask_metrics(t, mask, alpha, best)
+    tok = ref.expand_block_mask(mask, n, n, bq, bk)
+    o_s = torch.stack([torch.softmax(
+        (q[0, h] @ k[0, h].T).float() / math.sqrt(8) + torch.where(tok[0, h], 0.0, -math.inf), -1) @ v[0, h].float()
+        for h in range(2)])[None]
+    o_full = p @ v.float()
+    for h in range(2):
+        l1 = (o_s[0, h] - o_full[0, h]).abs().sum() / o_full[0, h].abs().sum()
+        assert m["sparse_l1"][h].item() == pytest.approx(l1.item(), rel=1e-4)
+        recall = sum((mask[0, h, i] & best[0, h, i]).sum().item() / k_sel for i in range(nq)) / nq
+        assert m["recall"][h].item() == pytest.approx(recall, abs=1e-6)
+        mass = sum((p[0, h, r] * tok[0, h, r]).sum().item() for r in range(n)) / n
+        assert m["mass"][h].item() == pytest.approx(mass, abs=1e-5)
+    o_l = ref.linear_attention_complement(q.float(), k.float(), v.float(), mask, bq, bk)
+    sla2 = ref.alpha_mix(o_s, o_l, alpha, bq)
+    l1 = (sla2 - o_full).abs().sum(dim=(0, 2, 3)) / o_full.abs().sum(dim=(0, 2, 3))
+    torch.testing.assert_close(m["sla2_l1"], l1, rtol=1e-4, atol=1e-6)
+
+
+def test_gap_closed():
+    assert gap_closed(0.5, 0.4, 0.3) == pytest.approx(0.5)
+    assert gap_closed(0.5, 0.6, 0.3) == pytest.approx(-0.5)
+    assert gap_closed(0.3, 0.2, 0.3) is None  # nothing to close
+    assert gap_closed(0.3, 0.2, 0.299) is None  # within 2%: noise
+    assert gap_closed(0.3, 0.2, 0.4) is None  # best-mass is worse than the heuristic
+
+
+def test_alpha_closed_form_is_the_least_squares_minimum():
+    g = torch.Generator().manual_seed(1)
+    o_full, o_s, o_l = (torch.randn(1, 2, 24, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    o_full = 0.7 * o_s + 0.3 * o_l + 0.2 * o_full  # an interior optimum
+    num, den = D.alpha_normal_equations(o_full, o_s, o_l, block_q=8)
+    alpha = D.clipped_ratio(num.sum(-1), den.sum(-1))[0]  # per head
+    grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    for h in range(2):
+        a = grid[:, None, None]
+        err = ((a * o_s[0, h] + (1 - a) * o_l[0, h] - o_full[0, h]) ** 2).sum((1, 2))
+        assert alpha[h].item() == pytest.approx(grid[err.argmin()].item(), abs=1e-4)
+    # clipped: a target beyond O_s gives α = 1, a target beyond O_l gives α = 0
+    assert D.clipped_ratio(*D.alpha_normal_equations(2 * o_s - o_l, o_s, o_l, 8)).eq(1).all()
+    assert D.clipped_ratio(*D.alpha_normal_equations(2 * o_l - o_s, o_s, o_l, 8)).eq(0).all()
+
+
+@pytest.mark.parametrize("alpha_mode", ["per_head", "per_block"])
+def test_least_squares_calibration_minimises_the_hard_sla2_error(alpha_mode):
+    n, bq, bk = 45, 16, 8
+    q, k, v = (t.float() for t in _qkv(n, seed=5))
+    attn = SLA2Attention(2, 8, sparsity=0.6, block_q=bq, block_k=bk, alpha_mode=alpha_mode, seq_len=n)
+    attn.calibrate_alpha(q, k, v, layout="bhnd", fit=D.LeastSquaresFit(query_chunk=16))  # 3 chunks, one ragged
+
+    def err(a):
+        with torch.no_grad():
+            attn.alpha.logit.copy_(a)
+            return (attn(q, k, v, layout="bhnd") - ref.full_attention(q, k, v)).square().sum().item()
+
+    fitted = attn.alpha.logit.detach().clone()
+    best = err(fitted)
+    for delta in (-0.05, 0.05):  # any nudge of any α makes the hard-mask error worse
+        for idx in range(fitted.numel()):
+            nudged = fitted.clone()
+            nudged.view(-1)[idx] += delta
+            assert err(nudged) >= best - 1e-7
