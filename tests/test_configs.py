@@ -140,13 +140,14 @@ def test_the_default_sparsity_sweep_selects_three_different_block_counts(monkeyp
     from sla2_train.attention import reference
 
     kept = {}
-    hard_topk = reference.hard_topk
+    topk_count = reference.topk_count
 
-    def spy(scores, k):
-        kept.setdefault(sparsity, set()).add((scores.shape[-1], k))
-        return hard_topk(scores, k)
+    def spy(nk, s):  # every path (op, reference) asks this one rule how many key blocks to keep
+        k = topk_count(nk, s)
+        kept.setdefault(sparsity, set()).add((nk, k))
+        return k
 
-    monkeypatch.setattr(reference, "hard_topk", spy)
+    monkeypatch.setattr(reference, "topk_count", spy)
     for sparsity in (0.9, 0.95, 0.97):
         cfg = compose_config("logger=none", "stage=qat", f"attention.sparsity={sparsity}")
         assert cfg.model.name == "demo"

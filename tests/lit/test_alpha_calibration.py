@@ -1,4 +1,4 @@
-"""α starts from the measured selected softmax mass when the stage asks for it (SLA2.md §3)."""
+"""α starts from the measured selected softmax mass when the stage asks for it (docs/method.md, "α")."""
 
 import torch
 

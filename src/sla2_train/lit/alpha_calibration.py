@@ -1,4 +1,4 @@
-"""Initialise α from the softmax mass the selected blocks really hold (SLA2.md §3), before stage 1 trains it.
+"""Initialise α from the softmax mass the selected blocks really hold (docs/method.md, "α"), before stage 1 trains it.
 
 Runs once, on the first batch of a fresh run: a resumed run or one started from another stage's weights
 keeps its trained α. Every rank measures its own batch, so the result is averaged over ranks to keep the
