@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra_plugins.sla2_train_launcher import register_launchers
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("eval")
@@ -35,6 +36,8 @@ def _add_to_sweep_table(sweep: Path, folder: Path) -> None:
     folders = [Path(line) for line in listing.read_text().splitlines() if line]
     (sweep / "table.md").write_text(combined_table(folders))
     log.info("combined table of %d runs → %s", len(folders), sweep / "table.md")
+
+register_launchers()  # hydra/launcher=slurm|slurm_local, also from an editable install
 
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")

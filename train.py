@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 
 import hydra
+from hydra_plugins.sla2_train_launcher import register_launchers
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("train")
+
+register_launchers()  # hydra/launcher=slurm|slurm_local, also from an editable install
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -100,7 +100,7 @@ def test_two_job_sweep_runs_through_the_local_executor_with_two_ranks_each(tmp_p
     out = tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "disabled"}
     res = subprocess.run(
-        [sys.executable, "train.py", "-m", "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2",
+        [sys.executable, "train.py", "-m", "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2", "model=tiny",
          "trainer=ddp_cpu", "attention.sparsity=0.9,0.95", "trainer.max_steps=2", "logger=none",
          f"output_root={out}", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0",
          "trainer.limit_val_batches=0", "callbacks.progress.refresh_rate=0"],

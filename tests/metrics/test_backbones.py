@@ -157,3 +157,20 @@ def test_raft_without_torchvision_is_skipped_with_one_line(tmp_path):
             DynamicDegree.load(str(weights), fps=16)
     else:
         pytest.skip("torchvision is installed: the skip path does not apply")
+
+
+def test_raft_weights_load_through_the_real_path_where_torchvision_exists(tmp_path):
+    """Runs where torchvision imports (the GPU image has it; CI does not, where the skip path above is tested)."""
+    video = torch.randint(0, 256, (5, 128, 144, 3), dtype=torch.uint8)  # RAFT's 4-level pyramid needs ≥ 128 px
+    raft = pytest.importorskip("torchvision.models.optical_flow")
+    torch.manual_seed(0)
+    saved = raft.raft_large(weights=None, progress=False).state_dict()
+    path = tmp_path / "raft_large.pth"
+    torch.save(saved, path)
+    metric = DynamicDegree.load(str(path), fps=16)
+    for name, tensor in metric.flow.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    a, b = (to_float(video[i:i + 1]) for i in (0, 1))
+    flow = metric.flow(a, b)
+    assert flow.shape == (1, 2, *a.shape[-2:]) and torch.isfinite(flow).all()
+    assert metric.score(video, "p") in (0.0, 1.0)
