@@ -50,6 +50,9 @@ class SLA2Module(pl.LightningModule):
         if self.trainer.world_size > 1 or step > 0:
             torch.manual_seed(hash((self._seed, rank, step)) & (2**63 - 1))
         ema = self.stage.ema
+        if ema is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            # each rank holds only its shards: the average would be per-shard and export could not read it
+            raise ConfigError("stage.ema is not supported with trainer=fsdp; set stage.ema=null")
         if ema is not None and not ema.shadow:  # a resumed run restored its average in on_load_checkpoint
             ema.reset(self.model)
         self._averaged_step = step
