@@ -41,14 +41,13 @@ def hard_topk_metrics(attention, q, k, v, query_blocks: int | None = None) -> di
     `query_blocks` measures that many evenly spaced query blocks only (the router still sees every block)."""
     q, k, v = q.float(), k.float(), v.float()
     scores = attention._scores(q, k)
-    n_kb = scores.shape[-1]
-    mask = ref.hard_topk(scores, ref.topk_count(n_kb, attention.sparsity)).mask
+    k_sel = ref.topk_count(scores.shape[-1], attention.sparsity)
+    mask = ref.hard_topk(scores, k_sel).mask
     alpha = attention.alpha(attention._mass(scores, mask, k.shape[-2])).float().expand(*mask.shape[:-1])
     blocks = evenly_spaced(mask.shape[-2], query_blocks).to(q.device)
     rows = torch.cat([torch.arange(b * attention.block_q, min((b + 1) * attention.block_q, q.shape[-2]),
                                    device=q.device) for b in blocks.tolist()])
     t = Teacher(q[:, :, rows], k, v, attention.block_q, attention.block_k)
-    k_sel = ref.topk_count(n_kb, attention.sparsity)
     m = mask_metrics(t, mask[:, :, blocks], alpha[:, :, blocks], t.best_mask(k_sel))
     return {name: m[name] for name in METRICS}
 
