@@ -11,8 +11,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from sla2_train.diffusion import FlowMatching
-from sla2_train.export.checkpoint_format import META_KEY, checkpoint_metadata
-from sla2_train.models import ConfigError
+from sla2_train.export.checkpoint_format import EMA_KEY, META_KEY, checkpoint_metadata
+from sla2_train.models import ConfigError, set_attention_mode
 
 from .alpha_calibration import calibrate_alpha
 from .checkpoint_weights import load_model_weights
@@ -49,6 +49,26 @@ class SLA2Module(pl.LightningModule):
         rank, step = self.global_rank, self.global_step
         if self.trainer.world_size > 1 or step > 0:
             torch.manual_seed(hash((self._seed, rank, step)) & (2**63 - 1))
+        ema = self.stage.ema
+        if ema is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            # each rank holds only its shards: the average would be per-shard and export could not read it
+            raise ConfigError("stage.ema is not supported with trainer=fsdp; set stage.ema=null")
+        if ema is not None and not ema.shadow:  # a resumed run restored its average in on_load_checkpoint
+            ema.reset(self.model)
+        self._averaged_step = step
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.stage.tau_schedule is not None:
+            tau = self.stage.tau_schedule(self.global_step)
+            set_attention_mode(self.model, tau=tau)
+            self.log("train/tau", tau, batch_size=batch["latents"].shape[0])
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # With gradient accumulation most micro-batches end without an optimizer step: average only after one.
+        ema = self.stage.ema
+        if ema is not None and self.global_step != self._averaged_step:
+            ema.update(self.model)
+            self._averaged_step = self.global_step
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -60,6 +80,8 @@ class SLA2Module(pl.LightningModule):
             )
             log.info("calibrated α of %d layers on the first batch", layers)
         self._needs_calibration = False
+        if self.stage.caption_dropout is not None:
+            batch = self.stage.caption_dropout(batch)
         loss, logs = self.stage.objective(self.model, batch, self.flow)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")
@@ -77,13 +99,20 @@ class SLA2Module(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, _ = self.stage.objective(self.model, batch, self.flow)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["latents"].shape[0], sync_dist=True)
+        bs = batch["latents"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        if self.stage.monitor is not None:
+            self.log_dict(self.stage.monitor(self.model, batch, self.flow), batch_size=bs, sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(f"stage {self.stage.name!r} leaves nothing to train")
-        return self.stage.optimizer(optimizer_groups(self.model, self.stage.train, self.stage.group_lr, params))
+        optimizer = self.stage.optimizer(optimizer_groups(self.model, self.stage.train, self.stage.group_lr, params))
+        if self.stage.scheduler is None:
+            return optimizer
+        # interval "step": one scheduler step per optimizer step (after accumulation), the unit warmup counts in
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.stage.scheduler(optimizer), "interval": "step"}}
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
@@ -101,3 +130,11 @@ class SLA2Module(pl.LightningModule):
         # How the attention was built and trained (α mode, sparsity, blocks) and the transformer's architecture
         # travel with the weights, so sla2-export needs nothing but the checkpoint.
         checkpoint[META_KEY] = checkpoint_metadata(self.model, self.stage.name)
+        if self.stage.ema is not None and self.stage.ema.shadow:
+            checkpoint[EMA_KEY] = self.stage.ema.state_dict(self.model)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming: the average continues from the saved one. A checkpoint without one (a run that had no EMA)
+        # starts the average at the restored weights in on_train_start.
+        if self.stage.ema is not None and checkpoint.get(EMA_KEY):
+            self.stage.ema.load_state_dict(checkpoint[EMA_KEY])

@@ -5,7 +5,8 @@ q, k, v (after q/k norm and RoPE) are captured, and SLA2Attention.distill_loss c
 output with full attention on those same q, k, v. Layers see the dense model's activations, never
 SLA2's, so the teacher is exactly the model being approximated.
 
-FlowMatchingLoss (stage 2): the flow-matching (rectified-flow) loss of the DiT itself, run with SLA2 attention.
+FlowMatchingLoss (stage 2): the flow-matching (rectified-flow) loss of the DiT itself, run with SLA2 attention,
+plus optionally `teacher.weight` · MSE(student velocity, a frozen dense teacher's velocity) (teacher.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sla2_train.diffusion import FlowMatching
 from sla2_train.models import ConfigError, dense_capture, sla2_processors
 
 from .batch import latents_and_text
+from .teacher import DenseTeacher
 
 
 class AttentionDistillation:
@@ -78,12 +80,28 @@ class AttentionDistillation:
 
 
 class FlowMatchingLoss:
+    """teacher: None (default, the paper's stage 2) or a DenseTeacher whose velocity the student also matches."""
+
+    def __init__(self, teacher: DenseTeacher | None = None):
+        self.teacher = teacher
+
+    def check(self, model: nn.Module) -> None:
+        # Stage.apply calls this once, after init_from: the teacher keeps the weights the run starts from.
+        if self.teacher is not None and self.teacher.weight > 0:
+            self.teacher.attach(model)
+
     def __call__(
         self, model: nn.Module, batch: Mapping[str, Any], flow: FlowMatching
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, text = latents_and_text(batch)
         noise = torch.randn_like(x0)
         sigma = flow.sample_sigmas(x0.shape[0], x0.device)
-        pred = model(flow.noisy(x0, noise, sigma), flow.timesteps(sigma), text, return_dict=False)[0]
+        inputs = (flow.noisy(x0, noise, sigma), flow.timesteps(sigma), text)
+        pred = model(*inputs, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), flow.target(x0, noise).float())
-        return loss, {"flow/mse": loss.detach(), "flow/sigma_mean": sigma.mean()}
+        logs = {"flow/mse": loss.detach(), "flow/sigma_mean": sigma.mean()}
+        if self.teacher is not None and self.teacher.weight > 0:
+            match = F.mse_loss(pred.float(), self.teacher(*inputs).float())
+            logs["flow/teacher_mse"] = match.detach()
+            loss = loss + self.teacher.weight * match
+        return loss, logs

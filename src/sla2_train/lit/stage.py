@@ -26,6 +26,12 @@ class Stage:
     # A stage that freezes the router starts from stage 1's (init_from); train.py refuses to start it without
     # one unless this says the untrained router is meant (run_guards.check_router).
     allow_untrained_router: bool = False
+    # The recipe's optional parts (each None = off); module.py applies them, their files say how.
+    scheduler: Callable[..., Any] | None = None  # partial: optimizer -> LR scheduler, stepped per optimizer step
+    ema: Any = None  # ema.WeightEMA: averaged trained weights, saved as checkpoint["ema"]
+    caption_dropout: Callable[..., Any] | None = None  # caption_dropout.CaptionDropout: batch -> batch
+    tau_schedule: Callable[[int], float] | None = None  # temperature.TemperatureSchedule: step -> SoftTop-k τ
+    monitor: Callable[..., Any] | None = None  # monitoring.HardTopkMonitor: validation metrics of the router
 
     def apply(self, model: nn.Module) -> None:
         check = getattr(self.objective, "check", None)

@@ -1,0 +1,70 @@
+"""Caption dropout: a fraction of each batch trains on the empty-prompt embedding instead of its caption, so the
+unconditional prediction that classifier-free guidance subtracts at sampling time is trained as well.
+
+The empty prompt:
+- `empty: null` (default) — no caption at all: every text token zero and masked out. That is what a batch
+  can say without a text encoder (the synthetic data has none), and Wan's pipeline zero-pads every prompt to
+  its text length, so "zeros" is the padding a caption-free sample would get.
+- `empty: <file.safetensors>` — the text encoder's embedding of "" (tensor `text_embeds`, [L, text_dim], L its
+  true token count): the exact unconditional input of `WanPipeline(negative_prompt="")`. Make it once with the
+  encoder that made the shards (sla2-prepare's TextEncoder on [""]) and save it with safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file
+
+from sla2_train.models import ConfigError
+
+
+class CaptionDropout:
+    def __init__(self, rate: float = 0.1, empty: str | None = None):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"stage.caption_dropout.rate must be in [0, 1], got {rate}")
+        self.rate = rate
+        self.empty = None if empty is None else self._read(empty)
+
+    @staticmethod
+    def _read(path: str) -> torch.Tensor:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"stage.caption_dropout.empty: no file at {str(file)!r}")
+        tensors = load_file(file)
+        if "text_embeds" not in tensors or tensors["text_embeds"].dim() != 2:
+            raise ConfigError(
+                f"stage.caption_dropout.empty: {str(file)!r} needs a tensor 'text_embeds' [L, text_dim]"
+            )
+        return tensors["text_embeds"]
+
+    def empty_embedding(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding [length, dim], mask [length]) of the empty prompt, padded or cut to the batch's length."""
+        text = torch.zeros(length, dim, dtype=like.dtype, device=like.device)
+        mask = torch.zeros(length, dtype=torch.bool, device=like.device)
+        if self.empty is not None:
+            if self.empty.shape[1] != dim:
+                raise ConfigError(
+                    f"stage.caption_dropout.empty has text_dim {self.empty.shape[1]}, the data has {dim}"
+                )
+            n = min(length, self.empty.shape[0])
+            text[:n] = self.empty[:n].to(text)
+            mask[:n] = True
+        return text, mask
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of `batch` whose dropped samples (each with probability `rate`, from torch's RNG) carry the
+        empty prompt; batch["caption_dropped"] [B] says which."""
+        text = batch["text_embeds"]
+        b, length, dim = text.shape
+        drop = torch.rand(b, device=text.device) < self.rate
+        mask = batch.get("text_mask")
+        mask = torch.ones(b, length, dtype=torch.bool, device=text.device) if mask is None else mask
+        empty_text, empty_mask = self.empty_embedding(length, dim, text)
+        out = dict(batch)
+        out["text_embeds"] = torch.where(drop[:, None, None], empty_text, text)
+        out["text_mask"] = torch.where(drop[:, None], empty_mask, mask)
+        out["caption_dropped"] = drop
+        return out

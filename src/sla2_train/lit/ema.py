@@ -1,0 +1,60 @@
+"""Exponential moving average of the trained weights, saved as checkpoint["ema"]["state_dict"].
+
+After every optimizer step: ema ← decay · ema + (1 − decay) · θ, for the tensors the stage trains (the frozen
+ones never change, so their average is themselves). The names are the LightningModule's state-dict names
+("model.<transformer name>"), the form export and `init_from` read (export/checkpoint_format.py), so they
+take the averaged weights without further configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sla2_train.export.checkpoint_format import PREFIX
+
+
+class WeightEMA:
+    def __init__(self, decay: float = 0.999):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"stage.ema.decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.shadow: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _trained(model: nn.Module):
+        return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Start the average at the model's current weights (kept in float32: bf16 would round away updates of
+        (1 − decay) · θ)."""
+        self.shadow = {name: p.detach().float().clone() for name, p in self._trained(model)}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if not self.shadow:
+            self.reset(model)
+        for name, p in self._trained(model):
+            avg = self.shadow[name]
+            if avg.device != p.device:
+                avg = self.shadow[name] = avg.to(p.device)
+            avg.lerp_(p.detach().float(), 1.0 - self.decay)
+        self.updates += 1
+
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """checkpoint["ema"]: the averages cast to each parameter's dtype, under the module's state-dict names."""
+        params = dict(model.named_parameters())
+        return {
+            "decay": self.decay,
+            "updates": self.updates,
+            "state_dict": {PREFIX + n: t.to(params[n].dtype).cpu() for n, t in self.shadow.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state.get("updates", 0))
+        self.shadow = {n[len(PREFIX):]: t.float() for n, t in state["state_dict"].items()}
