@@ -28,7 +28,8 @@ CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, HydraExcept
 _HYDRA_FILES = re.compile(r"^(\.hydra|.*\.log)$")
 
 
-def _root_cause(err: BaseException) -> BaseException:
+def root_cause(err: BaseException) -> BaseException:
+    """The error under Hydra's instantiation wrappers."""
     while isinstance(err, HydraException) and err.__cause__ is not None:
         err = err.__cause__
     return err
@@ -83,7 +84,7 @@ def _typed_key(full_key: str, cfg: DictConfig | None) -> str:
 
 def one_line(err: BaseException, cfg: DictConfig | None = None) -> str:
     """The problem in one line, with the config key the user typed when the message does not already name it."""
-    root = _root_cause(err)
+    root = root_cause(err)
     line = _message(root)
     named = _key_in_message(line, cfg)
     if named or re.match(r"^[A-Za-z_]\w*(\.\w+)+ ", line):

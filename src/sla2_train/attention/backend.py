@@ -80,7 +80,7 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
     attn.alpha.check_length(scores.shape[-2])
     mass = None
     if attn.alpha.needs_mass:
-        mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, indices.long(), True)
+        mask = ref.indexed.index_mask(indices, scores.shape[-1])
         mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
     alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
     return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout)[0]
@@ -89,7 +89,7 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
 def alpha_dtype(alpha: torch.Tensor) -> torch.Tensor:
     """alpha in at least fp32 (float64 stays float64: rounding it would put the reference path, and gradcheck
     in float64, off by fp32's rounding)."""
-    return alpha.to(torch.promote_types(alpha.dtype, torch.float32))
+    return alpha.to(ref.indexed.acc_dtype(alpha.dtype))
 
 
 def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool = False, layout: str = "bnhd"):

@@ -29,10 +29,6 @@ from .reference import backward as ref_backward
 from .reference import indexed
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _state_shapes(q: torch.Tensor, block_q: int, layout: str):
     """Shapes of the linear branch's state kept for the backward: H_I (bf16) and Z_I (fp32)."""
     b, h, n, d = indexed.dims(q, layout)
@@ -64,7 +60,7 @@ router.register_kernel("cuda", router_kernels)
 def _router_fake(q, k, proj_q, proj_k, block_q, block_k, topk, layout):
     b, h, n, _ = indexed.dims(q, layout)
     nq, nk = -(-n // block_q), -(-n // block_k)
-    return (q.new_empty(b, h, nq, nk, dtype=_acc_dtype(q.dtype)), q.new_empty(b, h, nq, topk, dtype=torch.int32))
+    return (q.new_empty(b, h, nq, nk, dtype=indexed.acc_dtype(q.dtype)), q.new_empty(b, h, nq, topk, dtype=torch.int32))
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -85,11 +81,9 @@ def attention_reference(
 
 
 def attention_kernels(q, k, v, indices, alpha, block_q, block_k, quant, layout):
-    o, lse, h_i, z_i = sla2_kernels.forward_with_state(q, k, v, indices, alpha, block_q=block_q, block_k=block_k,
-                                                       quant=quant, layout=layout)
-    if o.stride() != torch.empty_like(q, device="meta").stride():  # the fake promises empty_like(q)
-        o = torch.empty_like(q).copy_(o)
-    return o, lse.contiguous(), h_i, z_i
+    # o is allocated as empty_like(q) and lse contiguous, as the fake promises.
+    return sla2_kernels.forward_with_state(q, k, v, indices, alpha, block_q=block_q, block_k=block_k, quant=quant,
+                                           layout=layout)
 
 
 attention = torch.library.custom_op("sla2::attention", attention_reference, mutates_args=(), device_types="cpu")
@@ -100,7 +94,7 @@ attention.register_kernel("cuda", attention_kernels)
 def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
     b, h, n, _ = indexed.dims(q, layout)
     shapes = _state_shapes(q, block_q, layout)
-    return (torch.empty_like(q), q.new_empty(b, h, n, dtype=_acc_dtype(q.dtype)),
+    return (torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype)),
             q.new_empty(shapes[0], dtype=torch.bfloat16), q.new_empty(shapes[1], dtype=torch.float32))
 
 
@@ -131,7 +125,7 @@ def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, h_i, z_i, bloc
     b, h, n, _ = indexed.dims(q, layout)
     like = dict(memory_format=torch.contiguous_format)
     return (torch.empty_like(q, **like), torch.empty_like(k, **like), torch.empty_like(v, **like),
-            q.new_empty(b, h, -(-n // block_q), dtype=_acc_dtype(q.dtype)))
+            q.new_empty(b, h, -(-n // block_q), dtype=indexed.acc_dtype(q.dtype)))
 
 
 def _setup_context(ctx, inputs, output):

@@ -13,15 +13,10 @@ import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 
+from sla2_train.cli_errors import root_cause
 from sla2_train.metrics import MissingWeights, VideoMetric
 
 log = logging.getLogger("eval")
-
-
-def _root(err: BaseException) -> BaseException:
-    while isinstance(err, HydraException) and err.__cause__ is not None:
-        err = err.__cause__
-    return err
 
 
 def build_metrics(specs: Mapping[str, Any]) -> tuple[list[VideoMetric], dict[str, str]]:
@@ -33,7 +28,7 @@ def build_metrics(specs: Mapping[str, Any]) -> tuple[list[VideoMetric], dict[str
         try:
             metrics.append(instantiate(spec))
         except Exception as err:
-            root = _root(err)
+            root = root_cause(err)
             if not isinstance(root, MissingWeights):
                 raise root from None
             skipped[name] = f"{name} skipped: {root}"
