@@ -95,14 +95,20 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # Every rank takes the same decisions, or a save (which synchronises ranks) would hang.
-        if trainer.strategy.reduce_boolean_decision(self._interrupted, all=False):
+        timed = self.every_n_minutes is not None and not self._should_skip_saving_checkpoint(trainer)
+        # rank 0's clock decides the timed save
+        due = timed and trainer.is_global_zero and monotonic() - self._last_save_time >= 60 * self.every_n_minutes
+        interrupted = self._interrupted
+        if trainer.world_size > 1:
+            # Every rank takes the same decisions, or a save (which synchronises ranks) would hang: one reduction
+            # a step carries both (any rank interrupted, rank 0's save due).
+            flags = torch.tensor([float(interrupted), float(due)], device=pl_module.device)
+            interrupted, due = (bool(x) for x in trainer.strategy.reduce(flags, reduce_op="sum").tolist())
+        if interrupted:
             self._save_last_now(trainer, "interrupted")
             raise KeyboardInterrupt  # Lightning's Ctrl-C path: teardown, then exit
-        if self.every_n_minutes is not None and not self._should_skip_saving_checkpoint(trainer):
-            due = monotonic() - self._last_save_time >= 60 * self.every_n_minutes
-            if trainer.strategy.broadcast(due, src=0):
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if due:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
