@@ -52,7 +52,15 @@ def test_metrics_on_a_constructed_case(flip):
     torch.testing.assert_close(m["mass"], mass)
     torch.testing.assert_close(m["sparse_l1"], sparse_l1)
     torch.testing.assert_close(m["alpha"], torch.full((HEADS,), 0.8))
-    assert (m["sla2_l1"] > 0).all()
+    # SLA2 = 0.8·sparse + 0.2·linear, the linear branch over the three other blocks written out: weights
+    # φ(q)·φ(k_j) with φ the softmax over the head dimension, every query row alike
+    full = (weights[..., None] * v).sum(-2)
+    rest = torch.ones(BLOCK * NK, dtype=torch.bool)
+    rest[chosen * BLOCK:(chosen + 1) * BLOCK] = False
+    w = (torch.softmax(q[:, :, :1], -1) * torch.softmax(k[:, :, rest], -1)).sum(-1)  # [1, H, tokens left]
+    linear = (w[..., None] * v[:, :, rest]).sum(-2) / w.sum(-1, keepdim=True)
+    sla2 = 0.8 * v[:, :, chosen * BLOCK:(chosen + 1) * BLOCK].mean(-2) + 0.2 * linear
+    torch.testing.assert_close(m["sla2_l1"], ((sla2 - full).abs().sum(-1) / full.abs().sum(-1))[0])
     # measuring a subset of the query blocks gives the same numbers here: every row is alike
     part = hard_topk_metrics(attn, q, k, v, query_blocks=2)
     for name in m:
