@@ -40,6 +40,9 @@ def latent_statistics(clips: Iterable[np.ndarray], patch: int) -> tuple[list[flo
     return [float(m) for m in mean.repeat(per)], [float(s) for s in std.repeat(per)]
 
 
+EMPTY_PROMPT = "empty_prompt.safetensors"
+
+
 class TestbedFolder:
     """The recipe of the untrained testbed folder (conf/testbed_model.yaml)."""
 
@@ -58,8 +61,21 @@ class TestbedFolder:
         from .scenes import sample_scene
 
         rng = np.random.default_rng(self.seed)
-        clips = (render(sample_scene(rng, "train"), *self.size) for _ in range(self.stats_clips))
+        frames, height, width = self.size
+        clips = (render(sample_scene(rng, "train", num_frames=frames, aspect=width / height), frames, height, width)
+                 for _ in range(self.stats_clips))
         return latent_statistics(clips, self.patch)
+
+    @staticmethod
+    def _save_empty_prompt(folder: Path) -> None:
+        """The text encoder's embedding of "" (EMPTY_PROMPT), as data preparation stores captions: caption
+        dropout trains on it, so the unconditional branch is exactly WanPipeline's negative_prompt=""."""
+        from safetensors.torch import save_file
+
+        from sla2_train.data.prep.encoders import EncoderSpec, TextEncoder
+
+        (embeds,) = TextEncoder(EncoderSpec(model_path=str(folder), device="cpu"), torch.device("cpu"))([""])
+        save_file({"text_embeds": embeds.to(torch.bfloat16).contiguous()}, str(folder / EMPTY_PROMPT))
 
     def build(self, out: str | Path, overwrite: bool = False) -> Path:
         from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
@@ -84,6 +100,7 @@ class TestbedFolder:
         WanTransformer3DModel(**self.arch).save_pretrained(tmp / "transformer")
         UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
                                 flow_shift=self.flow_shift).save_pretrained(tmp / "scheduler")
+        self._save_empty_prompt(tmp)
         (tmp / "model_index.json").write_text(json.dumps({
             "_class_name": "WanPipeline",
             "scheduler": ["diffusers", "UniPCMultistepScheduler"],

@@ -75,7 +75,7 @@ def _load_array_clip(path: str, spec: ClipSpec) -> torch.Tensor:
     if frames.shape[0] < first + spec.num_frames:
         raise TooShort(f"{path} is too short: {spec.num_frames} frames from frame {first} need "
                        f"{first + spec.num_frames}; it has {frames.shape[0]}")
-    clip = torch.from_numpy(np.ascontiguousarray(frames[first : first + spec.num_frames]))
+    clip = torch.from_numpy(np.array(frames[first : first + spec.num_frames]))  # a copy: the map is read-only
     h0, w0 = clip.shape[1:3]
     if (h0, w0) == (spec.height, spec.width):
         return clip
