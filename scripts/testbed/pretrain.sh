@@ -7,7 +7,8 @@
 #
 # FROM: the folder to start from (default: a new untrained folder from sla2-testbed-model). Writes WORK_DIR/export
 # (the trained diffusers folder), WORK_DIR/runs (checkpoints, csv losses) and WORK_DIR/eval (videos, eval.json, table.md).
-# Sizes: N_TRAIN clips (default 3000) and N_HELDOUT held-out prompts (default 64; EVAL_PROMPTS of them evaluated).
+# Sizes: N_TRAIN clips (default 3000) and N_HELDOUT held-out prompts (default 64; EVAL_PROMPTS of them evaluated,
+# 0 = no evaluation).
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/pretrain.sh WORK_DIR [train.py overrides ...]}
 shift
@@ -39,6 +40,7 @@ log "export"
 rm -rf "$WORK/export"
 python -m sla2_train.export.cli "$WORK/runs/testbed-pretrain-full-dense/checkpoints/last.ckpt" "$WORK/export" \
   --base "$MODEL" --dtype bfloat16
+[ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no evaluation)"; exit 0; }
 log "evaluate"
 python eval.py model=testbed model.path="$WORK/export" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
   eval/metrics=testbed negative_prompt='' device=cuda attention.sparsity=0.97 output_root="$WORK/eval" logger=none
