@@ -250,3 +250,29 @@ def test_no_teacher_by_default(build_module, make_batch):
     module, cfg = build_module("stage=qat", "stage.allow_untrained_router=true")
     assert module.stage.objective.teacher is None
     assert "flow/teacher_mse" not in module.stage.objective(module.model, make_batch(cfg), module.flow)[1]
+
+
+def test_ema_warmup_forgets_the_random_start():
+    from torch import nn
+
+    from sla2_train.lit.ema import WeightEMA
+
+    layer = nn.Linear(3, 2)
+    theta0 = layer.weight.detach().clone()
+    plain, warm = WeightEMA(0.999), WeightEMA(0.999, warmup=True)
+    plain.reset(layer), warm.reset(layer)
+    expected, start_share = theta0.clone(), 1.0
+    for n in range(690):
+        with torch.no_grad():
+            layer.weight.copy_(theta0 + (100.0 if n % 2 else 50.0))  # trained weights far from the start
+        d = min(0.999, (1 + n) / (10 + n))
+        assert warm.current_decay() == d
+        expected = d * expected + (1 - d) * layer.weight.detach()
+        start_share *= d
+        plain.update(layer), warm.update(layer)
+    torch.testing.assert_close(warm.shadow["weight"], expected, rtol=1e-5, atol=1e-4)
+    # the share of the random start in the average: 0.999^690 ≈ 0.50 without warmup, ~1e-5 with it
+    assert start_share < 1e-4
+    share = lambda ema: 1 - (ema.shadow["weight"] - theta0).mean().item() / 75.0  # noqa: E731 (75: the mean target)
+    assert share(warm) == pytest.approx(0.0, abs=0.02)
+    assert share(plain) == pytest.approx(0.999 ** 690, abs=0.02)

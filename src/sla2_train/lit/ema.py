@@ -1,7 +1,9 @@
 """Exponential moving average of the trained weights, saved as checkpoint["ema"]["state_dict"].
 
-After every optimizer step: ema ← decay · ema + (1 − decay) · θ, for the tensors the stage trains (the frozen
-ones never change, so their average is themselves). The names are the LightningModule's state-dict names
+After every optimizer step: ema ← d · ema + (1 − d) · θ, for the tensors the stage trains (the frozen ones never
+change, so their average is themselves). d = decay, or with `warmup` d = min(decay, (1 + n) / (10 + n)) after n
+updates: a run from random weights is otherwise averaged with its initialisation for ~1/(1 − decay) steps
+(at 0.999, half of the average is still the random start after 690 steps). The names are the LightningModule's state-dict names
 ("model.<transformer name>"), the form export and `init_from` read (export/checkpoint_format.py), so they
 take the averaged weights without further configuration.
 """
@@ -17,10 +19,10 @@ from sla2_train.export.checkpoint_format import PREFIX
 
 
 class WeightEMA:
-    def __init__(self, decay: float = 0.999):
+    def __init__(self, decay: float = 0.999, warmup: bool = False):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"stage.ema.decay must be in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.updates = 0
         self.shadow: dict[str, torch.Tensor] = {}
 
@@ -35,15 +37,20 @@ class WeightEMA:
         self.shadow = {name: p.detach().float().clone() for name, p in self._trained(model)}
         self.updates = 0
 
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         if not self.shadow:
             self.reset(model)
+        decay = self.current_decay()
         for name, p in self._trained(model):
             avg = self.shadow[name]
             if avg.device != p.device:
                 avg = self.shadow[name] = avg.to(p.device)
-            avg.lerp_(p.detach().float(), 1.0 - self.decay)
+            avg.lerp_(p.detach().float(), 1.0 - decay)
         self.updates += 1
 
     def state_dict(self, model: nn.Module) -> dict[str, Any]:
