@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -9,6 +10,14 @@ import torch
 from sla2_train.models import ConfigError
 
 REQUIRED = ("text_encoder", "tokenizer", "vae")
+
+
+class _NoTemporalRounding(logging.Filter):
+    """WanPipeline assumes a VAE that compresses time and warns that `num_frames - 1` is not divisible by 1 on
+    every video of a VAE that does not (PixelPatchVAE): the count is used as given, there is nothing to say."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has to be divisible by 1." not in record.getMessage()
 
 
 def check_pipeline_folder(path: str | Path, key: str = "model.path") -> Path:
@@ -37,4 +46,7 @@ def load_wan_pipeline(folder: Path, transformer, scheduler, dtype: torch.dtype, 
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=scheduler)
     pipe.set_progress_bar_config(leave=False)
+    wan_log = logging.getLogger(WanPipeline.__module__)
+    if pipe.vae_scale_factor_temporal == 1 and not any(isinstance(f, _NoTemporalRounding) for f in wan_log.filters):
+        wan_log.addFilter(_NoTemporalRounding())
     return pipe.to(device)
