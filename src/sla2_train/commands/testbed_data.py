@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from sla2_train.testbed.dataset import TestbedSpec, write_dataset
+from sla2_train.testbed.dataset import DatasetSpec, write_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-videos", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", help="train, or heldout (every scene holds a held-out combination)")
-    p.add_argument("--frames", type=int, default=TestbedSpec.num_frames)
-    p.add_argument("--height", type=int, default=TestbedSpec.height)
-    p.add_argument("--width", type=int, default=TestbedSpec.width)
-    p.add_argument("--fps", type=int, default=TestbedSpec.fps)
+    p.add_argument("--frames", type=int, default=DatasetSpec.num_frames)
+    p.add_argument("--height", type=int, default=DatasetSpec.height)
+    p.add_argument("--width", type=int, default=DatasetSpec.width)
+    p.add_argument("--fps", type=int, default=DatasetSpec.fps)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
-        spec = TestbedSpec(a.seed, a.split, a.frames, a.height, a.width, a.fps)
+        spec = DatasetSpec(a.seed, a.split, a.frames, a.height, a.width, a.fps)
         counts = write_dataset(a.out_dir, spec, a.num_videos, a.workers, progress=not a.no_progress)
     except (FileExistsError, ValueError) as exn:
         print(f"error: {exn}", file=sys.stderr)

@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from .captions import caption
 from .render import render
-from .scenes import SPLITS, SceneSpec, sample_scene
+from .scenes import SPLITS, SceneSpec, check_fits, sample_scene
 
 CODEC = "libx264rgb"  # lossless at qp 0, and mp4's time base keeps 1/fps steps exact for the project's reader
 
 
 @dataclass(frozen=True)
-class TestbedSpec:
+class DatasetSpec:
     seed: int = 0
     split: str = "train"
     num_frames: int = 17  # 4k+1, what sla2-prepare's clip.num_frames takes
@@ -46,6 +46,7 @@ class TestbedSpec:
                              f"{self.num_frames}, {self.height}, {self.width}")
         if self.fps < 1:
             raise ValueError(f"--fps must be >= 1, got {self.fps}")
+        check_fits(self.num_frames, self.width / self.height)
 
     def scene(self, index: int) -> SceneSpec:
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
@@ -70,13 +71,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
     os.replace(tmp, path)
 
 
-def _render_one(job: tuple[TestbedSpec, int, str]) -> int:
+def _render_one(job: tuple[DatasetSpec, int, str]) -> int:
     spec, index, path = job
     write_video(path, render(spec.scene(index), spec.num_frames, spec.height, spec.width), spec.fps)
     return index
 
 
-def _check_settings(out: Path, spec: TestbedSpec) -> None:
+def _check_settings(out: Path, spec: DatasetSpec) -> None:
     settings = out / "testbed.json"
     if settings.is_file():
         old = json.loads(settings.read_text())
@@ -89,7 +90,7 @@ def _check_settings(out: Path, spec: TestbedSpec) -> None:
         settings.write_text(json.dumps(asdict(spec), indent=1) + "\n")
 
 
-def write_dataset(out_dir: str | os.PathLike, spec: TestbedSpec, num_videos: int, workers: int = 1,
+def write_dataset(out_dir: str | os.PathLike, spec: DatasetSpec, num_videos: int, workers: int = 1,
                   progress: bool = True) -> dict:
     """Render scenes 0 … num_videos−1 of `spec` into out_dir (layout in the module doc); returns counts."""
     if num_videos < 1:
