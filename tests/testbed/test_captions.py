@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sla2_train.testbed import VOCABULARY, ObjectClaim, caption, parse_caption, sample_scene
+from sla2_train.testbed import BACKGROUNDS, SPEEDS, VOCABULARY, ObjectClaim, caption, parse_caption, sample_scene
 from sla2_train.testbed.captions import SPEED_WORDS, TEXTURE_WORDS
 
 
@@ -13,6 +13,7 @@ def _claims(scene):
 
 
 def test_parse_inverts_caption_and_words_are_in_the_vocabulary():
+    assert set(TEXTURE_WORDS) == set(BACKGROUNDS) and set(SPEED_WORDS) == set(SPEEDS)
     rng = np.random.default_rng()
     for split in ("train", "heldout"):
         for _ in range(100):
