@@ -15,10 +15,10 @@ An object is right when present, shape and direction all hold (speed is reported
 from __future__ import annotations
 
 from dataclasses import dataclass
+import sys
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from .captions import ObjectClaim, parse_caption
 from .geometry import DIRECTIONS, SPEEDS
@@ -61,7 +61,8 @@ def as_uint8_video(video, value_range: tuple[float, float] | None = None) -> np.
     Floats must say their range (a model's [0, 1] output can dip below 0, so it cannot be guessed); values up to
     5% of the range outside it are clipped, anything further is an error.
     """
-    if isinstance(video, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded; the data command need not pay for it
+    if torch is not None and isinstance(video, torch.Tensor):
         video = video.detach().cpu()
         video = video.numpy() if video.dtype == torch.uint8 else video.float().numpy()
     video = np.asarray(video)
