@@ -26,12 +26,14 @@ def check_pipeline_folder(path: str | Path, key: str = "model.path") -> Path:
 
 def load_wan_pipeline(folder: Path, transformer, scheduler, dtype: torch.dtype, device: str):
     """Tokenizer and UMT5 (in `dtype`) and the VAE (float32, as Wan decodes) from `folder`, around `transformer`."""
-    from diffusers import AutoencoderKLWan, WanPipeline
+    from diffusers import WanPipeline
     from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from sla2_train.models.vae_loading import load_vae
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder").to(dtype)
-    vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    vae = load_vae(folder / "vae", torch.float32)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=scheduler)
     pipe.set_progress_bar_config(leave=False)

@@ -53,15 +53,15 @@ def _dtype(name: str) -> torch.dtype:
 
 
 class VaeEncoder:
-    """uint8 clip [F, H, W, 3] → normalised latents [C, 1 + (F-1)/4, H/8, W/8] (float32, on CPU)."""
+    """uint8 clip [F, H, W, 3] → normalised latents [C, 1 + (F-1)/t, H/s, W/s] (float32, on CPU); Wan: t 4, s 8."""
 
     def __init__(self, spec: EncoderSpec, device: torch.device):
-        from diffusers import AutoencoderKLWan
+        from sla2_train.models.vae_loading import load_vae
 
         self.device, self.dtype = device, _dtype(spec.vae_dtype)
         path = component_dir(spec.vae_path, spec.model_path, "vae")
-        self.vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=self.dtype).to(device).eval().requires_grad_(False)
-        if spec.vae_tiling:
+        self.vae = load_vae(path, self.dtype).to(device).eval().requires_grad_(False)
+        if spec.vae_tiling and hasattr(self.vae, "enable_tiling"):
             self.vae.enable_tiling()
         self.sample = spec.sample_posterior
         z = self.vae.config.z_dim

@@ -1,12 +1,16 @@
-"""Decode a fixed-length clip at a fixed frame rate with PyAV, resized and centre-cropped to the target size."""
+"""Read a fixed-length clip at a fixed frame rate, resized and centre-cropped to the target size.
+
+Video files are decoded with PyAV. A `.npy` file is a clip already decoded (uint8 [F, H, W, 3], frames at the
+clip's fps): what a procedural renderer writes (the testbed's data), read without PyAV or a lossy codec.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 class VideoError(Exception):
@@ -44,7 +48,7 @@ def _scaled_size(w0: int, h0: int, spec: ClipSpec) -> tuple[int, int]:
     return max(spec.width, round(w0 * scale)), max(spec.height, round(h0 * scale))
 
 
-def _to_rgb(frame: av.VideoFrame, spec: ClipSpec) -> np.ndarray:
+def _to_rgb(frame, spec: ClipSpec) -> np.ndarray:
     sw, sh = _scaled_size(frame.width, frame.height, spec)
     # AREA for downscaling (no aliasing from fine texture), BICUBIC when upscaling.
     interp = "AREA" if sw <= frame.width else "BICUBIC"
@@ -55,6 +59,37 @@ def _to_rgb(frame: av.VideoFrame, spec: ClipSpec) -> np.ndarray:
 
 def load_clip(path: str, spec: ClipSpec) -> torch.Tensor:
     """uint8 [num_frames, height, width, 3]; frame i shows the video at start_s + i / fps (nearest earlier frame)."""
+    if str(path).lower().endswith(".npy"):
+        return _load_array_clip(path, spec)
+    return _decode_clip(path, spec)
+
+
+def _load_array_clip(path: str, spec: ClipSpec) -> torch.Tensor:
+    try:
+        frames = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exn:
+        raise UnreadableVideo(f"cannot read {path}: {type(exn).__name__}: {exn}") from None
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise UnreadableVideo(f"{path}: a frame array must be uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    first = round(spec.start_s * spec.fps)
+    if frames.shape[0] < first + spec.num_frames:
+        raise TooShort(f"{path} is too short: {spec.num_frames} frames from frame {first} need "
+                       f"{first + spec.num_frames}; it has {frames.shape[0]}")
+    clip = torch.from_numpy(np.array(frames[first : first + spec.num_frames]))  # a copy: the map is read-only
+    h0, w0 = clip.shape[1:3]
+    if (h0, w0) == (spec.height, spec.width):
+        return clip
+    sw, sh = _scaled_size(w0, h0, spec)
+    x = clip.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(sh, sw), mode="area" if sw <= w0 else "bicubic")
+    top, left = (sh - spec.height) // 2, (sw - spec.width) // 2
+    x = x[:, :, top : top + spec.height, left : left + spec.width]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _decode_clip(path: str, spec: ClipSpec) -> torch.Tensor:
+    import av  # only here: frame arrays need no PyAV
+
     targets = [spec.start_s + i / spec.fps for i in range(spec.num_frames)]
     out: list[np.ndarray] = []
     try:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The testbed model's pretraining on one GPU, end to end (docs/testbed.md):
+#   render clips → sla2-prepare shards → train.py experiment=testbed_pretrain → sla2-export → eval.py on held-out prompts
+#
+#   scripts/testbed/pretrain.sh WORK_DIR [train.py overrides ...]
+#   FROM=assets/testbed-t2v scripts/testbed/pretrain.sh WORK_DIR trainer.max_time=00:00:08:00   # continue the shipped model
+#
+# FROM: the folder to start from (default: a new untrained folder from sla2-testbed-model). Writes WORK_DIR/export
+# (the trained diffusers folder), WORK_DIR/runs (checkpoints, csv losses) and WORK_DIR/eval (videos, eval.json, table.md).
+# Sizes: N_TRAIN clips (default 3000) and N_HELDOUT held-out prompts (default 64; EVAL_PROMPTS of them evaluated,
+# 0 = no evaluation).
+set -euo pipefail
+WORK=${1:?usage: scripts/testbed/pretrain.sh WORK_DIR [train.py overrides ...]}
+shift
+N_TRAIN=${N_TRAIN:-3000}
+N_HELDOUT=${N_HELDOUT:-64}
+EVAL_PROMPTS=${EVAL_PROMPTS:-16}
+WORKERS=${WORKERS:-$(nproc)}
+CLIP="clip.num_frames=17 clip.height=128 clip.width=256 clip.fps=16"
+mkdir -p "$WORK"
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+MODEL=${FROM:-$WORK/init}
+if [ -z "${FROM:-}" ] && [ ! -d "$MODEL" ]; then
+  log "untrained folder"; python -m sla2_train.commands.testbed_model out="$MODEL"
+fi
+log "render"
+python -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed 0 --split train --workers "$WORKERS" --no-progress
+python -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos "$N_HELDOUT" --seed 1 --split heldout --workers "$WORKERS" --no-progress
+for split in train heldout; do
+  log "prepare $split"
+  python -m sla2_train.commands.prepare videos="$WORK/$split/videos" captions="$WORK/$split/captions.jsonl" \
+    out_dir="$WORK/shards-$split" encoders.model_path="$MODEL" encoders.max_text_len=64 $CLIP \
+    decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
+done
+log "train"
+python train.py experiment=testbed_pretrain model.path="$MODEL" data.train_shards="$WORK/shards-train" \
+  data.val_shards="$WORK/shards-heldout" output_root="$WORK/runs" "$@"
+log "export"
+rm -rf "$WORK/export"
+python -m sla2_train.export.cli "$WORK/runs/testbed-pretrain-full-dense/checkpoints/last.ckpt" "$WORK/export" \
+  --base "$MODEL" --dtype bfloat16
+[ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no evaluation)"; exit 0; }
+log "evaluate"
+python eval.py model=testbed model.path="$WORK/export" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
+  eval/metrics=testbed negative_prompt='' device=cuda attention.sparsity=0.97 output_root="$WORK/eval" logger=none
+log "done"
