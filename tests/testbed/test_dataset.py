@@ -4,6 +4,7 @@ read by its discovery as-is, re-runs skip finished videos, and the output is a f
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -15,22 +16,23 @@ from sla2_train.testbed import HELDOUT_COMBINATIONS, caption, render
 from sla2_train.testbed.dataset import DatasetSpec, read_scenes, write_dataset
 
 
-@pytest.mark.parametrize("frames,height,width", [(17, 128, 256), (9, 48, 80)])
-def test_written_videos_decode_exactly_and_manifests_agree(tmp_path, frames, height, width):
+@pytest.mark.parametrize("frames,height,width,fmt", [(17, 128, 256, "mp4"), (9, 48, 80, "mp4"), (9, 48, 80, "npy")])
+def test_written_videos_decode_exactly_and_manifests_agree(tmp_path, frames, height, width, fmt):
     spec = DatasetSpec(seed=int(np.random.default_rng().integers(1000)), split="heldout", num_frames=frames,
-                       height=height, width=width, fps=8)
+                       height=height, width=width, fps=8, format=fmt)
     counts = write_dataset(tmp_path, spec, 5, workers=2, progress=False)
     assert counts == {"written": 5, "skipped": 0, "videos": 5}
     items = discover(tmp_path / "videos", tmp_path / "captions.jsonl")
     scenes = {name: (text, scene) for name, text, scene in read_scenes(tmp_path / "scenes.jsonl")}
-    assert sorted(it.relpath for it in items) == sorted(scenes) == [f"heldout-{i:06d}.mp4" for i in range(5)]
+    assert sorted(it.relpath for it in items) == sorted(scenes) == [f"heldout-{i:06d}.{fmt}" for i in range(5)]
     clip = ClipSpec(num_frames=frames, fps=8, height=height, width=width)
     for it in items:
         text, scene = scenes[it.relpath]
         assert it.caption == text == caption(scene)
         assert any(o.combination in HELDOUT_COMBINATIONS for o in scene.objects)
         assert np.array_equal(load_clip(it.path, clip).numpy(), render(scene, frames, height, width))
-    assert load_prompts(str(tmp_path / "prompts.txt")) == [scenes[f"heldout-{i:06d}.mp4"][0] for i in range(5)]
+    assert load_prompts(str(tmp_path / "prompts.txt")) == [scenes[f"heldout-{i:06d}.{fmt}"][0] for i in range(5)]
+    assert not list((tmp_path / "videos").glob(".*"))  # no temporary files left
 
 
 def test_rerun_skips_extends_and_refuses_other_settings(tmp_path, capsys):
@@ -56,8 +58,20 @@ def test_rerun_skips_extends_and_refuses_other_settings(tmp_path, capsys):
     (["--num-videos", "0"], "--num-videos must be at least 1, got 0"),
     (["--height", "31"], "--frames must be >= 2 and --height/--width even and >= 16"),
     (["--frames", "400"], "num_frames=400 is too long"),
+    (["--format", "gif"], "--format must be one of mp4, npy, got 'gif'"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
     assert main([str(tmp_path / "out"), "--no-progress", "--num-videos", "1", *argv]) == 2  # the last value counts
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_mp4_without_pyav_names_the_way_out_and_npy_needs_none(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    assert main([str(tmp_path / "a"), "--no-progress", "--num-videos", "2", "--height", "32", "--width", "64"]) == 2
+    assert "--format mp4 needs PyAV (pip install av); --format npy writes frame arrays without it" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main([str(tmp_path / "b"), "--no-progress", "--num-videos", "2", "--height", "32", "--width", "64",
+                 "--format", "npy", "--workers", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b/videos").iterdir()) == ["train-000000.npy", "train-000001.npy"]

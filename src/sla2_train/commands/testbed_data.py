@@ -27,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=DatasetSpec.height)
     p.add_argument("--width", type=int, default=DatasetSpec.width)
     p.add_argument("--fps", type=int, default=DatasetSpec.fps)
+    p.add_argument("--format", default=DatasetSpec.format,
+                   help="mp4 (lossless H.264 RGB, needs PyAV) or npy (uint8 frame arrays, ~1.7 MB per default clip)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
-        spec = DatasetSpec(a.seed, a.split, a.frames, a.height, a.width, a.fps)
+        spec = DatasetSpec(a.seed, a.split, a.frames, a.height, a.width, a.fps, a.format)
         counts = write_dataset(a.out_dir, spec, a.num_videos, a.workers, progress=not a.no_progress)
     except (FileExistsError, ValueError) as exn:
         print(f"error: {exn}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Render a numbered set of testbed scenes to lossless video files, with the manifests the other tools read.
 
     OUT/testbed.json     the settings (a re-run with other settings into OUT is refused)
-    OUT/videos/*.mp4     H.264 RGB at qp 0 (lossless): decodes back to the rendered pixels exactly
+    OUT/videos/*.mp4     H.264 RGB at qp 0 (lossless): decodes back to the rendered pixels exactly; or
+    OUT/videos/*.npy     with format "npy": the frames as uint8 [F, H, W, 3] arrays (no PyAV needed to write or read)
     OUT/captions.jsonl   {"video", "caption"} per line, paths relative to OUT/videos (sla2-prepare's manifest)
     OUT/scenes.jsonl     {"video", "caption", "scene"} per line: the specs, for evaluation
     OUT/prompts.txt      the captions, one per line, in video order (eval.py's prompt file)
@@ -15,10 +16,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from .render import render
 from .scenes import SPLITS, SceneSpec, check_fits, sample_scene
 
 CODEC = "libx264rgb"  # lossless at qp 0, and mp4's time base keeps 1/fps steps exact for the project's reader
+FORMATS = ("mp4", "npy")
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,11 @@ class DatasetSpec:
     height: int = 128
     width: int = 256
     fps: int = 16
+    format: str = "mp4"
 
     def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.num_frames < 2 or self.height < 16 or self.width < 16 or self.height % 2 or self.width % 2:
@@ -53,14 +58,36 @@ class DatasetSpec:
         return sample_scene(rng, self.split, self.num_frames, self.width / self.height)
 
     def video_name(self, index: int) -> str:
-        return f"{self.split}-{index:06d}.mp4"
+        return f"{self.split}-{index:06d}.{self.format}"
+
+
+def _encoder():
+    """PyAV and its lossless RGB H.264 encoder, or a one-line error saying what to do instead."""
+    try:
+        import av  # only for mp4: frame arrays need no PyAV
+    except ImportError:
+        raise ValueError("--format mp4 needs PyAV (pip install av); --format npy writes frame arrays without it") from None
+    try:
+        av.codec.Codec(CODEC, "w")
+    except Exception:  # PyAV raises its own error types for an unknown codec, which vary between releases
+        raise ValueError(f"this PyAV build has no {CODEC} encoder; use --format npy") from None
+    return av
+
+
+@contextmanager
+def _written_whole(path: str | os.PathLike):
+    """Yield a temporary name to write to; it becomes `path` only when the writing finished, so an interrupted run
+    leaves no partial file that a re-run would skip (and none with a video suffix that sla2-prepare would find)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    yield tmp
+    os.replace(tmp, path)
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
-    """uint8 [F, H, W, 3] RGB → a lossless H.264 RGB .mp4, written under a temporary name and then renamed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    with av.open(str(tmp), "w") as container:
+    """uint8 [F, H, W, 3] RGB → a lossless H.264 RGB .mp4."""
+    av = _encoder()
+    with _written_whole(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream(CODEC, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr24"
         stream.options = {"qp": "0", "preset": "veryfast"}
@@ -68,12 +95,21 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    os.replace(tmp, path)
+
+
+def write_array(path: str | os.PathLike, frames: np.ndarray) -> None:
+    """uint8 [F, H, W, 3] → a .npy file."""
+    with _written_whole(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, frames, allow_pickle=False)
 
 
 def _render_one(job: tuple[DatasetSpec, int, str]) -> int:
     spec, index, path = job
-    write_video(path, render(spec.scene(index), spec.num_frames, spec.height, spec.width), spec.fps)
+    frames = render(spec.scene(index), spec.num_frames, spec.height, spec.width)
+    if spec.format == "npy":
+        write_array(path, frames)
+    else:
+        write_video(path, frames, spec.fps)
     return index
 
 
@@ -97,6 +133,8 @@ def write_dataset(out_dir: str | os.PathLike, spec: DatasetSpec, num_videos: int
         raise ValueError(f"--num-videos must be at least 1, got {num_videos}")
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if spec.format == "mp4":
+        _encoder()  # fail before anything is written
     out = Path(out_dir)
     _check_settings(out, spec)
     videos = out / "videos"
