@@ -13,7 +13,7 @@ import numpy as np
 
 from .geometry import DIRECTIONS, SPEEDS, label_maps
 
-# Saturated and far apart in CIELAB (nearest pair, red–orange, is ~40 ΔE apart), so segmentation by colour works.
+# Saturated and far apart in CIELAB (the nearest pair, red and orange, is 45 ΔE apart), so segmentation by colour works.
 COLOURS = {
     "red": (230, 30, 30),
     "green": (30, 200, 40),
