@@ -66,7 +66,8 @@ def _encoder():
     try:
         import av  # only for mp4: frame arrays need no PyAV
     except ImportError:
-        raise ValueError("--format mp4 needs PyAV (pip install av); --format npy writes frame arrays without it") from None
+        raise ValueError("--format mp4 needs PyAV (pip install av); "
+                         "--format npy writes frame arrays without it") from None
     try:
         av.codec.Codec(CODEC, "w")
     except Exception:  # PyAV raises its own error types for an unknown codec, which vary between releases

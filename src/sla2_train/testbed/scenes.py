@@ -13,7 +13,7 @@ import numpy as np
 
 from .geometry import DIRECTIONS, SPEEDS, label_maps
 
-# Saturated and far apart in CIELAB (the nearest pair, red and orange, is 45 ΔE apart), so segmentation by colour works.
+# Saturated and far apart in CIELAB (the nearest pair, red and orange, is 45 ΔE apart): colour segments them.
 COLOURS = {
     "red": (230, 30, 30),
     "green": (30, 200, 40),
@@ -97,8 +97,9 @@ def check_fits(num_frames: int, aspect: float) -> None:
     for axis, span, room in (("across", travel, 1 - size / aspect - 2 * _MARGIN),
                              ("up or down", travel * aspect, 1 - size - 2 * _MARGIN)):
         if span > room:
-            raise ValueError(f"num_frames={num_frames} is too long for a fast shape moving {axis} to stay in a frame "
-                             f"of aspect {aspect:g} (width/height): it travels {span:.2f} of the frame, {room:.2f} fits")
+            raise ValueError(f"num_frames={num_frames} is too long for a fast shape moving {axis} to stay in a "
+                             f"frame of aspect {aspect:g} (width/height): it travels {span:.2f} of the frame, "
+                             f"{room:.2f} fits")
 
 
 def _start(rng, direction: str, speed: str, size: float, num_frames: int, aspect: float) -> tuple[float, float]:
