@@ -1,15 +1,17 @@
 """A procedural text-to-video testbed: scenes of coloured shapes, their renderer, captions and a semantic metric."""
 
 from .captions import VOCABULARY, ObjectClaim, caption, parse_caption
+from .dataset import DatasetSpec, read_scenes, write_dataset
 from .render import render
-from .semantic import ObjectResult, as_uint8_video, prompt_following, score_video
 from .scenes import (BACKGROUND_COLOURS, BACKGROUNDS, COLOURS, DIRECTIONS, HELDOUT_COMBINATIONS, SHAPES, SPEEDS,
                      SPLITS, ObjectSpec, SceneSpec, sample_scene)
+from .semantic import ObjectResult, as_uint8_video, prompt_following, score_video
 
 __all__ = [
     "BACKGROUNDS",
     "BACKGROUND_COLOURS",
     "COLOURS",
+    "DatasetSpec",
     "DIRECTIONS",
     "HELDOUT_COMBINATIONS",
     "ObjectClaim",
@@ -24,7 +26,9 @@ __all__ = [
     "caption",
     "parse_caption",
     "prompt_following",
+    "read_scenes",
     "render",
     "sample_scene",
     "score_video",
+    "write_dataset",
 ]

@@ -10,13 +10,15 @@ from .scenes import BACKGROUND_COLOURS, COLOURS, SceneSpec
 _LOW, _HIGH = 0.55, 1.0  # the texture scales the background colour between these factors
 
 
-def _texture(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def _texture(kind: str, height: int, width: int, rng: np.random.Generator, pan: str | None) -> np.ndarray:
     """float32 [height, width] in [0, 1]: the background pattern, drawn once on a canvas the pan slides over."""
     y = np.arange(height, dtype=np.float32)[:, None]
     x = np.arange(width, dtype=np.float32)[None, :]
     if kind == "stripes":
         period = rng.uniform(12, 28)
-        angle = rng.choice([0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4])  # vertical, diagonal, horizontal
+        # Vertical, diagonal or horizontal, but never parallel to the pan (a pan along the stripes shows nothing).
+        parallel = {"up": 0.0, "down": 0.0, "left": np.pi / 2, "right": np.pi / 2}.get(pan)
+        angle = rng.choice([a for a in (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4) if a != parallel])
         phase = (x * np.cos(angle) + y * np.sin(angle)) / period
         return (np.floor(phase) % 2).astype(np.float32)
     if kind == "checker":
@@ -45,7 +47,7 @@ def _background(scene: SceneSpec, num_frames: int, height: int, width: int) -> n
     shift = np.rint(PAN_SPEED * width * np.arange(num_frames)).astype(int)
     travel = int(shift[-1])
     canvas_h, canvas_w = height + travel * abs(dy), width + travel * abs(dx)
-    tex = _texture(scene.background, canvas_h, canvas_w, np.random.default_rng(scene.seed))
+    tex = _texture(scene.background, canvas_h, canvas_w, np.random.default_rng(scene.seed), scene.pan)
     base = np.asarray(BACKGROUND_COLOURS[scene.background_colour], np.float32)
     canvas = np.rint((_LOW + (_HIGH - _LOW) * tex)[..., None] * base).astype(np.uint8)
     # Panning right moves the window right over the canvas: the background slides left on screen.

@@ -13,7 +13,7 @@ import numpy as np
 
 from .geometry import DIRECTIONS, SPEEDS, label_maps
 
-# Saturated and far apart in CIELAB (nearest pair, red–orange, is ~40 ΔE apart), so segmentation by colour works.
+# Saturated and far apart in CIELAB (the nearest pair, red and orange, is 45 ΔE apart): colour segments them.
 COLOURS = {
     "red": (230, 30, 30),
     "green": (30, 200, 40),
@@ -87,17 +87,28 @@ class SceneSpec:
         return cls(objects, d["background"], d["background_colour"], d["pan"], int(d["seed"]))
 
 
+def check_fits(num_frames: int, aspect: float) -> None:
+    """Raise unless the fastest, largest shape's path fits in a frame of this aspect for num_frames frames."""
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be at least 2 (motion needs two frames), got {num_frames}")
+    travel = max(SPEEDS.values()) * (num_frames - 1)  # fraction of the width
+    size = SIZE_RANGE[1]
+    # (travel, room) as fractions of the width for horizontal motion and of the height for vertical motion.
+    for axis, span, room in (("across", travel, 1 - size / aspect - 2 * _MARGIN),
+                             ("up or down", travel * aspect, 1 - size - 2 * _MARGIN)):
+        if span > room:
+            raise ValueError(f"num_frames={num_frames} is too long for a fast shape moving {axis} to stay in a "
+                             f"frame of aspect {aspect:g} (width/height): it travels {span:.2f} of the frame, "
+                             f"{room:.2f} fits")
+
+
 def _start(rng, direction: str, speed: str, size: float, num_frames: int, aspect: float) -> tuple[float, float]:
     """A frame-0 centre from which the whole path keeps the shape inside the frame (by _MARGIN)."""
     dx, dy = DIRECTIONS[direction]
     travel = SPEEDS[speed] * (num_frames - 1)  # fraction of the width
-    half = (size / (2 * aspect), size / 2)
     out = []
-    for d, h, span in ((dx, half[0], travel), (dy, half[1], travel * aspect)):
-        lo, hi = h + _MARGIN, 1 - h - _MARGIN
-        if hi - lo < span:
-            raise ValueError(f"num_frames={num_frames} is too long for a {speed} shape to stay in a frame of aspect "
-                             f"{aspect:g}: it travels {span:.2f} of the frame, {hi - lo:.2f} fits")
+    for d, half, span in ((dx, size / (2 * aspect), travel), (dy, size / 2, travel * aspect)):
+        lo, hi = half + _MARGIN, 1 - half - _MARGIN
         lo, hi = (lo + span, hi) if d < 0 else (lo, hi - span) if d > 0 else (lo, hi)
         out.append(round(float(rng.uniform(lo, hi)), 4))
     return out[0], out[1]
@@ -135,8 +146,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", num_frames: int
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if num_frames < 2:
-        raise ValueError(f"num_frames must be at least 2 (motion needs two frames), got {num_frames}")
+    check_fits(num_frames, aspect)
     while True:  # rejection: redraw scenes where an object is hidden too long
         n = int(rng.integers(1, 4))
         colours_left, objects = list(COLOURS), []

@@ -1,13 +1,13 @@
 """A weight-free prompt-following metric: does the video show each captioned object, in its shape, moving its way?
 
 Per captioned object (a colour is named once per caption, so the colour identifies the object):
-  colour mask  pixels whose nearest palette colour in CIELAB is the object's, within MAX_DELTA_E; a 3×3 opening
-               removes isolated pixels and one-pixel fringes.
+  colour mask  pixels whose nearest palette colour in CIELAB is the object's, within MAX_DELTA_E; parts that a
+               3×3 opening removes entirely (specks, one-pixel lines) are dropped, the rest is kept as it is.
   present      the mask covers at least MIN_AREA of the frame in at least MIN_FRAMES of the frames.
   shape        the mask's fill ratio in its bounding box (triangle 1/2, circle π/4, square 1), median over the
                present frames where its area is within UNOCCLUDED of its largest; the nearest ratio names the shape.
   direction    the centroid track's least-squares velocity times (frames − 1) is the net displacement; its
-               dominant axis and sign is the direction seen, if it travels at least MIN_TRAVEL of the width.
+               dominant axis and sign is the direction seen, if the velocity reaches MIN_SPEED.
   speed        the same velocity's magnitude against the geometric mean of the slow and fast speeds.
 An object is right when present, shape and direction all hold (speed is reported beside, not required).
 """
@@ -15,10 +15,10 @@ An object is right when present, shape and direction all hold (speed is reported
 from __future__ import annotations
 
 from dataclasses import dataclass
+import sys
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from .captions import ObjectClaim, parse_caption
 from .geometry import DIRECTIONS, SPEEDS
@@ -27,7 +27,7 @@ from .scenes import COLOURS
 MAX_DELTA_E = 35.0     # the background's brightest texture is ≥ 53 ΔE from every object colour
 MIN_AREA = 0.0025      # fraction of the frame; the smallest object at half visibility covers ~0.5%
 MIN_FRAMES = 0.5       # fraction of frames where the object must be present
-MIN_TRAVEL = 0.04      # net displacement over the clip, fraction of the width (a slow object travels ≥ 0.09)
+MIN_SPEED = SPEEDS["slow"] / 2  # slower than this (fraction of the width per frame) is standing still
 UNOCCLUDED = 0.9      # frames within this fraction of the object's largest area are read for its shape
 FILL_RATIOS = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
 SPEED_SPLIT = float(np.sqrt(np.prod(list(SPEEDS.values()))))  # per frame, fraction of the width
@@ -61,7 +61,8 @@ def as_uint8_video(video, value_range: tuple[float, float] | None = None) -> np.
     Floats must say their range (a model's [0, 1] output can dip below 0, so it cannot be guessed); values up to
     5% of the range outside it are clipped, anything further is an error.
     """
-    if isinstance(video, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded; the data command need not pay for it
+    if torch is not None and isinstance(video, torch.Tensor):
         video = video.detach().cpu()
         video = video.numpy() if video.dtype == torch.uint8 else video.float().numpy()
     video = np.asarray(video)
@@ -87,16 +88,33 @@ def colour_labels(video: np.ndarray) -> np.ndarray:
     return _colour_table()[(q[..., 0] << (2 * _BITS)) | (q[..., 1] << _BITS) | q[..., 2]]
 
 
-def _open3(mask: np.ndarray) -> np.ndarray:
-    """3×3 binary opening of [F, H, W] masks (erode, then dilate), frame by frame."""
-    def shift_reduce(m, op, pad):
-        p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=pad)
-        out = p[:, 1:-1, 1:-1].copy()
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                out = op(out, p[:, dy : dy + m.shape[1], dx : dx + m.shape[2]])
+def _shift_reduce(mask: np.ndarray, op, pad: bool) -> np.ndarray:
+    """op over each pixel's 3×3 neighbourhood of [F, H, W] masks (and: erosion, or: dilation)."""
+    p = np.pad(mask, ((0, 0), (1, 1), (1, 1)), constant_values=pad)
+    out = mask.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out = op(out, p[:, dy : dy + mask.shape[1], dx : dx + mask.shape[2]])
+    return out
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Drop specks and one-pixel lines, keep the rest exactly: a 3×3 opening marks what survives, and regrowing
+    it inside the original mask (reconstruction) restores the shapes' thin parts, such as a triangle's apex."""
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    out = np.zeros_like(mask)
+    if len(rows) == 0:
         return out
-    return shift_reduce(shift_reduce(mask, np.logical_and, True), np.logical_or, False)
+    box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # work where the colour is
+    inside = mask[box]
+    kept = _shift_reduce(_shift_reduce(inside, np.logical_and, True), np.logical_or, False)
+    while True:
+        grown = _shift_reduce(kept, np.logical_or, False) & inside
+        if np.array_equal(grown, kept):
+            break
+        kept = grown
+    out[box] = kept
+    return out
 
 
 @dataclass(frozen=True)
@@ -142,7 +160,7 @@ def _measure(mask: np.ndarray, claim: ObjectClaim) -> ObjectResult:
         vx = vy = 0.0
     dx, dy = vx * (f - 1), vy * (f - 1)
     direction_seen = None
-    if max(abs(dx), abs(dy)) >= MIN_TRAVEL * w:
+    if max(abs(vx), abs(vy)) >= MIN_SPEED * w:
         step = (int(np.sign(dx)), 0) if abs(dx) >= abs(dy) else (0, int(np.sign(dy)))
         direction_seen = next(d for d, s in DIRECTIONS.items() if s == step)
     speed_seen = "fast" if np.hypot(vx, vy) / w > SPEED_SPLIT else "slow"
@@ -153,7 +171,7 @@ def _measure(mask: np.ndarray, claim: ObjectClaim) -> ObjectResult:
 def score_labels(labels: np.ndarray, claims: list[ObjectClaim]) -> list[ObjectResult]:
     """Per-claim results from a colour label map (colour_labels of the video)."""
     index = {c: i for i, c in enumerate(COLOURS)}
-    return [_measure(_open3(labels == index[c.colour]), c) for c in claims]
+    return [_measure(clean_mask(labels == index[c.colour]), c) for c in claims]
 
 
 def score_video(video, text: str, value_range: tuple[float, float] | None = None) -> tuple[list[ObjectResult], float]:
@@ -187,7 +205,9 @@ def prompt_following(videos, captions, value_range: tuple[float, float] | None =
     right), the per-attribute accuracies, and chance_* : the same numbers with each video scored against
     another video's caption (a fixed derangement), i.e. what a video unrelated to its prompt scores here.
     """
-    captions = list(captions)
+    videos, captions = list(videos), list(captions)
+    if len(videos) != len(captions):
+        raise ValueError(f"got {len(videos)} videos for {len(captions)} captions")
     claims = [parse_caption(c) for c in captions]
     other = derangement(len(captions))
     own, shuffled = [], []
@@ -195,8 +215,6 @@ def prompt_following(videos, captions, value_range: tuple[float, float] | None =
         labels = colour_labels(as_uint8_video(video, value_range))
         own.append(score_labels(labels, claims[i]))
         shuffled.append(score_labels(labels, claims[other[i]]))
-    if len(own) != len(captions):
-        raise ValueError(f"got {len(own)} videos for {len(captions)} captions")
     out = {"num_videos": len(own), "num_objects": sum(len(r) for r in own), **_summary(own)}
     out.update({f"chance_{k}": v for k, v in _summary(shuffled).items()})
     out["chance"] = out.pop("chance_accuracy")
