@@ -63,3 +63,24 @@ def test_bad_videos_raise_named_errors(tmp_path):
         ClipSpec(num_frames=8)
     with pytest.raises(ValueError, match="multiples of 16"):
         ClipSpec(height=470)
+
+
+@pytest.mark.parametrize("suffix,codec,pix_fmt", [(".mkv", "ffv1", "bgr0"), (".mp4", "libx264rgb", "rgb24")])
+def test_lossless_files_decode_frame_exactly_whatever_the_time_base(tmp_path, suffix, codec, pix_fmt):
+    # Matroska keeps times in milliseconds: frame 1 of a 16 fps file is at 0.063 s, not 0.0625 s.
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (9, 16, 32, 3), dtype=np.uint8)
+    path = str(tmp_path / f"v{suffix}")
+    try:
+        with av.open(path, "w") as container:
+            stream = container.add_stream(codec, rate=16)
+            stream.width, stream.height, stream.pix_fmt = 32, 16, pix_fmt
+            if codec == "libx264rgb":
+                stream.options = {"qp": "0"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+    except (av.FFmpegError, ValueError) as exn:
+        pytest.skip(f"this PyAV build cannot write {codec}: {exn}")
+    clip = load_clip(path, ClipSpec(num_frames=9, fps=16, height=16, width=32))
+    assert np.array_equal(clip.numpy(), frames)

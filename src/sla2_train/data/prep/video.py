@@ -99,20 +99,23 @@ def _decode_clip(path: str, spec: ClipSpec) -> torch.Tensor:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate or spec.fps)
+            # Containers round frame times to their time base (Matroska: 1 ms, so 1/16 s is stored as 0.063 s):
+            # a frame up to one time-base step late is still the frame of that time.
+            tol = max(1e-6, min(float(stream.time_base or 0), 0.25 / rate))
             origin, prev, prev_img, t_prev, count = None, None, None, 0.0, 0
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else count / rate
                 count += 1
                 origin = t if origin is None else origin
                 t -= origin  # time from the first frame: some files start at a positive timestamp
-                while prev is not None and len(out) < len(targets) and targets[len(out)] < t - 1e-6:
+                while prev is not None and len(out) < len(targets) and targets[len(out)] < t - tol:
                     prev_img = _to_rgb(prev, spec) if prev_img is None else prev_img
                     out.append(prev_img)
                 if len(out) == len(targets):
                     break
                 prev, prev_img, t_prev = frame, None, t
             # Targets after the last frame: it is shown for one frame period.
-            while prev is not None and len(out) < len(targets) and targets[len(out)] < t_prev + 1 / rate - 1e-6:
+            while prev is not None and len(out) < len(targets) and targets[len(out)] < t_prev + 1 / rate - tol:
                 prev_img = _to_rgb(prev, spec) if prev_img is None else prev_img
                 out.append(prev_img)
     except VideoError:
