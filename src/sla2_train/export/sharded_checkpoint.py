@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import load as dcp_load
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from sla2_train.models import ConfigError
@@ -37,20 +38,22 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return path.is_dir() and ((path / INDEX).exists() or (path / REST).exists() or any(path.glob("*.distcp")))
 
 
+def _error(key: str, path: Path, what: str) -> ConfigError:
+    return ConfigError(f"{key}: the sharded checkpoint {str(path)!r} {what}")
+
+
 def _model_tensors(reader: FileSystemReader, path: Path, key: str) -> dict[str, TensorStorageMetadata]:
     try:
         metadata = reader.read_metadata()
     except Exception as err:
-        raise ConfigError(f"{key}: {str(path)!r} has no readable {INDEX} index of a sharded checkpoint "
-                          f"({type(err).__name__}); was it fully written?") from err
+        raise _error(key, path, f"has no readable {INDEX} ({type(err).__name__}); was it fully written?") from err
     tensors = {}
     for flat, meta in metadata.state_dict_metadata.items():
         where = (metadata.planner_data or {}).get(flat)
         if isinstance(meta, TensorStorageMetadata) and where is not None and len(where) == 2 and where[0] == MODEL:
             tensors[where[1]] = meta
     if not tensors:
-        raise ConfigError(f"{key}: the sharded checkpoint {str(path)!r} holds no model weights; expected "
-                          "a trainer=fsdp checkpoint from train.py")
+        raise _error(key, path, "holds no model weights; expected a trainer=fsdp checkpoint from train.py")
     return tensors
 
 
@@ -61,7 +64,7 @@ def read_sharded_checkpoint(
     tensor of the same name and shape is filled in place (cast to its dtype) instead of being allocated."""
     path = Path(path).expanduser()
     if not (path / REST).is_file():
-        raise ConfigError(f"{key}: the sharded checkpoint {str(path)!r} lacks {REST}; was it fully written?")
+        raise _error(key, path, f"lacks {REST}; was it fully written?")
     reader = FileSystemReader(str(path))
     into = into or {}
     state = {}
@@ -74,8 +77,9 @@ def read_sharded_checkpoint(
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp_load({MODEL: state}, storage_reader=reader, no_dist=True)
         rest = torch.load(path / REST, map_location="cpu", weights_only=True)
-    except Exception as err:  # a shard file missing or cut short
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"{key}: the sharded checkpoint {str(path)!r} could not be read "
-                          f"({type(err).__name__}: {first})") from err
+    except (Exception, CheckpointException) as err:  # a shard file missing or cut short
+        # the reader wraps what failed (per rank) in a BaseException whose message is a traceback
+        cause = next(iter(err.failures.values()))[0] if isinstance(err, CheckpointException) else err
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        raise _error(key, path, f"could not be read ({type(cause).__name__}: {first})") from err
     return trained_weights(state, rest, path, key, ema)
