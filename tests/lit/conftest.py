@@ -99,7 +99,9 @@ def tcp_port() -> int:
     return free_port()
 
 
-def torchrun(script: str | Path, *args: str, cwd: Path, nproc: int = 2, timeout: int = 180) -> subprocess.CompletedProcess:
+def torchrun(
+    script: str | Path, *args: str, cwd: Path, nproc: int = 2, timeout: int = 180
+) -> subprocess.CompletedProcess:
     """`script` under torchrun with `nproc` processes, one CPU thread each."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",

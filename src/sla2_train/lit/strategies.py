@@ -58,7 +58,7 @@ class SLA2FSDPStrategy(FSDPStrategy):
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
-        for key in ("ignored_states", "ignored_modules", "activation_checkpointing_policy"):
+        for key in ("ignored_states", "ignored_modules", "activation_checkpointing", "activation_checkpointing_policy"):
             if key in kwargs:
                 raise ValueError(f"trainer.strategy.{key} is not an option of SLA2FSDPStrategy: it keeps the SLA2 "
                                  "processors out of the shards itself, and activation checkpointing is "
