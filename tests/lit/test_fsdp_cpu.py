@@ -1,6 +1,7 @@
 """trainer=fsdp end to end on two CPU processes (gloo): stage 1 trains the router and α and resumes, its sharded
 last.ckpt feeds stage 2 through init_from, and stage 2's feeds eval.py and sla2-export."""
 
+import csv
 import os
 import shutil
 from pathlib import Path
@@ -40,7 +41,8 @@ def chain(tmp_path_factory, torchrun_train):
         (ckpt,) = (tmp / "out").glob(f"*-{stage}-*/checkpoints/last.ckpt")
         return ckpt
 
-    stage1 = train("distill", 2)
+    # with the stage-1 monitor, which reads router and α outside any block's forward too
+    stage1 = train("distill", 2, "trainer.limit_val_batches=1", "trainer.val_check_interval=2")
     at_step_2 = read_weights(stage1).weights
     assert train("distill", 3) == stage1  # the same command resumes from last.ckpt
     stage2 = train("qat", 2, f"init_from={stage1}")
@@ -62,6 +64,13 @@ def test_stage1_trains_router_and_alpha_and_leaves_the_dit(chain, build_module):
     before = chain.stage1_at_step_2
     assert all(changed(trained[k], before[k]) for k in sla2)
     assert all(torch.equal(trained[k], before[k]) for k in trained if SLA2 not in k)
+
+
+def test_stage1_validation_measures_the_router(chain):
+    with (chain.stage1.parent.parent / "csv" / "version_0" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    recall = [float(r["val/router/layer_0/recall"]) for r in rows if r.get("val/router/layer_0/recall")]
+    assert len(recall) == 1 and 0.0 <= recall[0] <= 1.0
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process reading, on purpose
