@@ -1,5 +1,9 @@
 import importlib.util
 import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,37 @@ def run_args(tmp_path):
         "model=tiny", "logger=csv", f"output_root={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.num_workers=0", "trainer.limit_val_batches=0", "callbacks.progress.refresh_rate=0",
     ]
+
+
+def free_port() -> int:
+    # torchrun's static rendezvous hands its port to every worker as is: port 0 would not be resolved.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tcp_port() -> int:
+    """A free local TCP port for a process group's rendezvous."""
+    return free_port()
+
+
+def torchrun(
+    script: str | Path, *args: str, cwd: Path, nproc: int = 2, timeout: int = 180
+) -> subprocess.CompletedProcess:
+    """`script` under torchrun with `nproc` processes, one CPU thread each."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "--master_addr=127.0.0.1", str(script), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def torchrun_train():
+    """torchrun_train(cwd, *overrides, nproc=2) → train.py on the tiny model with `overrides` (CompletedProcess)."""
+
+    def run(cwd: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+        return torchrun(ROOT / "train.py", "model=tiny", "data.num_workers=0", "trainer.limit_val_batches=0",
+                        "callbacks.progress.refresh_rate=0", *overrides, cwd=cwd, nproc=nproc)
+
+    return run

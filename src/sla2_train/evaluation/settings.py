@@ -11,12 +11,14 @@ from omegaconf import OmegaConf
 
 
 def checkpoint_identity(ckpt: str | None) -> dict[str, Any] | None:
-    """Path, size and modification time: a re-trained checkpoint at the same path is another checkpoint."""
+    """Path, size and modification time: a re-trained checkpoint at the same path is another checkpoint. A folder
+    (trainer=fsdp's sharded checkpoint, an exported folder) counts its files: its own entry changes with neither."""
     if not ckpt:
         return None
     p = Path(ckpt).expanduser()
-    stat = p.stat()
-    return {"path": str(p.resolve()), "bytes": stat.st_size, "mtime": int(stat.st_mtime)}
+    stats = [f.stat() for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p.stat()]
+    return {"path": str(p.resolve()), "bytes": sum(s.st_size for s in stats),
+            "mtime": int(max((s.st_mtime for s in stats), default=p.stat().st_mtime))}
 
 
 def generation_settings(cfg, prompts: list[str], seeds: list[int], frames: dict[str, int], folder: str,

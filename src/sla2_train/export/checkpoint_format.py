@@ -8,6 +8,7 @@
                                       (buffers, frozen weights) are taken from "state_dict".
 
 Export and `init_from` / eval's `ckpt` read the EMA weights when a checkpoint has them (ema=False: the raw ones).
+With trainer=fsdp the checkpoint is a folder holding the same content in shards (sharded_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -67,13 +68,20 @@ def read_training_checkpoint(path: str | Path, key: str = "init_from", ema: bool
         raise ConfigError(f"{key}: {str(path)!r} is not a readable PyTorch checkpoint ({type(err).__name__})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{key}: {str(path)!r} has no 'state_dict'; expected a Lightning checkpoint from train.py")
-    state = dict(checkpoint["state_dict"])
+    return trained_weights(dict(checkpoint["state_dict"]), checkpoint, path, key, ema)
+
+
+def trained_weights(
+    state: dict[str, torch.Tensor], checkpoint: Mapping[str, Any], path: Path, key: str, ema: bool
+) -> TrainedWeights:
+    """The transformer's weights from a LightningModule state dict (`state`) and the rest of its checkpoint
+    (META_KEY, EMA_KEY), the EMA weights in place of the raw ones when `ema` and the checkpoint has them."""
     averaged = (checkpoint.get(EMA_KEY) or {}).get("state_dict") if ema else None
     if averaged:
         unknown = sorted(set(averaged) - set(state))
         if unknown:
             raise ConfigError(f"{key}: {str(path)!r} has EMA weights for names the model lacks, e.g. {unknown[:2]}")
-        state.update(averaged)
+        state = {**state, **averaged}
     meta = checkpoint.get(META_KEY) or {}
     return TrainedWeights(
         weights={k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)},

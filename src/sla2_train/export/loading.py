@@ -1,4 +1,5 @@
-"""One loader for trained weights: a Lightning checkpoint from train.py or a folder made by sla2-export.
+"""One loader for trained weights: a Lightning checkpoint from train.py (a file, or trainer=fsdp's sharded folder)
+or a folder made by sla2-export.
 
 train.py's `init_from` and eval.py's `ckpt` both come here (through lit.checkpoint_weights.load_model_weights).
 """
@@ -9,12 +10,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from sla2_train.models import ConfigError, describe_attention
 
 from .checkpoint_format import TrainedWeights, read_training_checkpoint
 from .folder import read_exported
+from .sharded_checkpoint import is_sharded_checkpoint, read_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,14 @@ log = logging.getLogger(__name__)
 MUST_MATCH = ("variant", "sparsity", "block_q", "block_k", "alpha_mode")
 
 
-def read_weights(path: str | Path, key: str = "init_from", ema: bool = True) -> TrainedWeights:
-    """A checkpoint file or an exported folder; `key` names the config key in errors."""
+def read_weights(
+    path: str | Path, key: str = "init_from", ema: bool = True, into: dict[str, torch.Tensor] | None = None
+) -> TrainedWeights:
+    """A checkpoint file, a sharded checkpoint folder (trainer=fsdp) or an exported folder; `key` names the
+    config key in errors. `into`: the model's state dict, which the sharded reader fills in place."""
     path = Path(path).expanduser()
+    if is_sharded_checkpoint(path):
+        return read_sharded_checkpoint(path, key, ema, into)
     if path.is_dir():
         return read_exported(path, key)
     return read_training_checkpoint(path, key, ema)
@@ -35,7 +43,7 @@ def load_weights(model: nn.Module, path: str | Path, key: str = "init_from", ema
     """Load trained weights into `model` (the transformer with its attention installed), strictly: the same
     architecture and the same attention options as recorded beside the weights. EMA weights are preferred
     when the checkpoint has them. Returns the recorded attention description (empty for foreign checkpoints)."""
-    trained = read_weights(path, key, ema)
+    trained = read_weights(path, key, ema, into=model.state_dict())
     try:
         missing, unexpected = model.load_state_dict(trained.weights, strict=False)
     except RuntimeError as err:  # shape mismatches raise even with strict=False
