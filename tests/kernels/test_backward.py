@@ -248,17 +248,17 @@ def test_long_key_block_lists(tma, poison):
 
 
 @pytest.mark.parametrize("d,rows,cols", [(64, 16, 32), (128, 16, 64), (128, 64, 32), (128, 128, 128)])
-def test_prologue_step_shapes(d, rows, cols, poison):
-    """The prologue walks a query block `rows` rows a step and forms dH_I `cols` columns at a time: every split
+def test_linear_kernel_step_shapes(d, rows, cols, poison):
+    """The linear kernel walks a query block `rows` rows a step and forms dH_I `cols` columns at a time: every split
     (including one step for the whole block and columns narrower than head_dim) gives the same gradients."""
     x = forward_problem(1, 2, 333, d, 128, 64, 3)
-    cfg = sla2_kernels.BwdConfig(8, 2, 8, 2, prologue_rows=rows, prologue_cols=cols)
+    cfg = sla2_kernels.BwdConfig(8, 2, 8, 2, linear_rows=rows, linear_cols=cols)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, alpha=x.alpha, bq=x.bq)
 
 
-@pytest.mark.parametrize("field, value", [("prologue_rows", 48), ("prologue_cols", 8)])
-def test_prologue_step_sizes_are_checked(field, value):
-    """A prologue step that is not a power of two ≥ 16 is one clear error, not a Triton compile failure."""
+@pytest.mark.parametrize("field, value", [("linear_rows", 48), ("linear_cols", 8)])
+def test_linear_kernel_step_sizes_are_checked(field, value):
+    """A linear-kernel step that is not a power of two ≥ 16 is one clear error, not a Triton compile failure."""
     x = forward_problem(1, 1, 100, 64, 64, 64, 1)
     cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, **{field: value})
     with pytest.raises(ValueError, match=f"BwdConfig.{field}={value} must be a power of two"):
