@@ -9,10 +9,10 @@ SLA2 bf16 and QAT (low-bit forward, bf16 backward) through the training path, th
 the package's default configurations (sla2_kernels/tuning.py): forward (router + precompute + main kernel),
 forward+backward (the same plus the backward), forward+backward as a CUDA graph, and its peak memory (allocated
 above the inputs) against SDPA's; then the backward alone and its parts (the K/V pass it recomputes, the CSR
-key-block lists, its fp32 linear state, the dq kernel, the linear kernel, the dk/dv kernel). FLOPs, both conventions (docs/method.md, FLOP
-conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and
-actual = the same with N² replaced by N·topk·b_k (the blocks computed). --sweep times the candidate configurations of the
-linear, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity; the
+key-block lists, its fp32 linear state, the dq kernel, the linear kernel, the dk/dv kernel). FLOPs, both
+conventions (docs/method.md, FLOP conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward
+(4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N² replaced by N·topk·b_k (the blocks
+computed). --sweep times the candidate configurations of the linear, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity; the
 fastest of each makes the configuration that the backward-alone rows and their parts then run (passed as
 `config=`; the op's forward+backward keeps the defaults, so a better pick becomes a default by an edit of
 tuning.py). --flex-square

@@ -5,8 +5,9 @@
         [--shape 1.3b]
 
 Everything runs once outside the profiled range first (compilation, autotuned fallbacks), then the profiler is
-switched on for exactly one forward (precompute, router, linear state, main kernel) and one backward (its linear
-state, dq, linear, the dh product and CSR lists, dk/dv): every kernel appears once in ncu's report. Without ncu it just runs.
+switched on for exactly one forward (precompute, router, linear state, main kernel) and one backward (its
+linear state, dq, linear, the dh product and CSR lists, dk/dv): every kernel appears once in ncu's report.
+Without ncu it just runs.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ and their helpers dot.py, quant_math.py, bwd_math.py. Host code, one job a file:
 kv_state.py (the one pass over K, V), forward.py, backward.py, backward_state.py (the backward's fp32 linear
 state), selection.py (complement mask, key-block lists), layouts.py (strides, TMA descriptors), checks.py (input
 validation, what the kernels cover), launch.py (buffers, launch with fallback, interpreter detection), tuning.py
-(configurations and their measurements), constants.py (the low-bit constants). blocked_reference.py is a blocked PyTorch oracle for real sizes.
+(configurations and their measurements), constants.py (the low-bit constants). blocked_reference.py is a
+blocked PyTorch oracle for real sizes.
 
 The public names load on first use, so that `sla2_kernels.constants` (and the blocked reference) import without
 triton.

@@ -35,7 +35,7 @@ class BwdProblem:
     lse: torch.Tensor
     idx: torch.Tensor
     alpha: torch.Tensor  # fp32 [B, H, nq] view (stride 0 where it broadcasts)
-    lin_state: tuple  # (H_I fp32 [BH, nq, D, D], Z_I fp32 [BH, nq, D]), backward_state.py; unused without a linear branch
+    lin_state: tuple  # (H_I fp32 [BH, nq, D, D], Z_I fp32 [BH, nq, D]), backward_state.py; unused without linear
     layout: str
     shape: tuple  # (B, H, N, D)
     block_q: int

@@ -2,10 +2,10 @@
 
 sla2_train.attention.reference expands block masks to dense [N, N] token masks, which at N = 32760 needs
 tens of GB; this version gathers only the selected key blocks, so it runs at the Wan shapes on one GPU.
-Same arithmetic as the reference (fp32, or float64 for float64 inputs; fake-quant rounds P̃ against the running maximum over the selected
-blocks in the indices' order, as the one-pass kernel, or with running_max=False against the final row
-maximum); tests/kernels checks it against the reference at small sizes. Inputs [B, H, N, D] (any strides),
-indices [B, H, nq, topk], ascending like the router's (the reference's order).
+Same arithmetic as the reference (fp32, or float64 for float64 inputs; fake-quant rounds P̃ against the running
+maximum over the selected blocks in the indices' order, as the one-pass kernel, or with running_max=False
+against the final row maximum); tests/kernels checks it against the reference at small sizes. Inputs
+[B, H, N, D] (any strides), indices [B, H, nq, topk], ascending like the router's (the reference's order).
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def linear_branch(q, k, v, indices, block_q, block_k):
     hb = fk.transpose(-1, -2) @ _blocks(v, block_k)  # [B, H, nk, D, D]
     zb = fk.sum(dim=-2)  # [B, H, nk, D]
     nk = hb.shape[2]
-    sel = torch.zeros(*indices.shape[:-1], nk, device=q.device, dtype=q.dtype).scatter_(-1, indices.long(), 1.0)  # [B, H, nq, nk]
+    sel = torch.zeros(*indices.shape[:-1], nk, device=q.device, dtype=q.dtype)
+    sel = sel.scatter_(-1, indices.long(), 1.0)  # [B, H, nq, nk]
     h_i = hb.sum(dim=2, keepdim=True) - (sel @ hb.flatten(-2)).view(b, h, -1, d, d)
     z_i = zb.sum(dim=2, keepdim=True) - sel @ zb
     fq = _blocks(torch.softmax(q, dim=-1), block_q)
