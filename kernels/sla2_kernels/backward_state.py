@@ -1,11 +1,11 @@
 """The linear branch's state as the backward needs it: H_I summed in fp32 (docs/method.md, Backward).
 
 The forward rounds H_I = Σ_{j not selected by I} h_j to bf16, which is plenty for O_l. The backward's linear dQ is
-built from H_I minus its rank-one part Z_I v̄ᵀ (every O_l of a block is close to one v̄), which is ~1/√N of H_I at
-large N: a bf16 H_I loses 7% of dQ's linear part at Wan-1.3B's N = 32760 (measured in float64), and at α → 0 that
-is all of dQ. So the backward rebuilds H_I from K and V with fp32 sums (one precompute pass and one product,
-bf16 operands, fp32 output), and the kernel centres it before rounding (bwd_math.centred_state). Rebuilding it
-also means the forward keeps no state for the backward.
+built from H_I minus its rank-one part Z_I v̄ᵀ (every O_l of a block is close to one v̄), a part ~1/√N as large as
+H_I: a bf16 H_I loses 7% of dQ's linear part at Wan-1.3B's N = 32760 (a float64 simulation on random inputs), and
+at α → 0 that is all of dQ. So the backward rebuilds H_I from K and V with fp32 sums (one precompute pass and one
+product, bf16 operands, fp32 output), and the kernel centres it before rounding (bwd_math.centred_state).
+Rebuilding it also means that the forward keeps no state for the backward.
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ from .tuning import Z_GATHER
 
 
 def _product_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for bf16 a, b with fp32 accumulation and an fp32 result (the tensor cores' bf16 product on CUDA; the
-    operands widened elsewhere, which gives the same numbers up to summation order)."""
+    """a @ b for bf16 a, b with fp32 accumulation and an fp32 result: the tensor cores' bf16 product on CUDA;
+    elsewhere (or where torch has no out_dtype for it) the operands widened to fp32, which TF32 would not round
+    (bf16 values fit its mantissa): the same numbers up to summation order."""
     if a.is_cuda:
-        return torch.bmm(a, b, out_dtype=torch.float32)
+        try:
+            return torch.bmm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
     return torch.bmm(a.float(), b.float())
 
 
