@@ -29,7 +29,7 @@ def phi_inv(q, q_ok, z_i):
 def centred_state(h32, z_i):
     """(bf16 H̃_I = H_I − Z_I v̄ᵀ, v̄ fp32 [D]) from the fp32 H_I, with v̄ = Σ_d H_I[d, :] / Σ_d Z_I[d] (O_l at a
     uniform φQ). Every O_l of the block is v̄ plus a small part, so H_I's rows are Z_I[d] v̄ plus small parts:
-    rounding H_I itself to bf16 loses those parts (7% of dQ's linear part at Wan-1.3B's N, measured in float64),
+    rounding H_I itself to bf16 loses those parts (7% of dQ's linear part at Wan-1.3B's N in a float64 simulation on random inputs),
     rounding H̃_I keeps them. The formulas below are unchanged by the shift: O_l = φQ H̃_I / den + v̄ exactly
     (φQ·Z_I = den), and g H_Iᵀ − (g·O_l) Z_I = g H̃_Iᵀ − (g·Õ_l) Z_I with Õ_l = O_l − v̄."""
     sz = tl.sum(z_i, axis=0)
@@ -92,8 +92,9 @@ def dq_rows(LSE, O_ROWS, ALPHA_BH, saq, bh64, i_blk, rows, do, N, LINEAR: tl.con
 def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET: tl.constexpr):
     """One tile of selected key rows: P recomputed from lse, dP = dO Vᵀ; acc += P ⊙ (α dP − c) K, pk += P K and
     d_s += rowsum(P ⊙ dP), which ends as Ds = dO·O_s exactly. With Δ = α Ds known only after the last block,
-    dS K = P ⊙ (α dP − Δ) K = acc + (c − Δ) pk (dq_finish). c = α dO·O (from the bf16 O) is within rounding of
-    Δ only up to α(1 − α) dO·(O_s − O_l), so acc's products stay of dS's size and (c − Δ) pk is a correction."""
+    dS K = P ⊙ (α dP − Δ) K = acc + (c − Δ) pk (dq_finish). c = α dO·O (the bf16 O) differs from Δ by
+    α(1 − α) dO·(O_l − O_s) and O's rounding, so acc's terms stay of dS's size and (c − Δ) pk is a correction
+    of that size too (centring on c = 0 would round the common part dO·V̄ of every dP into acc)."""
     s = mma(q, tl.trans(k), INTERPRET)
     p = tl.exp2(s * qk_scale - lse2[:, None])
     p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
