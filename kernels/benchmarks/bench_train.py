@@ -9,10 +9,10 @@ SLA2 bf16 and QAT (low-bit forward, bf16 backward) through the training path, th
 the package's default configurations (sla2_kernels/tuning.py): forward (router + precompute + main kernel),
 forward+backward (the same plus the backward), forward+backward as a CUDA graph, and its peak memory (allocated
 above the inputs) against SDPA's; then the backward alone and its parts (the K/V pass it recomputes, the CSR
-key-block lists, the prologue, the dq kernel, the dk/dv kernel). FLOPs, both conventions (docs/method.md, FLOP
-conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward (4 forward, 10 backward: 2 + 2.5 × 4) and
-actual = the same with N² replaced by N·topk·b_k (the blocks computed). --sweep times the candidate configurations of the
-prologue, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity; the
+key-block lists, its fp32 linear state, the dq kernel, the linear kernel, the dk/dv kernel). FLOPs, both
+conventions (docs/method.md, FLOP conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward
+(4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N² replaced by N·topk·b_k (the blocks
+computed). --sweep times the candidate configurations of the linear, the dq and the dk/dv kernels (pointer and TMA tiles) at the first shape and the last sparsity; the
 fastest of each makes the configuration that the backward-alone rows and their parts then run (passed as
 `config=`; the op's forward+backward keeps the defaults, so a better pick becomes a default by an edit of
 tuning.py). --flex-square
@@ -158,10 +158,10 @@ class Bench(BenchBase):
             T["bwd_csr"] = self.time_ms(lambda: self.selection.key_block_lists(idx, nk))
             st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
             T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st, block_q=BLOCK_Q))
-            lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
-            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), lin, self.bwd_cfg)
-            T["bwd_prologue"] = self.time_ms(lambda: self.bwd.run_prologue(p))
+            T["bwd_state"] = self.time_ms(lambda: self.backward_state(k, v, idx))
+            p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), self.backward_state(k, v, idx), self.bwd_cfg)
             T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p))  # the dq kernel alone
+            T["bwd_linear"] = self.time_ms(lambda: self.bwd.run_linear(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
             if flex is not None and self.args.flex_square:
                 T.update(self.safe(f"{shape_name} flex 128x128 {sparsity}",
@@ -188,6 +188,9 @@ class Bench(BenchBase):
         del q, k, v, do, x
         torch.cuda.empty_cache()
 
+    def backward_state(self, k, v, idx):
+        return self.bwd.backward_linear_state(k, v, idx, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
+
     def prepared(self, do, q, k, v, o, lse, idx, alpha, lin, cfg):
         a3 = self.fwd.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
         return self.bwd.prepare(do, q, k, v, o, lse, idx, a3, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd",
@@ -199,9 +202,9 @@ class Bench(BenchBase):
     DQ_CANDIDATES = ((4, 2, 64, True), (4, 3, 64, True), (8, 2, 0, True), (4, 1, 64, True), (4, 2, 64, False))
     # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
     DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
-    # (rows, cols, warps, stages) of the prologue (H100, 2026-11-27: 155–229 registers, 76–92 KB of shared memory;
-    # the 2-stage one 255 and 12 spills)
-    PROLOGUE_CANDIDATES = ((32, 64, 4, 1), (32, 128, 4, 1), (16, 128, 4, 1), (16, 64, 4, 1), (32, 128, 8, 1),
+    # (rows, cols, warps, stages) of the linear kernel (H100, 2026-11-27, with a bf16 H_I: 155–229 registers,
+    # 76–92 KB of shared memory; the 2-stage one 255 and 12 spills)
+    LINEAR_CANDIDATES = ((32, 64, 4, 1), (32, 128, 4, 1), (16, 128, 4, 1), (16, 64, 4, 1), (32, 128, 8, 1),
                            (64, 128, 8, 1), (32, 64, 4, 2))
 
     def sweep(self, shape_name, sparsity):
@@ -216,24 +219,23 @@ class Bench(BenchBase):
                            layout="bhnd")
         alpha = 0.2 + 0.6 * torch.rand(1, H, nq, device="cuda", generator=gen)
         o, lse = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
-        st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
-        lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
+        lin = self.backward_state(k, v, idx)
         best = {}
-        for kind, cands in (("prologue", self.PROLOGUE_CANDIDATES), ("dq", self.DQ_CANDIDATES),
+        for kind, cands in (("linear", self.LINEAR_CANDIDATES), ("dq", self.DQ_CANDIDATES),
                             ("dkdv", self.DKDV_CANDIDATES)):
             for cand in cands:
                 if self.left() < 60:
                     break
-                if kind == "prologue":
+                if kind == "linear":
                     rows, cols, w, stg = cand
-                    c = C(4, 2, 8, 2, prologue_rows=rows, prologue_cols=cols, prologue_warps=w, prologue_stages=stg)
+                    c = C(4, 2, 8, 2, linear_rows=rows, linear_cols=cols, linear_warps=w, linear_stages=stg)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
-                    fn = lambda p=p: self.bwd.run_prologue(p)  # noqa: E731
+                    self.bwd.run_dq_sparse(p)  # the linear kernel reads its Ds and adds into its dQ
+                    fn = lambda p=p: self.bwd.run_linear(p)  # noqa: E731
                 elif kind == "dq":
                     w, stg, rows, tma = cand
                     c = C(w, stg, 8, 2, dq_rows=rows, dq_tma=tma)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
-                    self.bwd.run_prologue(p)
                     fn = lambda p=p: self.bwd.run_dq_sparse(p)  # noqa: E731
                 else:
                     w, stg, qs, tma = cand
@@ -252,9 +254,9 @@ class Bench(BenchBase):
                     best[kind] = (t, cand)
         dq = best.get("dq", (None, self.DQ_CANDIDATES[0]))[1]
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
-        pro = best.get("prologue", (None, self.PROLOGUE_CANDIDATES[0]))[1]
+        lin_cfg = best.get("linear", (None, self.LINEAR_CANDIDATES[0]))[1]
         tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3],
-                  prologue_rows=pro[0], prologue_cols=pro[1], prologue_warps=pro[2], prologue_stages=pro[3])
+                  linear_rows=lin_cfg[0], linear_cols=lin_cfg[1], linear_warps=lin_cfg[2], linear_stages=lin_cfg[3])
         self.bwd_cfg = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)
@@ -402,7 +404,7 @@ class Bench(BenchBase):
             return f"{x:8.{p}f}" if isinstance(x, (int, float)) else f"{'-':>8}"
 
         hdr = ("shape", "spars", "cuDNN", "flash", "flex", "flex128", "fwd", "bwd", "fwd+bwd", "graph", "x cuDNN",
-               "bwd/fwd", "fwd8", "f+b qat", "x cuDNN8", "prologue", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN",
+               "bwd/fwd", "fwd8", "f+b qat", "x cuDNN8", "linear", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN",
                "MB flex")
         lines.append("fwd+bwd (ms, median)")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
@@ -414,7 +416,7 @@ class Bench(BenchBase):
                 f(r.get("t_fwdbwd")), f(r.get("t_fwdbwd_graph")), f(r.get("x_cudnn_fwdbwd_graph") or
                                                                     r.get("x_cudnn_fwdbwd"), 1),
                 f(r.get("bwd_over_fwd"), 2), f(r.get("t_fwd_qat")), f(r.get("t_fwdbwd_qat")),
-                f(r.get("x_cudnn_fwdbwd_graph_qat") or r.get("x_cudnn_fwdbwd_qat"), 1), f(r.get("t_bwd_prologue")),
+                f(r.get("x_cudnn_fwdbwd_graph_qat") or r.get("x_cudnn_fwdbwd_qat"), 1), f(r.get("t_bwd_linear")),
                 f(r.get("t_bwd_dq")),
                 f(r.get("t_bwd_dkdv")), f((r.get("t_bwd_precompute") or 0) + (r.get("t_bwd_csr") or 0)),
                 f(r.get("peak_MB"), 0), f(r.get("sdpa_cudnn_peak_MB"), 0), f(r.get("flex_peak_MB"), 0),

@@ -11,20 +11,21 @@ Public API (each name importable from the package root):
   sla2_forward(q, k, v, indices, alpha, *, block_q, block_k, quant, layout, kv_state=None, lin_state=None,
                config=None) -> (o, lse)
   forward_with_state(q, k, v, indices, alpha, *, block_q, block_k, quant, layout) -> (o, lse, H_I, Z_I)
-  sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, lin_state=None, config=None)
-      -> (dq, dk, dv, dalpha)
+  sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, config=None)
+      -> (dq, dk, dv, dalpha)                                            (rebuilds its fp32 linear state)
   unsupported(dtype, head_dim, block_q, block_k) -> str   ("" when the kernels cover these options)
   KVState, FwdConfig, BwdConfig, PrecomputeConfig          (launch configurations: tuning.py)
-Autograd is not here: sla2_train.attention.ops registers forward_with_state and sla2_backward as the
+Autograd is not here: sla2_train.attention.ops registers sla2_forward and sla2_backward as the
 torch.library op `sla2::attention`.
 
 Layout of the package. @triton.jit code only: router_kernels.py, linear_precompute.py, lowbit_quant.py,
 complement_z.py, key_block_fill.py, sla2_fwd.py, sla2_fwd_tma.py, sla2_fwd_lowbit.py, sla2_bwd.py, sla2_bwd_tma.py
 and their helpers dot.py, quant_math.py, bwd_math.py. Host code, one job a file: routing.py (router, Top-k),
-kv_state.py (the one pass over K, V), forward.py, backward.py, selection.py (complement mask, key-block lists),
-layouts.py (strides, TMA descriptors), checks.py (input validation, what the kernels cover), launch.py (buffers,
-launch with fallback, interpreter detection), tuning.py (configurations and their measurements), constants.py
-(the low-bit constants). blocked_reference.py is a blocked PyTorch oracle for real sizes.
+kv_state.py (the one pass over K, V), forward.py, backward.py, backward_state.py (the backward's fp32 linear
+state), selection.py (complement mask, key-block lists), layouts.py (strides, TMA descriptors), checks.py (input
+validation, what the kernels cover), launch.py (buffers, launch with fallback, interpreter detection), tuning.py
+(configurations and their measurements), constants.py (the low-bit constants). blocked_reference.py is a
+blocked PyTorch oracle for real sizes.
 
 The public names load on first use, so that `sla2_kernels.constants` (and the blocked reference) import without
 triton.

@@ -1,4 +1,4 @@
-"""The SLA2 backward's host side (docs/method.md, Backward): buffers, the launch order of the prologue, dq and dk/dv
+"""The SLA2 backward's host side (docs/method.md, Backward): buffers, the launch order of the dq, linear and dk/dv
 kernels (sla2_bwd.py, TMA twins in sla2_bwd_tma.py), and the dh product between them. The formulas are in
 sla2_bwd.py's docstring.
 
@@ -14,11 +14,11 @@ import torch
 import triton
 
 from . import launch, layouts
-from .forward import effective_alpha, linear_state
+from .backward_state import backward_linear_state
+from .forward import effective_alpha
 from .layouts import NK_ALIGN, bhn_strides, bhnd_view, descriptor, dims, last_dim_contiguous
-from .kv_state import precompute
 from .selection import complement_mask, key_block_lists
-from .sla2_bwd import sla2_bwd_dkdv_kernel, sla2_bwd_dq_kernel, sla2_bwd_prologue_kernel
+from .sla2_bwd import sla2_bwd_dkdv_kernel, sla2_bwd_dq_kernel, sla2_bwd_linear_kernel
 from .sla2_bwd_tma import sla2_bwd_dkdv_tma_kernel, sla2_bwd_dq_tma_kernel
 from .tuning import BwdConfig, default_bwd_config
 
@@ -35,7 +35,7 @@ class BwdProblem:
     lse: torch.Tensor
     idx: torch.Tensor
     alpha: torch.Tensor  # fp32 [B, H, nq] view (stride 0 where it broadcasts)
-    lin_state: tuple  # (H_I bf16 [BH, nq, D, D], Z_I fp32 [BH, nq, D]) of the forward; unused without a linear branch
+    lin_state: tuple  # (H_I fp32 [BH, nq, D, D], Z_I fp32 [BH, nq, D]), backward_state.py; unused without linear
     layout: str
     shape: tuple  # (B, H, N, D)
     block_q: int
@@ -45,7 +45,7 @@ class BwdProblem:
     dk: torch.Tensor | None = None
     dv: torch.Tensor | None = None
     dalpha: torch.Tensor | None = None
-    delta: torch.Tensor | None = None
+    delta: torch.Tensor | None = None  # Ds = dO·O_s per query row (the dq kernel's)
     dh: torch.Tensor | None = None
     dz: torch.Tensor | None = None
 
@@ -64,7 +64,8 @@ class BwdProblem:
 
 def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i,
             config: BwdConfig | None = None) -> BwdProblem:
-    """The problem of one backward call; alpha: effective α (forward.effective_alpha), broadcastable to [B, H, nq]."""
+    """The problem of one backward call; alpha: effective α (forward.effective_alpha), broadcastable to [B, H, nq];
+    h_i, z_i: backward_state.backward_linear_state's."""
     bsz, heads, n, d = dims(q, layout)[0]
     q, k, v, o, do = (last_dim_contiguous(t) for t in (q, k, v, o, do))
     nq = triton.cdiv(n, block_q)
@@ -76,57 +77,29 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_
     )
 
 
-def run_prologue(p: BwdProblem) -> None:
-    """The prologue kernel: Δ, dα_I and (linear branch) dH_I, dZ_I and the linear dQ (into p.dq)."""
-    bsz, heads, n, d = p.shape
-    bh, nq = bsz * heads, p.nq
-    dev = p.q.device
-    p.dq = launch.empty_like(p.q, memory_format=torch.contiguous_format)
-    p.delta = launch.empty(bsz, heads, n, device=dev, dtype=torch.float32)
-    p.dalpha = launch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
-    if p.linear:
-        p.dh = launch.empty(bh, nq, d, d, device=dev, dtype=torch.bfloat16)  # the dh product's operand
-        p.dz = launch.empty(bh, nq, d, device=dev, dtype=torch.float32)
-    else:
-        p.dh = p.dz = p.delta  # never read
-    sa = p.alpha.stride()
-    rs, dc = min(p.cfg.prologue_rows, p.block_q), min(p.cfg.prologue_cols, d)
-    for name, value in (("prologue_rows", rs), ("prologue_cols", dc)):
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
-    meta = dict(BQ=p.block_q, D=d, RS=rs, DC=dc, LINEAR=p.linear, INTERPRET=launch.interpreting(),
-                num_warps=p.cfg.prologue_warps, num_stages=p.cfg.prologue_stages)
-    # ψ per query row, pass 1 to pass 2 of the prologue (freed with it; below the dk/dv step's peak)
-    psi = launch.empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16) if p.linear else p.delta
-    launch.run(
-        "prologue", sla2_bwd_prologue_kernel, (nq, bh),
-        p.q, p.o, p.do, p.dq,
-        p.delta, p.alpha, *p.lin_state,
-        p.dh, p.dz, p.dalpha, psi,
-        *bhn_strides(p.q, p.layout), *bhn_strides(p.o, p.layout), *bhn_strides(p.do, p.layout),
-        *bhn_strides(p.dq, p.layout), sa[0], sa[1], sa[2],
-        n, heads, nq, **meta,
-    )
-
-
 def run_dq(p: BwdProblem) -> None:
-    """Prologue (Δ, dα, linear dQ and dH_I, dZ_I) then the dq kernel (sparse dQ)."""
-    run_prologue(p)
+    """The dq kernel (sparse dQ, Ds) then, with a linear branch, the linear kernel (dα, dH_I, dZ_I, linear dQ)."""
     run_dq_sparse(p)
+    if p.linear:
+        run_linear(p)
+    else:
+        p.dalpha = torch.zeros(p.shape[0], p.shape[1], p.nq, device=p.q.device, dtype=torch.float32)  # α is fixed at 1
 
 
 def run_dq_sparse(p: BwdProblem) -> None:
-    """The dq kernel: sparse dQ over the selected key blocks, added to the prologue's linear dQ."""
+    """The dq kernel: sparse dQ over the selected key blocks (into p.dq) and Ds = dO·O_s per row (into p.delta)."""
     bsz, heads, n, d = p.shape
     bh, nq = bsz * heads, p.nq
     sa = p.alpha.stride()
+    p.dq = launch.empty_like(p.q, memory_format=torch.contiguous_format)
+    p.delta = launch.empty(bsz, heads, n, device=p.q.device, dtype=torch.float32)
 
     def make(c):
         args = (
-            p.q, p.k, p.v, p.do, p.dq,
+            p.q, p.k, p.v, p.o, p.do, p.dq,
             p.lse, p.delta, p.idx, p.alpha,
             *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
-            *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
+            *bhn_strides(p.o, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
             sa[0], sa[1], sa[2],
             n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
@@ -135,16 +108,16 @@ def run_dq_sparse(p: BwdProblem) -> None:
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
-    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.do, p.dq)]
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.o, p.do, p.dq)]
 
     def make_tma(c):
-        rows = [c.dq_rows or p.block_q, p.block_k, p.block_k, c.dq_rows or p.block_q, c.dq_rows or p.block_q]
+        bm = c.dq_rows or p.block_q
         args = (
-            *(descriptor(t, r) for t, r in zip(views, rows)),
+            *(descriptor(t, r) for t, r in zip(views, [bm, p.block_k, p.block_k, bm, bm, bm])),
             p.lse, p.delta, p.idx, p.alpha, sa[0], sa[1], sa[2],
             n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=c.dq_rows or p.block_q, LINEAR=p.linear,
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=bm, LINEAR=p.linear,
                   INTERPRET=launch.interpreting(), num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
@@ -157,6 +130,34 @@ def run_dq_sparse(p: BwdProblem) -> None:
         launch.with_fallback("dq", sla2_bwd_dq_tma_kernel, grid, key, p.cfg, make_tma, "dq_stages")
     else:
         launch.with_fallback("dq", sla2_bwd_dq_kernel, grid, key, replace(p.cfg, dq_tma=False), make, "dq_stages")
+
+
+def run_linear(p: BwdProblem) -> None:
+    """The linear kernel, after the dq kernel: dα_I, dH_I, dZ_I, and the linear dQ added into p.dq."""
+    bsz, heads, n, d = p.shape
+    bh, nq = bsz * heads, p.nq
+    dev = p.q.device
+    p.dalpha = launch.empty(bsz, heads, nq, device=dev, dtype=torch.float32)
+    p.dh = launch.empty(bh, nq, d, d, device=dev, dtype=torch.bfloat16)  # the dh product's operand
+    p.dz = launch.empty(bh, nq, d, device=dev, dtype=torch.float32)
+    sa = p.alpha.stride()
+    rs, dc = min(p.cfg.linear_rows, p.block_q), min(p.cfg.linear_cols, d)
+    for name, value in (("linear_rows", rs), ("linear_cols", dc)):
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
+    # ψ per query row, pass 1 to pass 2 of the linear kernel (freed with it; below the dk/dv step's peak)
+    psi = launch.empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16)
+    launch.run(
+        "linear", sla2_bwd_linear_kernel, (nq, bh),
+        p.q, p.do, p.dq,
+        p.delta, p.alpha, *p.lin_state,
+        p.dh, p.dz, p.dalpha, psi,
+        *bhn_strides(p.q, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
+        sa[0], sa[1], sa[2],
+        n, heads, nq,
+        BQ=p.block_q, D=d, RS=rs, DC=dc, INTERPRET=launch.interpreting(),
+        num_warps=p.cfg.linear_warps, num_stages=p.cfg.linear_stages,
+    )
 
 
 def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
@@ -175,8 +176,9 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         dztot = p.dz.sum(dim=1)
         if release_dh:
             p.dh = None
+        dz = p.dz
     else:
-        dhk = dztot = p.delta
+        dhk = dztot = dz = p.delta  # never read
     del keep
     p.dk = launch.empty_like(p.k, memory_format=torch.contiguous_format)
     p.dv = launch.empty_like(p.v, memory_format=torch.contiguous_format)
@@ -187,7 +189,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
             p.q, p.k, p.v, p.do, p.dk, p.dv,
             p.lse, p.delta, p.alpha,
             ptr, qblk, order,
-            dhk, p.dz, dztot, dhk.shape[1] if p.linear else 0,
+            dhk, dz, dztot, dhk.shape[1] if p.linear else 0,
             *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
             *bhn_strides(p.do, p.layout), *bhn_strides(p.dk, p.layout), *bhn_strides(p.dv, p.layout),
             sa[0], sa[1], sa[2],
@@ -205,7 +207,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
             *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
             p.lse, p.delta, p.alpha,
             ptr, qblk, order,
-            dhk, p.dz, dztot, dhk.shape[1] if p.linear else 0,
+            dhk, dz, dztot, dhk.shape[1] if p.linear else 0,
             sa[0], sa[1], sa[2],
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
@@ -234,26 +236,27 @@ def sla2_backward(
     block_q: int,
     block_k: int,
     layout: str,
-    lin_state: tuple | None = None,
     config: BwdConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
 
     q, k, v, o, do: [B, H, N, D] or [B, N, H, D] per `layout` (any strides with a unit last stride); the
     gradients come back in the same layout, contiguous. indices: [B, H, nq, topk] sorted per row. alpha: the
-    raw α, broadcastable to [B, H, nq] (made effective here: 1 when topk = nk). lin_state: the forward's
-    (H_I, Z_I) (forward.linear_state, or forward_with_state's); recomputed from k, v when None (one pass over K
-    and V and one product more). dalpha is fp32 [B, H, nq]: reduce it to α's shape.
+    raw α, broadcastable to [B, H, nq] (made effective here: 1 when topk = nk). The linear branch's state is
+    rebuilt here from k, v with fp32 sums (backward_state.py: one pass over K and V and one product). dalpha is
+    fp32 [B, H, nq]: reduce it to α's shape. No term divides by α: every gradient is finite and accurate at α = 0.
     For QAT pass the low-bit forward's o and lse: the backward is the bf16 one (straight-through).
     """
     a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
     n = dims(q, layout)[0][2]
     if indices.shape[-1] >= triton.cdiv(n, block_k):  # no linear branch: its state is never read
         lin_state = (a3, a3)
-    elif lin_state is None:
-        lin_state = linear_state(indices, precompute(k, v, block_k=block_k, layout=layout), block_q=block_q)
+    else:
+        lin_state = backward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout)
     p = prepare(do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout,
                 h_i=lin_state[0], z_i=lin_state[1], config=config)
+    del lin_state
     run_dq(p)
+    p.lin_state = None  # the fp32 H_I is read once: freed before dK and dV are allocated
     run_dkdv(p, release_dh=True)
     return p.dq, p.dk, p.dv, p.dalpha

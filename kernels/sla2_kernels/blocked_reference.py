@@ -2,10 +2,10 @@
 
 sla2_train.attention.reference expands block masks to dense [N, N] token masks, which at N = 32760 needs
 tens of GB; this version gathers only the selected key blocks, so it runs at the Wan shapes on one GPU.
-Same arithmetic as the reference (fp32; fake-quant rounds P̃ against the running maximum over the selected
-blocks in the indices' order, as the one-pass kernel, or with running_max=False against the final row
-maximum); tests/kernels checks it against the reference at small sizes. Inputs [B, H, N, D] (any strides),
-indices [B, H, nq, topk], ascending like the router's (the reference's order).
+Same arithmetic as the reference (fp32, or float64 for float64 inputs; fake-quant rounds P̃ against the running
+maximum over the selected blocks in the indices' order, as the one-pass kernel, or with running_max=False
+against the final row maximum); tests/kernels checks it against the reference at small sizes. Inputs
+[B, H, N, D] (any strides), indices [B, H, nq, topk], ascending like the router's (the reference's order).
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ import torch
 
 from .constants import FP8_E4M3_MAX as FP8_MAX
 from .constants import INT8_MAX, MIN_SCALE
+
+
+def _widen(x: torch.Tensor) -> torch.Tensor:
+    """fp32, or float64 for float64 inputs (the GPU tests' float64 oracle on a slice of heads)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -52,7 +57,7 @@ def _running_max(s: torch.Tensor, block_k: int) -> torch.Tensor:
 def sparse_branch(q, k, v, indices, block_q, block_k, quant=False, running_max=True):
     """(O_s [B, H, N, D], lse [B, H, N]) over the selected blocks, fp32. running_max: see the module docstring
     (low-bit only)."""
-    q, k, v = (t.float() for t in (q, k, v))
+    q, k, v = (_widen(t) for t in (q, k, v))
     b, h, n, d = q.shape
     qb = _blocks(q, block_q)  # [B, H, nq, bq, D]
     valid = _key_valid(n, block_k, indices)[..., None, :]  # [B, H, nq, 1, k·bk]
@@ -90,13 +95,14 @@ def sparse_branch(q, k, v, indices, block_q, block_k, quant=False, running_max=T
 
 def linear_branch(q, k, v, indices, block_q, block_k):
     """O_l [B, H, N, D] = φQ(H_tot − Σ_sel h_j) / φQ·(Z_tot − Σ_sel z_j), fp32; 0 if all blocks selected."""
-    q, k, v = (t.float() for t in (q, k, v))
+    q, k, v = (_widen(t) for t in (q, k, v))
     b, h, n, d = q.shape
     fk = _blocks(torch.softmax(k, dim=-1), block_k)  # padded rows are 0 after the pad
     hb = fk.transpose(-1, -2) @ _blocks(v, block_k)  # [B, H, nk, D, D]
     zb = fk.sum(dim=-2)  # [B, H, nk, D]
     nk = hb.shape[2]
-    sel = torch.zeros(*indices.shape[:-1], nk, device=q.device).scatter_(-1, indices.long(), 1.0)  # [B, H, nq, nk]
+    sel = torch.zeros(*indices.shape[:-1], nk, device=q.device, dtype=q.dtype)
+    sel = sel.scatter_(-1, indices.long(), 1.0)  # [B, H, nq, nk]
     h_i = hb.sum(dim=2, keepdim=True) - (sel @ hb.flatten(-2)).view(b, h, -1, d, d)
     z_i = zb.sum(dim=2, keepdim=True) - sel @ zb
     fq = _blocks(torch.softmax(q, dim=-1), block_q)
@@ -108,14 +114,15 @@ def linear_branch(q, k, v, indices, block_q, block_k):
 
 
 def sla2_forward(q, k, v, indices, alpha, block_q, block_k, quant=False, running_max=True):
-    """(o fp32 [B, H, N, D], lse fp32 [B, H, N]); α broadcastable to [B, H, nq], forced to 1 when all selected."""
+    """(o [B, H, N, D], lse [B, H, N], fp32 or float64); α broadcastable to [B, H, nq], forced to 1 when all
+    selected."""
     b, h, n, d = q.shape
     nq, nk = -(-n // block_q), -(-n // block_k)
     o_s, lse = sparse_branch(q, k, v, indices, block_q, block_k, quant, running_max)
     if indices.shape[-1] == nk:
         return o_s, lse
     o_l = linear_branch(q, k, v, indices, block_q, block_k)
-    a = torch.as_tensor(alpha, dtype=torch.float32, device=q.device).expand(b, h, nq)
+    a = torch.as_tensor(alpha, dtype=o_s.dtype, device=q.device).expand(b, h, nq)
     a = a.repeat_interleave(block_q, dim=-1)[..., :n, None]
     return a * o_s + (1 - a) * o_l, lse
 

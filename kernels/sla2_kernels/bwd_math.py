@@ -26,56 +26,95 @@ def phi_inv(q, q_ok, z_i):
 
 
 @triton.jit
-def prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET: tl.constexpr):
-    """The backward prologue for a tile of query rows with a linear branch: (Δ, Σ_rows (Do − Dl), this tile's part
-    of dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO). O_l is recomputed as the pointer
-    forward's epilogue forms it (bf16 φQ and H_I on the tensor cores, fp32 denominator); the TMA forward rounds
-    the unnormalised exp(Q − rowmax) to bf16 instead (its normaliser cancels), so against the default forward the
-    recomputed O_l differs by bf16 rounding, inside the gradient tests' tolerance. Do = dO·O is given."""
+def centred_state(h32, z_i):
+    """(bf16 H̃_I = H_I − Z_I v̄ᵀ, v̄ fp32 [D]) from the fp32 H_I, with v̄ = Σ_d H_I[d, :] / Σ_d Z_I[d] (O_l at a
+    uniform φQ). Every O_l of the block is v̄ plus a small part, so H_I's rows are Z_I[d] v̄ plus small parts:
+    rounding H_I itself to bf16 loses those parts (7% of dQ's linear part at Wan-1.3B's N in a float64 simulation on random inputs),
+    rounding H̃_I keeps them. The formulas below are unchanged by the shift: O_l = φQ H̃_I / den + v̄ exactly
+    (φQ·Z_I = den), and g H_Iᵀ − (g·O_l) Z_I = g H̃_Iᵀ − (g·Õ_l) Z_I with Õ_l = O_l − v̄."""
+    sz = tl.sum(z_i, axis=0)
+    vbar = tl.where(sz > 0, tl.sum(h32, axis=0) / sz, 0.0)
+    return (h32 - z_i[:, None] * vbar[None, :]).to(tl.bfloat16), vbar
+
+
+@triton.jit
+def linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET: tl.constexpr):
+    """The linear-branch backward for a tile of query rows, given Ds = dO·O_s (the dq kernel's, exact): (this
+    tile's Σ_rows (Ds − Dl) for dα, its part of dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO).
+    O_l is recomputed as the pointer forward's epilogue forms it (bf16 φQ on the tensor cores, fp32 denominator),
+    from the centred state (centred_state)."""
     fq16, inv = phi_inv(q, q_ok, z_i)
-    d_l = tl.sum(do.to(tl.float32) * (mma(fq16, h16, INTERPRET) * inv[:, None]), axis=1)  # Dl = dO·O_l
-    delta = d_o - (1.0 - alpha) * d_l
-    dalpha = tl.sum(tl.where(q_ok, d_o - d_l, 0.0), axis=0)
+    dof = do.to(tl.float32)
+    ol_c = mma(fq16, ht16, INTERPRET) * inv[:, None]  # Õ_l = O_l − v̄
+    d_lc = tl.sum(dof * ol_c, axis=1)  # dO·Õ_l
+    d_l = d_lc + tl.sum(dof * vbar[None, :], axis=1)  # Dl = dO·O_l
+    dalpha = tl.sum(tl.where(q_ok, d_s - d_l, 0.0), axis=0)
     # dZ_I = −Σ_i w_i ψ_i with ψ = φQ / den (bf16, as in dH_I), w = (1 − α) Dl; padding rows have inv = 0.
     w = (1.0 - alpha) * d_l
     psi16 = (fq16.to(tl.float32) * inv[:, None]).to(tl.bfloat16)
     dz = -tl.sum(psi16.to(tl.float32) * w[:, None], axis=0)
-    # dφQ = (g H_Iᵀ − (1 − α) Dl Z_I) / den with g = (1 − α) dO; then through φ.
-    g_h = mma(do.to(tl.bfloat16), tl.trans(h16), INTERPRET) * (1.0 - alpha)
-    dfq = (g_h - w[:, None] * z_i[None, :]) * inv[:, None]
+    # dφQ = (g H̃_Iᵀ − (g·Õ_l) Z_I) / den with g = (1 − α) dO; then through φ.
+    g_h = mma(do.to(tl.bfloat16), tl.trans(ht16), INTERPRET)
+    dfq = (g_h - d_lc[:, None] * z_i[None, :]) * (inv * (1.0 - alpha))[:, None]
     fq = fq16.to(tl.float32)
-    return delta, dalpha, dz, fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]), psi16
+    return dalpha, dz, fq * (dfq - tl.sum(dfq * fq, axis=1)[:, None]), psi16
 
 
 @triton.jit
 def query_rows(LSE, DELTA, ALPHA_BH, saq, bh64, i_blk, rows, N, LINEAR: tl.constexpr):
-    """(q_ok, lse in the log2 domain, Δ, α) of query rows `rows` (of query block i_blk; ALPHA_BH points at this
-    (batch, head)'s α row). Without a linear branch α is 1 (effective_alpha)."""
+    """(q_ok, lse in the log2 domain, Δ = α Ds, α) of query rows `rows` (of query block i_blk; ALPHA_BH points at
+    this (batch, head)'s α row; DELTA holds Ds = dO·O_s from the dq kernel). Without a linear branch α is 1
+    (effective_alpha)."""
     q_ok = rows < N
     lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
-    delta = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
+    d_s = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
     if LINEAR:
         alpha = tl.load(ALPHA_BH + i_blk * saq)
     else:
         alpha = 1.0
-    return q_ok, lse2, delta, alpha
+    return q_ok, lse2, alpha * d_s, alpha
 
 
 @triton.jit
-def dq_step(q, k, v, do, kv_ok, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET: tl.constexpr):
-    """acc += dS K for one tile of selected key rows: P recomputed from lse, dP = α dO Vᵀ, dS = P (dP − Δ)."""
+def dq_rows(LSE, O_ROWS, ALPHA_BH, saq, bh64, i_blk, rows, do, N, LINEAR: tl.constexpr):
+    """(q_ok, lse in the log2 domain, α, the centring c = α dO·O) of the dq kernel's query rows; O_ROWS: a
+    [rows, D] tile of O (zeros past N)."""
+    q_ok = rows < N
+    lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
+    if LINEAR:
+        alpha = tl.load(ALPHA_BH + i_blk * saq)
+    else:
+        alpha = 1.0
+    return q_ok, lse2, alpha, alpha * tl.sum(do.to(tl.float32) * O_ROWS.to(tl.float32), axis=1)
+
+
+@triton.jit
+def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET: tl.constexpr):
+    """One tile of selected key rows: P recomputed from lse, dP = dO Vᵀ; acc += P ⊙ (α dP − c) K, pk += P K and
+    d_s += rowsum(P ⊙ dP), which ends as Ds = dO·O_s exactly. With Δ = α Ds known only after the last block,
+    dS K = P ⊙ (α dP − Δ) K = acc + (c − Δ) pk (dq_finish). c = α dO·O (the bf16 O) differs from Δ by
+    α(1 − α) dO·(O_l − O_s) and O's rounding, so acc's terms stay of dS's size and (c − Δ) pk is a correction
+    of that size too (centring on c = 0 would round the common part dO·V̄ of every dP into acc)."""
     s = mma(q, tl.trans(k), INTERPRET)
     p = tl.exp2(s * qk_scale - lse2[:, None])
     p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
-    dp = mma(do, tl.trans(v), INTERPRET) * alpha
-    ds = p * (dp - delta[:, None])
-    return mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
+    dp = mma(do, tl.trans(v), INTERPRET)
+    d_s += tl.sum(p * dp, axis=1)
+    ds = p * (dp * alpha - c[:, None])
+    acc = mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
+    return acc, mma_acc(p.to(k.dtype), k, pk, INTERPRET), d_s
+
+
+@triton.jit
+def dq_finish(acc, pk, d_s, c, alpha, sm_scale):
+    """The sparse dQ (fp32) from dq_step's sums: (acc + (c − α Ds) pk) / √D."""
+    return (acc + (c - alpha * d_s)[:, None] * pk) * sm_scale
 
 
 @triton.jit
 def dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale, INTERPRET: tl.constexpr):
-    """dV += α Pᵀ dO and dK += dSᵀ Q for one tile of query rows that selected this key block (transposed
-    tiles: key rows along the first axis)."""
+    """dV += α Pᵀ dO and dK += dSᵀ Q, dS = P ⊙ (α dP − Δ), for one tile of query rows that selected this key
+    block (transposed tiles: key rows along the first axis)."""
     st = mma(k, tl.trans(q), INTERPRET)  # [BK, rows]
     pt = tl.exp2(st * qk_scale - lse2[None, :])
     pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)

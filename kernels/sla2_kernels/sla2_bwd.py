@@ -4,23 +4,30 @@ head_dim. The host side (buffers, launch order, the dh product) is backward.py; 
 dk/dv kernels are sla2_bwd_tma.py.
 
 Notation per (batch·head), query block I (b_q rows), key block j (b_k rows), α = α_I (effective: 1 when every
-key block is selected), forward O = α O_s + (1 − α) O_l and its lse (sparse branch, natural log):
-  Do_i = dO_i·O_i,  Dl_i = dO_i·O_l,i                      (O_l recomputed; O_s is never needed)
-  Δ_i  = rowsum(dO_s ⊙ O_s) = Do_i − (1 − α) Dl_i           (dO_s = α dO; no division by α)
-  dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i) = Σ_{i∈I} (Do_i − Dl_i) / α   (since O − O_l = α (O_s − O_l))
+key block is selected), forward O = α O_s + (1 − α) O_l and its lse (sparse branch, natural log). Nothing
+divides by α (α → 0 is reachable through the sigmoid):
+  Ds_i = dO_i·O_s,i = rowsum(P ⊙ dO Vᵀ)_i      (summed in the dq kernel's loop; O_s is never formed)
+  Dl_i = dO_i·O_l,i                             (O_l recomputed)
+  Δ_i  = rowsum(dO_s ⊙ O_s) = α Ds_i            (dO_s = α dO)
+  dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i) = Σ_{i∈I} (Ds_i − Dl_i)
 Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS = P ⊙ (dP − Δ),
   dQ += dS K/√D, dK += dSᵀ Q/√D, dV += α Pᵀ dO.
-Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select):
-  dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i
+  Δ is known only after the dq loop, so the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring c = α dO·O
+  (bf16 O: close to Δ), and dS K = that sum + (c − Δ) P K (bwd_math.dq_step). The dk/dv kernel runs later and
+  reads Δ = α Ds directly.
+Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select; H_I summed in
+fp32 and centred to H̃_I = H_I − Z_I v̄ᵀ before its bf16 rounding, bwd_math.centred_state):
+  dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i = (g_i H̃_Iᵀ − (g_i·Õ_l,i) Z_I) / den_i
   dH_I  = ψ_Iᵀ g_I,   dZ_I = −Σ_i (1 − α) Dl_i ψ_i
   key block j: dh_j = Σ_{I not selecting j} dH_I,  dz_j = dZ_tot − Σ_{I selecting j} dZ_I
   dV_j += φK_j dh_j,  dφK_j = V_j dh_jᵀ + dz_j
   φ backward: dx = φ ⊙ (dφ − rowsum(dφ ⊙ φ)).
 
 Kernels (launch order):
-  1. prologue kernel, one program per (query block, batch·head): reads the forward's H_I, Z_I
-     (forward.linear_state), recomputes O_l and writes Δ, dα_I, dH_I, dZ_I and the linear dQ (into dQ);
-     dq kernel, the same grid: FlashAttention's dQ over the selected key blocks, added to the linear dQ.
+  1. dq kernel, one program per (query block or BM rows of it, batch·head): FlashAttention's dQ over the
+     selected key blocks (into dQ) and Ds (into Δ's buffer);
+     linear kernel (with a linear branch), one program per (query block, batch·head): reads backward_state's
+     H_I, Z_I and Ds, writes dα_I, dH_I, dZ_I and adds the linear dQ to dQ. Without a linear branch dα = 0.
   2. dh_j = Σ_{I not selecting j} dH_I for every key block at once: the transposed complement mask (bf16,
      [nq, nk] per head, the router scores' shape) times dH on the tensor cores; dZ_tot = Σ_I dZ_I.
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
@@ -29,101 +36,30 @@ Kernels (launch order):
      Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
      selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
 
-Memory besides the gradients: Δ [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the prologue only, dH
-[B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the
-complement mask (B·H·nq·nk bf16, as the router's scores; also what the CSR lists are built from) and the forward's
-H_I, Z_I: O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
+Memory besides the gradients: Ds [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the linear kernel only, H_I
+[B·H, nq, D, D] fp32 and Z_I (backward_state.py) until the linear kernel has run, dH [B, H, nq, D, D] and dh
+[B, H, nk, D, D] (bf16), dZ [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk
+bf16, as the router's scores; also what the CSR lists are built from): O(N·D²/b_k + N²/(b_q·b_k)), never
+O(N²·D) or O(N·N/b_k).
 """
 
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_step, prologue_linear_rows, query_rows
+from .bwd_math import centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, linear_rows, query_rows
 from .dot import mma_acc
 from .quant_math import LOG2E
 from .sla2_fwd import load_linear_state
 
 
 @triton.jit
-def sla2_bwd_prologue_kernel(
-    Q, O, DO, DQ,
-    DELTA, ALPHA, HI, ZI,
-    DH, DZ, DALPHA,
-    PSI,  # bf16 [B·H, nq·b_q, D] scratch: ψ from pass 1 to pass 2
-    sqb, sqh, sqn,
-    sob, soh, son,
-    sdob, sdoh, sdon,
-    sdqb, sdqh, sdqn,
-    sab, sah, saq,
-    N, H, NQ,
-    BQ: tl.constexpr, D: tl.constexpr, RS: tl.constexpr, DC: tl.constexpr,  # RS rows a step; DC columns of dH_I
-    LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
-):
-    """Per query block: Δ, dα_I and (linear branch) dH_I, dZ_I and the linear dQ, written into DQ for the dq
-    kernel to add. A kernel of its own: fused into the dq kernel, this straight-line part pushed the sparse
-    loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers, none, without it).
-    Two passes over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ to PSI), then
-    dH_I = (1 − α) ψᵀ dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never shares the
-    registers with pass 1's tiles (the whole block at once: 255 registers, 60 spilled, one program an SM, 0.553 ms
-    at Wan-1.3B, 97%; these passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2 instead of stored:
-    0.553 again, its exps and row reductions twice more). What is left is latency-bound: two 4-warp programs an
-    SM (224 registers); ncu on the recomputing version counted 1.1 TB/s and 2.7 cycles between issues a scheduler."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b64 = (bh // H).to(tl.int64)
-    h64 = (bh % H).to(tl.int64)
-    bh64 = bh.to(tl.int64)
-    offs_d = tl.arange(0, D)
-    q_bh = Q + b64 * sqb + h64 * sqh
-    do_bh = DO + b64 * sdob + h64 * sdoh
-    if LINEAR:
-        alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
-        h16, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # the forward's own H_I (bf16), Z_I
-        dz_acc = tl.zeros([D], dtype=tl.float32)
-    dalpha = 0.0
-    for r in range(0, BQ, RS):
-        offs_m = pid_m * BQ + r + tl.arange(0, RS)
-        q_ok = offs_m < N
-        do = tl.load(do_bh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-        o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=q_ok[:, None],
-                    other=0.0)
-        d_o = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # Do = dO·O
-        if LINEAR:
-            q = tl.load(q_bh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-            delta, da, dz, dq_lin, psi16 = prologue_linear_rows(do, d_o, q, q_ok, h16, z_i, alpha, INTERPRET)
-            dalpha += da
-            dz_acc += dz
-            tl.store(PSI + (bh64 * NQ * BQ + offs_m[:, None]) * D + offs_d[None, :], psi16)
-            tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :],
-                     dq_lin.to(DQ.dtype.element_ty), mask=q_ok[:, None])
-        else:
-            delta = d_o  # every block selected: α is exactly 1 (reference.effective_alpha)
-        tl.store(DELTA + bh64 * N + offs_m, delta, mask=q_ok)
-    if LINEAR:
-        tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, dz_acc)
-        dalpha = dalpha / alpha
-        tl.debug_barrier()  # pass 1's ψ rows, stored by other threads of this program
-        for c in range(0, D, DC):
-            offs_c = c + tl.arange(0, DC)
-            dh_acc = tl.zeros([D, DC], dtype=tl.float32)
-            for r in range(0, BQ, RS):
-                offs_m = pid_m * BQ + r + tl.arange(0, RS)
-                psi16 = tl.load(PSI + (bh64 * NQ * BQ + offs_m[:, None]) * D + offs_d[None, :])
-                do_c = tl.load(do_bh + offs_m[:, None] * sdon + offs_c[None, :], mask=(offs_m < N)[:, None],
-                               other=0.0)
-                dh_acc = mma_acc(tl.trans(psi16), do_c.to(tl.bfloat16), dh_acc, INTERPRET)
-            tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_c[None, :],
-                     (dh_acc * (1.0 - alpha)).to(DH.dtype.element_ty))
-    tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
-
-
-@triton.jit
 def sla2_bwd_dq_kernel(
-    Q, K, V, DO, DQ,
+    Q, K, V, O, DO, DQ,
     LSE, DELTA, IDX, ALPHA,
     sqb, sqh, sqn,
     skb, skh, skn,
     svb, svh, svn,
+    sob, soh, son,
     sdob, sdoh, sdon,
     sdqb, sdqh, sdqn,
     sab, sah, saq,
@@ -131,8 +67,9 @@ def sla2_bwd_dq_kernel(
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr,
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program (divides BQ)
 ):
-    """FlashAttention's dQ over the selected key blocks, plus the linear dQ the prologue left in DQ.
-    dQ rows are independent, so a query block may be split over BQ // BM programs (BwdConfig.dq_rows)."""
+    """FlashAttention's dQ over the selected key blocks, written to DQ (the linear kernel adds the linear dQ), and
+    Ds = dO·O_s per row, written to DELTA. dQ rows are independent, so a query block may be split over BQ // BM
+    programs (BwdConfig.dq_rows)."""
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
@@ -141,20 +78,22 @@ def sla2_bwd_dq_kernel(
 
     offs_m = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, ALPHA + b64 * sab + h64 * sah, saq, bh64, pid_m, offs_m, N,
-                                          LINEAR)
+    row_ok = (offs_m < N)[:, None]
+    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=row_ok, other=0.0)
+    o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=row_ok, other=0.0)
+    q_ok, lse2, alpha, c = dq_rows(LSE, o, ALPHA + b64 * sab + h64 * sah, saq, bh64, pid_m, offs_m, do, N, LINEAR)
     k_base = K + b64 * skb + h64 * skh
     v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
-    do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None],
-                 other=0.0)
     acc = tl.zeros([BM, D], dtype=tl.float32)
+    pk = tl.zeros([BM, D], dtype=tl.float32)
+    d_s = tl.zeros([BM], dtype=tl.float32)
 
     # Sparse dQ over the selected blocks, one a step, its rows addressed through a per-row index (the forward's
     # scalar-index form was not measured here). Two blocks a step or half-block steps measured slower on the H100
     # (1.30–1.48 vs 1.24 ms, Wan-1.3B at 97%) and were removed.
     qk_scale = sm_scale * LOG2E
-    q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+    q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok, other=0.0)
     offs_b = tl.arange(0, BK)
     for it in range(0, TOPK):
         blk = tl.load(idx_base + it + offs_b * 0)  # the step's key block, once per row
@@ -162,12 +101,76 @@ def sla2_bwd_dq_kernel(
         kv_ok = rows < N
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        acc = dq_step(q, k, v, do, kv_ok, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET)
-    dq_ptrs = DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :]
-    dq = acc * sm_scale
-    if LINEAR:
-        dq += tl.load(dq_ptrs, mask=q_ok[:, None], other=0.0).to(tl.float32)
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_ok[:, None])
+        acc, pk, d_s = dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET)
+    dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale)
+    tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=row_ok)
+    tl.store(DELTA + bh64 * N + offs_m, d_s, mask=q_ok)
+
+
+@triton.jit
+def sla2_bwd_linear_kernel(
+    Q, DO, DQ,
+    DELTA, ALPHA, HI, ZI,
+    DH, DZ, DALPHA,
+    PSI,  # bf16 [B·H, nq·b_q, D] scratch: ψ from pass 1 to pass 2
+    sqb, sqh, sqn,
+    sdob, sdoh, sdon,
+    sdqb, sdqh, sdqn,
+    sab, sah, saq,
+    N, H, NQ,
+    BQ: tl.constexpr, D: tl.constexpr, RS: tl.constexpr, DC: tl.constexpr,  # RS rows a step; DC columns of dH_I
+    INTERPRET: tl.constexpr,
+):
+    """Per query block, after the dq kernel: dα_I = Σ_i (Ds_i − Dl_i) with the dq kernel's Ds, dH_I, dZ_I and the
+    linear dQ, added to the sparse dQ in DQ. A kernel of its own: fused into the dq kernel, this straight-line
+    part pushed the sparse loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers,
+    none, without it). Two passes over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ
+    to PSI), then dH_I = (1 − α) ψᵀ dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never
+    shares the registers with pass 1's tiles (the whole block at once: 255 registers, 60 spilled, one program an
+    SM, 0.553 ms at Wan-1.3B, 97%; these passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2
+    instead of stored: 0.553 again, its exps and row reductions twice more)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b64 = (bh // H).to(tl.int64)
+    h64 = (bh % H).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    offs_d = tl.arange(0, D)
+    q_bh = Q + b64 * sqb + h64 * sqh
+    do_bh = DO + b64 * sdob + h64 * sdoh
+    dq_bh = DQ + b64 * sdqb + h64 * sdqh
+    alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
+    h32, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # fp32 H_I (backward_state.py), Z_I
+    ht16, vbar = centred_state(h32, z_i)
+    dz_acc = tl.zeros([D], dtype=tl.float32)
+    dalpha = 0.0
+    for r in range(0, BQ, RS):
+        offs_m = pid_m * BQ + r + tl.arange(0, RS)
+        q_ok = offs_m < N
+        do = tl.load(do_bh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+        q = tl.load(q_bh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+        d_s = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
+        da, dz, dq_lin, psi16 = linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET)
+        dalpha += da
+        dz_acc += dz
+        tl.store(PSI + (bh64 * NQ * BQ + offs_m[:, None]) * D + offs_d[None, :], psi16)
+        dq_ptrs = dq_bh + offs_m[:, None] * sdqn + offs_d[None, :]
+        dq = tl.load(dq_ptrs, mask=q_ok[:, None], other=0.0).to(tl.float32) + dq_lin
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_ok[:, None])
+    tl.store(DZ + (bh64 * NQ + pid_m) * D + offs_d, dz_acc)
+    tl.store(DALPHA + bh64 * NQ + pid_m, dalpha)
+    tl.debug_barrier()  # pass 1's ψ rows, stored by other threads of this program
+    for c in range(0, D, DC):
+        offs_c = c + tl.arange(0, DC)
+        dh_acc = tl.zeros([D, DC], dtype=tl.float32)
+        for r in range(0, BQ, RS):
+            offs_m = pid_m * BQ + r + tl.arange(0, RS)
+            psi16 = tl.load(PSI + (bh64 * NQ * BQ + offs_m[:, None]) * D + offs_d[None, :])
+            do_c = tl.load(do_bh + offs_m[:, None] * sdon + offs_c[None, :], mask=(offs_m < N)[:, None],
+                           other=0.0)
+            dh_acc = mma_acc(tl.trans(psi16), do_c.to(tl.bfloat16), dh_acc, INTERPRET)
+        tl.store(DH + (bh64 * NQ + pid_m) * D * D + offs_d[:, None] * D + offs_c[None, :],
+                 (dh_acc * (1.0 - alpha)).to(DH.dtype.element_ty))
 
 
 @triton.jit

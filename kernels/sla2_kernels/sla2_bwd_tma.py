@@ -11,20 +11,20 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_step, query_rows
+from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, query_rows
 from .quant_math import LOG2E
 
 
 @triton.jit
 def sla2_bwd_dq_tma_kernel(
-    q_desc, k_desc, v_desc, do_desc, dq_desc,  # [B, H, N, D] views; blocks [1, 1, BM or BK, D]
+    q_desc, k_desc, v_desc, o_desc, do_desc, dq_desc,  # [B, H, N, D] views; blocks [1, 1, BM or BK, D]
     LSE, DELTA, IDX, ALPHA,
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Sparse dQ over the selected key blocks, added to the linear dQ the prologue left in dQ."""
+    """Sparse dQ over the selected key blocks (the linear kernel adds the linear dQ later) and Ds = dO·O_s."""
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block
     bh = tl.program_id(1)
     b = bh // H
@@ -32,23 +32,25 @@ def sla2_bwd_dq_tma_kernel(
     bh64 = bh.to(tl.int64)
     row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
     alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah
-    q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, alpha_bh, saq, bh64, pid_m, row0 + tl.arange(0, BM), N,
-                                          LINEAR)
     offs_k = tl.arange(0, BK)
     q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     do = do_desc.load([b, h, row0, 0]).reshape(BM, D)
+    q_ok, lse2, alpha, c = dq_rows(LSE, o_desc.load([b, h, row0, 0]).reshape(BM, D), alpha_bh, saq, bh64, pid_m,
+                                   row0 + tl.arange(0, BM), do, N, LINEAR)
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     qk_scale = sm_scale * LOG2E
     acc = tl.zeros([BM, D], dtype=tl.float32)
+    pk = tl.zeros([BM, D], dtype=tl.float32)
+    d_s = tl.zeros([BM], dtype=tl.float32)
     for it in range(0, TOPK):
         start = tl.load(idx_base + it) * BK
         k = k_desc.load([b, h, start, 0]).reshape(BK, D)
         v = v_desc.load([b, h, start, 0]).reshape(BK, D)
-        acc = dq_step(q, k, v, do, (start + offs_k) < N, q_ok, lse2, delta, alpha, acc, qk_scale, INTERPRET)
-    dq = acc * sm_scale
-    if LINEAR:
-        dq += dq_desc.load([b, h, row0, 0]).reshape(BM, D).to(tl.float32)
+        acc, pk, d_s = dq_step(q, k, v, do, (start + offs_k) < N, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale,
+                               INTERPRET)
+    dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale)
     dq_desc.store([b, h, row0, 0], dq.to(dq_desc.dtype).reshape(1, 1, BM, D))
+    tl.store(DELTA + bh64 * N + row0 + tl.arange(0, BM), d_s, mask=q_ok)
 
 
 @triton.jit

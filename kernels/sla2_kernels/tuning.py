@@ -59,13 +59,13 @@ class BwdConfig:
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
     dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py)
     dkdv_tma: bool = False  # dk/dv kernel: TMA tiles
-    # prologue: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
-    # H100, 2026-11-27: 32 rows, all 128 columns, 4 warps, 1 stage 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57;
-    # 8 warps 0.59; 2 stages 0.54 (spills); the one-pass kernel before it 0.553.
-    prologue_rows: int = 32
-    prologue_cols: int = 128
-    prologue_warps: int = 4
-    prologue_stages: int = 1
+    # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
+    # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
+    # 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); one pass 0.553.
+    linear_rows: int = 32
+    linear_cols: int = 128
+    linear_warps: int = 4
+    linear_stages: int = 1
 
 
 def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:

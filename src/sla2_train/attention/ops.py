@@ -1,9 +1,8 @@
 """SLA2 as torch.library custom ops, so that torch.compile(fullgraph=True) traces through the attention.
 
     torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout) -> (scores, indices int32)
-    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout)
-        -> (o, lse [B, H, N], H_I, Z_I)   (the last two: the linear branch's state kept for the backward)
-    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, H_I, Z_I, block_q, block_k, layout)
+    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout) -> (o, lse [B, H, N])
+    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
 
 This file only registers them. Each op has a fake (meta) implementation for tracing and one implementation per
@@ -17,7 +16,9 @@ lse is an auxiliary output). With quant=True the forward is the low-bit sparse b
 one at the original q, k, v using the forward's o and lse (QAT's straight-through estimator, docs/method.md:
 Low-bit sparse branch and QAT), on both devices. alpha is at least fp32 and broadcastable to [B, H, nq]; it is
 forced to 1 when every key block is selected (reference.effective_alpha), and its gradient comes back in its
-own shape.
+own shape. The backward needs nothing from the forward beyond q, k, v, o and lse: the kernels rebuild the linear
+branch's state with fp32 sums (sla2_kernels/backward_state.py), which the gradients at small α need and which
+would take B·H·n_q·D² fp32 numbers per call to keep (200 MB at the Wan-1.3B shape).
 """
 
 from __future__ import annotations
@@ -27,13 +28,6 @@ import torch
 
 from .reference import backward as ref_backward
 from .reference import indexed
-
-
-def _state_shapes(q: torch.Tensor, block_q: int, layout: str):
-    """Shapes of the linear branch's state kept for the backward: H_I (bf16) and Z_I (fp32)."""
-    b, h, n, d = indexed.dims(q, layout)
-    nq = -(-n // block_q)
-    return (b * h, nq, d, d), (b * h, nq, d)
 
 
 # ------------------------------------------------------------------------------------------------ router
@@ -69,21 +63,16 @@ def _router_fake(q, k, proj_q, proj_k, block_q, block_k, topk, layout):
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, alpha: torch.Tensor,
     block_q: int, block_k: int, quant: bool, layout: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SLA2 with a hard block selection: (o in q's layout and dtype, lse [B, H, N] of the sparse branch, fp32 or
-    float64 for float64 inputs, then the linear branch's per-query-block state that the backward reuses instead
-    of another pass over K and V: H_I [B·H, nq, D, D] (bf16) and Z_I [B·H, nq, D] (fp32). The reference
-    implementation (CPU), and the kernels when every key block is selected, return that state as zeros: nothing
-    reads it then."""
-    o, lse = indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
-    shapes = _state_shapes(q, block_q, layout)
-    return o, lse, q.new_zeros(shapes[0], dtype=torch.bfloat16), q.new_zeros(shapes[1], dtype=torch.float32)
+    float64 for float64 inputs)."""
+    return indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
 
 
 def attention_kernels(q, k, v, indices, alpha, block_q, block_k, quant, layout):
     # o is allocated as empty_like(q) and lse contiguous, as the fake promises.
-    return sla2_kernels.forward_with_state(q, k, v, indices, alpha, block_q=block_q, block_k=block_k, quant=quant,
-                                           layout=layout)
+    return sla2_kernels.sla2_forward(q, k, v, indices, alpha, block_q=block_q, block_k=block_k, quant=quant,
+                                     layout=layout)
 
 
 attention = torch.library.custom_op("sla2::attention", attention_reference, mutates_args=(), device_types="cpu")
@@ -93,26 +82,22 @@ attention.register_kernel("cuda", attention_kernels)
 @attention.register_fake
 def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
     b, h, n, _ = indexed.dims(q, layout)
-    shapes = _state_shapes(q, block_q, layout)
-    return (torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype)),
-            q.new_empty(shapes[0], dtype=torch.bfloat16), q.new_empty(shapes[1], dtype=torch.float32))
+    return torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype))
 
 
 def backward_reference(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    indices: torch.Tensor, alpha: torch.Tensor, h_i: torch.Tensor, z_i: torch.Tensor,
-    block_q: int, block_k: int, layout: str,
+    indices: torch.Tensor, alpha: torch.Tensor, block_q: int, block_k: int, layout: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape).
-    h_i, z_i: the forward's linear-branch state (read by the kernels only)."""
+    """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape)."""
     dq, dk, dv, dalpha = ref_backward.reference_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
                                                          layout)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dalpha
 
 
-def backward_kernels(do, q, k, v, o, lse, indices, alpha, h_i, z_i, block_q, block_k, layout):
+def backward_kernels(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout):
     return sla2_kernels.sla2_backward(do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k,
-                                      layout=layout, lin_state=(h_i, z_i))
+                                      layout=layout)
 
 
 attention_backward = torch.library.custom_op("sla2::attention_backward", backward_reference, mutates_args=(),
@@ -121,7 +106,7 @@ attention_backward.register_kernel("cuda", backward_kernels)
 
 
 @attention_backward.register_fake
-def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, h_i, z_i, block_q, block_k, layout):
+def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout):
     b, h, n, _ = indexed.dims(q, layout)
     like = dict(memory_format=torch.contiguous_format)
     return (torch.empty_like(q, **like), torch.empty_like(k, **like), torch.empty_like(v, **like),
@@ -130,17 +115,17 @@ def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, h_i, z_i, bloc
 
 def _setup_context(ctx, inputs, output):
     q, k, v, indices, alpha, block_q, block_k, quant, layout = inputs
-    o, lse, *state = output
-    ctx.save_for_backward(q, k, v, o, lse, indices, alpha, *state)
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, indices, alpha)
     ctx.cfg = (block_q, block_k, layout)
-    ctx.mark_non_differentiable(lse, *state)
+    ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, do, *_grads_of_auxiliary_outputs):
-    q, k, v, o, lse, indices, alpha, *state = ctx.saved_tensors
+def _backward(ctx, do, _grad_of_lse):
+    q, k, v, o, lse, indices, alpha = ctx.saved_tensors
     block_q, block_k, layout = ctx.cfg
-    dq, dk, dv, dalpha = torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, *state, block_q,
-                                                           block_k, layout)
+    dq, dk, dv, dalpha = torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
+                                                           layout)
     da = dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if ctx.needs_input_grad[4] else None
     return dq, dk, dv, None, da, None, None, None, None
 

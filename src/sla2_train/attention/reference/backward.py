@@ -23,27 +23,30 @@ def phi_backward(fx: torch.Tensor, dphi: torch.Tensor) -> torch.Tensor:
 
 
 def reference_backward(do, q, k, v, o, lse, indices, alpha, block_q: int, block_k: int, layout: str):
-    """The kernels' backward formula (docs/method.md, Backward) in plain PyTorch, from the forward's o and lse.
+    """The kernels' backward formula (docs/method.md, Backward) in plain PyTorch, from the forward's lse.
 
     Dense in the sparse branch (O(N²): CPU, tests, tiny models). It is autograd-free on purpose: a custom op's
     implementation runs below the autograd dispatch key. Returns (dq, dk, dv) in q's layout and dtype and
     dalpha [B, H, nq] (at least float32). Autograd through the reference
-    (tests/attention/test_ops.py) is its oracle. With the low-bit forward's o and lse it is QAT's straight-through
-    gradient.
+    (tests/attention/test_ops.py) is its oracle. With the low-bit forward's lse it is QAT's straight-through
+    gradient. o is not read: every term comes from P (recomputed from lse) and the linear branch, so nothing
+    divides by α; the kernels read o only as a centring constant that cancels exactly.
     """
     b, h, n, d = dims(q, layout)
     nq, nk = num_blocks(n, block_q), num_blocks(n, block_k)
     acc = acc_dtype(q.dtype)
-    qr, kr, vr, orr, dor = (bhnd(t, layout).to(acc) for t in (q, k, v, o, do))
+    qr, kr, vr, dor = (bhnd(t, layout).to(acc) for t in (q, k, v, do))
     mask = index_mask(indices, nk)
     linear = indices.shape[-1] < nk
     a = block_alpha(alpha, b, h, nq, not linear).to(acc)
     a_tok = expand_query_blocks(a, n, block_q)  # [B, H, N, 1]
     scale = d ** -0.5
-    # Sparse branch: P from the forward's lse on the selected blocks; dO_s = α dO; Δ = Do − (1 − α) Dl.
+    # Sparse branch: P from the forward's lse on the selected blocks; dO_s = α dO. Ds = dO·O_s = rowsum(P ⊙ dO Vᵀ)
+    # exactly, so Δ = α Ds and dα never recover O_s from O by dividing by α (α → 0 is reachable).
     tok = expand_block_mask(mask, n, n, block_q, block_k)
     p = torch.where(tok, torch.exp(qr @ kr.transpose(-1, -2) * scale - lse.to(acc)[..., None]), 0)
-    d_o = (dor * orr).sum(dim=-1)
+    dp = dor @ vr.transpose(-1, -2)
+    d_s = (p * dp).sum(dim=-1)
     dos = a_tok * dor
     if linear:
         hb, zb = linear_block_sums(kr, vr, block_k)  # [B, H, nk, D, D], [B, H, nk, D]
@@ -71,16 +74,12 @@ def reference_backward(do, q, k, v, o, lse, indices, alpha, block_q: int, block_
         dfk = vb @ dh_j.transpose(-1, -2) + dz_j[..., None, :]
         dk_lin = phi_backward(fk, dfk).flatten(2, 3)[:, :, :n]
         d_l_tok = d_l.flatten(2, 3)[:, :, :n]
-        delta = d_o - (1 - a_tok[..., 0]) * d_l_tok
-        blk_sum = mean_pool((d_o - d_l_tok)[..., None], block_q)[..., 0] * block_token_counts(
-            n, block_q, q.device, acc)
-        dalpha = blk_sum / a
+        # dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i)
+        dalpha = mean_pool((d_s - d_l_tok)[..., None], block_q)[..., 0] * block_token_counts(n, block_q, q.device, acc)
     else:
-        delta = d_o
         dq_lin = dk_lin = dv_lin = 0
         dalpha = torch.zeros(b, h, nq, dtype=acc, device=q.device)
-    dp = dos @ vr.transpose(-1, -2)
-    ds = p * (dp - delta[..., None])
+    ds = p * a_tok * (dp - d_s[..., None])  # dS = P ⊙ (dP_s − Δ) with dP_s = α dO Vᵀ, Δ = α Ds
     dq = ds @ kr * scale + dq_lin
     dk = ds.transpose(-1, -2) @ qr * scale + dk_lin
     dv = p.transpose(-1, -2) @ dos + dv_lin
