@@ -12,13 +12,13 @@ TINY_SET = ("--grid 2 4 8 --head-dim 16 --regimes local global --block-q 16 --bl
 
 
 def test_a_variant_changes_only_what_it_names():
-    args = sweep.variant_args(TINY_SET, "--tau 0.3 --detach-lambda", "cpu")
+    args = sweep.variant_args(TINY_SET, "--tau 0.7 --detach-lambda", "cpu")
     base = sweep.variant_args(TINY_SET, "", "cpu")
     changed = {k for k in vars(args) if getattr(args, k) != getattr(base, k)}
-    assert changed == {"tau", "detach_lambda"} and args.tau == 0.3 and args.steps == 2
+    assert changed == {"tau", "detach_lambda"} and args.tau == 0.7 and args.steps == 2
     assert base.train_contents == sweep.BASE_TRAIN_CONTENTS  # the set holds more, for variants that ask
     assert sweep.variant_args(TINY_SET, "--train-contents 3", "cpu").train_contents == 3
-    assert build_recipe(args).tau == 0.3
+    assert build_recipe(args).tau == 0.7
 
 
 def test_sweep_chooses_on_validation_and_reports_held_out(tmp_path, monkeypatch):
