@@ -33,7 +33,8 @@ def test_sweep_chooses_on_validation_and_reports_held_out(tmp_path, monkeypatch)
     assert all(r["split"] == "validation" for r in got["validation"])
     assert got["chosen"] == sweep.best(got["validation"])["variant"]
     held = [r["variant"] for r in got["heldout"]]
-    assert held[0] == "(defaults)" and held[-1] == got["chosen"] and all(r["split"] == "heldout" for r in got["heldout"])
+    assert held[0] == "(defaults)" and held[-1] == got["chosen"]
+    assert all(r["split"] == "heldout" for r in got["heldout"])
     md = (out / "sweep.md").read_text()
     assert "| `--tau 0.3` | validation |" in md and "Held-out, `(defaults)`" in md and report["card"] in md
 

@@ -75,7 +75,8 @@ def run(train: AttentionSet, heldout: AttentionSet, recipe: Stage1Recipe, sparsi
             if oracle:
                 trained["pooled_oracle"] = recipe.train(heldout.layers[li], sparsity, block_q, block_k)
             attn = trained["learned"]
-            identity = recipe.build(attn.num_heads, attn.head_dim, sparsity, block_q, block_k).to(attn.router.proj_q.device)
+            device = attn.router.proj_q.device
+            identity = recipe.build(attn.num_heads, attn.head_dim, sparsity, block_q, block_k).to(device)
             k_sel = ref.topk_count(ref.num_blocks(train.layers[li][0][1].shape[-2], block_k), sparsity)
             alphas = fit_alpha(train.layers[li], {"identity": identity}, block_q, block_k, k_sel)
             result = evaluate(heldout.layers[li], trained, identity, block_q, block_k, k_sel, alphas)

@@ -125,8 +125,8 @@ def save_sets(splits: Splits, folder: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)  # the parser's defaults are read from conf/
         recipe = build_recipe(args)
         device = torch.device(args.device)
         splits = load_sets(args)

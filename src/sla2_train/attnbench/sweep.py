@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,7 +103,8 @@ def measure(splits, split: str, variant: str, set_options: str, device: torch.de
     train = first_contents(splits.train, args.train_contents)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    rows = run(train, splits.measured(split), recipe, args.sparsities, args.block_q, args.block_k, progress=lambda s: None)
+    rows = run(train, splits.measured(split), recipe, args.sparsities, args.block_q, args.block_k,
+               progress=lambda _: None)
     summary = summarise(rows)
     return {"variant": variant or "(defaults)", "split": split, "seconds": time.perf_counter() - start,
             **score(summary), "summary": summary}
@@ -155,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sla2_train.attnbench.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sets", nargs="+", default=list(SETS), help=f"of {list(SETS)}")
-    p.add_argument("--grid", nargs="+", default=None, help="variants (quoted option strings); default: the built-in grid")
+    p.add_argument("--grid", nargs="+", default=None,
+                   help="variants (quoted option strings); default: the built-in grid")
     p.add_argument("--large-variants", type=int, default=LARGE_VARIANTS)
     p.add_argument("--budget-s", type=float, default=180.0, help="start no new validation run after this many seconds")
     p.add_argument("--set-options", default=None, help="replace every set's options (tests, quick looks)")
@@ -164,8 +167,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     args = parser().parse_args(argv)
     out = Path(args.out or os.path.join(os.environ.get("OUT", "outputs"), "stage1_sweep"))
     unknown = sorted(set(args.sets) - set(SETS))
