@@ -6,7 +6,9 @@ the current default are then measured once on the held-out split.
 
 Writes sweep.json (every run's summary) and sweep.md (ready-to-paste tables) to --out and prints the tables.
 A variant is a list of sla2-attnbench options on top of the defaults (conf/stage/distill.yaml's recipe); the
-sweep stops starting variants when --budget-s is spent, and still measures held-out.
+sweep gives the first set 60% of --budget-s and the rest to the others, and starts a validation run only while
+that run and the set's two held-out runs, each timed like the set's last run, fit before the set's deadline;
+each set always gets its defaults and its held-out runs.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ SETS = {
 }
 BASE_TRAIN_CONTENTS = 6  # the benchmark's default; a variant's --train-contents takes the first n of the set
 LARGE_VARIANTS = 4  # variants run on the large set: the defaults and the best on the default set
+FIRST_SET_SHARE = 0.6
 
 
 def set_args(set_options: str, device: str) -> argparse.Namespace:
@@ -160,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", nargs="+", default=None,
                    help="variants (quoted option strings); default: the built-in grid")
     p.add_argument("--large-variants", type=int, default=LARGE_VARIANTS)
-    p.add_argument("--budget-s", type=float, default=180.0, help="start no new validation run after this many seconds")
+    p.add_argument("--budget-s", type=float, default=220.0, help="the whole sweep's time budget (module docstring)")
     p.add_argument("--set-options", default=None, help="replace every set's options (tests, quick looks)")
     p.add_argument("--out", default=None, help="default: $OUT/stage1_sweep, else outputs/stage1_sweep")
     return p
@@ -180,15 +183,18 @@ def main(argv: list[str] | None = None) -> int:
               if argv is None else argv), "sets": {}}
     md = [f"Card: {report['card']}", f"Command: `{report['command']}`", ""]
     previous_best: list[str] = []
-    for name in args.sets:
+    for i, name in enumerate(args.sets):
+        # the first set runs the whole grid, the others a few variants: it gets 60% of the budget
+        deadline = started + args.budget_s * (FIRST_SET_SHARE if i == 0 and len(args.sets) > 1 else 1.0)
         options = args.set_options or SETS[name]
         splits = load_sets(set_args(options, str(device)))
         splits = type(splits)(*(s.to(device) for s in splits))
         variants = grid if not previous_best else ([""] + [v for v in previous_best if v])[: args.large_variants]
-        results = []
+        results, skipped = [], []
         for variant in variants:
-            if results and time.perf_counter() - started > args.budget_s:
+            if results and time.perf_counter() + 3 * results[-1]["seconds"] > deadline:
                 print(f"[{name}] budget spent: skipping `{variant}`", flush=True)
+                skipped.append(variant)
                 continue
             results.append(measure(splits, "validation", variant, options, device))
             r = results[-1]
@@ -200,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                 for v in dict.fromkeys(["", chosen["variant"].replace("(defaults)", "")])]
         sparsities = list(results[0]["gap_closed"])
         report["sets"][name] = {"options": options, "validation": results, "chosen": chosen["variant"],
-                                "heldout": held}
+                                "heldout": held, "skipped": skipped}
         md += [f"### Set `{name}` ({options})", "", table(results + held, sparsities), "",
-               f"Chosen on validation: `{chosen['variant']}`.", ""]
+               f"Chosen on validation: `{chosen['variant']}`."
+               + (f" Skipped (budget): {', '.join(f'`{v}`' for v in skipped)}." if skipped else ""), ""]
         for h in held:
             md += [f"Held-out, `{h['variant']}`:", "", heldout_table(h), ""]
         out.mkdir(parents=True, exist_ok=True)  # written after each set: a run cut short keeps what it measured
