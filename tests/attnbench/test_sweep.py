@@ -52,3 +52,14 @@ def test_bad_sets_are_refused(capsys, tmp_path):
     assert "unknown --sets ['huge']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds only"):
         sweep.first_contents(sweep.load_sets(sweep.set_args(TINY_SET, "cpu")).train, 9)
+
+
+def test_a_spent_budget_skips_variants_but_keeps_the_defaults_and_held_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "BASE_TRAIN_CONTENTS", 2)
+    out = tmp_path / "sweep"
+    assert sweep.main(["--device", "cpu", "--sets", "default", "--set-options", TINY_SET, "--budget-s", "0",
+                       "--grid", "", "--tau 0.7", "--out", str(out)]) == 0
+    got = json.loads((out / "sweep.json").read_text())["sets"]["default"]
+    assert [r["variant"] for r in got["validation"]] == ["(defaults)"] and got["skipped"] == ["--tau 0.7"]
+    assert [r["variant"] for r in got["heldout"]] == ["(defaults)"]
+    assert "Skipped (budget): `--tau 0.7`." in (out / "sweep.md").read_text()
