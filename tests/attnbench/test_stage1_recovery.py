@@ -56,7 +56,7 @@ def test_identity_router_is_wrong_and_stage1_recovers_the_best_mass_blocks():
 def test_held_out_improvement_on_a_small_synthetic_set():
     """Global tokens placed by the content: the pooled heuristic misses some of them, stage 1 learns to read
     the slow rotary pairs that mark them, on contents it was not trained on."""
-    train, heldout = synthetic_sets((2, 8, 16), ["global", "global"], 1, 4, 2, head_dim=64, seed=3)
+    train, heldout, _ = synthetic_sets((2, 8, 16), ["global", "global"], 1, 4, 2, head_dim=64, seed=3)
     recipe = Stage1Recipe(D.Stage1Objective({"mass_kl": D.BlockMassKL()}), steps=30, lr=3e-3, batch=2,
                           calibrate=D.LeastSquaresFit())
     attn = recipe.train(train.layers[0], 0.9, 32, 16)

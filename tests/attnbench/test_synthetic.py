@@ -31,11 +31,21 @@ def test_deterministic_and_content_dependent(layer):
 
 
 def test_split_is_by_content_never_by_position():
-    train, held = synthetic_sets(GRID, ["local"], 1, 3, 2, head_dim=32)
-    assert len(train.layers[0]) == 3 and len(held.layers[0]) == 2
-    for q_t, _, _ in train.layers[0]:
-        assert q_t.shape == held.layers[0][0][0].shape  # every content covers the whole grid
-        assert all(not torch.allclose(q_t, q_h) for q_h, _, _ in held.layers[0])
+    train, held, val = synthetic_sets(GRID, ["local"], 1, 3, 2, head_dim=32, validation_contents=2)
+    assert [len(s.layers[0]) for s in (train, held, val)] == [3, 2, 2]
+    contents = [q for s in (train, held, val) for q, _, _ in s.layers[0]]
+    for i, a in enumerate(contents):
+        assert a.shape == contents[0].shape  # every content covers the whole grid
+        assert all(not torch.allclose(a, b) for b in contents[i + 1 :])  # no content in two splits
+
+
+def test_an_empty_validation_split_is_refused_by_name():
+    splits = synthetic_sets(GRID, ["local"], 1, 1, 1, head_dim=32)
+    assert splits.measured("heldout") is splits.heldout
+    with pytest.raises(ValueError, match="--split validation: the validation set has no contents"):
+        splits.measured("validation")
+    with pytest.raises(ValueError, match="--split must be heldout or validation, got 'test'"):
+        splits.measured("test")
 
 
 def test_regimes(layer):

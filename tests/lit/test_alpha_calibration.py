@@ -1,13 +1,18 @@
-"""α starts from the measured selected softmax mass when the stage asks for it (docs/method.md, "α")."""
+"""α in closed form at the start or the end of stage 1 (docs/method.md, "α"; conf/stage/distill.yaml)."""
 
+import lightning.pytorch as pl
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from sla2_train.lit.alpha_calibration import calibrate_alpha
-from sla2_train.models import dense_capture, sla2_processors
+from sla2_train.attention.distill import LeastSquaresFit
+from sla2_train.lit.alpha_calibration import AlphaCalibration, calibrate_alpha
+from sla2_train.lit.callbacks import LastCheckpoint
+from sla2_train.models import ConfigError, dense_capture, sla2_processors
 
 
 def test_calibrated_alpha_is_the_measured_mass_per_head(build_module, make_batch):
-    module, cfg = build_module("stage=distill", "stage.calibrate_alpha=true", "attention.sparsity=0.75")
+    module, cfg = build_module("stage=distill", "stage.calibrate_alpha.when=start", "attention.sparsity=0.75")
     batch = make_batch(cfg)
     procs = sla2_processors(module.model)
     before = [torch.sigmoid(p.attention.alpha.logit).clone() for p in procs]
@@ -29,11 +34,61 @@ def test_calibrated_alpha_is_the_measured_mass_per_head(build_module, make_batch
 
 
 def test_calibration_is_skipped_when_weights_come_from_a_checkpoint(build_module, tmp_path):
-    fresh, _ = build_module("stage=distill", "stage.calibrate_alpha=true")
+    fresh, _ = build_module("stage=distill", "stage.calibrate_alpha.when=start")
     assert fresh._needs_calibration
     ckpt = tmp_path / "stage1.ckpt"
     torch.save({"state_dict": fresh.state_dict()}, ckpt)
-    started, _ = build_module("stage=distill", "stage.calibrate_alpha=true", f"init_from={ckpt}")
+    started, _ = build_module("stage=distill", "stage.calibrate_alpha.when=start", f"init_from={ckpt}")
     assert not started._needs_calibration
-    off, _ = build_module("stage=distill")
+    off, _ = build_module("stage=distill", "stage.calibrate_alpha=null")
     assert not off._needs_calibration
+    at_end, _ = build_module("stage=distill")  # the default fits after training, not on the first batch
+    assert not at_end._needs_calibration
+
+
+class _Spy:
+    """Wraps an α fit: records the step and the router each layer was fitted with, and the α it returned."""
+
+    def __init__(self, fit, module):
+        self.fit, self.module, self.calls = fit, module, []
+
+    def __call__(self, attention, q, k, v):
+        target, estimated = self.fit(attention, q, k, v)
+        self.calls.append((self.module.global_step, attention.router.proj_q.detach().clone(), target.clone()))
+        return target, estimated
+
+
+def test_least_squares_alpha_is_fitted_after_the_last_step_and_checkpointed(build_module, make_batch, tmp_path):
+    module, cfg = build_module("stage=distill", "attention.sparsity=0.75", "stage.monitor=null")
+    calibration = module.stage.calibrate_alpha  # the shipped default: least squares, after training
+    assert calibration.when == "end" and isinstance(calibration.fit, LeastSquaresFit)
+    spy = calibration.fit = _Spy(calibration.fit, module)
+    procs = sla2_processors(module.model)
+    eye = procs[0].attention.router.proj_q.detach().clone()
+    steps = 2
+    # A step-interval save at the last step is the case that needs the order: it must see the fitted α.
+    ckpt = LastCheckpoint(dirpath=tmp_path, filename="s{step}", save_top_k=0, save_last=True,
+                          every_n_train_steps=steps, enable_version_counter=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_steps=steps, limit_val_batches=0, callbacks=[ckpt])
+    trainer.fit(module, DataLoader([make_batch(cfg) for _ in range(steps)], batch_size=None))
+
+    assert [step for step, _, _ in spy.calls] == [steps] * len(procs)  # once per layer, after the last step
+    assert not torch.allclose(spy.calls[0][1], eye)  # with the trained router's mask
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == steps
+    for i, (proc, (_, _, target)) in enumerate(zip(procs, spy.calls)):
+        alpha = torch.sigmoid(proc.attention.alpha.logit.detach())
+        torch.testing.assert_close(alpha, target[:, 0].clamp(1e-4, 1 - 1e-4), rtol=1e-3, atol=1e-4)
+        key = next(k for k in saved["state_dict"] if f".{i}.attn1" in k and k.endswith("alpha.logit"))
+        torch.testing.assert_close(saved["state_dict"][key], proc.attention.alpha.logit.detach())
+
+
+def test_bad_calibration_options_are_one_line(build_module):
+    with pytest.raises(ConfigError, match="stage.calibrate_alpha.when must be one of"):
+        AlphaCalibration(when="middle")
+    module, cfg = build_module("stage=distill")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_epochs=1, max_steps=-1,
+                         enable_checkpointing=False)
+    with pytest.raises(ConfigError, match="needs trainer.max_steps"):
+        module.configure_callbacks()[0].on_train_start(trainer, module)

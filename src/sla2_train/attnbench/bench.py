@@ -37,7 +37,7 @@ def fit_alpha(contents, routers: dict, block_q: int, block_k: int, k_sel: int) -
         t = Teacher(q, k, v, block_q, block_k)
         best = t.best_mask(k_sel)
         for name, mask in _masks(routers, t, k_sel).items():
-            m = mask_metrics(t, mask, torch.ones(1), best)
+            m = mask_metrics(t, mask, torch.ones(1, device=mask.device), best)
             num[name] = num[name] + m["alpha_ls_num"]
             den[name] = den[name] + m["alpha_ls_den"]
     return {name: clipped_ratio(num[name], den[name]) for name in num}
@@ -75,7 +75,8 @@ def run(train: AttentionSet, heldout: AttentionSet, recipe: Stage1Recipe, sparsi
             if oracle:
                 trained["pooled_oracle"] = recipe.train(heldout.layers[li], sparsity, block_q, block_k)
             attn = trained["learned"]
-            identity = recipe.build(attn.num_heads, attn.head_dim, sparsity, block_q, block_k)
+            device = attn.router.proj_q.device
+            identity = recipe.build(attn.num_heads, attn.head_dim, sparsity, block_q, block_k).to(device)
             k_sel = ref.topk_count(ref.num_blocks(train.layers[li][0][1].shape[-2], block_k), sparsity)
             alphas = fit_alpha(train.layers[li], {"identity": identity}, block_q, block_k, k_sel)
             result = evaluate(heldout.layers[li], trained, identity, block_q, block_k, k_sel, alphas)

@@ -13,7 +13,7 @@ import torch
 
 from sla2_train.models import SLA2Swap, dense_capture
 
-from .sets import AttentionSet
+from .sets import AttentionSet, Splits
 
 
 @torch.no_grad()
@@ -39,16 +39,18 @@ def capture_contents(model, seeds: Sequence[int], latent_shape, text_len: int, s
 
 
 def wan_sets(model, latent_shape, text_len: int, train_contents: int, heldout_contents: int,
-             sigmas: Sequence[float] = (0.25, 0.5, 0.75), seed: int = 0) -> tuple[AttentionSet, AttentionSet]:
-    """Train / held-out sets from a WanTransformer3DModel (random or loaded); SLA2 processors are installed
-    for the capture (dense attention runs during it)."""
+             sigmas: Sequence[float] = (0.25, 0.5, 0.75), seed: int = 0, validation_contents: int = 0) -> Splits:
+    """Train / held-out / validation sets from a WanTransformer3DModel (random or loaded); SLA2 processors are
+    installed for the capture (dense attention runs during it)."""
     SLA2Swap(variant="sla2").apply(model, latent_shape)
     model.eval()
     heads = model.config.num_attention_heads
     train_seeds = [seed * 100_000 + i for i in range(train_contents)]
     held_seeds = [seed * 100_000 + 50_000 + i for i in range(heldout_contents)]
+    val_seeds = [seed * 100_000 + 75_000 + i for i in range(validation_contents)]
     train = capture_contents(model, train_seeds, latent_shape, text_len, sigmas)
     held = capture_contents(model, held_seeds, latent_shape, text_len, sigmas)
+    val = capture_contents(model, val_seeds, latent_shape, text_len, sigmas) or [[] for _ in train]
     names = [f"block_{i}" for i in range(len(train))]
     labels = [[f"h{h}" for h in range(heads)]] * len(train)
-    return AttentionSet(train, names, labels), AttentionSet(held, names, labels)
+    return Splits(*(AttentionSet(s, names, labels) for s in (train, held, val)))

@@ -4,7 +4,9 @@
     sla2-attnbench --source wan                      # a tiny random Wan through the capture hook
     sla2-attnbench --source wan --model-path DIR --latent-shape 16 21 60 104   # a real Wan folder
     sla2-attnbench --source files --train A.safetensors --heldout B.safetensors
-Writes attnbench.json and attnbench.md to --out.
+    sla2-attnbench --split validation --tau 0.3                # judge a recipe change on the validation split
+Writes attnbench.json and attnbench.md to --out. The stage-1 recipe defaults to the one training runs
+(conf/stage/distill.yaml); choose changes on --split validation, report --split heldout for the chosen one.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import sys
 import torch
 
 from .bench import run
-from .objectives import CALIBRATIONS, OBJECTIVES, build_calibration, build_objective
+from .objectives import CALIBRATIONS, OBJECTIVES, build_calibration, build_objective, recipe_defaults
 from .report import write
-from .sets import AttentionSet
+from .sets import AttentionSet, Splits
 from .stage1 import Stage1Recipe
 from .synthetic import REGIMES
 from .synthetic_sets import synthetic_sets
@@ -41,66 +43,104 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--train-contents", type=int, default=6)
     p.add_argument("--heldout-contents", type=int, default=3)
+    p.add_argument("--validation-contents", type=int, default=3)
+    p.add_argument("--split", default="heldout", help="the set measured: heldout, or validation (to choose a recipe)")
     p.add_argument("--model-path", default=None, help="--source wan: a local diffusers Wan folder (else tiny random)")
     p.add_argument("--latent-shape", type=int, nargs=4, default=(4, 4, 16, 24), help="--source wan: [C, F, H, W]")
     p.add_argument("--train", default=None, help="--source files: train set (.safetensors)")
     p.add_argument("--heldout", default=None, help="--source files: held-out set (.safetensors)")
-    p.add_argument("--save-sets", default=None, help="also save the train/held-out sets to this folder")
+    p.add_argument("--validation", default=None, help="--source files: validation set (.safetensors), optional")
+    p.add_argument("--save-sets", default=None, help="also save the train/held-out/validation sets to this folder")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.97])
     p.add_argument("--block-q", type=int, default=32)
     p.add_argument("--block-k", type=int, default=16)
-    p.add_argument("--objective", default="stage",
-                   help=f"stage (conf/stage/distill.yaml's objective.loss) or one of {sorted(OBJECTIVES)}")
-    p.add_argument("--calibrate", default="least_squares", help=f"α after training: {sorted(CALIBRATIONS)}")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--alpha-lr", type=float, default=3e-2)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--device", default="cpu", help="where stage 1 trains and the metrics run (cpu, cuda)")
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--query-blocks", type=int, default=8, help="query blocks per content and step (0 = all)")
-    p.add_argument("--tau", type=float, default=0.1)
-    p.add_argument("--detach-lambda", action="store_true")
-    p.add_argument("--oracle", action="store_true", help="also fit stage 1 on the held-out set (pooled router bound)")
+    p.add_argument("--oracle", action="store_true", help="also fit stage 1 on the measured set (pooled router bound)")
+    r = p.add_argument_group("stage-1 recipe", "defaults: conf/stage/distill.yaml and conf/attention/sla2.yaml, "
+                             "the recipe training runs")
+    r.add_argument("--objective", default="stage",
+                   help=f"stage (conf/stage/distill.yaml's objective.loss) or one of {sorted(OBJECTIVES)}")
+    r.add_argument("--aux-kl", type=float, default=0.0, help="add BlockMassKL with this weight to the objective")
+    r.add_argument("--identity-decay", type=float, default=0.0,
+                   help="add IdentityDecay (pull toward the heuristic router) with this weight")
+    defaults = recipe_defaults()
+    r.add_argument("--calibrate", default=defaults["calibrate"], help=f"α fit: {sorted(CALIBRATIONS)}")
+    r.add_argument("--calibrate-at", default=defaults["calibrate_at"], choices=("start", "end"),
+                   help="fit α before training (untrained router's mask) or after it (trained router's mask)")
+    r.add_argument("--lr", type=float, default=defaults["lr"])
+    r.add_argument("--alpha-lr", type=float, default=defaults["alpha_lr"])
+    r.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
+    r.add_argument("--tau", type=float, default=defaults["tau"])
+    r.add_argument("--tau-start", type=float, default=defaults["tau_start"],
+                   help="anneal τ linearly from this to --tau over the steps")
+    r.add_argument("--detach-lambda", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/attnbench")
     return p
 
 
-def load_sets(args) -> tuple[AttentionSet, AttentionSet]:
+def load_sets(args) -> Splits:
     if args.source == "synthetic":
         return synthetic_sets(tuple(args.grid), args.regimes, args.layers, args.train_contents,
-                              args.heldout_contents, args.head_dim, args.seed)
+                              args.heldout_contents, args.head_dim, args.seed, args.validation_contents)
     if args.source == "files":
         if not (args.train and args.heldout):
             raise ValueError("--source files needs --train and --heldout (.safetensors attention sets)")
-        return AttentionSet.load(args.train), AttentionSet.load(args.heldout)
+        train = AttentionSet.load(args.train)
+        empty = AttentionSet([[] for _ in train.layers], train.names, train.head_labels)
+        return Splits(train, AttentionSet.load(args.heldout),
+                      AttentionSet.load(args.validation) if args.validation else empty)
     from sla2_train.models import wan_transformer
 
     from .captures import wan_sets
 
     model = wan_transformer(None if args.model_path else TINY_WAN, path=args.model_path)
-    return wan_sets(model, args.latent_shape, 16, args.train_contents, args.heldout_contents, seed=args.seed)
+    return wan_sets(model, args.latent_shape, 16, args.train_contents, args.heldout_contents, seed=args.seed,
+                    validation_contents=args.validation_contents)
+
+
+def build_recipe(args) -> Stage1Recipe:
+    """The stage-1 recipe the options describe (ValueError on a bad one)."""
+    return Stage1Recipe(
+        build_objective(args.objective, args.aux_kl, args.identity_decay), steps=args.steps, lr=args.lr,
+        alpha_lr=args.alpha_lr, weight_decay=args.weight_decay, batch=args.batch,
+        query_blocks=args.query_blocks or None, tau=args.tau, tau_start=args.tau_start,
+        detach_lambda=args.detach_lambda, calibrate=build_calibration(args.calibrate),
+        calibrate_at=args.calibrate_at, seed=args.seed,
+    )
+
+
+def card(device: torch.device) -> str:
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return f"{what}, torch {torch.__version__}, {datetime.date.today().isoformat()}"
+
+
+def save_sets(splits: Splits, folder: str) -> None:
+    for name, s in splits._asdict().items():
+        if s.layers and s.layers[0]:
+            s.save(os.path.join(folder, f"{name}.safetensors"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
-        objective = build_objective(args.objective)
-        calibrate = build_calibration(args.calibrate)
-        train, heldout = load_sets(args)
-    except (ValueError, FileNotFoundError) as err:
+        args = parser().parse_args(argv)  # the parser's defaults are read from conf/
+        recipe = build_recipe(args)
+        device = torch.device(args.device)
+        splits = load_sets(args)
+        measured = splits.measured(args.split)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sla2-attnbench: {err}", file=sys.stderr)
         return 2
     if args.save_sets:
-        train.save(os.path.join(args.save_sets, "train.safetensors"))
-        heldout.save(os.path.join(args.save_sets, "heldout.safetensors"))
-    recipe = Stage1Recipe(objective, args.steps, args.lr, args.alpha_lr, args.weight_decay, args.batch,
-                          args.query_blocks or None, args.tau, args.detach_lambda, calibrate=calibrate, seed=args.seed)
+        save_sets(splits, args.save_sets)
     torch.manual_seed(args.seed)
-    rows = run(train, heldout, recipe, args.sparsities, args.block_q, args.block_k, args.oracle)
+    rows = run(splits.train.to(device), measured.to(device), recipe, args.sparsities, args.block_q, args.block_k,
+               args.oracle)
     command = "sla2-attnbench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    card = f"CPU, {torch.get_num_threads()} threads, {datetime.date.today().isoformat()}"
-    json_path, md_path = write(args.out, rows, vars(args), command, card)
+    json_path, md_path = write(args.out, rows, vars(args), command, card(device))
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
     return 0

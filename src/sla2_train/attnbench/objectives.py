@@ -1,8 +1,10 @@
-"""The benchmark's stage-1 objectives and α calibrations, as instantiable configs.
+"""The benchmark's stage-1 recipe: objectives and α calibrations as instantiable configs, and the defaults
+training runs with.
 
 `stage` is the loss that training runs with: `objective.loss` of conf/stage/distill.yaml in the checkout the
-package is installed from (editable install), so the benchmark always measures the configured default.
-The others are the alternatives it was chosen against.
+package is installed from (editable install), so the benchmark always measures the configured default; the
+optimizer's rates, the SoftTop-k temperature (schedule) and the α calibration come from the same files
+(`recipe_defaults`). The named objectives are the alternatives the default was chosen against.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-STAGE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "stage" / "distill.yaml"
+CONF = Path(__file__).resolve().parents[3] / "conf"
+STAGE_CONFIG = CONF / "stage" / "distill.yaml"
+ATTENTION_CONFIG = CONF / "attention" / "sla2.yaml"
 
 _D = "sla2_train.attention.distill."
 
@@ -35,10 +39,33 @@ CALIBRATIONS = {
 }
 
 
+def _load(path: Path):
+    if not path.is_file():
+        raise ValueError(f"the stage-1 recipe is read from {path}, which is not there (not a checkout?)")
+    return OmegaConf.load(path)
+
+
 def stage_objective_config():
-    if not STAGE_CONFIG.is_file():
-        raise ValueError(f"--objective stage reads {STAGE_CONFIG}, which is not there (not a checkout?)")
-    return OmegaConf.load(STAGE_CONFIG).objective.loss
+    return _load(STAGE_CONFIG).objective.loss
+
+
+def recipe_defaults() -> dict:
+    """The training recipe of conf/stage/distill.yaml (+ attention τ) as the benchmark's option defaults."""
+    stage, attention = _load(STAGE_CONFIG), _load(ATTENTION_CONFIG)
+    lr = float(stage.optimizer.lr)
+    schedule = stage.get("tau_schedule")
+    calibration = stage.get("calibrate_alpha")
+    fit = None if calibration is None else calibration.fit
+    targets = {None if cfg is None else cfg["_target_"]: name for name, cfg in CALIBRATIONS.items()}
+    return {
+        "lr": lr,
+        "alpha_lr": float((stage.get("group_lr") or {}).get("alpha", lr)),
+        "weight_decay": float(stage.optimizer.get("weight_decay", 0.0)),
+        "tau": float(attention.tau if schedule is None else schedule.end),
+        "tau_start": None if schedule is None else float(schedule.start),
+        "calibrate": targets[None if fit is None else fit["_target_"]],
+        "calibrate_at": "end" if calibration is None else str(calibration.when),
+    }
 
 
 def _build(table: dict, name: str, what: str, also: tuple[str, ...] = ()):
@@ -47,11 +74,20 @@ def _build(table: dict, name: str, what: str, also: tuple[str, ...] = ()):
     return None if table[name] is None else instantiate(table[name])
 
 
-def build_objective(name: str):
-    """`stage` (the configured training loss) or a named alternative."""
+def build_objective(name: str, aux_kl: float = 0.0, identity_decay: float = 0.0):
+    """`stage` (the configured training loss) or a named alternative, plus optional weighted extra terms."""
     if name == "stage":
-        return instantiate(stage_objective_config())
-    return _build(OBJECTIVES, name, "--objective", also=("stage",))
+        objective = instantiate(stage_objective_config())
+    else:
+        objective = _build(OBJECTIVES, name, "--objective", also=("stage",))
+    extra = {"--aux-kl": ("aux_mass_kl", aux_kl, "BlockMassKL"),
+             "--identity-decay": ("identity_decay", identity_decay, "IdentityDecay")}
+    for flag, (key, weight, target) in extra.items():
+        if weight < 0:
+            raise ValueError(f"{flag} must be >= 0, got {weight}")
+        if weight > 0:
+            objective.terms[key] = instantiate({"_target_": _D + target, "weight": weight})
+    return objective
 
 
 def build_calibration(name: str):

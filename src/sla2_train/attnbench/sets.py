@@ -1,6 +1,6 @@
 """Attention sets: captured (q, k, v) per layer and content, [1, H, N, D] each, saved as safetensors.
 
-A set is one split (train or held-out); the split is by content (a different video, noise or seed), never by
+A set is one split (train, validation or held-out); the split is by content (a different video, noise or seed), never by
 position, so held-out numbers measure what a router learned about attention, not about these tokens.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,10 @@ class AttentionSet:
             self.names = [f"layer_{i}" for i in range(len(self.layers))]
         if not self.head_labels:
             self.head_labels = [[str(h) for h in range(lay[0][0].shape[1])] for lay in self.layers]
+
+    def to(self, device) -> "AttentionSet":
+        layers = [[tuple(t.to(device) for t in qkv) for qkv in contents] for contents in self.layers]
+        return AttentionSet(layers, self.names, self.head_labels)
 
     def stacked(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All contents of one layer as one batch [C, H, N, D] (every content has the same N)."""
@@ -60,3 +65,21 @@ class AttentionSet:
         names = meta.get("names", "").split("\n") if meta.get("names") else []
         labels = [row.split(",") for row in meta["head_labels"].split("\n")] if meta.get("head_labels") else []
         return cls(layers, names, labels)
+
+
+class Splits(NamedTuple):
+    """One benchmark's sets, disjoint by content: train fits stage 1, validation chooses its recipe, held-out
+    measures the chosen recipe once. `validation` may be empty (no contents) when no choice is being made."""
+
+    train: AttentionSet
+    heldout: AttentionSet
+    validation: AttentionSet
+
+    def measured(self, split: str) -> AttentionSet:
+        """The set a run is judged on: "heldout" or "validation" (refused when it holds no contents)."""
+        if split not in ("heldout", "validation"):
+            raise ValueError(f"--split must be heldout or validation, got {split!r}")
+        chosen = getattr(self, split)
+        if not chosen.layers or not chosen.layers[0]:
+            raise ValueError(f"--split {split}: the {split} set has no contents (set --{split}-contents)")
+        return chosen

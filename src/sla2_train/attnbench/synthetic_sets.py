@@ -1,11 +1,14 @@
-"""Train and held-out synthetic sets: the same layers (model seeds), disjoint contents (content seeds)."""
+"""Train, validation and held-out synthetic sets: the same layers (model seeds), disjoint contents (seeds).
+
+Validation chooses stage 1's recipe; held-out is looked at once, for the chosen recipe only."""
 
 from __future__ import annotations
 
-from .sets import AttentionSet
+from .sets import AttentionSet, Splits
 from .synthetic import SyntheticLayer
 
 HELDOUT_OFFSET = 1_000_000  # held-out content seeds start here; train seeds stay below it
+VALIDATION_OFFSET = 2_000_000  # validation content seeds start here
 
 
 def synthetic_sets(
@@ -16,16 +19,16 @@ def synthetic_sets(
     heldout_contents: int = 4,
     head_dim: int = 128,
     seed: int = 0,
-) -> tuple[AttentionSet, AttentionSet]:
+    validation_contents: int = 0,
+) -> Splits:
     if train_contents >= HELDOUT_OFFSET:
         raise ValueError(f"train_contents must be < {HELDOUT_OFFSET}, got {train_contents}")
     layers = [SyntheticLayer(grid, regimes, head_dim, model_seed=seed * 1000 + i) for i in range(num_layers)]
     names = [f"synthetic_{i}" for i in range(num_layers)]
     labels = [list(regimes)] * num_layers
 
-    def build(seeds):
-        return AttentionSet([[lay.sample(s) for s in seeds] for lay in layers], names, labels)
+    def build(first: int, count: int):
+        return AttentionSet([[lay.sample(s) for s in range(first, first + count)] for lay in layers], names, labels)
 
-    train = build(range(1, train_contents + 1))
-    heldout = build(range(HELDOUT_OFFSET + 1, HELDOUT_OFFSET + heldout_contents + 1))
-    return train, heldout
+    return Splits(build(1, train_contents), build(HELDOUT_OFFSET + 1, heldout_contents),
+                  build(VALIDATION_OFFSET + 1, validation_contents))

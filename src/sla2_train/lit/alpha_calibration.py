@@ -1,21 +1,62 @@
-"""Initialise α from the softmax mass the selected blocks really hold (docs/method.md, "α"), before stage 1 trains it.
+"""α in closed form from captured attention (docs/method.md, "α"): before stage 1 trains it, or after.
 
-Runs once, on the first batch of a fresh run: a resumed run or one started from another stage's weights
-keeps its trained α. Every rank measures its own batch, so the result is averaged over ranks to keep the
-replicas identical.
+`stage.calibrate_alpha` (an `AlphaCalibration`, or null) says how and when:
+- fit: what α is set to (sla2_train.attention.distill): `MeasuredMassFit`, the selected softmax mass, or
+  `LeastSquaresFit`, the α that minimises the hard-mask error (α → 1 where the linear branch only adds error);
+- when: `start`, on the first batch of a fresh run (never on resume or `init_from`: such a run keeps its
+  trained α), fitted to the untrained router's mask; or `end`, on the last batch after the last optimizer
+  step, fitted to the mask the trained router will run with, before the final checkpoint is written.
+Every rank fits its own batch, so the result is averaged over ranks to keep the replicas identical.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Mapping
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from sla2_train.diffusion import FlowMatching
-from sla2_train.models import dense_capture, sla2_processors
+from sla2_train.models import ConfigError, dense_capture, sla2_processors
 
 from .batch import latents_and_text
+
+log = logging.getLogger(__name__)
+
+WHEN = ("start", "end")
+
+
+class AlphaCalibration:
+    def __init__(self, fit=None, when: str = "start"):
+        if when not in WHEN:
+            raise ConfigError(f"stage.calibrate_alpha.when must be one of {list(WHEN)}, got {when!r}")
+        self.fit, self.when = fit, when
+
+    def callback(self) -> pl.Callback | None:
+        return _CalibrateAtEnd(self.fit) if self.when == "end" else None
+
+
+class _CalibrateAtEnd(pl.Callback):
+    """Fits α once the last optimizer step is done. Lightning runs checkpoint callbacks after every other
+    callback, so the final checkpoint (LastCheckpoint at the last step or at train end) holds the fitted α."""
+
+    def __init__(self, fit):
+        self.fit = fit
+        self.done = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_steps is None or trainer.max_steps < 1:
+            raise ConfigError("stage.calibrate_alpha.when=end needs trainer.max_steps (the step to calibrate after)")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
+        if trainer.global_step != trainer.max_steps or self.done:
+            return
+        layers = calibrate_alpha(pl_module.model, batch, pl_module.flow,
+                                 lambda t: trainer.strategy.reduce(t, reduce_op="mean"), fit=self.fit)
+        self.done = True
+        log.info("calibrated α of %d layers on the last batch", layers)
 
 
 @torch.no_grad()

@@ -38,8 +38,9 @@ class SLA2Module(pl.LightningModule):
         self._seed = torch.initial_seed()  # train.py's seed_everything(cfg.seed), the same on every rank
         if init_from:
             load_model_weights(model, init_from)
-        # Calibration is for α that nothing has trained yet; a resumed run starts at global_step > 0.
-        self._needs_calibration = stage.calibrate_alpha and not init_from
+        # Calibration at the start is for α that nothing has trained yet; a resumed run starts at global_step > 0.
+        calibration = stage.calibrate_alpha
+        self._needs_calibration = calibration is not None and calibration.when == "start" and not init_from
         stage.apply(model)
 
     def on_train_start(self) -> None:
@@ -70,13 +71,19 @@ class SLA2Module(pl.LightningModule):
             ema.update(self.model)
             self._averaged_step = self.global_step
 
+    def configure_callbacks(self):
+        calibration = self.stage.calibrate_alpha
+        callback = None if calibration is None else calibration.callback()
+        return [] if callback is None else [callback]
+
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self._needs_calibration and self.global_step == 0:
             layers = calibrate_alpha(
-                self.model, batch, self.flow, lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
+                self.model, batch, self.flow, lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"),
+                fit=self.stage.calibrate_alpha.fit,
             )
             log.info("calibrated α of %d layers on the first batch", layers)
         self._needs_calibration = False

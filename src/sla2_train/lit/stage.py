@@ -19,7 +19,8 @@ class Stage:
     objective: Callable[..., Any]
     optimizer: Callable[..., Any]  # partial: params -> torch.optim.Optimizer
     attention_mode: dict[str, Any] = field(default_factory=dict)  # SLA2Attention options, e.g. topk, quant
-    calibrate_alpha: bool = False  # measure α on the first batch of a fresh run (not on resume / init_from)
+    # alpha_calibration.AlphaCalibration: α in closed form at the start or the end of the run; None = off
+    calibrate_alpha: Any = None
     # Learning rate per trained group, overriding the optimizer's own lr (e.g. α, a handful of logits, next to
     # the DiT's 1e-5 in stage 2, which would leave α all but frozen).
     group_lr: dict[str, float] = field(default_factory=dict)
