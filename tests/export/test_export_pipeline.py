@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from sla2_train import install_sla2
-from sla2_train.lit.checkpoint_weights import load_model_weights
+from sla2_train.export.loading import load_weights
 from sla2_train.models import ConfigError, set_attention_mode, sla2_processors
 from sla2_train.diffusion.sampling import sample_latents
 
@@ -20,7 +20,7 @@ def our_model(compose_config, ckpt, *overrides):
     """The transformer as train.py/eval.py build it, with the weights of `ckpt`, in inference mode."""
     cfg = compose_config(*overrides)
     model = instantiate(cfg.module.model)
-    saved = load_model_weights(model, ckpt, key="ckpt")
+    saved = load_weights(model, ckpt, key="ckpt")
     set_attention_mode(model, topk="hard", quant=bool(saved.get("quant")))
     return model.eval(), cfg
 
@@ -99,11 +99,11 @@ def test_init_from_and_eval_read_the_folder_as_the_checkpoint(trained_and_export
     a, b = from_ckpt.state_dict(), from_folder.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The transformer/ subfolder alone is an exported folder as well.
-    load_model_weights(instantiate(compose_config().module.model), paths["pipeline"] / "transformer")
+    load_weights(instantiate(compose_config().module.model), paths["pipeline"] / "transformer")
     # The same option check as for checkpoints: a router trained at one sparsity is refused at another.
     other = instantiate(compose_config("attention.sparsity=0.5").module.model)
     with pytest.raises(ConfigError, match=r"^ckpt .*sparsity=0.95 \(this run: 0.5\)"):
-        load_model_weights(other, paths["pipeline"], key="ckpt")
+        load_weights(other, paths["pipeline"], key="ckpt")
 
 
 @pytest.fixture

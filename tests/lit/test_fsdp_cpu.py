@@ -20,7 +20,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import load as dcp_load
 
 from sla2_train.export import export_checkpoint, read_weights
-from sla2_train.lit.checkpoint_weights import load_model_weights
+from sla2_train.export.loading import load_weights
 from sla2_train.lit.strategies import SLA2FSDPStrategy
 from sla2_train.models import ConfigError
 
@@ -125,7 +125,7 @@ def test_a_damaged_sharded_checkpoint_is_one_line_naming_the_key(chain, build_mo
     shutil.copytree(chain.stage2, folder)
     damage(folder)
     with pytest.raises(ConfigError) as err:
-        load_model_weights(build_module()[0].model, folder, key="ckpt")
+        load_weights(build_module()[0].model, folder, key="ckpt")
     line = str(err.value)
     assert "\n" not in line and line.startswith(f"ckpt: the sharded checkpoint '{folder}'")
     assert all(w in line for w in words), line
@@ -133,9 +133,9 @@ def test_a_damaged_sharded_checkpoint_is_one_line_naming_the_key(chain, build_mo
 
 def test_a_sharded_checkpoint_of_other_options_is_refused(chain, build_module):
     with pytest.raises(ConfigError, match=r"^init_from .*sparsity=0.95 \(this run: 0.5\)"):
-        load_model_weights(build_module("attention.sparsity=0.5")[0].model, chain.stage2)
+        load_weights(build_module("attention.sparsity=0.5")[0].model, chain.stage2)
     with pytest.raises(ConfigError, match=r"^init_from .*does not fit this model"):
-        load_model_weights(build_module("model.transformer.arch.ffn_dim=48")[0].model, chain.stage2)
+        load_weights(build_module("model.transformer.arch.ffn_dim=48")[0].model, chain.stage2)
 
 
 # ---- the gradient averaging of the replicated parameters, on two forked processes ------------------------------

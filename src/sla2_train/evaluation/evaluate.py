@@ -76,9 +76,9 @@ def build(cfg) -> Evaluation:
     model = instantiate(cfg.model_with_attention)
     saved = {}
     if cfg.ckpt:
-        from sla2_train.lit.checkpoint_weights import load_model_weights  # Lightning is needed for checkpoints only
+        from sla2_train.export.loading import load_weights
 
-        saved = load_model_weights(model, cfg.ckpt, key="ckpt")
+        saved = load_weights(model, cfg.ckpt, key="ckpt")
     procs = sla2_processors(model)
     quant_modes = _quant_modes(cfg, saved) if procs else []
     dtype = _dtype(cfg)

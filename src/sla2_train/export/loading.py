@@ -1,7 +1,7 @@
 """One loader for trained weights: a Lightning checkpoint from train.py (a file, or trainer=fsdp's sharded folder)
 or a folder made by sla2-export.
 
-train.py's `init_from` and eval.py's `ckpt` both come here (through lit.checkpoint_weights.load_model_weights).
+train.py's `init_from` and eval.py's `ckpt` both come here.
 """
 
 from __future__ import annotations

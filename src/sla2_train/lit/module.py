@@ -12,10 +12,10 @@ from torch import nn
 
 from sla2_train.diffusion import FlowMatching
 from sla2_train.export.checkpoint_format import EMA_KEY, META_KEY, checkpoint_metadata
+from sla2_train.export.loading import load_weights
 from sla2_train.models import ConfigError, set_attention_mode
 
 from .alpha_calibration import calibrate_alpha
-from .checkpoint_weights import load_model_weights
 from .param_groups import optimizer_groups
 from .stage import Stage
 from .stats import alpha_means
@@ -37,7 +37,7 @@ class SLA2Module(pl.LightningModule):
         self.flow = flow
         self._seed = torch.initial_seed()  # train.py's seed_everything(cfg.seed), the same on every rank
         if init_from:
-            load_model_weights(model, init_from)
+            load_weights(model, init_from)
         # Calibration at the start is for α that nothing has trained yet; a resumed run starts at global_step > 0.
         calibration = stage.calibrate_alpha
         self._needs_calibration = calibration is not None and calibration.when == "start" and not init_from

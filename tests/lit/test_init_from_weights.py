@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from sla2_train.lit.checkpoint_weights import load_model_weights
+from sla2_train.export.loading import load_weights
 from sla2_train.models import ConfigError
 
 
@@ -32,4 +32,4 @@ def test_eval_names_its_own_config_key(build_module, tmp_path):
     save_like_lightning(trained, ckpt)
     other, _ = build_module()
     with pytest.raises(ConfigError, match=r"^ckpt .*block_k=8"):
-        load_model_weights(other.model, ckpt, key="ckpt")
+        load_weights(other.model, ckpt, key="ckpt")
