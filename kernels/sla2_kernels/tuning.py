@@ -97,7 +97,8 @@ class PrecomputeConfig:
 
 
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
-Z_GATHER = 16  # complement_z_kernel: selected blocks' z_j gathered per step
+Z_GATHER = 16  # complement_kernel: selected blocks' z_j gathered (and mask entries zeroed) per step
+COMPLEMENT_COLS = 256  # complement_kernel: mask columns written per step
 
 # ------------------------------------------------------------------------------------------------ router
 
