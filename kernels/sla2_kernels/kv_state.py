@@ -3,7 +3,6 @@ pooling sums and (low-bit) the quantised K̂, V̂ (docs/method.md, Linear branch
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,14 +38,6 @@ class KVState:
         return self.k8 is not None
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    """SMs of the device (1 off CUDA); asked once per device, not once per call."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
 def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, quant: bool = False,
                config: PrecomputeConfig | None = None) -> KVState:
     """h_j, z_j, Z_tot and the key-block sums in one pass over K, V; with quant also K̂, V̂."""
@@ -68,7 +59,7 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
     cfg = config or PrecomputeConfig()
     interpret = launch.interpreting()
     # Enough programs to fill the GPU, each over a contiguous run of key blocks; together they cover h's padding.
-    nsplit = 1 if interpret else max(1, min(nk_pad, triton.cdiv(PRECOMPUTE_PROGRAMS_PER_SM * _num_sms(dev), BH)))
+    nsplit = 1 if interpret else max(1, min(nk_pad, triton.cdiv(PRECOMPUTE_PROGRAMS_PER_SM * launch.num_sms(dev), BH)))
     per_split = cfg.blocks_per_program or triton.cdiv(nk_pad, nsplit)
     nsplit = triton.cdiv(nk_pad, per_split)
     f32 = dict(device=dev, dtype=torch.float32)

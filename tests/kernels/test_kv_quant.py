@@ -24,12 +24,15 @@ def _case_id(c):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_quantised_kv_equals_reference(case, poisoned, kt):
+@pytest.mark.parametrize("blocks_per_program", [None, 3], ids=["one-run", "runs-of-3"])
+def test_quantised_kv_equals_reference(case, blocks_per_program, poisoned, kt):
+    """runs-of-3: several programs per head, so μ_K and s_v come from several partial reductions (as on a GPU)."""
     B, H, N, D, bk, dtype, layout, strided = case
     (_, k, v), (_, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     v = v * torch.logspace(-2, 1, D, dtype=dtype)  # channels of different ranges: per-channel scales matter
     vf = kt.to_bhnd(v, layout).float()
-    st = sla2_kernels.precompute(k, v, block_k=bk, layout=layout, quant=True)
+    st = sla2_kernels.precompute(k, v, block_k=bk, layout=layout, quant=True,
+                                 config=sla2_kernels.PrecomputeConfig(blocks_per_program=blocks_per_program))
     kt.assert_all_written(poisoned)
     k_hat, s_k, v_hat, s_v, mean = ref.quantised_kv(kf, vf, bk)
     nk = -(-N // bk)
