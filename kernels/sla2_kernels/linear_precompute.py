@@ -97,4 +97,4 @@ def kv_totals_kernel(
         k_tot += tl.load(ZPART + ((tl.num_programs(0) + bh64) * NSPLIT + s) * D + offs_d)
     tl.store(ZTOT + bh64 * D + offs_d, z_tot)
     if WRITE_MEAN:
-        tl.store(KMEAN + bh64 * D + offs_d, tl.math.div_rn(k_tot, tl.zeros([D], dtype=tl.float32) + N.to(tl.float32)))
+        tl.store(KMEAN + bh64 * D + offs_d, tl.math.div_rn(k_tot, tl.zeros([D], dtype=tl.float32) + N))

@@ -60,7 +60,7 @@ def smoothing_and_v_scale(STATS, bh64, BH, NSPLIT, N, D: tl.constexpr):
         k_tot += tl.load(STATS + (bh64 * NSPLIT + s) * D + offs_d)
         v_max = tl.maximum(v_max, tl.load(STATS + ((BH + bh64) * NSPLIT + s) * D + offs_d))
     zero = tl.zeros([D], dtype=tl.float32)
-    mu = tl.math.div_rn(k_tot, zero + N.to(tl.float32))
+    mu = tl.math.div_rn(k_tot, zero + N)  # N may be specialised to a constant: no .to()
     s_v = tl.maximum(tl.math.div_rn(v_max, zero + FP8_E4M3_MAX), MIN_SCALE)
     return mu, s_v
 

@@ -88,7 +88,7 @@ def _project_rows(SUMS, W, OUT, MEAN, pid, bh64, h, N, NB, NPARTS, scale,
                 tot = tl.zeros([DC], dtype=tl.float32)
                 for s in range(0, NPARTS):
                     tot += tl.load(MEAN + (bh64 * NPARTS + s) * D + c + offs_c)
-                mean = tl.math.div_rn(tot, tl.zeros([DC], dtype=tl.float32) + N.to(tl.float32))
+                mean = tl.math.div_rn(tot, tl.zeros([DC], dtype=tl.float32) + N)
             pooled = pooled - mean[None, :]
         w = tl.load(w_base + (c + offs_c[:, None]) * D + offs_d[None, :])
         acc = tl.dot(pooled, w, acc, input_precision="tf32x3")
