@@ -12,8 +12,8 @@ their true count. Four launches, each sized to its data:
   block_scores_kernel     a [QT, nk-tile] tile of Q̄Wq · (K̄Wk)ᵀ per program
   topk_kernel             R rows of scores per program: radix selection of the k-th largest, selected
                           indices written in ascending order
-Q and K shared launches where they had one each (and μ a torch sum and division): 8 launches per router call
-became 4, which matters to the eager call, where each launch costs host time.
+Q and K share each launch (rather than one each, and μ_K as a torch sum and division: 8 launches), because in an
+eager call every launch costs host time.
 Projections and scores are 3xTF32 dots: fp32-accurate on the tensor cores (plain tf32 would reorder near ties
 against the reference's fp32). IEEE-fp32 dots spilled (router 1.25 ms, H100). A version with explicit fp32
 FMA products ([rows, 4, D] broadcasts) was right under the interpreter but wrong on the H100 with Triton 3.6
