@@ -3,7 +3,7 @@
     python3 kernels/benchmarks/bench_eager.py [--out DIR] [--shapes 1.3b,14b] [--sparsities 0.97] [--budget-s 220]
 
 First a correctness check at a small shape (B1 H2 N4000 D128, 97%), before anything is timed: the precompute
-pass with quant=True against its PyTorch twin (reference.quantised_kv: scales, K̂ within one INT8 step, V̂
+with quant=True against its PyTorch twin (reference.quantised_kv: scales, K̂ within one INT8 step, V̂
 bytes), and SLA2Attention's eager output, bf16 and low-bit, against the blocked fp32 reference
 (sla2_kernels.blocked_reference) on the module's own router selection. A failed check is recorded and printed
 as a FAILED line; the timings still run.
@@ -15,8 +15,8 @@ autograd on, bf16 and quant=True):
   host        host time to issue one call (no synchronisation inside the timed loop): above the graph time, the
               eager call is bound by the host;
   kernels     CUDA kernels one call runs (torch.profiler), with their names;
-and the precompute pass alone (bf16, and with quant: the reduction for μ_K, s_v and the pass that also quantises),
-next to the numbers measured before the pass quantised K and V itself (docs/results.md, H200, 2026-12-03).
+and the precompute alone (bf16, and with quant: the pass, its totals and the quantising pass, in three launches),
+next to the numbers measured before in docs/results.md (H200, 2026-12-03: eight launches with quant).
 SDPA cuDNN on the dense problem is timed in the same process for the × cuDNN ratios.
 The table is printed last; JSON goes to DIR/bench_eager.json (DIR: --out, default $OUT or kernels/benchmarks/results/).
 """
@@ -28,8 +28,8 @@ import time
 
 from bench_common import BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists  # run as a script
 
-# docs/results.md, Kernel speed (H200, torch 2.11, Triton 3.6, 2026-12-03, command A): the precompute before this
-# change (ms): bf16 pass, and the low-bit precompute (the pass, then a second pass over K, V that quantised them).
+# docs/results.md, Kernel speed (H200, torch 2.11, Triton 3.6, 2026-12-03, command A): the precompute (ms), bf16 and
+# low-bit, with four and eight launches (the passes and torch's reductions of their partials).
 BEFORE_MS = {"1.3b": {"precompute": 0.203, "precompute_quant": 0.373},
              "14b": {"precompute": 2.354, "precompute_quant": 3.547}}
 # The issue's eager and graph numbers of the module call at 1.3B before this change (same card and date): bf16, quant

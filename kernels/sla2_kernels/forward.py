@@ -167,7 +167,7 @@ def forward_with_state(q, k, v, indices, alpha, *, block_q: int, block_k: int, q
     tiles alike, returning that state for the backward (sla2_backward's lin_state; zeros, never read, when every
     key block is selected). alpha: the raw α (made effective here). What the training op's CUDA implementation
     runs: validated once, then 5 launches in bf16 (precompute and its totals, the complement, the H_I product, the
-    main kernel), 6 with quant (the reduction μ_K and s_v need, first)."""
+    main kernel), 6 with quant (K̂, V̂ after the totals)."""
     p = check_forward(q, k, v, indices, alpha, block_q, block_k, layout)
     state = build_state(k, v, (p.B, p.H, p.N, p.D), p.strides["k"], p.strides["v"], p.block_k, layout, quant)
     if p.linear:

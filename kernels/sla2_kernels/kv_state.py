@@ -1,5 +1,13 @@
-"""Everything derived from K and V alone, in one pass: the linear branch's per-key-block sums, the router's key
-pooling sums and (low-bit) the quantised K̂, V̂ (docs/method.md, Linear branch; Low-bit sparse branch and QAT)."""
+"""Everything derived from K and V alone: the linear branch's per-key-block sums and the router's key pooling sums
+in one pass, and (low-bit) the quantised K̂, V̂ (docs/method.md, Linear branch; Low-bit sparse branch and QAT).
+
+K̂ and V̂ need μ_K and the per-channel max|V| over all of a head's tokens before any element can be rounded, so
+they take a second pass over K and V after the first pass's totals. Rounding inside the first pass instead (a
+reduction pass first, then the pass that also rounds) reads K and V as often, and its loop spilled 0.8–2.1 KB of
+registers a thread beside h_j's accumulator (4 warps; 48–64 bytes at 8 warps, where the pass is slower: sm_90
+compile with Triton 3.9, 2026-12-03). One read would need a barrier across a head's programs, since K and V of
+one call (200 MB at Wan-1.3B) do not stay in the 50 MB L2 between passes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from . import launch
 from .checks import check_block, check_qkv
 from .layouts import NK_ALIGN
 from .linear_precompute import kv_precompute_kernel, kv_totals_kernel
-from .lowbit_quant import kv_stats_kernel
+from .lowbit_quant import quantize_kv_kernel
 from .tuning import PRECOMPUTE_PROGRAMS_PER_SM, PrecomputeConfig
 
 
@@ -47,11 +55,10 @@ def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, q
 
 
 def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, quant: bool,
-                config: PrecomputeConfig | None = None, soft_e4m3: bool | None = None) -> KVState:
+                config: PrecomputeConfig | None = None) -> KVState:
     """precompute on inputs already validated (shape (B, H, N, D) and element strides in that order, from
-    checks.check_qkv): two launches in bf16 (the pass, the per-head totals), three with quant (the reduction that
-    μ_K and s_v need first, then the pass, then the totals). soft_e4m3: round to e4m3 in software as under the
-    interpreter (default there) instead of by the hardware conversion; the GPU tests compare the two."""
+    checks.check_qkv): two launches in bf16 (the pass over K, V, then the per-head totals), three with quant
+    (then K̂, V̂ by quantize_kv_kernel, which needs the totals' μ_K and s_v)."""
     B, H, N, D = shape
     BH, nk = B * H, triton.cdiv(N, block_k)
     nk_pad = triton.cdiv(nk, NK_ALIGN) * NK_ALIGN
@@ -67,28 +74,30 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
     zblk = launch.empty(BH, nk, D, **f32)
     ksum = launch.empty(BH, nk, D, **f32)
     zpart = launch.empty(2, BH, nsplit, D, **f32)  # partial Σ z_j and Σ colsum K_j per program
-    totals = launch.empty(2, BH, D, **f32)  # Z_tot, μ_K
+    vmax = launch.empty(BH, nsplit, D, **f32) if quant else zpart  # partial max|V| per program
+    totals = launch.empty(3 if quant else 2, BH, D, **f32)  # Z_tot, μ_K (, s_v)
     state = KVState(block_k, layout, shape, ksum, totals[1], hblk, zblk, totals[0])
-    quantised = ()
-    if quant:
-        stats = launch.empty(2, BH, nsplit, D, **f32)  # partial Σ K and max|V| per program
-        launch.run("kv_stats", kv_stats_kernel, (nsplit, BH), k, v, stats, *k_strides, *v_strides,
-                   N, H, per_split, nsplit, BK=block_k, D=D, num_warps=cfg.num_warps)
-        state.k8 = launch.empty(BH, nk * block_k, D, device=dev, dtype=torch.int8)
-        state.sk = launch.empty(BH, nk, **f32)
-        state.v8t = launch.empty(BH, D, nk * block_k, device=dev, dtype=torch.float8_e4m3fn)
-        state.sv = launch.empty(BH, D, **f32)
-        quantised = (stats, state.kmean, state.k8, state.sk, state.v8t, state.sv)
     # No TMA variant: with descriptor loads and stores, Triton 3.6's software pipeliner failed on this kernel at
     # the Wan shapes (H100, 2026-11-27), though it compiled at N = 4096.
     launch.run(
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
-        k, v, hblk, zblk, ksum, zpart, *(quantised or (zpart,) * 6),  # unread placeholders without quant
+        k, v, hblk, zblk, ksum, zpart, vmax,
         *k_strides, *v_strides,
         N, H, nk, nk_pad, per_split, nsplit,
-        BK=block_k, D=D, QUANT=quant, INTERPRET=interpret, SOFT_E4M3=interpret if soft_e4m3 is None else soft_e4m3,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BK=block_k, D=D, QUANT=quant, INTERPRET=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    launch.run("kv_totals", kv_totals_kernel, (BH,), zpart, state.ztot, state.kmean, N, nsplit, D=D,
-               WRITE_MEAN=not quant, num_warps=1)
+    launch.run("kv_totals", kv_totals_kernel, (BH,), zpart, vmax, totals[0], totals[1], totals[-1], N, nsplit, D=D,
+               QUANT=quant, num_warps=1)
+    if quant:
+        state.sv = totals[2]
+        state.k8 = launch.empty(BH, nk * block_k, D, device=dev, dtype=torch.int8)
+        state.sk = launch.empty(BH, nk, **f32)
+        state.v8t = launch.empty(BH, D, nk * block_k, device=dev, dtype=torch.float8_e4m3fn)
+        launch.run(
+            "quantize_kv", quantize_kv_kernel, (nk, BH),
+            k, v, state.kmean, state.sv, state.k8, state.sk, state.v8t,
+            *k_strides, *v_strides,
+            N, H, nk,
+            BK=block_k, D=D, INTERPRET=interpret, num_warps=4,
+        )
     return state

@@ -6,33 +6,31 @@ For key block j (b_k rows, ragged last block masked):
   h_j  = φK_jᵀ V_j                                             -> hblk  [BH, nk_pad, D, D] bf16
   z_j  = colsum φK_j                                           -> zblk  [BH, nk, D]    fp32
   colsum K_j (router pooling and the smoothing mean)           -> ksum  [BH, nk, D]    fp32
-  (quant) K̂_j, s_k,j, V̂_jᵀ (lowbit_quant.quantize_kv_block)      -> k8, sk, v8t
+  (quant) max|V| per channel over the program's blocks         -> vmax  [BH, S, D]     fp32
   Σ z_j and Σ colsum K_j over the program's blocks            -> zpart [2, BH, S, D]  fp32
-S = number of programs along the key blocks; kv_totals_kernel sums the S partials into Z_tot and μ_K (one small
-launch instead of a torch sum over the nk blocks' sums, which took 20 µs at the Wan-1.3B shape: H100, ncu).
+S = number of programs along the key blocks; kv_totals_kernel reduces the S partials to Z_tot, μ_K and s_v (one
+small launch; a torch sum over the nk blocks' sums took 20 µs at the Wan-1.3B shape: H100, ncu).
 The programs cover the h buffer's padded length (nk rounded up to NK_ALIGN): a block past the last one loads only
 masked rows, so its h_j is zero and stored as the padding, with no fill launch of its own.
-With QUANT, μ_K and s_v come from kv_stats_kernel's partials (every program sums them, S·D floats from L2), and
-each block is rounded while its tiles are loaded: one read of K and V for h_j, z_j, K̂ and V̂ together.
+With QUANT, K and V are rounded afterwards by quantize_kv_kernel (lowbit_quant.py): its μ_K and s_v are
+reductions over every token of the head, known only once this pass has finished.
 """
 
 import triton
 import triton.language as tl
 
 from .dot import mma
-from .lowbit_quant import quantize_kv_block, smoothing_and_v_scale
+from .quant_math import FP8_E4M3_MAX, MIN_SCALE
 
 
 @triton.jit
 def kv_precompute_kernel(
     K, V,  # [B, H, N, D] or [B, N, H, D] through strides
-    HBLK, ZBLK, KSUM, ZPART,
-    STATS, KMEAN, K8, SK, V8T, SV,  # QUANT only: kv_stats_kernel's partials in, μ_K, K̂, s_k, V̂ᵀ, s_v out
+    HBLK, ZBLK, KSUM, ZPART, VMAX,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     N, H, NK, NK_PAD, BLOCKS_PER_SPLIT, NSPLIT,  # NK_PAD: blocks per head in HBLK (zero blocks after NK)
     BK: tl.constexpr, D: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
-    SOFT_E4M3: tl.constexpr,  # e4m3 rounding in software (quant_math.to_e4m3): the interpreter's, or a GPU test's
 ):
     pid_s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -46,11 +44,7 @@ def kv_precompute_kernel(
 
     z_acc = tl.zeros([D], dtype=tl.float32)
     k_acc = tl.zeros([D], dtype=tl.float32)
-    if QUANT:
-        mu, s_v = smoothing_and_v_scale(STATS, bh64, tl.num_programs(1), NSPLIT, N, D)
-        if pid_s == 0:
-            tl.store(KMEAN + bh64 * D + offs_d, mu)
-            tl.store(SV + bh64 * D + offs_d, s_v)
+    v_max = tl.zeros([D], dtype=tl.float32)
     for jj in range(0, BLOCKS_PER_SPLIT):
         j = pid_s * BLOCKS_PER_SPLIT + jj
         rows = j * BK + offs_r
@@ -73,28 +67,36 @@ def kv_precompute_kernel(
         tl.store(HBLK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
                  mask=((offs_d * 0 + j) < NK_PAD)[:, None])  # past NK: zero (no valid row), h's padding
         if QUANT:
-            quantize_kv_block(kf, vt, row_ok, mu, s_v, j, rows, bh64, K8, SK, V8T, NK * BK, NK, D, SOFT_E4M3)
+            v_max = tl.maximum(v_max, tl.max(tl.abs(vt.to(tl.float32)), axis=0))
 
     part = bh64 * NSPLIT + pid_s
     tl.store(ZPART + part * D + offs_d, z_acc)
     # the K sums one [BH, S, D] slab further on
     tl.store(ZPART + (tl.num_programs(1) * NSPLIT + part) * D + offs_d, k_acc)
+    if QUANT:
+        tl.store(VMAX + part * D + offs_d, v_max)
 
 
 @triton.jit
 def kv_totals_kernel(
-    ZPART, ZTOT, KMEAN,  # ZPART fp32 [2, BH, NSPLIT, D] (kv_precompute_kernel's); ZTOT, KMEAN fp32 [BH, D]
+    ZPART, VMAX, ZTOT, KMEAN, SV,  # ZPART fp32 [2, BH, NSPLIT, D], VMAX [BH, NSPLIT, D]; the rest fp32 [BH, D]
     N, NSPLIT,
-    D: tl.constexpr, WRITE_MEAN: tl.constexpr,  # False: μ_K was written by the precompute (quant) already
+    D: tl.constexpr, QUANT: tl.constexpr,
 ):
-    """Z_tot = Σ z_j and μ_K = Σ K / N of one head from the precompute's per-program partials."""
+    """Per head, from the precompute's per-program partials: Z_tot = Σ z_j, μ_K = Σ K / N and (QUANT) the V scale
+    s_v = max|V| / 448 per channel (at least MIN_SCALE). IEEE divisions (div_rn), as torch's, so μ_K and s_v equal
+    the reference's up to the order of the sum."""
     bh64 = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, D)
     z_tot = tl.zeros([D], dtype=tl.float32)
     k_tot = tl.zeros([D], dtype=tl.float32)
+    v_max = tl.zeros([D], dtype=tl.float32)
     for s in range(0, NSPLIT):
         z_tot += tl.load(ZPART + (bh64 * NSPLIT + s) * D + offs_d)
         k_tot += tl.load(ZPART + ((tl.num_programs(0) + bh64) * NSPLIT + s) * D + offs_d)
+        if QUANT:
+            v_max = tl.maximum(v_max, tl.load(VMAX + (bh64 * NSPLIT + s) * D + offs_d))
     tl.store(ZTOT + bh64 * D + offs_d, z_tot)
-    if WRITE_MEAN:
-        tl.store(KMEAN + bh64 * D + offs_d, tl.math.div_rn(k_tot, tl.zeros([D], dtype=tl.float32) + N))
+    tl.store(KMEAN + bh64 * D + offs_d, tl.math.div_rn(k_tot, k_tot * 0.0 + N))  # N may be a constant: no .to()
+    if QUANT:
+        tl.store(SV + bh64 * D + offs_d, tl.maximum(tl.math.div_rn(v_max, v_max * 0.0 + FP8_E4M3_MAX), MIN_SCALE))

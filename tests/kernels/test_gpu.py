@@ -148,16 +148,21 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
 def test_software_e4m3_rounding_equals_hardware():
     """The interpreter's software e4m3 rounding and the GPU's cvt give the same bytes (and so the CPU
     tests of the low-bit path test the arithmetic the GPU runs)."""
-    from sla2_kernels.kv_state import build_state
+    from sla2_kernels.lowbit_quant import quantize_kv_kernel
 
     B, H, N, D, bk = 1, 4, 4000, 128, 64
     _, k, v, _, _ = _inputs(B, H, N, D, torch.bfloat16, seed=7)
     v = v * torch.logspace(-3, 2, D, device="cuda", dtype=torch.bfloat16)  # many exponents per channel
-    shape, strides = (B, H, N, D), tuple(k.stride())
+    st = sla2_kernels.precompute(k, v, block_k=bk, layout="bhnd", quant=True)
+    nk = -(-N // bk)
     out = []
     for soft in (True, False):
-        st = build_state(k, v, shape, strides, strides, bk, "bhnd", quant=True, soft_e4m3=soft)
-        out.append((st.k8, st.sk, st.v8t.view(torch.uint8)))
+        k8 = torch.empty(B * H, nk * bk, D, device="cuda", dtype=torch.int8)
+        sk = torch.empty(B * H, nk, device="cuda")
+        v8t = torch.empty(B * H, D, nk * bk, device="cuda", dtype=torch.float8_e4m3fn)
+        quantize_kv_kernel[(nk, B * H)](k, v, st.kmean, st.sv, k8, sk, v8t, *k.stride(), *v.stride(), N, H, nk,
+                                        BK=bk, D=D, INTERPRET=soft)
+        out.append((k8, sk, v8t.view(torch.uint8)))
     names = ("k8", "s_k", "v8t")
     for name, a, b in zip(names, *out):
         bad = (a != b).flatten().nonzero().flatten()

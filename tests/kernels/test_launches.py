@@ -93,7 +93,7 @@ def test_kernel_forward_launches_and_syncs(quant, counted, kt):
         _, idx = sla2_kernels.router(q, k, eye, eye, block_q=64, block_k=64, topk=2, layout="bnhd")
         sla2_kernels.forward_with_state(q, k, v, idx, alpha, block_q=64, block_k=64, quant=quant, layout="bnhd")
     main = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma"
-    want = {**ROUTER, **FORWARD, main: 1, **({"kv_stats": 1} if quant else {})}
+    want = {**ROUTER, **FORWARD, main: 1, **({"quantize_kv": 1} if quant else {})}
     assert dict(triton_launches) == want
     assert dict(counter.torch_ops) == {"bmm": 1}, counter.torch_ops
     assert not counter.syncs, f"host synchronisations: {dict(counter.syncs)}"
@@ -112,7 +112,7 @@ def test_module_forward_launches_and_syncs(quant, counted, kernel_ops, kt):
         o = attn(q, k, v)
     assert o.shape == q.shape and bool(torch.isfinite(o).all())
     main = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma"
-    assert dict(triton_launches) == {**ROUTER, **FORWARD, main: 1, **({"kv_stats": 1} if quant else {})}
+    assert dict(triton_launches) == {**ROUTER, **FORWARD, main: 1, **({"quantize_kv": 1} if quant else {})}
     assert dict(counter.torch_ops) == {"bmm": 1, "sigmoid": 1}, counter.torch_ops
     assert not counter.syncs, f"host synchronisations: {dict(counter.syncs)}"
 
