@@ -226,12 +226,7 @@ def main():
     b = Bench(args)
     b.safe("check", b.check)
     b.save()
-    for shape in args.shapes:
-        if b.left() < 40:
-            b.results["errors"].append(f"budget: skipped shape {shape}")
-            continue
-        b.safe(f"shape {shape}", lambda: b.run_shape(shape))
-        b.save()
+    b.run_shapes(margin_s=40)
     b.save()
     print(b.table())
 

@@ -1,5 +1,5 @@
-"""The precompute pass with quant=True (one pass over K, V after the reduction for μ_K and s_v): K̂, s_k, V̂, s_v
-against their plain-PyTorch twin (reference.quantised_kv), and the pass's other outputs unchanged by quant.
+"""precompute with quant=True (the pass over K, V, its totals, then the quantising pass): K̂, s_k, V̂, s_v against
+their plain-PyTorch twin (reference.quantised_kv), and the first pass's outputs unchanged by quant.
 
 Under the interpreter the e4m3 values come from the software rounding of sla2_kernels/quant_math.py; the GPU
 test test_gpu.py::test_software_e4m3_rounding_equals_hardware shows the hardware conversion gives the same bytes.
@@ -26,7 +26,7 @@ def _case_id(c):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 @pytest.mark.parametrize("blocks_per_program", [None, 3], ids=["one-run", "runs-of-3"])
 def test_quantised_kv_equals_reference(case, blocks_per_program, poisoned, kt):
-    """runs-of-3: several programs per head, so μ_K and s_v come from several partial reductions (as on a GPU)."""
+    """runs-of-3: several programs per head, so μ_K and s_v come from several partial results (as on a GPU)."""
     B, H, N, D, bk, dtype, layout, strided = case
     (_, k, v), (_, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     v = v * torch.logspace(-2, 1, D, dtype=dtype)  # channels of different ranges: per-channel scales matter
