@@ -209,8 +209,9 @@ class Bench(BenchBase):
                 f(r.get("x_cudnn_eager"), 1), f(r.get("precompute")), f(before.get("precompute")),
                 f(r.get("precompute_quant")), f(before.get("precompute_quant")),
             ]))
-        lines.append(f"recorded at 1.3B with 20 / 24 launches a call (H200, 2026-12-03): eager {BEFORE_MODULE_MS['eager']}, "
-                     f"graph {BEFORE_MODULE_MS['graph']} ms (bf16, low-bit)")
+        rec = BEFORE_MODULE_MS
+        lines.append(f"recorded at 1.3B with 20 / 24 launches a call (H200, 2026-12-03): eager {rec['eager']}, "
+                     f"graph {rec['graph']} ms (bf16, low-bit)")
         for r in R["rows"][:2]:
             lines.append(f"kernels of one call, {r['shape']} {'lowbit' if r['quant'] else 'bf16'}: "
                          + ", ".join(n.split("(")[0][:40] for n in r.get("kernel_names", [])))

@@ -173,7 +173,6 @@ def forward_with_state(q, k, v, indices, alpha, *, block_q: int, block_k: int, q
     if p.linear:
         lin = linear_state(p.idx, state, block_q=p.block_q)
         return (*run_forward(p, q, k, v, p.alpha, state, lin, quant), *lin)
-    ones = torch.ones((), device=q.device, dtype=torch.float32).expand(p.B, p.H, p.nq)  # effective α
-    o, lse = run_forward(p, q, k, v, ones, state, None, quant)
+    o, lse = run_forward(p, q, k, v, effective_alpha(alpha, q, p.idx, block_q, block_k, layout), state, None, quant)
     bh, d = p.B * p.H, p.D
     return o, lse, q.new_zeros(bh, p.nq, d, d, dtype=torch.bfloat16), q.new_zeros(bh, p.nq, d, dtype=torch.float32)

@@ -66,7 +66,8 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
     cfg = config or PrecomputeConfig()
     interpret = launch.interpreting()
     # Enough programs to fill the GPU, each over a contiguous run of key blocks; together they cover h's padding.
-    nsplit = 1 if interpret else max(1, min(nk_pad, triton.cdiv(PRECOMPUTE_PROGRAMS_PER_SM * launch.num_sms(dev), BH)))
+    per_sm = PRECOMPUTE_PROGRAMS_PER_SM * launch.num_sms(dev)
+    nsplit = 1 if interpret else max(1, min(nk_pad, triton.cdiv(per_sm, BH)))
     per_split = cfg.blocks_per_program or triton.cdiv(nk_pad, nsplit)
     nsplit = triton.cdiv(nk_pad, per_split)
     f32 = dict(device=dev, dtype=torch.float32)

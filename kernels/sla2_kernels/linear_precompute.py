@@ -14,6 +14,14 @@ The programs cover the h buffer's padded length (nk rounded up to NK_ALIGN): a b
 masked rows, so its h_j is zero and stored as the padding, with no fill launch of its own.
 With QUANT, K and V are rounded afterwards by quantize_kv_kernel (lowbit_quant.py): its μ_K and s_v are
 reductions over every token of the head, known only once this pass has finished.
+
+Why h_j is stored (2·D/b_k times the bytes of K_j, 200 MB at the Wan-1.3B shape): the linear branch of query
+block I needs H_I = Σ_{j not selected by I} h_j. Gathering the selected blocks per query block (an MMA on
+φK_j and V_j tiles per selection) moved as many bytes through L2 as the sparse branch itself and cost 60% on
+top of it (H100, 2026-11-27). With h_j stored, H_I for every query block is one dense product
+(1 − selection mask) @ h: [nq, nk] × [nk, D²] per head on the tensor cores (forward.linear_state).
+h_j is bf16 because the products are: its rounding (2⁻⁹ relative, independent per block) averages out over
+the ~nk blocks summed, far under the bf16 rounding of H_I itself.
 """
 
 import triton
