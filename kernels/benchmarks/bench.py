@@ -298,12 +298,7 @@ def main():
     args = parse_lists(arg_parser(__doc__.splitlines()[0], budget_s=400.0).parse_args())
     b = Bench(args)
     b.safe("ceilings", b.ceilings)
-    for shape in args.shapes:
-        if b.left() < 60:
-            b.results["errors"].append(f"budget: skipped shape {shape}")
-            continue
-        b.safe(f"shape {shape}", lambda: b.run_shape(shape))
-        b.save()
+    b.run_shapes(margin_s=60)
     b.save()
     print(json.dumps(b.results["resources"], indent=None))
     print(b.table())

@@ -97,6 +97,15 @@ class BenchBase:
             self.results["errors"].append(msg)
             return default
 
+    def run_shapes(self, margin_s: float):
+        """self.run_shape(name) for each of --shapes while the budget leaves margin_s seconds; saved after each."""
+        for shape in self.args.shapes:
+            if self.left() < margin_s:
+                self.results["errors"].append(f"budget: skipped shape {shape}")
+                continue
+            self.safe(f"shape {shape}", lambda: self.run_shape(shape))
+            self.save()
+
     def record_resources(self, tag, compiled: dict):
         """Registers, spills, shared memory and MMA kinds of the kernels last compiled (name -> CompiledKernel)."""
         for name, k in compiled.items():

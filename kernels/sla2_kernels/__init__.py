@@ -19,7 +19,7 @@ Autograd is not here: sla2_train.attention.ops registers sla2_forward and sla2_b
 torch.library op `sla2::attention`.
 
 Layout of the package. @triton.jit code only: router_kernels.py, linear_precompute.py, lowbit_quant.py,
-complement_z.py, key_block_fill.py, sla2_fwd.py, sla2_fwd_tma.py, sla2_fwd_lowbit.py, sla2_bwd.py, sla2_bwd_tma.py
+complement.py, key_block_fill.py, sla2_fwd.py, sla2_fwd_tma.py, sla2_fwd_lowbit.py, sla2_bwd.py, sla2_bwd_tma.py
 and their helpers dot.py, quant_math.py, bwd_math.py. Host code, one job a file: routing.py (router, Top-k),
 kv_state.py (the one pass over K, V), forward.py, backward.py, backward_state.py (the backward's fp32 linear
 state), selection.py (complement mask, key-block lists), layouts.py (strides, TMA descriptors), checks.py (input

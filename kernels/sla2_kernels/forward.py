@@ -1,28 +1,63 @@
 """The SLA2 forward's host side: the linear branch's state, the choice of kernel (TMA, pointer, low-bit) and its
 launch, and the forward-with-state that the training op runs.
 
+Each public entry validates its inputs once (`check_forward`, then the unchecked `run_forward` and
+kv_state.build_state): the training op's forward_with_state does not validate again in what it calls.
 Kernels: sla2_fwd_tma.py (bf16/fp16 default), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
-sla2_fwd_lowbit.py (quant=True); complement_z.py for Z_I.
+sla2_fwd_lowbit.py (quant=True); complement.py for the selection's complement and Z_I.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 
 from . import launch, layouts
 from .checks import alpha_view, check_block, check_indices, check_lin_state, check_qkv, check_state
-from .complement_z import complement_z_kernel
+from .kv_state import KVState, build_state
 from .layouts import bhnd_view, descriptor, dims
-from .kv_state import KVState, precompute
 from .selection import complement_mask
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
 from .sla2_fwd_tma import sla2_fwd_tma_kernel
-from .tuning import EPI_CHUNKS, Z_GATHER, FwdConfig, default_fwd_config, pointer_config
+from .tuning import EPI_CHUNKS, FwdConfig, default_fwd_config, pointer_config
+
+
+@dataclass(frozen=True)
+class ForwardProblem:
+    """A validated forward call: sizes, the inputs' element strides, the selection as int32 and α as a view."""
+
+    B: int
+    H: int
+    N: int
+    D: int
+    block_q: int
+    block_k: int
+    nq: int
+    nk: int
+    topk: int
+    layout: str
+    strides: dict  # "q", "k", "v" -> (batch, head, token, dim) strides
+    idx: torch.Tensor  # int32 [B, H, nq, topk], contiguous
+    alpha: torch.Tensor  # fp32 [B, H, nq] view
+
+    @property
+    def linear(self) -> bool:
+        """Whether anything is left for the linear branch (every block selected: none, α = 1)."""
+        return self.topk < self.nk
+
+
+def check_forward(q, k, v, indices, alpha, block_q: int, block_k: int, layout: str) -> ForwardProblem:
+    """Every check of a forward call, once (checks.py; one ValueError line each)."""
+    bq, bk = check_block("block_q", block_q), check_block("block_k", block_k)
+    (B, H, N, D), strides = check_qkv({"q": q, "k": k, "v": v}, layout)
+    nq, nk = triton.cdiv(N, bq), triton.cdiv(N, bk)
+    topk = check_indices(indices, B, H, nq, nk, q.device)
+    idx = indices if indices.dtype == torch.int32 and indices.is_contiguous() else indices.to(torch.int32).contiguous()
+    return ForwardProblem(B, H, N, D, bq, bk, nq, nk, topk, layout, strides, idx, alpha_view(alpha, B, H, nq, q.device))
 
 
 def effective_alpha(alpha, q: torch.Tensor, indices: torch.Tensor, block_q: int, block_k: int, layout: str):
@@ -41,16 +76,14 @@ def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
 
     H_I is one batched product (1 − selection) @ h on the tensor cores, [nq, nk] × [nk, D²] per head (bf16
     operands, fp32 accumulation): ~50 GFLOP at the Wan-1.3B shape instead of gathering every selected block's
-    tiles per query block. The 0/1 mask has the shape of the router's scores, [B·H, nq, nk] (bf16).
+    tiles per query block. The 0/1 mask has the shape of the router's scores, [B·H, nq, nk] (bf16); it and Z_I
+    come from one launch (complement.py). Two launches in all.
     """
     B, H, N, D = kv_state.shape
     BH, nq, nk = B * H, triton.cdiv(N, block_q), triton.cdiv(N, kv_state.block_k)
-    idx = indices.reshape(BH, nq, indices.shape[-1])
-    keep = complement_mask(idx, nk)  # its padding columns meet h's zero padding blocks
+    # the mask's padding columns meet h's zero padding blocks
+    keep, z_i = complement_mask(indices, nk, z=(kv_state.zblk, kv_state.ztot))
     h_i = torch.bmm(keep, kv_state.hblk.view(BH, keep.shape[-1], D * D)).view(BH, nq, D, D)
-    z_i = launch.empty(BH, nq, D, device=idx.device, dtype=torch.float32)
-    launch.run("complement_z", complement_z_kernel, (nq, BH), idx.to(torch.int32).contiguous(), kv_state.zblk,
-               kv_state.ztot, z_i, nq, nk, idx.shape[-1], D=D, KC=Z_GATHER, num_warps=4)
     return h_i, z_i
 
 
@@ -64,26 +97,27 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     lin_state: (H_I, Z_I) from `linear_state` for these indices, if the caller already has them.
     config: the launch configuration (default: tuning.default_fwd_config).
     """
-    bq, bk = check_block("block_q", block_q), check_block("block_k", block_k)
-    (B, H, N, D), strides = check_qkv({"q": q, "k": k, "v": v}, layout)
-    BH, nq, nk = B * H, triton.cdiv(N, bq), triton.cdiv(N, bk)
-    topk = check_indices(indices, B, H, nq, nk, q.device)
-    idx = indices.to(torch.int32).contiguous()
-    alpha3 = alpha_view(alpha, B, H, nq, q.device)
+    p = check_forward(q, k, v, indices, alpha, block_q, block_k, layout)
     if kv_state is None:
-        kv_state = precompute(k, v, block_k=bk, layout=layout, quant=quant)
+        kv_state = build_state(k, v, (p.B, p.H, p.N, p.D), p.strides["k"], p.strides["v"], p.block_k, layout, quant)
     else:
-        check_state(kv_state, k, bk, layout, quant)
-    cfg = config or default_fwd_config(bq, bk, D, quant)
-    if linear is None:
-        linear = topk < nk  # every block selected: nothing left for the linear branch, α = 1
+        check_state(kv_state, k, p.block_k, layout, quant)
+    linear = p.linear if linear is None else linear
     if linear and lin_state is not None:
-        check_lin_state(lin_state, BH, nq, D, q.device)
-        h_i, z_i = (t.contiguous() for t in lin_state)
+        check_lin_state(lin_state, p.B * p.H, p.nq, p.D, q.device)
+        lin_state = tuple(t.contiguous() for t in lin_state)
     elif linear:
-        h_i, z_i = linear_state(idx, kv_state, block_q=bq)
-    else:
-        h_i = z_i = alpha3  # never read
+        lin_state = linear_state(p.idx, kv_state, block_q=p.block_q)
+    return run_forward(p, q, k, v, p.alpha, kv_state, lin_state if linear else None, quant, config)
+
+
+def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state, quant: bool,
+                config: FwdConfig | None = None):
+    """The main kernel's launch on a validated problem: (o, lse). lin_state None: no linear branch (α = 1)."""
+    B, H, N, D, bq, bk, nq, nk, topk, layout = p.B, p.H, p.N, p.D, p.block_q, p.block_k, p.nq, p.nk, p.topk, p.layout
+    BH, idx, strides, linear = B * H, p.idx, p.strides, lin_state is not None
+    cfg = config or default_fwd_config(bq, bk, D, quant)
+    h_i, z_i = lin_state if linear else (alpha3, alpha3)  # never read without the linear branch
     o = launch.empty_like(q)
     so = dims(o, layout)[1]
     lse = launch.empty(B, H, N, device=q.device, dtype=torch.float32)
@@ -132,16 +166,13 @@ def forward_with_state(q, k, v, indices, alpha, *, block_q: int, block_k: int, q
     """(o, lse, H_I, Z_I): the forward with one pass over K and V for the linear branch's state and the low-bit
     tiles alike, returning that state for the backward (sla2_backward's lin_state; zeros, never read, when every
     key block is selected). alpha: the raw α (made effective here). What the training op's CUDA implementation
-    runs."""
-    state = precompute(k, v, block_k=block_k, layout=layout, quant=quant)
-    a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
-    b, h, n, d = state.shape
-    nq = triton.cdiv(n, block_q)
-    if indices.shape[-1] < triton.cdiv(n, block_k):
-        lin = linear_state(indices, state, block_q=block_q)
-        o, lse = sla2_forward(q, k, v, indices, a3, block_q=block_q, block_k=block_k, quant=quant, layout=layout,
-                              kv_state=state, lin_state=lin)
-        return o, lse, *lin
-    o, lse = sla2_forward(q, k, v, indices, a3, block_q=block_q, block_k=block_k, quant=quant, layout=layout,
-                          kv_state=state)
-    return o, lse, q.new_zeros(b * h, nq, d, d, dtype=torch.bfloat16), q.new_zeros(b * h, nq, d, dtype=torch.float32)
+    runs: validated once, then 5 launches in bf16 (precompute and its totals, the complement, the H_I product, the
+    main kernel), 6 with quant (K̂, V̂ after the totals)."""
+    p = check_forward(q, k, v, indices, alpha, block_q, block_k, layout)
+    state = build_state(k, v, (p.B, p.H, p.N, p.D), p.strides["k"], p.strides["v"], p.block_k, layout, quant)
+    if p.linear:
+        lin = linear_state(p.idx, state, block_q=p.block_q)
+        return (*run_forward(p, q, k, v, p.alpha, state, lin, quant), *lin)
+    o, lse = run_forward(p, q, k, v, effective_alpha(alpha, q, p.idx, block_q, block_k, layout), state, None, quant)
+    bh, d = p.B * p.H, p.D
+    return o, lse, q.new_zeros(bh, p.nq, d, d, dtype=torch.bfloat16), q.new_zeros(bh, p.nq, d, dtype=torch.float32)

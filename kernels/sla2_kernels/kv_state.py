@@ -1,5 +1,13 @@
-"""Everything derived from K and V alone, in one pass: the linear branch's per-key-block sums, the router's key
-pooling sums and (low-bit) the quantised K̂, V̂ (docs/method.md, Linear branch; Low-bit sparse branch and QAT)."""
+"""Everything derived from K and V alone: the linear branch's per-key-block sums and the router's key pooling sums
+in one pass, and (low-bit) the quantised K̂, V̂ (docs/method.md, Linear branch; Low-bit sparse branch and QAT).
+
+K̂ and V̂ need μ_K and the per-channel max|V| over all of a head's tokens before any element can be rounded, so
+they take a second pass over K and V after the first pass's totals. Rounding inside the first pass instead (a
+reduction pass first, then the pass that also rounds) reads K and V as often, and its loop spilled 0.8–2.1 KB of
+registers a thread beside h_j's accumulator (4 warps; 48–64 bytes at 8 warps, where the pass is slower: sm_90
+compile with Triton 3.9, 2026-12-03). One read would need a barrier across a head's programs, since K and V of
+one call (200 MB at Wan-1.3B) do not stay in the 50 MB L2 between passes.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,8 @@ import triton
 
 from . import launch
 from .checks import check_block, check_qkv
-from .constants import FP8_E4M3_MAX, MIN_SCALE
 from .layouts import NK_ALIGN
-from .linear_precompute import kv_precompute_kernel
+from .linear_precompute import kv_precompute_kernel, kv_totals_kernel
 from .lowbit_quant import quantize_kv_kernel
 from .tuning import PRECOMPUTE_PROGRAMS_PER_SM, PrecomputeConfig
 
@@ -39,54 +46,59 @@ class KVState:
         return self.k8 is not None
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
 def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, quant: bool = False,
                config: PrecomputeConfig | None = None) -> KVState:
     """h_j, z_j, Z_tot and the key-block sums in one pass over K, V; with quant also K̂, V̂."""
     bk = check_block("block_k", block_k)
-    (B, H, N, D), strides = check_qkv({"k": k, "v": v}, layout)
-    BH, nk = B * H, triton.cdiv(N, bk)
+    shape, strides = check_qkv({"k": k, "v": v}, layout)
+    return build_state(k, v, shape, strides["k"], strides["v"], bk, layout, quant, config)
+
+
+def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, quant: bool,
+                config: PrecomputeConfig | None = None) -> KVState:
+    """precompute on inputs already validated (shape (B, H, N, D) and element strides in that order, from
+    checks.check_qkv): two launches in bf16 (the pass over K, V, then the per-head totals), three with quant
+    (then K̂, V̂ by quantize_kv_kernel, which needs the totals' μ_K and s_v)."""
+    B, H, N, D = shape
+    BH, nk = B * H, triton.cdiv(N, block_k)
+    nk_pad = triton.cdiv(nk, NK_ALIGN) * NK_ALIGN
     dev = k.device
-    # Enough programs to fill the GPU, each over a contiguous run of key blocks.
     cfg = config or PrecomputeConfig()
     interpret = launch.interpreting()
-    nsplit = 1 if interpret else max(1, min(nk, triton.cdiv(PRECOMPUTE_PROGRAMS_PER_SM * _num_sms(dev), BH)))
-    per_split = cfg.blocks_per_program or triton.cdiv(nk, nsplit)
-    nsplit = triton.cdiv(nk, per_split)
+    # Enough programs to fill the GPU, each over a contiguous run of key blocks; together they cover h's padding.
+    per_sm = PRECOMPUTE_PROGRAMS_PER_SM * launch.num_sms(dev)
+    nsplit = 1 if interpret else max(1, min(nk_pad, triton.cdiv(per_sm, BH)))
+    per_split = cfg.blocks_per_program or triton.cdiv(nk_pad, nsplit)
+    nsplit = triton.cdiv(nk_pad, per_split)
     f32 = dict(device=dev, dtype=torch.float32)
-    hblk = launch.empty(BH, triton.cdiv(nk, NK_ALIGN) * NK_ALIGN, D, D, device=dev, dtype=torch.bfloat16)
-    hblk[:, nk:].zero_()
+    hblk = launch.empty(BH, nk_pad, D, D, device=dev, dtype=torch.bfloat16)
     zblk = launch.empty(BH, nk, D, **f32)
     ksum = launch.empty(BH, nk, D, **f32)
     zpart = launch.empty(2, BH, nsplit, D, **f32)  # partial Σ z_j and Σ colsum K_j per program
-    vmax = launch.empty(BH, nsplit, D, **f32) if quant else zpart
+    vmax = launch.empty(BH, nsplit, D, **f32) if quant else zpart  # partial max|V| per program
+    totals = launch.empty(3 if quant else 2, BH, D, **f32)  # Z_tot, μ_K (, s_v)
+    state = KVState(block_k, layout, shape, ksum, totals[1], hblk, zblk, totals[0])
     # No TMA variant: with descriptor loads and stores, Triton 3.6's software pipeliner failed on this kernel at
     # the Wan shapes (H100, 2026-11-27), though it compiled at N = 4096.
     launch.run(
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
         k, v, hblk, zblk, ksum, zpart, vmax,
-        *strides["k"], *strides["v"],
-        N, H, nk, hblk.shape[1], per_split, nsplit,
-        BK=bk, D=D, QUANT=quant, INTERPRET=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        *k_strides, *v_strides,
+        N, H, nk, nk_pad, per_split, nsplit,
+        BK=block_k, D=D, QUANT=quant, INTERPRET=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    totals = zpart.sum(dim=2)  # [2, BH, D]: Z_tot, Σ_tokens K (each a contiguous [BH, D])
-    state = KVState(bk, layout, (B, H, N, D), ksum, totals[1] / N, hblk, zblk, totals[0])
+    launch.run("kv_totals", kv_totals_kernel, (BH,), zpart, vmax, totals[0], totals[1], totals[-1], N, nsplit, D=D,
+               QUANT=quant, num_warps=1)
     if quant:
-        sv = (vmax.amax(dim=1) / FP8_E4M3_MAX).clamp_min(MIN_SCALE)
-        k8 = launch.empty(BH, nk * bk, D, device=dev, dtype=torch.int8)
-        sk = launch.empty(BH, nk, **f32)
-        v8t = launch.empty(BH, D, nk * bk, device=dev, dtype=torch.float8_e4m3fn)
+        state.sv = totals[2]
+        state.k8 = launch.empty(BH, nk * block_k, D, device=dev, dtype=torch.int8)
+        state.sk = launch.empty(BH, nk, **f32)
+        state.v8t = launch.empty(BH, D, nk * block_k, device=dev, dtype=torch.float8_e4m3fn)
         launch.run(
             "quantize_kv", quantize_kv_kernel, (nk, BH),
-            k, v, state.kmean, sv, k8, sk, v8t,
-            *strides["k"], *strides["v"],
+            k, v, state.kmean, state.sv, state.k8, state.sk, state.v8t,
+            *k_strides, *v_strides,
             N, H, nk,
-            BK=bk, D=D, INTERPRET=interpret, num_warps=4,
+            BK=block_k, D=D, INTERPRET=interpret, num_warps=4,
         )
-        state.k8, state.sk, state.v8t, state.sv = k8, sk, v8t, sv
     return state

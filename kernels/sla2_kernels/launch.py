@@ -8,6 +8,7 @@ TMA hardware) and checks the index lists on the host.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import replace
 
@@ -32,6 +33,14 @@ _WORKING_CONFIG: dict = {}
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    """SMs of the device (1 off CUDA), for grids sized to fill the GPU; asked once per device, not once per call."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
 
 
 def run(name: str, kernel, grid, *args, **kwargs):

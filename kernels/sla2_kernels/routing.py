@@ -10,42 +10,44 @@ import triton
 
 from . import launch
 from .checks import check_block, check_projections, check_qkv, check_state, check_topk
-from .router_kernels import block_colsum_kernel, block_scores_kernel, pooled_project_kernel, topk_kernel
+from .router_kernels import block_scores_kernel, pool_sums_kernel, pooled_project_kernel, topk_kernel
 from .tuning import (
-    ROUTER_DOT_CHUNK, ROUTER_PROJECT_ROWS, ROUTER_SCORE_TILE, TOPK_DEFAULT_LAUNCH, TOPK_LAUNCH, TOPK_MAX_RADIX,
+    ROUTER_DOT_CHUNK, ROUTER_POOL_PROGRAMS_PER_SM, ROUTER_PROJECT_ROWS, ROUTER_SCORE_TILE, TOPK_DEFAULT_LAUNCH,
+    TOPK_LAUNCH, TOPK_MAX_RADIX,
 )
 
 
 def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str, kv_state=None):
-    """Block scores fp32 [B, H, nq, nk] and the Top-k key blocks int32 [B, H, nq, topk], ascending."""
+    """Block scores fp32 [B, H, nq, nk] and the Top-k key blocks int32 [B, H, nq, topk], ascending. Four launches:
+    the pooling sums (Q's, and K's unless kv_state has them), the projections, the scores, the Top-k."""
     bq, bk = check_block("block_q", block_q), check_block("block_k", block_k)
     (B, H, N, D), strides = check_qkv({"q": q, "k": k}, layout)
     check_projections(proj_q, proj_k, H, D, q.device)
     BH, nq, nk = B * H, triton.cdiv(N, bq), triton.cdiv(N, bk)
     check_topk(topk, nk)
-    dev = q.device
-    f32 = dict(device=dev, dtype=torch.float32)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    qsum = launch.empty(BH, nq, D, **f32)
+    # Runs of blocks a program: enough programs to fill the GPU, few partial sums of K for μ_K (under the
+    # interpreter, one "SM": two runs when B·H = 1, so the CPU tests cover the partial sums).
+    per_sm = ROUTER_POOL_PROGRAMS_PER_SM * launch.num_sms(q.device)
+    nsplit = max(1, min(nq, triton.cdiv(per_sm, BH)))
     if kv_state is not None:
         check_state(kv_state, k, bk, layout, quant=False)
-        ksum, kmean = kv_state.ksum, kv_state.kmean
+        ksum, kmean, nparts, pooled = kv_state.ksum, kv_state.kmean, 0, 1  # Q alone
     else:
         ksum = launch.empty(BH, nk, D, **f32)
-        launch.run("block_colsum", block_colsum_kernel, (nk, BH), k, ksum, *strides["k"], N, H, nk,
-                   BLK=bk, D=D, num_warps=4)
-        kmean = ksum.sum(dim=1) / N
+        kmean = launch.empty(BH, nsplit, D, **f32)  # partial sums; μ_K = their sum / N
+        nparts, pooled = nsplit, 2
+    launch.run("pool_sums", pool_sums_kernel, (nsplit, BH, pooled), q, k, qsum, ksum, kmean,
+               *strides["q"], *strides["k"], N, H, nq, nk, triton.cdiv(nq, nsplit), triton.cdiv(nk, nsplit), nsplit,
+               BQ=bq, BK=bk, D=D, num_warps=4)
     wq = proj_q.detach().to(torch.float32).contiguous()
     wk = proj_k.detach().to(torch.float32).contiguous()
-    qsum = launch.empty(BH, nq, D, **f32)
-    launch.run("block_colsum", block_colsum_kernel, (nq, BH), q, qsum, *strides["q"], N, H, nq,
-               BLK=bq, D=D, num_warps=4)
     qp, kp = launch.empty(BH, nq, D, **f32), launch.empty(BH, nk, D, **f32)
     rb = ROUTER_PROJECT_ROWS
-    launch.run("pooled_project", pooled_project_kernel, (triton.cdiv(nq, rb), BH),
-               qsum, qsum, wq, qp, N, H, nq, 1.0, RB=rb, BLK=bq, D=D, DC=ROUTER_DOT_CHUNK, SUB_MEAN=False,
-               num_warps=4)
-    launch.run("pooled_project", pooled_project_kernel, (triton.cdiv(nk, rb), BH),
-               ksum, kmean, wk, kp, N, H, nk, 1.0 / math.sqrt(D), RB=rb, BLK=bk, D=D, DC=ROUTER_DOT_CHUNK,
-               SUB_MEAN=True, num_warps=4)
+    launch.run("pooled_project", pooled_project_kernel, (triton.cdiv(max(nq, nk), rb), BH, 2),
+               qsum, ksum, kmean, wq, wk, qp, kp, N, H, nq, nk, nparts, 1.0 / math.sqrt(D),
+               RB=rb, BQ=bq, BK=bk, D=D, DC=ROUTER_DOT_CHUNK, num_warps=4)
     scores = launch.empty(B, H, nq, nk, **f32)
     qt, kt = ROUTER_SCORE_TILE
     launch.run("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),

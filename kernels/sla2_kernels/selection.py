@@ -7,18 +7,31 @@ import torch
 import triton
 
 from . import launch
+from .complement import complement_kernel
 from .key_block_fill import key_block_fill_kernel
 from .layouts import NK_ALIGN
-from .tuning import KEY_TILE, QUERY_TILE
+from .tuning import COMPLEMENT_COLS, KEY_TILE, QUERY_TILE, Z_GATHER
 
 
-def complement_mask(indices: torch.Tensor, nk: int, align: int = NK_ALIGN) -> torch.Tensor:
+def complement_mask(indices: torch.Tensor, nk: int, align: int = NK_ALIGN, z: tuple | None = None):
     """bf16 [B·H, nq, nk rounded up to align]: 1 where query block I did NOT select key block j, 0 where it did
-    and in the padding columns. The shape of the router's scores; what the linear branch sums over."""
-    bh, nq, topk = indices.numel() // (indices.shape[-2] * indices.shape[-1]), indices.shape[-2], indices.shape[-1]
-    keep = torch.ones(bh, nq, triton.cdiv(nk, align) * align, device=indices.device, dtype=torch.bfloat16)
-    keep[:, :, nk:] = 0.0
-    return keep.scatter_(2, indices.reshape(bh, nq, topk).long(), 0.0)
+    and in the padding columns. The shape of the router's scores; what the linear branch sums over.
+
+    z: (z_j fp32 [B·H, nk, D], Z_tot fp32 [B·H, D]) to also get Z_I = Z_tot − Σ_{j selected by I} z_j from the same
+    launch; then returns (mask, Z_I fp32 [B·H, nq, D]). indices: int32 [..., nq, topk] (one launch, no cast)."""
+    nq, topk = indices.shape[-2], indices.shape[-1]
+    bh = indices.numel() // (nq * topk)
+    idx = indices.reshape(bh, nq, topk)
+    if idx.dtype != torch.int32 or not idx.is_contiguous():
+        idx = idx.to(torch.int32).contiguous()
+    dev = indices.device
+    keep = launch.empty(bh, nq, triton.cdiv(nk, align) * align, device=dev, dtype=torch.bfloat16)
+    zblk, ztot = z if z is not None else (keep, keep)  # never read without z
+    d = zblk.shape[-1] if z is not None else 16
+    z_i = launch.empty(bh, nq, d, device=dev, dtype=torch.float32) if z is not None else keep
+    launch.run("complement", complement_kernel, (nq, bh), idx, keep, zblk, ztot, z_i, nq, nk, keep.shape[-1], topk,
+               D=d, KC=Z_GATHER, CT=COMPLEMENT_COLS, WITH_Z=z is not None, num_warps=4)
+    return keep if z is None else (keep, z_i)
 
 
 def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = None,

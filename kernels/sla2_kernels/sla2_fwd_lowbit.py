@@ -4,7 +4,7 @@ sparse branch and QAT).
 Same program layout and linear branch (epilogue on forward.linear_state's H_I, Z_I) as sla2_fwd.py: the linear
 branch stays bf16. Sparse branch:
   Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 (per query block, quantised here, once per program)
-  K̂, s_k, V̂ᵀ from quantize_kv_kernel (smoothed K per key block; V per channel, transposed)
+  K̂, s_k, V̂ᵀ from the precompute pass (lowbit_quant.py: smoothed K per key block; V per channel, transposed)
   S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃_j = exp(S_j − m_j) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂_j V̂_j (fp32)
   O_s = acc · s_v / (448 · l), l = rowsum of the unquantised exp(S − m), m the final row maximum.
 Which m_j P̃ is rounded against matters: e4m3 keeps 3 mantissa bits, so on flat attention (random data) the

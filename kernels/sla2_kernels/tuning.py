@@ -97,10 +97,14 @@ class PrecomputeConfig:
 
 
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
-Z_GATHER = 16  # complement_z_kernel: selected blocks' z_j gathered per step
+Z_GATHER = 16  # complement_kernel: selected blocks' z_j gathered (and mask entries zeroed) per step
+COMPLEMENT_COLS = 256  # complement_kernel: mask columns written per step
 
 # ------------------------------------------------------------------------------------------------ router
 
+# pool_sums_kernel: programs per SM along the blocks of a head, each over a run of blocks (its partial sum of K is
+# one of the NSPLIT that μ_K is summed from). Not measured: the precompute's choice, which streams the same bytes.
+ROUTER_POOL_PROGRAMS_PER_SM = 2
 ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
 ROUTER_SCORE_TILE = (64, 64)  # (query blocks, key blocks) of scores per program
 # head_dim columns per step of the router's 3xTF32 dots: whole 128-wide fp32 operands (hi and lo parts) spilled

@@ -39,7 +39,7 @@ def block_absmax_scale(x: torch.Tensor, block: int, qmax: float) -> torch.Tensor
     b, h, n, d = x.shape
     nb = num_blocks(n, block)
     padded = torch.nn.functional.pad(x.abs(), (0, 0, 0, nb * block - n))
-    return (padded.view(b, h, nb, block * d).amax(dim=-1) / qmax).clamp_min(MIN_SCALE)
+    return (padded.reshape(b, h, nb, block * d).amax(dim=-1) / qmax).clamp_min(MIN_SCALE)
 
 
 def quantize_int8_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +52,23 @@ def quantize_int8_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, tor
 def round_to_fp8_e4m3(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest e4m3 value, saturating at ±448 (a cast past the range would give NaN)."""
     return x.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).to(x.dtype)
+
+
+def quantize_fp8_channels(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V̂ = e4m3(V / s_v) (e4m3 values in v's dtype) and the per-(head, channel) scale s_v = max_tokens |V| / 448,
+    [B, H, 1, D]."""
+    s_v = (v.abs().amax(dim=-2, keepdim=True) / FP8_E4M3_MAX).clamp_min(MIN_SCALE)
+    return round_to_fp8_e4m3(v / s_v), s_v
+
+
+def quantised_kv(k: torch.Tensor, v: torch.Tensor, block_k: int):
+    """The low-bit branch's K and V side, as the kernels' precompute pass stores it (twin of
+    sla2_kernels.precompute(..., quant=True)): (K̂ [B, H, N, D], s_k [B, H, nk], V̂ [B, H, N, D], s_v [B, H, D],
+    μ_K [B, H, D]); K̂ integer-valued (smoothed K, INT8 per key block), V̂ e4m3 values, in k's dtype."""
+    mean = k.mean(dim=-2, keepdim=True)
+    k_hat, s_k = quantize_int8_blocks(k - mean, block_k)
+    v_hat, s_v = quantize_fp8_channels(v)
+    return k_hat, s_k, v_hat, s_v.squeeze(-2), mean.squeeze(-2)
 
 
 def quantised_scores(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
@@ -109,8 +126,7 @@ def fake_quant_sparse_attention(
     # The online rescaling e^(m_{j−1} − m_j) at every later step compounds to e^(m_j − m); 1 with the final max.
     weight = masked_exp(m - row_max, tok)
     l = masked_exp(s - row_max, tok).sum(dim=-1, keepdim=True)  # equals the kernel's rescaled running sum
-    s_v = (v.abs().amax(dim=-2, keepdim=True) / FP8_E4M3_MAX).clamp_min(MIN_SCALE)  # [B, H, 1, Dv]
-    v_hat = round_to_fp8_e4m3(v / s_v)
+    v_hat, s_v = quantize_fp8_channels(v)  # s_v [B, H, 1, Dv]
     o = ((p_hat * weight) @ v_hat) * s_v / l
     # Smoothing shifted row i of S by q_i·mean(K)/√D; adding it back puts lse on the scale of the
     # original Q, K, which is what the straight-through backward recomputes P with.
