@@ -13,11 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 
-from . import launch
-from .complement_z import complement_z_kernel
 from .kv_state import precompute
 from .selection import complement_mask
-from .tuning import Z_GATHER
 
 
 def _product_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,9 +36,7 @@ def backward_linear_state(k: torch.Tensor, v: torch.Tensor, indices: torch.Tenso
     b, h, n, d = state.shape
     bh, nq, nk = b * h, triton.cdiv(n, block_q), triton.cdiv(n, block_k)
     idx = indices.reshape(bh, nq, indices.shape[-1]).to(torch.int32).contiguous()
-    keep = complement_mask(idx, nk)  # its padding columns meet h's zero padding blocks
+    # the mask's padding columns meet h's zero padding blocks; Z_I comes from the same launch
+    keep, z_i = complement_mask(idx, nk, z=(state.zblk, state.ztot))
     h_i = _product_fp32(keep, state.hblk.view(bh, keep.shape[-1], d * d)).view(bh, nq, d, d)
-    z_i = launch.empty(bh, nq, d, device=k.device, dtype=torch.float32)
-    launch.run("complement_z", complement_z_kernel, (nq, bh), idx, state.zblk, state.ztot, z_i, nq, nk,
-               idx.shape[-1], D=d, KC=Z_GATHER, num_warps=4)
     return h_i, z_i
