@@ -10,7 +10,6 @@ Public API (each name importable from the package root):
   linear_state(indices, kv_state, *, block_q) -> (H_I, Z_I)               (optional: the linear branch's state)
   sla2_forward(q, k, v, indices, alpha, *, block_q, block_k, quant, layout, kv_state=None, lin_state=None,
                config=None) -> (o, lse)
-  forward_with_state(q, k, v, indices, alpha, *, block_q, block_k, quant, layout) -> (o, lse, H_I, Z_I)
   sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, config=None)
       -> (dq, dk, dv, dalpha)                                            (rebuilds its fp32 linear state)
   unsupported(dtype, head_dim, block_q, block_k) -> str   ("" when the kernels cover these options)
@@ -47,7 +46,6 @@ _HOMES = {
     "KVState": "kv_state",
     "linear_state": "forward",
     "sla2_forward": "forward",
-    "forward_with_state": "forward",
     "sla2_backward": "backward",
     "unsupported": "checks",
     "FwdConfig": "tuning",

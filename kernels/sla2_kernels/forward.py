@@ -1,8 +1,8 @@
 """The SLA2 forward's host side: the linear branch's state, the choice of kernel (TMA, pointer, low-bit) and its
-launch, and the forward-with-state that the training op runs.
+launch.
 
-Each public entry validates its inputs once (`check_forward`, then the unchecked `run_forward` and
-kv_state.build_state): the training op's forward_with_state does not validate again in what it calls.
+sla2_forward, which the training op runs, validates its inputs once (`check_forward`) and then calls only
+unchecked parts (kv_state.build_state, `run_forward`).
 Kernels: sla2_fwd_tma.py (bf16/fp16 default), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
 sla2_fwd_lowbit.py (quant=True); complement.py for the selection's complement and Z_I.
 """
@@ -160,19 +160,3 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         make = lambda c: (args, common(c))  # noqa: E731
     launch.with_fallback(name, kernel, (nq, BH), (bq, bk, D, q.dtype, linear), cfg, make)
     return o, lse
-
-
-def forward_with_state(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool, layout: str):
-    """(o, lse, H_I, Z_I): the forward with one pass over K and V for the linear branch's state and the low-bit
-    tiles alike, returning that state for the backward (sla2_backward's lin_state; zeros, never read, when every
-    key block is selected). alpha: the raw α (made effective here). What the training op's CUDA implementation
-    runs: validated once, then 5 launches in bf16 (precompute and its totals, the complement, the H_I product, the
-    main kernel), 6 with quant (K̂, V̂ after the totals)."""
-    p = check_forward(q, k, v, indices, alpha, block_q, block_k, layout)
-    state = build_state(k, v, (p.B, p.H, p.N, p.D), p.strides["k"], p.strides["v"], p.block_k, layout, quant)
-    if p.linear:
-        lin = linear_state(p.idx, state, block_q=p.block_q)
-        return (*run_forward(p, q, k, v, p.alpha, state, lin, quant), *lin)
-    o, lse = run_forward(p, q, k, v, effective_alpha(alpha, q, p.idx, block_q, block_k, layout), state, None, quant)
-    bh, d = p.B * p.H, p.D
-    return o, lse, q.new_zeros(bh, p.nq, d, d, dtype=torch.bfloat16), q.new_zeros(bh, p.nq, d, dtype=torch.float32)

@@ -78,20 +78,20 @@ def _inputs(kt, N=450, H=2, D=64):
     return q, k, v
 
 
-# Triton kernels of one forward as the training op runs it: the router, then forward_with_state.
+# Triton kernels of one forward as the training op runs it: the router, then sla2_forward.
 ROUTER = {"pool_sums": 1, "pooled_project": 1, "block_scores": 1, "topk": 1}
 FORWARD = {"kv_precompute": 1, "kv_totals": 1, "complement": 1}
 
 
 @pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
 def test_kernel_forward_launches_and_syncs(quant, counted, kt):
-    """router + forward_with_state: 4 + (5 or 6) launches (the H_I product is torch's bmm), no synchronisation."""
+    """router + sla2_forward: 4 + (5 or 6) launches (the H_I product is torch's bmm), no synchronisation."""
     triton_launches, counter = counted
     q, k, v = _inputs(kt)
     eye, alpha = torch.eye(64).repeat(2, 1, 1), torch.full((1, 2, 1), 0.7)
     with counter:
         _, idx = sla2_kernels.router(q, k, eye, eye, block_q=64, block_k=64, topk=2, layout="bnhd")
-        sla2_kernels.forward_with_state(q, k, v, idx, alpha, block_q=64, block_k=64, quant=quant, layout="bnhd")
+        sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=64, block_k=64, quant=quant, layout="bnhd")
     main = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma"
     want = {**ROUTER, **FORWARD, main: 1, **({"quantize_kv": 1} if quant else {})}
     assert dict(triton_launches) == want
