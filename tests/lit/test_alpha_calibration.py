@@ -92,3 +92,19 @@ def test_bad_calibration_options_are_one_line(build_module):
                          enable_checkpointing=False)
     with pytest.raises(ConfigError, match="needs trainer.max_steps"):
         module.configure_callbacks()[0].on_train_start(trainer, module)
+
+
+def test_calibration_after_the_last_step_runs_in_the_trainers_precision(build_module, make_batch, monkeypatch):
+    """After the last step Lightning's autocast is off; the fit must run as training did (bf16 under FSDP's
+    bf16 parameters, where float32 activations would not even multiply)."""
+    import sla2_train.lit.alpha_calibration as calibration_module
+
+    module, cfg = build_module("stage=distill", "attention.sparsity=0.75", "stage.monitor=null")
+    seen = []
+    monkeypatch.setattr(calibration_module, "calibrate_alpha",
+                        lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or 0)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_steps=1, limit_val_batches=0, precision="bf16-mixed",
+                         enable_checkpointing=False)
+    trainer.fit(module, DataLoader([make_batch(cfg)], batch_size=None))
+    assert seen == [True]

@@ -53,8 +53,11 @@ class _CalibrateAtEnd(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
         if trainer.global_step != trainer.max_steps or self.done:
             return
-        layers = calibrate_alpha(pl_module.model, batch, pl_module.flow,
-                                 lambda t: trainer.strategy.reduce(t, reduce_op="mean"), fit=self.fit)
+        # Outside training_step Lightning's precision context is off: under FSDP's bf16 parameters the dense run
+        # would meet float32 activations, elsewhere it would run in float32 rather than as trained.
+        with trainer.precision_plugin.forward_context():
+            layers = calibrate_alpha(pl_module.model, batch, pl_module.flow,
+                                     lambda t: trainer.strategy.reduce(t, reduce_op="mean"), fit=self.fit)
         self.done = True
         log.info("calibrated α of %d layers on the last batch", layers)
 
