@@ -108,3 +108,8 @@ def test_calibration_after_the_last_step_runs_in_the_trainers_precision(build_mo
                          enable_checkpointing=False)
     trainer.fit(module, DataLoader([make_batch(cfg)], batch_size=None))
     assert seen == [True]
+
+
+def test_the_former_boolean_switch_is_one_line(build_module):
+    with pytest.raises(Exception, match="no longer a switch"):
+        build_module("stage=distill", "stage.calibrate_alpha=true")

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block-q", type=int, default=32)
     p.add_argument("--block-k", type=int, default=16)
     p.add_argument("--device", default="cpu", help="where stage 1 trains and the metrics run (cpu, cuda)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--query-blocks", type=int, default=8, help="query blocks per content and step (0 = all)")
     p.add_argument("--oracle", action="store_true", help="also fit stage 1 on the measured set (pooled router bound)")

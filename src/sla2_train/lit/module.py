@@ -40,6 +40,11 @@ class SLA2Module(pl.LightningModule):
             load_weights(model, init_from)
         # Calibration at the start is for α that nothing has trained yet; a resumed run starts at global_step > 0.
         calibration = stage.calibrate_alpha
+        if isinstance(calibration, bool):
+            raise ConfigError(
+                f"stage.calibrate_alpha={calibration} is no longer a switch: use null (off) or an AlphaCalibration "
+                "node (conf/stage/distill.yaml), e.g. stage.calibrate_alpha.when=start"
+            )
         self._needs_calibration = calibration is not None and calibration.when == "start" and not init_from
         stage.apply(model)
 
