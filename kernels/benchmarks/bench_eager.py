@@ -113,8 +113,12 @@ class Bench(BenchBase):
         res["k8_max_step"] = float(step.max())
         res["k8_mismatch_frac"] = float((step > 0).float().mean())
         res["v8_mismatch_frac"] = float((v8 != v_hat).float().mean())
+        # The GPU's FP8 conversion and the twin may round a tie to different neighbours: one e4m3 step at most
+        # (3 mantissa bits: an eighth of the value, or the subnormal step 2^-9), in a small fraction of V̂.
+        fp8_step = torch.maximum(v_hat.abs(), v8.abs()).mul(0.125).clamp_min(2.0 ** -9)
+        res["v8_max_steps"] = float(((v8 - v_hat).abs() / fp8_step).max())
         ok = (res["s_v_max_rel"] == 0 and res["s_k_max_rel"] <= 1e-6 and res["k8_max_step"] <= 1
-              and res["k8_mismatch_frac"] < 1e-3 and res["v8_mismatch_frac"] < 1e-5)
+              and res["k8_mismatch_frac"] < 1e-3 and res["v8_mismatch_frac"] < 1e-3 and res["v8_max_steps"] <= 1)
 
         # SLA2Attention eager, bf16 and low-bit, against the blocked fp32 reference on the module's selection
         for quant, tol in ((False, 1e-2), (True, 1e-2)):
