@@ -55,9 +55,12 @@ class _CalibrateAtEnd(pl.Callback):
             return
         # Outside training_step Lightning's precision context is off: under FSDP's bf16 parameters the dense run
         # would meet float32 activations, elsewhere it would run in float32 rather than as trained.
+        # And through the strategy's wrapped module (pl_module's forward is the transformer's): under FSDP the
+        # root unit's parameters (patch embedding, head, ...) are whole only inside its forward.
         with trainer.precision_plugin.forward_context():
             layers = calibrate_alpha(pl_module.model, batch, pl_module.flow,
-                                     lambda t: trainer.strategy.reduce(t, reduce_op="mean"), fit=self.fit)
+                                     lambda t: trainer.strategy.reduce(t, reduce_op="mean"), fit=self.fit,
+                                     forward=trainer.strategy.model)
         self.done = True
         log.info("calibrated α of %d layers on the last batch", layers)
 
@@ -69,18 +72,20 @@ def calibrate_alpha(
     flow: FlowMatching,
     average: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     fit=None,
+    forward: Callable[..., Any] | None = None,
 ) -> int:
     """Calibrate every SLA2 layer's α on q, k, v captured from a dense run; returns the number of layers.
 
     fit: an α fit of sla2_train.attention.distill (None: the measured selected mass; LeastSquaresFit: the
-    α that minimises the hard-mask error)."""
+    α that minimises the hard-mask error). forward: what runs the transformer (default `model` itself; a wrapper
+    whose forward calls it, such as the strategy's module, to run inside that wrapper's forward)."""
     procs = [p for p in sla2_processors(model) if p.attention.variant == "sla2"]
     if not procs:
         return 0
     x0, text = latents_and_text(batch)
     sigma = flow.sample_sigmas(x0.shape[0], x0.device)
     with dense_capture(model) as captured:
-        model(flow.noisy(x0, torch.randn_like(x0), sigma), flow.timesteps(sigma), text, return_dict=False)
+        (forward or model)(flow.noisy(x0, torch.randn_like(x0), sigma), flow.timesteps(sigma), text, return_dict=False)
         for proc in captured:
             if proc in procs:
                 proc.attention.calibrate_alpha(*proc.captured, layout="bnhd", fit=fit)
