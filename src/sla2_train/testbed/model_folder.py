@@ -1,7 +1,7 @@
 """The testbed's untrained diffusers folder: tokenizer, UMT5, PixelPatchVAE, scheduler, random transformer.
 
-Training (experiment=testbed_pretrain) prepares its data with this folder's text encoder and VAE and starts the
-transformer from the same random weights; sla2-export then writes the trained transformer over a copy of it.
+Training (experiment=testbed_pretrain) prepares its data with this folder's text encoder and VAE and starts
+from its random transformer (model.path); sla2-export then writes the trained transformer over a copy of it.
 Everything is deterministic from the seed, so the folder can be rebuilt anywhere (it is small: the UMT5 is
 2 layers of width 256 over the caption words, frozen at its random initialisation — the DiT learns to read it).
 """
