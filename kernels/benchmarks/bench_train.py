@@ -194,7 +194,7 @@ class Bench(BenchBase):
     def prepared(self, do, q, k, v, o, lse, idx, alpha, lin, cfg):
         a3 = self.fwd.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
         return self.bwd.prepare(do, q, k, v, o, lse, idx, a3, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd",
-                                h_i=lin[0], z_i=lin[1], config=cfg)
+                                h_i=lin[0], z_i=lin[1], keep=lin[2], config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each makes self.bwd_cfg
     # (warps, stages, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201 registers; TMA

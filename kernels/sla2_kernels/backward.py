@@ -48,6 +48,7 @@ class BwdProblem:
     delta: torch.Tensor | None = None  # Ds = dO·O_s per query row (the dq kernel's)
     dh: torch.Tensor | None = None
     dz: torch.Tensor | None = None
+    keep: torch.Tensor | None = None  # the selection's complement mask, when the linear state was built with it
 
     @property
     def nq(self) -> int:
@@ -62,10 +63,10 @@ class BwdProblem:
         return self.idx.shape[-1] < self.nk
 
 
-def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i,
+def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i, keep=None,
             config: BwdConfig | None = None) -> BwdProblem:
     """The problem of one backward call; alpha: effective α (forward.effective_alpha), broadcastable to [B, H, nq];
-    h_i, z_i: backward_state.backward_linear_state's."""
+    h_i, z_i, keep: backward_state.backward_linear_state's (keep None: run_dkdv builds the mask itself)."""
     bsz, heads, n, d = dims(q, layout)[0]
     q, k, v, o, do = (last_dim_contiguous(t) for t in (q, k, v, o, do))
     nq = triton.cdiv(n, block_q)
@@ -73,7 +74,7 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_
     return BwdProblem(
         q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
         alpha.to(torch.float32).expand(bsz, heads, nq), (h_i, z_i),
-        layout, (bsz, heads, n, d), block_q, block_k, cfg,
+        layout, (bsz, heads, n, d), block_q, block_k, cfg, keep=keep,
     )
 
 
@@ -166,7 +167,9 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
     call this twice on one problem keep it."""
     bsz, heads, n, d = p.shape
     bh, nq, nk = bsz * heads, p.nq, p.nk
-    keep = complement_mask(p.idx, nk, NK_ALIGN)  # also the selection the CSR lists are built from
+    # the complement mask the linear state was summed with, or a new one; the CSR lists are built from it
+    keep = p.keep if p.keep is not None else complement_mask(p.idx, nk, NK_ALIGN)
+    p.keep = None
     ptr, qblk, order = key_block_lists(p.idx, nk, keep)
     if p.linear:
         # dh_j = Σ over the query blocks that did not select j of dH_I: the transposed complement mask times dH,
@@ -250,11 +253,11 @@ def sla2_backward(
     a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
     n = dims(q, layout)[0][2]
     if indices.shape[-1] >= triton.cdiv(n, block_k):  # no linear branch: its state is never read
-        lin_state = (a3, a3)
+        lin_state = (a3, a3, None)
     else:
         lin_state = backward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout)
     p = prepare(do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout,
-                h_i=lin_state[0], z_i=lin_state[1], config=config)
+                h_i=lin_state[0], z_i=lin_state[1], keep=lin_state[2], config=config)
     del lin_state
     run_dq(p)
     p.lin_state = None  # the fp32 H_I is read once: freed before dK and dV are allocated

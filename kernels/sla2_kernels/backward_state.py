@@ -30,8 +30,9 @@ def _product_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def backward_linear_state(k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, *, block_q: int, block_k: int,
-                          layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H_I fp32 [B·H, nq, D, D], Z_I fp32 [B·H, nq, D]) for this selection (indices [B, H, nq, topk])."""
+                          layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(H_I fp32 [B·H, nq, D, D], Z_I fp32 [B·H, nq, D], the complement mask it was summed with) for this selection
+    (indices [B, H, nq, topk]); the dk/dv step builds its key-block lists from the same mask."""
     state = precompute(k, v, block_k=block_k, layout=layout)
     b, h, n, d = state.shape
     bh, nq, nk = b * h, triton.cdiv(n, block_q), triton.cdiv(n, block_k)
@@ -39,4 +40,4 @@ def backward_linear_state(k: torch.Tensor, v: torch.Tensor, indices: torch.Tenso
     # the mask's padding columns meet h's zero padding blocks; Z_I comes from the same launch
     keep, z_i = complement_mask(idx, nk, z=(state.zblk, state.ztot))
     h_i = _product_fp32(keep, state.hblk.view(bh, keep.shape[-1], d * d)).view(bh, nq, d, d)
-    return h_i, z_i
+    return h_i, z_i, keep
