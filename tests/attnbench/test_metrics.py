@@ -1,4 +1,5 @@
-"""The benchmark's metrics and the α least-squares fit against their definitions, computed the slow way."""
+"""The benchmark's metrics and the α fits (least squares, least absolute error) against their definitions, computed
+the slow way."""
 
 import math
 
@@ -99,3 +100,45 @@ def test_least_squares_calibration_minimises_the_hard_sla2_error(alpha_mode):
             nudged = fitted.clone()
             nudged.view(-1)[idx] += delta
             assert err(nudged) >= best - 1e-7
+
+
+@pytest.mark.parametrize("alpha_mode", ["per_head", "per_block"])
+def test_least_absolute_calibration_minimises_the_hard_sla2_l1_error(alpha_mode):
+    """Per head or per query block, the fitted α's absolute error is the grid minimum's (to the fit's bins),
+    on a batch of two samples fitted jointly, rows in ragged chunks."""
+    n, bq, bk, bins = 45, 16, 8, 4096
+    q, k, v = (torch.cat([t, t.flip(-2) * 0.5]).float() for t in _qkv(n, seed=6))
+    attn = SLA2Attention(2, 8, sparsity=0.6, block_q=bq, block_k=bk, alpha_mode=alpha_mode, seq_len=n)
+    fit = D.LeastAbsoluteFit(query_chunk=16, bins=bins)
+    alpha, _ = fit(attn, q, k, v)
+    mask = ref.hard_topk(attn._scores(q, k), ref.topk_count(ref.num_blocks(n, bk), 0.6)).mask
+    o_s, o_l = D.hard_branches(q, k, v, mask, bq, bk)
+    full = ref.full_attention(q, k, v)
+    rows = torch.arange(n) // bq
+    grid = torch.linspace(0, 1, 2001)
+    groups = [(h, None) for h in range(2)] if alpha_mode == "per_head" else [
+        (h, i) for h in range(2) for i in range(ref.num_blocks(n, bq))]
+    for h, i in groups:
+        sel = slice(None) if i is None else rows == i
+        d, b = (o_s - o_l)[:, h, sel], (full - o_l)[:, h, sel]
+        err = lambda a: (a * d - b).abs().sum().item()  # noqa: E731
+        fitted = alpha[h, 0 if i is None else i].item()
+        best = min(err(a.item()) for a in grid)
+        slope = d.abs().sum().item()  # |∂err/∂α| ≤ Σ|d|: half a bin moves the error at most this much
+        assert err(fitted) <= best + slope / bins, (h, i)
+        assert err(fitted) <= err(1.0) + 1e-6  # never worse than the sparse branch alone
+
+
+def test_least_absolute_fit_is_the_weighted_median_and_handles_edges():
+    fit = D.LeastAbsoluteFit(bins=8)
+    # ratios 0.1 (weight 1), 0.6 (weight 3), 0.9 (weight 1): the weighted median is 0.6, in bin [0.5, 0.625)
+    d = torch.tensor([1.0, 3.0, 1.0]).view(1, 1, 3, 1)
+    b = torch.tensor([0.1, 1.8, 0.9]).view(1, 1, 3, 1)
+    stats = fit.statistics(b, d, torch.zeros_like(d), block_q=4)  # full = b, o_s = d, o_l = 0
+    assert fit.solve(stats.sum(0))[0, 0].item() == pytest.approx(0.5625)
+    # every ratio beyond 1 (or below 0): α = 1 (or 0) exactly; branches that agree everywhere: α = 1
+    assert fit.solve(fit.statistics(2 * d, d, torch.zeros_like(d), 4).sum(0)).item() == 1.0
+    assert fit.solve(fit.statistics(-d, d, torch.zeros_like(d), 4).sum(0)).item() == 0.0
+    assert fit.solve(fit.statistics(b, torch.zeros_like(d), torch.zeros_like(d), 4).sum(0)).item() == 1.0
+    with pytest.raises(ValueError, match="bins"):
+        D.LeastAbsoluteFit(bins=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sla2_train.attention.distill import LeastSquaresFit
+from sla2_train.attention.distill import LeastAbsoluteFit
 from sla2_train.lit.alpha_calibration import AlphaCalibration, calibrate_alpha
 from sla2_train.lit.callbacks import LastCheckpoint
 from sla2_train.models import ConfigError, dense_capture, sla2_processors
@@ -58,10 +58,10 @@ class _Spy:
         return target, estimated
 
 
-def test_least_squares_alpha_is_fitted_after_the_last_step_and_checkpointed(build_module, make_batch, tmp_path):
+def test_alpha_is_fitted_after_the_last_step_and_checkpointed(build_module, make_batch, tmp_path):
     module, cfg = build_module("stage=distill", "attention.sparsity=0.75", "stage.monitor=null")
-    calibration = module.stage.calibrate_alpha  # the shipped default: least squares, after training
-    assert calibration.when == "end" and isinstance(calibration.fit, LeastSquaresFit)
+    calibration = module.stage.calibrate_alpha  # the shipped default: least absolute error, after training
+    assert calibration.when == "end" and isinstance(calibration.fit, LeastAbsoluteFit)
     spy = calibration.fit = _Spy(calibration.fit, module)
     procs = sla2_processors(module.model)
     eye = procs[0].attention.router.proj_q.detach().clone()

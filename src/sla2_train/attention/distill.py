@@ -192,9 +192,10 @@ class MeasuredMassFit:
         return attention.measure_mass(q, k, v, layout="bhnd")
 
 
-class LeastSquaresFit:
-    """α calibration by least squares given the hard mask: per head (or per query block for per-block α),
-    α* = <O_full − O_l, O_s − O_l> / ||O_s − O_l||² clipped to [0, 1]. Query rows go `query_chunk` at a time."""
+class HardMaskFit:
+    """α calibration given the router's hard mask: per head (or per query block for per-block α), from
+    statistics of O_full − O_l against O_s − O_l pooled over the calibration samples. Query rows go
+    `query_chunk` at a time (full attention of a chunk is materialised)."""
 
     def __init__(self, query_chunk: int = 1024):
         self.query_chunk = query_chunk
@@ -203,25 +204,80 @@ class LeastSquaresFit:
     def __call__(self, attention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
         scores = attention._scores(q, k)
         mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], attention.sparsity)).mask
-        bq = attention.block_q
-        chunk = max(bq, self.query_chunk // bq * bq)
-        nums, dens = [], []
+        alpha = self.fit_mask(q, k, v, mask, attention.block_q, attention.block_k,
+                              per_head=attention.alpha.mode == "per_head")
+        counts = ref.block_token_counts(k.shape[-2], attention.block_k, scores.device)
+        estimated = ref.selected_mass(scores.float(), mask, counts).mean(0)
+        return alpha, estimated
+
+    @torch.no_grad()
+    def fit_mask(self, q, k, v, mask, block_q: int, block_k: int, per_head: bool) -> torch.Tensor:
+        """α [H, nq] for the hard block mask [B, H, nq, nk] on q, k, v [B, H, N, D]."""
+        chunk = max(block_q, self.query_chunk // block_q * block_q)
+        parts = []
         qf, kf, vf = q.float(), k.float(), v.float()
         for start in range(0, q.shape[-2], chunk):
             stop = min(start + chunk, q.shape[-2])
-            sel = mask[:, :, start // bq : ref.num_blocks(stop, bq)]
-            o_s, o_l = hard_branches(qf[:, :, start:stop], kf, vf, sel, bq, attention.block_k)
-            full = ref.full_attention(qf[:, :, start:stop], kf, vf)
-            num, den = alpha_normal_equations(full, o_s, o_l, bq)
-            nums.append(num)
-            dens.append(den)
-        num, den = torch.cat(nums, -1).mean(0), torch.cat(dens, -1).mean(0)  # [H, nq]
-        per_block = clipped_ratio(num, den)
-        per_head = clipped_ratio(num.sum(-1), den.sum(-1))[:, None].expand_as(per_block)
-        counts = ref.block_token_counts(k.shape[-2], attention.block_k, scores.device)
-        estimated = ref.selected_mass(scores.float(), mask, counts).mean(0)
-        # A per-head α takes the head's own least-squares value, not the mean of the per-block ones.
-        return (per_block if attention.alpha.mode != "per_head" else per_head), estimated
+            sel = mask[:, :, start // block_q : ref.num_blocks(stop, block_q)]
+            o_s, o_l = hard_branches(qf[:, :, start:stop], kf, vf, sel, block_q, block_k)
+            parts.append(self.statistics(ref.full_attention(qf[:, :, start:stop], kf, vf), o_s, o_l, block_q))
+        stats = torch.cat(parts, 2)  # [B, H, nq, ...] per sample and query block
+        if per_head:
+            # A per-head α takes the head's own fit over all its rows, not the mean of the per-block ones.
+            stats = stats.sum(2, keepdim=True)
+        return self.solve(stats.sum(0)).expand(mask.shape[1:3])
+
+
+class LeastSquaresFit(HardMaskFit):
+    """α* = <O_full − O_l, O_s − O_l> / ||O_s − O_l||² clipped to [0, 1]: the α that minimises the squared
+    error of the α-mix, which stage 1's loss also measures."""
+
+    def statistics(self, full, o_s, o_l, block_q: int) -> torch.Tensor:
+        return torch.stack(alpha_normal_equations(full, o_s, o_l, block_q), -1)
+
+    def solve(self, stats: torch.Tensor) -> torch.Tensor:
+        return clipped_ratio(stats[..., 0], stats[..., 1])
+
+
+class LeastAbsoluteFit(HardMaskFit):
+    """The α in [0, 1] that minimises the summed absolute error Σ|α·d − b| of the α-mix, with d = O_s − O_l and
+    b = O_full − O_l elementwise: the median of the ratios r = b/d weighted by |d|. This is the relative-L1
+    error attention quality is reported in; the least-squares α, tuned to the squares, can leave the mix worse
+    than the sparse branch alone in L1 on heads whose linear branch makes a few large errors smaller and many
+    small ones larger.
+
+    Exact up to `bins`: r is clamped to [0, 1] (which leaves the error's slope on [0, 1] unchanged: a ratio
+    below 0 pulls α down wherever α is) and |d| summed into histograms, one bin each for r = 0 and r = 1 and
+    `bins` between; α is the centre of the bin where the cumulative weight reaches half."""
+
+    def __init__(self, query_chunk: int = 1024, bins: int = 1024):
+        super().__init__(query_chunk)
+        if bins < 1:
+            raise ValueError(f"LeastAbsoluteFit bins must be at least 1, got {bins}")
+        self.bins = bins
+
+    def statistics(self, full, o_s, o_l, block_q: int) -> torch.Tensor:
+        d = (o_s - o_l).float()
+        b = (full - o_l).float()
+        weight = d.abs()
+        r = torch.where(weight > 0, b / torch.where(weight > 0, d, 1.0), 1.0)
+        # bin 0: r ≤ 0; bin bins + 1: r ≥ 1; bins equal bins in between
+        index = torch.where(r <= 0, 0, torch.where(r >= 1, self.bins + 1, (r * self.bins).long().clamp(0, self.bins - 1) + 1))
+        bsz, h, rows, dim = d.shape
+        nq = ref.num_blocks(rows, block_q)
+        group = (torch.arange(bsz * h, device=d.device).view(bsz, h, 1, 1) * nq
+                 + (torch.arange(rows, device=d.device) // block_q).view(1, 1, rows, 1))
+        flat = (group * (self.bins + 2) + index).flatten()
+        hist = torch.bincount(flat, weights=weight.flatten().double(), minlength=bsz * h * nq * (self.bins + 2))
+        return hist.view(bsz, h, nq, self.bins + 2)
+
+    def solve(self, stats: torch.Tensor) -> torch.Tensor:
+        cumulative = stats.cumsum(-1)
+        total = cumulative[..., -1:]
+        j = (cumulative < total / 2).sum(-1)  # first bin whose cumulative weight reaches half
+        centre = ((j - 0.5) / self.bins).clamp(0.0, 1.0)
+        alpha = torch.where(j == 0, 0.0, torch.where(j == self.bins + 1, 1.0, centre))
+        return torch.where(total[..., 0] > 0, alpha, 1.0).float()  # all weight 0: the branches agree
 
 
 def stage1_loss(attention, q, k, v, num_query_blocks=None, generator=None, objective=None) -> torch.Tensor:

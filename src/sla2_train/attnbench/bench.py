@@ -3,8 +3,8 @@
 Routers compared at hard Top-k: identity (SLA's pooled heuristic: the untrained router), learned (stage 1 on
 the train set), bestmass (per query block the k key blocks with the most true softmax mass), and optionally
 pooled_oracle (stage 1 fitted on the held-out set itself: what the pooled bilinear router can reach at best
-with this objective). Identity and bestmass get the least-squares per-head α of their masks on the train set;
-trained routers keep their own α.
+with this objective). Identity and bestmass get the per-head α of their masks on the train set by the recipe's
+α fit (least squares if it has none); trained routers keep their own α.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 
 from sla2_train.attention import reference as ref
-from sla2_train.attention.distill import clipped_ratio
+from sla2_train.attention.distill import LeastSquaresFit, HardMaskFit
 
 from .metrics import Teacher, mask_metrics
 from .sets import AttentionSet
@@ -30,17 +30,15 @@ def _masks(routers: dict, t: Teacher, k_sel: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def fit_alpha(contents, routers: dict, block_q: int, block_k: int, k_sel: int) -> dict[str, torch.Tensor]:
-    """Per-head least-squares α [H] of each router's hard mask (and bestmass's) over `contents`."""
-    num, den = defaultdict(float), defaultdict(float)
-    for q, k, v in contents:
-        t = Teacher(q, k, v, block_q, block_k)
-        best = t.best_mask(k_sel)
-        for name, mask in _masks(routers, t, k_sel).items():
-            m = mask_metrics(t, mask, torch.ones(1, device=mask.device), best)
-            num[name] = num[name] + m["alpha_ls_num"]
-            den[name] = den[name] + m["alpha_ls_den"]
-    return {name: clipped_ratio(num[name], den[name]) for name in num}
+def fit_alpha(contents, routers: dict, block_q: int, block_k: int, k_sel: int, fit=None) -> dict[str, torch.Tensor]:
+    """Per-head α [H] of each router's hard mask (and bestmass's) over `contents`, by `fit` (a stage-1 α fit of
+    attention/distill.py; default least squares), so that every router is mixed the way training calibrates."""
+    fit = fit if isinstance(fit, HardMaskFit) else LeastSquaresFit()
+    q, k, v = (torch.cat([c[j] for c in contents]) for j in range(3))
+    t = Teacher(q, k, v, block_q, block_k)
+    masks = _masks(routers, t, k_sel)
+    return {name: fit.fit_mask(t.q, t.k, t.v, mask, block_q, block_k, per_head=True)[:, 0]
+            for name, mask in masks.items()}
 
 
 @torch.no_grad()
@@ -78,7 +76,7 @@ def run(train: AttentionSet, heldout: AttentionSet, recipe: Stage1Recipe, sparsi
             device = attn.router.proj_q.device
             identity = recipe.build(attn.num_heads, attn.head_dim, sparsity, block_q, block_k).to(device)
             k_sel = ref.topk_count(ref.num_blocks(train.layers[li][0][1].shape[-2], block_k), sparsity)
-            alphas = fit_alpha(train.layers[li], {"identity": identity}, block_q, block_k, k_sel)
+            alphas = fit_alpha(train.layers[li], {"identity": identity}, block_q, block_k, k_sel, recipe.calibrate)
             result = evaluate(heldout.layers[li], trained, identity, block_q, block_k, k_sel, alphas)
             progress(f"sparsity {sparsity} {name}: stage 1 trained in {seconds:.1f} s")
             for router, metrics in result.items():
@@ -86,6 +84,6 @@ def run(train: AttentionSet, heldout: AttentionSet, recipe: Stage1Recipe, sparsi
                     rows.append({
                         "sparsity": sparsity, "layer": name, "head": h, "label": label, "router": router,
                         "k": k_sel, "train_seconds": seconds,
-                        **{m: float(val[h]) for m, val in metrics.items() if not m.startswith("alpha_ls")},
+                        **{m: float(val[h]) for m, val in metrics.items()},
                     })
     return rows

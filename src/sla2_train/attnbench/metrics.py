@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sla2_train.attention import reference as ref
-from sla2_train.attention.distill import alpha_normal_equations, hard_branches, pooled_block_mass
+from sla2_train.attention.distill import hard_branches, pooled_block_mass
 
 
 class Teacher:
@@ -39,7 +39,6 @@ def mask_metrics(t: Teacher, mask: torch.Tensor, alpha: torch.Tensor, best: torc
     nq = mask.shape[-2]
     a = ref.effective_alpha(alpha.float().expand(*mask.shape[:2], nq), mask.all(-1))
     sla2 = ref.alpha_mix(o_s, o_l, a, t.block_q)
-    num, den = alpha_normal_equations(t.full, o_s, o_l, t.block_q)
     k_sel = mask.sum(-1).float()
     tok = ref.expand_block_mask(mask, t.q.shape[-2], t.k.shape[-2], t.block_q, t.block_k)
     return {
@@ -48,8 +47,6 @@ def mask_metrics(t: Teacher, mask: torch.Tensor, alpha: torch.Tensor, best: torc
         "recall": ((mask & best).sum(-1) / k_sel).mean(dim=(0, 2)),
         "mass": (t.probs * tok).sum(-1).mean(dim=(0, 2)),
         "alpha": a.mean(dim=(0, 2)),
-        "alpha_ls_num": num.sum(dim=(0, 2)),
-        "alpha_ls_den": den.sum(dim=(0, 2)),
     }
 
 

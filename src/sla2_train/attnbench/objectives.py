@@ -34,6 +34,7 @@ OBJECTIVES = {
 
 CALIBRATIONS = {
     "least_squares": {"_target_": _D + "LeastSquaresFit"},
+    "least_absolute": {"_target_": _D + "LeastAbsoluteFit"},
     "mass": {"_target_": _D + "MeasuredMassFit"},
     "none": None,
 }

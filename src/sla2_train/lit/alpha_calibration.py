@@ -2,7 +2,8 @@
 
 `stage.calibrate_alpha` (an `AlphaCalibration`, or null) says how and when:
 - fit: what α is set to (sla2_train.attention.distill): `MeasuredMassFit`, the selected softmax mass, or
-  `LeastSquaresFit`, the α that minimises the hard-mask error (α → 1 where the linear branch only adds error);
+  `LeastAbsoluteFit` / `LeastSquaresFit`, the α that minimises the hard-mask mix's absolute / squared error
+  (α → 1 where the linear branch only adds error);
 - when: `start`, on the first batch of a fresh run (never on resume or `init_from`: such a run keeps its
   trained α), fitted to the untrained router's mask; or `end`, on the last batch after the last optimizer
   step, fitted to the mask the trained router will run with, before the final checkpoint is written.
@@ -76,7 +77,7 @@ def calibrate_alpha(
 ) -> int:
     """Calibrate every SLA2 layer's α on q, k, v captured from a dense run; returns the number of layers.
 
-    fit: an α fit of sla2_train.attention.distill (None: the measured selected mass; LeastSquaresFit: the
+    fit: an α fit of sla2_train.attention.distill (None: the measured selected mass; LeastAbsoluteFit: the
     α that minimises the hard-mask error). forward: what runs the transformer (default `model` itself; a wrapper
     whose forward calls it, such as the strategy's module, to run inside that wrapper's forward)."""
     procs = [p for p in sla2_processors(model) if p.attention.variant == "sla2"]
