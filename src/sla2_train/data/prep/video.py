@@ -48,13 +48,19 @@ def _scaled_size(w0: int, h0: int, spec: ClipSpec) -> tuple[int, int]:
     return max(spec.width, round(w0 * scale)), max(spec.height, round(h0 * scale))
 
 
+def _centre_crop(sw: int, sh: int, spec: ClipSpec) -> tuple[slice, slice]:
+    """(rows, columns) of the target-size centre of a frame scaled to sw × sh."""
+    top, left = (sh - spec.height) // 2, (sw - spec.width) // 2
+    return slice(top, top + spec.height), slice(left, left + spec.width)
+
+
 def _to_rgb(frame, spec: ClipSpec) -> np.ndarray:
     sw, sh = _scaled_size(frame.width, frame.height, spec)
-    # AREA for downscaling (no aliasing from fine texture), BICUBIC when upscaling.
+    # AREA for downscaling (no aliasing from fine texture), BICUBIC when upscaling; frame arrays do the same.
     interp = "AREA" if sw <= frame.width else "BICUBIC"
     img = frame.reformat(width=sw, height=sh, format="rgb24", interpolation=interp).to_ndarray()
-    top, left = (sh - spec.height) // 2, (sw - spec.width) // 2
-    return img[top : top + spec.height, left : left + spec.width]
+    rows, cols = _centre_crop(sw, sh, spec)
+    return img[rows, cols]
 
 
 def load_clip(path: str, spec: ClipSpec) -> torch.Tensor:
@@ -82,8 +88,8 @@ def _load_array_clip(path: str, spec: ClipSpec) -> torch.Tensor:
     sw, sh = _scaled_size(w0, h0, spec)
     x = clip.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(sh, sw), mode="area" if sw <= w0 else "bicubic")
-    top, left = (sh - spec.height) // 2, (sw - spec.width) // 2
-    x = x[:, :, top : top + spec.height, left : left + spec.width]
+    rows, cols = _centre_crop(sw, sh, spec)
+    x = x[:, :, rows, cols]
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
