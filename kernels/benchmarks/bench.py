@@ -243,7 +243,7 @@ class Bench(BenchBase):
     def flex_check(self, flex, q, k, v, idx, alpha, nk, kw):
         bm = self.flex_mask(idx, nk, q.shape[2])
         o_flex = flex(q, k, v, block_mask=bm, kernel_options={"BLOCK_M": BLOCK_Q, "BLOCK_N": BLOCK_K})
-        o_ours, _ = self.sk.sla2_forward(q, k, v, idx, alpha, quant=False, linear=False, **kw)
+        o_ours = self.sk.sla2_forward(q, k, v, idx, alpha, quant=False, linear=False, **kw)[0]
         rel = float((o_ours.float() - o_flex.float()).abs().sum() / o_flex.float().abs().sum())
         self.results["flex_vs_sparse_part_rel_l1"] = rel
         print("flex vs our sparse part, relative L1", rel, flush=True)

@@ -35,7 +35,7 @@ def test_op_gradients_equal_reference_autograd(layout, alpha_shape, topk):
     shape = {"block": (b, h, nq), "head": (1, h, 1), "scalar": ()}[alpha_shape]
     alpha = (torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
     dout = torch.randn_like(q)
-    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, layout)
+    o, lse, _ = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, layout)
     grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, alpha)]
     a = ref.effective_alpha(leaves[3].expand(b, h, nq), sel.mask.all(dim=-1))
@@ -70,7 +70,7 @@ def test_quant_op_backward_is_straight_through_with_the_forward_output():
     sel = selection(b, h, n, bq, bk, 3)
     alpha = torch.full((1, h, 1), 0.8, dtype=torch.float64, requires_grad=True)
     dout = torch.randn_like(q)
-    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
+    o, lse, _ = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
     fq = ref.sla2_attention(q, k, v, sel.mask, alpha, bq, bk, quant=True)
     torch.testing.assert_close(o, fq.detach())
     grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
@@ -91,7 +91,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.sla2.attention.default, (q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd"))
     eye = torch.eye(d, dtype=torch.float64).expand(h, d, d).contiguous()
     torch.library.opcheck(torch.ops.sla2.router.default, (q.detach(), k.detach(), eye, eye, bq, bk, 3, "bnhd"))
-    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd")
+    o, lse, _ = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd")
     args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse, sel.indices.int(),
             alpha.detach(), bq, bk, "bnhd")
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
@@ -217,7 +217,7 @@ def test_backward_exact_at_every_alpha(alpha_value, alpha_shape, dtype):
     want = torch.autograd.grad((bhnd(expect, "bnhd") * dout).sum(), leaves)
     x = [t.to(dtype).requires_grad_() for t in (q, k, v)]
     a_op = alpha.to(torch.promote_types(dtype, torch.float32)).requires_grad_()
-    o, _ = torch.ops.sla2.attention(*x, sel.indices.int(), a_op, bq, bk, False, "bnhd")
+    o, _, _ = torch.ops.sla2.attention(*x, sel.indices.int(), a_op, bq, bk, False, "bnhd")
     got = torch.autograd.grad((o * dout.to(dtype)).sum(), (*x, a_op))
     tol = 1e-9 if dtype == torch.float64 else 2e-2
     for name, g, gr in zip(("dq", "dk", "dv", "dalpha"), got, want):

@@ -117,8 +117,8 @@ def forward_problem(b, h, n, d, bq, bk, topk):
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
     qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
     idx = sel.indices.to(torch.int32)
-    o, lse = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
-                                       layout="bhnd")
+    o, lse, _ = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
+                                          layout="bhnd")
     run = lambda grad_out, cfg: sla2_kernels.sla2_backward(  # noqa: E731
         grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd", config=cfg)
     return SimpleNamespace(do=do, dok=dok, alpha=alpha, g_ref=g_ref, o=o, bq=bq, backward=run)
@@ -228,8 +228,8 @@ def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison, kernel
     qk, kk, vk, dok = (to_layout(t.bfloat16(), layout) for t in (q, k, v, do))
     idx = sel.indices.to(torch.int32)
     a3 = alpha.float()
-    o_q, lse_q = sla2_kernels.sla2_forward(qk, kk, vk, idx, a3, block_q=bq, block_k=bk, quant=True, layout=layout)
-    o_b, lse_b = sla2_kernels.sla2_forward(qk, kk, vk, idx, a3, block_q=bq, block_k=bk, quant=False, layout=layout)
+    o_q, lse_q, _ = sla2_kernels.sla2_forward(qk, kk, vk, idx, a3, block_q=bq, block_k=bk, quant=True, layout=layout)
+    o_b, lse_b, _ = sla2_kernels.sla2_forward(qk, kk, vk, idx, a3, block_q=bq, block_k=bk, quant=False, layout=layout)
     assert rel(o_q, o_b) > 1e-4  # the forward really is low-bit
     o_a, g_auto = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, torch.bfloat16, quant=True)
     torch.testing.assert_close(to_layout(o_a, layout), o_q, rtol=0, atol=0)
@@ -257,8 +257,8 @@ def test_strided_inputs_and_gradient(poison):
     nq, nk = -(-n // bq), -(-n // bk)
     sel = ref.hard_topk(torch.randn(b, h, nq, nk), topk)
     alpha = torch.rand(1, h, nq) * 0.8 + 0.1
-    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices.int(), alpha, block_q=bq, block_k=bk, quant=False,
-                                       layout="bnhd")
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices.int(), alpha, block_q=bq, block_k=bk, quant=False,
+                                          layout="bnhd")
     dq, dk, dv, da = sla2_kernels.sla2_backward(do, q, k, v, o, lse, sel.indices.int(), alpha, block_q=bq,
                                                 block_k=bk, layout="bnhd")
     c = [t.contiguous() for t in (do, q, k, v)]

@@ -49,7 +49,7 @@ def _check_forward(q, k, v, idx, alpha, bq, bk, layout="bhnd", heads=None):
     """bf16 and low-bit kernels against the oracle (on `heads` only when given); returns (o16, o8)."""
     outs = {}
     for quant in (False, True):
-        o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout=layout)
+        o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout=layout)[:2]
         assert torch.isfinite(o).all() and torch.isfinite(lse).all()
         ob = o.transpose(1, 2) if layout == "bnhd" else o
         qb, kb, vb = ((t.transpose(1, 2) if layout == "bnhd" else t) for t in (q, k, v))
@@ -85,7 +85,7 @@ def test_wan_1p3b_shape(sparsity):
     # diffusers' layout through strides: the same numbers as [B, H, N, D]
     qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
     for quant, want in ((False, o16), (True, o8)):
-        o, _ = sla2_kernels.sla2_forward(qt, kt, vt, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout="bnhd")
+        o = sla2_kernels.sla2_forward(qt, kt, vt, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout="bnhd")[0]
         assert o.shape == qt.shape and float((o.transpose(1, 2).float() - want.float()).abs().max()) <= 1e-2
 
 
@@ -130,7 +130,7 @@ def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape):
                                  layout="bhnd")
     alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
     kw = dict(block_q=bq, block_k=bk, layout="bhnd")
-    o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
     got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, **kw)
     leaves = [t[:, heads].double().requires_grad_() for t in (q, k, v)]
     a64 = alpha.expand(B, H, nq)[:, heads].double().requires_grad_()
@@ -165,8 +165,8 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
     nk = -(-N // bk)
     _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
     cfg = replace(tuning.pointer_config(bq, D), exact_max=exact_max)  # the default launch, either variant
-    o, lse = sla2_kernels.sla2_forward(q, k, v, idx, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
-                                       config=cfg)
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
+                                          config=cfg)
     refs = {rm: br.sparse_branch(q, k, v, idx, bq, bk, quant=True, running_max=rm) for rm in (True, False)}
     (o_own, lse_own), (o_other, _) = refs[not exact_max], refs[exact_max]
     own, other = _rel(o, o_own), _rel(o, o_other)
