@@ -144,6 +144,40 @@ def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape):
         assert err <= 2e-2, f"{name} at alpha={value} ({alpha_shape}): relative L2 error {err:.2e}"
 
 
+@pytest.mark.parametrize("value", [0.0, 0.05, 0.5, 1.0])
+@pytest.mark.parametrize("alpha_shape", ["head", "block"])
+def test_wan_1p3b_qat_dalpha_at_every_alpha(value, alpha_shape):
+    """QAT at the Wan-1.3B shape, 97%: α multiplies the low-bit O_s^q in the forward, so the kernels' dα (given
+    the forward's o, lse and O_s^q) must be the float64 Σ_{i∈I} dO_i·(O_s^q_i − O_l,i), O_s^q the forward's own
+    output and O_l the blocked oracle's, within 2e-2 relative (L2) per query block, at α = 0, 0.05, 0.5, 1 per
+    head and per query block; and the op's autograd gives that same dα. Oracle on two heads."""
+    from sla2_train.attention import backend
+
+    B, H, N, D, bq, bk = 1, 12, 32760, 128, 128, 64
+    heads = [0, H - 1]
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=13)
+    do = torch.randn(B, H, N, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(14))
+    do = do.bfloat16()
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, round(0.03 * nk)),
+                                 layout="bhnd")
+    alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
+    kw = dict(block_q=bq, block_k=bk, layout="bhnd")
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=True, **kw)
+    got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s, **kw)[3]
+    o_l = br.linear_branch(*(t[:, heads].double() for t in (q, k, v)), idx[:, heads], bq, bk)
+    terms = (do[:, heads].double() * (o_s[:, heads].double() - o_l)).sum(-1)  # [B, 2, N]
+    want = torch.nn.functional.pad(terms, (0, nq * bq - N)).view(B, len(heads), nq, bq).sum(-1)
+    g = got[:, heads].double()
+    assert torch.isfinite(g).all()
+    err = float((g - want).norm() / want.norm())
+    assert err <= 2e-2, f"QAT dalpha at alpha={value} ({alpha_shape}): relative L2 error {err:.2e}"
+    a = alpha.clone().requires_grad_()
+    o_op = backend.sla2_attention(q, k, v, idx, a, quant=True, **kw)
+    (da_op,) = torch.autograd.grad(o_op, a, do)
+    torch.testing.assert_close(da_op, got.sum_to_size(alpha.shape), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("N", [1, 100, 200])
 def test_sequences_shorter_than_a_block(N):
     """N below b_q (and b_k for N < 64): the TMA boxes are larger than the tensor along N, so the loads must
