@@ -64,36 +64,44 @@ def test_op_gradcheck_float64_alpha(alpha_shape):
 
 def test_quant_op_backward_is_straight_through_with_the_forward_output():
     """quant=True: forward value = fake-quant reference; backward = the bf16 formula at the original q, k, v with
-    the forward's o and lse (as the kernels do), close to the exact gradient."""
+    the forward's o and lse (as the kernels do), close to the exact gradient; dα = Σ dO·(O_s^q − O_l) from the
+    forward's O_s^q, which in float64 is the reference path's dα (both the derivative of the same forward)."""
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
     q, k, v = qkv(b, h, n, d, "bhnd", requires_grad=True)
     sel = selection(b, h, n, bq, bk, 3)
     alpha = torch.full((1, h, 1), 0.8, dtype=torch.float64, requires_grad=True)
     dout = torch.randn_like(q)
-    o, lse, _ = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
+    o, lse, o_s = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
     fq = ref.sla2_attention(q, k, v, sel.mask, alpha, bq, bk, quant=True)
     torch.testing.assert_close(o, fq.detach())
+    torch.testing.assert_close(o_s, ref.fake_quant_sparse_attention(q, k, v, sel.mask, bq, bk)[0].detach())
     grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
     ste = ref.reference_backward(dout, q.detach(), k.detach(), v.detach(), o.detach(), lse.double(),
-                                 sel.indices, alpha.detach(), bq, bk, "bhnd")
+                                 sel.indices, alpha.detach(), bq, bk, "bhnd", o_s.detach())
     for g, gs in zip(grads[:3], ste[:3]):
         torch.testing.assert_close(g, gs)
-    exact = torch.autograd.grad((fq * dout).sum(), (q, k, v))
+    torch.testing.assert_close(grads[3], ste[3].sum_to_size(alpha.shape))
+    exact = torch.autograd.grad((fq * dout).sum(), (q, k, v, alpha))
     for g, ge in zip(grads[:3], exact):
         assert (g - ge).norm() / ge.norm() < 5e-2
+    torch.testing.assert_close(grads[3], exact[3], rtol=1e-9, atol=1e-11)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("quant", [False, True])
+def test_opcheck(quant):
+    """Schema, fake and autograd registration of the ops; with quant the forward's third output (the low-bit
+    O_s^q) and the backward taking it."""
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
     q, k, v = qkv(b, h, n, d, "bnhd", requires_grad=True)
     sel = selection(b, h, n, bq, bk, 3)
     alpha = torch.full((1, h, 3), 0.7, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.sla2.attention.default, (q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd"))
+    torch.library.opcheck(torch.ops.sla2.attention.default, (q, k, v, sel.indices.int(), alpha, bq, bk, quant, "bnhd"))
     eye = torch.eye(d, dtype=torch.float64).expand(h, d, d).contiguous()
     torch.library.opcheck(torch.ops.sla2.router.default, (q.detach(), k.detach(), eye, eye, bq, bk, 3, "bnhd"))
-    o, lse, _ = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd")
+    o, lse, o_s = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, quant, "bnhd")
+    assert o_s.shape == (q.shape if quant else (0,))
     args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse, sel.indices.int(),
-            alpha.detach(), bq, bk, "bnhd")
+            alpha.detach(), bq, bk, "bnhd", o_s.detach() if quant else None)
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
 
 
