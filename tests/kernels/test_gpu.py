@@ -114,22 +114,35 @@ def test_other_blocks_dtypes_layouts(bq, bk, D, dtype, layout):
     _check_forward(q, k, v, idx, 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda"), bq, bk, layout=layout)
 
 
+WAN_1P3B = (1, 12, 32760, 128, 128, 64)  # B, H, N, D, b_q, b_k
+
+
+def _wan_1p3b_gradient_case(value, alpha_shape, seed):
+    """Wan-1.3B inputs at 97% for the gradient tests: q, k, v, do (bf16 [B, H, N, D]), the router's idx, alpha =
+    value per head or per query block, the two heads the float64 oracle runs on, nq, and the kernels' layout
+    keywords kw."""
+    from types import SimpleNamespace
+
+    B, H, N, D, bq, bk = WAN_1P3B
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=seed)
+    do = torch.randn(B, H, N, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed + 1))
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, round(0.03 * nk)),
+                                 layout="bhnd")
+    alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
+    return SimpleNamespace(q=q, k=k, v=v, do=do.bfloat16(), idx=idx, alpha=alpha, heads=[0, H - 1], nq=nq,
+                           kw=dict(block_q=bq, block_k=bk, layout="bhnd"))
+
+
 @pytest.mark.parametrize("value", [0.0, 0.05, 0.5, 1.0])
 @pytest.mark.parametrize("alpha_shape", ["head", "block"])
 def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape):
     """Wan-1.3B shape at 97%: every gradient of the kernels (dq, dk, dv, dα per query block) within 2e-2 relative
     (L2) of autograd through the float64 blocked oracle, at α = 0, 0.05, 0.5, 1 per head and per query block.
     The kernels run on all 12 heads; the oracle on two (heads are independent), ~4 GB of float64."""
-    B, H, N, D, bq, bk = 1, 12, 32760, 128, 128, 64
-    heads = [0, H - 1]
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=11)
-    do = torch.randn(B, H, N, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(12))
-    do = do.bfloat16()
-    nq, nk = -(-N // bq), -(-N // bk)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, round(0.03 * nk)),
-                                 layout="bhnd")
-    alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
-    kw = dict(block_q=bq, block_k=bk, layout="bhnd")
+    B, H, _, _, bq, bk = WAN_1P3B
+    c = _wan_1p3b_gradient_case(value, alpha_shape, seed=11)
+    q, k, v, do, idx, alpha, heads, nq, kw = c.q, c.k, c.v, c.do, c.idx, c.alpha, c.heads, c.nq, c.kw
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
     got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, **kw)
     leaves = [t[:, heads].double().requires_grad_() for t in (q, k, v)]
@@ -153,29 +166,21 @@ def test_wan_1p3b_qat_dalpha_at_every_alpha(value, alpha_shape):
     head and per query block; and the op's autograd gives that same dα. Oracle on two heads."""
     from sla2_train.attention import backend
 
-    B, H, N, D, bq, bk = 1, 12, 32760, 128, 128, 64
-    heads = [0, H - 1]
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=13)
-    do = torch.randn(B, H, N, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(14))
-    do = do.bfloat16()
-    nq, nk = -(-N // bq), -(-N // bk)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, round(0.03 * nk)),
-                                 layout="bhnd")
-    alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
-    kw = dict(block_q=bq, block_k=bk, layout="bhnd")
-    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=True, **kw)
-    got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s, **kw)[3]
-    o_l = br.linear_branch(*(t[:, heads].double() for t in (q, k, v)), idx[:, heads], bq, bk)
-    terms = (do[:, heads].double() * (o_s[:, heads].double() - o_l)).sum(-1)  # [B, 2, N]
-    want = torch.nn.functional.pad(terms, (0, nq * bq - N)).view(B, len(heads), nq, bq).sum(-1)
-    g = got[:, heads].double()
+    B, _, N, _, bq, bk = WAN_1P3B
+    c = _wan_1p3b_gradient_case(value, alpha_shape, seed=13)
+    o, lse, o_s = sla2_kernels.sla2_forward(c.q, c.k, c.v, c.idx, c.alpha, quant=True, **c.kw)
+    got = sla2_kernels.sla2_backward(c.do, c.q, c.k, c.v, o, lse, c.idx, c.alpha, o_s=o_s, **c.kw)[3]
+    o_l = br.linear_branch(*(t[:, c.heads].double() for t in (c.q, c.k, c.v)), c.idx[:, c.heads], bq, bk)
+    terms = (c.do[:, c.heads].double() * (o_s[:, c.heads].double() - o_l)).sum(-1)  # [B, 2, N]
+    want = torch.nn.functional.pad(terms, (0, c.nq * bq - N)).view(B, len(c.heads), c.nq, bq).sum(-1)
+    g = got[:, c.heads].double()
     assert torch.isfinite(g).all()
     err = float((g - want).norm() / want.norm())
     assert err <= 2e-2, f"QAT dalpha at alpha={value} ({alpha_shape}): relative L2 error {err:.2e}"
-    a = alpha.clone().requires_grad_()
-    o_op = backend.sla2_attention(q, k, v, idx, a, quant=True, **kw)
-    (da_op,) = torch.autograd.grad(o_op, a, do)
-    torch.testing.assert_close(da_op, got.sum_to_size(alpha.shape), rtol=1e-5, atol=1e-5)
+    a = c.alpha.clone().requires_grad_()
+    o_op = backend.sla2_attention(c.q, c.k, c.v, c.idx, a, quant=True, **c.kw)
+    (da_op,) = torch.autograd.grad(o_op, a, c.do)
+    torch.testing.assert_close(da_op, got.sum_to_size(a.shape), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("N", [1, 100, 200])
