@@ -7,8 +7,8 @@ branch stays bf16. Sparse branch:
   K̂, s_k, V̂ᵀ from the precompute pass (lowbit_quant.py: smoothed K per key block; V per channel, transposed)
   S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃_j = exp(S_j − m_j) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂_j V̂_j (fp32)
   O_s = acc · s_v / (448 · l), l = rowsum of the unquantised exp(S − m), m the final row maximum.
-O_s is stored too (O_S, o's layout): QAT's dα is the derivative of this forward, Σ dO·(O_s − O_l), and O_s
-cannot be recovered from O without dividing by α (docs/method.md, Backward).
+With STORE_OS, O_s is stored too (O_S, o's layout): QAT's dα is the derivative of this forward,
+Σ dO·(O_s − O_l), and O_s cannot be recovered from O without dividing by α (docs/method.md, Backward).
 Which m_j P̃ is rounded against matters: e4m3 keeps 3 mantissa bits, so on flat attention (random data) the
 choice moves the output by 1–2% relative L1, as much as the quantisation error itself. By default
 (EXACT_MAX=False, FwdConfig.exact_max) m_j is the running maximum over the selected blocks taken so far,
@@ -53,7 +53,7 @@ def sla2_fwd_lowbit_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
-    EXACT_MAX: tl.constexpr,
+    EXACT_MAX: tl.constexpr, STORE_OS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -112,7 +112,8 @@ def sla2_fwd_lowbit_kernel(
     s_v = tl.load(SV + bh64 * D + offs_d)
     o = acc * (s_v[None, :] / FP8_E4M3_MAX) / l_i[:, None]
     o_offs = b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod
-    tl.store(O_S + o_offs, o.to(O_S.dtype.element_ty), mask=q_ok[:, None])
+    if STORE_OS:
+        tl.store(O_S + o_offs, o.to(O_S.dtype.element_ty), mask=q_ok[:, None])
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
         # Q again (from L2): keeping the tile in registers through the loops would cost 32 registers a thread.

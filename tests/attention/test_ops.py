@@ -105,6 +105,48 @@ def test_opcheck(quant):
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
 
 
+def test_sparse_output_is_kept_only_where_alpha_gets_a_gradient():
+    """The low-bit forward returns its O_s^q (a tensor the size of o, for QAT's dα) only where a gradient can
+    reach α: o is the same without it, a backward that needs dα without it is refused, and SLA2Attention asks
+    for it in training but not under no_grad or with a frozen α."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
+    q, k, v = qkv(b, h, n, d, "bhnd", requires_grad=True)
+    idx = selection(b, h, n, bq, bk, 3).indices.int()
+    alpha = torch.full((1, h, 1), 0.6, dtype=torch.float64, requires_grad=True)
+    o, _, o_s = torch.ops.sla2.attention(q, k, v, idx, alpha, bq, bk, True, "bhnd")
+    o_lean, _, o_s_lean = torch.ops.sla2.attention(q, k, v, idx, alpha, bq, bk, True, "bhnd", False)
+    assert o_s.shape == q.shape and o_s_lean.numel() == 0
+    torch.testing.assert_close(o_lean, o, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="needs its sparse output; call it with sparse_out=True"):
+        torch.autograd.grad(o_lean.sum(), alpha)
+    o_frozen = torch.ops.sla2.attention(q, k, v, idx, alpha.detach(), bq, bk, True, "bhnd", False)[0]
+    torch.autograd.grad(o_frozen.sum(), q)  # q, k, v need no O_s^q
+
+    class SparseOut(TorchDispatchMode):
+        """The sparse_out argument of each sla2::attention call."""
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "sla2" and func._opname == "attention":
+                self.seen.append(args[9] if len(args) > 9 else True)  # the dispatcher drops a default argument
+            return func(*args, **(kwargs or {}))
+
+    attn = SLA2Attention(h, d, sparsity=0.5, block_q=bq, block_k=bk, quant=True).double()
+    x = [t.detach().transpose(1, 2) for t in (q, k, v)]
+    with SparseOut() as calls:
+        attn(*x)
+        with torch.no_grad():
+            attn(*x)
+        attn.alpha.requires_grad_(False)
+        attn(*x)
+    assert calls.seen == [True, False, False]
+
+
 @pytest.mark.parametrize("alpha_mode", ["per_head", "per_block", "predicted"])
 @pytest.mark.parametrize("quant", [False, True])
 def test_module_op_path_equals_reference_path(alpha_mode, quant):

@@ -1,8 +1,9 @@
 """SLA2 as torch.library custom ops, so that torch.compile(fullgraph=True) traces through the attention.
 
     torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout) -> (scores, indices int32)
-    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout)
-        -> (o, lse [B, H, N], o_s: the low-bit sparse branch's output in o's layout, or empty without quant)
+    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True)
+        -> (o, lse [B, H, N], o_s: with quant and sparse_out the low-bit sparse branch's output in o's layout,
+            else empty)
     torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
 
@@ -17,11 +18,12 @@ Top-k; lse and o_s are auxiliary outputs). With quant=True the forward is the lo
 backward the bf16 one at the original q, k, v using the forward's o and lse (QAT's straight-through estimator,
 docs/method.md: Low-bit sparse branch and QAT), on both devices; dα is the exact derivative of the low-bit
 forward, taken from the O_s^q it mixed in (o_s, kept for the backward: B·H·N·D more numbers in q's dtype per
-call). alpha is at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is
-selected (reference.effective_alpha), and its gradient comes back in its own shape. Beyond q, k, v, o, lse (and
-o_s with quant) the backward needs nothing from the forward: the kernels rebuild the linear branch's state with
-fp32 sums (sla2_kernels/backward_state.py), which the gradients at small α need and which would take
-B·H·n_q·D² fp32 numbers per call to keep (200 MB at the Wan-1.3B shape).
+call; sparse_out=False skips it where no gradient reaches α, as backend.keeps_sparse_output decides). alpha is
+at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is selected
+(reference.effective_alpha), and its gradient comes back in its own shape. Beyond q, k, v, o, lse (and o_s with
+quant) the backward needs nothing from the forward: the kernels rebuild the linear branch's state with fp32
+sums (sla2_kernels/backward_state.py), which the gradients at small α need and which would take B·H·n_q·D² fp32
+numbers per call to keep (200 MB at the Wan-1.3B shape).
 """
 
 from __future__ import annotations
@@ -65,17 +67,18 @@ def _router_fake(q, k, proj_q, proj_k, block_q, block_k, topk, layout):
 
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, alpha: torch.Tensor,
-    block_q: int, block_k: int, quant: bool, layout: str,
+    block_q: int, block_k: int, quant: bool, layout: str, sparse_out: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SLA2 with a hard block selection: (o in q's layout and dtype, lse [B, H, N] of the sparse branch, fp32 or
-    float64 for float64 inputs, o_s: with quant the low-bit sparse branch's output like o, else empty)."""
-    return indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
+    float64 for float64 inputs, o_s: with quant and sparse_out the low-bit sparse branch's output like o, else
+    empty)."""
+    return indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out)
 
 
-def attention_kernels(q, k, v, indices, alpha, block_q, block_k, quant, layout):
-    # o (and with quant o_s) are allocated as empty_like(q) and lse contiguous, as the fake promises.
+def attention_kernels(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True):
+    # o (and o_s when kept) are allocated as empty_like(q) and lse contiguous, as the fake promises.
     return sla2_kernels.sla2_forward(q, k, v, indices, alpha, block_q=block_q, block_k=block_k, quant=quant,
-                                     layout=layout)
+                                     layout=layout, sparse_out=sparse_out)
 
 
 attention = torch.library.custom_op("sla2::attention", attention_reference, mutates_args=(), device_types="cpu")
@@ -83,9 +86,9 @@ attention.register_kernel("cuda", attention_kernels)
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
+def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True):
     b, h, n, _ = indexed.dims(q, layout)
-    o_s = torch.empty_like(q) if quant else q.new_empty(0)
+    o_s = torch.empty_like(q) if quant and sparse_out else q.new_empty(0)
     return torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype)), o_s
 
 
@@ -120,21 +123,24 @@ def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, indices, alpha, block_q, block_k, quant, layout = inputs
+    q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out = inputs
     o, lse, o_s = output
     ctx.save_for_backward(q, k, v, o, lse, indices, alpha, o_s)
-    ctx.cfg = (block_q, block_k, layout, quant)
+    ctx.cfg = (block_q, block_k, layout, quant, sparse_out)
     ctx.mark_non_differentiable(lse, o_s)
 
 
 def _backward(ctx, do, _grad_of_lse, _grad_of_o_s):
     q, k, v, o, lse, indices, alpha, o_s = ctx.saved_tensors
-    block_q, block_k, layout, quant = ctx.cfg
+    block_q, block_k, layout, quant, sparse_out = ctx.cfg
+    if quant and not sparse_out and ctx.needs_input_grad[4]:
+        raise RuntimeError("sla2::attention: the gradient of alpha after a low-bit forward needs its sparse output; "
+                           "call it with sparse_out=True")
     # QAT: α mixed the low-bit O_s^q in, so dα's sparse term is dO·O_s^q (docs/method.md, Backward)
     dq, dk, dv, dalpha = torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
-                                                           layout, o_s if quant else None)
+                                                           layout, o_s if quant and sparse_out else None)
     da = dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if ctx.needs_input_grad[4] else None
-    return dq, dk, dv, None, da, None, None, None, None
+    return dq, dk, dv, None, da, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)
