@@ -39,10 +39,10 @@ def centred_state(h32, z_i):
 
 @triton.jit
 def mixed_sparse_rows(do, DELTA_ROWS, OS_ROWS, q_ok, FROM_OS: tl.constexpr):
-    """dO·O_s per row for dα, of the O_s that the forward mixed in (docs/method.md, Backward). FROM_OS (QAT): the
-    low-bit forward stored its O_s^q, and dα = Σ dO·(O_s^q − O_l) is then the exact derivative of that forward;
-    the dq kernel's Ds comes from the bf16 P, another O_s by the low-bit error, which dα's cancelling difference
-    would magnify. Otherwise Ds itself. DELTA_ROWS, OS_ROWS: pointers of these rows in Ds and O_s (rows × D)."""
+    """dO·O_s per row for dα, of the O_s that the forward mixed in (docs/method.md, Backward). FROM_OS (QAT): from
+    the O_s^q the low-bit forward stored, so that dα = Σ dO·(O_s^q − O_l) is the exact derivative of that
+    forward; the dq kernel's Ds is dO·O_s of the bf16 P, off by the low-bit error, which dα's difference of
+    similar terms would magnify. Otherwise that Ds. DELTA_ROWS, OS_ROWS: these rows' pointers in Ds and O_s."""
     if FROM_OS:
         o_s = tl.load(OS_ROWS, mask=q_ok[:, None], other=0.0)
         return tl.sum(do.to(tl.float32) * o_s.to(tl.float32), axis=1)
