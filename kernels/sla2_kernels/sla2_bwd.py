@@ -129,13 +129,13 @@ def sla2_bwd_linear_kernel(
 ):
     """Per query block, after the dq kernel: dα_I = Σ_i (dO_i·O_s,i − Dl_i) (dO·O_s: the dq kernel's Ds, or from
     the stored O_s^q with DALPHA_FROM_OS, bwd_math.mixed_sparse_rows), dH_I, dZ_I and the linear dQ, added to the
-    sparse dQ in DQ. A kernel of its own: fused into the dq kernel, this straight-line
-    part pushed the sparse loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers,
-    none, without it). Two passes over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ
-    to PSI), then dH_I = (1 − α) ψᵀ dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never
-    shares the registers with pass 1's tiles (the whole block at once: 255 registers, 60 spilled, one program an
-    SM, 0.553 ms at Wan-1.3B, 97%; these passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2
-    instead of stored: 0.553 again, its exps and row reductions twice more)."""
+    sparse dQ in DQ. A kernel of its own: fused into the dq kernel, this straight-line part pushed the sparse loop
+    to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers, none, without it). Two passes
+    over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ to PSI), then dH_I = (1 − α) ψᵀ
+    dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never shares the registers with pass 1's
+    tiles (the whole block at once: 255 registers, 60 spilled, one program an SM, 0.553 ms at Wan-1.3B, 97%; these
+    passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2 instead of stored: 0.553 again, its exps and
+    row reductions twice more)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
