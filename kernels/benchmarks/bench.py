@@ -21,6 +21,7 @@ Times are medians of triton.testing.do_bench (ms).
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from bench_common import (  # run as a script: a sibling module
     BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists, topk_count,
@@ -37,6 +38,9 @@ class Bench(BenchBase):
     def __init__(self, args):
         super().__init__(args, configs=[], precompute_configs=[])
         self.launch, self.routing = _kernel_modules()
+        # the forward as inference runs it: no gradient reaches α, so the low-bit kernel keeps no O_s^q
+        # (what SLA2Attention asks for under no_grad; the bf16 kernel never keeps one)
+        self.forward = partial(self.sk.sla2_forward, sparse_out=False)
         self.pre_cfg = None  # PrecomputeConfig, and forward configurations by quant: the sweep's picks (None: defaults)
         self.fwd_cfg: dict = {}
 
@@ -120,15 +124,15 @@ class Bench(BenchBase):
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 fc = self.fwd_cfg.get(quant)
                 T["main" + tag] = self.time_ms(
-                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=fc, **kw))
+                    lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=fc, **kw))
                 self.record_resources(f"{shape_name}", self.launch.LAST_COMPILED)
-                T["sparse_only" + tag] = self.time_ms(lambda: sk.sla2_forward(
+                T["sparse_only" + tag] = self.time_ms(lambda: self.forward(
                     q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, config=fc, **kw))
 
                 def whole(quant=quant, fc=fc):
                     s = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=quant, config=pc)
                     _, i = sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=s, **kw)
-                    return sk.sla2_forward(q, k, v, i, alpha, quant=quant, kv_state=s, config=fc, **kw)
+                    return self.forward(q, k, v, i, alpha, quant=quant, kv_state=s, config=fc, **kw)
 
                 T["total" + tag] = self.time_ms(whole)
                 T["total_graph" + tag] = self.safe(f"{shape_name} graph{tag}", lambda: self.time_ms(whole, graph=True))
@@ -195,7 +199,7 @@ class Bench(BenchBase):
                 if self.left() < 60:
                     break
                 t = self.safe(f"sweep {cfg} quant={quant}", lambda: self.time_ms(
-                    lambda: sk.sla2_forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
+                    lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
                 name = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma" if cfg.tma else "sla2_fwd"
                 ck = self.launch.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
@@ -243,7 +247,7 @@ class Bench(BenchBase):
     def flex_check(self, flex, q, k, v, idx, alpha, nk, kw):
         bm = self.flex_mask(idx, nk, q.shape[2])
         o_flex = flex(q, k, v, block_mask=bm, kernel_options={"BLOCK_M": BLOCK_Q, "BLOCK_N": BLOCK_K})
-        o_ours, _ = self.sk.sla2_forward(q, k, v, idx, alpha, quant=False, linear=False, **kw)
+        o_ours = self.forward(q, k, v, idx, alpha, quant=False, linear=False, **kw)[0]
         rel = float((o_ours.float() - o_flex.float()).abs().sum() / o_flex.float().abs().sum())
         self.results["flex_vs_sparse_part_rel_l1"] = rel
         print("flex vs our sparse part, relative L1", rel, flush=True)

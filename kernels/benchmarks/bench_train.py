@@ -148,12 +148,12 @@ class Bench(BenchBase):
                 row["peak_MB" + tag] = self.safe(f"mem{tag}", lambda: self.peak_mb(fwd_bwd))
                 T["fwdbwd_graph" + tag] = self.safe(f"{shape_name} {sparsity} graph{tag}",
                                                      lambda: self.time_ms(fwd_bwd, graph=True))
-                o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, **kw)
+                o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, **kw)
                 T["bwd" + tag] = self.time_ms(lambda: sk.sla2_backward(
-                    do, q, k, v, o, lse, idx, alpha.detach(), config=self.bwd_cfg, **kw))
+                    do, q, k, v, o, lse, idx, alpha.detach(), o_s=o_s if quant else None, config=self.bwd_cfg, **kw))
                 self.record_resources(shape_name, self.launch.LAST_COMPILED)
             # parts of the (bf16) backward
-            o, lse = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
+            o, lse, _ = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
             T["bwd_precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
             T["bwd_csr"] = self.time_ms(lambda: self.selection.key_block_lists(idx, nk))
             st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
@@ -218,7 +218,7 @@ class Bench(BenchBase):
         _, idx = sk.router(q, k, eye, eye, topk=topk_count(nk, sparsity), block_q=BLOCK_Q, block_k=BLOCK_K,
                            layout="bhnd")
         alpha = 0.2 + 0.6 * torch.rand(1, H, nq, device="cuda", generator=gen)
-        o, lse = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
+        o, lse, _ = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
         lin = self.backward_state(k, v, idx)
         best = {}
         for kind, cands in (("linear", self.LINEAR_CANDIDATES), ("dq", self.DQ_CANDIDATES),

@@ -9,9 +9,9 @@ Public API (each name importable from the package root):
   precompute(k, v, *, block_k, layout, quant=False, config=None) -> KVState  (optional: shares one K/V pass)
   linear_state(indices, kv_state, *, block_q) -> (H_I, Z_I)               (optional: the linear branch's state)
   sla2_forward(q, k, v, indices, alpha, *, block_q, block_k, quant, layout, kv_state=None, lin_state=None,
-               config=None) -> (o, lse)
-  sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, config=None)
-      -> (dq, dk, dv, dalpha)                                            (rebuilds its fp32 linear state)
+               config=None, sparse_out=True) -> (o, lse, o_s)   (o_s: quant's sparse output, else empty)
+  sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, o_s=None, config=None)
+      -> (dq, dk, dv, dalpha)                       (rebuilds its fp32 linear state; o_s: QAT's exact dα)
   unsupported(dtype, head_dim, block_q, block_k) -> str   ("" when the kernels cover these options)
   KVState, FwdConfig, BwdConfig, PrecomputeConfig          (launch configurations: tuning.py)
 Autograd is not here: sla2_train.attention.ops registers sla2_forward and sla2_backward as the

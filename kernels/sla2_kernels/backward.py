@@ -15,6 +15,7 @@ import triton
 
 from . import launch, layouts
 from .backward_state import backward_linear_state
+from .checks import check_sparse_output
 from .forward import effective_alpha
 from .layouts import NK_ALIGN, bhn_strides, bhnd_view, descriptor, dims, last_dim_contiguous
 from .selection import complement_mask, key_block_lists
@@ -49,6 +50,7 @@ class BwdProblem:
     dh: torch.Tensor | None = None
     dz: torch.Tensor | None = None
     keep: torch.Tensor | None = None  # the selection's complement mask, when the linear state was built with it
+    o_s: torch.Tensor | None = None  # QAT: the low-bit forward's O_s^q, dα's sparse term (linear kernel)
 
     @property
     def nq(self) -> int:
@@ -63,18 +65,20 @@ class BwdProblem:
         return self.idx.shape[-1] < self.nk
 
 
-def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i, keep=None,
+def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i, keep=None, o_s=None,
             config: BwdConfig | None = None) -> BwdProblem:
     """The problem of one backward call; alpha: effective α (forward.effective_alpha), broadcastable to [B, H, nq];
-    h_i, z_i, keep: backward_state.backward_linear_state's (keep None: run_dkdv builds the mask itself)."""
+    h_i, z_i, keep: backward_state.backward_linear_state's (keep None: run_dkdv builds the mask itself); o_s: the
+    low-bit forward's sparse output (QAT) or None."""
     bsz, heads, n, d = dims(q, layout)[0]
     q, k, v, o, do = (last_dim_contiguous(t) for t in (q, k, v, o, do))
+    o_s = None if o_s is None else last_dim_contiguous(o_s)
     nq = triton.cdiv(n, block_q)
     cfg = config or default_bwd_config(block_q, block_k, d)
     return BwdProblem(
         q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
         alpha.to(torch.float32).expand(bsz, heads, nq), (h_i, z_i),
-        layout, (bsz, heads, n, d), block_q, block_k, cfg, keep=keep,
+        layout, (bsz, heads, n, d), block_q, block_k, cfg, keep=keep, o_s=o_s,
     )
 
 
@@ -148,15 +152,17 @@ def run_linear(p: BwdProblem) -> None:
             raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
     # ψ per query row, pass 1 to pass 2 of the linear kernel (freed with it; below the dk/dv step's peak)
     psi = launch.empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16)
+    o_s = p.o if p.o_s is None else p.o_s  # without O_s^q the kernel does not read it
     launch.run(
         "linear", sla2_bwd_linear_kernel, (nq, bh),
-        p.q, p.do, p.dq,
+        p.q, p.do, p.dq, o_s,
         p.delta, p.alpha, *p.lin_state,
         p.dh, p.dz, p.dalpha, psi,
         *bhn_strides(p.q, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
+        *bhn_strides(o_s, p.layout),
         sa[0], sa[1], sa[2],
         n, heads, nq,
-        BQ=p.block_q, D=d, RS=rs, DC=dc, INTERPRET=launch.interpreting(),
+        BQ=p.block_q, D=d, RS=rs, DC=dc, DALPHA_FROM_OS=p.o_s is not None, INTERPRET=launch.interpreting(),
         num_warps=p.cfg.linear_warps, num_stages=p.cfg.linear_stages,
     )
 
@@ -239,6 +245,7 @@ def sla2_backward(
     block_q: int,
     block_k: int,
     layout: str,
+    o_s: torch.Tensor | None = None,
     config: BwdConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
@@ -248,8 +255,11 @@ def sla2_backward(
     raw α, broadcastable to [B, H, nq] (made effective here: 1 when topk = nk). The linear branch's state is
     rebuilt here from k, v with fp32 sums (backward_state.py: one pass over K and V and one product). dalpha is
     fp32 [B, H, nq]: reduce it to α's shape. No term divides by α: every gradient is finite and accurate at α = 0.
-    For QAT pass the low-bit forward's o and lse: the backward is the bf16 one (straight-through).
+    For QAT pass the low-bit forward's o, lse and o_s (sla2_forward's third output): the backward is the bf16 one
+    (straight-through for q, k, v) and dα, from o_s, the exact derivative of the low-bit forward.
     """
+    if o_s is not None:
+        check_sparse_output(o_s, q)
     a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
     n = dims(q, layout)[0][2]
     if indices.shape[-1] >= triton.cdiv(n, block_k):  # no linear branch: its state is never read
@@ -257,7 +267,7 @@ def sla2_backward(
     else:
         lin_state = backward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout)
     p = prepare(do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout,
-                h_i=lin_state[0], z_i=lin_state[1], keep=lin_state[2], config=config)
+                h_i=lin_state[0], z_i=lin_state[1], keep=lin_state[2], o_s=o_s, config=config)
     del lin_state
     run_dq(p)
     p.lin_state = None  # the fp32 H_I is read once: freed before dK and dV are allocated

@@ -38,9 +38,22 @@ def centred_state(h32, z_i):
 
 
 @triton.jit
+def mixed_sparse_rows(do, DELTA_ROWS, OS_ROWS, q_ok, FROM_OS: tl.constexpr):
+    """dO·O_s per row for dα, of the O_s that the forward mixed in (docs/method.md, Backward). FROM_OS (QAT): from
+    the O_s^q the low-bit forward stored, so that dα = Σ dO·(O_s^q − O_l) is the exact derivative of that
+    forward; the dq kernel's Ds is dO·O_s of the bf16 P, off by the low-bit error, which dα's difference of
+    similar terms would magnify. Otherwise that Ds. DELTA_ROWS, OS_ROWS: these rows' pointers in Ds and O_s."""
+    if FROM_OS:
+        o_s = tl.load(OS_ROWS, mask=q_ok[:, None], other=0.0)
+        return tl.sum(do.to(tl.float32) * o_s.to(tl.float32), axis=1)
+    return tl.load(DELTA_ROWS, mask=q_ok, other=0.0)
+
+
+@triton.jit
 def linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET: tl.constexpr):
-    """The linear-branch backward for a tile of query rows, given Ds = dO·O_s (the dq kernel's, exact): (this
-    tile's Σ_rows (Ds − Dl) for dα, its part of dZ_I, the linear dQ, bf16 ψ = φQ / den for dH_I = (1 − α) ψᵀ dO).
+    """The linear-branch backward for a tile of query rows, given dO·O_s of the O_s the forward mixed in
+    (mixed_sparse_rows): (this tile's Σ_rows (dO·O_s − Dl) for dα, its part of dZ_I, the linear dQ, bf16
+    ψ = φQ / den for dH_I = (1 − α) ψᵀ dO).
     O_l is recomputed as the pointer forward's epilogue forms it (bf16 φQ on the tensor cores, fp32 denominator),
     from the centred state (centred_state)."""
     fq16, inv = phi_inv(q, q_ok, z_i)

@@ -89,13 +89,16 @@ def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
 
 def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: bool, layout: str,
                  kv_state: KVState | None = None, config: FwdConfig | None = None, linear: bool | None = None,
-                 lin_state: tuple | None = None):
-    """SLA2 forward: (o in q's layout and dtype, lse fp32 [B, H, N]).
+                 lin_state: tuple | None = None, sparse_out: bool = True):
+    """SLA2 forward: (o in q's layout and dtype, lse fp32 [B, H, N], o_s).
 
     indices: int [B, H, nq, topk], each row's selected key blocks (ascending, distinct, in [0, nk));
     alpha: fp32 broadcastable to [B, H, nq]. `linear=False` drops the linear branch (benchmarks only).
     lin_state: (H_I, Z_I) from `linear_state` for these indices, if the caller already has them.
     config: the launch configuration (default: tuning.default_fwd_config).
+    o_s: with quant and sparse_out, the low-bit sparse branch's output O_s^q (like o), which sla2_backward needs
+    for QAT's dα; otherwise an empty tensor (sparse_out=False: no gradient will reach α, one write the size of o
+    less).
     """
     p = check_forward(q, k, v, indices, alpha, block_q, block_k, layout)
     if kv_state is None:
@@ -108,17 +111,21 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
         lin_state = tuple(t.contiguous() for t in lin_state)
     elif linear:
         lin_state = linear_state(p.idx, kv_state, block_q=p.block_q)
-    return run_forward(p, q, k, v, p.alpha, kv_state, lin_state if linear else None, quant, config)
+    return run_forward(p, q, k, v, p.alpha, kv_state, lin_state if linear else None, quant, config, sparse_out)
 
 
 def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state, quant: bool,
-                config: FwdConfig | None = None):
-    """The main kernel's launch on a validated problem: (o, lse). lin_state None: no linear branch (α = 1)."""
+                config: FwdConfig | None = None, sparse_out: bool = True):
+    """The main kernel's launch on a validated problem: (o, lse, o_s). lin_state None: no linear branch (α = 1);
+    o_s as sla2_forward returns it."""
     B, H, N, D, bq, bk, nq, nk, topk, layout = p.B, p.H, p.N, p.D, p.block_q, p.block_k, p.nq, p.nk, p.topk, p.layout
     BH, idx, strides, linear = B * H, p.idx, p.strides, lin_state is not None
     cfg = config or default_fwd_config(bq, bk, D, quant)
     h_i, z_i = lin_state if linear else (alpha3, alpha3)  # never read without the linear branch
     o = launch.empty_like(q)
+    # o_s has o's strides (both empty_like(q)): the low-bit kernel addresses them with one set
+    store_os = quant and sparse_out
+    o_s = launch.empty_like(q) if store_os else q.new_empty(0)
     so = dims(o, layout)[1]
     lse = launch.empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
@@ -141,9 +148,9 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
 
     if quant:
         name, kernel = "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel
-        args = (q, idx, alpha3, o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
+        args = (q, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
                 *strides["q"], *so, *alpha3.stride(), N, H, nq, nk, topk, scale)
-        make = lambda c: (args, dict(EXACT_MAX=c.exact_max, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(EXACT_MAX=c.exact_max, STORE_OS=store_os, **common(c)))  # noqa: E731
     elif cfg.tma:
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
         # without a linear branch the kernel never reads H_I: an unwritten placeholder (no fill launch)
@@ -159,4 +166,4 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
                 *strides["q"], *strides["k"], *strides["v"], *so, *alpha3.stride(), N, H, nq, topk, scale)
         make = lambda c: (args, common(c))  # noqa: E731
     launch.with_fallback(name, kernel, (nq, BH), (bq, bk, D, q.dtype, linear), cfg, make)
-    return o, lse
+    return o, lse, o_s

@@ -10,6 +10,8 @@ divides by α (α → 0 is reachable through the sigmoid):
   Dl_i = dO_i·O_l,i                             (O_l recomputed)
   Δ_i  = rowsum(dO_s ⊙ O_s) = α Ds_i            (dO_s = α dO)
   dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i) = Σ_{i∈I} (Ds_i − Dl_i)
+  QAT (the low-bit forward, straight-through for Q, K, V): P, Ds and Δ as above at the forward's lse, but α
+  mixed the low-bit O_s^q in, so dα_I = Σ_{i∈I} (dO_i·O_s^q_i − Dl_i) from the O_s^q the forward stored.
 Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS = P ⊙ (dP − Δ),
   dQ += dS K/√D, dK += dSᵀ Q/√D, dV += α Pᵀ dO.
   Δ is known only after the dq loop, so the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring c = α dO·O
@@ -27,7 +29,8 @@ Kernels (launch order):
   1. dq kernel, one program per (query block or BM rows of it, batch·head): FlashAttention's dQ over the
      selected key blocks (into dQ) and Ds (into Δ's buffer);
      linear kernel (with a linear branch), one program per (query block, batch·head): reads backward_state's
-     H_I, Z_I and Ds, writes dα_I, dH_I, dZ_I and adds the linear dQ to dQ. Without a linear branch dα = 0.
+     H_I, Z_I and Ds (QAT: O_s^q instead), writes dα_I, dH_I, dZ_I and adds the linear dQ to dQ. Without a
+     linear branch dα = 0.
   2. dh_j = Σ_{I not selecting j} dH_I for every key block at once: the transposed complement mask (bf16,
      [nq, nk] per head, the router scores' shape) times dH on the tensor cores; dZ_tot = Σ_I dZ_I.
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
@@ -46,7 +49,8 @@ O(N²·D) or O(N·N/b_k).
 import triton
 import triton.language as tl
 
-from .bwd_math import centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, linear_rows, query_rows
+from .bwd_math import (centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, linear_rows,
+                       mixed_sparse_rows, query_rows)
 from .dot import mma_acc
 from .quant_math import LOG2E
 from .sla2_fwd import load_linear_state
@@ -110,26 +114,28 @@ def sla2_bwd_dq_kernel(
 
 @triton.jit
 def sla2_bwd_linear_kernel(
-    Q, DO, DQ,
+    Q, DO, DQ, OS,  # OS: the low-bit forward's O_s^q (read only with DALPHA_FROM_OS)
     DELTA, ALPHA, HI, ZI,
     DH, DZ, DALPHA,
     PSI,  # bf16 [B·H, nq·b_q, D] scratch: ψ from pass 1 to pass 2
     sqb, sqh, sqn,
     sdob, sdoh, sdon,
     sdqb, sdqh, sdqn,
+    sosb, sosh, sosn,
     sab, sah, saq,
     N, H, NQ,
     BQ: tl.constexpr, D: tl.constexpr, RS: tl.constexpr, DC: tl.constexpr,  # RS rows a step; DC columns of dH_I
-    INTERPRET: tl.constexpr,
+    DALPHA_FROM_OS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Per query block, after the dq kernel: dα_I = Σ_i (Ds_i − Dl_i) with the dq kernel's Ds, dH_I, dZ_I and the
-    linear dQ, added to the sparse dQ in DQ. A kernel of its own: fused into the dq kernel, this straight-line
-    part pushed the sparse loop to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers,
-    none, without it). Two passes over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ
-    to PSI), then dH_I = (1 − α) ψᵀ dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never
-    shares the registers with pass 1's tiles (the whole block at once: 255 registers, 60 spilled, one program an
-    SM, 0.553 ms at Wan-1.3B, 97%; these passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2
-    instead of stored: 0.553 again, its exps and row reductions twice more)."""
+    """Per query block, after the dq kernel: dα_I = Σ_i (dO_i·O_s,i − Dl_i) (dO·O_s: the dq kernel's Ds, or from
+    the stored O_s^q with DALPHA_FROM_OS, bwd_math.mixed_sparse_rows), dH_I, dZ_I and the linear dQ, added to the
+    sparse dQ in DQ. A kernel of its own: fused into the dq kernel, this straight-line part pushed the sparse loop
+    to 255 registers and 1.2 KB of spills a thread (sm_90 compile; 193 registers, none, without it). Two passes
+    over the block's rows, RS rows a step: the per-row work (pass 1, which stores ψ to PSI), then dH_I = (1 − α) ψᵀ
+    dO, DC columns at a time (pass 2), so that dH_I's fp32 accumulator never shares the registers with pass 1's
+    tiles (the whole block at once: 255 registers, 60 spilled, one program an SM, 0.553 ms at Wan-1.3B, 97%; these
+    passes 0.443 ms, H100, 2026-11-27; ψ recomputed from Q in pass 2 instead of stored: 0.553 again, its exps and
+    row reductions twice more)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
@@ -139,6 +145,7 @@ def sla2_bwd_linear_kernel(
     q_bh = Q + b64 * sqb + h64 * sqh
     do_bh = DO + b64 * sdob + h64 * sdoh
     dq_bh = DQ + b64 * sdqb + h64 * sdqh
+    os_bh = OS + b64 * sosb + h64 * sosh
     alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
     h32, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # fp32 H_I (backward_state.py), Z_I
     ht16, vbar = centred_state(h32, z_i)
@@ -149,7 +156,8 @@ def sla2_bwd_linear_kernel(
         q_ok = offs_m < N
         do = tl.load(do_bh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         q = tl.load(q_bh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-        d_s = tl.load(DELTA + bh64 * N + offs_m, mask=q_ok, other=0.0)
+        d_s = mixed_sparse_rows(do, DELTA + bh64 * N + offs_m, os_bh + offs_m[:, None] * sosn + offs_d[None, :],
+                                q_ok, DALPHA_FROM_OS)
         da, dz, dq_lin, psi16 = linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET)
         dalpha += da
         dz_acc += dz

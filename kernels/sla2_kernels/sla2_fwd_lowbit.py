@@ -7,6 +7,8 @@ branch stays bf16. Sparse branch:
   K̂, s_k, V̂ᵀ from the precompute pass (lowbit_quant.py: smoothed K per key block; V per channel, transposed)
   S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃_j = exp(S_j − m_j) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂_j V̂_j (fp32)
   O_s = acc · s_v / (448 · l), l = rowsum of the unquantised exp(S − m), m the final row maximum.
+With STORE_OS, O_s is stored too (O_S, o's layout): QAT's dα is the derivative of this forward,
+Σ dO·(O_s − O_l), and O_s cannot be recovered from O without dividing by α (docs/method.md, Backward).
 Which m_j P̃ is rounded against matters: e4m3 keeps 3 mantissa bits, so on flat attention (random data) the
 choice moves the output by 1–2% relative L1, as much as the quantisation error itself. By default
 (EXACT_MAX=False, FwdConfig.exact_max) m_j is the running maximum over the selected blocks taken so far,
@@ -43,7 +45,7 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK: tl.
 
 @triton.jit
 def sla2_fwd_lowbit_kernel(
-    Q, IDX, ALPHA, O, LSE,
+    Q, IDX, ALPHA, O, O_S, LSE,  # O_S: the sparse branch's output, with O's strides
     HI, ZI,  # from forward.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
     K8, SK, V8T, SV, KMEAN,
     sqb, sqh, sqn, sqd,
@@ -51,7 +53,7 @@ def sla2_fwd_lowbit_kernel(
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
-    EXACT_MAX: tl.constexpr,
+    EXACT_MAX: tl.constexpr, STORE_OS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -109,6 +111,9 @@ def sla2_fwd_lowbit_kernel(
 
     s_v = tl.load(SV + bh64 * D + offs_d)
     o = acc * (s_v[None, :] / FP8_E4M3_MAX) / l_i[:, None]
+    o_offs = b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod
+    if STORE_OS:
+        tl.store(O_S + o_offs, o.to(O_S.dtype.element_ty), mask=q_ok[:, None])
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
         # Q again (from L2): keeping the tile in registers through the loops would cost 32 registers a thread.
@@ -116,6 +121,5 @@ def sla2_fwd_lowbit_kernel(
                     mask=q_ok[:, None], other=0.0)
         h_i, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # bf16: only the sparse branch is low-bit
         o = alpha * o + (1.0 - alpha) * linear_output(q, h_i, z_i, INTERPRET)
-    tl.store(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod,
-             o.to(O.dtype.element_ty), mask=q_ok[:, None])
+    tl.store(O + o_offs, o.to(O.dtype.element_ty), mask=q_ok[:, None])
     tl.store(LSE + (bh64 * N) + offs_m, (m_i + tl.log2(l_i)) * LN2 + shift, mask=q_ok)

@@ -35,7 +35,7 @@ def test_op_gradients_equal_reference_autograd(layout, alpha_shape, topk):
     shape = {"block": (b, h, nq), "head": (1, h, 1), "scalar": ()}[alpha_shape]
     alpha = (torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
     dout = torch.randn_like(q)
-    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, layout)
+    o, lse, _ = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, layout)
     grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, alpha)]
     a = ref.effective_alpha(leaves[3].expand(b, h, nq), sel.mask.all(dim=-1))
@@ -64,37 +64,87 @@ def test_op_gradcheck_float64_alpha(alpha_shape):
 
 def test_quant_op_backward_is_straight_through_with_the_forward_output():
     """quant=True: forward value = fake-quant reference; backward = the bf16 formula at the original q, k, v with
-    the forward's o and lse (as the kernels do), close to the exact gradient."""
+    the forward's o and lse (as the kernels do), close to the exact gradient; dα = Σ dO·(O_s^q − O_l) from the
+    forward's O_s^q, which in float64 is the reference path's dα (both the derivative of the same forward)."""
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
     q, k, v = qkv(b, h, n, d, "bhnd", requires_grad=True)
     sel = selection(b, h, n, bq, bk, 3)
     alpha = torch.full((1, h, 1), 0.8, dtype=torch.float64, requires_grad=True)
     dout = torch.randn_like(q)
-    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
+    o, lse, o_s = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, True, "bhnd")
     fq = ref.sla2_attention(q, k, v, sel.mask, alpha, bq, bk, quant=True)
     torch.testing.assert_close(o, fq.detach())
+    torch.testing.assert_close(o_s, ref.fake_quant_sparse_attention(q, k, v, sel.mask, bq, bk)[0].detach())
     grads = torch.autograd.grad((o * dout).sum(), (q, k, v, alpha))
     ste = ref.reference_backward(dout, q.detach(), k.detach(), v.detach(), o.detach(), lse.double(),
-                                 sel.indices, alpha.detach(), bq, bk, "bhnd")
+                                 sel.indices, alpha.detach(), bq, bk, "bhnd", o_s.detach())
     for g, gs in zip(grads[:3], ste[:3]):
         torch.testing.assert_close(g, gs)
-    exact = torch.autograd.grad((fq * dout).sum(), (q, k, v))
+    torch.testing.assert_close(grads[3], ste[3].sum_to_size(alpha.shape))
+    exact = torch.autograd.grad((fq * dout).sum(), (q, k, v, alpha))
     for g, ge in zip(grads[:3], exact):
         assert (g - ge).norm() / ge.norm() < 5e-2
+    torch.testing.assert_close(grads[3], exact[3], rtol=1e-9, atol=1e-11)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("quant", [False, True])
+def test_opcheck(quant):
+    """Schema, fake and autograd registration of the ops; with quant the forward's third output (the low-bit
+    O_s^q) and the backward taking it."""
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
     q, k, v = qkv(b, h, n, d, "bnhd", requires_grad=True)
     sel = selection(b, h, n, bq, bk, 3)
     alpha = torch.full((1, h, 3), 0.7, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.sla2.attention.default, (q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd"))
+    torch.library.opcheck(torch.ops.sla2.attention.default, (q, k, v, sel.indices.int(), alpha, bq, bk, quant, "bnhd"))
     eye = torch.eye(d, dtype=torch.float64).expand(h, d, d).contiguous()
     torch.library.opcheck(torch.ops.sla2.router.default, (q.detach(), k.detach(), eye, eye, bq, bk, 3, "bnhd"))
-    o, lse = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, False, "bnhd")
+    o, lse, o_s = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, quant, "bnhd")
+    assert o_s.shape == (q.shape if quant else (0,))
     args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse, sel.indices.int(),
-            alpha.detach(), bq, bk, "bnhd")
+            alpha.detach(), bq, bk, "bnhd", o_s.detach() if quant else None)
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
+
+
+def test_sparse_output_is_kept_only_where_alpha_gets_a_gradient():
+    """The low-bit forward returns its O_s^q (a tensor the size of o, for QAT's dα) only where a gradient can
+    reach α: o is the same without it, a backward that needs dα without it is refused, and SLA2Attention asks
+    for it in training but not under no_grad or with a frozen α."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
+    q, k, v = qkv(b, h, n, d, "bhnd", requires_grad=True)
+    idx = selection(b, h, n, bq, bk, 3).indices.int()
+    alpha = torch.full((1, h, 1), 0.6, dtype=torch.float64, requires_grad=True)
+    o, _, o_s = torch.ops.sla2.attention(q, k, v, idx, alpha, bq, bk, True, "bhnd")
+    o_lean, _, o_s_lean = torch.ops.sla2.attention(q, k, v, idx, alpha, bq, bk, True, "bhnd", False)
+    assert o_s.shape == q.shape and o_s_lean.numel() == 0
+    torch.testing.assert_close(o_lean, o, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="needs its sparse output; call it with sparse_out=True"):
+        torch.autograd.grad(o_lean.sum(), alpha)
+    o_frozen = torch.ops.sla2.attention(q, k, v, idx, alpha.detach(), bq, bk, True, "bhnd", False)[0]
+    torch.autograd.grad(o_frozen.sum(), q)  # q, k, v need no O_s^q
+
+    class SparseOut(TorchDispatchMode):
+        """The sparse_out argument of each sla2::attention call."""
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "sla2" and func._opname == "attention":
+                self.seen.append(args[9] if len(args) > 9 else True)  # the dispatcher drops a default argument
+            return func(*args, **(kwargs or {}))
+
+    attn = SLA2Attention(h, d, sparsity=0.5, block_q=bq, block_k=bk, quant=True).double()
+    x = [t.detach().transpose(1, 2) for t in (q, k, v)]
+    with SparseOut() as calls:
+        attn(*x)
+        with torch.no_grad():
+            attn(*x)
+        attn.alpha.requires_grad_(False)
+        attn(*x)
+    assert calls.seen == [True, False, False]
 
 
 @pytest.mark.parametrize("alpha_mode", ["per_head", "per_block", "predicted"])
@@ -217,7 +267,7 @@ def test_backward_exact_at_every_alpha(alpha_value, alpha_shape, dtype):
     want = torch.autograd.grad((bhnd(expect, "bnhd") * dout).sum(), leaves)
     x = [t.to(dtype).requires_grad_() for t in (q, k, v)]
     a_op = alpha.to(torch.promote_types(dtype, torch.float32)).requires_grad_()
-    o, _ = torch.ops.sla2.attention(*x, sel.indices.int(), a_op, bq, bk, False, "bnhd")
+    o, _, _ = torch.ops.sla2.attention(*x, sel.indices.int(), a_op, bq, bk, False, "bnhd")
     got = torch.autograd.grad((o * dout.to(dtype)).sum(), (*x, a_op))
     tol = 1e-9 if dtype == torch.float64 else 2e-2
     for name, g, gr in zip(("dq", "dk", "dv", "dalpha"), got, want):

@@ -40,8 +40,9 @@ def test_forward_matches_reference(case, path, poisoned, kt):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 7 + D)
-    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False,
-                                       layout=layout, config=PATHS[path])
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False,
+                                            layout=layout, config=PATHS[path])
+    assert o_s.numel() == 0  # the sparse output is kept only for the low-bit forward (QAT's dα)
     kt.assert_all_written(poisoned)
     assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (B, H, N) and lse.dtype == torch.float32
     o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk)
@@ -100,8 +101,8 @@ def test_alpha_broadcast_and_branches(alpha_kind, kt):
     o_l_ref = ref.linear_attention_complement(qf, kf, vf, sel.mask, bq, bk)
     for value, want in ((1.0, o_s_ref), (0.0, o_l_ref)):
         a = {"float": value, "per_head": torch.full((H, 1), value), "per_block": torch.full((B, H, 5), value)}[alpha_kind]
-        o, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, a, block_q=bq, block_k=bk, quant=False,
-                                         layout="bhnd", kv_state=state)
+        o = sla2_kernels.sla2_forward(q, k, v, sel.indices, a, block_q=bq, block_k=bk, quant=False, layout="bhnd",
+                                      kv_state=state)[0]
         assert kt.rel_l1(o, want) <= 1e-2
 
 

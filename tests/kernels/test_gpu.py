@@ -49,7 +49,7 @@ def _check_forward(q, k, v, idx, alpha, bq, bk, layout="bhnd", heads=None):
     """bf16 and low-bit kernels against the oracle (on `heads` only when given); returns (o16, o8)."""
     outs = {}
     for quant in (False, True):
-        o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout=layout)
+        o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout=layout)[:2]
         assert torch.isfinite(o).all() and torch.isfinite(lse).all()
         ob = o.transpose(1, 2) if layout == "bnhd" else o
         qb, kb, vb = ((t.transpose(1, 2) if layout == "bnhd" else t) for t in (q, k, v))
@@ -85,7 +85,7 @@ def test_wan_1p3b_shape(sparsity):
     # diffusers' layout through strides: the same numbers as [B, H, N, D]
     qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
     for quant, want in ((False, o16), (True, o8)):
-        o, _ = sla2_kernels.sla2_forward(qt, kt, vt, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout="bnhd")
+        o = sla2_kernels.sla2_forward(qt, kt, vt, idx, alpha, block_q=bq, block_k=bk, quant=quant, layout="bnhd")[0]
         assert o.shape == qt.shape and float((o.transpose(1, 2).float() - want.float()).abs().max()) <= 1e-2
 
 
@@ -114,23 +114,36 @@ def test_other_blocks_dtypes_layouts(bq, bk, D, dtype, layout):
     _check_forward(q, k, v, idx, 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda"), bq, bk, layout=layout)
 
 
+WAN_1P3B = (1, 12, 32760, 128, 128, 64)  # B, H, N, D, b_q, b_k
+
+
+def _wan_1p3b_gradient_case(value, alpha_shape, seed):
+    """Wan-1.3B inputs at 97% for the gradient tests: q, k, v, do (bf16 [B, H, N, D]), the router's idx, alpha =
+    value per head or per query block, the two heads the float64 oracle runs on, nq, and the kernels' layout
+    keywords kw."""
+    from types import SimpleNamespace
+
+    B, H, N, D, bq, bk = WAN_1P3B
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=seed)
+    do = torch.randn(B, H, N, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed + 1))
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, round(0.03 * nk)),
+                                 layout="bhnd")
+    alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
+    return SimpleNamespace(q=q, k=k, v=v, do=do.bfloat16(), idx=idx, alpha=alpha, heads=[0, H - 1], nq=nq,
+                           kw=dict(block_q=bq, block_k=bk, layout="bhnd"))
+
+
 @pytest.mark.parametrize("value", [0.0, 0.05, 0.5, 1.0])
 @pytest.mark.parametrize("alpha_shape", ["head", "block"])
 def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape):
     """Wan-1.3B shape at 97%: every gradient of the kernels (dq, dk, dv, dα per query block) within 2e-2 relative
     (L2) of autograd through the float64 blocked oracle, at α = 0, 0.05, 0.5, 1 per head and per query block.
     The kernels run on all 12 heads; the oracle on two (heads are independent), ~4 GB of float64."""
-    B, H, N, D, bq, bk = 1, 12, 32760, 128, 128, 64
-    heads = [0, H - 1]
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=11)
-    do = torch.randn(B, H, N, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(12))
-    do = do.bfloat16()
-    nq, nk = -(-N // bq), -(-N // bk)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=max(1, round(0.03 * nk)),
-                                 layout="bhnd")
-    alpha = torch.full((1, H, 1) if alpha_shape == "head" else (B, H, nq), value, device="cuda")
-    kw = dict(block_q=bq, block_k=bk, layout="bhnd")
-    o, lse = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
+    B, H, _, _, bq, bk = WAN_1P3B
+    c = _wan_1p3b_gradient_case(value, alpha_shape, seed=11)
+    q, k, v, do, idx, alpha, heads, nq, kw = c.q, c.k, c.v, c.do, c.idx, c.alpha, c.heads, c.nq, c.kw
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
     got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, **kw)
     leaves = [t[:, heads].double().requires_grad_() for t in (q, k, v)]
     a64 = alpha.expand(B, H, nq)[:, heads].double().requires_grad_()
@@ -142,6 +155,32 @@ def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape):
         assert torch.isfinite(g).all(), name
         err = float((g - t.grad).norm() / t.grad.norm())
         assert err <= 2e-2, f"{name} at alpha={value} ({alpha_shape}): relative L2 error {err:.2e}"
+
+
+@pytest.mark.parametrize("value", [0.0, 0.05, 0.5, 1.0])
+@pytest.mark.parametrize("alpha_shape", ["head", "block"])
+def test_wan_1p3b_qat_dalpha_at_every_alpha(value, alpha_shape):
+    """QAT at the Wan-1.3B shape, 97%: α multiplies the low-bit O_s^q in the forward, so the kernels' dα (given
+    the forward's o, lse and O_s^q) must be the float64 Σ_{i∈I} dO_i·(O_s^q_i − O_l,i), O_s^q the forward's own
+    output and O_l the blocked oracle's, within 2e-2 relative (L2) per query block, at α = 0, 0.05, 0.5, 1 per
+    head and per query block; and the op's autograd gives that same dα. Oracle on two heads."""
+    from sla2_train.attention import backend
+
+    B, _, N, _, bq, bk = WAN_1P3B
+    c = _wan_1p3b_gradient_case(value, alpha_shape, seed=13)
+    o, lse, o_s = sla2_kernels.sla2_forward(c.q, c.k, c.v, c.idx, c.alpha, quant=True, **c.kw)
+    got = sla2_kernels.sla2_backward(c.do, c.q, c.k, c.v, o, lse, c.idx, c.alpha, o_s=o_s, **c.kw)[3]
+    o_l = br.linear_branch(*(t[:, c.heads].double() for t in (c.q, c.k, c.v)), c.idx[:, c.heads], bq, bk)
+    terms = (c.do[:, c.heads].double() * (o_s[:, c.heads].double() - o_l)).sum(-1)  # [B, 2, N]
+    want = torch.nn.functional.pad(terms, (0, c.nq * bq - N)).view(B, len(c.heads), c.nq, bq).sum(-1)
+    g = got[:, c.heads].double()
+    assert torch.isfinite(g).all()
+    err = float((g - want).norm() / want.norm())
+    assert err <= 2e-2, f"QAT dalpha at alpha={value} ({alpha_shape}): relative L2 error {err:.2e}"
+    a = c.alpha.clone().requires_grad_()
+    o_op = backend.sla2_attention(c.q, c.k, c.v, c.idx, a, quant=True, **c.kw)
+    (da_op,) = torch.autograd.grad(o_op, a, c.do)
+    torch.testing.assert_close(da_op, got.sum_to_size(a.shape), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("N", [1, 100, 200])
@@ -165,8 +204,8 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
     nk = -(-N // bk)
     _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
     cfg = replace(tuning.pointer_config(bq, D), exact_max=exact_max)  # the default launch, either variant
-    o, lse = sla2_kernels.sla2_forward(q, k, v, idx, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
-                                       config=cfg)
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
+                                          config=cfg)
     refs = {rm: br.sparse_branch(q, k, v, idx, bq, bk, quant=True, running_max=rm) for rm in (True, False)}
     (o_own, lse_own), (o_other, _) = refs[not exact_max], refs[exact_max]
     own, other = _rel(o, o_own), _rel(o, o_other)

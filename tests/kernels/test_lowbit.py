@@ -32,17 +32,36 @@ def test_lowbit_matches_fake_quant(case, poisoned, kt):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 3 + D)
-    o8, lse8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True, layout=layout)
+    kw = dict(block_q=bq, block_k=bk, layout=layout)
+    o8, lse8, os8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, **kw)
     kt.assert_all_written(poisoned)
-    o16, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False, layout=layout)
-    o8, o16 = kt.to_bhnd(o8, layout), kt.to_bhnd(o16, layout)
+    o16, _, os16 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=False, **kw)
+    assert os8.shape == q.shape and os8.stride() == o8.stride() and os16.numel() == 0
+    o8, o16, os8 = kt.to_bhnd(o8, layout), kt.to_bhnd(o16, layout), kt.to_bhnd(os8, layout)
     o_fq = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=True)
-    _, lse_fq = ref.fake_quant_sparse_attention(qf, kf, vf, sel.mask, bq, bk)
+    os_fq, lse_fq = ref.fake_quant_sparse_attention(qf, kf, vf, sel.mask, bq, bk)
     err = kt.rel_l1(o8, o_fq)
     assert err <= 1e-2, f"low-bit vs fake-quant reference: relative L1 {err:.2e}"
+    err_s = kt.rel_l1(os8, os_fq)  # the sparse branch the output mixed in, which QAT's dα reads
+    assert err_s <= 1e-2, f"low-bit sparse output vs fake-quant reference: relative L1 {err_s:.2e}"
     torch.testing.assert_close(lse8, lse_fq, rtol=0, atol=1e-3)
     err16, cos = kt.rel_l1(o8, o16.float()), kt.cosine(o8, o16)
     assert err16 <= 5e-2 and cos >= 0.998, f"low-bit vs bf16: relative L1 {err16:.2e}, cosine {cos:.5f}"
+
+
+def test_sparse_output_only_when_asked(poisoned, kt):
+    """sparse_out=False (no gradient will reach α): the same o and lse bit for bit, no O_s^q buffer, and every
+    buffer the kernels allocate still written."""
+    B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
+    (q, k, v), _ = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=29)
+    kw = dict(block_q=bq, block_k=bk, quant=True, layout="bnhd")
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, **kw)
+    o2, lse2, o_s2 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, sparse_out=False, **kw)
+    kt.assert_all_written(poisoned)
+    assert o_s.shape == q.shape and o_s2.numel() == 0
+    torch.testing.assert_close(o2, o, rtol=0, atol=0)
+    torch.testing.assert_close(lse2, lse, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -55,8 +74,8 @@ def test_tile_configurations(cfg, quant, poisoned, kt):
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=17)
-    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=quant,
-                                       layout="bnhd", config=cfg)
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=quant,
+                                          layout="bnhd", config=cfg)
     kt.assert_all_written(poisoned)
     o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk, quant=quant)
     assert kt.rel_l1(kt.to_bhnd(o, "bnhd"), o_ref) <= 1e-2
@@ -78,8 +97,8 @@ def test_exact_max_variant_matches_final_max_reference(kt):
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 3, seed=19)
     cfg = sla2_kernels.FwdConfig(8, 2, exact_max=True)
-    o, lse = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True,
-                                       layout="bhnd", config=cfg)
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=True,
+                                          layout="bhnd", config=cfg)
     o_fq, lse_fq = _fake_quant_sla2(qf, kf, vf, sel, alpha, bq, bk, running_max=False)
     err = kt.rel_l1(o, o_fq)
     assert err <= 1e-2, f"exact_max kernel vs final-max reference: relative L1 {err:.2e}"
@@ -104,8 +123,8 @@ def test_each_variant_follows_its_own_rounding(kt):
     gap = kt.rel_l1(refs[True], refs[False])
     assert gap >= 3e-3, f"the two roundings should differ on this input: {gap:.2e}"
     for exact_max in (False, True):
-        o, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
-                                         config=sla2_kernels.FwdConfig(8, 2, exact_max=exact_max))
+        o = sla2_kernels.sla2_forward(q, k, v, sel.indices, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
+                                      config=sla2_kernels.FwdConfig(8, 2, exact_max=exact_max))[0]
         own, other = kt.rel_l1(o, refs[not exact_max]), kt.rel_l1(o, refs[exact_max])
         assert own <= gap / 5 and other >= gap / 2, f"exact_max={exact_max}: own {own:.2e}, other {other:.2e}"
 

@@ -83,7 +83,15 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
         mask = ref.indexed.index_mask(indices, scores.shape[-1])
         mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
     alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
-    return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout)[0]
+    return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
+                                    keeps_sparse_output(attn.quant, alpha))[0]
+
+
+def keeps_sparse_output(quant: bool, alpha: torch.Tensor) -> bool:
+    """Whether the low-bit forward also returns its sparse output O_s^q (the op's sparse_out): only QAT's dα
+    reads it (ops.py), so a call through which no gradient reaches α (evaluation, no_grad, a frozen α) saves
+    the write and the memory of a tensor the size of o."""
+    return quant and torch.is_grad_enabled() and alpha.requires_grad
 
 
 def alpha_dtype(alpha: torch.Tensor) -> torch.Tensor:
@@ -98,7 +106,9 @@ def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant
     if not isinstance(alpha, torch.Tensor):
         alpha = torch.tensor(float(alpha), device=q.device)
     check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
-    return torch.ops.sla2.attention(q, k, v, indices, alpha_dtype(alpha), block_q, block_k, quant, layout)[0]
+    alpha = alpha_dtype(alpha)
+    return torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout,
+                                    keeps_sparse_output(quant, alpha))[0]
 
 
 def block_router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str = "bnhd"):

@@ -1,8 +1,10 @@
 """SLA2 as torch.library custom ops, so that torch.compile(fullgraph=True) traces through the attention.
 
     torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout) -> (scores, indices int32)
-    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout) -> (o, lse [B, H, N])
-    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout)
+    torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True)
+        -> (o, lse [B, H, N], o_s: with quant and sparse_out the low-bit sparse branch's output in o's layout,
+            else empty)
+    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
 
 This file only registers them. Each op has a fake (meta) implementation for tracing and one implementation per
@@ -11,14 +13,17 @@ their inputs), on CPU the reference (`*_reference`: reference/indexed.py, refere
 of SLA2Attention takes the ops at all is decided in backend.py; direct callers use backend.sla2_attention /
 backend.block_router, which validate.
 
-`attention` carries its autograd formula: gradients for q, k, v and α; indices and lse get none (hard Top-k;
-lse is an auxiliary output). With quant=True the forward is the low-bit sparse branch and the backward the bf16
-one at the original q, k, v using the forward's o and lse (QAT's straight-through estimator, docs/method.md:
-Low-bit sparse branch and QAT), on both devices. alpha is at least fp32 and broadcastable to [B, H, nq]; it is
-forced to 1 when every key block is selected (reference.effective_alpha), and its gradient comes back in its
-own shape. The backward needs nothing from the forward beyond q, k, v, o and lse: the kernels rebuild the linear
-branch's state with fp32 sums (sla2_kernels/backward_state.py), which the gradients at small α need and which
-would take B·H·n_q·D² fp32 numbers per call to keep (200 MB at the Wan-1.3B shape).
+`attention` carries its autograd formula: gradients for q, k, v and α; indices, lse and o_s get none (hard
+Top-k; lse and o_s are auxiliary outputs). With quant=True the forward is the low-bit sparse branch and the
+backward the bf16 one at the original q, k, v using the forward's o and lse (QAT's straight-through estimator,
+docs/method.md: Low-bit sparse branch and QAT), on both devices; dα is the exact derivative of the low-bit
+forward, taken from the O_s^q it mixed in (o_s, kept for the backward: B·H·N·D more numbers in q's dtype per
+call; sparse_out=False skips it where no gradient reaches α, as backend.keeps_sparse_output decides). alpha is
+at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is selected
+(reference.effective_alpha), and its gradient comes back in its own shape. Beyond q, k, v, o, lse (and o_s with
+quant) the backward needs nothing from the forward: the kernels rebuild the linear branch's state with fp32
+sums (sla2_kernels/backward_state.py), which the gradients at small α need and which would take B·H·n_q·D² fp32
+numbers per call to keep (200 MB at the Wan-1.3B shape).
 """
 
 from __future__ import annotations
@@ -62,17 +67,18 @@ def _router_fake(q, k, proj_q, proj_k, block_q, block_k, topk, layout):
 
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, alpha: torch.Tensor,
-    block_q: int, block_k: int, quant: bool, layout: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    block_q: int, block_k: int, quant: bool, layout: str, sparse_out: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SLA2 with a hard block selection: (o in q's layout and dtype, lse [B, H, N] of the sparse branch, fp32 or
-    float64 for float64 inputs)."""
-    return indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout)
+    float64 for float64 inputs, o_s: with quant and sparse_out the low-bit sparse branch's output like o, else
+    empty)."""
+    return indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out)
 
 
-def attention_kernels(q, k, v, indices, alpha, block_q, block_k, quant, layout):
-    # o is allocated as empty_like(q) and lse contiguous, as the fake promises.
+def attention_kernels(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True):
+    # o (and o_s when kept) are allocated as empty_like(q) and lse contiguous, as the fake promises.
     return sla2_kernels.sla2_forward(q, k, v, indices, alpha, block_q=block_q, block_k=block_k, quant=quant,
-                                     layout=layout)
+                                     layout=layout, sparse_out=sparse_out)
 
 
 attention = torch.library.custom_op("sla2::attention", attention_reference, mutates_args=(), device_types="cpu")
@@ -80,24 +86,27 @@ attention.register_kernel("cuda", attention_kernels)
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout):
+def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True):
     b, h, n, _ = indexed.dims(q, layout)
-    return torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype))
+    o_s = torch.empty_like(q) if quant and sparse_out else q.new_empty(0)
+    return torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype)), o_s
 
 
 def backward_reference(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     indices: torch.Tensor, alpha: torch.Tensor, block_q: int, block_k: int, layout: str,
+    o_s: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape)."""
+    """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape).
+    o_s: the low-bit forward's sparse output (QAT), from which dα's sparse term is taken."""
     dq, dk, dv, dalpha = ref_backward.reference_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
-                                                         layout)
+                                                         layout, o_s)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dalpha
 
 
-def backward_kernels(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout):
+def backward_kernels(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None):
     return sla2_kernels.sla2_backward(do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k,
-                                      layout=layout)
+                                      layout=layout, o_s=o_s)
 
 
 attention_backward = torch.library.custom_op("sla2::attention_backward", backward_reference, mutates_args=(),
@@ -106,7 +115,7 @@ attention_backward.register_kernel("cuda", backward_kernels)
 
 
 @attention_backward.register_fake
-def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout):
+def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None):
     b, h, n, _ = indexed.dims(q, layout)
     like = dict(memory_format=torch.contiguous_format)
     return (torch.empty_like(q, **like), torch.empty_like(k, **like), torch.empty_like(v, **like),
@@ -114,20 +123,24 @@ def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, indices, alpha, block_q, block_k, quant, layout = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, indices, alpha)
-    ctx.cfg = (block_q, block_k, layout)
-    ctx.mark_non_differentiable(lse)
+    q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out = inputs
+    o, lse, o_s = output
+    ctx.save_for_backward(q, k, v, o, lse, indices, alpha, o_s)
+    ctx.cfg = (block_q, block_k, layout, quant, sparse_out)
+    ctx.mark_non_differentiable(lse, o_s)
 
 
-def _backward(ctx, do, _grad_of_lse):
-    q, k, v, o, lse, indices, alpha = ctx.saved_tensors
-    block_q, block_k, layout = ctx.cfg
+def _backward(ctx, do, _grad_of_lse, _grad_of_o_s):
+    q, k, v, o, lse, indices, alpha, o_s = ctx.saved_tensors
+    block_q, block_k, layout, quant, sparse_out = ctx.cfg
+    if quant and not sparse_out and ctx.needs_input_grad[4]:
+        raise RuntimeError("sla2::attention: the gradient of alpha after a low-bit forward needs its sparse output; "
+                           "call it with sparse_out=True")
+    # QAT: α mixed the low-bit O_s^q in, so dα's sparse term is dO·O_s^q (docs/method.md, Backward)
     dq, dk, dv, dalpha = torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
-                                                           layout)
+                                                           layout, o_s if quant and sparse_out else None)
     da = dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if ctx.needs_input_grad[4] else None
-    return dq, dk, dv, None, da, None, None, None, None
+    return dq, dk, dv, None, da, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)

@@ -3,9 +3,10 @@
 diffusers' default checkpoints each Wan block whole, so the backward re-runs the block's forward, SLA2
 included (FastVideo reports ~12% of the compute wasted this way on Wan-1.3B with dense attention).
 `keep_attention` is selective checkpointing: the outputs of the sla2::router and sla2::attention ops
-(O, lse and the key-side state the backward reads) are saved during the forward and reused in the
-recompute; everything else (projections, norms, FFN) is recomputed as before. The price is those outputs'
-memory: about 2·N·H·D bf16 per layer (≈ 200 MB per layer for Wan-1.3B at 480p).
+(O, lse, with QAT the low-bit O_s^q, and the key-side state the backward reads) are saved during the forward
+and reused in the recompute; everything else (projections, norms, FFN) is recomputed as before. The price is
+those outputs' memory: about 2·N·H·D bf16 per layer (≈ 200 MB per layer for Wan-1.3B at 480p), N·H·D more
+with QAT.
 Only the op path (hard Top-k) is covered; SoftTop-k runs under no_grad DiT forwards in stage 1 anyway.
 """
 

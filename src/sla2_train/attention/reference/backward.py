@@ -22,14 +22,16 @@ def phi_backward(fx: torch.Tensor, dphi: torch.Tensor) -> torch.Tensor:
     return fx * (dphi - (dphi * fx).sum(dim=-1, keepdim=True))
 
 
-def reference_backward(do, q, k, v, o, lse, indices, alpha, block_q: int, block_k: int, layout: str):
+def reference_backward(do, q, k, v, o, lse, indices, alpha, block_q: int, block_k: int, layout: str, o_s=None):
     """The kernels' backward formula (docs/method.md, Backward) in plain PyTorch, from the forward's lse.
 
     Dense in the sparse branch (O(N²): CPU, tests, tiny models). It is autograd-free on purpose: a custom op's
     implementation runs below the autograd dispatch key. Returns (dq, dk, dv) in q's layout and dtype and
     dalpha [B, H, nq] (at least float32). Autograd through the reference
     (tests/attention/test_ops.py) is its oracle. With the low-bit forward's lse it is QAT's straight-through
-    gradient. o is not read: every term comes from P (recomputed from lse) and the linear branch, so nothing
+    gradient, and o_s (the low-bit forward's sparse output O_s^q, o's layout) makes dα the exact derivative of
+    that forward: its sparse term is dO·O_s^q instead of the bf16 P's dO·O_s (docs/method.md, Backward).
+    o is not read: every other term comes from P (recomputed from lse) and the linear branch, so nothing
     divides by α; the kernels read o only as a centring constant that cancels exactly.
     """
     b, h, n, d = dims(q, layout)
@@ -74,8 +76,10 @@ def reference_backward(do, q, k, v, o, lse, indices, alpha, block_q: int, block_
         dfk = vb @ dh_j.transpose(-1, -2) + dz_j[..., None, :]
         dk_lin = phi_backward(fk, dfk).flatten(2, 3)[:, :, :n]
         d_l_tok = d_l.flatten(2, 3)[:, :, :n]
-        # dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i)
-        dalpha = mean_pool((d_s - d_l_tok)[..., None], block_q)[..., 0] * block_token_counts(n, block_q, q.device, acc)
+        # dα_I = Σ_{i∈I} dO_i·(O_s,i − O_l,i), with the O_s that the forward mixed in
+        d_s_mixed = d_s if o_s is None else (dor * bhnd(o_s, layout).to(acc)).sum(dim=-1)
+        dalpha = mean_pool((d_s_mixed - d_l_tok)[..., None], block_q)[..., 0] * block_token_counts(n, block_q,
+                                                                                                  q.device, acc)
     else:
         dq_lin = dk_lin = dv_lin = 0
         dalpha = torch.zeros(b, h, nq, dtype=acc, device=q.device)

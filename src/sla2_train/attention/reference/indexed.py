@@ -53,9 +53,11 @@ def indexed_router(q, k, proj_q, proj_k, block_q: int, block_k: int, topk: int, 
     return scores, hard_topk(scores, topk).indices.to(torch.int32)
 
 
-def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: bool, layout: str):
-    """(o in q's dtype and layout, lse [B, H, N] of the sparse branch in at least float32). quant: the fake-quant
-    low-bit sparse branch (the forward value of QAT)."""
+def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: bool, layout: str,
+                    sparse_out: bool = True):
+    """(o in q's dtype and layout, lse [B, H, N] of the sparse branch in at least float32, o_s). quant: the
+    fake-quant low-bit sparse branch (the forward value of QAT); with sparse_out o_s is that branch's output
+    O_s^q in o's dtype and layout, which QAT's dα reads (reference_backward); otherwise o_s is empty."""
     b, h, n, _ = dims(q, layout)
     nq, nk = num_blocks(n, block_q), num_blocks(n, block_k)
     acc = acc_dtype(q.dtype)
@@ -70,4 +72,8 @@ def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: 
     o_l = linear_attention_complement(qr, kr, vr, mask, block_q, block_k)
     o = torch.empty_like(q)
     o.copy_(bhnd(alpha_mix(o_s, o_l, a, block_q), layout))
-    return o, lse.to(acc).contiguous()
+    o_s_out = q.new_empty(0)
+    if quant and sparse_out:
+        o_s_out = torch.empty_like(q)
+        o_s_out.copy_(bhnd(o_s, layout))
+    return o, lse.to(acc).contiguous(), o_s_out
