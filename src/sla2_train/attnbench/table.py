@@ -105,14 +105,19 @@ def header(cfg, job: TableJob, command: str) -> dict:
     }
 
 
+def run_table(cfg, job: TableJob, command: str):
+    """Measure and write the table; (json path, markdown path)."""
+    sums = measure(job)
+    rows = [row(sums_of(m, sums), s, m, job.layers) for s in job.sparsities for m in METHODS]
+    return write(cfg.out, rows, job.layers, header(cfg, job, command))
+
+
 @hydra.main(config_path=CONF_DIR, config_name="attnbench_table", version_base=None)
 def main(cfg: DictConfig) -> None:
     with config_errors_as_one_line(cfg):
         job = build(cfg)
-    sums = measure(job)
-    rows = [row(sums_of(m, sums), s, m, job.layers) for s in job.sparsities for m in METHODS]
     command = "python -m sla2_train.attnbench.table " + shlex.join(sys.argv[1:])
-    json_path, md_path = write(cfg.out, rows, job.layers, header(cfg, job, command))
+    json_path, md_path = run_table(cfg, job, command)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
 

@@ -61,7 +61,7 @@ def _fmt(x) -> str:
 
 def markdown(rows: list[dict], layers: Sequence[int], header: dict) -> str:
     lines = [f"Command: `{header['command']}`", f"Card: {header['card']}", ""]
-    lines += [f"{k}: {v}" for k, v in header["notes"].items()] + [""]
+    lines += [f"- {k}: {v}" for k, v in header["notes"].items()] + [""]
     head = ["sparsity", "method", *(f"layer {i}" for i in layers), "mean"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
