@@ -43,7 +43,8 @@ def _check_architecture(model: nn.Module, trained: TrainedWeights, key: str, pat
     saved, ours = trained.transformer_config, transformer_config(model)
     if saved is None:
         return  # a foreign checkpoint: strict loading still catches every shape that differs
-    diffs = [f"{k}={saved[k]!r} (model.path: {ours[k]!r})" for k in sorted(set(saved) & set(ours)) if saved[k] != ours[k]]
+    shared = sorted(set(saved) & set(ours))
+    diffs = [f"{k}={saved[k]!r} (model.path: {ours[k]!r})" for k in shared if saved[k] != ours[k]]
     if diffs:
         raise ConfigError(f"{key}: {path!r} is a checkpoint of another architecture than model.path: "
                           f"{', '.join(diffs[:4])}")
