@@ -67,7 +67,7 @@ def build(cfg) -> TableJob:
     model = instantiate(cfg.model.transformer, path=str(folder))
     block_q, block_k = int(cfg.model.attn_block_q), int(cfg.model.attn_block_k)
     seq_len = token_count(model, cfg.model.latent_shape)
-    SLA2Swap(block_q=block_q, block_k=block_k).install(model, seq_len)  # dense during capture: only the hook
+    SLA2Swap(block_q=block_q, block_k=block_k).install(model, seq_len)  # for the capture hook (they run dense)
     stage1 = read_stage(cfg.stage1, "stage1", model, sparsities, block_q, block_k)
     stage2 = read_stage(cfg.stage2, "stage2", model, sparsities, block_q, block_k)
     layers = _checked_list(cfg.layers, "layers", len(model.blocks), "layers") or list(range(len(model.blocks)))
