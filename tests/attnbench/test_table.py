@@ -302,3 +302,18 @@ def test_bad_inputs_are_one_line_naming_the_key(files, capsys, tmp_path):
                 "sla2": checkpoint_metadata(model3, "distill")}, tmp_path / "three.ckpt")
     err = one_line_error(capsys, *replace("stage1", tmp_path / "three.ckpt"))
     assert "stage1" in err and "another architecture" in err and "num_layers" in err
+
+
+def test_the_command_line_reports_a_bad_folder_in_one_line(tmp_path, files):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "sla2_train.attnbench.table", "model=tiny", f"model.path={tmp_path / 'nowhere'}",
+         f"prompts={files['prompts']}", f"out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().startswith("error: model.path") and "does not exist" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not out.exists()  # nothing written for a run that never started
