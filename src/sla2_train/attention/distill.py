@@ -221,11 +221,16 @@ class HardMaskFit:
             sel = mask[:, :, start // block_q : ref.num_blocks(stop, block_q)]
             o_s, o_l = hard_branches(qf[:, :, start:stop], kf, vf, sel, block_q, block_k)
             parts.append(self.statistics(ref.full_attention(qf[:, :, start:stop], kf, vf), o_s, o_l, block_q))
-        stats = torch.cat(parts, 2)  # [B, H, nq, ...] per sample and query block
+        return self.solve(self.pooled(torch.cat(parts, 2), per_head)).expand(mask.shape[1:3])
+
+    @staticmethod
+    def pooled(stats: torch.Tensor, per_head: bool) -> torch.Tensor:
+        """`statistics` [B, H, nq, ...] of one input summed over the batch → [H, nq, ...] ([H, 1, ...] per head):
+        sums over several inputs are what `solve` takes for their joint fit."""
         if per_head:
             # A per-head α takes the head's own fit over all its rows, not the mean of the per-block ones.
             stats = stats.sum(2, keepdim=True)
-        return self.solve(stats.sum(0)).expand(mask.shape[1:3])
+        return stats.sum(0)
 
 
 class LeastSquaresFit(HardMaskFit):

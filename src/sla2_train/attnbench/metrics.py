@@ -28,9 +28,16 @@ class Teacher:
         return ref.hard_topk(self.block_mass, k_sel).mask
 
 
+def l1_parts(o: torch.Tensor, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ|O − O_full|, Σ|O_full|) per head [H], summed over batch, tokens and channels: sums over several inputs
+    (or row chunks of one) add up to the relative L1 of all of them together."""
+    return (o - full).abs().sum(dim=(0, 2, 3)), full.abs().sum(dim=(0, 2, 3))
+
+
 def rel_l1(o: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     """Per head [H], summed over batch, tokens and channels."""
-    return (o - full).abs().sum(dim=(0, 2, 3)) / full.abs().sum(dim=(0, 2, 3))
+    num, den = l1_parts(o, full)
+    return num / den
 
 
 def mask_metrics(t: Teacher, mask: torch.Tensor, alpha: torch.Tensor, best: torch.Tensor) -> dict[str, torch.Tensor]:

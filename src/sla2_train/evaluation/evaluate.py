@@ -20,7 +20,7 @@ from sla2_train.models import dense_capture, describe_attention, set_attention_m
 
 from .metric_suite import build_metrics, score_video
 from .precision import cast_keeping_fp32
-from .pipeline import check_pipeline_folder, load_wan_pipeline
+from .pipeline import check_pipeline_folder, inference_dtype, initial_noise, load_wan_pipeline, video_size
 from .probes import AttentionProbe, quant_label
 from .prompts import load_prompts
 from .settings import generation_settings, results_folder
@@ -45,11 +45,6 @@ class Evaluation:
     frames: dict[str, int]
     folder: Path
     videos: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _dtype(cfg) -> torch.dtype:
-    name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if str(cfg.device).startswith("cuda") else "float32")
-    return getattr(torch, name)
 
 
 def _quant_modes(cfg, saved: dict) -> list[bool]:
@@ -81,16 +76,14 @@ def build(cfg) -> Evaluation:
         saved = load_weights(model, cfg.ckpt, key="ckpt")
     procs = sla2_processors(model)
     quant_modes = _quant_modes(cfg, saved) if procs else []
-    dtype = _dtype(cfg)
+    dtype = inference_dtype(cfg.device, cfg.dtype)
     if procs:
         # On CUDA SLA2 must run on the kernels: their dense reference would silently be O(N²) at Wan lengths.
         backend = "triton" if str(cfg.device).startswith("cuda") and cfg.attention.backend == "auto" else None
         set_attention_mode(model, topk="hard", quant=quant_modes[0], **({"backend": backend} if backend else {}))
     cast_keeping_fp32(model, dtype).to(cfg.device).eval()
     pipe = load_wan_pipeline(Path(folder), model, instantiate(cfg.eval.scheduler), dtype, cfg.device)
-    c, f, h, w = cfg.model.latent_shape
-    frames = {"num_frames": (f - 1) * pipe.vae_scale_factor_temporal + 1,
-              "height": h * pipe.vae_scale_factor_spatial, "width": w * pipe.vae_scale_factor_spatial}
+    frames = video_size(pipe, cfg.model.latent_shape)
     seeds = [cfg.seed + i for i in range(cfg.videos_per_prompt)]
     settings = generation_settings(cfg, prompts, seeds, frames, folder, str(dtype).removeprefix("torch."),
                                    quant_modes)
@@ -116,12 +109,6 @@ def _generate(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: Attention
     probe_seconds = (probe.seconds if probe is not None else 0.0) - probe_seconds
     forward_ms = sum(timer.ms) / max(len(timer.ms), 1)
     return to_uint8(out.frames[0]), clock.seconds - probe_seconds, forward_ms, len(timer.ms)
-
-
-def _noise(ev: Evaluation, seed: int) -> torch.Tensor:
-    # The same latent noise for dense and every SLA2 row: drawn once on the CPU, independent of the device.
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randn((1, *ev.cfg.model.latent_shape), generator=g).to(ev.cfg.device)
 
 
 def _record(ev, row: str, prompt_index: int, seed: int, video, seconds, forward_ms, forwards, reference):
@@ -178,7 +165,7 @@ def run(ev: Evaluation) -> dict[str, Any]:
                                repeats=cfg.attention_timing_repeats)
     for pi, prompt in enumerate(ev.prompts):
         for seed in ev.seeds:
-            noise = _noise(ev, seed)
+            noise = initial_noise(ev.cfg.model.latent_shape, seed, ev.cfg.device)
             dense = _dense_video(ev, prompt, noise, probe)
             _record(ev, "dense", pi, seed, *dense, reference=None)
             for quant in ev.quant_modes:

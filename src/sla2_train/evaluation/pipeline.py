@@ -50,3 +50,23 @@ def load_wan_pipeline(folder: Path, transformer, scheduler, dtype: torch.dtype, 
     if pipe.vae_scale_factor_temporal == 1 and not any(isinstance(f, _NoTemporalRounding) for f in wan_log.filters):
         wan_log.addFilter(_NoTemporalRounding())
     return pipe.to(device)
+
+
+def inference_dtype(device: str, dtype: str) -> torch.dtype:
+    """`dtype` by name; "auto": bfloat16 on CUDA (SLA2 on the Triton kernels, dense on SDPA), float32 on CPU."""
+    name = dtype if dtype != "auto" else ("bfloat16" if str(device).startswith("cuda") else "float32")
+    return getattr(torch, name)
+
+
+def video_size(pipe, latent_shape) -> dict[str, int]:
+    """WanPipeline's num_frames / height / width for latents [C, F, H, W] through the folder's VAE."""
+    c, f, h, w = latent_shape
+    return {"num_frames": (f - 1) * pipe.vae_scale_factor_temporal + 1,
+            "height": h * pipe.vae_scale_factor_spatial, "width": w * pipe.vae_scale_factor_spatial}
+
+
+def initial_noise(latent_shape, seed: int, device) -> torch.Tensor:
+    """The latent noise of one video: drawn on the CPU from `seed`, so it does not depend on the device (dense and
+    every SLA2 setting start from the same noise)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn((1, *latent_shape), generator=g).to(device)

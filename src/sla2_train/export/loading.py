@@ -43,7 +43,11 @@ def load_weights(model: nn.Module, path: str | Path, key: str = "init_from", ema
     """Load trained weights into `model` (the transformer with its attention installed), strictly: the same
     architecture and the same attention options as recorded beside the weights. EMA weights are preferred
     when the checkpoint has them. Returns the recorded attention description (empty for foreign checkpoints)."""
-    trained = read_weights(path, key, ema, into=model.state_dict())
+    return load_trained(model, read_weights(path, key, ema, into=model.state_dict()), path, key)
+
+
+def load_trained(model: nn.Module, trained: TrainedWeights, path: str | Path, key: str) -> dict[str, Any]:
+    """`load_weights` for weights already read from `path` (checked and loaded alike)."""
     try:
         missing, unexpected = model.load_state_dict(trained.weights, strict=False)
     except RuntimeError as err:  # shape mismatches raise even with strict=False

@@ -17,7 +17,15 @@ from .branches import (
     sparse_attention,
     weighted_linear_attention,
 )
-from .combine import alpha_mix, effective_alpha, sla2_attention, sla2_attention_soft, sla2_sparse_branch, sla_attention
+from .combine import (
+    alpha_mix,
+    effective_alpha,
+    sla2_attention,
+    sla2_attention_soft,
+    sla2_sparse_branch,
+    sla_attention,
+    sla_mix,
+)
 from .indexed import indexed_forward, indexed_router
 from .memory import DenseTooLarge, check_dense_fits
 from .quant import (

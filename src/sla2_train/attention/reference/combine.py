@@ -98,4 +98,9 @@ def sla_attention(
     check_dense_fits(q, k)
     o_s, _ = sparse_attention(q, k, v, mask_blocks, block_q, block_k)
     o_l = linear_attention_complement(q, k, v, mask_blocks, block_q, block_k)
+    return sla_mix(o_s, o_l, proj)
+
+
+def sla_mix(o_s: torch.Tensor, o_l: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """SLA's output O_s + O_l·W from its two branches [B, H, N, Dv], with W [H, Dv, Dv] per head."""
     return o_s + torch.einsum("bhnd,hde->bhne", o_l, proj.to(o_l.dtype))

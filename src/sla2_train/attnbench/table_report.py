@@ -1,0 +1,90 @@
+"""The attention table as Markdown and JSON: one row per method and sparsity, a column per layer and the mean.
+
+A layer's number is Σ|O − O_full| / Σ|O_full| over all its heads, measured steps and held-out prompts.
+Beside it: the sparse-only error of the method's mask (exact precision), the gap closed from the heuristic to the
+best-mass mask in that error, (heuristic − method) / (heuristic − best-mass), on the same trajectories (n/a
+where the heuristic is within 2% of best-mass, or better), and in how many layers the method's output is no
+worse than its own sparse branch alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean
+from typing import Sequence
+
+from .metrics import gap_closed
+from .table_methods import ErrorSums
+
+METHODS = {
+    "sparse_heuristic": "sparse only, SLA heuristic router",
+    "sla": "SLA (v1): O_s + O_l·W, heuristic router, W least squares",
+    "sla2_untrained": "SLA2 untrained: heuristic router, α fitted",
+    "sla2_stage1": "SLA2 after stage 1",
+    "sla2_stage2": "SLA2 after stage 1 + 2 (low-bit sparse branch)",
+    "bestmass": "best-mass blocks, α fitted",
+}
+NOT_WORSE_TOL = 1e-6
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) or not values else mean(values)
+
+
+def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) -> dict:
+    errors = [sums.rel_l1(sparsity, method, layer) for layer in layers]
+    entry = {"sparsity": sparsity, "method": method, "label": METHODS[method], "per_layer": errors,
+             "mean": _mean(errors)}
+    if errors and errors[0] is None:
+        return entry
+    mask = [sums.rel_l1(sparsity, method, layer, "mask") for layer in layers]
+    sparse = [sums.rel_l1(sparsity, method, layer, "sparse") for layer in layers]
+    heuristic = [sums.rel_l1(sparsity, "sparse_heuristic", layer, "mask") for layer in layers]
+    best = [sums.rel_l1(sparsity, "bestmass", layer, "mask") for layer in layers]
+    entry.update({
+        "per_head": [sums.per_head(sparsity, method, layer) for layer in layers],
+        "sparse_per_layer": sparse,
+        "mask_sparse_per_layer": mask,
+        "mask_sparse_mean": mean(mask),
+        "gap_closed_per_layer": [gap_closed(h, m, b) for h, m, b in zip(heuristic, mask, best)],
+        "gap_closed": gap_closed(mean(heuristic), mean(mask), mean(best)),
+    })
+    if method != "sparse_heuristic":
+        entry["not_worse_than_sparse"] = [e <= s + NOT_WORSE_TOL for e, s in zip(errors, sparse)]
+    return entry
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown(rows: list[dict], layers: Sequence[int], header: dict) -> str:
+    lines = [f"Command: `{header['command']}`", f"Card: {header['card']}", ""]
+    lines += [f"- {k}: {v}" for k, v in header["notes"].items()] + [""]
+    head = ["sparsity", "method", *(f"layer {i}" for i in layers), "mean"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['sparsity']:.2f}", r["label"], *(_fmt(e) for e in r["per_layer"]), _fmt(r["mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = ["sparsity", "method", "sparse-only error of its mask (mean)", "gap closed (heuristic → best-mass)",
+            "layers where output ≤ sparse only"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["mean"] is None:
+            cells = [f"{r['sparsity']:.2f}", r["label"], "n/a (no checkpoint for this sparsity)", "", ""]
+        else:
+            flags = r.get("not_worse_than_sparse")
+            cells = [f"{r['sparsity']:.2f}", r["label"], _fmt(r["mask_sparse_mean"]), _fmt(r["gap_closed"]),
+                     "—" if flags is None else f"{sum(flags)}/{len(flags)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(out: str | Path, rows: list[dict], layers: Sequence[int], header: dict) -> tuple[Path, Path]:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "attention_table.json", folder / "attention_table.md"
+    json_path.write_text(json.dumps({**header, "layers": list(layers), "rows": rows}, indent=1))
+    md_path.write_text(markdown(rows, layers, header))
+    return json_path, md_path

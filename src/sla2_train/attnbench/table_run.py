@@ -1,0 +1,134 @@
+"""The attention table's measurement: calibration trajectories, then held-out trajectories of the dense model, then
+each stage-2 model's own held-out trajectories, every capture walked chunk by chunk into error sums.
+
+Which trajectories a row is measured on:
+- every row but stage 2: the model folder's dense trajectories of the held-out prompts;
+- SLA2 after stage 1 + 2: the stage-2 model's own dense trajectories of the same prompts and noise (its
+  transformer weights differ, so its q, k, v do), with its router, α and the low-bit sparse branch against
+  full attention of those q, k, v. Its gap closed uses the heuristic and best-mass masks on the same captures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+
+from sla2_train.attention import SLA2Attention
+
+from .calibration import Calibration
+from .chunks import BESTMASS, RouterMasks, walk
+from .stage_weights import StageWeights, install
+from .table_methods import ErrorSums, FittedAlpha, Method, SLAProjection, own_alpha, sparse_only
+from .trajectories import Sampling, capture_trajectories
+
+IDENTITY = "identity"
+
+
+@dataclass
+class TableJob:
+    model: torch.nn.Module  # the dense model folder's transformer, SLA2 processors installed (for the capture)
+    pipe: object  # WanPipeline around `model`
+    sampling: Sampling
+    prompts: list[str]  # measured (held out)
+    calib_prompts: list[str]  # α and SLA's W are fitted on these
+    calib_source: str  # how they were chosen, for the report
+    sparsities: list[float]
+    layers: list[int]
+    steps: list[int] | None
+    block_q: int
+    block_k: int
+    seq_len: int
+    fit: object  # the stage-1 recipe's α fit (HardMaskFit)
+    stage1: dict[float, list[SLA2Attention]] = field(default_factory=dict)  # per sparsity, per block (all blocks)
+    stage1_paths: dict[float, str] = field(default_factory=dict)
+    stage2: dict[float, StageWeights] = field(default_factory=dict)
+    query_chunk: int = 1024
+
+
+@dataclass
+class TableSums:
+    base: ErrorSums
+    stage2: ErrorSums
+
+
+def _consumer(job: TableJob, measured, routers_of, add):
+    def consume(layer: int, q, k, v) -> None:
+        for chunk in walk(q, k, v, job.block_q, job.block_k, measured, routers_of(layer), job.query_chunk):
+            add(layer, chunk)
+    return consume
+
+
+def calibrate(job: TableJob, identity: RouterMasks) -> Calibration:
+    calib = Calibration(job.fit, sla_mask=IDENTITY)
+    measured = {s: [IDENTITY, BESTMASS] for s in job.sparsities}
+    capture_trajectories(job.pipe, job.model, job.calib_prompts, job.sampling, job.layers, job.steps,
+                         _consumer(job, measured, lambda layer: {IDENTITY: identity}, calib.add), "calibration")
+    return calib
+
+
+def base_methods(job: TableJob, calib: Calibration, layer: int) -> dict[float, list[Method]]:
+    methods = {}
+    for s in job.sparsities:
+        methods[s] = [
+            Method("sparse_heuristic", IDENTITY, sparse_only),
+            Method("sla", IDENTITY, SLAProjection(calib.sla_proj(s, layer))),
+            Method("sla2_untrained", IDENTITY, FittedAlpha(calib.alpha(s, layer, IDENTITY))),
+            Method("bestmass", BESTMASS, FittedAlpha(calib.alpha(s, layer, BESTMASS))),
+        ]
+        if s in job.stage1:
+            methods[s].append(Method("sla2_stage1", f"stage1 {s}", own_alpha))
+    return methods
+
+
+def measure_base(job: TableJob, identity: RouterMasks, calib: Calibration) -> ErrorSums:
+    sums = ErrorSums()
+    methods = {layer: base_methods(job, calib, layer) for layer in job.layers}
+    measured = {s: [IDENTITY, BESTMASS] + ([f"stage1 {s}"] if s in job.stage1 else []) for s in job.sparsities}
+
+    def routers_of(layer: int) -> dict[str, RouterMasks]:
+        trained = {f"stage1 {s}": RouterMasks(attn[layer], own_alpha=True) for s, attn in job.stage1.items()}
+        return {IDENTITY: identity, **trained}
+
+    capture_trajectories(job.pipe, job.model, job.prompts, job.sampling, job.layers, job.steps,
+                         _consumer(job, measured, routers_of, lambda layer, c: sums.add(layer, c, methods[layer])),
+                         "held-out")
+    return sums
+
+
+def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, sums: ErrorSums) -> None:
+    """Load the stage-2 weights into the model (its transformer changes for good) and measure on its own
+    trajectories."""
+    s = weights.sparsity
+    trained = install(job.model, weights, job.seq_len)
+    methods = {s: [Method("sla2_stage2", "stage2", own_alpha, quant=True),
+                   Method("sparse_heuristic", IDENTITY, sparse_only),
+                   Method("bestmass", BESTMASS, sparse_only)]}
+    measured = {s: [IDENTITY, BESTMASS, "stage2"]}
+    capture_trajectories(
+        job.pipe, job.model, job.prompts, job.sampling, job.layers, job.steps,
+        _consumer(job, measured, lambda layer: {IDENTITY: identity, "stage2": RouterMasks(trained[layer], True)},
+                  lambda layer, c: sums.add(layer, c, methods)),
+        f"stage 2 at {s:g}")
+
+
+def identity_router(model: torch.nn.Module, job: TableJob) -> RouterMasks:
+    """The untrained router (identity projections): SLA's pooled heuristic."""
+    attn1 = model.blocks[0].attn1
+    device = next(model.parameters()).device
+    untrained = SLA2Attention(attn1.heads, attn1.inner_dim // attn1.heads, block_q=job.block_q, block_k=job.block_k)
+    return RouterMasks(untrained.to(device), own_alpha=False)
+
+
+def measure(job: TableJob) -> TableSums:
+    identity = identity_router(job.model, job)
+    calib = calibrate(job, identity)
+    base = measure_base(job, identity, calib)
+    stage2 = ErrorSums()
+    for s in sorted(job.stage2):  # last: each changes the model's transformer weights
+        measure_stage2(job, identity, job.stage2[s], stage2)
+    return TableSums(base, stage2)
+
+
+def sums_of(method: str, sums: TableSums) -> ErrorSums:
+    return sums.stage2 if method == "sla2_stage2" else sums.base
+
