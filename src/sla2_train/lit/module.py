@@ -17,6 +17,7 @@ from sla2_train.models import ConfigError, set_attention_mode
 
 from .alpha_calibration import calibrate_alpha
 from .param_groups import optimizer_groups
+from .run_summary import batch_and_lr
 from .stage import Stage
 from .stats import alpha_means
 
@@ -49,6 +50,8 @@ class SLA2Module(pl.LightningModule):
         stage.apply(model)
 
     def on_train_start(self) -> None:
+        if self.trainer.is_global_zero:
+            log.info("training: %s", batch_and_lr(self.trainer))
         # Every rank got the same seed, so every rank drew the same σ and ε for its own latents: a global
         # batch of B·world_size latents saw only B noise levels. Reseed per rank, and by the step reached so
         # a resumed run does not replay its first steps' noise. A fresh single-process run keeps its stream.
