@@ -1,5 +1,7 @@
 """train.py under torchrun with two CPU processes (gloo): the DDP path a GPU run takes, minus the GPU."""
 
+import json
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ BATCH, STEPS = 2, 3  # one epoch: data.epoch_length = trainer.max_steps
 
 @pytest.mark.parametrize(
     "stage,extra",
-    [("distill", ["callbacks=[default,sample_keys]"]), ("qat", ["stage.allow_untrained_router=true"]),
+    [("distill", ["callbacks=[default,sample_keys,throughput]", "callbacks.throughput.warmup_steps=1"]), ("qat", ["stage.allow_untrained_router=true"]),
      ("distill", ["stage.objective.layers_per_step=1"])],
     ids=["distill", "qat", "distill-sampled-layers"],
 )
@@ -31,9 +33,14 @@ def test_two_process_ddp_trains_and_checkpoints(tmp_path, torchrun_train, stage,
         f" per optimizer step; {lr} " in lines[0], lines
 
     folder = ckpts[0].parents[1] / "sample_keys"
-    if "callbacks=[default,sample_keys]" not in extra:
-        assert not folder.exists(), "the sample-key log is opt-in"
+    if not extra[0].startswith("callbacks="):
+        assert not folder.exists() and not (folder.parent / "throughput").exists(), "both logs are opt-in"
         return
+    for rank in (0, 1):  # the steps after the warm-up step, timed on each rank
+        report = json.loads((folder.parent / "throughput" / f"rank{rank}.json").read_text())
+        assert (report["rank"], report["world_size"], report["steps_timed"]) == (rank, 2, STEPS - 1)
+        assert report["samples_timed"] == BATCH * (STEPS - 1) and report["samples_per_s"] > 0
+        assert report["peak_allocated_bytes"] is None  # CPU: no GPU memory to report
     records = read_sample_keys(folder)
     assert sorted(records) == [0, 1] and all((folder / f"rank{r}.txt").is_file() for r in (0, 1))
     assert all([s for s, _, _ in rows] == [s for s in range(STEPS) for _ in range(BATCH)] for rows in records.values())
