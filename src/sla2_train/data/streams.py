@@ -1,4 +1,4 @@
-"""Iterable datasets over shards: training stream split over ranks and workers, fixed length, deterministic validation split.
+"""Iterable datasets over shards: a fixed-length training stream split over ranks and workers, a validation split.
 
 Both batch inside the DataLoader workers (DataLoader(batch_size=None)) so a worker hands over whole batches.
 """
