@@ -44,6 +44,8 @@ else
     LATENT=(16 21 60 104); TEXT_DIM=4096; TEXT_LEN=512
     DDP=ddp; FSDP=fsdp; EVAL_DEVICE=cuda
 fi
+# Fresh runs every time: a training folder left from an earlier call would be resumed instead of trained.
+rm -rf "$OUT/runs" "$OUT/export" "$OUT/logs"
 mkdir -p "$OUT/logs" "$OUT/runs"
 : > "$OUT/steps.tsv"
 
@@ -89,7 +91,6 @@ for strategy in "$DDP" "$FSDP"; do
 done
 
 # ---- the FSDP checkpoint chain: stage 2's sharded checkpoint → a diffusers folder → eval.py -----------------------
-rm -rf "$OUT/export/fsdp-qat"  # sla2-export writes a new folder
 step export "$PY" -m sla2_train.export.cli "$OUT/runs/$FSDP/$FSDP-qat/checkpoints/last.ckpt" "$OUT/export/fsdp-qat"
 step eval "$PY" "$REPO/eval.py" "${MODEL[@]}" ckpt="$OUT/export/fsdp-qat" device="$EVAL_DEVICE" logger=none \
     max_prompts=1 num_inference_steps=2 output_root="$OUT/runs/eval" \
