@@ -49,9 +49,11 @@ class SLA2Module(pl.LightningModule):
         self._needs_calibration = calibration is not None and calibration.when == "start" and not init_from
         stage.apply(model)
 
-    def on_train_start(self) -> None:
-        if self.trainer.is_global_zero:
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:  # the optimizers are built by now
             log.info("training: %s", batch_and_lr(self.trainer))
+
+    def on_train_start(self) -> None:
         # Every rank got the same seed, so every rank drew the same σ and ε for its own latents: a global
         # batch of B·world_size latents saw only B noise levels. Reseed per rank, and by the step reached so
         # a resumed run does not replay its first steps' noise. A fresh single-process run keeps its stream.
