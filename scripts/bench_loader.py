@@ -3,7 +3,7 @@
     python scripts/bench_loader.py                       # synthetic shards [16,21,60,104] + text [128..512, 4096], 2 workers
     python scripts/bench_loader.py --shards DIR --workers 4 --batch-size 2
 
-Times the LatentDataModule train loader (resampled shards → safetensors decode → finite check → collate) in
+Times the LatentDataModule train loader (split shards → safetensors decode → finite check → collate) in
 steady state, after the workers have filled their shuffle buffers. Prints one JSON line.
 """
 

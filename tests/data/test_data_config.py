@@ -80,7 +80,7 @@ def test_trainer_fit_consumes_exact_epochs(tmp_path):
                         callbacks=[SkippedSamplesLogger()])
     trainer.fit(probe, datamodule=dm)
     assert len(probe.train_keys) == 2 * 3 * 2  # epochs × epoch_length × batch_size
-    assert len(set(probe.train_keys)) > 3  # resampled, shuffled stream, not one batch repeated
+    assert len(set(probe.train_keys)) > 3  # each epoch its own shuffled share, not one batch repeated
     assert len(probe.val_passes) == 2
     for keys in probe.val_passes:  # each validation pass: every val sample exactly once
         assert len(keys) == 5 and len(set(keys)) == 5 and all(k.startswith("val") for k in keys)

@@ -96,7 +96,7 @@ def test_skip_counts_are_summed_over_workers(damaged):
     dm = LatentDataModule(shards, shards, batch_size=2, num_workers=2, text_len=8)
     list(dm.val_dataloader())
     assert dm.skipped == {"corrupt_shard": 1, "missing_member": 1, "undecodable": 2, "bad_shape": 1, "non_finite": 1}
-    # Training over resampled shards keeps going through the damage and keeps counting.
+    # Training reads its shares again and again: it keeps going through the damage and keeps counting.
     loader = dm.train_dataloader()
     assert len([b for _ in range(2) for b in loader]) == 2 * dm.epoch_length
     assert sum(dm.skipped.values()) > 6
@@ -140,7 +140,7 @@ def test_stream_that_finds_nothing_usable_stops_instead_of_spinning(tmp_path):
         next(iter(stream))
 
 
-def test_resampled_damage_is_counted_every_time_but_warned_once(make_shards, caplog):
+def test_damage_read_again_is_counted_every_time_but_warned_once(make_shards, caplog):
     folder, _ = make_shards(num=6, per_shard=3)
     _truncate_inside(folder / "shard-000001.tar", "ds-00004." + LATENTS_MEMBER)
     dm = LatentDataModule(str(folder), batch_size=1, num_workers=0, text_len=8, epoch_length=12)

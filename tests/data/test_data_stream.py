@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -107,6 +109,46 @@ def test_train_exact_epoch_length_per_rank_and_fresh_order(make_shards, monkeypa
     dm._resolve()
     resumed = TrainStream(dm.train_files, epoch_length=5, seed=7, epoch_offset=1, **dm._stream_kwargs(2))
     assert [k for b in dm._loader(resumed) for k in b["keys"]] == epochs[1][1]
+
+
+def _epoch_keys(folder, world, **kw):
+    """{rank: keys of one training epoch} for `world` ranks of the same job."""
+    keys = {}
+    for rank in range(world):
+        os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+        keys[rank] = [k for b in _dm(folder, **kw).train_dataloader() for k in b["keys"]]
+    return keys
+
+
+@pytest.mark.parametrize("num, per_shard", [(24, 3), (9, 3)])  # 8 shards ≥ 4 consumers; 3 shards < 4 consumers
+def test_train_epoch_splits_samples_over_ranks_without_repeats(make_shards, monkeypatch, num, per_shard):
+    folder, truth = make_shards(num=num, per_shard=per_shard)
+    monkeypatch.setenv("RANK", "0")  # restored after the test
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    epoch_length = num // 4  # batches of 2 per rank: every share (6 samples; 3, 2, 2, 2) holds its worker's batches
+    keys = _epoch_keys(folder, 2, batch_size=2, num_workers=2, epoch_length=epoch_length, seed=3)
+    assert all(len(k) == 2 * epoch_length for k in keys.values())
+    assert not set(keys[0]) & set(keys[1]), "two ranks read the same sample in one epoch"
+    everything = keys[0] + keys[1]
+    assert len(set(everything)) == len(everything) == 2 * 2 * epoch_length and set(everything) <= set(truth)
+
+
+def test_train_epoch_longer_than_a_share_repeats_only_the_ranks_own_samples(make_shards, monkeypatch):
+    folder, truth = make_shards(num=12, per_shard=3)  # 4 shards: one per rank and worker
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    keys = _epoch_keys(folder, 2, batch_size=2, num_workers=2, epoch_length=6, seed=3)  # 12 samples a rank
+    assert all(len(k) == 12 for k in keys.values())
+    assert not set(keys[0]) & set(keys[1]), "a rank whose share ran out read another rank's samples"
+    assert set(keys[0]) | set(keys[1]) == set(truth)
+
+
+def test_train_fewer_samples_than_ranks_and_workers_fails_clearly(make_shards, monkeypatch):
+    folder, _ = make_shards(num=3, per_shard=2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DataError, match="data.train_shards hold 3 samples for 2 ranks × 2 workers"):
+        _dm(folder, batch_size=1, num_workers=2).train_dataloader()
 
 
 def test_train_epoch_shorter_than_worker_count(make_shards):

@@ -38,7 +38,8 @@ def _positive(name: str, value: int, minimum: int = 1) -> int:
 
 
 class LatentDataModule(L.LightningDataModule):
-    """Train: resampled shards, exactly `epoch_length` batches per rank per epoch. Val: each sample once.
+    """Train: each epoch the shards split over ranks and workers, exactly `epoch_length` batches per rank.
+    Val: each sample once.
 
     latent_shape / text_dim: expected shapes (the model's); None reads them from the shards' index.json
     (without one, the first good sample of each worker sets them). A sample that does not match is skipped
@@ -155,6 +156,13 @@ class LatentDataModule(L.LightningDataModule):
         self._resolve()
         # Seeding by the trainer's epoch makes a resumed run draw what the uninterrupted run would have drawn.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        _, world = rank_and_world()
+        consumers = world * max(self._workers(), 1)
+        count = indexed_sample_count(self.train_files)
+        if count is not None and count < consumers:
+            # Each rank and worker reads its own share of the samples: an empty share could never fill a batch.
+            raise DataError(f"data.train_shards hold {count} samples for {world} ranks × {self.num_workers} "
+                            "workers; every one needs at least one (lower data.num_workers or add samples)")
         stream = TrainStream(
             self.train_files,
             epoch_length=self.epoch_length,

@@ -10,7 +10,7 @@ from .format import SkipSample
 
 log = logging.getLogger("sla2_train.data")
 
-# What this process has warned about: resampled training reopens a damaged shard again and again, and one
+# What this process has warned about: training reopens a damaged shard every epoch (or pass over a share), and one
 # warning per (reason, sample, shard) says all there is; the counter still counts every skip.
 _WARNED: set[tuple[str, str | None, str | None]] = set()
 

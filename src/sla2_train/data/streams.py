@@ -1,4 +1,4 @@
-"""Iterable datasets over shards: resampled fixed-length training stream, deterministic validation split.
+"""Iterable datasets over shards: a fixed-length training stream split over ranks and workers, a validation split.
 
 Both batch inside the DataLoader workers (DataLoader(batch_size=None)) so a worker hands over whole batches.
 """
@@ -87,12 +87,16 @@ def _shuffled(items: Iterable[Any], rng: random.Random, size: int) -> Iterator[A
 
 
 class TrainStream(_ShardStream):
-    """Endless resampled shards cut to exactly `epoch_length` batches per rank per epoch.
+    """Each epoch, the shards split without replacement over every rank and worker, cut to exactly
+    `epoch_length` batches per rank.
 
-    Resampling (shards drawn with replacement, per-rank/worker seed) means no rank can run out of data
-    when shards do not divide across ranks × workers, and the fixed length (what webdataset's
-    `with_epoch` does, here split exactly across workers) gives every rank the same number of steps,
-    so DDP never hangs at an epoch end.
+    Every epoch draws one shard order from (seed, epoch), the same on every rank. With at least as many shards
+    as consumers (ranks × workers), consumer g reads shards g, g+G, ... of that order; otherwise every consumer
+    reads all shards and keeps samples g, g+G, ... So no two ranks get the same sample within an epoch, and
+    together they read each sample once as long as every consumer's share holds its batches. A share that runs
+    out is read again from its start (its own samples repeat; nobody else's): no rank runs dry, and the fixed
+    length (what webdataset's `with_epoch` does, here split exactly across workers) gives every rank the same
+    number of steps, so DDP never hangs at an epoch end.
     """
 
     def __init__(self, *args, epoch_length: int, seed: int = 0, shuffle_buffer: int = 16, epoch_offset: int = 0, **kw):
@@ -106,27 +110,42 @@ class TrainStream(_ShardStream):
     def __len__(self) -> int:
         return self.epoch_length
 
-    def _resampled(self, rng: random.Random) -> Iterator[str]:
+    def _opened(self, urls: list[str]) -> Iterator[str]:
+        """The shards as they are opened, stopping the run once too many in a row gave nothing usable."""
         limit = 3 * len(self.shards) + 10
-        while True:
+        for url in urls:
             if self._since_good > limit:
                 skipped = ", ".join(f"{r} {n}" for r, n in self.counter.counts().items() if n)
                 raise DataError(f"data.train_shards: no usable sample in the last {limit} shards opened (skipped so "
                                 f"far: {skipped or 'none'}); are all train shards damaged? (first: {self.shards[0]})")
             self._since_good += 1
-            yield rng.choice(self.shards)
+            yield url
+
+    def _share(self, order: list[str], consumer: int, consumers: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+        """This consumer's decoded samples of the epoch, shuffled, pass after pass over the same samples (the
+        shuffle buffer drains at the end of each pass, so a pass never reaches into the next one)."""
+        whole_shards = len(order) >= consumers
+        while True:
+            if whole_shards:
+                raws = self._raw(self._opened(order[consumer::consumers]))
+            else:
+                # Shard damage is seen by every consumer here: consumer 0 alone counts it.
+                raws = islice(self._raw(self._opened(order), quiet=consumer != 0), consumer, None, consumers)
+            yield from _shuffled(self._decode(raws), rng, self.shuffle_buffer)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_and_count()
         epoch = self.epoch_offset + self._iterations
         self._iterations += 1
-        consumer = self.rank * num_workers + worker
-        # String seeds hash deterministically (unlike hash()), so runs are reproducible across processes.
-        rng = random.Random(f"sla2-train/{self.seed}/{consumer}/{epoch}")
         num_batches = self.epoch_length // num_workers + (worker < self.epoch_length % num_workers)
         if num_batches == 0:
             return
-        samples = _shuffled(self._decode(self._raw(self._resampled(rng))), rng, self.shuffle_buffer)
+        # String seeds hash deterministically (unlike hash()), so runs are reproducible across processes.
+        order = list(self.shards)
+        random.Random(f"sla2-train/{self.seed}/{epoch}").shuffle(order)
+        consumer = self.rank * num_workers + worker
+        rng = random.Random(f"sla2-train/{self.seed}/{consumer}/{epoch}")
+        samples = self._share(order, consumer, self.world_size * num_workers, rng)
         yield from islice(self._batched(samples, partial=False), num_batches)
 
 

@@ -17,6 +17,7 @@ from sla2_train.models import ConfigError, set_attention_mode
 
 from .alpha_calibration import calibrate_alpha
 from .param_groups import optimizer_groups
+from .run_summary import batch_and_lr
 from .stage import Stage
 from .stats import alpha_means
 
@@ -47,6 +48,10 @@ class SLA2Module(pl.LightningModule):
             )
         self._needs_calibration = calibration is not None and calibration.when == "start" and not init_from
         stage.apply(model)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:  # the optimizers are built by now
+            log.info("training: %s", batch_and_lr(self.trainer))
 
     def on_train_start(self) -> None:
         # Every rank got the same seed, so every rank drew the same σ and ε for its own latents: a global
