@@ -95,3 +95,14 @@ def test_cast_keeps_the_float32_modules():
     assert model.blocks[0].norm2.weight.dtype == torch.float32
     assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
     assert model.scale_shift_table.dtype == torch.float32
+
+
+def test_missing_video_writer_stops_before_sampling(monkeypatch):
+    import sys
+
+    from sla2_train.evaluation import video_io
+    from sla2_train.models import ConfigError
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av then raises ImportError
+    with pytest.raises(ConfigError, match="pip install av"):
+        video_io.require_video_writer()

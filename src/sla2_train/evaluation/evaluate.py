@@ -26,7 +26,7 @@ from .prompts import load_prompts
 from .settings import generation_settings, results_folder
 from .speed import attention_flops, summarise_rows
 from .timing import Clock, ForwardTimer
-from .video_io import to_uint8, write_mp4
+from .video_io import require_video_writer, to_uint8, write_mp4
 
 log = logging.getLogger("eval")
 
@@ -63,6 +63,7 @@ def _model_folder(cfg) -> str:
 
 
 def build(cfg) -> Evaluation:
+    require_video_writer()
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
     metrics, skipped = build_metrics(cfg.eval.metrics)
     folder = _model_folder(cfg)

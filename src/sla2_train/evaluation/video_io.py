@@ -8,11 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sla2_train.models import ConfigError
+
 
 def to_uint8(frames) -> torch.Tensor:
     """Pipeline output in [0, 1] (numpy or torch, [F, H, W, 3]) → uint8 tensor, rounded."""
     x = torch.as_tensor(np.asarray(frames, dtype=np.float32))
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def require_video_writer() -> None:
+    """Fail before any sampling when the mp4 writer (PyAV, a dependency of the package) is missing: otherwise the
+    run would stop at its first finished video."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise ConfigError("eval.py writes every video as mp4 with PyAV, which is not installed: pip install av") from None
 
 
 def write_mp4(path: Path, video: torch.Tensor, fps: int, crf: int = 18) -> Path:
