@@ -267,8 +267,9 @@ class LeastAbsoluteFit(HardMaskFit):
         weight = d.abs()
         r = torch.where(weight > 0, b / torch.where(weight > 0, d, 1.0), 1.0)
         # bin 0: r ≤ 0; bin bins + 1: r ≥ 1; bins equal bins in between
-        index = torch.where(r <= 0, 0, torch.where(r >= 1, self.bins + 1, (r * self.bins).long().clamp(0, self.bins - 1) + 1))
-        bsz, h, rows, dim = d.shape
+        inner = (r * self.bins).long().clamp(0, self.bins - 1) + 1
+        index = torch.where(r <= 0, 0, torch.where(r >= 1, self.bins + 1, inner))
+        bsz, h, rows, _ = d.shape
         nq = ref.num_blocks(rows, block_q)
         group = (torch.arange(bsz * h, device=d.device).view(bsz, h, 1, 1) * nq
                  + (torch.arange(rows, device=d.device) // block_q).view(1, 1, rows, 1))

@@ -16,9 +16,9 @@ class Stage1Recipe:
     batch: contents per step; query_blocks: query blocks per content and step (None = all);
     tau: SoftTop-k temperature; tau_start: if set, τ moves linearly from tau_start to tau over the steps (as
     lit.temperature.TemperatureSchedule does in training);
-    calibrate: an α fit (distill.LeastAbsoluteFit / LeastSquaresFit / MeasuredMassFit) or None; calibrate_at: "start" fits α to the
-    untrained router's mask on the first batch before training (then α trains with the objective), "end" to the
-    trained router's mask on the whole train set after training."""
+    calibrate: an α fit (distill.LeastAbsoluteFit / LeastSquaresFit / MeasuredMassFit) or None; calibrate_at:
+    "start" fits α to the untrained router's mask on the first batch before training (then α trains with the
+    objective), "end" to the trained router's mask on the whole train set after training."""
 
     objective: object
     steps: int = 200

@@ -23,7 +23,8 @@ def require_video_writer() -> None:
     try:
         import av  # noqa: F401
     except ImportError:
-        raise ConfigError("eval.py writes every video as mp4 with PyAV, which is not installed: pip install av") from None
+        raise ConfigError("eval.py writes every video as mp4 with PyAV, which is not installed: "
+                          "pip install av") from None
 
 
 def write_mp4(path: Path, video: torch.Tensor, fps: int, crf: int = 18) -> Path:
