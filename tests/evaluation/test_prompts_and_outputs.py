@@ -70,6 +70,15 @@ def test_markdown_table_layout():
     assert len(lines) == 4
 
 
+def test_markdown_table_shows_every_computed_metric():
+    """The testbed's prompt-following columns, and a metric the table has no label for, are never dropped."""
+    table = markdown_table([_row("dense", temporal_flickering=0.9, prompt_following=0.5, prompt_following_chance=0.1,
+                                 my_metric=0.25)])
+    head, _, dense = table.splitlines()
+    assert head.startswith("| Attention | Temporal Flicker | Prompt following | Prompt following, chance | my_metric |")
+    assert dense.startswith("| dense | 0.9 | 0.5 | 0.1 | 0.25 |")
+
+
 def test_combined_table_has_one_dense_row_and_every_sla2_row(tmp_path):
     settings = {"model": "tiny", "random_weights": True, "model_path": "x", "checkpoint": None, "num_frames": 9,
                 "height": 8, "width": 8, "fps": 16, "num_inference_steps": 2, "scheduler": {"_target_": "a.B"},

@@ -22,6 +22,8 @@ METRIC_COLUMNS = {
     "ssim": "SSIM vs dense",
     "lpips": "LPIPS vs dense ↓",
     "rel_l1_mean": "Attn rel-L1 ↓",
+    "prompt_following": "Prompt following",
+    "prompt_following_chance": "Prompt following, chance",
 }
 SPEED_COLUMNS = {
     "attention_tflops_dense_equivalent": "Attn TFLOPs/video (dense-eq.)",
@@ -54,9 +56,11 @@ def _cell(value) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    metrics = [k for k in METRIC_COLUMNS if any(k in r["metrics"] for r in rows)]
+    present = {k for r in rows for k in r["metrics"]}
+    # Every computed metric gets a column: known ones in the paper's order, any other by its name after them.
+    metrics = [k for k in METRIC_COLUMNS if k in present] + sorted(present - set(METRIC_COLUMNS))
     speed = [k for k in SPEED_COLUMNS if any(k in r for r in rows)]
-    head = ["Attention", *(METRIC_COLUMNS[k] for k in metrics), *(SPEED_COLUMNS[k] for k in speed)]
+    head = ["Attention", *(METRIC_COLUMNS.get(k, k) for k in metrics), *(SPEED_COLUMNS[k] for k in speed)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], *(_cell(r["metrics"].get(k)) for k in metrics)]
