@@ -213,6 +213,13 @@ class HardMaskFit:
     @torch.no_grad()
     def fit_mask(self, q, k, v, mask, block_q: int, block_k: int, per_head: bool) -> torch.Tensor:
         """α [H, nq] for the hard block mask [B, H, nq, nk] on q, k, v [B, H, N, D]."""
+        stats = self.mask_statistics(q, k, v, mask, block_q, block_k, per_head)
+        return self.solve(stats).expand(mask.shape[1:3])
+
+    @torch.no_grad()
+    def mask_statistics(self, q, k, v, mask, block_q: int, block_k: int, per_head: bool) -> torch.Tensor:
+        """`pooled` statistics of one input: summed over several inputs, `solve` gives their joint fit without
+        holding them at once."""
         chunk = max(block_q, self.query_chunk // block_q * block_q)
         parts = []
         qf, kf, vf = q.float(), k.float(), v.float()
@@ -221,7 +228,7 @@ class HardMaskFit:
             sel = mask[:, :, start // block_q : ref.num_blocks(stop, block_q)]
             o_s, o_l = hard_branches(qf[:, :, start:stop], kf, vf, sel, block_q, block_k)
             parts.append(self.statistics(ref.full_attention(qf[:, :, start:stop], kf, vf), o_s, o_l, block_q))
-        return self.solve(self.pooled(torch.cat(parts, 2), per_head)).expand(mask.shape[1:3])
+        return self.pooled(torch.cat(parts, 2), per_head)
 
     @staticmethod
     def pooled(stats: torch.Tensor, per_head: bool) -> torch.Tensor:

@@ -34,11 +34,12 @@ def fit_alpha(contents, routers: dict, block_q: int, block_k: int, k_sel: int, f
     """Per-head α [H] of each router's hard mask (and bestmass's) over `contents`, by `fit` (a stage-1 α fit of
     attention/distill.py; default least squares), so that every router is mixed the way training calibrates."""
     fit = fit if isinstance(fit, HardMaskFit) else LeastSquaresFit()
-    q, k, v = (torch.cat([c[j] for c in contents]) for j in range(3))
-    t = Teacher(q, k, v, block_q, block_k)
-    masks = _masks(routers, t, k_sel)
-    return {name: fit.fit_mask(t.q, t.k, t.v, mask, block_q, block_k, per_head=True)[:, 0]
-            for name, mask in masks.items()}
+    stats: dict[str, torch.Tensor] = defaultdict(lambda: 0)
+    for q, k, v in contents:  # one content at a time: a Teacher holds its N × N softmax
+        t = Teacher(q, k, v, block_q, block_k)
+        for name, mask in _masks(routers, t, k_sel).items():
+            stats[name] = stats[name] + fit.mask_statistics(t.q, t.k, t.v, mask, block_q, block_k, per_head=True)
+    return {name: fit.solve(s)[:, 0] for name, s in stats.items()}
 
 
 @torch.no_grad()
