@@ -220,14 +220,11 @@ class HardMaskFit:
     def mask_statistics(self, q, k, v, mask, block_q: int, block_k: int, per_head: bool) -> torch.Tensor:
         """`pooled` statistics of one input: summed over several inputs, `solve` gives their joint fit without
         holding them at once."""
-        chunk = max(block_q, self.query_chunk // block_q * block_q)
         parts = []
         qf, kf, vf = q.float(), k.float(), v.float()
-        for start in range(0, q.shape[-2], chunk):
-            stop = min(start + chunk, q.shape[-2])
-            sel = mask[:, :, start // block_q : ref.num_blocks(stop, block_q)]
-            o_s, o_l = hard_branches(qf[:, :, start:stop], kf, vf, sel, block_q, block_k)
-            parts.append(self.statistics(ref.full_attention(qf[:, :, start:stop], kf, vf), o_s, o_l, block_q))
+        for rows, blocks in ref.query_chunks(q.shape[-2], block_q, self.query_chunk):
+            o_s, o_l = hard_branches(qf[:, :, rows], kf, vf, mask[:, :, blocks], block_q, block_k)
+            parts.append(self.statistics(ref.full_attention(qf[:, :, rows], kf, vf), o_s, o_l, block_q))
         return self.pooled(torch.cat(parts, 2), per_head)
 
     @staticmethod

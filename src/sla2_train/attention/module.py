@@ -161,12 +161,9 @@ class SLA2Attention(nn.Module):
         n = q.shape[-2]
         scores = self._scores(q, k)
         mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], self.sparsity)).mask
-        chunk = max(self.block_q, query_chunk // self.block_q * self.block_q)  # whole query blocks per chunk
         row_mass = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # [B, H, N]
-        for start in range(0, n, chunk):
-            rows = slice(start, min(start + chunk, n))
-            blocks = slice(start // self.block_q, ref.num_blocks(rows.stop, self.block_q))
-            tok = ref.expand_block_mask(mask[:, :, blocks], rows.stop - start, n, self.block_q, self.block_k)
+        for rows, blocks in ref.query_chunks(n, self.block_q, query_chunk):
+            tok = ref.expand_block_mask(mask[:, :, blocks], rows.stop - rows.start, n, self.block_q, self.block_k)
             p = torch.softmax(ref.scaled_scores(q[:, :, rows].float(), k.float()), dim=-1)
             row_mass[:, :, rows] = (p * tok).sum(dim=-1)
         measured = ref.mean_pool(row_mass[..., None], self.block_q)[..., 0].mean(dim=0)

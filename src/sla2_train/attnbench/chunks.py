@@ -57,14 +57,6 @@ class Chunk:
     items: list[Branches]
 
 
-def query_chunks(n: int, block_q: int, rows: int) -> Iterator[tuple[slice, slice]]:
-    """(token rows, query blocks) of whole query blocks, about `rows` rows each; the ragged block comes last."""
-    step = max(block_q, rows // block_q * block_q)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        yield slice(start, stop), slice(start // block_q, ref.num_blocks(stop, block_q))
-
-
 @torch.no_grad()
 def walk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int,
          measured: Mapping[float, Sequence[str]], routers: Mapping[str, RouterMasks],
@@ -77,7 +69,7 @@ def walk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_
               if any(name in names for names in measured.values())}
     whole = {(s, name): routers[name](scores[name], ref.topk_count(nk, s), n)
              for s, names in measured.items() for name in names if name != BESTMASS}
-    for rows, blocks in query_chunks(n, block_q, query_chunk):
+    for rows, blocks in ref.query_chunks(n, block_q, query_chunk):
         t = Teacher(q[:, :, rows], k, v, block_q, block_k)
         items = []
         for s, names in measured.items():

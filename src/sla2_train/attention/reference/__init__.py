@@ -5,7 +5,8 @@ backward.py take the router's index lists and either layout: the custom ops' imp
 """
 
 from .backward import reference_backward
-from .blocks import block_token_counts, expand_block_mask, expand_query_blocks, mean_pool, num_blocks, smooth_k
+from .blocks import (block_token_counts, expand_block_mask, expand_query_blocks, mean_pool, num_blocks,
+                     query_chunks, smooth_k)
 from .branches import (
     full_attention,
     scaled_scores,

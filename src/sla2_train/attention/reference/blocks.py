@@ -6,11 +6,22 @@ its mean divides by the true token count, and expanded masks are cropped to N.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 
 def num_blocks(n: int, block: int) -> int:
     return -(-n // block)
+
+
+def query_chunks(n: int, block_q: int, rows: int) -> Iterator[tuple[slice, slice]]:
+    """(token rows, query blocks) of whole query blocks, about `rows` rows each (at least one block); the ragged
+    block comes last. What every O(rows · N) walk over a layer's full attention steps by."""
+    step = max(block_q, rows // block_q * block_q)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        yield slice(start, stop), slice(start // block_q, num_blocks(stop, block_q))
 
 
 def block_token_counts(n: int, block: int, device=None, dtype=torch.float32) -> torch.Tensor:
