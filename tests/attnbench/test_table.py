@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from sla2_train.attention import SLA2Attention
 from sla2_train.attention import reference as ref
 from sla2_train.attention.distill import LeastAbsoluteFit, hard_branches, pooled_block_mass
+from sla2_train.attnbench.calibration import RIDGES
 from sla2_train.attnbench.chunks import BESTMASS, RouterMasks, walk
 from sla2_train.attnbench.table import build, run_table
 from sla2_train.attnbench.table_methods import ErrorSums, FittedAlpha, Method, SLAProjection, own_alpha, sparse_only
@@ -158,6 +159,35 @@ def captured(model, folder: Path, prompts) -> tuple[torch.Tensor, torch.Tensor, 
     return tuple(torch.cat([c[i] for c in kept]) for i in range(3))
 
 
+def ridge_fit(x: torch.Tensor, t: torch.Tensor, ridge: float) -> torch.Tensor:
+    """min ‖t − xW‖² + λ‖W‖², λ = ridge · tr(xᵀx)/D, by least squares on x stacked over √λ·I; x, t [rows, D]."""
+    if ridge == float("inf"):
+        return torch.zeros(x.shape[-1], t.shape[-1], dtype=x.dtype)
+    d = x.shape[-1]
+    lam = ridge * (x ** 2).sum() / d
+    a, b = torch.cat([x, lam.sqrt() * torch.eye(d, dtype=x.dtype)]), torch.cat([t, t.new_zeros(d, t.shape[-1])])
+    return torch.linalg.lstsq(a, b).solution
+
+
+def sla_projection(o_l: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SLA's W per head [H, D, D] from calibration outputs [C, H, N, D] (C: the prompts' captures, in prompt
+    order): λ by leaving one calibration prompt out, the squared error summed directly, then fitted on all."""
+    calls, d = o_l.shape[0] // CALIB, o_l.shape[-1]
+    ws = []
+    for h in range(o_l.shape[1]):
+        xs = [o_l[i * calls:(i + 1) * calls, h].reshape(-1, d) for i in range(CALIB)]
+        ts = [target[i * calls:(i + 1) * calls, h].reshape(-1, d) for i in range(CALIB)]
+
+        def left_out_error(r: float) -> float:
+            err = 0.0
+            for i in range(CALIB):
+                w = ridge_fit(torch.cat(xs[:i] + xs[i + 1:]), torch.cat(ts[:i] + ts[i + 1:]), r)
+                err += float(((ts[i] - xs[i] @ w) ** 2).sum())
+            return err
+        ws.append(ridge_fit(torch.cat(xs), torch.cat(ts), min(RIDGES, key=left_out_error)))
+    return torch.stack(ws)
+
+
 def rel_l1(o, full) -> float:
     return float((o.double() - full).abs().sum() / full.abs().sum())
 
@@ -180,15 +210,13 @@ def test_per_layer_numbers_equal_a_direct_computation(files, table):
     q, k, v = q32.double(), k32.double(), v32.double()
     k_sel = ref.topk_count(ref.num_blocks(q.shape[-2], BLOCK_K), SPARSITY)
 
-    # fitted on the calibration trajectories: α by the recipe's fit, SLA's W by least squares
+    # fitted on the calibration trajectories: α by the recipe's fit, SLA's W by ridge regression
     fit = LeastAbsoluteFit()
     id_c, best_c = masks(qc, kc, k_sel)
     alpha_id = fit.fit_mask(qc, kc, vc, id_c, BLOCK_Q, BLOCK_K, per_head=True)[:, 0]
     alpha_best = fit.fit_mask(qc, kc, vc, best_c, BLOCK_Q, BLOCK_K, per_head=True)[:, 0]
     o_s, o_l = hard_branches(qc, kc, vc, id_c, BLOCK_Q, BLOCK_K)
-    target = ref.full_attention(qc, kc, vc) - o_s
-    w = torch.stack([torch.linalg.lstsq(o_l[:, h].reshape(-1, o_l.shape[-1]), target[:, h].reshape(-1, o_l.shape[-1]))
-                     .solution for h in range(q.shape[1])])
+    w = sla_projection(o_l, ref.full_attention(qc, kc, vc) - o_s)
 
     full = ref.full_attention(q, k, v)
     identity, best = masks(q, k, k_sel)

@@ -3,9 +3,12 @@
 - α of the hard-mask α-mix, per (sparsity, layer, mask) and head, by the stage-1 recipe's fit (a
   `HardMaskFit` of attention/distill.py; conf/stage/distill.yaml's `calibrate_alpha.fit`): its statistics of
   every chunk are summed, so the fit is the one over all calibration captures together.
-- SLA's output projection W (O = O_s + O_l·W, per head Dv×Dv) at the heuristic mask, by least squares:
-  W = argmin Σ‖O_s + O_l W − O_full‖², what SLA's own MSE training of W converges to on these inputs
-  (normal equations Σ O_lᵀO_l, Σ O_lᵀ(O_full − O_s), with a ridge of 1e-6 · tr/Dv for a singular O_lᵀO_l).
+- SLA's output projection W (O = O_s + O_l·W, per head Dv×Dv) at the heuristic mask, by ridge regression:
+  W = argmin Σ‖O_s + O_l W − O_full‖² + λ‖W‖², what SLA's own MSE training of W converges to on these inputs
+  (normal equations Σ O_lᵀO_l, Σ O_lᵀ(O_full − O_s)). λ is chosen per (sparsity, layer, head) by leaving one
+  calibration prompt out at a time: O_l's columns are nearly collinear, and the unregularised W fitted on a few
+  prompts overfits them by several times the sparse branch's own error on other prompts. W = 0 (the sparse
+  branch alone, λ → ∞) is one of the choices, so the fit never does worse than that on the left-out prompts.
 """
 
 from __future__ import annotations
@@ -16,18 +19,52 @@ import torch
 
 from .chunks import Chunk
 
-RIDGE = 1e-6
+# λ = RIDGES[i] · tr(O_lᵀO_l)/Dv (the scale of O_l's features); inf: W = 0
+RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, float("inf"))
+
+
+def ridge_solve(gram: torch.Tensor, cross: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
+    """W [H, Dv, Dv] = (G + λ·tr(G)/Dv·I)⁻¹ C per head; gram, cross [H, Dv, Dv], ridge [H] (inf → W = 0)."""
+    dv = gram.shape[-1]
+    finite = torch.isfinite(ridge)
+    scale = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-30) / dv
+    lam = torch.where(finite, ridge, torch.full_like(ridge, RIDGES[0])) * scale  # > 0 even where O_l is all zero
+    eye = torch.eye(dv, dtype=gram.dtype, device=gram.device)
+    w = torch.linalg.solve(gram + lam[:, None, None] * eye, cross)
+    return torch.where(finite[:, None, None], w, torch.zeros_like(w))
+
+
+def held_out_error(w: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """Σ‖T − O_l W‖² − Σ‖T‖² per head [H] on data with statistics (G = O_lᵀO_l, C = O_lᵀT)."""
+    return torch.einsum("hdj,hdf,hfj->h", w, gram, w) - 2 * torch.einsum("hde,hde->h", w, cross)
+
+
+def choose_ridge(grams: list[torch.Tensor], crosses: list[torch.Tensor]) -> torch.Tensor:
+    """Per head the entry of RIDGES with the least squared error summed over the folds, each fold predicted by the
+    W fitted on the others. grams, crosses: per fold [H, Dv, Dv]; at least two folds."""
+    gram, cross = sum(grams), sum(crosses)
+    heads = gram.shape[0]
+    errors = []
+    for r in RIDGES:
+        ridge = torch.full((heads,), r, dtype=gram.dtype, device=gram.device)
+        errors.append(sum(held_out_error(ridge_solve(gram - g, cross - c, ridge), g, c)
+                          for g, c in zip(grams, crosses)))
+    best = torch.stack(errors).argmin(0)
+    return torch.tensor(RIDGES, dtype=gram.dtype, device=gram.device)[best]
 
 
 class Calibration:
     """Sums over calibration chunks; `alpha(s, layer, mask)` [H] and `sla_proj(s, layer)` [H, Dv, Dv] solve them.
-    `sla_mask` names the mask SLA's projection is fitted at (the heuristic router's)."""
+    `sla_mask` names the mask SLA's projection is fitted at (the heuristic router's). `fold` is the calibration
+    prompt being captured (set by the caller before each): SLA's λ is chosen by leaving one prompt out."""
 
     def __init__(self, fit, sla_mask: str):
         self.fit, self.sla_mask = fit, sla_mask
+        self.fold = 0
         self.stats: dict[tuple, torch.Tensor] = defaultdict(lambda: 0)
-        self.gram: dict[tuple, torch.Tensor] = defaultdict(lambda: 0)
-        self.cross: dict[tuple, torch.Tensor] = defaultdict(lambda: 0)
+        self.gram: dict[tuple, dict[int, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: 0))
+        self.cross: dict[tuple, dict[int, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: 0))
+        self.sla_ridge: dict[tuple, torch.Tensor] = {}  # (sparsity, layer) → the chosen RIDGES entry per head
 
     @torch.no_grad()
     def add(self, layer: int, chunk: Chunk) -> None:
@@ -37,18 +74,23 @@ class Calibration:
             self.stats[(b.sparsity, layer, b.name)] = self.stats[(b.sparsity, layer, b.name)] + self.fit.pooled(
                 stats.double(), per_head=True)
             if b.name == self.sla_mask:
-                key = (b.sparsity, layer)
+                gram, cross = self.gram[(b.sparsity, layer)], self.cross[(b.sparsity, layer)]
                 o_l = b.o_l.double()
-                self.gram[key] = self.gram[key] + torch.einsum("bhnd,bhne->hde", o_l, o_l)
-                self.cross[key] = self.cross[key] + torch.einsum("bhnd,bhne->hde", o_l, (t.full - b.o_s).double())
+                gram[self.fold] = gram[self.fold] + torch.einsum("bhnd,bhne->hde", o_l, o_l)
+                cross[self.fold] = cross[self.fold] + torch.einsum("bhnd,bhne->hde", o_l, (t.full - b.o_s).double())
 
     def alpha(self, sparsity: float, layer: int, mask: str) -> torch.Tensor:
         """Per-head α [H] of `mask`'s α-mix."""
         return self.fit.solve(self.stats[(sparsity, layer, mask)])[:, 0].float()
 
     def sla_proj(self, sparsity: float, layer: int) -> torch.Tensor:
-        gram, cross = self.gram[(sparsity, layer)], self.cross[(sparsity, layer)]
-        dv = gram.shape[-1]
-        ridge = RIDGE * gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-30)[:, None, None] / dv
-        eye = torch.eye(dv, dtype=gram.dtype, device=gram.device)
-        return torch.linalg.solve(gram + ridge * eye, cross).float()
+        """SLA's W [H, Dv, Dv], fitted on every calibration prompt with the λ chosen by leaving one out (with a
+        single prompt, the smallest λ: nothing to choose on)."""
+        grams, crosses = list(self.gram[(sparsity, layer)].values()), list(self.cross[(sparsity, layer)].values())
+        gram, cross = sum(grams), sum(crosses)
+        if len(grams) > 1:
+            ridge = choose_ridge(grams, crosses)
+        else:
+            ridge = torch.full((gram.shape[0],), RIDGES[0], dtype=gram.dtype, device=gram.device)
+        self.sla_ridge[(sparsity, layer)] = ridge
+        return ridge_solve(gram, cross, ridge).float()

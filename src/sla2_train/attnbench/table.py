@@ -109,6 +109,9 @@ def run_table(cfg, job: TableJob, command: str):
     """Measure and write the table; (json path, markdown path)."""
     sums = measure(job)
     rows = [row(sums_of(m, sums), s, m, job.layers) for s in job.sparsities for m in METHODS]
+    for r in rows:
+        if r["method"] == "sla":  # λ / (tr(O_lᵀO_l)/Dv) per layer and head, chosen on the calibration prompts
+            r["ridge_per_layer"] = [sums.sla_ridge[(r["sparsity"], layer)] for layer in job.layers]
     return write(cfg.out, rows, job.layers, header(cfg, job, command))
 
 

@@ -19,7 +19,7 @@ from .table_methods import ErrorSums
 
 METHODS = {
     "sparse_heuristic": "sparse only, SLA heuristic router",
-    "sla": "SLA (v1): O_s + O_l·W, heuristic router, W least squares",
+    "sla": "SLA (v1): O_s + O_l·W, heuristic router, W ridge-fitted",
     "sla2_untrained": "SLA2 untrained: heuristic router, α fitted",
     "sla2_stage1": "SLA2 after stage 1",
     "sla2_stage2": "SLA2 after stage 1 + 2 (low-bit sparse branch)",

@@ -49,6 +49,7 @@ class TableJob:
 class TableSums:
     base: ErrorSums
     stage2: ErrorSums
+    sla_ridge: dict[tuple[float, int], list[float]]  # (sparsity, layer) → SLA's chosen λ factor per head (inf: W = 0)
 
 
 def _consumer(job: TableJob, measured, routers_of, add):
@@ -62,7 +63,8 @@ def calibrate(job: TableJob, identity: RouterMasks) -> Calibration:
     calib = Calibration(job.fit, sla_mask=IDENTITY)
     measured = {s: [IDENTITY, BESTMASS] for s in job.sparsities}
     capture_trajectories(job.pipe, job.model, job.calib_prompts, job.sampling, job.layers, job.steps,
-                         _consumer(job, measured, lambda layer: {IDENTITY: identity}, calib.add), "calibration")
+                         _consumer(job, measured, lambda layer: {IDENTITY: identity}, calib.add), "calibration",
+                         on_prompt=lambda i: setattr(calib, "fold", i))
     return calib
 
 
@@ -126,7 +128,7 @@ def measure(job: TableJob) -> TableSums:
     stage2 = ErrorSums()
     for s in sorted(job.stage2):  # last: each changes the model's transformer weights
         measure_stage2(job, identity, job.stage2[s], stage2)
-    return TableSums(base, stage2)
+    return TableSums(base, stage2, {key: r.tolist() for key, r in calib.sla_ridge.items()})
 
 
 def sums_of(method: str, sums: TableSums) -> ErrorSums:

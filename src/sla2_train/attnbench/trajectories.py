@@ -56,16 +56,20 @@ class _Hook:
 
 @torch.no_grad()
 def capture_trajectories(pipe, model, prompts: Sequence[str], sampling: Sampling, layers: Sequence[int],
-                         steps: Sequence[int] | None, consume: Consumer, desc: str) -> None:
+                         steps: Sequence[int] | None, consume: Consumer, desc: str,
+                         on_prompt: Callable[[int], None] | None = None) -> None:
     """Sample every prompt densely from `sampling.seed`'s noise; `consume` each measured forward's captures of
-    `layers` at the sampling `steps` (indices into the schedule; None: every step)."""
+    `layers` at the sampling `steps` (indices into the schedule; None: every step). `on_prompt(i)` is called
+    before prompt i is sampled."""
     chosen = None if steps is None else set(steps)
     per_step = sampling.forwards_per_step
     size = video_size(pipe, sampling.latent_shape)
     pipe.set_progress_bar_config(disable=True)
     total = len(prompts) * sampling.num_inference_steps * per_step
     with dense_capture(model, layers) as procs, tqdm(total=total, desc=desc, unit="forward") as bar:
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
+            if on_prompt is not None:
+                on_prompt(i)
             handle = model.register_forward_hook(_Hook(procs, layers, chosen, per_step, consume, bar))
             try:
                 pipe(prompt=prompt, negative_prompt=sampling.negative_prompt,
