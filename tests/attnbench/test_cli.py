@@ -1,4 +1,4 @@
-"""sla2-attnbench end to end at a tiny size: synthetic and tiny-Wan sources, saved sets, JSON and Markdown."""
+"""sla2-attnbench end to end at a tiny size: synthetic, tiny-Wan and tiny-testbed sources, saved sets, JSON and Markdown."""
 
 import json
 
@@ -9,6 +9,7 @@ from sla2_train.attention.distill import Stage1Objective
 from sla2_train.attnbench.cli import main
 from sla2_train.attnbench.objectives import build_objective
 from sla2_train.attnbench.sets import AttentionSet
+from sla2_train.testbed.model_folder import TestbedFolder
 
 TINY = ["--steps", "2", "--train-contents", "2", "--heldout-contents", "1", "--sparsities", "0.9", "--batch", "1"]
 
@@ -44,11 +45,32 @@ def test_tiny_wan_captures_through_the_capture_hook(tmp_path):
     assert len(train.layers[0]) == 2 * 3  # two contents at three noise levels
 
 
+def test_testbed_source_captures_rendered_clips_and_their_captions(tmp_path):
+    """--source testbed: the folder's VAE and UMT5 encode rendered train / held-out scenes; the captures are the
+    folder's transformer on them, and differ between the splits (different scenes)."""
+    arch = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=48, out_channels=48,
+                text_dim=32, freq_dim=32, ffn_dim=64, num_layers=1, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64)
+    encoder = dict(d_model=32, d_kv=8, num_heads=4, num_layers=1, d_ff=64, relative_attention_num_buckets=8)
+    folder = TestbedFolder(arch, encoder, stats_clips=2, num_frames=5, height=32, width=64).build(tmp_path / "tb")
+    args = ["--source", "testbed", "--model-path", str(folder), "--video-size", "5", "32", "64",
+            "--train-contents", "2", "--heldout-contents", "1", "--validation-contents", "1", "--steps", "2",
+            "--block-q", "16", "--block-k", "8", "--save-sets", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    train, held = (AttentionSet.load(tmp_path / f"{n}.safetensors") for n in ("train", "heldout"))
+    q, k, v = train.layers[0][0]
+    assert q.shape == (1, 2, 5 * 4 * 8, 16) and torch.isfinite(q).all()  # latents [48, 5, 8, 16], patch (1, 2, 2)
+    assert len(train.layers[0]) == 2 * 3 and len(held.layers[0]) == 3  # contents × three noise levels
+    assert not torch.allclose(train.layers[0][0][2], held.layers[0][0][2])
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["--objective", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown --objective 'nope'" in capsys.readouterr().err
     assert main(["--source", "files", "--train", str(tmp_path / "x.safetensors"), "--heldout", "y"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--source", "testbed", "--out", str(tmp_path)]) == 2
+    assert "--source testbed needs --model-path" in capsys.readouterr().err
 
 
 def test_the_benchmark_measures_the_configured_stage1_loss():

@@ -18,14 +18,15 @@ from .sets import AttentionSet, Splits
 
 @torch.no_grad()
 def capture_contents(model, seeds: Sequence[int], latent_shape, text_len: int, sigmas: Sequence[float],
-                     latents: torch.Tensor | None = None) -> list[list[tuple]]:
-    """[layer][content] (q, k, v) [1, H, N, D] in float32; one content per (seed, σ)."""
+                     latents: torch.Tensor | None = None, texts: torch.Tensor | None = None) -> list[list[tuple]]:
+    """[layer][content] (q, k, v) [1, H, N, D] in float32; one content per (seed, σ). `latents` [S, C, F, H, W]
+    and `texts` [S, text_len, text_dim] (one per seed) replace the random draws."""
     text_dim = model.config.text_dim
     layers: list[list[tuple]] = []
     for i, seed in enumerate(seeds):
         g = torch.Generator().manual_seed(seed)
         x0 = latents[i : i + 1] if latents is not None else torch.randn(1, *latent_shape, generator=g)
-        text = torch.randn(1, text_len, text_dim, generator=g)
+        text = texts[i : i + 1] if texts is not None else torch.randn(1, text_len, text_dim, generator=g)
         for sigma in sigmas:
             noisy = (1 - sigma) * x0 + sigma * torch.randn(x0.shape, generator=g)
             with dense_capture(model) as procs:

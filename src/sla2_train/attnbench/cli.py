@@ -35,7 +35,7 @@ TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sla2-attnbench", description=__doc__.split("\n")[0])
-    p.add_argument("--source", choices=("synthetic", "wan", "files"), default="synthetic")
+    p.add_argument("--source", choices=("synthetic", "wan", "testbed", "files"), default="synthetic")
     p.add_argument("--grid", type=int, nargs=3, default=(4, 16, 24), help="synthetic (frames, height, width)")
     p.add_argument("--regimes", nargs="+", default=["local", "diffuse", "global", "content"],
                    help=f"one synthetic head per regime, of {sorted(REGIMES)}")
@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", help="the set measured: heldout, or validation (to choose a recipe)")
     p.add_argument("--model-path", default=None, help="--source wan: a local diffusers Wan folder (else tiny random)")
     p.add_argument("--latent-shape", type=int, nargs=4, default=(4, 4, 16, 24), help="--source wan: [C, F, H, W]")
+    p.add_argument("--video-size", type=int, nargs=3, default=(17, 64, 128),
+                   help="--source testbed (--model-path: a testbed folder): rendered clips' (frames, height, width)")
     p.add_argument("--train", default=None, help="--source files: train set (.safetensors)")
     p.add_argument("--heldout", default=None, help="--source files: held-out set (.safetensors)")
     p.add_argument("--validation", default=None, help="--source files: validation set (.safetensors), optional")
@@ -97,6 +99,14 @@ def load_sets(args) -> Splits:
 
     from .captures import wan_sets
 
+    if args.source == "testbed":
+        from .testbed_sets import testbed_sets
+
+        if not args.model_path:
+            raise ValueError("--source testbed needs --model-path (a testbed model folder, e.g. assets/testbed-t2v)")
+        return testbed_sets(wan_transformer(path=args.model_path), args.model_path, args.video_size,
+                            args.train_contents, args.heldout_contents, seed=args.seed,
+                            validation_contents=args.validation_contents)
     model = wan_transformer(None if args.model_path else TINY_WAN, path=args.model_path)
     return wan_sets(model, args.latent_shape, 16, args.train_contents, args.heldout_contents, seed=args.seed,
                     validation_contents=args.validation_contents)
