@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from sla2_train import install_sla2
+from sla2_train.export.exporter import _copy_base
 from sla2_train.export.loading import load_weights
 from sla2_train.models import ConfigError, set_attention_mode, sla2_processors
 from sla2_train.diffusion.sampling import sample_latents
@@ -90,6 +91,20 @@ def test_exported_folder_holds_the_trained_weights(trained_and_exported):
     # Stock diffusers reads the transformer as a dense Wan model, without warnings about SLA2 tensors.
     loaded = WanTransformer3DModel.from_pretrained(paths["pipeline"], subfolder="transformer")
     assert not sla2_processors(loaded)
+
+
+@pytest.mark.parametrize("symlink", [False, True])
+def test_the_base_folder_is_copied_but_its_transformer_and_model_card(tmp_path, symlink):
+    base, out = tmp_path / "base", tmp_path / "out"
+    for sub in ("transformer", "vae", "tokenizer"):
+        (base / sub).mkdir(parents=True)
+        (base / sub / "config.json").write_text("{}")
+    (base / "model_index.json").write_text("{}")
+    (base / "README.md").write_text("the base's weights")
+    out.mkdir()
+    _copy_base(base, out, symlink)
+    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "tokenizer", "vae"]
+    assert (out / "vae" / "config.json").read_text() == "{}"
 
 
 def test_a_bare_transformer_takes_sla2_too(trained_and_exported, compose_config, make_inputs):

@@ -44,10 +44,13 @@ def _architecture(trained: dict[str, Any] | None, base: Path | None) -> dict[str
     return trained
 
 
+MODEL_CARD = "README.md"  # describes the base's weights, not the exported ones: not copied
+
+
 def _copy_base(base: Path, out: Path, symlink: bool) -> None:
     """Every pipeline component but the transformer (text encoder, tokenizer, VAE, scheduler, model_index.json)."""
     for item in sorted(base.iterdir()):
-        if item.name == TRANSFORMER:
+        if item.name in (TRANSFORMER, MODEL_CARD):
             continue
         target = out / item.name
         if symlink:
