@@ -1,10 +1,12 @@
 """The testbed's prompt-following metrics as evaluation metrics: a rendered video scores 1 against its own
-caption and its chance twin scores it against another prompt of the set."""
+caption, its chance twin scores it against another prompt of the set, and the per-attribute fractions count
+what a wrong video gets right."""
 
 import numpy as np
+import pytest
 import torch
 
-from sla2_train.metrics.prompt_following import PromptFollowing, PromptFollowingChance
+from sla2_train.metrics.prompt_following import PromptAttribute, PromptFollowing, PromptFollowingChance
 from sla2_train.testbed import caption, render, sample_scene
 
 
@@ -22,3 +24,25 @@ def test_rendered_video_scores_its_caption_and_chance_scores_another(tmp_path):
         assert chance.score(video, prompt) == own.score(video, prompts[(prompts.index(prompt) + 1) % 6])
     assert np.mean(own_scores) >= 0.9
     assert np.mean(chance_scores) < np.mean(own_scores) - 0.4
+
+
+def test_attribute_metrics_count_what_a_wrong_video_gets_right():
+    """A still video of the right scene: every object present and of the right shape, none moving the stated
+    way; a video of the scene flipped left-right: directions wrong exactly for the horizontal movers."""
+    rng = np.random.default_rng(5)
+    scenes = [sample_scene(rng, "train") for _ in range(4)]
+    metrics = {a: PromptAttribute(a) for a in ("present", "shape", "direction")}
+    for scene in scenes:
+        prompt, video = caption(scene), render(scene, 17, 128, 256)
+        still = torch.from_numpy(np.repeat(video[:1], 17, axis=0))
+        assert metrics["direction"].score(still, prompt) == 0.0
+        assert metrics["present"].score(still, prompt) >= 0.5
+        flipped = torch.from_numpy(np.ascontiguousarray(video[:, :, ::-1]))
+        horizontal = [o.direction in ("left", "right") for o in scene.objects]
+        assert metrics["direction"].score(flipped, prompt) == 1.0 - sum(horizontal) / len(horizontal)
+        assert metrics["present"].score(torch.from_numpy(video), prompt) == 1.0
+
+
+def test_an_unknown_attribute_is_refused():
+    with pytest.raises(ValueError, match="'colour' is not one of"):
+        PromptAttribute("colour")
