@@ -43,6 +43,12 @@ def test_tiny_wan_captures_through_the_capture_hook(tmp_path):
     q, k, v = train.layers[0][0]
     assert q.shape == (1, 4, 2 * 4 * 4, 32) and torch.isfinite(q).all()
     assert len(train.layers[0]) == 2 * 3  # two contents at three noise levels
+    # a count of draws (what --train-contents gives) takes a draw's noise levels together, also after reloading
+    assert train.per_draw == 3
+    first = train.first_draws(1)
+    assert len(first.layers[0]) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(first.layers[0], train.layers[0]))
+    with pytest.raises(ValueError, match="holds only 2"):
+        train.first_draws(3)
 
 
 def test_testbed_source_captures_rendered_clips_and_their_captions(tmp_path):

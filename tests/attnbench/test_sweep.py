@@ -1,12 +1,14 @@
 """The stage-1 recipe sweep: variants judged on validation, the chosen one and the defaults on held-out."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sla2_train.attnbench import sweep
 from sla2_train.attnbench.cli import build_recipe
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY_SET = ("--grid 2 4 8 --head-dim 16 --regimes local global --block-q 16 --block-k 8 --train-contents 3 "
             "--validation-contents 1 --heldout-contents 1 --sparsities 0.75 --batch 1 --steps 2")
 
@@ -51,7 +53,7 @@ def test_bad_sets_are_refused(capsys, tmp_path):
     assert sweep.main(["--sets", "huge", "--out", str(tmp_path)]) == 2
     assert "unknown --sets ['huge']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds only"):
-        sweep.first_contents(sweep.load_sets(sweep.set_args(TINY_SET, "cpu")).train, 9)
+        sweep.load_sets(sweep.set_args(TINY_SET, "cpu")).train.first_draws(9)
 
 
 def test_a_spent_budget_skips_variants_but_keeps_the_defaults_and_held_out(tmp_path, monkeypatch):
@@ -63,3 +65,10 @@ def test_a_spent_budget_skips_variants_but_keeps_the_defaults_and_held_out(tmp_p
     assert [r["variant"] for r in got["validation"]] == ["(defaults)"] and got["skipped"] == ["--tau 0.7"]
     assert [r["variant"] for r in got["heldout"]] == ["(defaults)"]
     assert "Skipped (budget): `--tau 0.7`." in (out / "sweep.md").read_text()
+
+
+def test_the_testbed_set_reads_the_shipped_model_and_is_not_in_the_default_sweep():
+    args = sweep.set_args(sweep.SETS["testbed"], "cpu")
+    assert args.source == "testbed" and (ROOT / args.model_path / "transformer" / "config.json").is_file()
+    assert args.heldout_contents >= 12  # 3 scenes measured 0.40 and 0.70 for the same router
+    assert sweep.parser().parse_args([]).sets == ["default", "large"]

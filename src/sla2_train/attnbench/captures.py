@@ -54,4 +54,4 @@ def wan_sets(model, latent_shape, text_len: int, train_contents: int, heldout_co
     val = capture_contents(model, val_seeds, latent_shape, text_len, sigmas) or [[] for _ in train]
     names = [f"block_{i}" for i in range(len(train))]
     labels = [[f"h{h}" for h in range(heads)]] * len(train)
-    return Splits(*(AttentionSet(s, names, labels) for s in (train, held, val)))
+    return Splits(*(AttentionSet(s, names, labels, per_draw=len(sigmas)) for s in (train, held, val)))

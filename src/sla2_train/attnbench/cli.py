@@ -92,7 +92,7 @@ def load_sets(args) -> Splits:
         if not (args.train and args.heldout):
             raise ValueError("--source files needs --train and --heldout (.safetensors attention sets)")
         train = AttentionSet.load(args.train)
-        empty = AttentionSet([[] for _ in train.layers], train.names, train.head_labels)
+        empty = AttentionSet([[] for _ in train.layers], train.names, train.head_labels, train.per_draw)
         return Splits(train, AttentionSet.load(args.heldout),
                       AttentionSet.load(args.validation) if args.validation else empty)
     from sla2_train.models import wan_transformer

@@ -21,6 +21,7 @@ class AttentionSet:
     layers: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
     names: list[str] = field(default_factory=list)
     head_labels: list[list[str]] = field(default_factory=list)  # per layer, e.g. the synthetic regime per head
+    per_draw: int = 1  # consecutive contents from one draw (a captured video at its noise levels)
 
     def __post_init__(self):
         if not self.names:
@@ -30,7 +31,15 @@ class AttentionSet:
 
     def to(self, device) -> "AttentionSet":
         layers = [[tuple(t.to(device) for t in qkv) for qkv in contents] for contents in self.layers]
-        return AttentionSet(layers, self.names, self.head_labels)
+        return AttentionSet(layers, self.names, self.head_labels, self.per_draw)
+
+    def first_draws(self, n: int) -> "AttentionSet":
+        """The contents of the first n draws (a count of videos or seeds, as --train-contents gives it)."""
+        available = len(self.layers[0]) // self.per_draw
+        if n > available:
+            raise ValueError(f"--train-contents {n}: the set holds only {available}")
+        return AttentionSet([contents[: n * self.per_draw] for contents in self.layers], self.names,
+                            self.head_labels, self.per_draw)
 
     def stacked(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All contents of one layer as one batch [C, H, N, D] (every content has the same N)."""
@@ -43,7 +52,8 @@ class AttentionSet:
             for ci, qkv in enumerate(contents)
             for part, t in zip("qkv", qkv)
         }
-        meta = {"names": "\n".join(self.names), "head_labels": "\n".join(",".join(h) for h in self.head_labels)}
+        meta = {"names": "\n".join(self.names), "head_labels": "\n".join(",".join(h) for h in self.head_labels),
+                "per_draw": str(self.per_draw)}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
 
@@ -64,7 +74,7 @@ class AttentionSet:
             layers.append([tuple(tensors[f"{li}/{ci}/{p}"] for p in "qkv") for ci in range(count)])
         names = meta.get("names", "").split("\n") if meta.get("names") else []
         labels = [row.split(",") for row in meta["head_labels"].split("\n")] if meta.get("head_labels") else []
-        return cls(layers, names, labels)
+        return cls(layers, names, labels, int(meta.get("per_draw", 1)))
 
 
 class Splits(NamedTuple):

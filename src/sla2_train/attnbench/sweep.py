@@ -1,6 +1,7 @@
 """The stage-1 recipe sweep: every variant of a grid trained on the train split and judged on the validation
-split, on two synthetic sets (the benchmark's default and a larger one); the best variant on validation and
-the current default are then measured once on the held-out split.
+split, on two synthetic sets (the benchmark's default and a larger one; `--sets testbed` adds the shipped testbed
+model's captured attention); the best variant on validation and the current default are then measured once on
+the held-out split.
 
     python -m sla2_train.attnbench.sweep --device cuda --out $OUT/stage1_sweep      # ~3-4 min on one H200
 
@@ -60,7 +61,11 @@ GRID = (
 SETS = {
     "default": "--grid 4 16 24 --train-contents 12 --validation-contents 4 --heldout-contents 4",
     "large": "--grid 8 32 48 --train-contents 12 --validation-contents 4 --heldout-contents 4",
+    # the shipped testbed model's attention on rendered scenes (docs/results.md); 3 held-out scenes are too few
+    "testbed": "--source testbed --model-path assets/testbed-t2v --train-contents 12 --validation-contents 12 "
+               "--heldout-contents 12",
 }
+DEFAULT_SETS = ("default", "large")
 BASE_TRAIN_CONTENTS = 6  # the benchmark's default; a variant's --train-contents takes the first n of the set
 LARGE_VARIANTS = 4  # variants run on the large set: the defaults and the best on the default set
 FIRST_SET_SHARE = 0.6
@@ -81,12 +86,6 @@ def variant_args(set_options: str, variant: str, device: str) -> argparse.Namesp
     return args
 
 
-def first_contents(s: AttentionSet, n: int) -> AttentionSet:
-    if n > len(s.layers[0]):
-        raise ValueError(f"--train-contents {n}: the set holds only {len(s.layers[0])}")
-    return AttentionSet([contents[:n] for contents in s.layers], s.names, s.head_labels)
-
-
 def score(summary: list[dict]) -> dict:
     """Overall gap closed per sparsity, their mean, and whether SLA2 ≤ sparse-only for the learned router."""
     overall = [e for e in summary if e["layer"] == "overall"]
@@ -104,7 +103,7 @@ def score(summary: list[dict]) -> dict:
 def measure(splits, split: str, variant: str, set_options: str, device: torch.device) -> dict:
     args = variant_args(set_options, variant, str(device))
     recipe = build_recipe(args)
-    train = first_contents(splits.train, args.train_contents)
+    train = splits.train.first_draws(args.train_contents)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     rows = run(train, splits.measured(split), recipe, args.sparsities, args.block_q, args.block_k,
@@ -160,7 +159,7 @@ def heldout_table(result: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sla2_train.attnbench.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sets", nargs="+", default=list(SETS), help=f"of {list(SETS)}")
+    p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), help=f"of {list(SETS)}")
     p.add_argument("--grid", nargs="+", default=None,
                    help="variants (quoted option strings); default: the built-in grid")
     p.add_argument("--large-variants", type=int, default=LARGE_VARIANTS)

@@ -56,4 +56,5 @@ def testbed_sets(model, folder: str, video_size: Sequence[int], train_contents: 
     empty = [[] for _ in range(layers)]
     names = [f"block_{i}" for i in range(layers)]
     labels = [[f"h{h}" for h in range(model.config.num_attention_heads)]] * layers
-    return Splits(*(AttentionSet(captured.get(n, empty), names, labels) for n in ("train", "heldout", "validation")))
+    return Splits(*(AttentionSet(captured.get(n, empty), names, labels, per_draw=len(sigmas))
+                    for n in ("train", "heldout", "validation")))
