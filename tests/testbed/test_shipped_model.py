@@ -8,10 +8,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from sla2_train.attention import reference as ref
 from sla2_train.attnbench.testbed_sets import encoded_scenes
 from sla2_train.data.prep.encoders import EncoderSpec, TextEncoder, VaeEncoder
-from sla2_train.models import dense_capture, set_attention_mode, sla2_processors
+from sla2_train.lit.monitoring import HardTopkMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "assets" / "testbed-t2v"
@@ -56,24 +55,12 @@ def test_it_loads_through_model_path_and_reads_its_captions(encoders):
     assert own < 0.85 * other, (own, other)
 
 
-def hard_topk_error(model, latents, text, sigma: float = 0.6) -> float:
-    """Σ|O − O_full| / Σ|O_full| of every layer's hard-Top-k SLA2 output (its router, its α) on the dense
-    model's q, k, v at fixed noise."""
-    g = torch.Generator().manual_seed(1)
-    noisy = (1 - sigma) * latents + sigma * torch.randn(latents.shape, generator=g)
-    with torch.no_grad(), dense_capture(model) as captured:
-        model(noisy, torch.full((len(latents),), sigma * 1000.0), text, return_dict=False)
-        qkv = [tuple(x.transpose(1, 2).float() for x in p.captured) for p in captured]
-    num, den = 0.0, 0.0
-    set_attention_mode(model, topk="hard")
-    with torch.no_grad():
-        for proc, (q, k, v) in zip(sla2_processors(model), qkv):
-            o = proc.attention(q, k, v, layout="bhnd")
-            full = ref.full_attention(q.double(), k.double(), v.double())
-            num += float((o.double() - full).abs().sum())
-            den += float(full.abs().sum())
-    set_attention_mode(model, topk="soft")  # stage 1 trains through SoftTop-k
-    return num / den
+def hard_topk_error(module, latents, text) -> float:
+    """Stage 1's validation monitor: hard-Top-k SLA2 (its router, its α) against full attention on the dense
+    model's q, k, v, mean over layers and heads; same σ and noise on every call."""
+    torch.manual_seed(1)
+    batch = {"latents": latents, "text_embeds": text}
+    return float(HardTopkMonitor()(module.model, batch, module.flow)["val/router/sla2_l1"])
 
 
 def test_two_stage1_steps_lower_the_hard_topk_error(encoders):
@@ -82,14 +69,13 @@ def test_two_stage1_steps_lower_the_hard_topk_error(encoders):
     cfg = compose_config(SHORT[0], "stage=distill", "attention.sparsity=0.9")
     torch.manual_seed(0)
     module = instantiate(cfg.module)
-    model = module.model
     batch = {"latents": latents[:2], "text_embeds": text[:2]}
-    before = hard_topk_error(model, latents[2:], text[2:])
+    before = hard_topk_error(module, latents[2:], text[2:])
     optimizer = module.configure_optimizers()  # stage=distill: AdamW, no scheduler
     for _ in range(2):
         torch.manual_seed(1234)
         optimizer.zero_grad()
-        module.stage.objective(model, batch, module.flow)[0].backward()
+        module.stage.objective(module.model, batch, module.flow)[0].backward()
         optimizer.step()
-    after = hard_topk_error(model, latents[2:], text[2:])
+    after = hard_topk_error(module, latents[2:], text[2:])
     assert after < before, (before, after)
