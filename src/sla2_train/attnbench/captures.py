@@ -49,9 +49,14 @@ def wan_sets(model, latent_shape, text_len: int, train_contents: int, heldout_co
     train_seeds = [seed * 100_000 + i for i in range(train_contents)]
     held_seeds = [seed * 100_000 + 50_000 + i for i in range(heldout_contents)]
     val_seeds = [seed * 100_000 + 75_000 + i for i in range(validation_contents)]
-    train = capture_contents(model, train_seeds, latent_shape, text_len, sigmas)
-    held = capture_contents(model, held_seeds, latent_shape, text_len, sigmas)
-    val = capture_contents(model, val_seeds, latent_shape, text_len, sigmas) or [[] for _ in train]
+    return captured_splits(heads, len(sigmas), *(capture_contents(model, seeds, latent_shape, text_len, sigmas)
+                                                  for seeds in (train_seeds, held_seeds, val_seeds)))
+
+
+def captured_splits(heads: int, per_draw: int, train: list, held: list, val: list) -> Splits:
+    """[layer][content] captures of each split (a split without contents as []) → Splits, layers named by block
+    and heads by index."""
+    empty = [[] for _ in train]
     names = [f"block_{i}" for i in range(len(train))]
     labels = [[f"h{h}" for h in range(heads)]] * len(train)
-    return Splits(*(AttentionSet(s, names, labels, per_draw=len(sigmas)) for s in (train, held, val)))
+    return Splits(*(AttentionSet(s or empty, names, labels, per_draw) for s in (train, held, val)))

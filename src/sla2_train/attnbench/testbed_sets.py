@@ -17,8 +17,8 @@ from sla2_train.testbed.captions import caption
 from sla2_train.testbed.render import render
 from sla2_train.testbed.scenes import sample_scene
 
-from .captures import capture_contents
-from .sets import AttentionSet, Splits
+from .captures import capture_contents, captured_splits
+from .sets import Splits
 
 TEXT_LEN = 64  # the testbed preset's text_len: captions are < 50 words
 
@@ -52,9 +52,5 @@ def testbed_sets(model, folder: str, video_size: Sequence[int], train_contents: 
     model.eval()
     captured = {name: capture_contents(model, range(len(lat)), latent_shape, TEXT_LEN, sigmas, lat, txt)
                 for name, (lat, txt) in encoded.items()}
-    layers = len(captured["train"])
-    empty = [[] for _ in range(layers)]
-    names = [f"block_{i}" for i in range(layers)]
-    labels = [[f"h{h}" for h in range(model.config.num_attention_heads)]] * layers
-    return Splits(*(AttentionSet(captured.get(n, empty), names, labels, per_draw=len(sigmas))
-                    for n in ("train", "heldout", "validation")))
+    return captured_splits(model.config.num_attention_heads, len(sigmas),
+                           *(captured.get(name, []) for name in ("train", "heldout", "validation")))

@@ -24,9 +24,9 @@ METRIC_COLUMNS = {
     "rel_l1_mean": "Attn rel-L1 ↓",
     "prompt_following": "Prompt following",
     "prompt_following_chance": "Prompt following, chance",
-    "prompt_following_present": "present",
-    "prompt_following_shape": "shape",
-    "prompt_following_direction": "direction",
+    "prompt_following_present": "Prompt: present",
+    "prompt_following_shape": "Prompt: shape",
+    "prompt_following_direction": "Prompt: direction",
 }
 SPEED_COLUMNS = {
     "attention_tflops_dense_equivalent": "Attn TFLOPs/video (dense-eq.)",
