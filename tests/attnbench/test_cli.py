@@ -1,6 +1,7 @@
 """sla2-attnbench end to end at a tiny size: synthetic, tiny-Wan and tiny-testbed sources, saved sets, JSON and Markdown."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +86,19 @@ def test_the_benchmark_measures_the_configured_stage1_loss():
     assert objective.terms and all(callable(t) and t.weight > 0 for t in objective.terms.values())
     with pytest.raises(ValueError, match="choose from"):
         build_objective("papr")
+
+
+def test_recipe_defaults_are_the_training_configs():
+    """The benchmark trains stage 1 as train.py does: every recipe default is read from conf/, so changing the
+    config changes both (a benchmark default that drifts from training measures another recipe)."""
+    from hydra import compose, initialize_config_dir
+
+    from sla2_train.attnbench.cli import parser
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=distill", "attention=sla2", "logger=none"])
+    args = parser().parse_args([])
+    assert args.lr == cfg.stage.optimizer.lr and args.tau == cfg.attention.tau
+    assert args.weight_decay == cfg.stage.optimizer.weight_decay
+    assert args.query_blocks == (cfg.stage.objective.query_blocks or 0)
+    assert args.calibrate_at == cfg.stage.calibrate_alpha.when

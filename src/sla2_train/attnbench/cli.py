@@ -59,7 +59,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where stage 1 trains and the metrics run (cpu, cuda)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--query-blocks", type=int, default=8, help="query blocks per content and step (0 = all)")
     p.add_argument("--oracle", action="store_true", help="also fit stage 1 on the measured set (pooled router bound)")
     r = p.add_argument_group("stage-1 recipe", "defaults: conf/stage/distill.yaml and conf/attention/sla2.yaml, "
                              "the recipe training runs")
@@ -72,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--calibrate", default=defaults["calibrate"], help=f"α fit: {sorted(CALIBRATIONS)}")
     r.add_argument("--calibrate-at", default=defaults["calibrate_at"], choices=("start", "end"),
                    help="fit α before training (untrained router's mask) or after it (trained router's mask)")
+    r.add_argument("--query-blocks", type=int, default=defaults["query_blocks"],
+                   help="query blocks per content and step (0 = all, as stage.objective.query_blocks=null trains)")
     r.add_argument("--lr", type=float, default=defaults["lr"])
     r.add_argument("--alpha-lr", type=float, default=defaults["alpha_lr"])
     r.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])

@@ -66,6 +66,8 @@ def recipe_defaults() -> dict:
         "tau_start": None if schedule is None else float(schedule.start),
         "calibrate": targets[None if fit is None else fit["_target_"]],
         "calibrate_at": "end" if calibration is None else str(calibration.when),
+        # training distils every query block of a layer per step (null) unless the config bounds it; 0 = all
+        "query_blocks": int(stage.objective.get("query_blocks") or 0),
     }
 
 

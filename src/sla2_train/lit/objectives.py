@@ -19,6 +19,7 @@ from torch import nn
 
 from sla2_train.diffusion import FlowMatching
 from sla2_train.models import ConfigError, dense_capture, sla2_processors
+from sla2_train.models.compilation import compiled_backend
 
 from .batch import latents_and_text
 from .teacher import DenseTeacher
@@ -42,6 +43,12 @@ class AttentionDistillation:
         if variants != {"sla2"}:
             got = sorted(variants) or ["full (dense model)"]
             raise ConfigError(f"stage=distill trains SLA2's router and α and needs attention=sla2; got variant {got}")
+        backend = compiled_backend(model)
+        if backend is not None:
+            # the capture stores each layer's q, k, v on its processor from inside the block: a compiled block
+            # would have to replay that side effect and recompile whenever the captured layers change
+            raise ConfigError(f"stage=distill captures q, k, v inside the blocks and runs them eager; "
+                              f"set model.transformer.compile=null (got {backend!r})")
 
     def _layers(self, num_layers: int) -> list[int]:
         if self.layers_per_step is None or self.layers_per_step >= num_layers:

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from diffusers import WanTransformer3DModel
 
 from .checkpointing import enable_checkpointing
+from .compilation import compile_blocks
 from .errors import ConfigError
 
 _WAN_ARGS = frozenset(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
@@ -66,10 +67,12 @@ def wan_transformer(
     arch: Mapping[str, Any] | None = None,
     path: str | None = None,
     gradient_checkpointing: bool | str = False,
+    compile: str | None = None,
 ) -> WanTransformer3DModel:
     """Random init from `arch` when `path` is None, else the weights of the local folder `path`.
 
     gradient_checkpointing: false / true (whole blocks recomputed) / "keep_attention" (see checkpointing.py).
+    compile: null, or a torch.compile backend for each block (compilation.py).
     """
     arch = check_arch(arch or {})
     if path is None:
@@ -79,6 +82,7 @@ def wan_transformer(
         model = WanTransformer3DModel.from_pretrained(folder, subfolder=subfolder)
         _check_folder_matches(model, arch, folder)
     enable_checkpointing(model, gradient_checkpointing)
+    compile_blocks(model, compile)
     return model
 
 
