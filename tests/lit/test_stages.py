@@ -117,3 +117,16 @@ def test_bad_attention_mode_is_named(build_module, override, words):
     cause = err.value.__cause__
     assert isinstance(cause, ConfigError) and str(cause).startswith("stage.attention_mode: ")
     assert all(w in str(cause) for w in words), cause
+
+
+@pytest.mark.parametrize("stage", ["distill", "qat"])
+def test_a_model_loaded_in_eval_mode_trains_in_train_mode(compose_config, stage):
+    """from_pretrained returns eval-mode modules and Lightning keeps modes at fit start: the module sets train."""
+    from hydra.utils import instantiate
+
+    from sla2_train.lit import SLA2Module
+
+    cfg = compose_config("model=tiny", "logger=none", f"stage={stage}")
+    model = instantiate(cfg.module.model).eval()
+    module = SLA2Module(model, instantiate(cfg.stage), instantiate(cfg.flow))
+    assert all(m.training for m in module.model.modules())

@@ -33,7 +33,9 @@ class SLA2Module(pl.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        self.model = model
+        # diffusers' from_pretrained returns the model in eval mode, and Lightning keeps each module's mode when
+        # fit starts: a model loaded from a folder would train in eval mode (and warn about 186 such modules)
+        self.model = model.train()
         self.stage = stage
         self.flow = flow
         self._seed = torch.initial_seed()  # train.py's seed_everything(cfg.seed), the same on every rank
