@@ -75,12 +75,16 @@ def files(tmp_path_factory):
     s1 = write_checkpoint(folder, tmp / "s1-050.ckpt", 0.5, seed=1)
     s1_folder = export_checkpoint(write_checkpoint(folder, tmp / "s1-075.ckpt", 0.75, seed=2), tmp / "s1-075")
     s2 = write_checkpoint(folder, tmp / "s2-050.ckpt", 0.5, seed=3, stage2=True)
-    return {"tmp": tmp, "folder": folder, "prompts": tmp / "prompts.txt", "stage1": [s1, s1_folder], "stage2": s2}
+    s2b = write_checkpoint(folder, tmp / "s2b-050.ckpt", 0.5, seed=4, stage2=True)
+    return {"tmp": tmp, "folder": folder, "prompts": tmp / "prompts.txt", "stage1": [s1, s1_folder], "stage2": s2,
+            "stage2_other": s2b}
 
 
 def table_overrides(files, out: Path, *extra: str) -> list[str]:
     return [f"model.path={files['folder']}", f"prompts={files['prompts']}", f"calib_count={CALIB}",
             f"stage1=[{files['stage1'][0]},{files['stage1'][1]}]", f"stage2={files['stage2']}",
+            # Table 2's ablation rows: the same stage-2 weights again, and other ones
+            f"+stage2_variants.again=[{files['stage2']}]", f"+stage2_variants.other=[{files['stage2_other']}]",
             f"sparsities=[{','.join(map(str, SPARSITIES))}]", f"steps=[{','.join(map(str, STEPS))}]",
             f"num_inference_steps={SAMPLING_STEPS}", f"guidance_scale={GUIDANCE}", f"out={out}", *extra]
 
@@ -100,17 +104,29 @@ def rows_by(report) -> dict:
 def test_the_command_writes_every_method_and_sparsity(table):
     report, md = table
     rows = rows_by(report)
-    assert set(rows) == {(s, m) for s in SPARSITIES for m in METHODS}
+    variants = {f"sla2_stage2:{n}" for n in ("again", "other")}
+    assert set(rows) == {(s, m) for s in SPARSITIES for m in [*METHODS, *variants]}
     assert report["card"] and report["command"] and report["layers"] == [0, 1]
     for (s, m), r in rows.items():
-        trained_here = {"sla2_stage1": (0.5, 0.75), "sla2_stage2": (0.5,)}.get(m, SPARSITIES)
+        trained_here = {"sla2_stage1": (0.5, 0.75)}.get(m, (0.5,) if m.startswith("sla2_stage2") else SPARSITIES)
         if s in trained_here:
             assert all(e is not None and e >= 0 for e in r["per_layer"]), (s, m)
         else:
             assert r["mean"] is None, (s, m)
     for m in METHODS:
         assert METHODS[m] in md
-    assert md.count("| 0.50 |") == 2 * len(METHODS)  # the error table and the summary table
+    assert md.count("| 0.50 |") == 2 * (len(METHODS) + 2)  # the error table and the summary table
+    assert "SLA2 stage 2 variant `other`" in md
+
+
+def test_a_stage2_variant_is_measured_as_stage2_on_its_own_model(table):
+    """The same weights as stage2 give the same row; other weights, other trajectories and other numbers."""
+    rows = rows_by(table[0])
+    main, again, other = (rows[(0.5, m)] for m in ("sla2_stage2", "sla2_stage2:again", "sla2_stage2:other"))
+    for key in ("per_layer", "mask_sparse_per_layer", "gap_closed_per_layer"):
+        assert again[key] == pytest.approx(main[key], rel=1e-9, abs=1e-12), key
+    assert all(abs(a - b) > 1e-6 for a, b in zip(other["per_layer"], main["per_layer"]))
+    assert table[0]["notes"]["stage2 variants"]["other"]
 
 
 def test_with_every_block_selected_every_method_is_full_attention(table):
@@ -319,6 +335,10 @@ def test_bad_inputs_are_one_line_naming_the_key(files, capsys, tmp_path):
     assert err.startswith("error: stage1") and "missing.ckpt" in err
     err = one_line_error(capsys, *replace("stage1", files["stage2"]))  # a stage-2 checkpoint given as stage 1
     assert "stage1" in err and "changed" in err
+    err = one_line_error(capsys, *good, f"+stage2_variants.bad-name=[{files['stage2']}]")
+    assert "stage2_variants.bad-name" in err and "identifier" in err
+    err = one_line_error(capsys, *good, f"+stage2_variants.twice=[{files['stage2']},{files['stage2_other']}]")
+    assert err.startswith("error: stage2_variants.twice") and "two checkpoints for sparsity 0.5" in err
     err = one_line_error(capsys, *replace("sparsities", "[0.9]"))
     assert "stage1" in err and "not in sparsities" in err
     # a checkpoint of another architecture (three blocks, not two)

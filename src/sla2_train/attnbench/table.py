@@ -2,6 +2,7 @@
 
     python -m sla2_train.attnbench.table model.path=DIR prompts=HELDOUT.txt calib_prompts=TRAIN.txt \
         stage1=[S1_90,S1_95,S1_97] stage2=[S2_90,S2_95,S2_97] sparsities=[0.9,0.95,0.97] steps=[0,10,20,29]
+    ... +stage2_variants.heuristic_router_qat=[H_97] +stage2_variants.bf16_finetune=[B_97]   # Table 2's rows
 
 Config: conf/attnbench_table.yaml. Writes attention_table.md and attention_table.json to `out`.
 docs/testbed.md ("The attention table") says what each row measures.
@@ -23,7 +24,7 @@ from sla2_train.models import ConfigError, SLA2Swap, token_count
 
 from .cli import card
 from .stage_weights import read_stage, stage1_layers
-from .table_report import METHODS, row, write
+from .table_report import METHODS, row, variant_row, write
 from .table_run import TableJob, measure, sums_of
 from .trajectories import Sampling
 
@@ -70,6 +71,12 @@ def build(cfg) -> TableJob:
     SLA2Swap(block_q=block_q, block_k=block_k).install(model, seq_len)  # for the capture hook (they run dense)
     stage1 = read_stage(cfg.stage1, "stage1", model, sparsities, block_q, block_k)
     stage2 = read_stage(cfg.stage2, "stage2", model, sparsities, block_q, block_k)
+    variants = {}
+    for name, paths in (cfg.get("stage2_variants") or {}).items():
+        if not str(name).isidentifier():
+            raise ConfigError(f"stage2_variants.{name}: a variant's name must be a plain identifier "
+                              "(letters, digits, _), e.g. +stage2_variants.heuristic_router_qat=[CKPT]")
+        variants[str(name)] = read_stage(paths, f"stage2_variants.{name}", model, sparsities, block_q, block_k)
     layers = _checked_list(cfg.layers, "layers", len(model.blocks), "layers") or list(range(len(model.blocks)))
     steps = _checked_list(cfg.steps, "steps", int(cfg.num_inference_steps), "sampling steps")
     fit = instantiate(cfg.recipe.calibrate_alpha.fit) if cfg.recipe.get("calibrate_alpha") else None
@@ -84,7 +91,7 @@ def build(cfg) -> TableJob:
                         cfg.negative_prompt, int(cfg.max_sequence_length), int(cfg.seed), cfg.device)
     return TableJob(model, pipe, sampling, prompts, calib_prompts, calib_source, sparsities, layers, steps, block_q,
                     block_k, seq_len, fit, trained1, {s: w.path for s, w in stage1.items()}, stage2,
-                    int(cfg.query_chunk))
+                    int(cfg.query_chunk), variants)
 
 
 def header(cfg, job: TableJob, command: str) -> dict:
@@ -101,6 +108,7 @@ def header(cfg, job: TableJob, command: str) -> dict:
             "blocks": f"{job.block_q}/{job.block_k}, N = {job.seq_len}",
             "stage1": job.stage1_paths,
             "stage2": {s: w.path for s, w in job.stage2.items()},
+            "stage2 variants": {n: {s: w.path for s, w in v.items()} for n, v in job.stage2_variants.items()},
         },
     }
 
@@ -109,6 +117,8 @@ def run_table(cfg, job: TableJob, command: str):
     """Measure and write the table; (json path, markdown path)."""
     sums = measure(job)
     rows = [row(sums_of(m, sums), s, m, job.layers) for s in job.sparsities for m in METHODS]
+    rows += [variant_row(sums.variants[name], s, name, job.layers)
+             for name in job.stage2_variants for s in job.sparsities]
     for r in rows:
         if r["method"] == "sla":  # λ / (tr(O_lᵀO_l)/Dv) per layer and head, chosen on the calibration prompts
             r["ridge_per_layer"] = [sums.sla_ridge[(r["sparsity"], layer)] for layer in job.layers]

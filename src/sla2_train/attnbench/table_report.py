@@ -55,6 +55,13 @@ def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) ->
     return entry
 
 
+def variant_row(sums: ErrorSums, sparsity: float, name: str, layers: Sequence[int]) -> dict:
+    """A stage-2 variant's row: measured as SLA2 after stage 2, on its own model's trajectories."""
+    entry = row(sums, sparsity, "sla2_stage2", layers)
+    entry.update(method=f"sla2_stage2:{name}", label=f"SLA2 stage 2 variant `{name}` (low-bit sparse branch)")
+    return entry
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 

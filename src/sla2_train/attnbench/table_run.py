@@ -6,6 +6,8 @@ Which trajectories a row is measured on:
 - SLA2 after stage 1 + 2: the stage-2 model's own dense trajectories of the same prompts and noise (its
   transformer weights differ, so its q, k, v do), with its router, α and the low-bit sparse branch against
   full attention of those q, k, v. Its gap closed uses the heuristic and best-mass masks on the same captures.
+  Each stage-2 variant (Table 2's ablations: another router or another stage 2, named in `stage2_variants`) is
+  measured the same way on its own model's trajectories, into sums of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class TableJob:
     stage1_paths: dict[float, str] = field(default_factory=dict)
     stage2: dict[float, StageWeights] = field(default_factory=dict)
     query_chunk: int = 1024
+    stage2_variants: dict[str, dict[float, StageWeights]] = field(default_factory=dict)  # name → per sparsity
 
 
 @dataclass
@@ -50,6 +53,7 @@ class TableSums:
     base: ErrorSums
     stage2: ErrorSums
     sla_ridge: dict[tuple[float, int], list[float]]  # (sparsity, layer) → SLA's chosen λ factor per head (inf: W = 0)
+    variants: dict[str, ErrorSums] = field(default_factory=dict)  # stage-2 variant name → its sums
 
 
 def _consumer(job: TableJob, measured, routers_of, add):
@@ -97,9 +101,10 @@ def measure_base(job: TableJob, identity: RouterMasks, calib: Calibration) -> Er
     return sums
 
 
-def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, sums: ErrorSums) -> None:
-    """Load the stage-2 weights into the model (its transformer changes for good) and measure on its own
-    trajectories."""
+def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, sums: ErrorSums,
+                   what: str = "stage 2") -> None:
+    """Load the stage-2 weights into the model (its transformer changes for good: every later load replaces all
+    of it) and measure on its own trajectories."""
     s = weights.sparsity
     trained = install(job.model, weights, job.seq_len)
     methods = {s: [Method("sla2_stage2", "stage2", own_alpha, quant=True),
@@ -110,7 +115,7 @@ def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, 
         job.pipe, job.model, job.prompts, job.sampling, job.layers, job.steps,
         _consumer(job, measured, lambda layer: {IDENTITY: identity, "stage2": RouterMasks(trained[layer], True)},
                   lambda layer, c: sums.add(layer, c, methods)),
-        f"stage 2 at {s:g}")
+        f"{what} at {s:g}")
 
 
 def identity_router(model: torch.nn.Module, job: TableJob) -> RouterMasks:
@@ -128,7 +133,11 @@ def measure(job: TableJob) -> TableSums:
     stage2 = ErrorSums()
     for s in sorted(job.stage2):  # last: each changes the model's transformer weights
         measure_stage2(job, identity, job.stage2[s], stage2)
-    return TableSums(base, stage2, {key: r.tolist() for key, r in calib.sla_ridge.items()})
+    variants = {name: ErrorSums() for name in job.stage2_variants}
+    for name, weights in job.stage2_variants.items():
+        for s in sorted(weights):
+            measure_stage2(job, identity, weights[s], variants[name], f"stage 2 ({name})")
+    return TableSums(base, stage2, {key: r.tolist() for key, r in calib.sla_ridge.items()}, variants)
 
 
 def sums_of(method: str, sums: TableSums) -> ErrorSums:
