@@ -46,3 +46,33 @@ def test_attribute_metrics_count_what_a_wrong_video_gets_right():
 def test_an_unknown_attribute_is_refused():
     with pytest.raises(ValueError, match="'colour' is not one of"):
         PromptAttribute("colour")
+
+
+def test_the_metrics_of_one_video_share_one_segmentation(tmp_path, monkeypatch):
+    """prompt_following, its chance level and the attribute fractions segment a video once, score what
+    semantic.score_video scores, and segment again for another video or after an in-place change."""
+    from sla2_train.evaluation.metric_suite import score_video as score_all
+    from sla2_train.testbed import semantic
+
+    calls = []
+    real = semantic.colour_labels
+    monkeypatch.setattr(semantic, "colour_labels", lambda v: calls.append(1) or real(v))
+    rng = np.random.default_rng(11)
+    scenes = [sample_scene(rng, "train") for _ in range(2)]
+    prompts = [caption(s) for s in scenes]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    metrics = [PromptFollowing(), PromptFollowingChance(str(tmp_path / "p.txt")),
+               *(PromptAttribute(a) for a in ("present", "shape", "direction"))]
+    videos = [torch.from_numpy(render(s, 17, 64, 128)) for s in scenes]
+    for i, video in enumerate(videos):
+        calls.clear()
+        got = score_all(metrics, video, prompts[i], None)
+        assert len(calls) == 1
+        results, score = semantic.score_video(video.numpy(), prompts[i])
+        assert got["prompt_following"] == score
+        assert got["prompt_following_chance"] == semantic.score_video(video.numpy(), prompts[1 - i])[1]
+        for a in ("present", "shape", "direction"):
+            assert got[f"prompt_following_{a}"] == np.mean([getattr(r, a) for r in results])
+    calls.clear()
+    videos[1][:, :, :] = 0  # in place: the same tensor, another picture
+    assert PromptFollowing().score(videos[1], prompts[1]) == 0.0 and len(calls) == 1

@@ -10,15 +10,48 @@ learned yet. All are meaningful only for prompts in the testbed's caption gramma
 
 from __future__ import annotations
 
+import weakref
+
+import numpy as np
+import torch
+
 from sla2_train.evaluation.prompts import load_prompts
 
 from .video_metrics import VideoMetric
 
 
-def _score(video, prompt: str) -> float:
-    from sla2_train.testbed.semantic import score_video
+class _LastSegmentation:
+    """The colour labels of the video scored last. The evaluation scores one video with every metric in turn, and
+    segmenting it, not reading the prompt, is the costly part: prompt_following, its chance level and the
+    attribute fractions share one segmentation. Keyed by the tensor itself (a weak reference) and its version
+    counter, so another video or an in-place change segments again."""
 
-    return score_video(video.cpu().numpy(), prompt)[1]
+    def __init__(self):
+        self._video, self._version, self._labels = None, None, None
+
+    def __call__(self, video: torch.Tensor) -> np.ndarray:
+        from sla2_train.testbed.semantic import as_uint8_video, colour_labels
+
+        if self._video is None or self._video() is not video or self._version != video._version:
+            self._labels = colour_labels(as_uint8_video(video.cpu().numpy()))
+            self._video, self._version = weakref.ref(video), video._version
+        return self._labels
+
+
+_segmentation = _LastSegmentation()
+
+
+def _results(video: torch.Tensor, prompt: str) -> list:
+    from sla2_train.testbed.captions import parse_caption
+    from sla2_train.testbed.semantic import score_labels
+
+    return score_labels(_segmentation(video), parse_caption(prompt))
+
+
+def _score(video: torch.Tensor, prompt: str, attribute: str = "correct") -> float:
+    from sla2_train.testbed.semantic import fraction_right
+
+    return fraction_right(_results(video, prompt), attribute)
 
 
 class PromptAttribute(VideoMetric):
@@ -32,10 +65,7 @@ class PromptAttribute(VideoMetric):
         self.attribute, self.name = attribute, f"prompt_following_{attribute}"
 
     def score(self, video, prompt, reference=None):
-        from sla2_train.testbed.semantic import score_video
-
-        results = score_video(video.cpu().numpy(), prompt)[0]
-        return sum(getattr(r, self.attribute) for r in results) / len(results) if results else 0.0
+        return _score(video, prompt, self.attribute)
 
 
 class PromptFollowing(VideoMetric):

@@ -174,17 +174,22 @@ def score_labels(labels: np.ndarray, claims: list[ObjectClaim]) -> list[ObjectRe
     return [_measure(clean_mask(labels == index[c.colour]), c) for c in claims]
 
 
+def fraction_right(results: list[ObjectResult], attribute: str = "correct") -> float:
+    """The fraction of a video's captioned objects right on `attribute` (correct: on all); 0 without objects."""
+    return float(np.mean([getattr(r, attribute) for r in results])) if results else 0.0
+
+
 def score_video(video, text: str, value_range: tuple[float, float] | None = None) -> tuple[list[ObjectResult], float]:
     """(per-object results, video score = the fraction of captioned objects shown right) for one video."""
     results = score_labels(colour_labels(as_uint8_video(video, value_range)), parse_caption(text))
-    return results, (float(np.mean([r.correct for r in results])) if results else 0.0)
+    return results, fraction_right(results)
 
 
 def _summary(per_video: list[list[ObjectResult]]) -> dict:
     objects = [r for rs in per_video for r in rs]
-    out = {"accuracy": float(np.mean([r.correct for r in objects])) if objects else 0.0,
+    out = {"accuracy": fraction_right(objects),
            "video_accuracy": float(np.mean([bool(rs) and all(r.correct for r in rs) for rs in per_video]))}
-    out.update({a: float(np.mean([getattr(r, a) for r in objects])) if objects else 0.0 for a in ATTRIBUTES})
+    out.update({a: fraction_right(objects, a) for a in ATTRIBUTES})
     return out
 
 
