@@ -6,11 +6,14 @@ from its own seed."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from sla2_train.commands import CONF_DIR
 from sla2_train.data.prep.encoders import EncoderSpec, TextEncoder, VaeEncoder
 from sla2_train.models import SLA2Swap
 from sla2_train.testbed.captions import caption
@@ -20,7 +23,8 @@ from sla2_train.testbed.scenes import sample_scene
 from .captures import capture_contents, captured_splits
 from .sets import Splits
 
-TEXT_LEN = 64  # the testbed preset's text_len: captions are < 50 words
+# caption tokens, as the testbed preset (conf/model/testbed.yaml, text_len) trains and samples with
+TEXT_LEN = int(OmegaConf.load(Path(CONF_DIR) / "model" / "testbed.yaml").text_len)
 
 
 def encoded_scenes(vae: VaeEncoder, text: TextEncoder, split: str, count: int, seed: int,
