@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
-from sla2_train.lit import parameter_groups
+from sla2_train.lit import SLA2Module, parameter_groups
 from sla2_train.models import ConfigError, sla2_processors
 
 
@@ -122,10 +123,6 @@ def test_bad_attention_mode_is_named(build_module, override, words):
 @pytest.mark.parametrize("stage", ["distill", "qat"])
 def test_a_model_loaded_in_eval_mode_trains_in_train_mode(compose_config, stage):
     """from_pretrained returns eval-mode modules and Lightning keeps modes at fit start: the module sets train."""
-    from hydra.utils import instantiate
-
-    from sla2_train.lit import SLA2Module
-
     cfg = compose_config("model=tiny", "logger=none", f"stage={stage}")
     model = instantiate(cfg.module.model).eval()
     module = SLA2Module(model, instantiate(cfg.stage), instantiate(cfg.flow))

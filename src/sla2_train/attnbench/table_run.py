@@ -130,14 +130,12 @@ def measure(job: TableJob) -> TableSums:
     identity = identity_router(job.model, job)
     calib = calibrate(job, identity)
     base = measure_base(job, identity, calib)
-    stage2 = ErrorSums()
-    for s in sorted(job.stage2):  # last: each changes the model's transformer weights
-        measure_stage2(job, identity, job.stage2[s], stage2)
-    variants = {name: ErrorSums() for name in job.stage2_variants}
-    for name, weights in job.stage2_variants.items():
-        for s in sorted(weights):
-            measure_stage2(job, identity, weights[s], variants[name], f"stage 2 ({name})")
-    return TableSums(base, stage2, {key: r.tolist() for key, r in calib.sla_ridge.items()}, variants)
+    runs = {"": job.stage2, **job.stage2_variants}  # "": the stage2 row; the others Table 2's variants
+    sums2 = {name: ErrorSums() for name in runs}
+    for name, weights in runs.items():
+        for s in sorted(weights):  # last: each changes the model's transformer weights
+            measure_stage2(job, identity, weights[s], sums2[name], f"stage 2 ({name})" if name else "stage 2")
+    return TableSums(base, sums2.pop(""), {key: r.tolist() for key, r in calib.sla_ridge.items()}, sums2)
 
 
 def sums_of(method: str, sums: TableSums) -> ErrorSums:
