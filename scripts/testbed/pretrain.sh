@@ -9,11 +9,13 @@
 # (the trained diffusers folder), WORK_DIR/runs (checkpoints, csv losses) and WORK_DIR/eval (videos, eval.json, table.md).
 # Resolution: HEIGHT×WIDTH pixels (default 128×256, the model's; 64×128 trains ~4× faster per sample and suits a
 # first phase, the latents then [48, 17, HEIGHT/4, WIDTH/4]). Sizes: N_TRAIN clips (default 3000) and N_HELDOUT held-out prompts (default 64; EVAL_PROMPTS of them evaluated,
-# 0 = no evaluation).
+# 0 = no evaluation). SEED (default 0) seeds the training clips: a continuing run given another seed trains on
+# scenes the previous runs never saw.
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/pretrain.sh WORK_DIR [train.py overrides ...]}
 shift
 N_TRAIN=${N_TRAIN:-3000}
+SEED=${SEED:-0}
 N_HELDOUT=${N_HELDOUT:-64}
 EVAL_PROMPTS=${EVAL_PROMPTS:-16}
 WORKERS=${WORKERS:-$(nproc)}
@@ -29,7 +31,7 @@ if [ -z "${FROM:-}" ] && [ ! -d "$MODEL" ]; then
   log "untrained folder"; python -m sla2_train.commands.testbed_model out="$MODEL"
 fi
 log "render"
-python -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed 0 --split train \
+python -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
   --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
 python -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos "$N_HELDOUT" --seed 1 --split heldout \
   --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
