@@ -84,6 +84,36 @@ def test_alpha_is_fitted_after_the_last_step_and_checkpointed(build_module, make
         torch.testing.assert_close(saved["state_dict"][key], proc.attention.alpha.logit.detach())
 
 
+class _StopAt(pl.Callback):
+    """Stops the run after a step, as trainer.max_time's Timer does (a trainer callback, so it runs first)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_a_run_stopped_before_max_steps_is_fitted_after_its_last_step(build_module, make_batch, tmp_path):
+    module, cfg = build_module("stage=distill", "attention.sparsity=0.75", "stage.monitor=null")
+    spy = module.stage.calibrate_alpha.fit = _Spy(module.stage.calibrate_alpha.fit, module)
+    procs = sla2_processors(module.model)
+    ckpt = LastCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_steps=10, limit_val_batches=0, callbacks=[_StopAt(2), ckpt])
+    trainer.fit(module, DataLoader([make_batch(cfg) for _ in range(10)], batch_size=None))
+
+    assert trainer.global_step == 2
+    assert [step for step, _, _ in spy.calls] == [2] * len(procs)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    for i, (proc, (_, _, target)) in enumerate(zip(procs, spy.calls)):
+        key = next(k for k in saved["state_dict"] if f".{i}.attn1" in k and k.endswith("alpha.logit"))
+        torch.testing.assert_close(torch.sigmoid(saved["state_dict"][key]), target[:, 0].clamp(1e-4, 1 - 1e-4),
+                                   rtol=1e-3, atol=1e-4)
+
+
 def test_bad_calibration_options_are_one_line(build_module):
     with pytest.raises(ConfigError, match="stage.calibrate_alpha.when must be one of"):
         AlphaCalibration(when="middle")

@@ -6,7 +6,8 @@
   (α → 1 where the linear branch only adds error);
 - when: `start`, on the first batch of a fresh run (never on resume or `init_from`: such a run keeps its
   trained α), fitted to the untrained router's mask; or `end`, on the last batch after the last optimizer
-  step, fitted to the mask the trained router will run with, before the final checkpoint is written.
+  step, fitted to the mask the trained router will run with, before the final checkpoint is written. A run
+  that stops before trainer.max_steps (trainer.max_time, a callback's stop) is fitted after its last step.
 Every rank fits its own batch, so the result is averaged over ranks to keep the replicas identical.
 """
 
@@ -52,8 +53,13 @@ class _CalibrateAtEnd(pl.Callback):
             raise ConfigError("stage.calibrate_alpha.when=end needs trainer.max_steps (the step to calibrate after)")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
-        if trainer.global_step != trainer.max_steps or self.done:
+        # should_stop: Lightning's Timer (trainer.max_time) and stopping callbacks set it in this hook before
+        # this callback runs (module callbacks come after the trainer's), so this step is the run's last.
+        if self.done or (trainer.global_step != trainer.max_steps and not trainer.should_stop):
             return
+        if trainer.global_step != trainer.max_steps:
+            log.warning("training stops at step %d of trainer.max_steps=%d: α is fitted on this last batch",
+                        trainer.global_step, trainer.max_steps)
         # Outside training_step Lightning's precision context is off: under FSDP's bf16 parameters the dense run
         # would meet float32 activations, elsewhere it would run in float32 rather than as trained.
         # And through the strategy's wrapped module (pl_module's forward is the transformer's): under FSDP the
