@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The paper's Tables 1 and 2 on a testbed folder, end to end (docs/results.md, "Attention table on the testbed
+# model"): render clips → sla2-prepare shards → stage 1 per sparsity → stage 2 (QAT) per sparsity, and Table 2's
+# two other stage 2s at the last sparsity → the attention table → eval.py videos, dense against each stage 2.
+#
+#   scripts/testbed/tables.sh WORK_DIR [train.py overrides for every training run ...]
+#   PARALLEL=4 scripts/testbed/tables.sh /tmp/tables                       # the recorded run (one H200, ~8 min)
+#   HEIGHT=128 WIDTH=256 PARALLEL=4 scripts/testbed/tables.sh /tmp/tables  # the model's default size
+#
+# Settings (environment): MODEL (assets/testbed-t2v); HEIGHT×WIDTH pixels (64×128); SPARSITIES ("0.9 0.95
+# 0.97"; Table 2's variants at the last); STEPS (500, each training run's max_steps) and MAX_TIME (a dd:hh:mm:ss
+# cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
+# PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
+# PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
+# TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py).
+# Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
+# WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log.
+set -euo pipefail
+WORK=${1:?usage: scripts/testbed/tables.sh WORK_DIR [train.py overrides ...]}
+shift
+MODEL=${MODEL:-assets/testbed-t2v}
+HEIGHT=${HEIGHT:-64}
+WIDTH=${WIDTH:-128}
+read -r -a SPARSITIES <<< "${SPARSITIES:-0.9 0.95 0.97}"
+STEPS=${STEPS:-500}
+MAX_TIME=${MAX_TIME:-}
+N_TRAIN=${N_TRAIN:-512}
+SEED=${SEED:-5}
+PROMPTS=${PROMPTS:-11}
+EVAL_PROMPTS=${EVAL_PROMPTS:-32}
+PARALLEL=${PARALLEL:-1}
+TRAINER=${TRAINER:-gpu}
+DEVICE=${DEVICE:-cuda}
+WORKERS=${WORKERS:-$(nproc)}
+read -r -a TABLE_ARGS <<< "${TABLE_ARGS:-}"
+read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
+LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
+LAST=${SPARSITIES[-1]}
+mkdir -p "$WORK/logs" "$WORK/runs"
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+log "render"
+python -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
+  --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+python -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
+  --seed 1 --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+grep -v '^#' "$WORK/heldout/prompts.txt" | head -n "$PROMPTS" > "$WORK/table_prompts.txt"
+log "prepare"
+python -m sla2_train.commands.prepare videos="$WORK/train/videos" captions="$WORK/train/captions.jsonl" \
+  out_dir="$WORK/shards" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
+  clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
+
+COMMON=(model=testbed model.path="$MODEL" data=webdataset data.train_shards="$WORK/shards" data.num_workers=2
+        "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
+[ -z "$MAX_TIME" ] || COMMON+=("++trainer.max_time=$MAX_TIME")
+ckpt() { ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; }
+# A training run in the background, at most PARALLEL at once; `drain` waits for all and fails if one failed.
+FAILED=0
+train() {
+  local name=$1; shift
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || FAILED=1; done
+  log "train $name"
+  python train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}" > "$WORK/logs/$name.log" 2>&1 &
+}
+drain() {
+  while [ -n "$(jobs -rp)" ]; do wait -n || FAILED=1; done
+  [ "$FAILED" = 0 ] || { log "a training run failed: see $WORK/logs"; exit 1; }
+}
+EXTRA=("$@")
+
+for s in "${SPARSITIES[@]}"; do
+  train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4
+done
+# Table 2: the heuristic router with α and QAT (no stage 1; α fitted on the first batch)
+train "stage2-heuristic-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8 stage.allow_untrained_router=true \
+  'stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:start}'
+drain
+for s in "${SPARSITIES[@]}"; do
+  train "stage2-$s" stage=qat attention.sparsity="$s" data.batch_size=8 init_from="$(ckpt "stage1-$s")"
+done
+# Table 2: stage 2 as a bf16 fine-tune of the same stage 1 (measured with the low-bit sparse branch)
+train "stage2-bf16-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8 stage.attention_mode.quant=false \
+  init_from="$(ckpt "stage1-$LAST")"
+drain
+
+join() { local IFS=,; echo "$*"; }
+S1=(); S2=()
+for s in "${SPARSITIES[@]}"; do S1+=("$(ckpt "stage1-$s")"); S2+=("$(ckpt "stage2-$s")"); done
+log "attention table"
+python -m sla2_train.attnbench.table model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
+  "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE" out="$WORK/table" \
+  "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]" \
+  "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]" \
+  "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${TABLE_ARGS[@]}" > "$WORK/logs/table.log" 2>&1
+grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
+
+[ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
+# Videos at the last sparsity: each run's own dense model against its SLA2 (low-bit sparse branch).
+for run in "stage2-$LAST" "stage2-heuristic-$LAST" "stage2-bf16-$LAST"; do
+  log "videos $run"
+  python eval.py model=testbed model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
+    eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST" ckpt="$(ckpt "$run")" quant=true \
+    output_root="$WORK/eval-$run" logger=none "$LATENTS" "${EVAL_ARGS[@]}" > "$WORK/logs/eval-$run.log" 2>&1
+  grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
+done
+log "done"
