@@ -54,17 +54,25 @@ COMMON=(model=testbed model.path="$MODEL" data=webdataset data.train_shards="$WO
         "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
 [ -z "$MAX_TIME" ] || COMMON+=("++trainer.max_time=$MAX_TIME")
 ckpt() { ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; }
-# A training run in the background, at most PARALLEL at once; `drain` waits for all and fails if one failed.
-FAILED=0
+# A training run in the background, at most PARALLEL at once; each leaves its exit status in logs/<run>.rc, and
+# `drain` waits for all of them and stops the script if one failed.
+STARTED=()
 train() {
   local name=$1; shift
-  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || FAILED=1; done
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
   log "train $name"
-  python train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}" > "$WORK/logs/$name.log" 2>&1 &
+  STARTED+=("$name")
+  ( rc=0; python train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}" \
+      > "$WORK/logs/$name.log" 2>&1 || rc=$?; echo "$rc" > "$WORK/logs/$name.rc" ) &
 }
 drain() {
-  while [ -n "$(jobs -rp)" ]; do wait -n || FAILED=1; done
-  [ "$FAILED" = 0 ] || { log "a training run failed: see $WORK/logs"; exit 1; }
+  wait
+  local name failed=0
+  for name in "${STARTED[@]}"; do
+    [ "$(cat "$WORK/logs/$name.rc" 2>/dev/null)" = 0 ] || { log "$name failed: see $WORK/logs/$name.log"; failed=1; }
+  done
+  STARTED=()
+  [ "$failed" = 0 ] || exit 1
 }
 EXTRA=("$@")
 

@@ -7,7 +7,8 @@
 - when: `start`, on the first batch of a fresh run (never on resume or `init_from`: such a run keeps its
   trained α), fitted to the untrained router's mask; or `end`, on the last batch after the last optimizer
   step, fitted to the mask the trained router will run with, before the final checkpoint is written. A run
-  that stops before trainer.max_steps (trainer.max_time, a callback's stop) is fitted after its last step.
+  stopped during a step before trainer.max_steps (trainer.max_time; a callback's on_train_batch_end) is fitted
+  after its last step.
 Every rank fits its own batch, so the result is averaged over ranks to keep the replicas identical.
 """
 
