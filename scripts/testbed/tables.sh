@@ -12,7 +12,8 @@
 # cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
 # PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
-# TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py).
+# TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
+# sparsity whose α is fitted again after its last step (row `qat_alpha_refit`).
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log.
 set -euo pipefail
@@ -29,6 +30,7 @@ SEED=${SEED:-5}
 PROMPTS=${PROMPTS:-11}
 EVAL_PROMPTS=${EVAL_PROMPTS:-32}
 PARALLEL=${PARALLEL:-1}
+REFIT_ALPHA=${REFIT_ALPHA:-0}
 TRAINER=${TRAINER:-gpu}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-$(nproc)}
@@ -83,8 +85,11 @@ done
 train "stage2-heuristic-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8 stage.allow_untrained_router=true \
   'stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:start}'
 drain
+REFIT='stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:end}'
 for s in "${SPARSITIES[@]}"; do
   train "stage2-$s" stage=qat attention.sparsity="$s" data.batch_size=8 init_from="$(ckpt "stage1-$s")"
+  [ "$REFIT_ALPHA" = 0 ] || train "stage2-refit-$s" stage=qat attention.sparsity="$s" data.batch_size=8 \
+    init_from="$(ckpt "stage1-$s")" "$REFIT"
 done
 # Table 2: stage 2 as a bf16 fine-tune of the same stage 1 (measured with the low-bit sparse branch)
 train "stage2-bf16-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8 stage.attention_mode.quant=false \
@@ -92,14 +97,18 @@ train "stage2-bf16-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8
 drain
 
 join() { local IFS=,; echo "$*"; }
-S1=(); S2=()
+S1=(); S2=(); R=(); REFIT_ROW=()
 for s in "${SPARSITIES[@]}"; do S1+=("$(ckpt "stage1-$s")"); S2+=("$(ckpt "stage2-$s")"); done
+if [ "$REFIT_ALPHA" != 0 ]; then
+  for s in "${SPARSITIES[@]}"; do R+=("$(ckpt "stage2-refit-$s")"); done
+  REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
+fi
 log "attention table"
 python -m sla2_train.attnbench.table model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
   "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE" out="$WORK/table" \
   "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]" \
   "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]" \
-  "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${TABLE_ARGS[@]}" > "$WORK/logs/table.log" 2>&1
+  "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${TABLE_ARGS[@]}" > "$WORK/logs/table.log" 2>&1
 grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
 
 [ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
