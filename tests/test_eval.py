@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -112,28 +111,7 @@ def test_qat_checkpoint_is_evaluated_with_the_low_bit_branch(eval_main, tmp_path
     assert on["settings"]["attention_built"]["topk"] == "hard"
 
 
-def test_dense_rows_can_run_the_folders_own_weights(eval_main, tmp_path):
-    """dense_weights=base: the dense rows are the model the folder holds (as without a checkpoint), the SLA2
-    rows the checkpoint's, whose transformer stage 2 changed."""
-    ckpt = _qat_checkpoint(tmp_path, "stage.optimizer.lr=0.05")
-    plain, plain_dir = run_eval(eval_main, tmp_path / "plain", "max_prompts=1")
-    same, same_dir = run_eval(eval_main, tmp_path / "same", f"ckpt={ckpt}", "max_prompts=1")
-    base, base_dir = run_eval(eval_main, tmp_path / "base", f"ckpt={ckpt}", "max_prompts=1", "dense_weights=base")
-
-    def video(report, folder, row):
-        return read_mp4(folder / next(v["video"] for v in report["videos"] if v["row"] == row))
-
-    assert np.array_equal(video(base, base_dir, "dense"), video(plain, plain_dir, "dense"))
-    assert not np.array_equal(video(same, same_dir, "dense"), video(plain, plain_dir, "dense"))
-    sla2 = "sla2 0.95 int8/fp8"
-    assert np.array_equal(video(base, base_dir, sla2), video(same, same_dir, sla2))
-    assert base["rows"][1]["metrics"]["psnr"] != same["rows"][1]["metrics"]["psnr"]  # other reference
-    assert (base["settings"]["dense_weights"], same["settings"]["dense_weights"]) == ("base", "checkpoint")
-    assert plain["settings"]["dense_weights"] is None
-    assert "dense rows: the base weights" in (base_dir / "table.md").read_text()
-
-
-def _qat_checkpoint(tmp_path, *overrides) -> Path:
+def _qat_checkpoint(tmp_path) -> Path:
     spec = importlib.util.spec_from_file_location("sla2_entry_train", ROOT / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
@@ -142,7 +120,7 @@ def _qat_checkpoint(tmp_path, *overrides) -> Path:
             "model=tiny", "logger=none", "stage=qat", "stage.allow_untrained_router=true", "trainer.max_steps=1",
             f"output_root={tmp_path / 'train'}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "trainer.limit_val_batches=0",
-            "callbacks.progress.refresh_rate=0", *overrides])
+            "callbacks.progress.refresh_rate=0"])
     train.main(cfg)
     return Path(cfg.ckpt_dir) / "last.ckpt"
 
@@ -161,7 +139,6 @@ def _bad_input_cases(tmp_path):
         (f"model.path={partial}", "has no text_encoder/, vae/"),
         (f"backbones.dino={tmp_path / 'no-dino'}", "backbones.dino: no file or folder at"),
         (f"ckpt={misfit}", "does not fit this model"),
-        ("dense_weights=latest", "dense_weights must be one of ['checkpoint', 'base'], got 'latest'"),
     ]
 
 
