@@ -81,18 +81,21 @@ EXTRA=("$@")
 for s in "${SPARSITIES[@]}"; do
   train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4
 done
-# Table 2: the heuristic router with α and QAT (no stage 1; α fitted on the first batch)
-train "stage2-heuristic-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8 stage.allow_untrained_router=true \
-  'stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:start}'
+# α by the stage-1 recipe's fit (least absolute error), on the first batch (start) or after the last step (end)
+calibrate() {
+  echo "stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:$1}"
+}
+STAGE2=(stage=qat data.batch_size=8)
+# Table 2: the heuristic router with α and QAT (no stage 1)
+train "stage2-heuristic-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.allow_untrained_router=true "$(calibrate start)"
 drain
-REFIT='stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:end}'
 for s in "${SPARSITIES[@]}"; do
-  train "stage2-$s" stage=qat attention.sparsity="$s" data.batch_size=8 init_from="$(ckpt "stage1-$s")"
-  [ "$REFIT_ALPHA" = 0 ] || train "stage2-refit-$s" stage=qat attention.sparsity="$s" data.batch_size=8 \
-    init_from="$(ckpt "stage1-$s")" "$REFIT"
+  train "stage2-$s" "${STAGE2[@]}" attention.sparsity="$s" init_from="$(ckpt "stage1-$s")"
+  [ "$REFIT_ALPHA" = 0 ] || train "stage2-refit-$s" "${STAGE2[@]}" attention.sparsity="$s" \
+    init_from="$(ckpt "stage1-$s")" "$(calibrate end)"
 done
 # Table 2: stage 2 as a bf16 fine-tune of the same stage 1 (measured with the low-bit sparse branch)
-train "stage2-bf16-$LAST" stage=qat attention.sparsity="$LAST" data.batch_size=8 stage.attention_mode.quant=false \
+train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attention_mode.quant=false \
   init_from="$(ckpt "stage1-$LAST")"
 drain
 

@@ -77,7 +77,12 @@ def test_alpha_is_fitted_after_the_last_step_and_checkpointed(build_module, make
     assert not torch.allclose(spy.calls[0][1], eye)  # with the trained router's mask
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == steps
-    for i, (proc, (_, _, target)) in enumerate(zip(procs, spy.calls)):
+    _assert_fitted_and_saved(procs, spy.calls, saved)
+
+
+def _assert_fitted_and_saved(procs, calls, saved):
+    """Every layer's α is the fit's target, and the checkpoint holds it."""
+    for i, (proc, (_, _, target)) in enumerate(zip(procs, calls)):
         alpha = torch.sigmoid(proc.attention.alpha.logit.detach())
         torch.testing.assert_close(alpha, target[:, 0].clamp(1e-4, 1 - 1e-4), rtol=1e-3, atol=1e-4)
         key = next(k for k in saved["state_dict"] if f".{i}.attn1" in k and k.endswith("alpha.logit"))
@@ -108,10 +113,7 @@ def test_a_run_stopped_before_max_steps_is_fitted_after_its_last_step(build_modu
     assert [step for step, _, _ in spy.calls] == [2] * len(procs)
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2
-    for i, (proc, (_, _, target)) in enumerate(zip(procs, spy.calls)):
-        key = next(k for k in saved["state_dict"] if f".{i}.attn1" in k and k.endswith("alpha.logit"))
-        torch.testing.assert_close(torch.sigmoid(saved["state_dict"][key]), target[:, 0].clamp(1e-4, 1 - 1e-4),
-                                   rtol=1e-3, atol=1e-4)
+    _assert_fitted_and_saved(procs, spy.calls, saved)
 
 
 def test_bad_calibration_options_are_one_line(build_module):
