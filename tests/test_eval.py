@@ -111,7 +111,33 @@ def test_qat_checkpoint_is_evaluated_with_the_low_bit_branch(eval_main, tmp_path
     assert on["settings"]["attention_built"]["topk"] == "hard"
 
 
-def _qat_checkpoint(tmp_path) -> Path:
+def test_dense_rows_can_run_the_folders_own_weights(eval_main, tmp_path):
+    """dense_weights=base: the dense rows are the model the folder holds (as without a checkpoint), the SLA2
+    rows the checkpoint's, whose transformer stage 2 changed.
+
+    Videos are compared by their scores, which are computed on the frames before encoding: libx264 does not
+    write the same bytes for the same frames every time (decoded, up to 17 levels apart), so decoded mp4s of two
+    runs need not be equal even when the runs' frames are."""
+    ckpt = _qat_checkpoint(tmp_path, "stage.optimizer.lr=0.05")
+    plain, _ = run_eval(eval_main, tmp_path / "plain", "max_prompts=1")
+    same, _ = run_eval(eval_main, tmp_path / "same", f"ckpt={ckpt}", "max_prompts=1")
+    base, base_dir = run_eval(eval_main, tmp_path / "base", f"ckpt={ckpt}", "max_prompts=1", "dense_weights=base")
+
+    def scores(report, row):
+        return next(v["metrics"] for v in report["videos"] if v["row"] == row)
+
+    flicker = "temporal_flickering"
+    assert scores(base, "dense")[flicker] == scores(plain, "dense")[flicker]
+    assert scores(same, "dense")[flicker] != scores(plain, "dense")[flicker]  # stage 2 changed the transformer
+    sla2 = "sla2 0.95 int8/fp8"
+    assert scores(base, sla2)[flicker] == scores(same, sla2)[flicker]  # the same SLA2 video either way
+    assert scores(base, sla2)["psnr"] != scores(same, sla2)["psnr"]  # against another dense reference
+    assert (base["settings"]["dense_weights"], same["settings"]["dense_weights"]) == ("base", "checkpoint")
+    assert plain["settings"]["dense_weights"] is None
+    assert "dense rows: the base weights" in (base_dir / "table.md").read_text()
+
+
+def _qat_checkpoint(tmp_path, *overrides) -> Path:
     spec = importlib.util.spec_from_file_location("sla2_entry_train", ROOT / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
@@ -120,7 +146,7 @@ def _qat_checkpoint(tmp_path) -> Path:
             "model=tiny", "logger=none", "stage=qat", "stage.allow_untrained_router=true", "trainer.max_steps=1",
             f"output_root={tmp_path / 'train'}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "trainer.limit_val_batches=0",
-            "callbacks.progress.refresh_rate=0"])
+            "callbacks.progress.refresh_rate=0", *overrides])
     train.main(cfg)
     return Path(cfg.ckpt_dir) / "last.ckpt"
 
@@ -139,6 +165,7 @@ def _bad_input_cases(tmp_path):
         (f"model.path={partial}", "has no text_encoder/, vae/"),
         (f"backbones.dino={tmp_path / 'no-dino'}", "backbones.dino: no file or folder at"),
         (f"ckpt={misfit}", "does not fit this model"),
+        ("dense_weights=latest", "dense_weights must be one of ['checkpoint', 'base'], got 'latest'"),
     ]
 
 

@@ -13,7 +13,8 @@
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
 # PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
-# sparsity whose α is fitted again after its last step (row `qat_alpha_refit`).
+# sparsity whose α is fitted again after its last step (row `qat_alpha_refit`); DENSE_WEIGHTS (checkpoint:
+# each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares).
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log.
 set -euo pipefail
@@ -31,6 +32,7 @@ PROMPTS=${PROMPTS:-11}
 EVAL_PROMPTS=${EVAL_PROMPTS:-32}
 PARALLEL=${PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
+DENSE_WEIGHTS=${DENSE_WEIGHTS:-checkpoint}
 TRAINER=${TRAINER:-gpu}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-$(nproc)}
@@ -119,7 +121,7 @@ grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md
 for run in "stage2-$LAST" "stage2-heuristic-$LAST" "stage2-bf16-$LAST"; do
   log "videos $run"
   python eval.py model=testbed model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
-    eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST" ckpt="$(ckpt "$run")" quant=true \
+    eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST" ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" \
     output_root="$WORK/eval-$run" logger=none "$LATENTS" "${EVAL_ARGS[@]}" > "$WORK/logs/eval-$run.log" 2>&1
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done

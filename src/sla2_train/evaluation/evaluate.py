@@ -9,6 +9,7 @@ them as mp4, scores them, and returns the report that report.py writes out.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 
 from sla2_train.models import dense_capture, describe_attention, set_attention_mode, sla2_processors
 
+from .dense_weights import BaseWeights, check_choice
 from .metric_suite import build_metrics, score_video
 from .precision import cast_keeping_fp32
 from .pipeline import check_pipeline_folder, inference_dtype, initial_noise, load_wan_pipeline, video_size
@@ -44,6 +46,7 @@ class Evaluation:
     settings: dict[str, Any]
     frames: dict[str, int]
     folder: Path
+    base_weights: BaseWeights | None = None  # dense_weights=base with a checkpoint: the dense rows' weights
     videos: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -66,14 +69,17 @@ def build(cfg) -> Evaluation:
     require_video_writer()
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
     metrics, skipped = build_metrics(cfg.eval.metrics)
+    dense_weights = check_choice(cfg.dense_weights)
     folder = _model_folder(cfg)
     cfg.model.path = folder  # the transformer loads from the same folder as the text encoder and VAE
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model_with_attention)
-    saved = {}
+    saved, base_weights = {}, None
     if cfg.ckpt:
         from sla2_train.export.loading import load_weights
 
+        if dense_weights == "base":
+            base_weights = BaseWeights(model)
         saved = load_weights(model, cfg.ckpt, key="ckpt")
     procs = sla2_processors(model)
     quant_modes = _quant_modes(cfg, saved) if procs else []
@@ -83,6 +89,8 @@ def build(cfg) -> Evaluation:
         backend = "triton" if str(cfg.device).startswith("cuda") and cfg.attention.backend == "auto" else None
         set_attention_mode(model, topk="hard", quant=quant_modes[0], **({"backend": backend} if backend else {}))
     cast_keeping_fp32(model, dtype).to(cfg.device).eval()
+    if base_weights is not None:
+        base_weights.ready()
     pipe = load_wan_pipeline(Path(folder), model, instantiate(cfg.eval.scheduler), dtype, cfg.device)
     frames = video_size(pipe, cfg.model.latent_shape)
     seeds = [cfg.seed + i for i in range(cfg.videos_per_prompt)]
@@ -92,7 +100,7 @@ def build(cfg) -> Evaluation:
     for m in metrics:
         m.to(cfg.device)
     return Evaluation(cfg, pipe, model, prompts, seeds, quant_modes, metrics, skipped, settings, frames,
-                      results_folder(cfg.output_dir, settings))
+                      results_folder(cfg.output_dir, settings), base_weights)
 
 
 def _generate(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: AttentionProbe | None):
@@ -128,14 +136,15 @@ def row_name(quant: bool | None, sparsity: float | None = None) -> str:
 
 
 def _dense_video(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: AttentionProbe | None):
-    if probe is None:
-        return _generate(ev, prompt, noise, None)
-    with dense_capture(ev.model):
-        hook = ev.model.register_forward_hook(probe)
-        try:
-            return _generate(ev, prompt, noise, probe)
-        finally:
-            hook.remove()
+    with ev.base_weights.dense() if ev.base_weights is not None else nullcontext():
+        if probe is None:
+            return _generate(ev, prompt, noise, None)
+        with dense_capture(ev.model):
+            hook = ev.model.register_forward_hook(probe)
+            try:
+                return _generate(ev, prompt, noise, probe)
+            finally:
+                hook.remove()
 
 
 def _annotate_rows(rows, ev: Evaluation, probe: AttentionProbe | None, flops: dict, sparsity) -> None:

@@ -77,7 +77,9 @@ def settings_line(settings: dict[str, Any]) -> str:
     sched = s["scheduler"].get("_target_", "?").rsplit(".", 1)[-1]
     shift = s["scheduler"].get("flow_shift", s["scheduler"].get("shift"))
     return (f"{s['model']} ({'random weights' if s['random_weights'] else s['model_path']}), "
-            f"checkpoint {s['checkpoint']['path'] if s['checkpoint'] else 'none'}; {s['num_frames']}×{s['height']}×"
+            f"checkpoint {s['checkpoint']['path'] if s['checkpoint'] else 'none'}"
+            f"{' (dense rows: the base weights of the folder)' if s.get('dense_weights') == 'base' else ''}; "
+            f"{s['num_frames']}×{s['height']}×"
             f"{s['width']} at {s['fps']} fps, {s['num_inference_steps']} steps {sched} shift {shift}, guidance "
             f"{s['guidance_scale']}, {len(s['prompts'])} prompts of '{s['prompt_set']}' × {s['videos_per_prompt']} "
             f"videos (seeds {s['seeds']}), {s['dtype']} on {s['device']}")

@@ -28,6 +28,7 @@ def generation_settings(cfg, prompts: list[str], seeds: list[int], frames: dict[
         "model_path": folder,
         "random_weights": cfg.model.path is None,
         "checkpoint": checkpoint_identity(cfg.ckpt),
+        "dense_weights": cfg.dense_weights if cfg.ckpt else None,  # which transformer the dense rows ran
         "attention": OmegaConf.to_container(cfg.attention, resolve=True),
         "quant_rows": quant_modes,
         "prompt_set": cfg.prompts,
