@@ -115,9 +115,9 @@ def test_dense_rows_can_run_the_folders_own_weights(eval_main, tmp_path):
     """dense_weights=base: the dense rows are the model the folder holds (as without a checkpoint), the SLA2
     rows the checkpoint's, whose transformer stage 2 changed.
 
-    Videos are compared by their scores, which are computed on the frames before encoding: libx264 does not
-    write the same bytes for the same frames every time (decoded, up to 17 levels apart), so decoded mp4s of two
-    runs need not be equal even when the runs' frames are."""
+    Videos are compared by their scores, which are computed on the frames before encoding: PyAV's libx264
+    does not write the same bytes for the same frames every time (up to 4 distinct files in 16 encodes, decoded up
+    to 17 levels apart), so decoded mp4s of two runs need not be equal even when the runs' frames are."""
     ckpt = _qat_checkpoint(tmp_path, "stage.optimizer.lr=0.05")
     plain, _ = run_eval(eval_main, tmp_path / "plain", "max_prompts=1")
     same, _ = run_eval(eval_main, tmp_path / "same", f"ckpt={ckpt}", "max_prompts=1")
