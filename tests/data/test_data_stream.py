@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sla2_train.data import LatentDataModule
+from sla2_train.data.collate import collate
 from sla2_train.data.errors import DataError
 from sla2_train.data.streams import TrainStream
 
@@ -33,14 +34,15 @@ def test_round_trip_write_stream_collate(make_shards, workers):
         assert set(batch) == {"latents", "text_embeds", "text_mask", "keys"}
         b = len(batch["keys"])
         assert 1 <= b <= 3
-        assert batch["latents"].dtype == torch.float32 and batch["latents"].shape == (b, 3, 2, 5, 7)
-        assert batch["text_embeds"].dtype == torch.float32 and batch["text_embeds"].shape == (b, text_len, 6)
+        # the shards' dtype travels; the training step casts on the device (lit/batch.py)
+        assert batch["latents"].dtype == torch.bfloat16 and batch["latents"].shape == (b, 3, 2, 5, 7)
+        assert batch["text_embeds"].dtype == torch.bfloat16 and batch["text_embeds"].shape == (b, text_len, 6)
         assert batch["text_mask"].dtype == torch.bool and batch["text_mask"].shape == (b, text_len)
         for i, key in enumerate(batch["keys"]):
             latents, text = truth[key]
             length = min(text.shape[0], text_len)
-            assert torch.equal(batch["latents"][i], latents)
-            assert torch.equal(batch["text_embeds"][i, :length], text[:length])
+            assert torch.equal(batch["latents"][i].float(), latents)
+            assert torch.equal(batch["text_embeds"][i, :length].float(), text[:length])
             assert batch["text_embeds"][i, length:].abs().sum() == 0
             assert batch["text_mask"][i].tolist() == [True] * length + [False] * (text_len - length)
             seen.append(key)
@@ -173,3 +175,19 @@ def test_clear_errors(make_shards, tmp_path):
         _dm(folder, latent_shape=[3, 2, 5, 8])
     with pytest.raises(DataError, match="data.batch_size must be"):
         _dm(folder, batch_size=0)
+
+
+def test_collate_keeps_one_dtype_and_promotes_mixed_ones():
+    def sample(key, dtype, length):
+        return {"key": key, "latents": torch.randn(2, 1, 3, 3).to(dtype), "text_embeds": torch.randn(length, 4).to(dtype)}
+
+    same = collate([sample("a", torch.bfloat16, 2), sample("b", torch.bfloat16, 5)], text_len=4)
+    assert same["latents"].dtype == same["text_embeds"].dtype == torch.bfloat16
+    mixed = [sample("a", torch.bfloat16, 2), sample("b", torch.float32, 3)]
+    batch = collate(mixed, text_len=4)
+    assert batch["latents"].dtype == batch["text_embeds"].dtype == torch.float32
+    for i, s in enumerate(mixed):
+        assert torch.equal(batch["latents"][i], s["latents"].float())
+        n = s["text_embeds"].shape[0]
+        assert torch.equal(batch["text_embeds"][i, :n], s["text_embeds"].float())
+

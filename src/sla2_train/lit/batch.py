@@ -8,9 +8,10 @@ import torch
 
 
 def latents_and_text(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents [B, C, F, H, W], text embeddings [B, L, D] zeroed past each caption as Wan's pipeline does)."""
-    text = batch["text_embeds"]
+    """(latents [B, C, F, H, W], text embeddings [B, L, D] zeroed past each caption as Wan's pipeline does), both
+    float32: batches travel in the shards' dtype (data/collate.py) and are cast here, on the device."""
+    text = batch["text_embeds"].float()
     mask = batch.get("text_mask")
     if mask is not None:
         text = text * mask[..., None].to(text.dtype)
-    return batch["latents"], text
+    return batch["latents"].float(), text
