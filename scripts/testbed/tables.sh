@@ -7,7 +7,7 @@
 #   PARALLEL=4 scripts/testbed/tables.sh /tmp/tables                       # the recorded run (one H200, ~8 min)
 #   HEIGHT=128 WIDTH=256 PARALLEL=4 scripts/testbed/tables.sh /tmp/tables  # the model's default size
 #
-# Settings (environment): MODEL (assets/testbed-t2v); HEIGHT×WIDTH pixels (64×128); SPARSITIES ("0.9 0.95
+# Settings (environment): PYTHON (python3); MODEL (assets/testbed-t2v); HEIGHT×WIDTH pixels (64×128); SPARSITIES ("0.9 0.95
 # 0.97"; Table 2's variants at the last); STEPS (500, each training run's max_steps) and MAX_TIME (a dd:hh:mm:ss
 # cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
@@ -20,6 +20,7 @@
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/tables.sh WORK_DIR [train.py overrides ...]}
 shift
+PY=${PYTHON:-python3}  # the interpreter with sla2-train installed (scripts/install.sh takes the same variable)
 MODEL=${MODEL:-assets/testbed-t2v}
 HEIGHT=${HEIGHT:-64}
 WIDTH=${WIDTH:-128}
@@ -44,13 +45,13 @@ mkdir -p "$WORK/logs" "$WORK/runs"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 log "render"
-python -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
+"$PY" -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
   --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
-python -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
+"$PY" -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
   --seed 1 --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
 grep -v '^#' "$WORK/heldout/prompts.txt" | head -n "$PROMPTS" > "$WORK/table_prompts.txt"
 log "prepare"
-python -m sla2_train.commands.prepare videos="$WORK/train/videos" captions="$WORK/train/captions.jsonl" \
+"$PY" -m sla2_train.commands.prepare videos="$WORK/train/videos" captions="$WORK/train/captions.jsonl" \
   out_dir="$WORK/shards" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
   clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
 
@@ -66,7 +67,7 @@ train() {
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
   log "train $name"
   STARTED+=("$name")
-  ( rc=0; python train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}" \
+  ( rc=0; "$PY" train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}" \
       > "$WORK/logs/$name.log" 2>&1 || rc=$?; echo "$rc" > "$WORK/logs/$name.rc" ) &
 }
 drain() {
@@ -109,7 +110,7 @@ if [ "$REFIT_ALPHA" != 0 ]; then
   REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
 fi
 log "attention table"
-python -m sla2_train.attnbench.table model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
+"$PY" -m sla2_train.attnbench.table model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
   "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE" out="$WORK/table" \
   "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]" \
   "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]" \
@@ -120,7 +121,7 @@ grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md
 # Videos at the last sparsity: each run's own dense model against its SLA2 (low-bit sparse branch).
 for run in "stage2-$LAST" "stage2-heuristic-$LAST" "stage2-bf16-$LAST"; do
   log "videos $run"
-  python eval.py model=testbed model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
+  "$PY" eval.py model=testbed model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
     eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST" ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" \
     output_root="$WORK/eval-$run" logger=none "$LATENTS" "${EVAL_ARGS[@]}" > "$WORK/logs/eval-$run.log" 2>&1
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
