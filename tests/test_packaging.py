@@ -1,5 +1,6 @@
 """Packaging and layout: every package folder ships, and the repo root never shadows another distribution."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,12 +41,23 @@ def _run_from_root(*args: str, timeout: int = 240) -> subprocess.CompletedProces
 
 
 def test_diffusers_does_not_take_the_kernels_folder_for_a_package():
-    # `python -c` and `python -m` put the repo root on sys.path, as `python -m pytest` does.
-    code = ("import diffusers.utils.import_utils as d, transformers.utils.import_utils as t; "
-            "print(d.is_kernels_available(), t.is_kernels_available())")
+    # `python -c` and `python -m` put the repo root on sys.path, as `python -m pytest` does. Recent transformers
+    # releases install the real `kernels` package: then both libraries must find that one, never our folder.
+    code = ("import importlib.util, json, diffusers.utils.import_utils as d, transformers.utils.import_utils as t; "
+            "s = importlib.util.find_spec('kernels'); "
+            "print(json.dumps([d.is_kernels_available(), t.is_kernels_available(), "
+            "None if s is None else [s.origin, list(s.submodule_search_locations or [])]]))")
     res = _run_from_root("-c", code)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["False", "False"]
+    diffusers_sees, transformers_sees, spec = json.loads(res.stdout.strip().splitlines()[-1])
+    origin = None if spec is None else spec[0]
+    if origin is None or origin == "namespace":
+        # nothing, or only our folder as a namespace portion: neither library may report kernels as available
+        assert (diffusers_sees, transformers_sees) == (False, False)
+    else:
+        ours = str(ROOT / "kernels")
+        assert not origin.startswith(ours + os.sep), spec
+        assert all(not loc.startswith(ours) for loc in spec[1]), spec
 
 
 def test_python_m_pytest_from_the_repo_root():
