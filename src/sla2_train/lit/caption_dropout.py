@@ -27,6 +27,9 @@ class CaptionDropout:
             raise ValueError(f"stage.caption_dropout.rate must be in [0, 1], got {rate}")
         self.rate = rate
         self.empty = None if empty is None else self._read(empty)
+        # The padded embedding per (length, dim, dtype, device): copying it from host memory at every step made
+        # every step wait for the GPU (a pageable host-to-device copy synchronises the stream).
+        self._padded: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @staticmethod
     def _read(path: str) -> torch.Tensor:
@@ -42,6 +45,12 @@ class CaptionDropout:
 
     def empty_embedding(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding [length, dim], mask [length]) of the empty prompt, padded or cut to the batch's length."""
+        key = (length, dim, like.dtype, like.device)
+        if key not in self._padded:
+            self._padded[key] = self._pad(length, dim, like)
+        return self._padded[key]
+
+    def _pad(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         text = torch.zeros(length, dim, dtype=like.dtype, device=like.device)
         mask = torch.zeros(length, dtype=torch.bool, device=like.device)
         if self.empty is not None:

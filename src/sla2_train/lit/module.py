@@ -74,7 +74,7 @@ class SLA2Module(pl.LightningModule):
         if self.stage.tau_schedule is not None:
             tau = self.stage.tau_schedule(self.global_step)
             set_attention_mode(self.model, tau=tau)
-            self.log("train/tau", tau, batch_size=batch["latents"].shape[0])
+            self.log("train/tau", torch.tensor(float(tau)), batch_size=batch["latents"].shape[0])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # With gradient accumulation most micro-batches end without an optimizer step: average only after one.
@@ -107,8 +107,9 @@ class SLA2Module(pl.LightningModule):
         bs = batch["latents"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         if self._trainer is not None and self.trainer.optimizers:
-            # Logged here rather than by LearningRateMonitor, which refuses to run without a logger.
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+            # Logged here rather than by LearningRateMonitor, which refuses to run without a logger. A host
+            # tensor, because Lightning turns a Python number into a device tensor, a copy that waits for the GPU.
+            self.log("train/lr", torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"])), batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=bs)
         alphas = alpha_means(self.model)
         if alphas:
