@@ -80,3 +80,19 @@ def test_bad_values_are_one_clear_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert all(w in err[0] for w in words), err[0]
+
+
+def test_a_resumed_run_whose_max_time_is_used_up_says_so(run_args, compose_config, train_entry, caplog):
+    # Lightning's Timer keeps the training time in the checkpoint: max_time counts the runs a run continues.
+    args = (*run_args, "trainer.max_steps=100000", "++trainer.max_time=00:00:00:01")
+    train_entry.main(compose_config(*args))
+    ckpt = Path(compose_config(*args).ckpt_dir) / "last.ckpt"
+    reached = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < reached < 100000  # stopped by the time limit
+    with caplog.at_level("WARNING", logger="sla2_train.lit.callbacks"):
+        train_entry.main(compose_config(*args))
+    assert any("trainer.max_time" in r.getMessage() and "earlier runs" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sla2_train.lit.callbacks"):  # time left: nothing to say
+        train_entry.main(compose_config(*run_args, f"trainer.max_steps={reached + 3}", "++trainer.max_time=00:00:10:00"))
+    assert not any("trainer.max_time" in r.getMessage() for r in caplog.records)

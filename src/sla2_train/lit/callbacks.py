@@ -11,7 +11,7 @@ from time import monotonic
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .stats import skipped_counts
@@ -152,3 +152,17 @@ class SkippedSamplesLogger(pl.Callback):
             values = values.pin_memory().to(pl_module.device, non_blocking=True)
         summed = trainer.strategy.reduce(values, reduce_op="sum")
         pl_module.log_dict({f"train/skipped/{k}": v for k, v in zip(counts, summed)}, on_step=True, on_epoch=False)
+
+
+class ResumedTimeLimit(pl.Callback):
+    """Says, naming the key, when a resumed run's trainer.max_time is already used up. Lightning's Timer keeps the
+    training time in the checkpoint, so the limit counts earlier runs too, and re-running a finished command
+    silently trains nothing (a used-up trainer.max_steps Lightning reports itself)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the callbacks' state is restored (before it with FSDP, whose restore comes later: then silent).
+        for timer in (c for c in trainer.callbacks if isinstance(c, Timer)):
+            elapsed, remaining = timer.time_elapsed(), timer.time_remaining()
+            if elapsed > 0 and remaining is not None and remaining <= 0:
+                log.warning("resumed after %.0f s of training, all that trainer.max_time allows: nothing to train; "
+                            "raise it to the new total, earlier runs' time included, to train on", elapsed)
