@@ -8,9 +8,12 @@
 # FROM: the folder to start from (default: a new untrained folder from sla2-testbed-model). Writes WORK_DIR/export
 # (the trained diffusers folder), WORK_DIR/runs (checkpoints, csv losses) and WORK_DIR/eval (videos, eval.json, table.md).
 # Resolution: HEIGHT×WIDTH pixels (default 128×256, the model's; 64×128 trains ~4× faster per sample and suits a
-# first phase, the latents then [48, 17, HEIGHT/4, WIDTH/4]). Sizes: N_TRAIN clips (default 3000) and N_HELDOUT held-out prompts (default 64; EVAL_PROMPTS of them evaluated,
-# 0 = no evaluation). PYTHON (default python3) runs every step. SEED (default 0) seeds the training clips: a continuing run given another seed trains on
-# scenes the previous runs never saw.
+# first phase, the latents then [48, 17, HEIGHT/4, WIDTH/4]). Sizes: N_TRAIN clips (default 3000) and N_HELDOUT
+# held-out prompts (default 64; EVAL_PROMPTS of them evaluated, 0 = no evaluation). EVAL_ARGS: more eval.py
+# overrides (e.g. the model.flow_shift the training was given). PYTHON (default python3) runs every step.
+# SEED (default 0) seeds the training clips: a continuing run given another seed trains on scenes the previous
+# runs never saw. Re-running the same command resumes the run in WORK_DIR/runs: trainer.max_time is then the
+# total over both runs.
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/pretrain.sh WORK_DIR [train.py overrides ...]}
 shift
@@ -20,6 +23,7 @@ SEED=${SEED:-0}
 N_HELDOUT=${N_HELDOUT:-64}
 EVAL_PROMPTS=${EVAL_PROMPTS:-16}
 WORKERS=${WORKERS:-$(nproc)}
+read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
 HEIGHT=${HEIGHT:-128}
 WIDTH=${WIDTH:-256}
 CLIP="clip.num_frames=17 clip.height=$HEIGHT clip.width=$WIDTH clip.fps=16"
@@ -53,5 +57,5 @@ rm -rf "$WORK/export"
 log "evaluate"
 "$PY" eval.py model=testbed model.path="$WORK/export" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
   eval/metrics=testbed negative_prompt='' device=cuda attention.sparsity=0.97 output_root="$WORK/eval" logger=none \
-  "$LATENTS"
+  "$LATENTS" "${EVAL_ARGS[@]}"
 log "done"
