@@ -96,3 +96,20 @@ def test_a_resumed_run_whose_max_time_is_used_up_says_so(run_args, compose_confi
     with caplog.at_level("WARNING", logger="sla2_train.lit.callbacks"):  # time left: nothing to say
         train_entry.main(compose_config(*run_args, f"trainer.max_steps={reached + 3}", "++trainer.max_time=00:00:10:00"))
     assert not any("trainer.max_time" in r.getMessage() for r in caplog.records)
+
+
+def test_a_non_finite_loss_stops_the_run_before_its_optimizer_step(run_args, compose_config, train_entry,
+                                                                   monkeypatch):
+    cfg = compose_config(*run_args, "trainer.max_steps=3", "callbacks.checkpoint.every_n_train_steps=1")
+    original = SLA2Module.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step == 1 else loss
+
+    monkeypatch.setattr(SLA2Module, "training_step", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite distill loss nan at step 1"):
+        train_entry.main(cfg)
+    saved = torch.load(Path(cfg.ckpt_dir) / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 1  # the poisoned step was never taken, nor saved
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())

@@ -49,6 +49,7 @@ class SLA2Module(pl.LightningModule):
                 "node (conf/stage/distill.yaml), e.g. stage.calibrate_alpha.when=start"
             )
         self._needs_calibration = calibration is not None and calibration.when == "start" and not init_from
+        self._step_loss: torch.Tensor | None = None  # the step's loss, checked once its backward is queued
         stage.apply(model)
 
     def on_fit_start(self) -> None:
@@ -102,8 +103,6 @@ class SLA2Module(pl.LightningModule):
         if self.stage.caption_dropout is not None:
             batch = self.stage.caption_dropout(batch)
         loss, logs = self.stage.objective(self.model, batch, self.flow)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")
         bs = batch["latents"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         if self._trainer is not None and self.trainer.optimizers:
@@ -116,6 +115,18 @@ class SLA2Module(pl.LightningModule):
             self.log("train/alpha_mean", torch.stack(alphas).mean(), batch_size=bs)
             self.log_dict({f"train/alpha/layer_{i}": a for i, a in enumerate(alphas)}, batch_size=bs)
         return loss
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self._step_loss = loss.detach()
+
+    def on_after_backward(self) -> None:
+        # A non-finite loss stops the run before its optimizer step, so no checkpoint holds weights it poisoned.
+        # Checked here rather than in training_step: reading the loss waits for the GPU, and here the backward is
+        # already queued behind the forward, so the GPU keeps working through the wait instead of idling between
+        # forward and backward.
+        loss = self._step_loss
+        if loss is not None and not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, _ = self.stage.objective(self.model, batch, self.flow)
