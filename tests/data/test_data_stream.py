@@ -179,7 +179,8 @@ def test_clear_errors(make_shards, tmp_path):
 
 def test_collate_keeps_one_dtype_and_promotes_mixed_ones():
     def sample(key, dtype, length):
-        return {"key": key, "latents": torch.randn(2, 1, 3, 3).to(dtype), "text_embeds": torch.randn(length, 4).to(dtype)}
+        return {"key": key, "latents": torch.randn(2, 1, 3, 3).to(dtype),
+                "text_embeds": torch.randn(length, 4).to(dtype)}
 
     same = collate([sample("a", torch.bfloat16, 2), sample("b", torch.bfloat16, 5)], text_len=4)
     assert same["latents"].dtype == same["text_embeds"].dtype == torch.bfloat16
@@ -190,4 +191,3 @@ def test_collate_keeps_one_dtype_and_promotes_mixed_ones():
         assert torch.equal(batch["latents"][i], s["latents"].float())
         n = s["text_embeds"].shape[0]
         assert torch.equal(batch["text_embeds"][i, :n], s["text_embeds"].float())
-

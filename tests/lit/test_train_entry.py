@@ -84,18 +84,20 @@ def test_bad_values_are_one_clear_line(
 
 def test_a_resumed_run_whose_max_time_is_used_up_says_so(run_args, compose_config, train_entry, caplog):
     # Lightning's Timer keeps the training time in the checkpoint: max_time counts the runs a run continues.
-    args = (*run_args, "trainer.max_steps=100000", "++trainer.max_time=00:00:00:01")
-    train_entry.main(compose_config(*args))
-    ckpt = Path(compose_config(*args).ckpt_dir) / "last.ckpt"
+    cfg = compose_config(*run_args, "trainer.max_steps=100000", "++trainer.max_time=00:00:00:01")
+    train_entry.main(cfg)
+    ckpt = Path(cfg.ckpt_dir) / "last.ckpt"
     reached = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < reached < 100000  # stopped by the time limit
     with caplog.at_level("WARNING", logger="sla2_train.lit.callbacks"):
-        train_entry.main(compose_config(*args))
+        train_entry.main(cfg)
     assert any("trainer.max_time" in r.getMessage() and "earlier runs" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="sla2_train.lit.callbacks"):  # time left: nothing to say
-        train_entry.main(compose_config(*run_args, f"trainer.max_steps={reached + 3}", "++trainer.max_time=00:00:10:00"))
+        more = compose_config(*run_args, f"trainer.max_steps={reached + 3}", "++trainer.max_time=00:00:10:00")
+        train_entry.main(more)
     assert not any("trainer.max_time" in r.getMessage() for r in caplog.records)
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == reached + 3  # it did train on
 
 
 def test_a_non_finite_loss_stops_the_run_before_its_optimizer_step(run_args, compose_config, train_entry,

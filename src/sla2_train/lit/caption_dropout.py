@@ -44,7 +44,8 @@ class CaptionDropout:
         return tensors["text_embeds"]
 
     def empty_embedding(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding [length, dim], mask [length]) of the empty prompt, padded or cut to the batch's length."""
+        """(embedding [length, dim], mask [length]) of the empty prompt, padded or cut to the batch's length;
+        built once per length, dtype and device, and shared by every call: read only."""
         key = (length, dim, like.dtype, like.device)
         if key not in self._padded:
             self._padded[key] = self._pad(length, dim, like)
