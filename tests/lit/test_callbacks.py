@@ -3,6 +3,7 @@
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from sla2_train.lit.callbacks import SkippedSamplesLogger
 
@@ -54,3 +55,20 @@ def test_default_callbacks_log_skipped_samples(compose_config, tmp_path):
     assert metrics["train/skipped/corrupt_shard"] == data.read // 2
     assert metrics["train/skipped/bad_shape"] == data.read // 3
     assert metrics["train/skipped/total"] == data.read // 2 + data.read // 3
+
+
+class _NoCollectives(SingleDeviceStrategy):
+    """A one-process run whose process group cannot reduce host tensors, as NCCL under one-process FSDP."""
+
+    def reduce(self, tensor, *args, **kwargs):
+        raise RuntimeError("No backend type associated with device type cpu")
+
+
+def test_one_process_sums_skipped_samples_without_a_collective():
+    data, steps = _Data(), int(torch.randint(3, 8, ()))
+    trainer = pl.Trainer(max_steps=steps, strategy=_NoCollectives(device=torch.device("cpu")), logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[SkippedSamplesLogger()])
+    trainer.fit(_Probe(), datamodule=data)
+    assert trainer.global_step == steps
+    assert trainer.callback_metrics["train/skipped/total"] == data.read // 2 + data.read // 3

@@ -144,13 +144,15 @@ class SkippedSamplesLogger(pl.Callback):
         counts = skipped_counts(getattr(trainer, "datamodule", None))
         if not counts:
             return
-        # One reduction for all reasons; every rank reports the same fixed reasons, so the collective matches.
-        # Kept on the host with one process, and sent from pinned memory with several: a plain copy to the GPU
-        # waits for the GPU to finish the step, every step.
-        values = torch.tensor(list(counts.values()), dtype=torch.float32)
-        if trainer.world_size > 1 and pl_module.device.type == "cuda":
-            values = values.pin_memory().to(pl_module.device, non_blocking=True)
-        summed = trainer.strategy.reduce(values, reduce_op="sum")
+        # Kept on the host: a plain copy to the GPU waits for the GPU to finish the step, every step. One process
+        # has nothing to sum and runs no collective (a one-process FSDP run still has an NCCL group, which cannot
+        # reduce a host tensor). Several sum in one reduction for all reasons (every rank reports the same fixed
+        # reasons, so the collective matches), sent to the group's device from pinned memory.
+        summed = torch.tensor(list(counts.values()), dtype=torch.float32)
+        if trainer.world_size > 1:
+            if pl_module.device.type == "cuda":
+                summed = summed.pin_memory().to(pl_module.device, non_blocking=True)
+            summed = trainer.strategy.reduce(summed, reduce_op="sum")
         pl_module.log_dict({f"train/skipped/{k}": v for k, v in zip(counts, summed)}, on_step=True, on_epoch=False)
 
 
