@@ -4,10 +4,11 @@
 # two other stage 2s at the last sparsity → the attention table → eval.py videos, dense against each stage 2.
 #
 #   scripts/testbed/tables.sh WORK_DIR [train.py overrides for every training run ...]
-#   PARALLEL=4 scripts/testbed/tables.sh /tmp/tables                       # the recorded run (one H200, ~8 min)
-#   HEIGHT=128 WIDTH=256 PARALLEL=4 scripts/testbed/tables.sh /tmp/tables  # the model's default size
+#   PARALLEL=4 scripts/testbed/tables.sh /tmp/tables                                    # the shipped model, 128×256
+#   PRESET=testbed_64x128 PARALLEL=4 scripts/testbed/tables.sh /tmp/tables              # the recorded 64×128 run (~8 min)
 #
-# Settings (environment): PYTHON (python3); MODEL (assets/testbed-t2v); HEIGHT×WIDTH pixels (64×128); SPARSITIES ("0.9 0.95
+# Settings (environment): PYTHON (python3); PRESET (testbed: the conf/model preset, which gives the folder, the
+# size and the flow shift); MODEL (the preset's folder); HEIGHT×WIDTH pixels (the preset's); SPARSITIES ("0.9 0.95
 # 0.97"; Table 2's variants at the last); STEPS (500, each training run's max_steps) and MAX_TIME (a dd:hh:mm:ss
 # cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
@@ -21,9 +22,17 @@ set -euo pipefail
 WORK=${1:?usage: scripts/testbed/tables.sh WORK_DIR [train.py overrides ...]}
 shift
 PY=${PYTHON:-python3}  # the interpreter with sla2-train installed (scripts/install.sh takes the same variable)
-MODEL=${MODEL:-assets/testbed-t2v}
-HEIGHT=${HEIGHT:-64}
-WIDTH=${WIDTH:-128}
+PRESET=${PRESET:-testbed}
+# the preset's folder and pixel size (its latents are 4×4-pixel patches), unless given
+read -r PRESET_MODEL PRESET_HEIGHT PRESET_WIDTH < <("$PY" -c '
+import os, sys
+from hydra import compose, initialize_config_dir
+with initialize_config_dir(config_dir=os.path.abspath("conf"), version_base="1.3"):
+    m = compose("config", overrides=["model=" + sys.argv[1]]).model
+print(m.path, 4 * m.latent_shape[2], 4 * m.latent_shape[3])' "$PRESET")
+MODEL=${MODEL:-$PRESET_MODEL}
+HEIGHT=${HEIGHT:-$PRESET_HEIGHT}
+WIDTH=${WIDTH:-$PRESET_WIDTH}
 read -r -a SPARSITIES <<< "${SPARSITIES:-0.9 0.95 0.97}"
 STEPS=${STEPS:-500}
 MAX_TIME=${MAX_TIME:-}
@@ -55,7 +64,7 @@ log "prepare"
   out_dir="$WORK/shards" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
   clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
 
-COMMON=(model=testbed model.path="$MODEL" data=webdataset data.train_shards="$WORK/shards" data.num_workers=2
+COMMON=(model="$PRESET" model.path="$MODEL" data=webdataset data.train_shards="$WORK/shards" data.num_workers=2
         "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
 [ -z "$MAX_TIME" ] || COMMON+=("++trainer.max_time=$MAX_TIME")
 ckpt() { ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; }
@@ -110,7 +119,7 @@ if [ "$REFIT_ALPHA" != 0 ]; then
   REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
 fi
 log "attention table"
-"$PY" -m sla2_train.attnbench.table model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
+"$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
   "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE" out="$WORK/table" \
   "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]" \
   "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]" \
@@ -121,7 +130,7 @@ grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md
 # Videos at the last sparsity: each run's own dense model against its SLA2 (low-bit sparse branch).
 for run in "stage2-$LAST" "stage2-heuristic-$LAST" "stage2-bf16-$LAST"; do
   log "videos $run"
-  "$PY" eval.py model=testbed model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
+  "$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
     eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST" ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" \
     output_root="$WORK/eval-$run" logger=none "$LATENTS" "${EVAL_ARGS[@]}" > "$WORK/logs/eval-$run.log" 2>&1
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
