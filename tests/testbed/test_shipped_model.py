@@ -1,8 +1,10 @@
 """The shipped testbed model (assets/testbed-t2v): it loads through `model.path` as Wan does, it reads its captions,
 and stage 1 on it lowers the hard-Top-k attention error on a fixed batch of its own kind of data; each testbed
-preset trains and samples with the flow shift its folder's weights were trained with."""
+preset trains and samples with the flow shift its folder's weights were trained with, and the earlier 64×128
+weights restore from the repository's history."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,13 +85,33 @@ def test_two_stage1_steps_lower_the_hard_topk_error(encoders):
     assert after < before, (before, after)
 
 
-@pytest.mark.parametrize("preset", ["testbed", "testbed_64x128"])
-def test_each_preset_samples_and_trains_with_its_folders_shift(preset):
+def preset(name: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"model={name}"]).model
+
+
+def assert_shift_matches_folder(model, folder: Path):
     """The preset's flow_shift (training's noise levels and eval's scheduler) is the one its weights were trained
     with, which the folder's own scheduler states for pipelines that load the folder directly."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        model = compose("config", overrides=[f"model={preset}"]).model
-    scheduler = json.loads((ROOT / model.path / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["flow_shift"] == model.flow_shift
-    arch = json.loads((ROOT / model.path / "transformer" / "config.json").read_text())
+    arch = json.loads((folder / "transformer" / "config.json").read_text())
     assert arch["num_layers"] == model.transformer.arch.num_layers
+
+
+def test_the_preset_samples_and_trains_with_its_folders_shift():
+    model = preset("testbed")
+    assert_shift_matches_folder(model, ROOT / model.path)
+
+
+def test_the_64x128_weights_restore_from_history_for_their_preset(tmp_path):
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--git-dir"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: the 64×128 weights live in the repository's history")
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "testbed" / "restore_64x128_weights.sh"), str(tmp_path / "w")],
+                         capture_output=True, text=True)
+    if "not in this clone's history" in run.stderr:
+        pytest.skip(run.stderr.strip())
+    assert run.returncode == 0, run.stderr  # the script also checks the transformer's sha256
+    model = preset("testbed_64x128")
+    assert model.path == "assets/testbed-t2v-64x128" and list(model.latent_shape) == [48, 17, 16, 32]
+    assert_shift_matches_folder(model, tmp_path / "w")

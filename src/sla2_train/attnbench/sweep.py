@@ -61,9 +61,8 @@ GRID = (
 SETS = {
     "default": "--grid 4 16 24 --train-contents 12 --validation-contents 4 --heldout-contents 4",
     "large": "--grid 8 32 48 --train-contents 12 --validation-contents 4 --heldout-contents 4",
-    # the testbed model's attention on rendered scenes at 64×128 (docs/results.md), so its weights trained at that
-    # size; 3 held-out scenes are too few
-    "testbed": "--source testbed --model-path assets/testbed-t2v-64x128 --train-contents 12 --validation-contents 12 "
+    # the shipped testbed model's attention on rendered scenes (docs/results.md); 3 held-out scenes are too few
+    "testbed": "--source testbed --model-path assets/testbed-t2v --train-contents 12 --validation-contents 12 "
                "--heldout-contents 12",
 }
 DEFAULT_SETS = ("default", "large")
