@@ -17,7 +17,9 @@
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`); DENSE_WEIGHTS (checkpoint:
 # each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares).
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
-# WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log.
+# WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
+# a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), and the table
+# and each run's videos are kept when they were made after every checkpoint (delete them to make them again).
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/tables.sh WORK_DIR [train.py overrides ...]}
 shift
@@ -112,27 +114,46 @@ train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attent
 drain
 
 join() { local IFS=,; echo "$*"; }
+# `fresh MARKER COMMAND...`: true when MARKER records this very command and no checkpoint is newer than it, so
+# what the command made is from the current weights and settings
+fresh() {
+  local marker=$1; shift
+  [ -f "$marker" ] && [ "$(cat "$marker")" = "$*" ] && [ -z "$(find "$WORK/runs" -name last.ckpt -newer "$marker" -print -quit)" ]
+}
 S1=(); S2=(); R=(); REFIT_ROW=()
 for s in "${SPARSITIES[@]}"; do S1+=("$(ckpt "stage1-$s")"); S2+=("$(ckpt "stage2-$s")"); done
 if [ "$REFIT_ALPHA" != 0 ]; then
   for s in "${SPARSITIES[@]}"; do R+=("$(ckpt "stage2-refit-$s")"); done
   REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
 fi
-log "attention table"
-"$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt" calib_count=2 "$LATENTS" \
-  "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE" out="$WORK/table" \
-  "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]" \
-  "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]" \
-  "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${TABLE_ARGS[@]}" > "$WORK/logs/table.log" 2>&1
+TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt"
+       calib_count=2 "$LATENTS" "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE"
+       out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
+       "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]"
+       "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${TABLE_ARGS[@]}")
+if fresh "$WORK/logs/table.done" "${TABLE[@]}"; then
+  log "attention table: kept (made by the same command after the last checkpoint)"
+else
+  log "attention table"
+  "${TABLE[@]}" > "$WORK/logs/table.log" 2>&1
+  echo "${TABLE[*]}" > "$WORK/logs/table.done"
+fi
 grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
 
 [ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
 # Videos at the last sparsity: each run's own dense model against its SLA2 (low-bit sparse branch).
 for run in "stage2-$LAST" "stage2-heuristic-$LAST" "stage2-bf16-$LAST"; do
-  log "videos $run"
-  "$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt" max_prompts="$EVAL_PROMPTS" \
-    eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST" ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" \
-    output_root="$WORK/eval-$run" logger=none "$LATENTS" "${EVAL_ARGS[@]}" > "$WORK/logs/eval-$run.log" 2>&1
+  EVAL=("$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt"
+        max_prompts="$EVAL_PROMPTS" eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST"
+        ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" output_root="$WORK/eval-$run" logger=none
+        "$LATENTS" "${EVAL_ARGS[@]}")
+  if fresh "$WORK/logs/eval-$run.done" "${EVAL[@]}"; then
+    log "videos $run: kept"
+  else
+    log "videos $run"
+    "${EVAL[@]}" > "$WORK/logs/eval-$run.log" 2>&1
+    echo "${EVAL[*]}" > "$WORK/logs/eval-$run.done"
+  fi
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done
 log "done"
