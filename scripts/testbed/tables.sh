@@ -19,7 +19,7 @@
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
 # a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), and the table
-# and each run's videos are kept when they were made after every checkpoint (delete them to make them again).
+# and each run's videos are kept when the same command made them after every checkpoint.
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/tables.sh WORK_DIR [train.py overrides ...]}
 shift
@@ -33,6 +33,8 @@ with initialize_config_dir(config_dir=os.path.abspath("conf"), version_base="1.3
     m = compose("config", overrides=["model=" + sys.argv[1]]).model
 print(m.path, 4 * m.latent_shape[2], 4 * m.latent_shape[3])' "$PRESET")
 MODEL=${MODEL:-$PRESET_MODEL}
+[ -d "$MODEL" ] || { echo "tables.sh: no model folder '$MODEL' (PRESET=$PRESET; the 64×128 weights are restored by" \
+  "scripts/testbed/restore_64x128_weights.sh)" >&2; exit 1; }
 HEIGHT=${HEIGHT:-$PRESET_HEIGHT}
 WIDTH=${WIDTH:-$PRESET_WIDTH}
 read -r -a SPARSITIES <<< "${SPARSITIES:-0.9 0.95 0.97}"
