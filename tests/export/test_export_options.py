@@ -50,12 +50,23 @@ def test_installed_transformer_computes_what_the_trained_one_does(compose_config
     model = module.model.eval()
     set_attention_mode(model, topk="hard")
     c, f, h, w = cfg.model.latent_shape
+    quant = [m.quant for m in model.modules() if hasattr(m, "quant")]
+    assert quant and quant == [m.quant for m in bare.modules() if hasattr(m, "quant")]  # the mode travelled too
     for batch in (1, 3):
         x = torch.randn(batch, c, f, h, w)
         t, text = torch.rand(batch) * 1000, torch.randn(batch, cfg.model.text_len, cfg.model.text_dim)
         with torch.no_grad():
             expected = model(x, t, text).sample
-            torch.testing.assert_close(bare(x, t, text).sample, expected, rtol=1e-5, atol=1e-5)
+            err = (bare(x, t, text).sample - expected).abs()
+            # Equal up to float rounding (CPU matmuls round by the operands' memory alignment, so two copies of a
+            # weight can differ in the last bit), which the low-bit branch can turn into one quantisation step on
+            # a few elements: bounded, and rare on average. Without it, rounding is all there is.
+            assert err.max() < 1e-3 and err.mean() < 1e-6, (float(err.max()), float(err.mean()))
+            set_attention_mode(model, quant=False)
+            set_attention_mode(bare, quant=False)
+            torch.testing.assert_close(bare(x, t, text).sample, model(x, t, text).sample, rtol=1e-5, atol=1e-5)
+            set_attention_mode(model, quant=quant[0])
+            set_attention_mode(bare, quant=quant[0])
     # Fresh SLA2 modules (identity router, initial α) compute something else: the saved state was used.
     fresh = WanTransformer3DModel.from_pretrained(out / "transformer")
     instantiate(cfg.attention).apply(fresh, cfg.model.latent_shape)
