@@ -102,8 +102,8 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.world_size > 1:
             # Every rank takes the same decisions, or a save (which synchronises ranks) would hang: one reduction
             # a step carries both (any rank interrupted, rank 0's save due).
-            flags = torch.tensor([float(interrupted), float(due)], device=pl_module.device)
-            interrupted, due = (bool(x) for x in trainer.strategy.reduce(flags, reduce_op="sum").tolist())
+            flags = sum_over_ranks(trainer, pl_module, [float(interrupted), float(due)])
+            interrupted, due = (bool(x) for x in flags.tolist())
         if interrupted:
             self._save_last_now(trainer, "interrupted")
             raise KeyboardInterrupt  # Lightning's Ctrl-C path: teardown, then exit
@@ -136,6 +136,18 @@ class LastCheckpoint(ModelCheckpoint):
                 logger.after_save_checkpoint(self)
 
 
+def sum_over_ranks(trainer: pl.Trainer, pl_module: pl.LightningModule, values: list[float]) -> torch.Tensor:
+    """The values summed over ranks, as one float32 tensor. One process runs no collective and keeps them on the
+    host (a one-process FSDP run still has an NCCL group, which cannot reduce a host tensor); several send them to
+    the group's device from pinned memory, as a plain copy to the GPU would wait for the step to finish."""
+    values = torch.tensor(values, dtype=torch.float32)
+    if trainer.world_size == 1:
+        return values
+    if pl_module.device.type == "cuda":
+        values = values.pin_memory().to(pl_module.device, non_blocking=True)
+    return trainer.strategy.reduce(values, reduce_op="sum")
+
+
 class SkippedSamplesLogger(pl.Callback):
     """Logs the data module's skipped samples as `train/skipped/<reason>` and `train/skipped/total`, summed over
     ranks, after every step: bad data shows up in the run's metrics beside the loss, not only in warnings."""
@@ -144,15 +156,8 @@ class SkippedSamplesLogger(pl.Callback):
         counts = skipped_counts(getattr(trainer, "datamodule", None))
         if not counts:
             return
-        # Kept on the host: a plain copy to the GPU waits for the GPU to finish the step, every step. One process
-        # has nothing to sum and runs no collective (a one-process FSDP run still has an NCCL group, which cannot
-        # reduce a host tensor). Several sum in one reduction for all reasons (every rank reports the same fixed
-        # reasons, so the collective matches), sent to the group's device from pinned memory.
-        summed = torch.tensor(list(counts.values()), dtype=torch.float32)
-        if trainer.world_size > 1:
-            if pl_module.device.type == "cuda":
-                summed = summed.pin_memory().to(pl_module.device, non_blocking=True)
-            summed = trainer.strategy.reduce(summed, reduce_op="sum")
+        # One reduction for all reasons: every rank reports the same fixed reasons, so the collective matches.
+        summed = sum_over_ranks(trainer, pl_module, list(counts.values()))
         pl_module.log_dict({f"train/skipped/{k}": v for k, v in zip(counts, summed)}, on_step=True, on_epoch=False)
 
 
