@@ -15,11 +15,14 @@
 # PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`); DENSE_WEIGHTS (checkpoint:
-# each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares).
+# each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares);
+# STAGE1_ARGS (overrides for the stage-1 runs only, e.g. stage.objective.query_blocks=32: the distillation loss's
+# full-attention rows are O(rows · N) memory, ~50 GB a run at 128×256 with every query block).
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
-# a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), and the table
-# and each run's videos are kept when the same command made them after every checkpoint.
+# a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), the table from
+# its finished passes, and the table and each run's videos are kept when the same command made them after every
+# checkpoint.
 set -euo pipefail
 WORK=${1:?usage: scripts/testbed/tables.sh WORK_DIR [train.py overrides ...]}
 shift
@@ -52,6 +55,7 @@ DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-$(nproc)}
 read -r -a TABLE_ARGS <<< "${TABLE_ARGS:-}"
 read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
+read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
 mkdir -p "$WORK/logs" "$WORK/runs"
@@ -95,7 +99,7 @@ drain() {
 EXTRA=("$@")
 
 for s in "${SPARSITIES[@]}"; do
-  train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4
+  train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4 "${STAGE1_ARGS[@]}"
 done
 # α by the stage-1 recipe's fit (least absolute error), on the first batch (start) or after the last step (end)
 calibrate() {
