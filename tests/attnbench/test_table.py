@@ -147,6 +147,52 @@ def test_real_errors_and_a_loaded_router_that_differs_from_the_heuristic(table):
         assert rows[(s, "sparse_heuristic")]["gap_closed"] in (0.0, None)
 
 
+
+def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, monkeypatch):
+    """A table killed during its last pass measures only that pass again, and writes the same numbers as a
+    table measured from scratch; a weight file that changed has its pass measured again."""
+    import os
+
+    from sla2_train.attnbench import table_run
+
+    passes = []
+    capture = table_run.capture_trajectories
+
+    def counted(*args, **kwargs):
+        passes.append(args[7])  # the pass's name, as its progress bar shows it
+        if "other" in args[7] and interrupt:
+            raise KeyboardInterrupt
+        return capture(*args, **kwargs)
+
+    monkeypatch.setattr(table_run, "capture_trajectories", counted)
+    out = tmp_path / "out"
+    overrides = [o for o in table_overrides(files, out, "query_chunk=64") if not o.startswith("+stage2_variants.again")]
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
+    assert passes == ["calibration", "held-out", "stage 2 at 0.5", "stage 2 (other) at 0.5"]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["base.safetensors", "stage2-main-0.5.safetensors"]
+
+    interrupt, passes[:] = False, []
+    resumed = json.loads(run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")[0].read_text())
+    assert passes == ["calibration", "stage 2 (other) at 0.5"]  # α and W are refitted; the rest is kept
+
+    passes[:] = []
+    fresh = compose_table(*overrides[:-1], f"out={tmp_path / 'fresh'}", "resume=false")
+    scratch = json.loads(run_table(fresh, build(fresh), "test")[0].read_text())
+    assert passes == ["calibration", "held-out", "stage 2 at 0.5", "stage 2 (other) at 0.5"]
+    assert rows_by(resumed).keys() == rows_by(scratch).keys()
+    for key, row in rows_by(scratch).items():  # two loads of the same weights may round a CPU matmul apart
+        assert rows_by(resumed)[key]["per_layer"] == pytest.approx(row["per_layer"], rel=1e-6, abs=1e-9), key
+
+    # the other stage-2 weights rewritten (a newer checkpoint at the same path): only their pass is measured again
+    st = os.stat(files["stage2_other"])
+    os.utime(files["stage2_other"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    passes[:] = []
+    run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
+    assert passes == ["calibration", "stage 2 (other) at 0.5"]
+
+
 # --- the per-layer numbers against a direct computation of one layer, at full size --------------------------------
 
 LAYER, SPARSITY = 1, 0.5

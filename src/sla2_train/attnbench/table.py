@@ -4,7 +4,8 @@
         stage1=[S1_90,S1_95,S1_97] stage2=[S2_90,S2_95,S2_97] sparsities=[0.9,0.95,0.97] steps=[0,10,20,29]
     ... +stage2_variants.heuristic_router_qat=[H_97] +stage2_variants.bf16_finetune=[B_97]   # Table 2's rows
 
-Config: conf/attnbench_table.yaml. Writes attention_table.md and attention_table.json to `out`.
+Config: conf/attnbench_table.yaml. Writes attention_table.md and attention_table.json to `out`, and each finished
+pass to `out/parts` (table_parts.py), from which the same command resumes after an interruption.
 docs/testbed.md ("The attention table") says what each row measures.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -24,6 +26,7 @@ from sla2_train.models import ConfigError, SLA2Swap, token_count
 
 from .cli import card
 from .stage_weights import read_stage, stage1_layers
+from .table_parts import TableParts, table_settings
 from .table_report import METHODS, row, variant_row, write
 from .table_run import TableJob, measure, sums_of
 from .trajectories import Sampling
@@ -91,7 +94,8 @@ def build(cfg) -> TableJob:
                         cfg.negative_prompt, int(cfg.max_sequence_length), int(cfg.seed), cfg.device)
     return TableJob(model, pipe, sampling, prompts, calib_prompts, calib_source, sparsities, layers, steps, block_q,
                     block_k, seq_len, fit, trained1, {s: w.path for s, w in stage1.items()}, stage2,
-                    int(cfg.query_chunk), variants)
+                    int(cfg.query_chunk), variants, str(folder),
+                    TableParts(Path(cfg.out) / "parts", table_settings(cfg), bool(cfg.resume)))
 
 
 def header(cfg, job: TableJob, command: str) -> dict:

@@ -21,6 +21,7 @@ from .calibration import Calibration
 from .chunks import BESTMASS, RouterMasks, walk
 from .stage_weights import StageWeights, install
 from .table_methods import ErrorSums, FittedAlpha, Method, SLAProjection, own_alpha, sparse_only
+from .table_parts import TableParts, measured_or_kept
 from .trajectories import Sampling, capture_trajectories
 
 IDENTITY = "identity"
@@ -46,6 +47,8 @@ class TableJob:
     stage2: dict[float, StageWeights] = field(default_factory=dict)
     query_chunk: int = 1024
     stage2_variants: dict[str, dict[float, StageWeights]] = field(default_factory=dict)  # name → per sparsity
+    model_path: str = ""  # the dense model folder (its files stamp every kept part)
+    parts: TableParts | None = None  # finished parts kept on disk (None: measure everything)
 
 
 @dataclass
@@ -86,9 +89,9 @@ def base_methods(job: TableJob, calib: Calibration, layer: int) -> dict[float, l
     return methods
 
 
-def measure_base(job: TableJob, identity: RouterMasks, calib: Calibration) -> ErrorSums:
+def measure_base(job: TableJob, identity: RouterMasks, methods: dict[int, dict[float, list[Method]]]) -> ErrorSums:
+    """The rows measured on the dense model's trajectories; `methods` per layer (base_methods)."""
     sums = ErrorSums()
-    methods = {layer: base_methods(job, calib, layer) for layer in job.layers}
     measured = {s: [IDENTITY, BESTMASS] + ([f"stage1 {s}"] if s in job.stage1 else []) for s in job.sparsities}
 
     def routers_of(layer: int) -> dict[str, RouterMasks]:
@@ -101,11 +104,11 @@ def measure_base(job: TableJob, identity: RouterMasks, calib: Calibration) -> Er
     return sums
 
 
-def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, sums: ErrorSums,
-                   what: str = "stage 2") -> None:
+def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, what: str = "stage 2") -> ErrorSums:
     """Load the stage-2 weights into the model (its transformer changes for good: every later load replaces all
     of it) and measure on its own trajectories."""
     s = weights.sparsity
+    sums = ErrorSums()
     trained = install(job.model, weights, job.seq_len)
     methods = {s: [Method("sla2_stage2", "stage2", own_alpha, quant=True),
                    Method("sparse_heuristic", IDENTITY, sparse_only),
@@ -116,6 +119,7 @@ def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, 
         _consumer(job, measured, lambda layer: {IDENTITY: identity, "stage2": RouterMasks(trained[layer], True)},
                   lambda layer, c: sums.add(layer, c, methods)),
         f"{what} at {s:g}")
+    return sums
 
 
 def identity_router(model: torch.nn.Module, job: TableJob) -> RouterMasks:
@@ -129,12 +133,17 @@ def identity_router(model: torch.nn.Module, job: TableJob) -> RouterMasks:
 def measure(job: TableJob) -> TableSums:
     identity = identity_router(job.model, job)
     calib = calibrate(job, identity)
-    base = measure_base(job, identity, calib)
+    methods = {layer: base_methods(job, calib, layer) for layer in job.layers}  # fits α and SLA's W (and its λ)
+    base = measured_or_kept(job.parts, "base", [job.model_path, *job.stage1_paths.values()],
+                            lambda: measure_base(job, identity, methods))
     runs = {"": job.stage2, **job.stage2_variants}  # "": the stage2 row; the others Table 2's variants
     sums2 = {name: ErrorSums() for name in runs}
     for name, weights in runs.items():
         for s in sorted(weights):  # last: each changes the model's transformer weights
-            measure_stage2(job, identity, weights[s], sums2[name], f"stage 2 ({name})" if name else "stage 2")
+            what = f"stage 2 ({name})" if name else "stage 2"
+            part = measured_or_kept(job.parts, f"stage2-{name or 'main'}-{s:g}", [job.model_path, weights[s].path],
+                                    lambda: measure_stage2(job, identity, weights[s], what))
+            sums2[name].sums.update(part.sums)
     return TableSums(base, sums2.pop(""), {key: r.tolist() for key, r in calib.sla_ridge.items()}, sums2)
 
 

@@ -1,0 +1,92 @@
+"""The attention table's finished parts on disk, so that an interrupted table resumes where it stopped.
+
+A table is one dense pass over the held-out trajectories (`base`) and one pass per stage-2 model, minutes each at
+the testbed's default size and hours on Wan2.1. Each pass's error sums are written to `out/parts/<name>.safetensors`
+when it ends, stamped with what it was measured from: the table's settings (everything in the config but `out`
+and the stage-2 lists, which only add parts) and the size and modification time of every weight file it read. A
+later run with `resume=true` reuses a part whose stamp is the same and measures every other one again.
+Calibration (α, SLA's W) is always refitted: it takes seconds, and the base rows' α depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .table_methods import ErrorSums
+
+log = logging.getLogger(__name__)
+SEP = "|"  # between a sum's sparsity, method and layer in a tensor name
+
+
+def weight_stamp(path: str) -> list:
+    """[path, size, mtime_ns] of a checkpoint file, or of every file of an exported folder (sorted)."""
+    p = Path(path).resolve()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+class TableParts:
+    """Reads and writes the parts of one table. `settings`: a JSON-able dict of what every part depends on."""
+
+    def __init__(self, root: Path, settings: dict, resume: bool):
+        self.root, self.resume = Path(root), resume
+        self.settings = settings
+
+    def _stamp(self, weights: list[str]) -> str:
+        return json.dumps({"settings": self.settings, "weights": [weight_stamp(w) for w in weights]}, sort_keys=True)
+
+    def _path(self, name: str) -> Path:
+        return self.root / f"{name}.safetensors"
+
+    def load(self, name: str, weights: list[str]) -> ErrorSums | None:
+        """The part's sums when it was finished from the same settings and weight files; None otherwise."""
+        path = self._path(name)
+        if not (self.resume and path.is_file()):
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("stamp") != self._stamp(weights):
+                log.info("table part %s: settings or weights changed since %s, measuring again", name, path)
+                return None
+            sums = ErrorSums()
+            for key in f.keys():
+                sparsity, method, layer = key.split(SEP)
+                sums.sums[(float(sparsity), method, int(layer))] = f.get_tensor(key)
+        log.info("table part %s: kept from %s", name, path)
+        return sums
+
+    def save(self, name: str, weights: list[str], sums: ErrorSums) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tensors = {SEP.join((repr(s), m, str(layer))): t.contiguous() for (s, m, layer), t in sums.sums.items()}
+        tmp = self._path(name).with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"stamp": self._stamp(weights)})
+        os.replace(tmp, self._path(name))  # a run killed while writing leaves no half part
+
+
+def measured_or_kept(parts: TableParts | None, name: str, weights: list[str], measure) -> ErrorSums:
+    """`measure()`'s sums, or the kept part's; the new sums are saved as the part."""
+    if parts is None:
+        return measure()
+    sums = parts.load(name, weights)
+    if sums is None:
+        sums = measure()
+        parts.save(name, weights, sums)
+    return sums
+
+
+def table_settings(cfg) -> dict:
+    """What every part depends on: the resolved config but the output folder, the stage-2 lists (each stage-2
+    part is stamped with its own weights) and the switch that reads parts back."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("out", "stage2", "stage2_variants", "resume", "hydra"):
+        resolved.pop(key, None)
+    return resolved
+
