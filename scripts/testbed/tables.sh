@@ -4,7 +4,7 @@
 # two other stage 2s at the last sparsity → the attention table → eval.py videos, dense against each stage 2.
 #
 #   scripts/testbed/tables.sh WORK_DIR [train.py overrides for every training run ...]
-#   PARALLEL=4 scripts/testbed/tables.sh /tmp/tables                                    # the shipped model, 128×256
+#   STAGE1_ARGS=stage.objective.query_blocks=32 PARALLEL=4 scripts/testbed/tables.sh /tmp/tables  # shipped, 128×256
 #   PRESET=testbed_64x128 PARALLEL=4 scripts/testbed/tables.sh /tmp/tables              # the recorded 64×128 run (~8 min)
 #
 # Settings (environment): PYTHON (python3); PRESET (testbed: the conf/model preset, which gives the folder, the
