@@ -191,7 +191,8 @@ class Bench(BenchBase):
         candidates = {
             False: [Cfg(4, 2, tma=True), Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 2, tma=True), Cfg(8, 3, tma=True),
                     Cfg(8, 3)],
-            True: [Cfg(8, 3), Cfg(8, 2), Cfg(4, 3), Cfg(8, 3, exact_max=not default_exact_max)],
+            True: [Cfg(8, 3), Cfg(8, 2), Cfg(4, 3), Cfg(4, 2, tma=True), Cfg(4, 3, tma=True), Cfg(8, 2, tma=True),
+                   Cfg(8, 3, exact_max=not default_exact_max)],
         }
         best = {}
         for quant, st in ((False, st16), (True, st8)):
@@ -200,7 +201,7 @@ class Bench(BenchBase):
                     break
                 t = self.safe(f"sweep {cfg} quant={quant}", lambda: self.time_ms(
                     lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
-                name = "sla2_fwd_lowbit" if quant else "sla2_fwd_tma" if cfg.tma else "sla2_fwd"
+                name = ("sla2_fwd_lowbit" if quant else "sla2_fwd") + ("_tma" if cfg.tma else "")
                 ck = self.launch.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
                            exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -4,7 +4,8 @@ launch.
 sla2_forward, which the training op runs, validates its inputs once (`check_forward`) and then calls only
 unchecked parts (kv_state.build_state, `run_forward`).
 Kernels: sla2_fwd_tma.py (bf16/fp16 default), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
-sla2_fwd_lowbit.py (quant=True); complement.py for the selection's complement and Z_I.
+sla2_fwd_lowbit.py (quant=True), sla2_fwd_lowbit_tma.py (quant=True with a TMA configuration, after
+lowbit_quant.quantize_q_kernel); complement.py for the selection's complement and Z_I.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from . import launch, layouts
 from .checks import alpha_view, check_block, check_indices, check_lin_state, check_qkv, check_state
 from .kv_state import KVState, build_state
 from .layouts import bhnd_view, descriptor, dims
+from .lowbit_quant import quantize_q_kernel
 from .selection import complement_mask
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
+from .sla2_fwd_lowbit_tma import sla2_fwd_lowbit_tma_kernel
 from .sla2_fwd_tma import sla2_fwd_tma_kernel
 from .tuning import EPI_CHUNKS, FwdConfig, default_fwd_config, pointer_config
 
@@ -114,6 +117,16 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     return run_forward(p, q, k, v, p.alpha, kv_state, lin_state if linear else None, quant, config, sparse_out)
 
 
+def quantized_q(q: torch.Tensor, p: ForwardProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q̂ int8 [BH, nq·b_q, D], padded rows 0; s_q fp32 [BH, nq]) for the TMA low-bit kernel."""
+    BH, nq, bq = p.B * p.H, p.nq, p.block_q
+    q8 = launch.empty(BH, nq * bq, p.D, device=q.device, dtype=torch.int8)
+    sq = launch.empty(BH, nq, device=q.device, dtype=torch.float32)
+    launch.run("quantize_q", quantize_q_kernel, (nq, BH), q, q8, sq, *p.strides["q"], p.N, p.H, nq, BQ=bq, D=p.D,
+               num_warps=4)
+    return q8, sq
+
+
 def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state, quant: bool,
                 config: FwdConfig | None = None, sparse_out: bool = True):
     """The main kernel's launch on a validated problem: (o, lse, o_s). lin_state None: no linear branch (α = 1);
@@ -129,12 +142,11 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
     so = dims(o, layout)[1]
     lse = launch.empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
-    if cfg.tma and (quant or not layouts.tma_hardware(q.device)
-                    or not layouts.tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o)),
+    if cfg.tma and (not layouts.tma_hardware(q.device)
+                    or not layouts.tma_ready(*(bhnd_view(t, layout) for t in (q, k, v, o, o_s) if t.numel()),
                                              *((h_i,) if linear else ()))):
-        # The low-bit kernel has no TMA variant: TMA tiles of K̂, V̂ᵀ measured no faster (H100, 2026-11-27, 1.3B
-        # at 97%: 1.094-1.100 vs 1.099-1.105 ms); or the GPU has no TMA, or the tensors' strides or alignment do
-        # not suit it. A caller's own configuration keeps its warps and stages; the default becomes the pointer one.
+        # The GPU has no TMA, or the tensors' strides or alignment do not suit it. A caller's own configuration
+        # keeps its warps and stages; the default becomes the pointer one.
         cfg = replace(cfg, tma=False) if config is not None else pointer_config(bq, D)
     scale = 1.0 / math.sqrt(D)
     interpret = launch.interpreting()
@@ -146,7 +158,18 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
             kw["maxnreg"] = c.maxnreg
         return kw
 
-    if quant:
+    if quant and cfg.tma:
+        name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
+        q8, sq = quantized_q(q, p)
+        hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
+        q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
+        o_desc = descriptor(o4, bq)
+        args = (descriptor(q4, bq), o_desc, descriptor(bhnd_view(o_s, layout), bq) if store_os else o_desc,
+                descriptor(q4, bq, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS),
+                descriptor(q8, bq), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
+                idx, alpha3, lse, z_i, sq, s.sk, s.sv, s.kmean, *alpha3.stride(), N, H, nq, nk, topk, scale)
+        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, STORE_OS=store_os, **common(c)))  # noqa: E731
+    elif quant:
         name, kernel = "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel
         args = (q, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
                 *strides["q"], *so, *alpha3.stride(), N, H, nq, nk, topk, scale)

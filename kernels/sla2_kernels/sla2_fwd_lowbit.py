@@ -39,8 +39,24 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK: tl.
     blk = tl.load(idx_base + it)
     start = blk.to(tl.int64) * BK
     k8 = tl.load(k8_ptrs + start * D)  # K̂ is stored padded to nk·b_k rows (zeros): no mask
-    s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * (qk_scale * tl.load(sk_base + blk))
-    return tl.where(((start + offs_k) < N)[None, :], s, float("-inf")), start
+    return scaled_scores(q8, k8, qk_scale * tl.load(sk_base + blk), (start + offs_k) < N), start
+
+
+@triton.jit
+def scaled_scores(q8, k8, scale, kv_ok):
+    """INT8 Q̂K̂ᵀ of one key block [BQ, BK], times its scale (log2 domain), −inf on padded keys (kv_ok)."""
+    s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * scale
+    return tl.where(kv_ok[None, :], s, float("-inf"))
+
+
+@triton.jit
+def running_max_step(s, m_i, l_i, INTERPRET: tl.constexpr):
+    """One online-softmax step with P̃ rounded against the running row maximum (SageAttention2's arithmetic):
+    (m_new, l_new, corr, P̂ e4m3 at scale 448); the caller rescales its accumulator by corr."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp2(s - m_new[:, None])
+    corr = tl.exp2(m_i - m_new)
+    return m_new, l_i * corr + tl.sum(p, axis=1), corr, to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
 
 
 @triton.jit
@@ -98,14 +114,10 @@ def sla2_fwd_lowbit_kernel(
         if EXACT_MAX:
             p = tl.exp2(s - m_i[:, None])
             l_i += tl.sum(p, axis=1)
-        else:  # running maximum, as the reference's default (SageAttention2's arithmetic; module docstring)
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            p = tl.exp2(s - m_new[:, None])
-            corr = tl.exp2(m_i - m_new)
-            l_i = l_i * corr + tl.sum(p, axis=1)
+            p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
+        else:  # running maximum, as the reference's default (module docstring)
+            m_i, l_i, corr, p8 = running_max_step(s, m_i, l_i, INTERPRET)
             acc = acc * corr[:, None]
-            m_i = m_new
-        p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
         v8t = tl.load(v8_ptrs + start)  # V̂ᵀ is padded too
         acc += tl.dot(p8, tl.trans(v8t))
 

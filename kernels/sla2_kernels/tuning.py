@@ -22,8 +22,15 @@ class FwdConfig:
     # (fake_quant_sparse_attention); True = two passes against the exact row max, which matches
     # fake_quant_sparse_attention(..., running_max=False).
     exact_max: bool = False
-    tma: bool = False  # bf16 only: tiles by TMA descriptors (sla2_fwd_tma.py) where the tensors allow it
+    # tiles by TMA descriptors where the GPU and the tensors allow it: sla2_fwd_tma.py (bf16), sla2_fwd_lowbit_tma.py
+    # (low-bit, one pass: no exact_max)
+    tma: bool = False
     maxnreg: int | None = None  # register cap a thread (None: the compiler's choice)
+
+    def __post_init__(self):
+        if self.tma and self.exact_max:
+            raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
+                             "use tma=False with it")
 
 
 def pointer_config(block_q: int, head_dim: int) -> FwdConfig:

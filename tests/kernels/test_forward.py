@@ -60,7 +60,7 @@ def _misaligned(t: torch.Tensor) -> torch.Tensor:
 def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     """Aligned inputs go to the TMA kernel; a misaligned one falls back to the pointer kernel (at the pointer
     kernel's own default configuration) with the same result; so does a GPU without TMA; the low-bit forward
-    has no TMA variant and keeps its own kernel."""
+    runs its pointer kernel by default and its TMA kernel when a configuration asks for TMA."""
     launched = []
     run_kernel = launch.run
     monkeypatch.setattr(launch, "run", lambda name, *a, **kw: (
@@ -68,8 +68,8 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     B, H, N, D, bq, bk = 1, 2, 200, 64, 64, 64
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=5)
-    run = lambda q_, quant=False: sla2_kernels.sla2_forward(q_, k, v, sel.indices, alpha, block_q=bq, block_k=bk,
-                                                            quant=quant, layout="bnhd")[0]
+    run = lambda q_, quant=False, config=None: sla2_kernels.sla2_forward(  # noqa: E731
+        q_, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=quant, layout="bnhd", config=config)[0]
     pointer = tuning.pointer_config(bq, D)
     kernels = lambda: [name for name, *_ in launched if name.startswith("sla2_fwd")]  # noqa: E731
     o_tma = run(q)
@@ -87,6 +87,12 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     assert kernels() == ["sla2_fwd"]
     launched.clear()
     run(q, quant=True)
+    assert kernels() == ["sla2_fwd_lowbit"]
+    launched.clear()
+    run(q, quant=True, config=PATHS["tma"])
+    assert kernels() == ["sla2_fwd_lowbit_tma"]
+    launched.clear()
+    run(_misaligned(q), quant=True, config=PATHS["tma"])
     assert kernels() == ["sla2_fwd_lowbit"]
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sla2_kernels
-from sla2_kernels import tuning
+from sla2_kernels import launch, layouts, tuning
 from sla2_train.attention import reference as ref
 
 CASES = [
@@ -27,14 +27,29 @@ def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
 
+# The pointer kernel (the low-bit default) and the TMA low-bit kernel (Q̂ from its own pass, one-level FP8
+# accumulation), which runs where a configuration asks for TMA and the tensors suit it.
+PATHS = {"pointer": None, "tma": sla2_kernels.FwdConfig(4, 2, tma=True)}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_lowbit_matches_fake_quant(case, poisoned, kt):
+def test_lowbit_matches_fake_quant(case, path, poisoned, kt, monkeypatch):
     B, H, N, D, bq, bk, dtype, layout, strided, topk = case
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 3 + D)
     kw = dict(block_q=bq, block_k=bk, layout=layout)
-    o8, lse8, os8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, **kw)
+    launched = []
+    run_kernel = launch.run
+    monkeypatch.setattr(launch, "run", lambda name, *a, **k_: (launched.append(name), run_kernel(name, *a, **k_))[1])
+    o8, lse8, os8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, config=PATHS[path], **kw)
     kt.assert_all_written(poisoned)
+    tma = path == "tma" and layouts.tma_ready(*(layouts.bhnd_view(t, layout) for t in (q, k, v)))
+    assert ("sla2_fwd_lowbit_tma" if tma else "sla2_fwd_lowbit") in launched, launched
+    if path == "tma":  # the same Q̂, K̂, V̂ and roundings as the pointer kernel: only sums in another order
+        o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, **kw)
+        assert kt.rel_l1(o8, o_ptr.float()) <= 1e-3 and kt.rel_l1(os8, os_ptr.float()) <= 1e-3
+        torch.testing.assert_close(lse8, lse_ptr, rtol=0, atol=1e-4)
     o16, _, os16 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=False, **kw)
     assert os8.shape == q.shape and os8.stride() == o8.stride() and os16.numel() == 0
     o8, o16, os8 = kt.to_bhnd(o8, layout), kt.to_bhnd(o16, layout), kt.to_bhnd(os8, layout)
@@ -133,3 +148,5 @@ def test_default_is_the_one_pass_kernel():
     """The default configuration rounds P̃ against the running maximum, as the reference's default does."""
     assert tuning.default_fwd_config(64, 64, 64, quant=True).exact_max is False
     assert sla2_kernels.FwdConfig(8, 3).exact_max is False
+    with pytest.raises(ValueError, match="exact_max .* pointer low-bit kernel only"):  # no two-pass TMA kernel
+        sla2_kernels.FwdConfig(4, 2, tma=True, exact_max=True)
