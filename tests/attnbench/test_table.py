@@ -171,7 +171,7 @@ def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
     assert passes == ["calibration", "held-out", "stage 2 at 0.5", "stage 2 (other) at 0.5"]
-    assert sorted(p.name for p in (out / "parts").iterdir()) == ["base.safetensors", "stage2-main-0.5.safetensors"]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["base.safetensors", "stage2-0.5.safetensors"]
 
     interrupt, passes[:] = False, []
     resumed = json.loads(run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")[0].read_text())

@@ -141,7 +141,8 @@ def measure(job: TableJob) -> TableSums:
     for name, weights in runs.items():
         for s in sorted(weights):  # last: each changes the model's transformer weights
             what = f"stage 2 ({name})" if name else "stage 2"
-            part = measured_or_kept(job.parts, f"stage2-{name or 'main'}-{s:g}", [job.model_path, weights[s].path],
+            part = measured_or_kept(job.parts, f"stage2-{f'variant-{name}-' if name else ''}{s:g}",
+                                    [job.model_path, weights[s].path],
                                     lambda: measure_stage2(job, identity, weights[s], what))
             sums2[name].sums.update(part.sums)
     return TableSums(base, sums2.pop(""), {key: r.tolist() for key, r in calib.sla_ridge.items()}, sums2)
