@@ -192,6 +192,12 @@ def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, m
     run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
     assert passes == ["calibration", "stage 2 (other) at 0.5"]
 
+    # a damaged part file costs its pass only
+    (out / "parts" / "base.safetensors").write_bytes(b"not a safetensors file")
+    passes[:] = []
+    run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
+    assert passes == ["calibration", "held-out"]
+
 
 # --- the per-layer numbers against a direct computation of one layer, at full size --------------------------------
 
@@ -385,6 +391,8 @@ def test_bad_inputs_are_one_line_naming_the_key(files, capsys, tmp_path):
     assert "stage2_variants.bad-name" in err and "identifier" in err
     err = one_line_error(capsys, *good, f"+stage2_variants.twice=[{files['stage2']},{files['stage2_other']}]")
     assert err.startswith("error: stage2_variants.twice") and "two checkpoints for sparsity 0.5" in err
+    err = one_line_error(capsys, *good, "resume=maybe")
+    assert err.startswith("error: resume") and "maybe" in err
     err = one_line_error(capsys, *replace("sparsities", "[0.9]"))
     assert "stage1" in err and "not in sparsities" in err
     # a checkpoint of another architecture (three blocks, not two)

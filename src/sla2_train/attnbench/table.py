@@ -64,6 +64,8 @@ def build(cfg) -> TableJob:
     bad = [s for s in sparsities if not 0.0 <= s < 1.0]
     if bad or not sparsities:
         raise ConfigError(f"sparsities: {bad or sparsities} — each must be in [0, 1)")
+    if not isinstance(cfg.resume, bool):
+        raise ConfigError(f"resume: true or false, got {cfg.resume!r}")
     if cfg.model.path is None:
         raise ConfigError("model.path: the table samples a trained model: give its local diffusers folder")
     folder = check_pipeline_folder(cfg.model.path, key="model.path")

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .table_methods import ErrorSums
@@ -50,14 +50,18 @@ class TableParts:
         path = self._path(name)
         if not (self.resume and path.is_file()):
             return None
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("stamp") != self._stamp(weights):
-                log.info("table part %s: settings or weights changed since %s, measuring again", name, path)
-                return None
-            sums = ErrorSums()
-            for key in f.keys():
-                sparsity, method, layer = key.split(SEP)
-                sums.sums[(float(sparsity), method, int(layer))] = f.get_tensor(key)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("stamp") != self._stamp(weights):
+                    log.info("table part %s: settings or weights changed since %s, measuring again", name, path)
+                    return None
+                sums = ErrorSums()
+                for key in f.keys():
+                    sparsity, method, layer = key.split(SEP)
+                    sums.sums[(float(sparsity), method, int(layer))] = f.get_tensor(key)
+        except (OSError, ValueError, SafetensorError) as e:  # a damaged file costs its pass, never the table
+            log.warning("table part %s: %s is unreadable (%s), measuring again", name, path, e)
+            return None
         log.info("table part %s: kept from %s", name, path)
         return sums
 
