@@ -198,6 +198,13 @@ def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, m
     run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
     assert passes == ["calibration", "held-out"]
 
+    # the prompts file rewritten: every pass is measured again
+    st = os.stat(files["prompts"])
+    os.utime(files["prompts"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    passes[:] = []
+    run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
+    assert passes == ["calibration", "held-out", "stage 2 at 0.5", "stage 2 (other) at 0.5"]
+
 
 # --- the per-layer numbers against a direct computation of one layer, at full size --------------------------------
 

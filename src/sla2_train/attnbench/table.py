@@ -96,8 +96,9 @@ def build(cfg) -> TableJob:
                         cfg.negative_prompt, int(cfg.max_sequence_length), int(cfg.seed), cfg.device)
     return TableJob(model, pipe, sampling, prompts, calib_prompts, calib_source, sparsities, layers, steps, block_q,
                     block_k, seq_len, fit, trained1, {s: w.path for s, w in stage1.items()}, stage2,
-                    int(cfg.query_chunk), variants, str(folder),
-                    TableParts(Path(cfg.out) / "parts", table_settings(cfg), bool(cfg.resume)))
+                    int(cfg.query_chunk), variants,
+                    TableParts(Path(cfg.out) / "parts", table_settings(cfg), cfg.resume,
+                               [str(folder), str(cfg.prompts), str(cfg.calib_prompts or "")]))
 
 
 def header(cfg, job: TableJob, command: str) -> dict:

@@ -3,7 +3,8 @@
 A table is one dense pass over the held-out trajectories (`base`) and one pass per stage-2 model, minutes each at
 the testbed's default size and hours on Wan2.1. Each pass's error sums are written to `out/parts/<name>.safetensors`
 when it ends, stamped with what it was measured from: the table's settings (everything in the config but `out`
-and the stage-2 lists, which only add parts) and the size and modification time of every weight file it read. A
+and the stage-2 lists, which only add parts) and the size and modification time of every file it read (model
+folder, prompt files, the stage-1 or stage-2 weights). A
 later run with `resume=true` reuses a part whose stamp is the same and measures every other one again.
 Calibration (α, SLA's W) is always refitted: it takes seconds, and the base rows' α depend on it.
 """
@@ -15,7 +16,6 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -33,11 +33,12 @@ def weight_stamp(path: str) -> list:
 
 
 class TableParts:
-    """Reads and writes the parts of one table. `settings`: a JSON-able dict of what every part depends on."""
+    """Reads and writes the parts of one table. `settings`: a JSON-able dict of what every part depends on;
+    `inputs`: the files every part reads (the model folder, the prompt files), stamped like weights."""
 
-    def __init__(self, root: Path, settings: dict, resume: bool):
+    def __init__(self, root: Path, settings: dict, resume: bool, inputs: list[str]):
         self.root, self.resume = Path(root), resume
-        self.settings = settings
+        self.settings = {**settings, "inputs": [weight_stamp(p) for p in inputs if p and Path(p).exists()]}
 
     def _stamp(self, weights: list[str]) -> str:
         return json.dumps({"settings": self.settings, "weights": [weight_stamp(w) for w in weights]}, sort_keys=True)

@@ -47,7 +47,6 @@ class TableJob:
     stage2: dict[float, StageWeights] = field(default_factory=dict)
     query_chunk: int = 1024
     stage2_variants: dict[str, dict[float, StageWeights]] = field(default_factory=dict)  # name → per sparsity
-    model_path: str = ""  # the dense model folder (its files stamp every kept part)
     parts: TableParts | None = None  # finished parts kept on disk (None: measure everything)
 
 
@@ -134,7 +133,7 @@ def measure(job: TableJob) -> TableSums:
     identity = identity_router(job.model, job)
     calib = calibrate(job, identity)
     methods = {layer: base_methods(job, calib, layer) for layer in job.layers}  # fits α and SLA's W (and its λ)
-    base = measured_or_kept(job.parts, "base", [job.model_path, *job.stage1_paths.values()],
+    base = measured_or_kept(job.parts, "base", list(job.stage1_paths.values()),
                             lambda: measure_base(job, identity, methods))
     runs = {"": job.stage2, **job.stage2_variants}  # "": the stage2 row; the others Table 2's variants
     sums2 = {name: ErrorSums() for name in runs}
@@ -142,7 +141,7 @@ def measure(job: TableJob) -> TableSums:
         for s in sorted(weights):  # last: each changes the model's transformer weights
             what = f"stage 2 ({name})" if name else "stage 2"
             part = measured_or_kept(job.parts, f"stage2-{f'variant-{name}-' if name else ''}{s:g}",
-                                    [job.model_path, weights[s].path],
+                                    [weights[s].path],
                                     lambda: measure_stage2(job, identity, weights[s], what))
             sums2[name].sums.update(part.sums)
     return TableSums(base, sums2.pop(""), {key: r.tolist() for key, r in calib.sla_ridge.items()}, sums2)
