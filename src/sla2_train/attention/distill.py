@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Mapping
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import reference as ref
 
@@ -50,6 +51,14 @@ class DistillRows:
     def block_mass(self) -> torch.Tensor:
         """True pooled block mass [B, H, nb, nk]; each row sums to 1."""
         return pooled_block_mass(self.probs, self.block_q, self.block_k)
+
+    def chunks(self, blocks_per_chunk: int) -> list[DistillRows]:
+        """The same rows as consecutive groups of `blocks_per_chunk` query blocks (a ragged last block, which
+        is always the last of `blocks`, stays last in its group)."""
+        rows_per_chunk = blocks_per_chunk * self.block_q
+        return [DistillRows(self.q[:, :, i * rows_per_chunk:(i + 1) * rows_per_chunk], self.k, self.v,
+                            self.blocks[i * blocks_per_chunk:(i + 1) * blocks_per_chunk], self.block_q, self.block_k)
+                for i in range(ref.num_blocks(len(self.blocks), blocks_per_chunk))]
 
 
 def pooled_block_mass(probs: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
@@ -84,6 +93,8 @@ class SoftTopkMSE:
 
     tau / detach_lambda: None takes the attention module's own options."""
 
+    mean_over = "rows"  # what the term averages over (Stage1Objective.chunked weighs chunks by it)
+
     def __init__(self, weight: float = 1.0, tau: float | None = None, detach_lambda: bool | None = None):
         self.weight, self.tau, self.detach_lambda = weight, tau, detach_lambda
 
@@ -105,6 +116,8 @@ class BlockMassKL:
     A key block stands for its token count (the ragged last one for fewer), as in the router's own mass
     estimate. Mean over query blocks, heads and batch."""
 
+    mean_over = "blocks"
+
     def __init__(self, weight: float = 1.0):
         self.weight = weight
 
@@ -119,6 +132,8 @@ class BlockMassKL:
 class AlphaHardMSE:
     """MSE between full attention and SLA2 at the hard Top-k mask, which is held fixed: only α learns, and
     it learns the mix that inference runs (α → 1 where the linear branch does not help)."""
+
+    mean_over = "rows"
 
     def __init__(self, weight: float = 1.0):
         self.weight = weight
@@ -136,6 +151,8 @@ class AlphaHardMSE:
 
 class IdentityDecay:
     """||W_q − I||² + ||W_k − I||² summed over heads: keeps an under-determined router near the heuristic."""
+
+    mean_over = None  # independent of the rows: computed once
 
     def __init__(self, weight: float = 1e-4):
         self.weight = weight
@@ -155,10 +172,31 @@ class Stage1Objective:
         self.terms = dict(terms)
         self.last: dict[str, torch.Tensor] = {}
 
-    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
-        values = {name: term(attention, rows, scores) for name, term in self.terms.items()}
+    def __call__(self, attention, rows: DistillRows, scores: torch.Tensor,
+                 blocks_per_chunk: int | None = None) -> torch.Tensor:
+        """The weighted sum of the terms. blocks_per_chunk: evaluate the row-dependent terms over that many query
+        blocks at a time, each chunk under activation checkpointing, and combine them by their share of what the
+        term averages over: the same loss and gradients, with memory O(chunk · N) for the teacher's softmax
+        rows and the student's masked attention instead of O(rows · N) held until the backward (for every layer
+        of the step). The chunks' forward runs again in the backward."""
+        if blocks_per_chunk is None or blocks_per_chunk >= len(rows.blocks):
+            values = {name: term(attention, rows, scores) for name, term in self.terms.items()}
+        else:
+            values = self._chunked(attention, rows, scores, blocks_per_chunk)
         self.last = {name: value.detach() for name, value in values.items()}
         return sum(term.weight * values[name] for name, term in self.terms.items())
+
+    def _chunked(self, attention, rows: DistillRows, scores: torch.Tensor, blocks_per_chunk: int) -> dict:
+        per_row = {name: term for name, term in self.terms.items() if getattr(term, "mean_over", "rows")}
+        values = {name: term(attention, rows, scores) for name, term in self.terms.items() if name not in per_row}
+        size = {"rows": rows.q.shape[-2], "blocks": len(rows.blocks)}
+        for part in rows.chunks(blocks_per_chunk):
+            share = {"rows": part.q.shape[-2] / size["rows"], "blocks": len(part.blocks) / size["blocks"]}
+            parts = checkpoint(lambda s, p=part: tuple(t(attention, p, s) for t in per_row.values()), scores,
+                               use_reentrant=False)
+            for (name, term), value in zip(per_row.items(), parts):
+                values[name] = values.get(name, 0.0) + share[getattr(term, "mean_over", "rows")] * value
+        return values
 
 
 PAPER_OBJECTIVE = Stage1Objective({"soft_mse": SoftTopkMSE()})
@@ -290,9 +328,10 @@ class LeastAbsoluteFit(HardMaskFit):
         return torch.where(total[..., 0] > 0, alpha, 1.0).float()  # all weight 0: the branches agree
 
 
-def stage1_loss(attention, q, k, v, num_query_blocks=None, generator=None, objective=None) -> torch.Tensor:
+def stage1_loss(attention, q, k, v, num_query_blocks=None, generator=None, objective=None,
+                blocks_per_chunk=None) -> torch.Tensor:
     """The stage-1 loss of one [B, H, N, D] input (SLA2Attention.distill_loss's body)."""
     rows = select_rows(q, k, v, attention.block_q, attention.block_k, num_query_blocks, generator)
     scores = attention._scores(q, k)
     attention.alpha.check_length(scores.shape[-2])
-    return (objective or PAPER_OBJECTIVE)(attention, rows, scores)
+    return (objective or PAPER_OBJECTIVE)(attention, rows, scores, blocks_per_chunk)

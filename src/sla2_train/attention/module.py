@@ -132,19 +132,22 @@ class SLA2Attention(nn.Module):
         num_query_blocks: int | None = None,
         generator: torch.Generator | None = None,
         objective=None,
+        blocks_per_chunk: int | None = None,
     ) -> torch.Tensor:
         """Stage-1 loss on the frozen model's captured q, k, v (attention/distill.py; default: the paper's MSE
         between full attention and SoftTop-k SLA2).
 
         The teacher is dense in the key dimension, so memory is O(rows · N); `num_query_blocks` evaluates
-        only that many query blocks, drawn at random (the router still scores every block).
+        only that many query blocks, drawn at random (the router still scores every block), and
+        `blocks_per_chunk` evaluates them that many at a time under activation checkpointing (the same loss
+        and gradients, memory O(chunk · N), the chunks' forward run again in the backward).
         """
         if self.variant != "sla2":
             raise ValueError(f"distill_loss trains SLA2's router and alpha; this module is variant={self.variant!r}")
         check_qkv(q, k, v, layout, self.num_heads, self.head_dim)
         if layout == "bnhd":
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        return stage1_loss(self, q, k, v, num_query_blocks, generator, objective)
+        return stage1_loss(self, q, k, v, num_query_blocks, generator, objective, blocks_per_chunk)
 
     @torch.no_grad()
     def measure_mass(

@@ -28,14 +28,19 @@ from .teacher import DenseTeacher
 class AttentionDistillation:
     """layers_per_step: distil a random subset of layers per step (bounds the memory of the captures).
     query_blocks: query blocks per layer in the dense teacher (bounds its O(rows·N) memory).
+    chunk_blocks: evaluate a layer's loss that many query blocks at a time under activation checkpointing (the
+    same loss and gradients with O(chunk·N) memory, the loss's forward run twice); None = all at once.
     loss: the per-layer stage-1 objective (sla2_train.attention.distill); None = the paper's SoftTop-k MSE."""
 
-    def __init__(self, layers_per_step: int | None = None, query_blocks: int | None = None, loss=None):
-        for name, value in (("layers_per_step", layers_per_step), ("query_blocks", query_blocks)):
+    def __init__(self, layers_per_step: int | None = None, query_blocks: int | None = None, loss=None,
+                 chunk_blocks: int | None = None):
+        for name, value in (("layers_per_step", layers_per_step), ("query_blocks", query_blocks),
+                            ("chunk_blocks", chunk_blocks)):
             if value is not None and value < 1:
                 raise ValueError(f"stage.objective.{name} must be >= 1 or null, got {value}")
         self.layers_per_step = layers_per_step
         self.query_blocks = query_blocks
+        self.chunk_blocks = chunk_blocks
         self.loss = loss
 
     def check(self, model: nn.Module) -> None:
@@ -68,7 +73,8 @@ class AttentionDistillation:
         losses, logs = [], {}
         for i, (attention, (q, k, v)) in zip(layers, captures):
             mse = attention.distill_loss(
-                q, k, v, layout="bnhd", num_query_blocks=self.query_blocks, objective=self.loss
+                q, k, v, layout="bnhd", num_query_blocks=self.query_blocks, objective=self.loss,
+                blocks_per_chunk=self.chunk_blocks,
             )
             losses.append(mse)
             logs[f"distill/loss/layer_{i}"] = mse.detach()
