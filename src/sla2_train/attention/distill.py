@@ -93,7 +93,7 @@ class SoftTopkMSE:
 
     tau / detach_lambda: None takes the attention module's own options."""
 
-    mean_over = "rows"  # what the term averages over (Stage1Objective.chunked weighs chunks by it)
+    mean_over = "rows"  # what the term averages over: Stage1Objective weighs query-block chunks by it
 
     def __init__(self, weight: float = 1.0, tau: float | None = None, detach_lambda: bool | None = None):
         self.weight, self.tau, self.detach_lambda = weight, tau, detach_lambda
@@ -164,7 +164,9 @@ class IdentityDecay:
 
 
 class Stage1Objective:
-    """Σ weight · term over named terms; `last` holds each term's value of the latest call, for logging."""
+    """Σ weight · term over named terms; `last` holds each term's value of the latest call, for logging. A term's
+    `mean_over` ("rows", "blocks" or None for a term that does not depend on the rows; "rows" when absent) is
+    what chunked evaluation weighs its chunks by."""
 
     def __init__(self, terms: Mapping[str, object]):
         if not terms:
