@@ -76,6 +76,12 @@ def test_prompts_to_videos_metrics_and_table(eval_main, tmp_path):
     assert all(line.startswith(f"{k} skipped: set backbones.") for k, line in report["skipped"].items())
     table = (folder / "table.md").read_text()
     assert "| dense |" in table and "| sla2 0.9 int8/fp8 |" in table and "9×112×144" in table
+    # the spread: standard errors per row, and each SLA2 row paired with dense video by video
+    assert set(dense["metrics_sem"]) == {"temporal_flickering"} and "paired_vs_dense" not in dense
+    flicker = bf16["paired_vs_dense"]["temporal_flickering"]
+    assert flicker["n"] == 2 and flicker["diff"] == pytest.approx(
+        bf16["metrics"]["temporal_flickering"] - dense["metrics"]["temporal_flickering"])
+    assert "psnr" not in bf16["paired_vs_dense"] and "| Attention − dense |" in table
 
 
 def test_selecting_every_block_reproduces_dense_videos(eval_main, tmp_path):
@@ -189,4 +195,6 @@ def test_multirun_sweep_writes_one_combined_table(tmp_path):
     tables = list((tmp_path / "eval" / "sweeps").glob("*/table.md"))
     assert len(tables) == 1
     names = [line.split("|")[1].strip() for line in tables[0].read_text().splitlines() if line.startswith("| ")]
-    assert names == ["Attention", "dense", "sla2 0.9 bf16", "sla2 0.95 bf16"]
+    # the means, then each SLA2 row minus its run's dense on the same prompts and noise
+    assert names == ["Attention", "dense", "sla2 0.9 bf16", "sla2 0.95 bf16",
+                     "Attention − dense", "sla2 0.9 bf16", "sla2 0.95 bf16"]

@@ -72,6 +72,31 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pm(stat: dict[str, Any]) -> str:
+    diff, sem = stat.get("diff"), stat.get("sem")
+    if diff is None:
+        return "–"
+    rel = f" ({100 * stat['relative']:+.1f}%)" if stat.get("relative") is not None else ""
+    return f"{diff:+.4g} ± {sem:.2g}{rel}" if sem is not None else f"{diff:+.4g}{rel}"
+
+
+def paired_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Each SLA2 row minus dense on the same prompts and noise: mean ± standard error over the paired videos,
+    and relative to the dense mean (add_spread in paired.py); empty without SLA2 rows."""
+    rows = [r for r in rows if r.get("paired_vs_dense")]
+    if not rows:
+        return ""
+    present = {k for r in rows for k in r["paired_vs_dense"]}
+    metrics = [k for k in METRIC_COLUMNS if k in present] + sorted(present - set(METRIC_COLUMNS))
+    head = ["Attention − dense", *(METRIC_COLUMNS.get(k, k) for k in metrics), "paired videos"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        stats = r["paired_vs_dense"]
+        n = max(s["n"] for s in stats.values())
+        lines.append("| " + " | ".join([r["name"], *(_pm(stats.get(k, {})) for k in metrics), str(n)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def settings_line(settings: dict[str, Any]) -> str:
     s = settings
     sched = s["scheduler"].get("_target_", "?").rsplit(".", 1)[-1]
@@ -87,7 +112,11 @@ def settings_line(settings: dict[str, Any]) -> str:
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:
     (folder / "eval.json").write_text(json.dumps(json_safe(report), indent=1))
-    text = [markdown_table(report["rows"]), "", settings_line(report["settings"]), f"timing: {report['timing']}"]
+    text = [markdown_table(report["rows"])]
+    paired = paired_table(report["rows"])
+    if paired:
+        text += ["SLA2 − dense, paired by prompt and noise (mean ± standard error):", "", paired]
+    text += ["", settings_line(report["settings"]), f"timing: {report['timing']}"]
     text += [f"- {line}" for line in report["skipped"].values()]
     (folder / "table.md").write_text("\n".join(text) + "\n")
 
@@ -99,4 +128,6 @@ def combined_table(result_folders: Sequence[Path]) -> str:
     for rep in reports:
         rows += [r for r in rep["rows"] if r["name"] != "dense"]
     notes = [f"- {Path(f).name}: {settings_line(rep['settings'])}" for f, rep in zip(result_folders, reports)]
-    return markdown_table(rows) + "\n" + "\n".join(notes) + "\n"
+    paired = paired_table(rows)
+    paired = f"\nSLA2 − dense, paired by prompt and noise (mean ± standard error):\n\n{paired}" if paired else ""
+    return markdown_table(rows) + paired + "\n" + "\n".join(notes) + "\n"

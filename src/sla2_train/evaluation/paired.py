@@ -1,0 +1,45 @@
+"""The spread behind the table's means: each metric's standard error over a row's videos, and each SLA2 row's
+difference from dense measured on the same prompt and noise (paired per video), which is what a claim like
+"within 2% of dense" rests on. Paired differences remove the prompt-to-prompt spread that both rows share, so
+they resolve far smaller differences than the two rows' means side by side."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+
+def mean_and_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """(mean, standard error of the mean); None where a value is not finite, sem None for fewer than 2."""
+    if not values or not all(math.isfinite(v) for v in values):
+        return None, None
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def add_spread(rows: list[dict[str, Any]], videos: Sequence[dict[str, Any]], dense: str = "dense") -> None:
+    """Adds `metrics_sem` to every row and `paired_vs_dense` to every other row: per metric scored on both rows,
+    {diff: mean of (row − dense), sem, n: videos paired, relative: diff / dense mean}."""
+    by_row: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
+    for v in videos:
+        by_row.setdefault(v["row"], {})[(v["prompt_index"], v["seed"])] = v["metrics"]
+    base = by_row.get(dense, {})
+    for row in rows:
+        own = by_row.get(row["name"], {})
+        row["metrics_sem"] = {k: mean_and_sem([m[k] for m in own.values() if k in m])[1] for k in row["metrics"]}
+        if row["name"] == dense or not base:
+            continue
+        paired = {}
+        for k in row["metrics"]:
+            keys = [key for key, m in own.items() if k in m and k in base.get(key, {})]
+            if not keys:
+                continue  # a metric against the dense video (PSNR, SSIM, ...) has no dense value
+            diff, sem = mean_and_sem([own[key][k] - base[key][k] for key in keys])
+            ref, _ = mean_and_sem([base[key][k] for key in keys])
+            paired[k] = {"diff": diff, "sem": sem, "n": len(keys),
+                         "relative": diff / ref if diff is not None and ref else None}
+        row["paired_vs_dense"] = paired
