@@ -151,8 +151,6 @@ def test_real_errors_and_a_loaded_router_that_differs_from_the_heuristic(table):
 def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, monkeypatch):
     """A table killed during its last pass measures only that pass again, and writes the same numbers as a
     table measured from scratch; a weight file that changed has its pass measured again."""
-    import os
-
     from sla2_train.attnbench import table_run
 
     passes = []
@@ -185,12 +183,18 @@ def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, m
     for key, row in rows_by(scratch).items():  # two loads of the same weights may round a CPU matmul apart
         assert rows_by(resumed)[key]["per_layer"] == pytest.approx(row["per_layer"], rel=1e-6, abs=1e-9), key
 
-    # the other stage-2 weights rewritten (a newer checkpoint at the same path): only their pass is measured again
-    st = os.stat(files["stage2_other"])
-    os.utime(files["stage2_other"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    # other stage-2 weights at the same path (a newer checkpoint): only their pass is measured again
+    saved = files["stage2_other"].read_bytes()
+    try:
+        write_checkpoint(files["folder"], files["stage2_other"], 0.5, seed=5, stage2=True)
+        passes[:] = []
+        run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
+        assert passes == ["calibration", "stage 2 (other) at 0.5"]
+    finally:
+        files["stage2_other"].write_bytes(saved)
     passes[:] = []
     run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
-    assert passes == ["calibration", "stage 2 (other) at 0.5"]
+    assert passes == ["calibration", "stage 2 (other) at 0.5"]  # and back
 
     # a damaged part file costs its pass only
     (out / "parts" / "base.safetensors").write_bytes(b"not a safetensors file")
@@ -198,12 +202,20 @@ def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, m
     run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
     assert passes == ["calibration", "held-out"]
 
-    # the prompts file rewritten: every pass is measured again
-    st = os.stat(files["prompts"])
-    os.utime(files["prompts"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    # the prompts file written again with the same text (as a script re-run does): everything is kept
+    prompts = files["prompts"].read_text()
+    files["prompts"].write_text(prompts)
     passes[:] = []
     run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
-    assert passes == ["calibration", "held-out", "stage 2 at 0.5", "stage 2 (other) at 0.5"]
+    assert passes == ["calibration"]
+    # ... with other text: every pass is measured again
+    try:
+        files["prompts"].write_text(prompts.replace("a red car", "a blue car"))
+        passes[:] = []
+        run_table(compose_table(*overrides), build(compose_table(*overrides)), "test")
+        assert passes == ["calibration", "held-out", "stage 2 at 0.5", "stage 2 (other) at 0.5"]
+    finally:
+        files["prompts"].write_text(prompts)
 
 
 # --- the per-layer numbers against a direct computation of one layer, at full size --------------------------------
@@ -426,3 +438,17 @@ def test_the_command_line_reports_a_bad_folder_in_one_line(tmp_path, files):
     assert res.stderr.strip().startswith("error: model.path") and "does not exist" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not out.exists()  # nothing written for a run that never started
+
+
+def test_parts_stamp_small_files_by_content_and_large_ones_by_size_and_time(tmp_path):
+    from sla2_train.attnbench.table_parts import HASHED_BELOW, weight_stamp
+
+    small, large = tmp_path / "prompts.txt", tmp_path / "weights.bin"
+    small.write_text("a red car\n")
+    large.write_bytes(b"\0" * HASHED_BELOW)
+    stamp = weight_stamp(str(tmp_path))
+    assert [len(s) for s in stamp] == [2, 3]  # sorted: prompts.txt [path, sha256], weights.bin [path, size, mtime]
+    small.write_text("a red car\n")  # the same text again: the same stamp
+    assert weight_stamp(str(small)) == stamp[:1]
+    small.write_text("a blue car\n")
+    assert weight_stamp(str(small)) != stamp[:1]

@@ -3,14 +3,15 @@
 A table is one dense pass over the held-out trajectories (`base`) and one pass per stage-2 model, minutes each at
 the testbed's default size and hours on Wan2.1. Each pass's error sums are written to `out/parts/<name>.safetensors`
 when it ends, stamped with what it was measured from: the table's settings (everything in the config but `out`
-and the stage-2 lists, which only add parts) and the size and modification time of every file it read (model
-folder, prompt files, the stage-1 or stage-2 weights). A
+and the stage-2 lists, which only add parts) and every file it read (model folder, prompt files, the stage-1 or
+stage-2 weights: small files by content, large ones by size and modification time). A
 later run with `resume=true` reuses a part whose stamp is the same and measures every other one again.
 Calibration (α, SLA's W) is always refitted: it takes seconds, and the base rows' α depend on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,11 +26,23 @@ log = logging.getLogger(__name__)
 SEP = "|"  # between a sum's sparsity, method and layer in a tensor name
 
 
+HASHED_BELOW = 1 << 20  # bytes: smaller files are stamped by their content, larger ones by size and mtime
+
+
 def weight_stamp(path: str) -> list:
-    """[path, size, mtime_ns] of a checkpoint file, or of every file of an exported folder (sorted)."""
+    """What a part read from `path` (a file, or every file of a folder, sorted): [path, sha256] for small files
+    (prompt lists, configs: rewritten with the same text by a re-run script, they must still match), [path, size,
+    mtime_ns] for large ones (weights: hashing gigabytes on every resume would cost minutes)."""
     p = Path(path).resolve()
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    out = []
+    for f in files:
+        st = f.stat()
+        if st.st_size < HASHED_BELOW:
+            out.append([str(f), hashlib.sha256(f.read_bytes()).hexdigest()])
+        else:
+            out.append([str(f), st.st_size, st.st_mtime_ns])
+    return out
 
 
 class TableParts:
