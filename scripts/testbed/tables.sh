@@ -16,8 +16,9 @@
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`); DENSE_WEIGHTS (checkpoint:
 # each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares);
-# STAGE1_ARGS (overrides for the stage-1 runs only, e.g. stage.objective.query_blocks=32: the distillation loss's
-# full-attention rows are O(rows · N) memory, ~50 GB a run at 128×256 with every query block).
+# STAGE1_ARGS (overrides for the stage-1 runs only: the distillation loss's full-attention rows are O(rows · N)
+# memory, ~50 GB a run at 128×256 with every query block; stage.objective.query_blocks=32 samples 32 of the 68
+# query blocks a step, stage.objective.chunk_blocks=8 keeps all of them and evaluates 8 at a time).
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
 # a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), the table from
