@@ -18,13 +18,17 @@ def _set(rng, split, n, num_frames=16, height=128, width=256):
     return scenes, [render(s, num_frames, height, width) for s in scenes], [caption(s) for s in scenes]
 
 
-@pytest.mark.parametrize("split,shape", [("train", (16, 128, 256)), ("heldout", (16, 128, 256)),
-                                         ("train", (9, 96, 160))])
-def test_ground_truth_scores_near_one_and_shuffled_captions_near_chance(split, shape):
-    _, videos, captions = _set(np.random.default_rng(), split, 40, *shape)
+# (split, video shape, videos, least accuracy). Fresh scenes each run, so the bounds sit well below the means:
+# over 25 draws of 40 videos, 0.992 (least 0.961) at 16×128×256; over 150 draws of 80 videos, 0.982 (least
+# 0.948) at the small 9×96×160 (CPU, 2026-12-04). A draw of 40 small videos once scored 0.949 under a 0.95 bound.
+@pytest.mark.parametrize("split,shape,n,least", [("train", (16, 128, 256), 40, 0.95),
+                                                 ("heldout", (16, 128, 256), 40, 0.95),
+                                                 ("train", (9, 96, 160), 80, 0.93)])
+def test_ground_truth_scores_near_one_and_shuffled_captions_near_chance(split, shape, n, least):
+    _, videos, captions = _set(np.random.default_rng(), split, n, *shape)
     r = prompt_following(videos, captions)
-    assert r["num_videos"] == 40 and r["num_objects"] >= 40
-    assert r["accuracy"] >= 0.95 and r["present"] >= 0.98 and r["direction"] >= 0.95 and r["speed"] >= 0.9, r
+    assert r["num_videos"] == n and r["num_objects"] >= n
+    assert r["accuracy"] >= least and r["present"] >= 0.98 and r["direction"] >= 0.95 and r["speed"] >= 0.9, r
     assert r["chance"] <= 0.25 and r["accuracy"] - r["chance"] >= 0.7, r
     assert r["chance_video_accuracy"] <= r["chance"] + 0.05
 
