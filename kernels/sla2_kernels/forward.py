@@ -158,14 +158,17 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
             kw["maxnreg"] = c.maxnreg
         return kw
 
+    if cfg.tma:
+        # Both TMA kernels: Q and O tiles, and the epilogue's Q column pieces and H_I rows (without a linear branch
+        # the kernels never read H_I: an unwritten placeholder, no fill launch).
+        hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
+        q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
+        q_desc, o_desc = descriptor(q4, bq), descriptor(o4, bq)
+        epilogue = (descriptor(q4, bq, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS))
     if quant and cfg.tma:
         name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
         q8, sq = quantized_q(q, p)
-        hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
-        q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
-        o_desc = descriptor(o4, bq)
-        args = (descriptor(q4, bq), o_desc, descriptor(bhnd_view(o_s, layout), bq) if store_os else o_desc,
-                descriptor(q4, bq, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS),
+        args = (q_desc, o_desc, descriptor(bhnd_view(o_s, layout), bq) if store_os else o_desc, *epilogue,
                 descriptor(q8, bq), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
                 idx, alpha3, lse, z_i, sq, s.sk, s.sv, s.kmean, *alpha3.stride(), N, H, nq, nk, topk, scale)
         make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, STORE_OS=store_os, **common(c)))  # noqa: E731
@@ -176,11 +179,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         make = lambda c: (args, dict(EXACT_MAX=c.exact_max, STORE_OS=store_os, **common(c)))  # noqa: E731
     elif cfg.tma:
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
-        # without a linear branch the kernel never reads H_I: an unwritten placeholder (no fill launch)
-        hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
-        q4, k4, v4, o4 = (bhnd_view(t, layout) for t in (q, k, v, o))
-        args = (descriptor(q4, bq), descriptor(k4, bk), descriptor(v4, bk), descriptor(o4, bq),
-                descriptor(q4, bq, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS),
+        args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc, *epilogue,
                 idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale)
         make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, **common(c)))  # noqa: E731
     else:

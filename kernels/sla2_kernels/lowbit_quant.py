@@ -11,7 +11,7 @@ blocks, so quantising here once is cheaper than in the main loop (the elementwis
 import triton
 import triton.language as tl
 
-from .quant_math import INT8_MAX, MIN_SCALE, quantize_int8, to_e4m3
+from .quant_math import int8_block, to_e4m3
 
 
 @triton.jit
@@ -34,10 +34,9 @@ def quantize_kv_kernel(
     kt = tl.load(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh + rows[:, None] * skn + offs_d[None, :] * skd,
                  mask=row_ok, other=0.0).to(tl.float32)
     mu = tl.load(KMEAN + bh64 * D + offs_d)
-    ks = tl.where(row_ok, kt - mu[None, :], 0.0)
-    s_k = tl.maximum(tl.max(tl.max(tl.abs(ks), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
+    k8, s_k = int8_block(tl.where(row_ok, kt - mu[None, :], 0.0))
     ldk = NK * BK
-    tl.store(K8 + bh64 * ldk * D + rows[:, None] * D + offs_d[None, :], quantize_int8(ks, s_k))
+    tl.store(K8 + bh64 * ldk * D + rows[:, None] * D + offs_d[None, :], k8)
     tl.store(SK + bh64 * NK + j, s_k)
 
     vt = tl.load(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + rows[:, None] * svn + offs_d[None, :] * svd,
@@ -57,8 +56,8 @@ def quantize_q_kernel(
 ):
     """Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 per query block (padded rows 0), for the TMA low-bit kernel
     (sla2_fwd_lowbit_tma.py), whose tensor cores then read Q̂ from shared memory: quantised inside that kernel,
-    Q̂ sits in registers through the loop and a 4-warp program spills. Same arithmetic as the pointer low-bit
-    kernel's prologue, so both kernels multiply the same Q̂."""
+    Q̂ sits in registers through the loop and a 4-warp program spills. The pointer low-bit kernel's prologue
+    quantises by the same int8_block, so both kernels multiply the same Q̂."""
     i = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -68,6 +67,6 @@ def quantize_q_kernel(
     offs_d = tl.arange(0, D)
     qf = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqn + offs_d[None, :] * sqd,
                  mask=(rows < N)[:, None], other=0.0).to(tl.float32)
-    s_q = tl.maximum(tl.max(tl.max(tl.abs(qf), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
-    tl.store(Q8 + bh64 * NQ * BQ * D + rows[:, None] * D + offs_d[None, :], quantize_int8(qf, s_q))
+    q8, s_q = int8_block(qf)
+    tl.store(Q8 + bh64 * NQ * BQ * D + rows[:, None] * D + offs_d[None, :], q8)
     tl.store(SQ + bh64 * NQ + i, s_q)

@@ -40,6 +40,14 @@ def quantize_int8(x, scale):
 
 
 @triton.jit
+def int8_block(x):
+    """A block x [rows, D] fp32 -> (INT8(x / s), s) with one scale s = max|x|/127 for the whole block (MIN_SCALE
+    keeps an all-zero block finite): Q per query block, smoothed K per key block."""
+    s = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
+    return quantize_int8(x, s), s
+
+
+@triton.jit
 def round_to_e4m3_grid(x):
     """Round fp32 x (|x| <= ~448) to the nearest e4m3 value (ties to even), saturating at ±448.
 

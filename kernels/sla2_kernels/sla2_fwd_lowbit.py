@@ -26,7 +26,7 @@ lse is put back on the scale of the original Q, K: smoothing shifted row r by q_
 import triton
 import triton.language as tl
 
-from .quant_math import FP8_E4M3_MAX, INT8_MAX, LN2, LOG2E, MIN_SCALE, quantize_int8, to_e4m3
+from .quant_math import FP8_E4M3_MAX, LN2, LOG2E, int8_block, to_e4m3
 from .sla2_fwd import linear_output, load_linear_state
 
 
@@ -86,8 +86,7 @@ def sla2_fwd_lowbit_kernel(
     q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
                 mask=q_ok[:, None], other=0.0)
     qf = q.to(tl.float32)
-    s_q = tl.maximum(tl.max(tl.max(tl.abs(qf), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
-    q8 = quantize_int8(qf, s_q)
+    q8, s_q = int8_block(qf)
     mu = tl.load(KMEAN + bh64 * D + offs_d)
     shift = tl.sum(qf * mu[None, :], axis=1) * sm_scale  # smoothing removed q·μ/√D from every score
     k8_base = K8 + bh64 * LDK * D
