@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from sla2_train.evaluation.logging_out import flat_metrics
-from sla2_train.evaluation.paired import add_spread
+from sla2_train.evaluation.paired import add_paired
 from sla2_train.evaluation.report import paired_table
 from sla2_train.evaluation.speed import summarise_rows
 
@@ -30,7 +30,7 @@ def videos(sla2_extra=None):
 def test_paired_difference_and_standard_errors():
     vs = videos()
     rows = summarise_rows(vs)
-    add_spread(rows, vs)
+    add_paired(rows, vs)
     dense, sla2 = rows
     assert "paired_vs_dense" not in dense
     assert dense["metrics_sem"]["prompt_following"] == pytest.approx(
@@ -62,13 +62,13 @@ def test_unpaired_and_non_finite_values():
     vs = videos({(0, 0): {"psnr": float("inf")}})
     vs = [v for v in vs if not (v["row"] == "dense" and v["prompt_index"] == 2)]
     rows = summarise_rows(vs)
-    add_spread(rows, vs)
+    add_paired(rows, vs)
     sla2 = rows[1]
     assert sla2["paired_vs_dense"]["prompt_following"]["n"] == 4
     assert sla2["metrics_sem"]["psnr"] is None
     one = [v for v in vs if v["prompt_index"] == 0 and v["seed"] == 0]
     rows = summarise_rows(one)
-    add_spread(rows, one)
+    add_paired(rows, one)
     assert rows[0]["metrics_sem"]["prompt_following"] is None
     assert rows[1]["paired_vs_dense"]["prompt_following"]["sem"] is None
     assert "-0.05 (-10.0%)" in paired_table(rows)

@@ -189,15 +189,16 @@ class Stage1Objective:
         return sum(term.weight * values[name] for name, term in self.terms.items())
 
     def _chunked(self, attention, rows: DistillRows, scores: torch.Tensor, blocks_per_chunk: int) -> dict:
-        per_row = {name: term for name, term in self.terms.items() if getattr(term, "mean_over", "rows")}
-        values = {name: term(attention, rows, scores) for name, term in self.terms.items() if name not in per_row}
+        over = {name: getattr(term, "mean_over", "rows") for name, term in self.terms.items()}
+        per_row = [name for name in self.terms if over[name]]
+        values = {name: self.terms[name](attention, rows, scores) for name in self.terms if not over[name]}
         size = {"rows": rows.q.shape[-2], "blocks": len(rows.blocks)}
         for part in rows.chunks(blocks_per_chunk):
             share = {"rows": part.q.shape[-2] / size["rows"], "blocks": len(part.blocks) / size["blocks"]}
-            parts = checkpoint(lambda s, p=part: tuple(t(attention, p, s) for t in per_row.values()), scores,
+            parts = checkpoint(lambda s, p=part: tuple(self.terms[n](attention, p, s) for n in per_row), scores,
                                use_reentrant=False)
-            for (name, term), value in zip(per_row.items(), parts):
-                values[name] = values.get(name, 0.0) + share[getattr(term, "mean_over", "rows")] * value
+            for name, value in zip(per_row, parts):
+                values[name] = values.get(name, 0.0) + share[over[name]] * value
         return values
 
 

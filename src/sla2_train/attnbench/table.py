@@ -94,11 +94,11 @@ def build(cfg) -> TableJob:
     pipe = load_wan_pipeline(folder, model, instantiate(cfg.eval.scheduler), dtype, cfg.device)
     sampling = Sampling(list(cfg.model.latent_shape), int(cfg.num_inference_steps), float(cfg.guidance_scale),
                         cfg.negative_prompt, int(cfg.max_sequence_length), int(cfg.seed), cfg.device)
+    parts = TableParts(Path(cfg.out) / "parts", table_settings(cfg), cfg.resume,
+                       [str(folder), str(cfg.prompts), str(cfg.calib_prompts or "")])
     return TableJob(model, pipe, sampling, prompts, calib_prompts, calib_source, sparsities, layers, steps, block_q,
-                    block_k, seq_len, fit, trained1, {s: w.path for s, w in stage1.items()}, stage2,
-                    int(cfg.query_chunk), variants,
-                    TableParts(Path(cfg.out) / "parts", table_settings(cfg), cfg.resume,
-                               [str(folder), str(cfg.prompts), str(cfg.calib_prompts or "")]))
+                    block_k, seq_len, fit, parts, trained1, {s: w.path for s, w in stage1.items()}, stage2,
+                    int(cfg.query_chunk), variants)
 
 
 def header(cfg, job: TableJob, command: str) -> dict:

@@ -79,6 +79,14 @@ class TableParts:
         log.info("table part %s: kept from %s", name, path)
         return sums
 
+    def measured_or_kept(self, name: str, weights: list[str], measure) -> ErrorSums:
+        """The kept part's sums, or `measure()`'s, which are then saved as the part."""
+        sums = self.load(name, weights)
+        if sums is None:
+            sums = measure()
+            self.save(name, weights, sums)
+        return sums
+
     def save(self, name: str, weights: list[str], sums: ErrorSums) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tensors = {SEP.join((repr(s), m, str(layer))): t.contiguous() for (s, m, layer), t in sums.sums.items()}
@@ -86,16 +94,6 @@ class TableParts:
         save_file(tensors, str(tmp), metadata={"stamp": self._stamp(weights)})
         os.replace(tmp, self._path(name))  # a run killed while writing leaves no half part
 
-
-def measured_or_kept(parts: TableParts | None, name: str, weights: list[str], measure) -> ErrorSums:
-    """`measure()`'s sums, or the kept part's; the new sums are saved as the part."""
-    if parts is None:
-        return measure()
-    sums = parts.load(name, weights)
-    if sums is None:
-        sums = measure()
-        parts.save(name, weights, sums)
-    return sums
 
 
 def table_settings(cfg) -> dict:
@@ -107,4 +105,3 @@ def table_settings(cfg) -> dict:
     for key in ("out", "stage2", "stage2_variants", "resume", "hydra"):
         resolved.pop(key, None)
     return resolved
-

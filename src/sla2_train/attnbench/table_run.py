@@ -21,7 +21,7 @@ from .calibration import Calibration
 from .chunks import BESTMASS, RouterMasks, walk
 from .stage_weights import StageWeights, install
 from .table_methods import ErrorSums, FittedAlpha, Method, SLAProjection, own_alpha, sparse_only
-from .table_parts import TableParts, measured_or_kept
+from .table_parts import TableParts
 from .trajectories import Sampling, capture_trajectories
 
 IDENTITY = "identity"
@@ -42,12 +42,12 @@ class TableJob:
     block_k: int
     seq_len: int
     fit: object  # the stage-1 recipe's α fit (HardMaskFit)
+    parts: TableParts  # the finished passes kept on disk (table_parts.py)
     stage1: dict[float, list[SLA2Attention]] = field(default_factory=dict)  # per sparsity, per block (all blocks)
     stage1_paths: dict[float, str] = field(default_factory=dict)
     stage2: dict[float, StageWeights] = field(default_factory=dict)
     query_chunk: int = 1024
     stage2_variants: dict[str, dict[float, StageWeights]] = field(default_factory=dict)  # name → per sparsity
-    parts: TableParts | None = None  # finished parts kept on disk (None: measure everything)
 
 
 @dataclass
@@ -133,14 +133,14 @@ def measure(job: TableJob) -> TableSums:
     identity = identity_router(job.model, job)
     calib = calibrate(job, identity)
     methods = {layer: base_methods(job, calib, layer) for layer in job.layers}  # fits α and SLA's W (and its λ)
-    base = measured_or_kept(job.parts, "base", list(job.stage1_paths.values()),
+    base = job.parts.measured_or_kept("base", list(job.stage1_paths.values()),
                             lambda: measure_base(job, identity, methods))
     runs = {"": job.stage2, **job.stage2_variants}  # "": the stage2 row; the others Table 2's variants
     sums2 = {name: ErrorSums() for name in runs}
     for name, weights in runs.items():
         for s in sorted(weights):  # last: each changes the model's transformer weights
             what = f"stage 2 ({name})" if name else "stage 2"
-            part = measured_or_kept(job.parts, f"stage2-{f'variant-{name}-' if name else ''}{s:g}",
+            part = job.parts.measured_or_kept(f"stage2-{f'variant-{name}-' if name else ''}{s:g}",
                                     [weights[s].path],
                                     lambda: measure_stage2(job, identity, weights[s], what))
             sums2[name].sums.update(part.sums)

@@ -21,7 +21,7 @@ from sla2_train.models import dense_capture, describe_attention, set_attention_m
 
 from .dense_weights import BaseWeights, check_choice
 from .metric_suite import build_metrics, score_video
-from .paired import add_spread
+from .paired import add_paired
 from .precision import cast_keeping_fp32
 from .pipeline import check_pipeline_folder, inference_dtype, initial_noise, load_wan_pipeline, video_size
 from .probes import AttentionProbe, quant_label
@@ -184,7 +184,7 @@ def run(ev: Evaluation) -> dict[str, Any]:
                 sparse = _generate(ev, prompt, noise, None)
                 _record(ev, row_name(quant, sparsity), pi, seed, *sparse, reference=dense[0])
     rows = summarise_rows(ev.videos)
-    add_spread(rows, ev.videos)
+    add_paired(rows, ev.videos)
     flops = attention_flops(model, cfg.model.latent_shape, forwards)
     _annotate_rows(rows, ev, probe, flops, sparsity)
     return {"settings": ev.settings, "rows": rows, "videos": ev.videos, "skipped": ev.skipped,

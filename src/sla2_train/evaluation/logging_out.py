@@ -16,7 +16,7 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
         out.update({f"{prefix}/{k}": float(v) for k, v in values.items() if math.isfinite(float(v))})
         for i, e in enumerate(row.get("rel_l1_per_layer", [])):
             out[f"{prefix}/rel_l1/layer_{i}"] = e
-        for k, stat in row.get("paired_vs_dense", {}).items():  # paired.add_spread
+        for k, stat in row.get("paired_vs_dense", {}).items():  # paired.add_paired
             for name, key in (("vs_dense", "diff"), ("vs_dense_sem", "sem")):
                 if stat[key] is not None:
                     out[f"{prefix}/{name}/{k}"] = float(stat[key])

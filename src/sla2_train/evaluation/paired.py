@@ -1,5 +1,5 @@
-"""The spread behind the table's means: each metric's standard error over a row's videos, and each SLA2 row's
-difference from dense measured on the same prompt and noise (paired per video), which is what a claim like
+"""The spread behind the table's means: each metric's standard error over a row's videos (speed.summarise_rows),
+and each SLA2 row's difference from dense measured on the same prompt and noise (paired per video), which is what a claim like
 "within 2% of dense" rests on. Paired differences remove the prompt-to-prompt spread that both rows share, so
 they resolve far smaller differences than the two rows' means side by side."""
 
@@ -21,16 +21,15 @@ def mean_and_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var / n)
 
 
-def add_spread(rows: list[dict[str, Any]], videos: Sequence[dict[str, Any]], dense: str = "dense") -> None:
-    """Adds `metrics_sem` to every row and `paired_vs_dense` to every other row: per metric scored on both rows,
-    {diff: mean of (row − dense), sem, n: videos paired, relative: diff / dense mean}."""
+def add_paired(rows: list[dict[str, Any]], videos: Sequence[dict[str, Any]], dense: str = "dense") -> None:
+    """Adds `paired_vs_dense` to every row but dense: per metric scored on both rows, {diff: mean of
+    (row − dense), sem, n: videos paired, relative: diff / dense mean}."""
     by_row: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
     for v in videos:
         by_row.setdefault(v["row"], {})[(v["prompt_index"], v["seed"])] = v["metrics"]
     base = by_row.get(dense, {})
     for row in rows:
         own = by_row.get(row["name"], {})
-        row["metrics_sem"] = {k: mean_and_sem([m[k] for m in own.values() if k in m])[1] for k in row["metrics"]}
         if row["name"] == dense or not base:
             continue
         paired = {}

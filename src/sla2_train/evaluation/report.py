@@ -82,7 +82,7 @@ def _pm(stat: dict[str, Any]) -> str:
 
 def paired_table(rows: Sequence[dict[str, Any]]) -> str:
     """Each SLA2 row minus dense on the same prompts and noise: mean ± standard error over the paired videos,
-    and relative to the dense mean (add_spread in paired.py); empty without SLA2 rows."""
+    and relative to the dense mean (add_paired in paired.py); empty without SLA2 rows."""
     rows = [r for r in rows if r.get("paired_vs_dense")]
     if not rows:
         return ""

@@ -10,9 +10,12 @@ from sla2_train.attention.reference import num_blocks, topk_count
 from sla2_train.metrics import dense_attention_flops, sla2_attention_flops
 from sla2_train.models import sla2_processors, token_count
 
+from .paired import mean_and_sem
+
 
 def summarise_rows(videos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per row name, in first-seen order: mean seconds, transformer ms per forward and metrics."""
+    """One row per row name, in first-seen order: mean seconds, transformer ms per forward and metrics, and each
+    metric's standard error over the row's videos."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for v in videos:
         rows.setdefault(v["row"], []).append(v)
@@ -25,6 +28,7 @@ def summarise_rows(videos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "seconds_per_video": sum(v["seconds"] for v in vs) / len(vs),
             "forward_ms": sum(v["forward_ms"] for v in vs) / len(vs),
             "metrics": {k: sum(v["metrics"][k] for v in vs) / len(vs) for k in names},
+            "metrics_sem": {k: mean_and_sem([v["metrics"][k] for v in vs])[1] for k in names},
         })
     return out
 
