@@ -115,7 +115,13 @@ def test_the_command_writes_every_method_and_sparsity(table):
             assert r["mean"] is None, (s, m)
     for m in METHODS:
         assert METHODS[m] in md
-    assert md.count("| 0.50 |") == 2 * (len(METHODS) + 2)  # the error table and the summary table
+    # the error table, the summary table and the breakdown by sampling step and guidance branch
+    assert md.count("| 0.50 |") == 3 * (len(METHODS) + 2)
+    wheres = {(step, branch) for step in STEPS for branch in ("cond", "uncond")}  # two calls a step under guidance
+    for r in rows.values():
+        if r["mean"] is not None:
+            assert {(g["step"], g["branch"]) for g in r["by_step_and_branch"]} == wheres, r["method"]
+    assert "step 0 cond" in md and f"step {STEPS[-1]} uncond" in md
     assert "SLA2 stage 2 variant `other`" in md
 
 
@@ -316,6 +322,13 @@ def test_per_layer_numbers_equal_a_direct_computation(files, table):
     }
     for method, o in expected.items():
         assert rows[(SPARSITY, method)]["per_layer"][LAYER] == pytest.approx(rel_l1(o, full), rel=1e-3), method
+        # each sampling step and guidance branch alone: captures are in prompt, step, branch order
+        wheres = [(step, branch) for step in STEPS for branch in ("cond", "uncond")]
+        for j, group in enumerate(rows[(SPARSITY, method)]["by_step_and_branch"]):
+            assert (group["step"], group["branch"]) == wheres[j]
+            picked = torch.arange(j, q.shape[0], len(wheres))
+            assert group["per_layer"][LAYER] == pytest.approx(rel_l1(o[picked], full[picked]), rel=1e-3), (
+                method, wheres[j])
 
     # stage 2: its own trajectories, its router and α, the low-bit sparse branch
     tuned = tiny_model(files["folder"], SPARSITY)
@@ -351,7 +364,7 @@ def test_error_sums_do_not_depend_on_the_query_chunk(n):
     for rows in (16, 48, 4096):
         sums = ErrorSums()
         for chunk in walk(q, k, v, 16, 8, measured, routers, query_chunk=rows):
-            sums.add(0, chunk, methods)
+            sums.add(0, chunk, methods, (0, "cond"))
         results.append({m.name: sums.rel_l1(0.6, m.name, 0) for m in methods[0.6]})
     assert results[0] == pytest.approx(results[2], rel=1e-5) and results[1] == pytest.approx(results[2], rel=1e-5)
     mask = ref.hard_topk(trained._scores(q, k), ref.topk_count(ref.num_blocks(n, 8), 0.6)).mask

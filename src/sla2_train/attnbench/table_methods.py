@@ -4,7 +4,8 @@ error sums measured on trajectory captures.
 Every method is compared with full attention on the same captured q, k, v; three sums per head are kept:
 `out` Σ|O − O_full| of the method's output, `sparse` the same for the sparse branch alone with the method's
 mask in its precision (low-bit for the stage-2 method), `mask` for the exact sparse branch of that mask (what
-the router's choice alone costs: the gap-closed numbers use it), and `full` Σ|O_full|.
+the router's choice alone costs: the gap-closed numbers use it), and `full` Σ|O_full|; kept apart per sampling
+step and guidance branch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sla2_train.attention import reference as ref
 
 from .chunks import Branches, Chunk
 from .metrics import l1_parts
+from .trajectories import Where
 
 PARTS = ("out", "sparse", "mask", "full")
 
@@ -65,13 +67,14 @@ class Method:
 
 
 class ErrorSums:
-    """Sums [4, H] (PARTS) per (sparsity, method, layer), added chunk by chunk."""
+    """Sums [4, H] (PARTS) per (sparsity, method, layer) and, within it, per (sampling step, guidance branch) of
+    the captures they were added from; a layer's numbers are over every step and branch unless `where` names one."""
 
     def __init__(self):
-        self.sums: dict[tuple, torch.Tensor] = defaultdict(lambda: 0)
+        self.sums: dict[tuple, dict[Where, torch.Tensor]] = defaultdict(dict)
 
     @torch.no_grad()
-    def add(self, layer: int, chunk: Chunk, methods: dict[float, list[Method]]) -> None:
+    def add(self, layer: int, chunk: Chunk, methods: dict[float, list[Method]], where: Where) -> None:
         t = chunk.teacher
         for b in chunk.items:
             for m in methods[b.sparsity]:
@@ -83,16 +86,30 @@ class ErrorSums:
                 err_out, full = l1_parts(out, t.full)
                 err_sparse = l1_parts(o_s, t.full)[0]
                 err_mask = l1_parts(b.o_s, t.full)[0]
-                key = (b.sparsity, m.name, layer)
-                self.sums[key] = self.sums[key] + torch.stack([err_out, err_sparse, err_mask, full]).double().cpu()
+                groups = self.sums[(b.sparsity, m.name, layer)]
+                groups[where] = groups.get(where, 0) + torch.stack([err_out, err_sparse, err_mask, full]).double().cpu()
 
-    def rel_l1(self, sparsity: float, method: str, layer: int, part: str = "out") -> float | None:
-        """Σ over heads, steps and prompts of |O − O_full| over Σ|O_full|: the layer's relative L1."""
-        s = self.sums.get((sparsity, method, layer))
+    def wheres(self) -> list[Where]:
+        """Every (step, branch) measured, in order."""
+        return sorted({w for groups in self.sums.values() for w in groups})
+
+    def _total(self, sparsity: float, method: str, layer: int, where: Where | None) -> torch.Tensor | None:
+        groups = self.sums.get((sparsity, method, layer))
+        if not groups:
+            return None
+        if where is not None:
+            return groups.get(where)
+        return sum(groups.values())
+
+    def rel_l1(self, sparsity: float, method: str, layer: int, part: str = "out", where: Where | None = None
+               ) -> float | None:
+        """Σ over heads, prompts and the steps and branches (`where`: one of them) of |O − O_full| over Σ|O_full|:
+        the layer's relative L1."""
+        s = self._total(sparsity, method, layer, where)
         if s is None:
             return None
         return float(s[PARTS.index(part)].sum() / s[PARTS.index("full")].sum())
 
     def per_head(self, sparsity: float, method: str, layer: int, part: str = "out") -> list[float] | None:
-        s = self.sums.get((sparsity, method, layer))
+        s = self._total(sparsity, method, layer, None)
         return None if s is None else (s[PARTS.index(part)] / s[PARTS.index("full")]).tolist()

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from .table_methods import ErrorSums
 
 log = logging.getLogger(__name__)
-SEP = "|"  # between a sum's sparsity, method and layer in a tensor name
+SEP = "|"  # between a sum's sparsity, method, layer, sampling step and guidance branch in a tensor name
 
 
 HASHED_BELOW = 1 << 20  # bytes: smaller files are stamped by their content, larger ones by size and mtime
@@ -71,8 +71,8 @@ class TableParts:
                     return None
                 sums = ErrorSums()
                 for key in f.keys():
-                    sparsity, method, layer = key.split(SEP)
-                    sums.sums[(float(sparsity), method, int(layer))] = f.get_tensor(key)
+                    sparsity, method, layer, step, branch = key.split(SEP)
+                    sums.sums[(float(sparsity), method, int(layer))][(int(step), branch)] = f.get_tensor(key)
         except (OSError, ValueError, SafetensorError) as e:  # a damaged file costs its pass, never the table
             log.warning("table part %s: %s is unreadable (%s), measuring again", name, path, e)
             return None
@@ -89,7 +89,8 @@ class TableParts:
 
     def save(self, name: str, weights: list[str], sums: ErrorSums) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tensors = {SEP.join((repr(s), m, str(layer))): t.contiguous() for (s, m, layer), t in sums.sums.items()}
+        tensors = {SEP.join((repr(s), m, str(layer), str(step), branch)): t.contiguous()
+                   for (s, m, layer), groups in sums.sums.items() for (step, branch), t in groups.items()}
         tmp = self._path(name).with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"stamp": self._stamp(weights)})
         os.replace(tmp, self._path(name))  # a run killed while writing leaves no half part

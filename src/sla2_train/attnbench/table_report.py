@@ -4,7 +4,8 @@ A layer's number is Σ|O − O_full| / Σ|O_full| over all its heads, measured s
 Beside it: the sparse-only error of the method's mask (exact precision), the gap closed from the heuristic to the
 best-mass mask in that error, (heuristic − method) / (heuristic − best-mass), on the same trajectories (n/a
 where the heuristic is within 2% of best-mass, or better), and in how many layers the method's output is no
-worse than its own sparse branch alone.
+worse than its own sparse branch alone. A third table gives each row's mean error and gap closed at every
+measured sampling step and guidance branch (the conditional and the unconditional transformer call).
 """
 
 from __future__ import annotations
@@ -32,6 +33,28 @@ def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) or not values else mean(values)
 
 
+def _gap(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int], where=None) -> dict:
+    """The mask's sparse-only error and the gap it closes (means over layers), over `where` (None: everything)."""
+    def mean_of(m: str) -> float:
+        return mean(sums.rel_l1(sparsity, m, layer, "mask", where) for layer in layers)
+    mask = mean_of(method)
+    return {"mask_sparse_mean": mask,
+            "gap_closed": gap_closed(mean_of("sparse_heuristic"), mask, mean_of("bestmass"))}
+
+
+def by_step_and_branch(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) -> list[dict]:
+    """The row's mean error and gap closed at each sampling step and guidance branch: where the router falls short
+    (noise level; the conditional or the unconditional call)."""
+    out = []
+    for where in sums.wheres():
+        errors = [sums.rel_l1(sparsity, method, layer, where=where) for layer in layers]
+        if any(e is None for e in errors):
+            continue
+        out.append({"step": where[0], "branch": where[1], "per_layer": errors, "mean": mean(errors),
+                    **_gap(sums, sparsity, method, layers, where)})
+    return out
+
+
 def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) -> dict:
     errors = [sums.rel_l1(sparsity, method, layer) for layer in layers]
     entry = {"sparsity": sparsity, "method": method, "label": METHODS[method], "per_layer": errors,
@@ -46,9 +69,9 @@ def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) ->
         "per_head": [sums.per_head(sparsity, method, layer) for layer in layers],
         "sparse_per_layer": sparse,
         "mask_sparse_per_layer": mask,
-        "mask_sparse_mean": mean(mask),
         "gap_closed_per_layer": [gap_closed(h, m, b) for h, m, b in zip(heuristic, mask, best)],
-        "gap_closed": gap_closed(mean(heuristic), mean(mask), mean(best)),
+        **_gap(sums, sparsity, method, layers),
+        "by_step_and_branch": by_step_and_branch(sums, sparsity, method, layers),
     })
     if method != "sparse_heuristic":
         entry["not_worse_than_sparse"] = [e <= s + NOT_WORSE_TOL for e, s in zip(errors, sparse)]
@@ -85,7 +108,31 @@ def markdown(rows: list[dict], layers: Sequence[int], header: dict) -> str:
             cells = [f"{r['sparsity']:.2f}", r["label"], _fmt(r["mask_sparse_mean"]), _fmt(r["gap_closed"]),
                      "—" if flags is None else f"{sum(flags)}/{len(flags)}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _breakdown_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+MAX_BREAKDOWN_COLUMNS = 8  # (step, branch) columns in the Markdown; with more, the JSON alone holds them
+
+
+def _breakdown_lines(rows: list[dict]) -> list[str]:
+    measured = [r for r in rows if r.get("by_step_and_branch")]
+    wheres = sorted({(g["step"], g["branch"]) for r in measured for g in r["by_step_and_branch"]})
+    if not wheres:
+        return []
+    lines = ["", "By sampling step and guidance branch: mean error over layers (gap closed).", ""]
+    if len(wheres) > MAX_BREAKDOWN_COLUMNS:
+        return lines[:-1] + [f"{len(wheres)} (step, branch) pairs: see `by_step_and_branch` in the JSON."]
+    head = ["sparsity", "method", *(f"step {step} {branch}" for step, branch in wheres)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in measured:
+        at = {(g["step"], g["branch"]): g for g in r["by_step_and_branch"]}
+        cells = [f"{r['sparsity']:.2f}", r["label"]]
+        for where in wheres:
+            g = at.get(where)
+            cells.append("" if g is None else f"{_fmt(g['mean'])} ({_fmt(g['gap_closed'])})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write(out: str | Path, rows: list[dict], layers: Sequence[int], header: dict) -> tuple[Path, Path]:

@@ -59,9 +59,10 @@ class TableSums:
 
 
 def _consumer(job: TableJob, measured, routers_of, add):
-    def consume(layer: int, q, k, v) -> None:
+    """consume(layer, q, k, v, where) for capture_trajectories: add(layer, chunk, where) for each chunk."""
+    def consume(layer: int, q, k, v, where) -> None:
         for chunk in walk(q, k, v, job.block_q, job.block_k, measured, routers_of(layer), job.query_chunk):
-            add(layer, chunk)
+            add(layer, chunk, where)
     return consume
 
 
@@ -69,7 +70,8 @@ def calibrate(job: TableJob, identity: RouterMasks) -> Calibration:
     calib = Calibration(job.fit, sla_mask=IDENTITY)
     measured = {s: [IDENTITY, BESTMASS] for s in job.sparsities}
     capture_trajectories(job.pipe, job.model, job.calib_prompts, job.sampling, job.layers, job.steps,
-                         _consumer(job, measured, lambda layer: {IDENTITY: identity}, calib.add), "calibration",
+                         _consumer(job, measured, lambda layer: {IDENTITY: identity},
+                                   lambda layer, chunk, where: calib.add(layer, chunk)), "calibration",
                          on_prompt=lambda i: setattr(calib, "fold", i))
     return calib
 
@@ -98,7 +100,7 @@ def measure_base(job: TableJob, identity: RouterMasks, methods: dict[int, dict[f
         return {IDENTITY: identity, **trained}
 
     capture_trajectories(job.pipe, job.model, job.prompts, job.sampling, job.layers, job.steps,
-                         _consumer(job, measured, routers_of, lambda layer, c: sums.add(layer, c, methods[layer])),
+                         _consumer(job, measured, routers_of, lambda layer, c, where: sums.add(layer, c, methods[layer], where)),
                          "held-out")
     return sums
 
@@ -116,7 +118,7 @@ def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, 
     capture_trajectories(
         job.pipe, job.model, job.prompts, job.sampling, job.layers, job.steps,
         _consumer(job, measured, lambda layer: {IDENTITY: identity, "stage2": RouterMasks(trained[layer], True)},
-                  lambda layer, c: sums.add(layer, c, methods)),
+                  lambda layer, c, where: sums.add(layer, c, methods, where)),
         f"{what} at {s:g}")
     return sums
 

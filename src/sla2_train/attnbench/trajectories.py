@@ -4,7 +4,10 @@ The videos are sampled as eval.py samples its dense videos (WanPipeline of the m
 UMT5, the configured scheduler, classifier-free guidance, the same seeded noise), stopping at the latents.
 Inside `dense_capture` the SLA2 layers run diffusers' dense attention and keep their last (q, k, v); a forward
 hook reads them after each transformer call of a measured step (both the conditional and the unconditional
-call: inference runs SLA2 in both), so only one forward's captures are alive at a time.
+call: inference runs SLA2 in both), so only one forward's captures are alive at a time. Each capture is handed
+over with where it was made, (sampling step, guidance branch), so errors can be told apart by noise level and by
+the conditional and unconditional calls (the router is trained on captioned clips only unless stage 1 drops
+captions).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from tqdm.auto import tqdm
 from sla2_train.evaluation.pipeline import initial_noise, video_size
 from sla2_train.models import dense_capture
 
-# consume(layer index, q, k, v), each [1, H, N, D] float32
-Consumer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+# WanPipeline's order of the transformer calls of one step under guidance: the prompt's, then the negative prompt's
+BRANCHES = ("cond", "uncond")
+Where = tuple[int, str]  # (sampling step, guidance branch) of a capture
+# consume(layer index, q, k, v, where), q, k, v each [1, H, N, D] float32
+Consumer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, Where], None]
 
 
 @dataclass
@@ -45,12 +51,12 @@ class _Hook:
         self.consume, self.bar, self.forwards = consume, bar, 0
 
     def __call__(self, module, args, output) -> None:
-        step = self.forwards // self.per_step
+        step, branch = divmod(self.forwards, self.per_step)
         self.forwards += 1
         if self.steps is None or step in self.steps:
             for layer, proc in zip(self.layers, self.procs):
                 q, k, v = (t.transpose(1, 2).float() for t in proc.captured)
-                self.consume(layer, q, k, v)
+                self.consume(layer, q, k, v, (step, BRANCHES[branch]))
         self.bar.update()
 
 
