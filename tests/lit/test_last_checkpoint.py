@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -136,6 +137,37 @@ def test_sigterm_saves_the_finished_step(run_args, compose_config, train_entry, 
 
     monkeypatch.setattr(SLA2Module, "training_step", preempted)
     cfg = compose_config(*run_args, "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=1000")
+    with caplog.at_level("INFO"), pytest.raises(SystemExit):
+        train_entry.main(cfg)
+    last = Path(cfg.ckpt_dir) / "last.ckpt"
+    assert _saved_step(last) == stop_at + 1
+    assert f"terminated (SIGTERM): saved {last} at step {stop_at + 1}" in caplog.text
+
+
+def test_sigterm_to_every_process_of_the_job_still_saves(run_args, compose_config, train_entry, monkeypatch,
+                                                         caplog):
+    """A scheduler that signals every process of the job (SLURM at its time limit, `kill -TERM -PGID`) reaches
+    the DataLoader workers too: they leave SIGTERM to the main process, which finishes its step and saves, rather
+    than dying first and failing the step on a dead worker. (PyTorch's workers exit quietly on a SIGTERM from
+    their parent and die by it from anyone else, so the signal comes from another process here.)"""
+    import multiprocessing
+    import subprocess
+
+    stop_at = 2
+    step = SLA2Module.training_step
+
+    def preempted(self, batch, batch_idx):
+        if self.global_step == stop_at:
+            workers = multiprocessing.active_children()
+            assert workers, "the run should have DataLoader workers"
+            subprocess.run(["kill", "-TERM", *(str(w.pid) for w in workers)], check=True)
+            time.sleep(1)  # delivered and acted on (not joined: reaping a dead worker would hide it from torch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SLA2Module, "training_step", preempted)
+    args = [a for a in run_args if not a.startswith("data.num_workers")] + ["data.num_workers=1"]
+    cfg = compose_config(*args, "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=1000")
     with caplog.at_level("INFO"), pytest.raises(SystemExit):
         train_entry.main(cfg)
     last = Path(cfg.ckpt_dir) / "last.ckpt"

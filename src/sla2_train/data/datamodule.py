@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from typing import Any, Sequence
 
@@ -35,6 +36,15 @@ def _positive(name: str, value: int, minimum: int = 1) -> int:
     if not isinstance(value, int) or value < minimum:
         raise DataError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """DataLoader worker_init_fn. A scheduler may signal every process of a job (SLURM at its time limit,
+    `kill -TERM -PGID`): PyTorch's workers die by a SIGTERM that does not come from their parent, and the main
+    process then fails on the dead worker in the middle of its step instead of finishing it and saving last.ckpt
+    (lit/callbacks.py). Ignoring it here leaves the decision to the main process; a worker still ends with it
+    (shutdown, or its parent gone)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class LatentDataModule(L.LightningDataModule):
@@ -150,6 +160,7 @@ class LatentDataModule(L.LightningDataModule):
             extra["persistent_workers"] = True
             if self.prefetch_factor is not None:
                 extra["prefetch_factor"] = self.prefetch_factor
+            extra["worker_init_fn"] = leave_sigterm_to_the_main_process
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **extra)
 
     def train_dataloader(self) -> DataLoader:
