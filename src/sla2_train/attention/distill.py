@@ -24,6 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import reference as ref
+from .precision import no_autocast
 
 
 @dataclass
@@ -245,8 +246,9 @@ class HardMaskFit:
     def __call__(self, attention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
         scores = attention._scores(q, k)
         mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], attention.sparsity)).mask
-        alpha = self.fit_mask(q, k, v, mask, attention.block_q, attention.block_k,
-                              per_head=attention.alpha.mode == "per_head")
+        with no_autocast(q.device):
+            alpha = self.fit_mask(q, k, v, mask, attention.block_q, attention.block_k,
+                                  per_head=attention.alpha.mode == "per_head")
         counts = ref.block_token_counts(k.shape[-2], attention.block_k, scores.device)
         estimated = ref.selected_mass(scores.float(), mask, counts).mean(0)
         return alpha, estimated

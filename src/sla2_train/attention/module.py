@@ -16,6 +16,7 @@ from .alpha import build_alpha
 from .backend import OPS, choose, run_ops
 from .checks import BACKENDS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
 from .distill import MeasuredMassFit, stage1_loss
+from .precision import no_autocast
 from .router import BlockRouter
 
 
@@ -113,9 +114,11 @@ class SLA2Attention(nn.Module):
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Router scores in at least fp32, as the kernels' router and the op path compute them: pooled in
-        bf16/fp16, near-tied blocks swap places, and the hard Top-k of the reference path chose other blocks."""
+        bf16/fp16, near-tied blocks swap places, and the hard Top-k of the reference path chose other blocks.
+        Under autocast too (precision.py): stage 1 learns on the scores inference ranks."""
         acc = torch.promote_types(q.dtype, torch.float32)
-        return self.router(q.to(acc), k.to(acc), self.block_q, self.block_k)
+        with no_autocast(q.device):
+            return self.router(q.to(acc), k.to(acc), self.block_q, self.block_k)
 
     def _mass(self, scores: torch.Tensor, mask: torch.Tensor, n_k: int) -> torch.Tensor | None:
         if not self.alpha.needs_mass:
@@ -167,7 +170,8 @@ class SLA2Attention(nn.Module):
         row_mass = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # [B, H, N]
         for rows, blocks in ref.query_chunks(n, self.block_q, query_chunk):
             tok = ref.expand_block_mask(mask[:, :, blocks], rows.stop - rows.start, n, self.block_q, self.block_k)
-            p = torch.softmax(ref.scaled_scores(q[:, :, rows].float(), k.float()), dim=-1)
+            with no_autocast(q.device):
+                p = torch.softmax(ref.scaled_scores(q[:, :, rows].float(), k.float()), dim=-1)
             row_mass[:, :, rows] = (p * tok).sum(dim=-1)
         measured = ref.mean_pool(row_mass[..., None], self.block_q)[..., 0].mean(dim=0)
         counts = ref.block_token_counts(n, self.block_k, scores.device)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sla2_train.attention import reference as ref
+from sla2_train.attention.precision import no_autocast
 from sla2_train.attnbench.metrics import Teacher, mask_metrics
 from sla2_train.diffusion import FlowMatching
 from sla2_train.models import dense_capture, sla2_processors
@@ -39,17 +40,18 @@ def evenly_spaced(total: int, count: int | None) -> torch.Tensor:
 def hard_topk_metrics(attention, q, k, v, query_blocks: int | None = None) -> dict[str, torch.Tensor]:
     """Per-head metrics [H] of one layer on q, k, v [B, H, N, D]. The full-attention reference is O(rows · N):
     `query_blocks` measures that many evenly spaced query blocks only (the router still sees every block)."""
-    q, k, v = q.float(), k.float(), v.float()
-    scores = attention._scores(q, k)
-    k_sel = ref.topk_count(scores.shape[-1], attention.sparsity)
-    mask = ref.hard_topk(scores, k_sel).mask
-    alpha = attention.alpha(attention._mass(scores, mask, k.shape[-2])).float().expand(*mask.shape[:-1])
-    blocks = evenly_spaced(mask.shape[-2], query_blocks).to(q.device)
-    rows = torch.cat([torch.arange(b * attention.block_q, min((b + 1) * attention.block_q, q.shape[-2]),
-                                   device=q.device) for b in blocks.tolist()])
-    t = Teacher(q[:, :, rows], k, v, attention.block_q, attention.block_k)
-    m = mask_metrics(t, mask[:, :, blocks], alpha[:, :, blocks], t.best_mask(k_sel))
-    return {name: m[name] for name in METRICS}
+    with no_autocast(q.device):  # float32 metrics under the trainer's autocast (attention/precision.py)
+        q, k, v = q.float(), k.float(), v.float()
+        scores = attention._scores(q, k)
+        k_sel = ref.topk_count(scores.shape[-1], attention.sparsity)
+        mask = ref.hard_topk(scores, k_sel).mask
+        alpha = attention.alpha(attention._mass(scores, mask, k.shape[-2])).float().expand(*mask.shape[:-1])
+        blocks = evenly_spaced(mask.shape[-2], query_blocks).to(q.device)
+        rows = torch.cat([torch.arange(b * attention.block_q, min((b + 1) * attention.block_q, q.shape[-2]),
+                                       device=q.device) for b in blocks.tolist()])
+        t = Teacher(q[:, :, rows], k, v, attention.block_q, attention.block_k)
+        m = mask_metrics(t, mask[:, :, blocks], alpha[:, :, blocks], t.best_mask(k_sel))
+        return {name: m[name] for name in METRICS}
 
 
 class HardTopkMonitor:
