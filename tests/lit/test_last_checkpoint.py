@@ -125,23 +125,29 @@ def test_atomic_replace_of_a_sharded_checkpoint_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
-def test_sigterm_saves_the_finished_step(run_args, compose_config, train_entry, monkeypatch, caplog):
-    """A preempted job gets SIGTERM: the step in flight finishes, last.ckpt holds it, the same command resumes."""
-    stop_at = int(torch.randint(2, 5, ()))
+def _preempted_at(stop_at: int, signal_the_job, args, compose_config, train_entry, monkeypatch, caplog) -> None:
+    """Run train.py, call `signal_the_job()` inside step `stop_at`, and check that last.ckpt holds that step,
+    finished, and the log says so."""
     step = SLA2Module.training_step
 
     def preempted(self, batch, batch_idx):
         if self.global_step == stop_at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal_the_job()
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(SLA2Module, "training_step", preempted)
-    cfg = compose_config(*run_args, "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=1000")
+    cfg = compose_config(*args, "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=1000")
     with caplog.at_level("INFO"), pytest.raises(SystemExit):
         train_entry.main(cfg)
     last = Path(cfg.ckpt_dir) / "last.ckpt"
     assert _saved_step(last) == stop_at + 1
     assert f"terminated (SIGTERM): saved {last} at step {stop_at + 1}" in caplog.text
+
+
+def test_sigterm_saves_the_finished_step(run_args, compose_config, train_entry, monkeypatch, caplog):
+    """A preempted job gets SIGTERM: the step in flight finishes, last.ckpt holds it, the same command resumes."""
+    _preempted_at(int(torch.randint(2, 5, ())), lambda: os.kill(os.getpid(), signal.SIGTERM), run_args,
+                  compose_config, train_entry, monkeypatch, caplog)
 
 
 def test_sigterm_to_every_process_of_the_job_still_saves(run_args, compose_config, train_entry, monkeypatch,
@@ -153,23 +159,12 @@ def test_sigterm_to_every_process_of_the_job_still_saves(run_args, compose_confi
     import multiprocessing
     import subprocess
 
-    stop_at = 2
-    step = SLA2Module.training_step
+    def signal_every_process():
+        workers = multiprocessing.active_children()
+        assert workers, "the run should have DataLoader workers"
+        subprocess.run(["kill", "-TERM", *(str(w.pid) for w in workers)], check=True)
+        time.sleep(1)  # delivered and acted on (not joined: reaping a dead worker would hide it from torch)
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    def preempted(self, batch, batch_idx):
-        if self.global_step == stop_at:
-            workers = multiprocessing.active_children()
-            assert workers, "the run should have DataLoader workers"
-            subprocess.run(["kill", "-TERM", *(str(w.pid) for w in workers)], check=True)
-            time.sleep(1)  # delivered and acted on (not joined: reaping a dead worker would hide it from torch)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return step(self, batch, batch_idx)
-
-    monkeypatch.setattr(SLA2Module, "training_step", preempted)
     args = [a for a in run_args if not a.startswith("data.num_workers")] + ["data.num_workers=1"]
-    cfg = compose_config(*args, "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=1000")
-    with caplog.at_level("INFO"), pytest.raises(SystemExit):
-        train_entry.main(cfg)
-    last = Path(cfg.ckpt_dir) / "last.ckpt"
-    assert _saved_step(last) == stop_at + 1
-    assert f"terminated (SIGTERM): saved {last} at step {stop_at + 1}" in caplog.text
+    _preempted_at(2, signal_every_process, args, compose_config, train_entry, monkeypatch, caplog)

@@ -5,7 +5,8 @@ included. The router's pooled scores would then lose their near-ties (bf16 keeps
 10 is resolved to 0.06), so stage 1 would rank other scores than the kernels' router (fp32 and 3xTF32) ranks at
 inference, and α calibration and the router monitor would measure against a bf16 full attention. These switch
 autocast off and cast to float32 themselves. The stage-1 loss keeps the trainer's precision: in float32 it
-trained the same router (docs/results.md, "Stage 1 under bf16 autocast") at several times the matmul cost.
+trained the same router (docs/results.md, "What the 97% gap closed depends on") at several times the
+matmul cost.
 """
 
 from __future__ import annotations
