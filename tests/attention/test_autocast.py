@@ -26,15 +26,15 @@ def make(n: int, seed: int, **options):
     return attn, q, k, v
 
 
-def bf16_autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def bf16_autocast(enabled: bool = True):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def loss_and_grads(attn, q, k, v, blocks_per_chunk=None, autocast=False):
+def loss_and_grads(attn, q, k, v, autocast: bool):
     """The loss under autocast or not, its backward outside autocast (as Lightning's precision plugin runs them)."""
     attn.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = attn.distill_loss(q, k, v, layout="bhnd", objective=every_term(), blocks_per_chunk=blocks_per_chunk)
+    with bf16_autocast(autocast):
+        loss = attn.distill_loss(q, k, v, layout="bhnd", objective=every_term())
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in attn.named_parameters() if p.grad is not None}
 

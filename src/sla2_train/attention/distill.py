@@ -246,9 +246,8 @@ class HardMaskFit:
     def __call__(self, attention, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
         scores = attention._scores(q, k)
         mask = ref.hard_topk(scores, ref.topk_count(scores.shape[-1], attention.sparsity)).mask
-        with no_autocast(q.device):
-            alpha = self.fit_mask(q, k, v, mask, attention.block_q, attention.block_k,
-                                  per_head=attention.alpha.mode == "per_head")
+        alpha = self.fit_mask(q, k, v, mask, attention.block_q, attention.block_k,
+                              per_head=attention.alpha.mode == "per_head")
         counts = ref.block_token_counts(k.shape[-2], attention.block_k, scores.device)
         estimated = ref.selected_mass(scores.float(), mask, counts).mean(0)
         return alpha, estimated
@@ -266,8 +265,10 @@ class HardMaskFit:
         parts = []
         qf, kf, vf = q.float(), k.float(), v.float()
         for rows, blocks in ref.query_chunks(q.shape[-2], block_q, self.query_chunk):
-            o_s, o_l = hard_branches(qf[:, :, rows], kf, vf, mask[:, :, blocks], block_q, block_k)
-            parts.append(self.statistics(ref.full_attention(qf[:, :, rows], kf, vf), o_s, o_l, block_q))
+            with no_autocast(q.device):  # float32 branches and teacher under a trainer's autocast (precision.py)
+                o_s, o_l = hard_branches(qf[:, :, rows], kf, vf, mask[:, :, blocks], block_q, block_k)
+                full = ref.full_attention(qf[:, :, rows], kf, vf)
+            parts.append(self.statistics(full, o_s, o_l, block_q))
         return self.pooled(torch.cat(parts, 2), per_head)
 
     @staticmethod

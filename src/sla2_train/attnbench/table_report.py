@@ -33,13 +33,16 @@ def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) or not values else mean(values)
 
 
-def _gap(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int], where=None) -> dict:
-    """The mask's sparse-only error and the gap it closes (means over layers), over `where` (None: everything)."""
-    def mean_of(m: str) -> float:
-        return mean(sums.rel_l1(sparsity, m, layer, "mask", where) for layer in layers)
-    mask = mean_of(method)
-    return {"mask_sparse_mean": mask,
-            "gap_closed": gap_closed(mean_of("sparse_heuristic"), mask, mean_of("bestmass"))}
+def _mask_errors(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int], where=None) -> dict:
+    """The mask's sparse-only error and the heuristic → best-mass gap it closes, per layer and over the layers'
+    means, over `where` (one sampling step and branch; None: all)."""
+    def per_layer(m: str) -> list[float]:
+        return [sums.rel_l1(sparsity, m, layer, "mask", where) for layer in layers]
+    mask, heuristic, best = per_layer(method), per_layer("sparse_heuristic"), per_layer("bestmass")
+    return {"mask_sparse_per_layer": mask,
+            "mask_sparse_mean": mean(mask),
+            "gap_closed_per_layer": [gap_closed(h, m, b) for h, m, b in zip(heuristic, mask, best)],
+            "gap_closed": gap_closed(mean(heuristic), mean(mask), mean(best))}
 
 
 def by_step_and_branch(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) -> list[dict]:
@@ -51,7 +54,7 @@ def by_step_and_branch(sums: ErrorSums, sparsity: float, method: str, layers: Se
         if any(e is None for e in errors):
             continue
         out.append({"step": where[0], "branch": where[1], "per_layer": errors, "mean": mean(errors),
-                    **_gap(sums, sparsity, method, layers, where)})
+                    **_mask_errors(sums, sparsity, method, layers, where)})
     return out
 
 
@@ -61,16 +64,11 @@ def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) ->
              "mean": _mean(errors)}
     if errors and errors[0] is None:
         return entry
-    mask = [sums.rel_l1(sparsity, method, layer, "mask") for layer in layers]
     sparse = [sums.rel_l1(sparsity, method, layer, "sparse") for layer in layers]
-    heuristic = [sums.rel_l1(sparsity, "sparse_heuristic", layer, "mask") for layer in layers]
-    best = [sums.rel_l1(sparsity, "bestmass", layer, "mask") for layer in layers]
     entry.update({
         "per_head": [sums.per_head(sparsity, method, layer) for layer in layers],
         "sparse_per_layer": sparse,
-        "mask_sparse_per_layer": mask,
-        "gap_closed_per_layer": [gap_closed(h, m, b) for h, m, b in zip(heuristic, mask, best)],
-        **_gap(sums, sparsity, method, layers),
+        **_mask_errors(sums, sparsity, method, layers),
         "by_step_and_branch": by_step_and_branch(sums, sparsity, method, layers),
     })
     if method != "sparse_heuristic":
