@@ -80,6 +80,30 @@ def test_alpha_is_fitted_after_the_last_step_and_checkpointed(build_module, make
     _assert_fitted_and_saved(procs, spy.calls, saved)
 
 
+def test_the_weights_average_takes_the_fitted_alpha(build_module, make_batch, tmp_path):
+    """With stage.ema the checkpoint's average is what export, init_from and eval read: it must hold the α
+    fitted after the last step, not the average of the α from before the fit."""
+    ema = "++stage.ema={_target_:sla2_train.lit.ema.WeightEMA,decay:0.6}"
+    module, cfg = build_module("stage=distill", "attention.sparsity=0.75", "stage.monitor=null", ema)
+    spy = module.stage.calibrate_alpha.fit = _Spy(module.stage.calibrate_alpha.fit, module)
+    procs = sla2_processors(module.model)
+    ckpt = LastCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_steps=2, limit_val_batches=0, callbacks=[ckpt])
+    trainer.fit(module, DataLoader([make_batch(cfg) for _ in range(2)], batch_size=None))
+
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    averaged = saved["ema"]["state_dict"]
+    alpha_keys = [k for k in averaged if k.endswith("alpha.logit")]
+    assert len(alpha_keys) == len(procs)
+    for key in alpha_keys:
+        torch.testing.assert_close(averaged[key], saved["state_dict"][key])
+    # the rest of the average is still an average: the last step's update moved it only part of the way
+    other = next(k for k in averaged if "proj_q" in k)
+    assert not torch.equal(averaged[other], saved["state_dict"][other])
+    _assert_fitted_and_saved(procs, spy.calls, saved)
+
+
 def _assert_fitted_and_saved(procs, calls, saved):
     """Every layer's α is the fit's target, and the checkpoint holds it."""
     for i, (proc, (_, _, target)) in enumerate(zip(procs, calls)):

@@ -66,11 +66,27 @@ class _CalibrateAtEnd(pl.Callback):
         # And through the strategy's wrapped module (pl_module's forward is the transformer's): under FSDP the
         # root unit's parameters (patch embedding, head, ...) are whole only inside its forward.
         with trainer.precision_plugin.forward_context():
-            layers = calibrate_alpha(pl_module.model, batch, pl_module.flow,
-                                     lambda t: trainer.strategy.reduce(t, reduce_op="mean"), fit=self.fit,
-                                     forward=trainer.strategy.model)
+            layers = calibrate_training_model(pl_module, batch, self.fit, forward=trainer.strategy.model)
         self.done = True
         log.info("calibrated α of %d layers on the last batch", layers)
+
+
+def calibrate_training_model(pl_module: pl.LightningModule, batch: Mapping[str, Any], fit,
+                             forward: Callable[..., Any] | None = None) -> int:
+    """calibrate_alpha on a training run's model, averaged over ranks. An average of the weights (stage.ema)
+    takes the fitted α as its α: export, init_from and eval read the average, and without this they would
+    get the α from before the fit."""
+    layers = calibrate_alpha(pl_module.model, batch, pl_module.flow,
+                             lambda t: pl_module.trainer.strategy.reduce(t, reduce_op="mean"), fit=fit, forward=forward)
+    ema = pl_module.stage.ema
+    if ema is not None and layers:
+        ema.assign(pl_module.model, (p for proc in _fitted_layers(pl_module.model)
+                                     for p in proc.attention.alpha_parameters()))
+    return layers
+
+
+def _fitted_layers(model: nn.Module) -> list:
+    return [p for p in sla2_processors(model) if p.attention.variant == "sla2"]
 
 
 @torch.no_grad()
@@ -87,7 +103,7 @@ def calibrate_alpha(
     fit: an α fit of sla2_train.attention.distill (None: the measured selected mass; LeastAbsoluteFit: the
     α that minimises the hard-mask error). forward: what runs the transformer (default `model` itself; a wrapper
     whose forward calls it, such as the strategy's module, to run inside that wrapper's forward)."""
-    procs = [p for p in sla2_processors(model) if p.attention.variant == "sla2"]
+    procs = _fitted_layers(model)
     if not procs:
         return 0
     x0, text = latents_and_text(batch)

@@ -57,6 +57,15 @@ class WeightEMA:
         torch._foreach_lerp_(averages, weights, 1.0 - decay)
         self.updates += 1
 
+    @torch.no_grad()
+    def assign(self, model: nn.Module, params) -> None:
+        """These parameters' average becomes their current value: for weights set in closed form (α fitted
+        before or after training), whose values before the fit are not estimates of the same quantity."""
+        chosen = {id(p) for p in params}
+        for name, p in self._trained(model):
+            if id(p) in chosen and name in self.shadow:
+                self.shadow[name].copy_(p.detach().float())
+
     def state_dict(self, model: nn.Module) -> dict[str, Any]:
         """checkpoint["ema"]: the averages cast to each parameter's dtype, under the module's state-dict names."""
         params = dict(model.named_parameters())

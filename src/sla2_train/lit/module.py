@@ -15,7 +15,7 @@ from sla2_train.export.checkpoint_format import EMA_KEY, META_KEY, checkpoint_me
 from sla2_train.export.loading import load_weights
 from sla2_train.models import ConfigError, set_attention_mode
 
-from .alpha_calibration import calibrate_alpha
+from .alpha_calibration import calibrate_training_model
 from .param_groups import optimizer_groups
 from .run_summary import batch_and_lr
 from .stage import Stage
@@ -94,10 +94,7 @@ class SLA2Module(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self._needs_calibration and self.global_step == 0:
-            layers = calibrate_alpha(
-                self.model, batch, self.flow, lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"),
-                fit=self.stage.calibrate_alpha.fit,
-            )
+            layers = calibrate_training_model(self, batch, self.stage.calibrate_alpha.fit)
             log.info("calibrated α of %d layers on the first batch", layers)
         self._needs_calibration = False
         if self.stage.caption_dropout is not None:
