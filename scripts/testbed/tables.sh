@@ -12,9 +12,11 @@
 # 0.97"; Table 2's variants at the last); STEPS (500, each training run's max_steps) and MAX_TIME (a dd:hh:mm:ss
 # cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
+# EVAL_SPARSITIES (the last of SPARSITIES: the sparsities whose stage 2 also gets videos, from SPARSITIES);
 # PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
-# sparsity whose α is fitted again after its last step (row `qat_alpha_refit`); DENSE_WEIGHTS (checkpoint:
+# sparsity whose α is fitted again after its last step (row `qat_alpha_refit`, and videos at EVAL_SPARSITIES);
+# DENSE_WEIGHTS (checkpoint:
 # each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares);
 # STAGE1_ARGS (overrides for the stage-1 runs only: the distillation loss's full-attention rows are O(rows · N)
 # memory, ~50 GB a run at 128×256 with every query block; stage.objective.query_blocks=32 samples 32 of the 68
@@ -59,6 +61,10 @@ read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
 read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
+read -r -a EVAL_SPARSITIES <<< "${EVAL_SPARSITIES:-$LAST}"
+for s in "${EVAL_SPARSITIES[@]}"; do
+  [[ " ${SPARSITIES[*]} " == *" $s "* ]] || { echo "tables.sh: EVAL_SPARSITIES has $s, not one of SPARSITIES (${SPARSITIES[*]})" >&2; exit 1; }
+done
 mkdir -p "$WORK/logs" "$WORK/runs"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -148,10 +154,19 @@ fi
 grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
 
 [ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
-# Videos at the last sparsity: each run's own dense model against its SLA2 (low-bit sparse branch).
-for run in "stage2-$LAST" "stage2-heuristic-$LAST" "stage2-bf16-$LAST"; do
+# Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES;
+# each against its dense model (DENSE_WEIGHTS) with the low-bit sparse branch.
+VIDEO_RUNS=("stage2-$LAST $LAST" "stage2-heuristic-$LAST $LAST" "stage2-bf16-$LAST $LAST")
+[ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST $LAST")
+for s in "${EVAL_SPARSITIES[@]}"; do
+  [ "$s" = "$LAST" ] && continue
+  VIDEO_RUNS+=("stage2-$s $s")
+  [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$s $s")
+done
+for pair in "${VIDEO_RUNS[@]}"; do
+  read -r run s <<< "$pair"
   EVAL=("$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt"
-        max_prompts="$EVAL_PROMPTS" eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$LAST"
+        max_prompts="$EVAL_PROMPTS" eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$s"
         ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" output_root="$WORK/eval-$run" logger=none
         "$LATENTS" "${EVAL_ARGS[@]}")
   if fresh "$WORK/logs/eval-$run.done" "${EVAL[@]}"; then
