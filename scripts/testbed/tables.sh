@@ -16,11 +16,13 @@
 # PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`, and videos at EVAL_SPARSITIES);
-# DENSE_WEIGHTS (checkpoint:
-# each video row's dense reference is that run's fine-tuned transformer; base: the folder's own, as a paper compares);
+# DENSE_WEIGHTS (checkpoint: each video row's dense reference is that run's fine-tuned transformer; base: the
+# folder's own, as a paper compares);
 # STAGE1_ARGS (overrides for the stage-1 runs only: the distillation loss's full-attention rows are O(rows · N)
 # memory, ~50 GB a run at 128×256 with every query block; stage.objective.query_blocks=32 samples 32 of the 68
-# query blocks a step, stage.objective.chunk_blocks=8 keeps all of them and evaluates 8 at a time).
+# query blocks a step, stage.objective.chunk_blocks=8 keeps all of them and evaluates 8 at a time); STAGE2_ARGS
+# (overrides for every stage-2 run, e.g. ++trainer.max_time=00:00:04:00 for a longer stage 2 than stage 1, or
+# '++stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:0.5}').
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
 # a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), the table from
@@ -59,6 +61,7 @@ WORKERS=${WORKERS:-$(nproc)}
 read -r -a TABLE_ARGS <<< "${TABLE_ARGS:-}"
 read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
 read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
+read -r -a STAGE2_ARGS <<< "${STAGE2_ARGS:-}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
 read -r -a EVAL_SPARSITIES <<< "${EVAL_SPARSITIES:-$LAST}"
@@ -112,7 +115,7 @@ done
 calibrate() {
   echo "stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:$1}"
 }
-STAGE2=(stage=qat data.batch_size=8)
+STAGE2=(stage=qat data.batch_size=8 "${STAGE2_ARGS[@]}")  # before each run's own overrides, which win
 # Table 2: the heuristic router with α and QAT (no stage 1)
 train "stage2-heuristic-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.allow_untrained_router=true "$(calibrate start)"
 drain
