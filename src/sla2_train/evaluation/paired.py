@@ -21,24 +21,29 @@ def mean_and_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var / n)
 
 
+def paired_differences(own: dict[Any, dict[str, float]], base: dict[Any, dict[str, float]],
+                       metrics) -> dict[str, dict[str, Any]]:
+    """Per metric scored in both sets of videos (each {video key: metrics}): {diff: mean of (own − base) over
+    the videos both have, sem, n: videos paired, relative: diff / base mean}."""
+    paired = {}
+    for k in metrics:
+        keys = [key for key, m in own.items() if k in m and k in base.get(key, {})]
+        if not keys:
+            continue  # a metric against the dense video (PSNR, SSIM, ...) has no dense value
+        diff, sem = mean_and_sem([own[key][k] - base[key][k] for key in keys])
+        ref, _ = mean_and_sem([base[key][k] for key in keys])
+        paired[k] = {"diff": diff, "sem": sem, "n": len(keys),
+                     "relative": diff / ref if diff is not None and ref else None}
+    return paired
+
+
 def add_paired(rows: list[dict[str, Any]], videos: Sequence[dict[str, Any]], dense: str = "dense") -> None:
-    """Adds `paired_vs_dense` to every row but dense: per metric scored on both rows, {diff: mean of
-    (row − dense), sem, n: videos paired, relative: diff / dense mean}."""
+    """Adds `paired_vs_dense` to every row but dense: paired_differences(row, dense) over the row's metrics."""
     by_row: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
     for v in videos:
         by_row.setdefault(v["row"], {})[(v["prompt_index"], v["seed"])] = v["metrics"]
     base = by_row.get(dense, {})
     for row in rows:
-        own = by_row.get(row["name"], {})
         if row["name"] == dense or not base:
             continue
-        paired = {}
-        for k in row["metrics"]:
-            keys = [key for key, m in own.items() if k in m and k in base.get(key, {})]
-            if not keys:
-                continue  # a metric against the dense video (PSNR, SSIM, ...) has no dense value
-            diff, sem = mean_and_sem([own[key][k] - base[key][k] for key in keys])
-            ref, _ = mean_and_sem([base[key][k] for key in keys])
-            paired[k] = {"diff": diff, "sem": sem, "n": len(keys),
-                         "relative": diff / ref if diff is not None and ref else None}
-        row["paired_vs_dense"] = paired
+        row["paired_vs_dense"] = paired_differences(by_row.get(row["name"], {}), base, row["metrics"])

@@ -72,7 +72,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pm(stat: dict[str, Any]) -> str:
+def plus_minus(stat: dict[str, Any]) -> str:
+    """A paired difference as "+d ± sem (+r%)" (paired.paired_differences)."""
     diff, sem = stat.get("diff"), stat.get("sem")
     if diff is None:
         return "–"
@@ -93,7 +94,7 @@ def paired_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         stats = r["paired_vs_dense"]
         n = max(s["n"] for s in stats.values())
-        lines.append("| " + " | ".join([r["name"], *(_pm(stats.get(k, {})) for k in metrics), str(n)]) + " |")
+        lines.append("| " + " | ".join([r["name"], *(plus_minus(stats.get(k, {})) for k in metrics), str(n)]) + " |")
     return "\n".join(lines) + "\n"
 
 
