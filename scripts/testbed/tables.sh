@@ -24,6 +24,7 @@
 # (overrides for every stage-2 run, e.g. ++trainer.max_time=00:00:04:00 for a longer stage 2 than stage 1, or
 # '++stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:0.5}').
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
+# WORK_DIR/compare-<run>-vs-<run>.md / .json (Table 2's videos paired by prompt and seed),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
 # a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), the table from
 # its finished passes, and the table and each run's videos are kept when the same command made them after every
@@ -181,4 +182,17 @@ for pair in "${VIDEO_RUNS[@]}"; do
   fi
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done
+# Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
+# heuristic, QAT against the bf16 fine-tune, and the α refit against stage 2's own α. Each run's newest report is
+# the one this command made or kept.
+newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
+paired() {
+  local out="$WORK/compare-$1-vs-$2"
+  "$PY" -m sla2_train.evaluation.compare "$(newest "$1")" "$(newest "$2")" --out "$out.json" > "$out.md"
+  log "videos $1 − $2, paired:"
+  grep '^|' "$out.md"
+}
+paired "stage2-$LAST" "stage2-heuristic-$LAST"
+paired "stage2-$LAST" "stage2-bf16-$LAST"
+[ "$REFIT_ALPHA" = 0 ] || paired "stage2-refit-$LAST" "stage2-$LAST"
 log "done"

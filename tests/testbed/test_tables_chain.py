@@ -1,7 +1,7 @@
 """scripts/testbed/tables.sh end to end on a CPU at a small size (docs/testbed.md): every training run of the
-chain, the attention table with Table 2's rows, videos at two sparsities; then a sparsity to film that the chain
-does not train is refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos of the
-same kind, a minute of CI.)"""
+chain, the attention table with Table 2's rows, videos at two sparsities and Table 2's paired comparisons; then
+a sparsity to film that the chain does not train is refused in one line. (REFIT_ALPHA's runs are left out: two
+more trainings and videos of the same kind, a minute of CI.)"""
 
 import json
 import os
@@ -55,6 +55,11 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         report = json.loads(path.read_text())
         filmed[path.parts[-5][len("eval-"):]] = report["settings"]["attention"]["sparsity"]
     assert filmed == {"stage2-0.75": 0.75, "stage2-heuristic-0.75": 0.75, "stage2-bf16-0.75": 0.75, "stage2-0.5": 0.5}
+
+    for a, b in (("stage2-0.75", "stage2-heuristic-0.75"), ("stage2-0.75", "stage2-bf16-0.75")):
+        compared = json.loads((work / f"compare-{a}-vs-{b}.json").read_text())
+        assert compared["paired"]["prompt_following"]["n"] == 1  # EVAL_PROMPTS=1: one video a side
+        assert f"/eval-{a}/" in compared["a"]["path"] and f"/eval-{b}/" in compared["b"]["path"]
 
     refused = _chain(tmp_path / "x", EVAL_SPARSITIES="0.6")
     assert refused.returncode == 1
