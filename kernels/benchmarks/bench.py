@@ -20,6 +20,7 @@ Times are medians of triton.testing.do_bench (ms).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 
@@ -233,9 +234,25 @@ class Bench(BenchBase):
             print("sweep", json.dumps(res), flush=True)
             if t is not None and (pbest is None or t < pbest[0]):
                 pbest = (t, pc)
+        # The low-bit precompute's quantisation pass, on top of the best precompute: its warps
+        qbest = None
+        for warps in (2, 4, 8) if pbest else ():
+            if self.left() < 60:
+                break
+            pc = dataclasses.replace(pbest[1], quantize_warps=warps)
+            t = self.safe(f"quantise sweep {pc}", lambda: self.time_ms(
+                lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc)))
+            ck = self.launch.LAST_COMPILED.get("quantize_kv")
+            res = dict(kind="precompute_quant", quantize_warps=warps, t_ms=t)
+            if t is not None and ck is not None:
+                res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
+            self.results["precompute_configs"].append(res)
+            print("sweep", json.dumps(res), flush=True)
+            if t is not None and (qbest is None or t < qbest[0]):
+                qbest = (t, pc)
         if pbest:
-            self.pre_cfg = pbest[1]
-            self.results["chosen_precompute"] = repr(pbest[1])
+            self.pre_cfg = qbest[1] if qbest else pbest[1]
+            self.results["chosen_precompute"] = repr(self.pre_cfg)
         print("chosen", self.results.get("chosen_configs"), self.results.get("chosen_precompute"), flush=True)
         self.save()
 
@@ -289,11 +306,16 @@ class Bench(BenchBase):
             lines.append(f"chosen (fastest with exact_max={self.results.get('default_exact_max')}, the default): "
                          f"{self.results.get('chosen_configs')} {self.results.get('chosen_precompute')}")
         if self.results["precompute_configs"]:
-            lines.append("precompute configs (blocks/program, warps, stages): ms [regs/spills/shared]")
+            lines.append("precompute configs (blocks/program, warps, stages; low bit: the quantisation pass's warps): "
+                         "ms [regs/spills/shared]")
+
+            def label(c):
+                if c["kind"] == "precompute_quant":
+                    return f"low bit, quantise {c['quantize_warps']} warps"
+                return f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']})"
             lines.append("  " + "  ".join(
-                f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']}): "
-                f"{c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} [{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]"
-                for c in self.results["precompute_configs"]))
+                f"{label(c)}: {c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
+                f"[{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]" for c in self.results["precompute_configs"]))
         if self.results["errors"]:
             lines.append("errors: " + " | ".join(self.results["errors"]))
         return "\n".join(lines)

@@ -99,6 +99,6 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
             k, v, state.kmean, state.sv, state.k8, state.sk, state.v8t,
             *k_strides, *v_strides,
             N, H, nk,
-            BK=block_k, D=D, INTERPRET=interpret, num_warps=4,
+            BK=block_k, D=D, INTERPRET=interpret, num_warps=cfg.quantize_warps,
         )
     return state

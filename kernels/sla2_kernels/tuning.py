@@ -103,6 +103,9 @@ class PrecomputeConfig:
     # with 16 blocks a program
     num_warps: int = 4
     num_stages: int = 2
+    # quantize_kv_kernel (low bit): one key block a program; it ran at 42% of the copy rate with 4 warps (H200,
+    # 2026-12-03), so bench.py --sweep times 2 and 8 beside it
+    quantize_warps: int = 4
 
 
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
