@@ -200,17 +200,13 @@ class Bench(BenchBase):
             for cfg in candidates[quant]:
                 if self.left() < 60:
                     break
-                t = self.safe(f"sweep {cfg} quant={quant}", lambda: self.time_ms(
-                    lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg, **kw)))
                 name = ("sla2_fwd_lowbit" if quant else "sla2_fwd") + ("_tma" if cfg.tma else "")
-                ck = self.launch.LAST_COMPILED.get(name)
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
                            exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                           tma=cfg.tma, maxnreg=cfg.maxnreg, t_ms=t)
-                if t is not None and ck is not None:
-                    res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
-                self.results["configs"].append(res)
-                print("sweep", json.dumps(res), flush=True)
+                           tma=cfg.tma, maxnreg=cfg.maxnreg)
+                t = self.time_candidate(f"sweep {cfg} quant={quant}", name, res, self.results["configs"],
+                                        lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg,
+                                                             **kw))
                 default_arithmetic = cfg.exact_max == default_exact_max  # bf16 ignores exact_max: always
                 if t is not None and default_arithmetic and (quant not in best or t < best[quant][0]):
                     best[quant] = (t, cfg)
@@ -223,15 +219,10 @@ class Bench(BenchBase):
         for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(None, 8, 2), PC(None, 8, 3), PC(4, 8, 2)):
             if self.left() < 60:
                 break
-            t = self.safe(f"precompute sweep {pc}", lambda: self.time_ms(
-                lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc)))
-            ck = self.launch.LAST_COMPILED.get("kv_precompute")
             res = dict(kind="precompute", blocks_per_program=pc.blocks_per_program, num_warps=pc.num_warps,
-                       num_stages=pc.num_stages, t_ms=t)
-            if t is not None and ck is not None:
-                res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
-            self.results["precompute_configs"].append(res)
-            print("sweep", json.dumps(res), flush=True)
+                       num_stages=pc.num_stages)
+            t = self.time_candidate(f"precompute sweep {pc}", "kv_precompute", res, self.results["precompute_configs"],
+                                    lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc))
             if t is not None and (pbest is None or t < pbest[0]):
                 pbest = (t, pc)
         # The low-bit precompute's quantisation pass, on top of the best precompute: its warps
@@ -240,14 +231,9 @@ class Bench(BenchBase):
             if self.left() < 60:
                 break
             pc = dataclasses.replace(pbest[1], quantize_warps=warps)
-            t = self.safe(f"quantise sweep {pc}", lambda: self.time_ms(
-                lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc)))
-            ck = self.launch.LAST_COMPILED.get("quantize_kv")
-            res = dict(kind="precompute_quant", quantize_warps=warps, t_ms=t)
-            if t is not None and ck is not None:
-                res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
-            self.results["precompute_configs"].append(res)
-            print("sweep", json.dumps(res), flush=True)
+            t = self.time_candidate(f"quantise sweep {pc}", "quantize_kv", dict(kind="precompute_quant",
+                                    quantize_warps=warps), self.results["precompute_configs"],
+                                    lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc))
             if t is not None and (qbest is None or t < qbest[0]):
                 qbest = (t, pc)
         if pbest:
@@ -255,6 +241,17 @@ class Bench(BenchBase):
             self.results["chosen_precompute"] = repr(self.pre_cfg)
         print("chosen", self.results.get("chosen_configs"), self.results.get("chosen_precompute"), flush=True)
         self.save()
+
+    def time_candidate(self, what, kernel, res, into, run):
+        """One sweep candidate: its time (None if it failed), and the compiled kernel's registers, spills and
+        shared memory, recorded in `res`, appended to `into` and printed."""
+        t = res["t_ms"] = self.safe(what, lambda: self.time_ms(run))
+        ck = self.launch.LAST_COMPILED.get(kernel)
+        if t is not None and ck is not None:
+            res.update(regs=int(ck.n_regs), spills=int(ck.n_spills), shared=int(ck.metadata.shared))
+        into.append(res)
+        print("sweep", json.dumps(res), flush=True)
+        return t
 
     # ---------------------------------------------------------------- FlexAttention
     def time_flex(self, flex, q, k, v, idx, nk):
