@@ -9,9 +9,9 @@ SLA2's parts timed separately and together: precompute (one pass over K, V), rou
 scores, torch Top-k), main kernel (bf16 and low-bit), main kernel without the linear branch (the sparse part
 alone), and the whole forward (eager and as a CUDA graph). Both FLOP conventions (docs/method.md, FLOP conventions):
 dense-equivalent 4·B·H·N²·D / time, and actual = 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
---sweep times main-kernel and precompute configurations (warps, stages, TMA) at the first shape and the last
-sparsity, then times the rows with the fastest (passed as `config=`; the package's defaults are in
-sla2_kernels/tuning.py).
+--sweep times main-kernel and precompute configurations (warps, stages, TMA; the low-bit quantisation pass's
+warps) at the first shape and the last sparsity, then times the rows with the fastest (passed as `config=`; the
+package's defaults are in sla2_kernels/tuning.py).
 Also: a sanity check that FlexAttention and our sparse part agree (same mask), the GPU's copy bandwidth and
 bf16 matmul rate (the two ceilings), and each kernel's registers / spills / shared memory.
 The table is printed last; JSON goes to DIR/bench.json (DIR: --out, default $OUT or kernels/benchmarks/results/).

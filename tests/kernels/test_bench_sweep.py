@@ -1,0 +1,52 @@
+"""kernels/benchmarks/bench.py --sweep's choice, on the CPU with a stand-in timer: every candidate is recorded,
+the fastest of each kind times the table rows, and a candidate computing other arithmetic than the default
+(exact_max flipped) is timed for the table but never chosen."""
+
+import random
+import sys
+import types
+from pathlib import Path
+
+import sla2_kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kernels" / "benchmarks"))
+import bench  # noqa: E402  (a script's module, beside bench_common)
+
+
+def test_the_sweep_records_every_candidate_and_picks_the_fastest_default_arithmetic():
+    rng = random.Random(3)
+    runs = []
+
+    def time_ms(fn):  # a stand-in for do_bench: the candidate is not run (no GPU), its time is drawn
+        runs.append(fn)
+        return rng.uniform(0.1, 1.0)
+
+    b = object.__new__(bench.Bench)
+    b.sk, b.fwd_cfg, b.pre_cfg = sla2_kernels, {}, None
+    b.launch = types.SimpleNamespace(LAST_COMPILED={})
+    b.results = dict(configs=[], precompute_configs=[], errors=[], rows=[], device="none", torch="-", triton="-",
+                     date="-")
+    b.left, b.time_ms, b.save, b.forward = (lambda: 1e9), time_ms, (lambda: None), None
+    b.sweep(None, None, None, None, None, None, None, {}, "1.3b", 0.97)
+
+    configs = b.results["configs"]
+    assert len(runs) == len(configs) + len(b.results["precompute_configs"]) and not b.results["errors"]
+    default = sla2_kernels.FwdConfig(4, 2).exact_max
+    for quant in (False, True):
+        mine = [c for c in configs if c["quant"] == quant]
+        eligible = [c for c in mine if c["exact_max"] == default]
+        assert len(eligible) < len(mine) if quant else len(eligible) == len(mine)  # low bit: one other variant
+        fastest = min(eligible, key=lambda c: c["t_ms"])
+        chosen = b.fwd_cfg[quant]
+        assert (chosen.num_warps, chosen.num_stages, chosen.tma, chosen.maxnreg, chosen.exact_max) == (
+            fastest["num_warps"], fastest["num_stages"], fastest["tma"], fastest["maxnreg"], default)
+
+    pre = [c for c in b.results["precompute_configs"] if c["kind"] == "precompute"]
+    quant_pass = [c for c in b.results["precompute_configs"] if c["kind"] == "precompute_quant"]
+    assert [c["quantize_warps"] for c in quant_pass] == [2, 4, 8]
+    best_pre = min(pre, key=lambda c: c["t_ms"])
+    best_warps = min(quant_pass, key=lambda c: c["t_ms"])["quantize_warps"]
+    assert b.pre_cfg == sla2_kernels.PrecomputeConfig(best_pre["blocks_per_program"], best_pre["num_warps"],
+                                                      best_pre["num_stages"], quantize_warps=best_warps)
+    table = b.table()  # every candidate has its line
+    assert table.count("quant=") == len(configs) and table.count("low bit, quantise") == 3
