@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .paired import mean_and_sem, paired_differences
+from .paired import paired_differences
 from .report import METRIC_COLUMNS, plus_minus
 
 
@@ -73,16 +73,12 @@ def compare(a: str | Path, b: str | Path, row_a: str | None = None, row_b: str |
     shared = va.keys() & vb.keys()
     if not shared:
         raise CompareError(f"{sides[0]['path']} and {sides[1]['path']} share no (prompt, seed) video")
-    metrics = [k for k in dict.fromkeys(m for v in va.values() for m in v) if any(k in vb[key] for key in shared)]
-    paired = paired_differences(va, vb, metrics)
-    means = {}
-    for k, stat in paired.items():
-        keys = [key for key in shared if k in va[key] and k in vb[key]]
-        means[k] = (mean_and_sem([va[key][k] for key in keys])[0], mean_and_sem([vb[key][k] for key in keys])[0])
+    # the metrics in A's order; paired_differences leaves out those B did not score on a shared video
+    paired = paired_differences(va, vb, dict.fromkeys(m for v in va.values() for m in v))
     return {
         "a": {"path": sides[0]["path"], "row": sides[0]["row"]},
         "b": {"path": sides[1]["path"], "row": sides[1]["row"]},
-        "paired": paired, "means": means,
+        "paired": paired,
         "unpaired": {"a": len(va.keys() - shared), "b": len(vb.keys() - shared)},
     }
 
@@ -92,7 +88,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"A: {a['row']} ({a['path']})", f"B: {b['row']} ({b['path']})", "",
              "| metric | A | B | A − B (paired) | paired videos |", "|---|---|---|---|---|"]
     for k, stat in result["paired"].items():
-        mean_a, mean_b = result["means"][k]
+        mean_b = stat["base_mean"]
+        mean_a = None if mean_b is None or stat["diff"] is None else mean_b + stat["diff"]  # the mean of a difference
         cells = [METRIC_COLUMNS.get(k, k), _number(mean_a), _number(mean_b), plus_minus(stat), str(stat["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     unpaired = result["unpaired"]

@@ -24,7 +24,7 @@ def mean_and_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
 def paired_differences(own: dict[Any, dict[str, float]], base: dict[Any, dict[str, float]],
                        metrics) -> dict[str, dict[str, Any]]:
     """Per metric scored in both sets of videos (each {video key: metrics}): {diff: mean of (own − base) over
-    the videos both have, sem, n: videos paired, relative: diff / base mean}."""
+    the videos both have, sem, n: videos paired, base_mean: base's mean over them, relative: diff / base_mean}."""
     paired = {}
     for k in metrics:
         keys = [key for key, m in own.items() if k in m and k in base.get(key, {})]
@@ -32,7 +32,7 @@ def paired_differences(own: dict[Any, dict[str, float]], base: dict[Any, dict[st
             continue  # a metric against the dense video (PSNR, SSIM, ...) has no dense value
         diff, sem = mean_and_sem([own[key][k] - base[key][k] for key in keys])
         ref, _ = mean_and_sem([base[key][k] for key in keys])
-        paired[k] = {"diff": diff, "sem": sem, "n": len(keys),
+        paired[k] = {"diff": diff, "sem": sem, "n": len(keys), "base_mean": ref,
                      "relative": diff / ref if diff is not None and ref else None}
     return paired
 
