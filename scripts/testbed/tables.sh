@@ -16,6 +16,8 @@
 # PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`, and videos at EVAL_SPARSITIES);
+# EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
+# EVAL_SPARSITIES and pairs it with its stage 2: whether a loss against dense comes from the router or from stage 2;
 # DENSE_WEIGHTS (checkpoint: each video row's dense reference is that run's fine-tuned transformer; base: the
 # folder's own, as a paper compares);
 # STAGE1_ARGS (overrides for the stage-1 runs only: the distillation loss's full-attention rows are O(rows · N)
@@ -55,6 +57,7 @@ PROMPTS=${PROMPTS:-11}
 EVAL_PROMPTS=${EVAL_PROMPTS:-32}
 PARALLEL=${PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
+EVAL_STAGE1=${EVAL_STAGE1:-0}
 DENSE_WEIGHTS=${DENSE_WEIGHTS:-checkpoint}
 TRAINER=${TRAINER:-gpu}
 DEVICE=${DEVICE:-cuda}
@@ -158,8 +161,9 @@ fi
 grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
 
 [ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
-# Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES;
-# each against its dense model (DENSE_WEIGHTS) with the low-bit sparse branch.
+# Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
+# then (EVAL_STAGE1) stage 1 alone at each; every one against its dense model (DENSE_WEIGHTS) with the low-bit
+# sparse branch.
 VIDEO_RUNS=("stage2-$LAST $LAST" "stage2-heuristic-$LAST $LAST" "stage2-bf16-$LAST $LAST")
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST $LAST")
 for s in "${EVAL_SPARSITIES[@]}"; do
@@ -167,6 +171,9 @@ for s in "${EVAL_SPARSITIES[@]}"; do
   VIDEO_RUNS+=("stage2-$s $s")
   [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$s $s")
 done
+if [ "$EVAL_STAGE1" != 0 ]; then
+  for s in "${EVAL_SPARSITIES[@]}"; do VIDEO_RUNS+=("stage1-$s $s"); done
+fi
 for pair in "${VIDEO_RUNS[@]}"; do
   read -r run s <<< "$pair"
   EVAL=("$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt"
@@ -183,8 +190,8 @@ for pair in "${VIDEO_RUNS[@]}"; do
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
-# heuristic, QAT against the bf16 fine-tune, and the α refit against stage 2's own α. Each run's newest report is
-# the one this command made or kept.
+# heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, and (EVAL_STAGE1) each stage 2
+# against the stage 1 it started from. Each run's newest report is the one this command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
 paired() {
   local out="$WORK/compare-$1-vs-$2"
@@ -195,4 +202,7 @@ paired() {
 paired "stage2-$LAST" "stage2-heuristic-$LAST"
 paired "stage2-$LAST" "stage2-bf16-$LAST"
 [ "$REFIT_ALPHA" = 0 ] || paired "stage2-refit-$LAST" "stage2-$LAST"
+if [ "$EVAL_STAGE1" != 0 ]; then
+  for s in "${EVAL_SPARSITIES[@]}"; do paired "stage2-$s" "stage1-$s"; done
+fi
 log "done"

@@ -1,7 +1,7 @@
 """scripts/testbed/tables.sh end to end on a CPU at a small size (docs/testbed.md): every training run of the
-chain, the attention table with Table 2's rows, videos at two sparsities and Table 2's paired comparisons; then
-a sparsity to film that the chain does not train is refused in one line. (REFIT_ALPHA's runs are left out: two
-more trainings and videos of the same kind, a minute of CI.)"""
+chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities and the
+paired comparisons; then a sparsity to film that the chain does not train is refused in one line. (REFIT_ALPHA's
+runs are left out: two more trainings and videos of the same kind, a minute of CI.)"""
 
 import json
 import os
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
-    "REFIT_ALPHA": "0", "PARALLEL": "1", "WORKERS": "1", "PYTHON": sys.executable,
+    "REFIT_ALPHA": "0", "EVAL_STAGE1": "1", "PARALLEL": "1", "WORKERS": "1", "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2",
 }
@@ -54,9 +54,11 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     for path in work.glob("eval-*/eval/*/*/eval.json"):
         report = json.loads(path.read_text())
         filmed[path.parts[-5][len("eval-"):]] = report["settings"]["attention"]["sparsity"]
-    assert filmed == {"stage2-0.75": 0.75, "stage2-heuristic-0.75": 0.75, "stage2-bf16-0.75": 0.75, "stage2-0.5": 0.5}
+    assert filmed == {"stage2-0.75": 0.75, "stage2-heuristic-0.75": 0.75, "stage2-bf16-0.75": 0.75, "stage2-0.5": 0.5,
+                      "stage1-0.5": 0.5, "stage1-0.75": 0.75}  # EVAL_STAGE1: stage 1 alone at each
 
-    for a, b in (("stage2-0.75", "stage2-heuristic-0.75"), ("stage2-0.75", "stage2-bf16-0.75")):
+    for a, b in (("stage2-0.75", "stage2-heuristic-0.75"), ("stage2-0.75", "stage2-bf16-0.75"),
+                 ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5")):
         compared = json.loads((work / f"compare-{a}-vs-{b}.json").read_text())
         assert compared["paired"]["prompt_following"]["n"] == 1  # EVAL_PROMPTS=1: one video a side
         assert f"/eval-{a}/" in compared["a"]["path"] and f"/eval-{b}/" in compared["b"]["path"]
