@@ -15,6 +15,7 @@ CASES = [
     (2, 1, 200, 128, 128, 64, torch.float16, "bnhd", True, 1),
     (1, 2, 257, 64, 64, 128, torch.bfloat16, "bnhd", False, 3),
     (1, 1, 384, 128, 128, 128, torch.float16, "bhnd", True, 3),
+    (2, 3, 200, 64, 64, 64, torch.bfloat16, "bhnd", False, 2),  # batch and head both index each head's projections
 ]
 
 
