@@ -40,12 +40,12 @@ def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
 
 
 def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
-    """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM); low-bit: pointer_config. H100, 2026-11-27, sparse
-    loop with TMA (4, 2) 0.427 ms, (8, 2, maxnreg 128) 0.440, (8, 3) 0.509, pointer kernel (8, 3) 0.575. Where
-    TMA cannot be used (forward.sla2_forward) the bf16 default becomes pointer_config. Low-bit with TMA tiles
-    (sla2_fwd_lowbit_tma.py), H200, 2026-12-05: (4, 3) 0.648 ms, (4, 2) 0.660 against the pointer (8, 3) 0.887;
-    the default once its accuracy test at the Wan shape (tests/kernels/test_gpu.py) has passed on the GPU."""
-    return pointer_config(block_q, head_dim) if quant else FwdConfig(4, 2, tma=True)
+    """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM). H100, 2026-11-27, sparse loop with TMA (4, 2)
+    0.427 ms, (8, 2, maxnreg 128) 0.440, (8, 3) 0.509, pointer kernel (8, 3) 0.575. Low-bit: TMA tiles
+    (sla2_fwd_lowbit_tma.py), 4 warps, 3 stages. H200, 2026-12-05, main kernel at the Wan-1.3B shape: (4, 3)
+    0.648 ms, (4, 2) 0.660, pointer kernel (8, 3) 0.887. Where TMA cannot be used (forward.run_forward) either
+    default becomes pointer_config."""
+    return FwdConfig(4, 3, tma=True) if quant else FwdConfig(4, 2, tma=True)
 
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc

@@ -60,7 +60,7 @@ def _misaligned(t: torch.Tensor) -> torch.Tensor:
 def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     """Aligned inputs go to the TMA kernel; a misaligned one falls back to the pointer kernel (at the pointer
     kernel's own default configuration) with the same result; so does a GPU without TMA; the low-bit forward
-    runs its pointer kernel by default and its TMA kernel when a configuration asks for TMA."""
+    likewise: its TMA kernel by default, its pointer kernel for a misaligned input or a pointer configuration."""
     launched = []
     run_kernel = launch.run
     monkeypatch.setattr(launch, "run", lambda name, *a, **kw: (
@@ -87,10 +87,14 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     assert kernels() == ["sla2_fwd"]
     launched.clear()
     run(q, quant=True)
+    assert kernels() == ["sla2_fwd_lowbit_tma"]
+    launched.clear()
+    run(q, quant=True, config=pointer)
     assert kernels() == ["sla2_fwd_lowbit"]
     launched.clear()
-    run(q, quant=True, config=PATHS["tma"])
-    assert kernels() == ["sla2_fwd_lowbit_tma"]
+    run(_misaligned(q), quant=True)
+    assert [x for x in launched if x[0].startswith("sla2_fwd")] == [("sla2_fwd_lowbit", pointer.num_warps,
+                                                                     pointer.num_stages)]
     launched.clear()
     run(_misaligned(q), quant=True, config=PATHS["tma"])
     assert kernels() == ["sla2_fwd_lowbit"]

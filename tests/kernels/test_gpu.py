@@ -203,7 +203,7 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
     q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=5)
     nk = -(-N // bk)
     _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
-    cfg = replace(tuning.pointer_config(bq, D), exact_max=exact_max)  # the default launch, either variant
+    cfg = replace(tuning.pointer_config(bq, D), exact_max=exact_max)  # the kernel with both variants
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, 1.0, block_q=bq, block_k=bk, quant=True, layout="bhnd",
                                           config=cfg)
     refs = {rm: br.sparse_branch(q, k, v, idx, bq, bk, quant=True, running_max=rm) for rm in (True, False)}
@@ -215,9 +215,10 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
 
 
 def test_tma_lowbit_kernel_at_the_wan_shape():
-    """The TMA low-bit kernel (Q̂ from its own pass, the FP8 products accumulated in the tensor cores) against
-    the oracle's low-bit forward and the pointer low-bit kernel at the Wan-1.3B shape at 97%, with the linear
-    branch and O_s stored (QAT): the tensor cores' FP8 accumulation must stay far inside the quantisation error."""
+    """The TMA low-bit kernel, the low-bit default (Q̂ from its own pass, the FP8 products accumulated in the
+    tensor cores) against the oracle's low-bit forward and the pointer low-bit kernel at the Wan-1.3B shape at 97%,
+    with the linear branch and O_s stored (QAT): the tensor cores' FP8 accumulation must stay far inside the
+    quantisation error."""
     B, H, N, D, bq, bk = 1, 4, 32760, 128, 128, 64
     q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=11)
     nq, nk = -(-N // bq), -(-N // bk)
@@ -226,9 +227,9 @@ def test_tma_lowbit_kernel_at_the_wan_shape():
     kw = dict(block_q=bq, block_k=bk, quant=True, layout="bhnd")
     compiled = sla2_kernels.launch.LAST_COMPILED
     compiled.pop("sla2_fwd_lowbit_tma", None)
-    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=tuning.FwdConfig(4, 2, tma=True), **kw)
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, **kw)
     assert "sla2_fwd_lowbit_tma" in compiled  # the tensors suit TMA: the kernel under test ran
-    o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, idx, alpha, **kw)
+    o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=tuning.pointer_config(bq, D), **kw)
     o_ref, lse_ref = br.sla2_forward(q, k, v, idx, alpha, bq, bk, True)
     os_ref, _ = br.sparse_branch(q, k, v, idx, bq, bk, quant=True, running_max=True)
     assert _rel(o, o_ref) <= 1e-2 and _rel(o_s, os_ref) <= 1e-2, (_rel(o, o_ref), _rel(o_s, os_ref))

@@ -27,9 +27,13 @@ def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
 
-# The pointer kernel (the low-bit default) and the TMA low-bit kernel (Q̂ from its own pass, one-level FP8
-# accumulation), which runs where a configuration asks for TMA and the tensors suit it.
-PATHS = {"pointer": None, "tma": sla2_kernels.FwdConfig(4, 2, tma=True)}
+# The pointer kernel (a pointer configuration, or where the tensors do not suit TMA) and the TMA low-bit kernel
+# (Q̂ from its own pass, one-level FP8 accumulation): the default configuration, where the tensors suit it.
+PATHS = {"pointer": "pointer", "tma": None}
+
+
+def _config(path, block_q, head_dim):
+    return tuning.pointer_config(block_q, head_dim) if PATHS[path] == "pointer" else PATHS[path]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -42,12 +46,14 @@ def test_lowbit_matches_fake_quant(case, path, poisoned, kt, monkeypatch):
     launched = []
     run_kernel = launch.run
     monkeypatch.setattr(launch, "run", lambda name, *a, **k_: (launched.append(name), run_kernel(name, *a, **k_))[1])
-    o8, lse8, os8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, config=PATHS[path], **kw)
+    o8, lse8, os8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, config=_config(path, bq, D),
+                                              **kw)
     kt.assert_all_written(poisoned)
     tma = path == "tma" and layouts.tma_ready(*(layouts.bhnd_view(t, layout) for t in (q, k, v)))
     assert ("sla2_fwd_lowbit_tma" if tma else "sla2_fwd_lowbit") in launched, launched
     if path == "tma":  # the same Q̂, K̂, V̂ and roundings as the pointer kernel: only sums in another order
-        o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, **kw)
+        o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True,
+                                                           config=_config("pointer", bq, D), **kw)
         assert kt.rel_l1(o8, o_ptr.float()) <= 1e-3 and kt.rel_l1(os8, os_ptr.float()) <= 1e-3
         torch.testing.assert_close(lse8, lse_ptr, rtol=0, atol=1e-4)
     o16, _, os16 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=False, **kw)
@@ -71,7 +77,7 @@ def test_sparse_output_only_when_asked(path, poisoned, kt):
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), _ = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=29)
-    kw = dict(block_q=bq, block_k=bk, quant=True, layout="bnhd", config=PATHS[path])
+    kw = dict(block_q=bq, block_k=bk, quant=True, layout="bnhd", config=_config(path, bq, D))
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, **kw)
     o2, lse2, o_s2 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, sparse_out=False, **kw)
     kt.assert_all_written(poisoned)
