@@ -218,7 +218,8 @@ def test_tma_lowbit_kernel_at_the_wan_shape():
     """The TMA low-bit kernel, the low-bit default (Q̂ from its own pass, the FP8 products accumulated in the
     tensor cores) against the oracle's low-bit forward and the pointer low-bit kernel at the Wan-1.3B shape at 97%,
     with the linear branch and O_s stored (QAT): the tensor cores' FP8 accumulation must stay far inside the
-    quantisation error."""
+    quantisation error. H200, 2026-12-05, against the oracle's rounding: o 1.9e-3, O_s 3.0e-3 (the pointer
+    kernel's 1.4e-3, 1.5e-3); the quantisation itself moves o by 3.9e-3 and O_s by ~3.6e-2."""
     B, H, N, D, bq, bk = 1, 4, 32760, 128, 128, 64
     q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=11)
     nq, nk = -(-N // bq), -(-N // bk)
@@ -232,8 +233,8 @@ def test_tma_lowbit_kernel_at_the_wan_shape():
     o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=tuning.pointer_config(bq, D), **kw)
     o_ref, lse_ref = br.sla2_forward(q, k, v, idx, alpha, bq, bk, True)
     os_ref, _ = br.sparse_branch(q, k, v, idx, bq, bk, quant=True, running_max=True)
-    assert _rel(o, o_ref) <= 1e-2 and _rel(o_s, os_ref) <= 1e-2, (_rel(o, o_ref), _rel(o_s, os_ref))
-    assert _rel(o, o_ptr) <= 2e-3 and _rel(o_s, os_ptr) <= 2e-3, (_rel(o, o_ptr), _rel(o_s, os_ptr))
+    assert _rel(o, o_ref) <= 5e-3 and _rel(o_s, os_ref) <= 5e-3, (_rel(o, o_ref), _rel(o_s, os_ref))
+    assert _rel(o, o_ptr) <= 5e-3 and _rel(o_s, os_ptr) <= 5e-3, (_rel(o, o_ptr), _rel(o_s, os_ptr))
     dl = (lse - lse_ptr).abs()
     assert float(dl.max()) <= 1e-2 and float(dl.mean()) <= 1e-4, (float(dl.max()), float(dl.mean()))
 
