@@ -116,7 +116,8 @@ def test_the_command_writes_every_method_and_sparsity(table):
     for m in METHODS:
         assert METHODS[m] in md
     # the error table, the summary table and the breakdown by sampling step and guidance branch
-    assert md.count("| 0.50 |") == 3 * (len(METHODS) + 2)
+    # and what each mask selects (sla's and sla2_untrained's mask is the heuristic's)
+    assert md.count("| 0.50 |") == 3 * (len(METHODS) + 2) + len(METHODS)
     wheres = {(step, branch) for step in STEPS for branch in ("cond", "uncond")}  # two calls a step under guidance
     for r in rows.values():
         if r["mean"] is not None:
@@ -152,6 +153,31 @@ def test_real_errors_and_a_loaded_router_that_differs_from_the_heuristic(table):
         assert rows[(s, "bestmass")]["gap_closed"] in (1.0, None)
         assert rows[(s, "sparse_heuristic")]["gap_closed"] in (0.0, None)
 
+
+
+def test_what_each_mask_selects(table):
+    """Kept softmax mass and the shares of the selected blocks in the query's own frame and chosen by the heuristic:
+    shares in [0, 1]; with every block selected, all the mass, a third of the blocks in the own frame (the tiny
+    model's 3 latent frames of 63 tokens: 4 of the 12 key blocks of 16 have their middle token in each) and full
+    overlap; the heuristic overlaps itself fully, the loaded router does not; best-mass keeps the most mass."""
+    rows = rows_by(table[0])
+    for r in rows.values():
+        if r["mean"] is None:
+            continue
+        sel = r["selection"]
+        assert 0 < sel["kept_mass"] <= 1 + 1e-6 and 0 <= sel["own_frame"] <= 1 and 0 <= sel["heuristic_overlap"] <= 1
+        assert len(sel["per_layer"]) == 2 and all(g["selection"]["kept_mass"] for g in r["by_step_and_branch"])
+        if r["sparsity"] == 0.04:
+            assert sel["kept_mass"] == pytest.approx(1, abs=1e-5)
+            assert sel["own_frame"] == pytest.approx(1 / 3) and sel["heuristic_overlap"] == pytest.approx(1)
+    for s in (0.5, 0.75):
+        assert rows[(s, "sparse_heuristic")]["selection"]["heuristic_overlap"] == pytest.approx(1)
+        assert rows[(s, "sla2_stage1")]["selection"]["heuristic_overlap"] < 0.99
+        best = [e["kept_mass"] for e in rows[(s, "bestmass")]["selection"]["per_layer"]]
+        for m in ("sparse_heuristic", "sla2_stage1"):
+            kept = [e["kept_mass"] for e in rows[(s, m)]["selection"]["per_layer"]]
+            assert all(b >= k - 1e-6 for b, k in zip(best, kept)), (s, m, best, kept)
+    assert "What each mask selects" in table[1]
 
 
 def test_an_interrupted_table_resumes_from_its_finished_parts(files, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from sla2_train.attention.distill import hard_branches
 from .metrics import Teacher
 
 BESTMASS = "bestmass"
+IDENTITY = "identity"  # the untrained router's masks (identity projections): SLA's pooled heuristic
 
 
 class RouterMasks:

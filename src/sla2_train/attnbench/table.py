@@ -96,9 +96,11 @@ def build(cfg) -> TableJob:
                         cfg.negative_prompt, int(cfg.max_sequence_length), int(cfg.seed), cfg.device)
     parts = TableParts(Path(cfg.out) / "parts", table_settings(cfg), cfg.resume,
                        [str(folder), str(cfg.prompts), str(cfg.calib_prompts or "")])
+    _, _, height, width = (int(x) for x in cfg.model.latent_shape)
+    _, ph, pw = model.config.patch_size
     return TableJob(model, pipe, sampling, prompts, calib_prompts, calib_source, sparsities, layers, steps, block_q,
                     block_k, seq_len, fit, parts, trained1, {s: w.path for s, w in stage1.items()}, stage2,
-                    int(cfg.query_chunk), variants)
+                    int(cfg.query_chunk), variants, frame_tokens=(height // ph) * (width // pw))
 
 
 def header(cfg, job: TableJob, command: str) -> dict:

@@ -5,11 +5,13 @@ Every method is compared with full attention on the same captured q, k, v; three
 `out` Σ|O − O_full| of the method's output, `sparse` the same for the sparse branch alone with the method's
 mask in its precision (low-bit for the stage-2 method), `mask` for the exact sparse branch of that mask (what
 the router's choice alone costs: the gap-closed numbers use it), and `full` Σ|O_full|; kept apart per sampling
-step and guidance branch.
+step and guidance branch. Beside them, what the mask selects (SELECTION): two masks with the same error can
+give up different blocks, and which ones a video needs is not what the error measures.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
@@ -18,11 +20,16 @@ import torch
 
 from sla2_train.attention import reference as ref
 
-from .chunks import Branches, Chunk
+from .chunks import IDENTITY, Branches, Chunk
 from .metrics import l1_parts
 from .trajectories import Where
 
 PARTS = ("out", "sparse", "mask", "full")
+# Sums per head of what the mask selects: the true softmax mass it keeps (over query blocks, each the mean over its
+# rows), the query blocks counted, the key blocks selected, those in the query block's own frame (the latent frame
+# of the block's middle token), and those the heuristic router selects too.
+SELECTION = ("kept_mass", "query_blocks", "selected", "own_frame", "heuristic_overlap")
+SUMS = PARTS + SELECTION
 
 
 def sparse_only(b: Branches, o_s: torch.Tensor, block_q: int) -> torch.Tensor:
@@ -67,11 +74,13 @@ class Method:
 
 
 class ErrorSums:
-    """Sums [4, H] (PARTS) per (sparsity, method, layer) and, within it, per (sampling step, guidance branch) of
-    the captures they were added from; a layer's numbers are over every step and branch unless `where` names one."""
+    """Sums [len(SUMS), H] per (sparsity, method, layer) and, within it, per (sampling step, guidance branch) of
+    the captures they were added from; a layer's numbers are over every step and branch unless `where` names one.
+    `frame_tokens`: tokens per latent frame (None: the own-frame share is not measured)."""
 
-    def __init__(self):
+    def __init__(self, frame_tokens: int | None = None):
         self.sums: dict[tuple, dict[Where, torch.Tensor]] = defaultdict(dict)
+        self.frame_tokens = frame_tokens
 
     @torch.no_grad()
     def add(self, layer: int, chunk: Chunk, methods: dict[float, list[Method]], where: Where) -> None:
@@ -86,8 +95,27 @@ class ErrorSums:
                 err_out, full = l1_parts(out, t.full)
                 err_sparse = l1_parts(o_s, t.full)[0]
                 err_mask = l1_parts(b.o_s, t.full)[0]
+                sums = torch.cat([torch.stack([err_out, err_sparse, err_mask, full]).double().cpu(),
+                                  self._selection(chunk, b)])
                 groups = self.sums[(b.sparsity, m.name, layer)]
-                groups[where] = groups.get(where, 0) + torch.stack([err_out, err_sparse, err_mask, full]).double().cpu()
+                groups[where] = groups.get(where, 0) + sums
+
+    def _selection(self, chunk: Chunk, b: Branches) -> torch.Tensor:
+        """[len(SELECTION), H] float64 of one mask on one chunk (NaN where a quantity cannot be measured)."""
+        t, mask = chunk.teacher, b.mask
+        batch, heads, nb, nk = mask.shape
+        nan = torch.full((heads,), float("nan"), dtype=torch.float64)
+        heuristic = next((o.mask for o in chunk.items if o.name == IDENTITY and o.sparsity == b.sparsity), None)
+        overlap = nan if heuristic is None else (mask & heuristic).sum(dim=(0, 2, 3))
+        own = nan
+        if self.frame_tokens:
+            middle = lambda first, count, size: (torch.arange(first, first + count) * size + size // 2)  # noqa: E731
+            q_frame = middle(chunk.blocks.start, nb, t.block_q).clamp(max=t.k.shape[-2] - 1) // self.frame_tokens
+            k_frame = middle(0, nk, t.block_k).clamp(max=t.k.shape[-2] - 1) // self.frame_tokens
+            own = (mask & (q_frame[:, None] == k_frame[None, :]).to(mask.device)).sum(dim=(0, 2, 3))
+        per_head = [(t.block_mass * mask).sum(dim=(0, 2, 3)), torch.full((heads,), float(batch * nb)),
+                    mask.sum(dim=(0, 2, 3)), own, overlap]
+        return torch.stack([x.double().cpu() for x in per_head])
 
     def wheres(self) -> list[Where]:
         """Every (step, branch) measured, in order."""
@@ -109,6 +137,21 @@ class ErrorSums:
         if s is None:
             return None
         return float(s[PARTS.index(part)].sum() / s[PARTS.index("full")].sum())
+
+    def selection(self, sparsity: float, method: str, layer: int, where: Where | None = None
+                  ) -> dict[str, float | None] | None:
+        """The layer's kept softmax mass (mean over query blocks), and the shares of its selected key blocks that
+        lie in the query block's own frame and that the heuristic also selects; None for a quantity not measured."""
+        s = self._total(sparsity, method, layer, where)
+        if s is None:
+            return None
+        total = {name: float(s[SUMS.index(name)].sum()) for name in SELECTION}
+
+        def ratio(num: str, den: str) -> float | None:
+            value = total[num] / total[den] if total[den] else float("nan")
+            return None if math.isnan(value) else value
+        return {"kept_mass": ratio("kept_mass", "query_blocks"), "own_frame": ratio("own_frame", "selected"),
+                "heuristic_overlap": ratio("heuristic_overlap", "selected")}
 
     def per_head(self, sparsity: float, method: str, layer: int, part: str = "out") -> list[float] | None:
         s = self._total(sparsity, method, layer, None)

@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .table_methods import ErrorSums
+from .table_methods import SUMS, ErrorSums
 
 log = logging.getLogger(__name__)
 SEP = "|"  # between a sum's sparsity, method, layer, sampling step and guidance branch in a tensor name
@@ -54,7 +54,9 @@ class TableParts:
         self.settings = {**settings, "inputs": [weight_stamp(p) for p in inputs if p and Path(p).exists()]}
 
     def _stamp(self, weights: list[str]) -> str:
-        return json.dumps({"settings": self.settings, "weights": [weight_stamp(w) for w in weights]}, sort_keys=True)
+        # SUMS: a part from a version that summed other quantities is measured again
+        return json.dumps({"settings": self.settings, "weights": [weight_stamp(w) for w in weights],
+                           "sums": list(SUMS)}, sort_keys=True)
 
     def _path(self, name: str) -> Path:
         return self.root / f"{name}.safetensors"

@@ -27,6 +27,12 @@ METHODS = {
     "bestmass": "best-mass blocks, α fitted",
 }
 NOT_WORSE_TOL = 1e-6
+SELECTION_LABELS = {
+    "kept_mass": "softmax mass kept",
+    "own_frame": "selected blocks in the query's own frame",
+    "heuristic_overlap": "selected blocks the heuristic also selects",
+}
+SAME_MASK_AS_HEURISTIC = ("sla", "sla2_untrained")  # their selection is sparse_heuristic's
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -54,8 +60,16 @@ def by_step_and_branch(sums: ErrorSums, sparsity: float, method: str, layers: Se
         if any(e is None for e in errors):
             continue
         out.append({"step": where[0], "branch": where[1], "per_layer": errors, "mean": mean(errors),
-                    **_mask_errors(sums, sparsity, method, layers, where)})
+                    **_mask_errors(sums, sparsity, method, layers, where),
+                    "selection": _selection(sums, sparsity, method, layers, where)})
     return out
+
+
+def _selection(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int], where=None) -> dict:
+    """What the row's mask selects (ErrorSums.selection), per layer and as the mean of the layers'."""
+    per_layer = [sums.selection(sparsity, method, layer, where) or {} for layer in layers]
+    out = {name: _mean([entry.get(name) for entry in per_layer]) for name in SELECTION_LABELS}
+    return {**out, "per_layer": per_layer}
 
 
 def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) -> dict:
@@ -70,6 +84,7 @@ def row(sums: ErrorSums, sparsity: float, method: str, layers: Sequence[int]) ->
         "sparse_per_layer": sparse,
         **_mask_errors(sums, sparsity, method, layers),
         "by_step_and_branch": by_step_and_branch(sums, sparsity, method, layers),
+        "selection": _selection(sums, sparsity, method, layers),
     })
     if method != "sparse_heuristic":
         entry["not_worse_than_sparse"] = [e <= s + NOT_WORSE_TOL for e, s in zip(errors, sparse)]
@@ -107,7 +122,21 @@ def markdown(rows: list[dict], layers: Sequence[int], header: dict) -> str:
                      "—" if flags is None else f"{sum(flags)}/{len(flags)}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _breakdown_lines(rows)
+    lines += _selection_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def _selection_lines(rows: list[dict]) -> list[str]:
+    measured = [r for r in rows if r.get("selection") and r["method"] not in SAME_MASK_AS_HEURISTIC]
+    if not measured:
+        return []
+    lines = ["", "What each mask selects (mean over layers, sampling steps and guidance branches):", ""]
+    head = ["sparsity", "method", *SELECTION_LABELS.values()]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in measured:
+        cells = [f"{r['sparsity']:.2f}", r["label"], *(_fmt(r["selection"][name]) for name in SELECTION_LABELS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 MAX_BREAKDOWN_COLUMNS = 8  # (step, branch) columns in the Markdown; with more, the JSON alone holds them

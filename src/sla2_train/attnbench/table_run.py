@@ -18,13 +18,11 @@ import torch
 from sla2_train.attention import SLA2Attention
 
 from .calibration import Calibration
-from .chunks import BESTMASS, RouterMasks, walk
+from .chunks import BESTMASS, IDENTITY, RouterMasks, walk
 from .stage_weights import StageWeights, install
 from .table_methods import ErrorSums, FittedAlpha, Method, SLAProjection, own_alpha, sparse_only
 from .table_parts import TableParts
 from .trajectories import Sampling, capture_trajectories
-
-IDENTITY = "identity"
 
 
 @dataclass
@@ -48,6 +46,7 @@ class TableJob:
     stage2: dict[float, StageWeights] = field(default_factory=dict)
     query_chunk: int = 1024
     stage2_variants: dict[str, dict[float, StageWeights]] = field(default_factory=dict)  # name → per sparsity
+    frame_tokens: int | None = None  # tokens per latent frame (the mask statistics' own-frame share)
 
 
 @dataclass
@@ -92,7 +91,7 @@ def base_methods(job: TableJob, calib: Calibration, layer: int) -> dict[float, l
 
 def measure_base(job: TableJob, identity: RouterMasks, methods: dict[int, dict[float, list[Method]]]) -> ErrorSums:
     """The rows measured on the dense model's trajectories; `methods` per layer (base_methods)."""
-    sums = ErrorSums()
+    sums = ErrorSums(job.frame_tokens)
     measured = {s: [IDENTITY, BESTMASS] + ([f"stage1 {s}"] if s in job.stage1 else []) for s in job.sparsities}
 
     def routers_of(layer: int) -> dict[str, RouterMasks]:
@@ -109,7 +108,7 @@ def measure_stage2(job: TableJob, identity: RouterMasks, weights: StageWeights, 
     """Load the stage-2 weights into the model (its transformer changes for good: every later load replaces all
     of it) and measure on its own trajectories."""
     s = weights.sparsity
-    sums = ErrorSums()
+    sums = ErrorSums(job.frame_tokens)
     trained = install(job.model, weights, job.seq_len)
     methods = {s: [Method("sla2_stage2", "stage2", own_alpha, quant=True),
                    Method("sparse_heuristic", IDENTITY, sparse_only),
