@@ -80,3 +80,32 @@ def test_overfitting_is_refused_and_signal_is_kept():
         signal = folds(2, 16, [200, 200], 5.0, seed)
         grams, crosses = zip(*(stats(x, t) for x, t in signal))
         assert (choose_ridge(list(grams), list(crosses)) <= 1e-2).all()
+
+
+def _calibration_with(folds_by_key: dict) -> "Calibration":
+    from sla2_train.attnbench.calibration import Calibration
+
+    calib = Calibration(fit=None, sla_mask="identity")
+    for key, (x, t) in folds_by_key.items():  # key: (prompt, (step, branch)), as Calibration.add files a capture
+        gram, cross = stats(x, t)
+        calib.gram[(0.9, 0)][key], calib.cross[(0.9, 0)][key] = gram, cross
+    return calib
+
+
+def test_one_calibration_prompt_leaves_one_capture_out():
+    """With a single calibration prompt, λ is chosen by leaving one of its captures out, so a target unrelated to
+    the features is refused as with several prompts (taking the smallest λ blindly overfits it); with several
+    prompts, the folds are the prompts, each summed over its captures."""
+    for seed in range(3):
+        noise = folds(2, 16, [24, 24, 24], 0.0, seed)
+        calib = _calibration_with({(0, (step, "cond")): d for step, d in enumerate(noise)})
+        calib.sla_proj(0.9, 0)
+        assert (calib.sla_ridge[(0.9, 0)] >= 1.0).all()
+    data = folds(2, 16, [30, 30, 30, 30], 0.3, seed=7)
+    keys = [(prompt, (step, "cond")) for prompt in (0, 1) for step in (2, 5)]
+    calib = _calibration_with(dict(zip(keys, data)))
+    calib.sla_proj(0.9, 0)
+    per_prompt = [stats(torch.cat([data[0][0], data[1][0]], 1), torch.cat([data[0][1], data[1][1]], 1)),
+                  stats(torch.cat([data[2][0], data[3][0]], 1), torch.cat([data[2][1], data[3][1]], 1))]
+    grams, crosses = zip(*per_prompt)
+    torch.testing.assert_close(calib.sla_ridge[(0.9, 0)], choose_ridge(list(grams), list(crosses)))

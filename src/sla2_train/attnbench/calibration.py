@@ -9,6 +9,9 @@
   calibration prompt out at a time: O_l's columns are nearly collinear, and the unregularised W fitted on a few
   prompts overfits them by several times the sparse branch's own error on other prompts. W = 0 (the sparse
   branch alone, λ → ∞) is one of the choices, so the fit never does worse than that on the left-out prompts.
+  With a single calibration prompt, one of its captures (sampling step and guidance branch) is left out at a
+  time instead: those share the prompt, so the choice is less strict, but the smallest λ taken blindly made
+  SLA's row ~20 times the sparse branch's error on the measured prompts (testbed, 128×256, one prompt).
 """
 
 from __future__ import annotations
@@ -56,18 +59,20 @@ def choose_ridge(grams: list[torch.Tensor], crosses: list[torch.Tensor]) -> torc
 class Calibration:
     """Sums over calibration chunks; `alpha(s, layer, mask)` [H] and `sla_proj(s, layer)` [H, Dv, Dv] solve them.
     `sla_mask` names the mask SLA's projection is fitted at (the heuristic router's). `fold` is the calibration
-    prompt being captured (set by the caller before each): SLA's λ is chosen by leaving one prompt out."""
+    prompt being captured (set by the caller before each): SLA's λ is chosen by leaving one prompt out, or one
+    capture (`where`: sampling step and branch) when there is a single prompt."""
 
     def __init__(self, fit, sla_mask: str):
         self.fit, self.sla_mask = fit, sla_mask
         self.fold = 0
         self.stats: dict[tuple, torch.Tensor] = defaultdict(lambda: 0)
-        self.gram: dict[tuple, dict[int, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: 0))
-        self.cross: dict[tuple, dict[int, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: 0))
+        # (sparsity, layer) → (prompt, where) → sums
+        self.gram: dict[tuple, dict[tuple, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: 0))
+        self.cross: dict[tuple, dict[tuple, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: 0))
         self.sla_ridge: dict[tuple, torch.Tensor] = {}  # (sparsity, layer) → the chosen RIDGES entry per head
 
     @torch.no_grad()
-    def add(self, layer: int, chunk: Chunk) -> None:
+    def add(self, layer: int, chunk: Chunk, where=None) -> None:
         t = chunk.teacher
         for b in chunk.items:
             stats = self.fit.statistics(t.full, b.o_s, b.o_l, t.block_q)
@@ -76,17 +81,25 @@ class Calibration:
             if b.name == self.sla_mask:
                 gram, cross = self.gram[(b.sparsity, layer)], self.cross[(b.sparsity, layer)]
                 o_l = b.o_l.double()
-                gram[self.fold] = gram[self.fold] + torch.einsum("bhnd,bhne->hde", o_l, o_l)
-                cross[self.fold] = cross[self.fold] + torch.einsum("bhnd,bhne->hde", o_l, (t.full - b.o_s).double())
+                fold = (self.fold, where)
+                gram[fold] = gram[fold] + torch.einsum("bhnd,bhne->hde", o_l, o_l)
+                cross[fold] = cross[fold] + torch.einsum("bhnd,bhne->hde", o_l, (t.full - b.o_s).double())
 
     def alpha(self, sparsity: float, layer: int, mask: str) -> torch.Tensor:
         """Per-head α [H] of `mask`'s α-mix."""
         return self.fit.solve(self.stats[(sparsity, layer, mask)])[:, 0].float()
 
+    def _folds(self, sums: dict[tuple, torch.Tensor]) -> list[torch.Tensor]:
+        """Per prompt when there are several, else per capture of the one prompt."""
+        by_prompt: dict[int, torch.Tensor] = defaultdict(lambda: 0)
+        for (prompt, _), value in sums.items():
+            by_prompt[prompt] = by_prompt[prompt] + value
+        return list(by_prompt.values()) if len(by_prompt) > 1 else list(sums.values())
+
     def sla_proj(self, sparsity: float, layer: int) -> torch.Tensor:
-        """SLA's W [H, Dv, Dv], fitted on every calibration prompt with the λ chosen by leaving one out (with a
-        single prompt, the smallest λ: nothing to choose on)."""
-        grams, crosses = list(self.gram[(sparsity, layer)].values()), list(self.cross[(sparsity, layer)].values())
+        """SLA's W [H, Dv, Dv], fitted on every calibration capture with the λ chosen by leaving one fold out (with
+        a single capture, the smallest λ: nothing to choose on)."""
+        grams, crosses = self._folds(self.gram[(sparsity, layer)]), self._folds(self.cross[(sparsity, layer)])
         gram, cross = sum(grams), sum(crosses)
         if len(grams) > 1:
             ridge = choose_ridge(grams, crosses)

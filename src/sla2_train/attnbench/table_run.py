@@ -70,7 +70,7 @@ def calibrate(job: TableJob, identity: RouterMasks) -> Calibration:
     measured = {s: [IDENTITY, BESTMASS] for s in job.sparsities}
     capture_trajectories(job.pipe, job.model, job.calib_prompts, job.sampling, job.layers, job.steps,
                          _consumer(job, measured, lambda layer: {IDENTITY: identity},
-                                   lambda layer, chunk, where: calib.add(layer, chunk)), "calibration",
+                                   lambda layer, chunk, where: calib.add(layer, chunk, where)), "calibration",
                          on_prompt=lambda i: setattr(calib, "fold", i))
     return calib
 
