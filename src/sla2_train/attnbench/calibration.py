@@ -72,7 +72,7 @@ class Calibration:
         self.sla_ridge: dict[tuple, torch.Tensor] = {}  # (sparsity, layer) → the chosen RIDGES entry per head
 
     @torch.no_grad()
-    def add(self, layer: int, chunk: Chunk, where=None) -> None:
+    def add(self, layer: int, chunk: Chunk, where) -> None:
         t = chunk.teacher
         for b in chunk.items:
             stats = self.fit.statistics(t.full, b.o_s, b.o_l, t.block_q)

@@ -73,6 +73,13 @@ class Method:
     quant: bool = False
 
 
+def _frames(first: int, count: int, size: int, n: int, frame_tokens: int) -> torch.Tensor:
+    """Latent frame of blocks first … first + count − 1 of `size` tokens: the frame of each block's middle token
+    (a ragged last block's middle is clamped to the sequence)."""
+    middle = torch.arange(first, first + count) * size + size // 2
+    return middle.clamp(max=n - 1) // frame_tokens
+
+
 class ErrorSums:
     """Sums [len(SUMS), H] per (sparsity, method, layer) and, within it, per (sampling step, guidance branch) of
     the captures they were added from; a layer's numbers are over every step and branch unless `where` names one.
@@ -109,9 +116,9 @@ class ErrorSums:
         overlap = nan if heuristic is None else (mask & heuristic).sum(dim=(0, 2, 3))
         own = nan
         if self.frame_tokens:
-            middle = lambda first, count, size: (torch.arange(first, first + count) * size + size // 2)  # noqa: E731
-            q_frame = middle(chunk.blocks.start, nb, t.block_q).clamp(max=t.k.shape[-2] - 1) // self.frame_tokens
-            k_frame = middle(0, nk, t.block_k).clamp(max=t.k.shape[-2] - 1) // self.frame_tokens
+            n = t.k.shape[-2]
+            q_frame = _frames(chunk.blocks.start, nb, t.block_q, n, self.frame_tokens)
+            k_frame = _frames(0, nk, t.block_k, n, self.frame_tokens)
             own = (mask & (q_frame[:, None] == k_frame[None, :]).to(mask.device)).sum(dim=(0, 2, 3))
         per_head = [(t.block_mass * mask).sum(dim=(0, 2, 3)), torch.full((heads,), float(batch * nb)),
                     mask.sum(dim=(0, 2, 3)), own, overlap]
