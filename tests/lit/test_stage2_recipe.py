@@ -102,7 +102,11 @@ def test_every_group_follows_warmup_then_cosine_per_optimizer_step(build_module,
 
 # ---- gradient accumulation ------------------------------------------------------------------------------
 def test_accumulating_two_batches_equals_one_doubled_batch(build_module, make_batch):
-    """Plain SGD on a loss that is a per-sample mean: the mean of two half-batch gradients is the full batch's."""
+    """Plain SGD on a loss that is a per-sample mean: the mean of two half-batch gradients is the full batch's.
+    Compared as updates, each tensor's within 1e-3 of its own norm plus the float32 rounding of the weights it
+    was added to: sums in another order move single elements by a few 1e-6, more than an element-wise bound on
+    small weights allows (it failed one run in ten), and α's logits take updates near their own rounding step; a
+    mis-scaled or dropped half batch moves the update by half its norm."""
     module, cfg = build_module("stage=qat", "stage.allow_untrained_router=true", "stage.optimizer._target_=torch.optim.SGD",
                                "stage.optimizer.lr=0.5", "~stage.group_lr")
     module.stage.objective = fixed_noise_flow_loss
@@ -115,7 +119,10 @@ def test_accumulating_two_batches_equals_one_doubled_batch(build_module, make_ba
     moved = [n for n in start if not torch.equal(start[n], whole[n])]
     assert len(moved) > len(start) // 2
     for name in start:
-        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+        step_accumulated, step_whole = accumulated[name] - start[name], whole[name] - start[name]
+        gap, size = float((step_accumulated - step_whole).norm()), float(step_whole.norm())
+        rounding = 4 * torch.finfo(torch.float32).eps * float(start[name].float().norm())
+        assert gap <= 1e-3 * size + rounding, (name, gap, size, rounding)
 
 
 def test_trainer_configs_expose_accumulation(compose_config):
