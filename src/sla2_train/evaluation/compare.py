@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .paired import paired_differences
-from .report import METRIC_COLUMNS, plus_minus
+from .report import METRIC_COLUMNS, cell, plus_minus
 
 
 class CompareError(ValueError):
@@ -90,16 +90,12 @@ def table(result: dict[str, Any]) -> str:
     for k, stat in result["paired"].items():
         mean_b = stat["base_mean"]
         mean_a = None if mean_b is None or stat["diff"] is None else mean_b + stat["diff"]  # the mean of a difference
-        cells = [METRIC_COLUMNS.get(k, k), _number(mean_a), _number(mean_b), plus_minus(stat), str(stat["n"])]
+        cells = [METRIC_COLUMNS.get(k, k), cell(mean_a), cell(mean_b), plus_minus(stat), str(stat["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     unpaired = result["unpaired"]
     if unpaired["a"] or unpaired["b"]:
         lines += ["", f"left out, without a partner: {unpaired['a']} videos of A, {unpaired['b']} of B"]
     return "\n".join(lines) + "\n"
-
-
-def _number(x: float | None) -> str:
-    return "–" if x is None else f"{x:.4g}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,8 @@ def json_safe(value):
     return value
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
+    """A number for a Markdown table cell ("–" for none; strings pass through)."""
     if value is None:
         return "–"
     if isinstance(value, str):
@@ -66,8 +67,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["Attention", *(METRIC_COLUMNS.get(k, k) for k in metrics), *(SPEED_COLUMNS[k] for k in speed)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], *(_cell(r["metrics"].get(k)) for k in metrics)]
-        cells += [f"{100 * r[k]:.1f}%" if k == "attention_share" and k in r else _cell(r.get(k)) for k in speed]
+        cells = [r["name"], *(cell(r["metrics"].get(k)) for k in metrics)]
+        cells += [f"{100 * r[k]:.1f}%" if k == "attention_share" and k in r else cell(r.get(k)) for k in speed]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
