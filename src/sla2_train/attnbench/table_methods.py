@@ -93,25 +93,27 @@ class ErrorSums:
     def add(self, layer: int, chunk: Chunk, methods: dict[float, list[Method]], where: Where) -> None:
         t = chunk.teacher
         for b in chunk.items:
-            for m in methods[b.sparsity]:
-                if m.mask != b.name:
-                    continue
+            wanted = [m for m in methods[b.sparsity] if m.mask == b.name]
+            if not wanted:
+                continue
+            # what depends on the mask alone, once for the methods that share it
+            err_mask, full = l1_parts(b.o_s, t.full)
+            selection = self._selection(chunk, b)
+            for m in wanted:
                 o_s = (ref.fake_quant_sparse_attention(t.q, t.k, t.v, b.mask, t.block_q, t.block_k)[0]
                        if m.quant else b.o_s)
-                out = m.mix(b, o_s, t.block_q)
-                err_out, full = l1_parts(out, t.full)
-                err_sparse = l1_parts(o_s, t.full)[0]
-                err_mask = l1_parts(b.o_s, t.full)[0]
-                sums = torch.cat([torch.stack([err_out, err_sparse, err_mask, full]).double().cpu(),
-                                  self._selection(chunk, b)])
+                err_out = l1_parts(m.mix(b, o_s, t.block_q), t.full)[0]
+                err_sparse = err_mask if o_s is b.o_s else l1_parts(o_s, t.full)[0]
+                sums = torch.cat([torch.stack([err_out, err_sparse, err_mask, full]).double(), selection]).cpu()
                 groups = self.sums[(b.sparsity, m.name, layer)]
                 groups[where] = groups.get(where, 0) + sums
 
     def _selection(self, chunk: Chunk, b: Branches) -> torch.Tensor:
-        """[len(SELECTION), H] float64 of one mask on one chunk (NaN where a quantity cannot be measured)."""
+        """[len(SELECTION), H] float64, on the mask's device, of one mask on one chunk (NaN where a quantity
+        cannot be measured)."""
         t, mask = chunk.teacher, b.mask
         batch, heads, nb, nk = mask.shape
-        nan = torch.full((heads,), float("nan"), dtype=torch.float64)
+        nan = torch.full((heads,), float("nan"), dtype=torch.float64, device=mask.device)
         heuristic = next((o.mask for o in chunk.items if o.name == IDENTITY and o.sparsity == b.sparsity), None)
         overlap = nan if heuristic is None else (mask & heuristic).sum(dim=(0, 2, 3))
         own = nan
@@ -120,9 +122,9 @@ class ErrorSums:
             q_frame = _frames(chunk.blocks.start, nb, t.block_q, n, self.frame_tokens)
             k_frame = _frames(0, nk, t.block_k, n, self.frame_tokens)
             own = (mask & (q_frame[:, None] == k_frame[None, :]).to(mask.device)).sum(dim=(0, 2, 3))
-        per_head = [(t.block_mass * mask).sum(dim=(0, 2, 3)), torch.full((heads,), float(batch * nb)),
+        per_head = [(t.block_mass * mask).sum(dim=(0, 2, 3)), torch.full_like(nan, batch * nb),
                     mask.sum(dim=(0, 2, 3)), own, overlap]
-        return torch.stack([x.double().cpu() for x in per_head])
+        return torch.stack([x.double() for x in per_head])
 
     def wheres(self) -> list[Where]:
         """Every (step, branch) measured, in order."""
