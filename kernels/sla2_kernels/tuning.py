@@ -103,8 +103,8 @@ class PrecomputeConfig:
     # with 16 blocks a program
     num_warps: int = 4
     num_stages: int = 2
-    # quantize_kv_kernel (low bit): one key block a program; it ran at 42% of the copy rate with 4 warps (H200,
-    # 2026-12-03), so bench.py --sweep times 2 and 8 beside it
+    # quantize_kv_kernel (low bit): one key block a program. H200, 2026-12-05, precompute with quantisation at the
+    # Wan-1.3B shape (bench.py --sweep): 2 / 4 / 8 warps 0.427 / 0.357 / 0.349 ms; 8 is within run-to-run spread
     quantize_warps: int = 4
 
 

@@ -29,11 +29,11 @@ def _case_id(c):
 
 # The pointer kernel (a pointer configuration, or where the tensors do not suit TMA) and the TMA low-bit kernel
 # (Q̂ from its own pass, one-level FP8 accumulation): the default configuration, where the tensors suit it.
-PATHS = {"pointer": "pointer", "tma": None}
+PATHS = ("pointer", "tma")
 
 
 def _config(path, block_q, head_dim):
-    return tuning.pointer_config(block_q, head_dim) if PATHS[path] == "pointer" else PATHS[path]
+    return tuning.pointer_config(block_q, head_dim) if path == "pointer" else None
 
 
 @pytest.mark.parametrize("path", PATHS)
