@@ -82,12 +82,24 @@ def test_prompts_to_videos_metrics_and_table(eval_main, tmp_path):
     assert flicker["n"] == 2 and flicker["diff"] == pytest.approx(
         bf16["metrics"]["temporal_flickering"] - dense["metrics"]["temporal_flickering"])
     assert "psnr" not in bf16["paired_vs_dense"] and "| Attention − dense |" in table
+    # per sampling step: the probe's attention error (its mean is the row's) and the velocity replay
+    for row in (bf16, lowbit):
+        assert len(row["rel_l1_per_step"]) == 2
+        assert sum(row["rel_l1_per_step"]) / 2 == pytest.approx(row["metrics"]["rel_l1_mean"], rel=1e-9)
+        velocity = row["velocity_rel_l1_per_step"]
+        assert set(velocity) == {"cond", "uncond", "guidance", "guided"} and all(len(v) == 2 for v in velocity.values())
+        assert all(0 < e < 10 for v in velocity.values() for e in v)
+        assert row["metrics"]["velocity_rel_l1"] == pytest.approx(sum(velocity["guided"]) / 2)
+        assert "velocity_rel_l1" not in row["paired_vs_dense"]  # dense has no velocity against itself
+    assert bf16["velocity_rel_l1_per_step"] != lowbit["velocity_rel_l1_per_step"]
+    assert "| step | sla2 0.9 bf16: attention |" in table and "sla2 0.9 int8/fp8: guided |" in table
 
 
 def test_selecting_every_block_reproduces_dense_videos(eval_main, tmp_path):
     report, _ = run_eval(eval_main, tmp_path, "attention.sparsity=0.01", "max_prompts=1")
     sla2 = report["rows"][1]
     assert max(sla2["rel_l1_per_layer"]) < 1e-5
+    assert max(e for v in sla2["velocity_rel_l1_per_step"].values() for e in v) < 1e-5
     assert sla2["metrics"]["ssim"] > 0.9999
     assert sla2["metrics"]["psnr"] == "inf" or sla2["metrics"]["psnr"] > 60
 
@@ -141,6 +153,17 @@ def test_dense_rows_can_run_the_folders_own_weights(eval_main, tmp_path):
     assert (base["settings"]["dense_weights"], same["settings"]["dense_weights"]) == ("base", "checkpoint")
     assert plain["settings"]["dense_weights"] is None
     assert "dense rows: the base weights" in (base_dir / "table.md").read_text()
+
+
+def test_velocity_replay_runs_the_checkpoints_transformer(eval_main, tmp_path):
+    """With every block selected SLA2 is dense attention, so the replay's velocity error is the transformer
+    weights' alone: none against the checkpoint's own dense rows, the fine-tune's change against the folder's."""
+    ckpt = _qat_checkpoint(tmp_path, "stage.optimizer.lr=0.05", "attention.sparsity=0.01")
+    common = (f"ckpt={ckpt}", "attention.sparsity=0.01", "quant=false")
+    same, _ = run_eval(eval_main, tmp_path / "same", *common)
+    base, _ = run_eval(eval_main, tmp_path / "base", *common, "dense_weights=base")
+    assert same["rows"][1]["metrics"]["velocity_rel_l1"] < 1e-5
+    assert base["rows"][1]["metrics"]["velocity_rel_l1"] > 1e-3
 
 
 def _qat_checkpoint(tmp_path, *overrides) -> Path:

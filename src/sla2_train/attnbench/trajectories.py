@@ -18,11 +18,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from sla2_train.evaluation.pipeline import initial_noise, video_size
+from sla2_train.evaluation.pipeline import GUIDANCE_BRANCHES, forwards_per_step, initial_noise, video_size
 from sla2_train.models import dense_capture
 
-# WanPipeline's order of the transformer calls of one step under guidance: the prompt's, then the negative prompt's
-BRANCHES = ("cond", "uncond")
 Where = tuple[int, str]  # (sampling step, guidance branch) of a capture
 # consume(layer index, q, k, v, where), q, k, v each [1, H, N, D] float32
 Consumer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, Where], None]
@@ -42,7 +40,7 @@ class Sampling:
 
     @property
     def forwards_per_step(self) -> int:
-        return 2 if self.guidance_scale > 1.0 else 1  # WanPipeline calls the transformer twice under guidance
+        return forwards_per_step(self.guidance_scale)
 
 
 class _Hook:
@@ -56,7 +54,7 @@ class _Hook:
         if self.steps is None or step in self.steps:
             for layer, proc in zip(self.layers, self.procs):
                 q, k, v = (t.transpose(1, 2).float() for t in proc.captured)
-                self.consume(layer, q, k, v, (step, BRANCHES[branch]))
+                self.consume(layer, q, k, v, (step, GUIDANCE_BRANCHES[branch]))
         self.bar.update()
 
 

@@ -2,8 +2,9 @@
 
 `build` turns the config into models, prompts and metrics (every configuration mistake surfaces here, before
 any sampling); `run` generates, for every prompt and seed, the dense video (recording the per-layer attention
-error and the attention times on its trajectory) and one video per SLA2 setting from the same noise, writes
-them as mp4, scores them, and returns the report that report.py writes out.
+error and the attention times on its trajectory, and its transformer calls for the velocity replay of
+velocity.py) and one video per SLA2 setting from the same noise, writes them as mp4, scores them, and returns
+the report that report.py writes out.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from .dense_weights import BaseWeights, check_choice
 from .metric_suite import build_metrics, score_video
 from .paired import add_paired
 from .precision import cast_keeping_fp32
-from .pipeline import check_pipeline_folder, inference_dtype, initial_noise, load_wan_pipeline, video_size
+from .pipeline import (check_pipeline_folder, forwards_per_step, inference_dtype, initial_noise, load_wan_pipeline,
+                       video_size)
 from .probes import AttentionProbe, quant_label
 from .prompts import load_prompts
 from .settings import generation_settings, results_folder
 from .speed import attention_flops, summarise_rows
 from .timing import Clock, ForwardTimer
+from .velocity import VelocityRecorder, mean_per_step, video_metrics
 from .video_io import require_video_writer, to_uint8, write_mp4
 
 log = logging.getLogger("eval")
@@ -121,13 +124,18 @@ def _generate(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: Attention
     return to_uint8(out.frames[0]), clock.seconds - probe_seconds, forward_ms, len(timer.ms)
 
 
-def _record(ev, row: str, prompt_index: int, seed: int, video, seconds, forward_ms, forwards, reference):
+def _record(ev, row: str, prompt_index: int, seed: int, video, seconds, forward_ms, forwards, reference,
+            velocity: dict[str, list[float]] | None = None):
     path = write_mp4(ev.folder / "videos" / row.replace("/", "-").replace(" ", "_") /
                      f"p{prompt_index:03d}-s{seed}.mp4", video, ev.cfg.fps)
     scores = score_video(ev.metrics, video, ev.prompts[prompt_index], reference)
-    ev.videos.append({"row": row, "prompt_index": prompt_index, "prompt": ev.prompts[prompt_index], "seed": seed,
-                      "video": str(path.relative_to(ev.folder)), "seconds": seconds, "forward_ms": forward_ms,
-                      "forwards": forwards, "metrics": scores})
+    record = {"row": row, "prompt_index": prompt_index, "prompt": ev.prompts[prompt_index], "seed": seed,
+              "video": str(path.relative_to(ev.folder)), "seconds": seconds, "forward_ms": forward_ms,
+              "forwards": forwards, "metrics": scores}
+    if velocity is not None:
+        scores.update(video_metrics(velocity))
+        record["velocity_rel_l1_per_step"] = velocity
+    ev.videos.append(record)
     log.info("%-20s p%03d s%d  %.2f s  %s", row, prompt_index, seed, seconds,
              "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
@@ -136,16 +144,21 @@ def row_name(quant: bool | None, sparsity: float | None = None) -> str:
     return "dense" if quant is None else f"sla2 {sparsity:g} {quant_label(quant)}"
 
 
-def _dense_video(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: AttentionProbe | None):
+def _dense_video(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: AttentionProbe | None,
+                 recorder: VelocityRecorder | None):
     with ev.base_weights.dense() if ev.base_weights is not None else nullcontext():
         if probe is None:
             return _generate(ev, prompt, noise, None)
         with dense_capture(ev.model):
-            hook = ev.model.register_forward_hook(probe)
+            hooks = [ev.model.register_forward_hook(probe)]
+            if recorder is not None:
+                recorder.start()
+                hooks.append(ev.model.register_forward_hook(recorder, with_kwargs=True))
             try:
                 return _generate(ev, prompt, noise, probe)
             finally:
-                hook.remove()
+                for hook in hooks:
+                    hook.remove()
 
 
 def _annotate_rows(rows, ev: Evaluation, probe: AttentionProbe | None, flops: dict, sparsity) -> None:
@@ -160,7 +173,12 @@ def _annotate_rows(rows, ev: Evaluation, probe: AttentionProbe | None, flops: di
             row["attention_share"] = probe.attention_ms[key] / row["forward_ms"]
         if quant is not None:
             row["rel_l1_per_layer"] = probe.mean_errors(quant)
+            row["rel_l1_per_step"] = probe.mean_errors_per_step(quant)
             row["metrics"]["rel_l1_mean"] = sum(row["rel_l1_per_layer"]) / len(row["rel_l1_per_layer"])
+            per_step = [v["velocity_rel_l1_per_step"] for v in ev.videos
+                        if v["row"] == row["name"] and "velocity_rel_l1_per_step" in v]
+            if per_step:
+                row["velocity_rel_l1_per_step"] = mean_per_step(per_step)
         row["speedup"] = rows[0]["seconds_per_video"] / row["seconds_per_video"]
 
 
@@ -169,20 +187,27 @@ def run(ev: Evaluation) -> dict[str, Any]:
     cfg, model = ev.cfg, ev.model
     procs = sla2_processors(model)
     sparsity = procs[0].attention.sparsity if procs else None
-    forwards = cfg.num_inference_steps * (2 if cfg.guidance_scale > 1.0 else 1)  # classifier-free guidance: 2
-    probe = None
+    per_step = forwards_per_step(cfg.guidance_scale)
+    forwards = cfg.num_inference_steps * per_step
+    probe = recorder = None
     if procs:
         probe = AttentionProbe(model, procs, ev.quant_modes, cfg.device, time_at=forwards // 2,
-                               repeats=cfg.attention_timing_repeats)
+                               repeats=cfg.attention_timing_repeats, steps=cfg.num_inference_steps,
+                               per_step=per_step)
+        if cfg.probe_velocity:
+            recorder = VelocityRecorder(per_step, cfg.guidance_scale)
     for pi, prompt in enumerate(ev.prompts):
         for seed in ev.seeds:
             noise = initial_noise(ev.cfg.model.latent_shape, seed, ev.cfg.device)
-            dense = _dense_video(ev, prompt, noise, probe)
+            dense = _dense_video(ev, prompt, noise, probe, recorder)
             _record(ev, "dense", pi, seed, *dense, reference=None)
             for quant in ev.quant_modes:
                 set_attention_mode(model, quant=quant)
+                # the dense trajectory's calls through this SLA2 setting (and, with dense_weights=base, the
+                # checkpoint's transformer: the dense context has put it back)
+                velocity = recorder.replay(model) if recorder is not None else None
                 sparse = _generate(ev, prompt, noise, None)
-                _record(ev, row_name(quant, sparsity), pi, seed, *sparse, reference=dense[0])
+                _record(ev, row_name(quant, sparsity), pi, seed, *sparse, reference=dense[0], velocity=velocity)
     rows = summarise_rows(ev.videos)
     add_paired(rows, ev.videos)
     flops = attention_flops(model, cfg.model.latent_shape, forwards)

@@ -16,6 +16,11 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
         out.update({f"{prefix}/{k}": float(v) for k, v in values.items() if math.isfinite(float(v))})
         for i, e in enumerate(row.get("rel_l1_per_layer", [])):
             out[f"{prefix}/rel_l1/layer_{i}"] = e
+        for i, e in enumerate(row.get("rel_l1_per_step", [])):
+            out[f"{prefix}/rel_l1/step_{i}"] = e
+        for key, errors in row.get("velocity_rel_l1_per_step", {}).items():  # velocity.py
+            for i, e in enumerate(errors):
+                out[f"{prefix}/velocity_rel_l1/{key}/step_{i}"] = e
         for k, stat in row.get("paired_vs_dense", {}).items():  # paired.add_paired
             for name, key in (("vs_dense", "diff"), ("vs_dense_sem", "sem")):
                 if stat[key] is not None:

@@ -10,6 +10,13 @@ import torch
 from sla2_train.models import ConfigError
 
 REQUIRED = ("text_encoder", "tokenizer", "vae")
+# WanPipeline's order of the transformer calls of one step under classifier-free guidance: the prompt's, then the
+# negative prompt's
+GUIDANCE_BRANCHES = ("cond", "uncond")
+
+
+def forwards_per_step(guidance_scale: float) -> int:
+    return 2 if guidance_scale > 1.0 else 1  # WanPipeline calls the transformer twice under guidance
 
 
 class _NoTemporalRounding(logging.Filter):

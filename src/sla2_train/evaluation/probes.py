@@ -28,14 +28,19 @@ class AttentionProbe:
     """A forward hook for the transformer run inside dense_capture.
 
     After every forward: each layer's rel-L1 of SLA2 (once per low-bit setting in `quant_modes`) against full
-    attention. After forward number `time_at`: each setting's attention time summed over the layers
-    (dense SDPA under the key "dense"). `seconds` is the probe's own time, taken off the dense video's.
+    attention, also summed per sampling step (`steps` of `per_step` calls each, the same in every video). After
+    forward number `time_at`: each setting's attention time summed over the layers (dense SDPA under the key
+    "dense"). `seconds` is the probe's own time, taken off the dense video's.
     """
 
-    def __init__(self, model, procs, quant_modes: Sequence[bool], device, time_at: int | None, repeats: int = 3):
+    def __init__(self, model, procs, quant_modes: Sequence[bool], device, time_at: int | None, repeats: int = 3,
+                 steps: int = 1, per_step: int = 1):
         self.model, self.procs, self.quant_modes = model, procs, list(quant_modes)
         self.device, self.time_at, self.repeats = device, time_at, repeats
+        self.steps, self.per_step = steps, per_step  # a video's sampling steps, transformer calls a step
         self.error_sums = {q: torch.zeros(len(procs), dtype=torch.float64) for q in self.quant_modes}
+        # per sampling step, the layers' mean error summed over the step's calls of every video
+        self.step_sums = {q: torch.zeros(steps, dtype=torch.float64) for q in self.quant_modes}
         self.forwards, self.seconds = 0, 0.0
         self.attention_ms: dict[str, float] = {}
         self.shape: tuple[int, ...] | None = None
@@ -56,6 +61,7 @@ class AttentionProbe:
             set_attention_mode(self.model, quant=quant)
             errors = [float(relative_l1(p.attention(*p.captured, layout="bnhd"), f)) for p, f in zip(self.procs, full)]
             self.error_sums[quant] += torch.tensor(errors, dtype=torch.float64)
+            self.step_sums[quant][self._step()] += sum(errors) / len(errors)
         if self.forwards == self.time_at:
             self.attention_ms["dense"] = sum(
                 time_ms(lambda p=p: full_attention(*p.captured), self.device, self.repeats) for p in self.procs)
@@ -65,8 +71,16 @@ class AttentionProbe:
                     time_ms(lambda p=p: p.attention(*p.captured, layout="bnhd"), self.device, self.repeats)
                     for p in self.procs)
 
+    def _step(self) -> int:
+        return (self.forwards // self.per_step) % self.steps
+
     def mean_errors(self, quant: bool) -> list[float]:
         return (self.error_sums[quant] / max(self.forwards, 1)).tolist()
+
+    def mean_errors_per_step(self, quant: bool) -> list[float]:
+        """Per sampling step, the layers' mean error averaged over the step's calls of every video."""
+        calls = self.forwards // self.steps  # each step's share of the calls
+        return (self.step_sums[quant] / max(calls, 1)).tolist()
 
 
 def quant_label(quant: bool) -> str:

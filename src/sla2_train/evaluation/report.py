@@ -22,6 +22,8 @@ METRIC_COLUMNS = {
     "ssim": "SSIM vs dense",
     "lpips": "LPIPS vs dense ↓",
     "rel_l1_mean": "Attn rel-L1 ↓",
+    "velocity_rel_l1": "Velocity rel-L1 ↓",
+    "guidance_rel_l1": "Guidance Δ rel-L1 ↓",
     "prompt_following": "Prompt following",
     "prompt_following_chance": "Prompt following, chance",
     "prompt_following_present": "Prompt: present",
@@ -99,6 +101,25 @@ def paired_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def step_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per sampling step, each SLA2 row's mean per-layer attention error and its velocity errors (velocity.py)
+    on the dense trajectory; empty when no row has them."""
+    columns = []  # (row name, label, values per step)
+    for r in rows:
+        if "rel_l1_per_step" in r:
+            columns.append((r["name"], "attention", r["rel_l1_per_step"]))
+        for key, values in r.get("velocity_rel_l1_per_step", {}).items():
+            columns.append((r["name"], key, values))
+    if not columns:
+        return ""
+    head = ["step", *(f"{name}: {label}" for name, label, _ in columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step in range(max(len(values) for _, _, values in columns)):
+        lines.append("| " + " | ".join([str(step), *(cell(v[step] if step < len(v) else None)
+                                                      for _, _, v in columns)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def settings_line(settings: dict[str, Any]) -> str:
     s = settings
     sched = s["scheduler"].get("_target_", "?").rsplit(".", 1)[-1]
@@ -118,6 +139,12 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
     paired = paired_table(report["rows"])
     if paired:
         text += ["SLA2 − dense, paired by prompt and noise (mean ± standard error):", "", paired]
+    steps = step_table(report["rows"])
+    if steps:
+        text += ["By sampling step, on the dense trajectory (relative L1: attention, each layer's output on its "
+                 "dense inputs, mean over layers; cond / uncond / guidance / guided, the transformer's velocity "
+                 "for the prompt, for the negative prompt, their difference, and uncond + g·difference):", "",
+                 steps]
     text += ["", settings_line(report["settings"]), f"timing: {report['timing']}"]
     text += [f"- {line}" for line in report["skipped"].values()]
     (folder / "table.md").write_text("\n".join(text) + "\n")
