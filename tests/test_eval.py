@@ -104,6 +104,15 @@ def test_selecting_every_block_reproduces_dense_videos(eval_main, tmp_path):
     assert sla2["metrics"]["psnr"] == "inf" or sla2["metrics"]["psnr"] > 60
 
 
+def test_the_best_mass_oracle_is_a_row_of_its_own(eval_main, tmp_path):
+    router, _ = run_eval(eval_main, tmp_path / "router", "attention.sparsity=0.9")
+    oracle, folder = run_eval(eval_main, tmp_path / "oracle", "attention.sparsity=0.9", "attention.selection=bestmass")
+    assert [r["name"] for r in oracle["rows"]] == ["dense", "sla2 0.9 bf16 bestmass"]
+    assert oracle["settings"]["attention_built"]["selection"] == "bestmass"
+    assert oracle["rows"][1]["rel_l1_per_layer"] != router["rows"][1]["rel_l1_per_layer"]
+    assert "| sla2 0.9 bf16 bestmass |" in (folder / "table.md").read_text()
+
+
 def test_dense_model_reports_one_row(eval_main, tmp_path):
     report, _ = run_eval(eval_main, tmp_path, "attention=full", "max_prompts=1")
     assert [r["name"] for r in report["rows"]] == ["dense"]

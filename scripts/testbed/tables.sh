@@ -17,7 +17,10 @@
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`, and videos at EVAL_SPARSITIES);
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
-# EVAL_SPARSITIES and pairs it with its stage 2: whether a loss against dense comes from the router or from stage 2;
+# EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
+# stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
+# stage1-heuristic: α alone, one step, then the fit) and with the best-mass oracle's blocks and stage 1's α
+# (attention.selection=bestmass), paired with stage 1: which router's blocks keep the prompts;
 # DENSE_WEIGHTS (checkpoint: each video row's dense reference is that run's fine-tuned transformer; base: the
 # folder's own, as a paper compares);
 # STAGE1_ARGS (overrides for the stage-1 runs only: the distillation loss's full-attention rows are O(rows · N)
@@ -115,6 +118,9 @@ EXTRA=("$@")
 for s in "${SPARSITIES[@]}"; do
   train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4 "${STAGE1_ARGS[@]}"
 done
+# the heuristic router's stage 1: the router left at identity, α fitted to its mask after one step
+[ "$EVAL_STAGE1" = 0 ] || train "stage1-heuristic-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \
+  "stage.train=[alpha]" ++stage.allow_untrained_router=true "${STAGE1_ARGS[@]}" trainer.max_steps=1
 # α by the stage-1 recipe's fit (least absolute error), on the first batch (start) or after the last step (end)
 calibrate() {
   echo "stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:$1}"
@@ -162,24 +168,30 @@ grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md
 
 [ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
 # Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
-# then (EVAL_STAGE1) stage 1 alone at each; every one against its dense model (DENSE_WEIGHTS) with the low-bit
-# sparse branch.
-VIDEO_RUNS=("stage2-$LAST $LAST" "stage2-heuristic-$LAST $LAST" "stage2-bf16-$LAST $LAST")
-[ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST $LAST")
+# then (EVAL_STAGE1) stage 1 alone at each, and the heuristic's and the oracle's blocks at the last; every one
+# against its dense model (DENSE_WEIGHTS) with the low-bit sparse branch. Each entry: the videos' name, the run
+# whose checkpoint they use, the sparsity, and an eval.py override (- for none).
+VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-heuristic-$LAST $LAST -"
+            "stage2-bf16-$LAST stage2-bf16-$LAST $LAST -")
+[ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
   [ "$s" = "$LAST" ] && continue
-  VIDEO_RUNS+=("stage2-$s $s")
-  [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$s $s")
+  VIDEO_RUNS+=("stage2-$s stage2-$s $s -")
+  [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$s stage2-refit-$s $s -")
 done
 if [ "$EVAL_STAGE1" != 0 ]; then
-  for s in "${EVAL_SPARSITIES[@]}"; do VIDEO_RUNS+=("stage1-$s $s"); done
+  for s in "${EVAL_SPARSITIES[@]}"; do VIDEO_RUNS+=("stage1-$s stage1-$s $s -"); done
+  VIDEO_RUNS+=("stage1-heuristic-$LAST stage1-heuristic-$LAST $LAST -"
+               "stage1-bestmass-$LAST stage1-$LAST $LAST attention.selection=bestmass")
 fi
-for pair in "${VIDEO_RUNS[@]}"; do
-  read -r run s <<< "$pair"
+for entry in "${VIDEO_RUNS[@]}"; do
+  read -r run from s extra <<< "$entry"
+  EXTRA_EVAL=()
+  [ "$extra" = - ] || EXTRA_EVAL=("$extra")
   EVAL=("$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt"
         max_prompts="$EVAL_PROMPTS" eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$s"
-        ckpt="$(ckpt "$run")" quant=true dense_weights="$DENSE_WEIGHTS" output_root="$WORK/eval-$run" logger=none
-        "$LATENTS" "${EVAL_ARGS[@]}")
+        ckpt="$(ckpt "$from")" quant=true dense_weights="$DENSE_WEIGHTS" output_root="$WORK/eval-$run" logger=none
+        "$LATENTS" "${EXTRA_EVAL[@]}" "${EVAL_ARGS[@]}")
   if fresh "$WORK/logs/eval-$run.done" "${EVAL[@]}"; then
     log "videos $run: kept"
   else
@@ -191,7 +203,8 @@ for pair in "${VIDEO_RUNS[@]}"; do
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, and (EVAL_STAGE1) each stage 2
-# against the stage 1 it started from. Each run's newest report is the one this command made or kept.
+# against the stage 1 it started from, the learned router's stage 1 against the heuristic's, and the oracle's
+# blocks against the learned router's. Each run's newest report is the one this command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
 paired() {
   local out="$WORK/compare-$1-vs-$2"
@@ -204,5 +217,7 @@ paired "stage2-$LAST" "stage2-bf16-$LAST"
 [ "$REFIT_ALPHA" = 0 ] || paired "stage2-refit-$LAST" "stage2-$LAST"
 if [ "$EVAL_STAGE1" != 0 ]; then
   for s in "${EVAL_SPARSITIES[@]}"; do paired "stage2-$s" "stage1-$s"; done
+  paired "stage1-$LAST" "stage1-heuristic-$LAST"
+  paired "stage1-bestmass-$LAST" "stage1-$LAST"
 fi
 log "done"

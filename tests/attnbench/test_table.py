@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from sla2_train.attention import SLA2Attention
 from sla2_train.attention import reference as ref
-from sla2_train.attention.distill import LeastAbsoluteFit, hard_branches, pooled_block_mass
+from sla2_train.attention.distill import LeastAbsoluteFit, hard_branches
 from sla2_train.attnbench.calibration import RIDGES
 from sla2_train.attnbench.chunks import BESTMASS, RouterMasks, walk
 from sla2_train.attnbench.table import build, run_table
@@ -314,7 +314,7 @@ def rel_l1(o, full) -> float:
 def masks(q, k, k_sel):
     eye = torch.eye(q.shape[-1], dtype=q.dtype).expand(q.shape[1], -1, -1)
     identity = ref.hard_topk(ref.router_scores(q, k, eye, eye, BLOCK_Q, BLOCK_K), k_sel).mask
-    mass = pooled_block_mass(torch.softmax(ref.scaled_scores(q, k), dim=-1), BLOCK_Q, BLOCK_K)
+    mass = ref.pooled_block_mass(torch.softmax(ref.scaled_scores(q, k), dim=-1), BLOCK_Q, BLOCK_K)
     return identity, ref.hard_topk(mass, k_sel).mask
 
 

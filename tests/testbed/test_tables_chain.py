@@ -1,6 +1,6 @@
 """scripts/testbed/tables.sh end to end on a CPU at a small size (docs/testbed.md): every training run of the
-chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities and the
-paired comparisons; then a sparsity to film that the chain does not train is refused in one line. (REFIT_ALPHA's
+chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
+heuristic's and the best-mass oracle's blocks, and the paired comparisons; then a sparsity to film that the chain does not train is refused in one line. (REFIT_ALPHA's
 runs are left out: two more trainings and videos of the same kind, a minute of CI.)"""
 
 import json
@@ -37,7 +37,12 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     for ckpt in work.glob("runs/*/*/checkpoints/last.ckpt"):
         steps[ckpt.parts[-4]] = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     stage2 = ["stage2-0.5", "stage2-0.75", "stage2-heuristic-0.75", "stage2-bf16-0.75"]
-    assert steps == {"stage1-0.5": 1, "stage1-0.75": 1, **{run: 2 for run in stage2}}  # STAGE2_ARGS: stage 2 only
+    assert steps == {"stage1-0.5": 1, "stage1-0.75": 1, "stage1-heuristic-0.75": 1,  # STAGE2_ARGS: stage 2 only
+                     **{run: 2 for run in stage2}}
+    heuristic = torch.load(next(work.glob("runs/stage1-heuristic-0.75/*/checkpoints/last.ckpt")), map_location="cpu",
+                           weights_only=True)["state_dict"]
+    eye = torch.eye(heuristic["model.blocks.0.attn1.processor.attention.router.proj_q"].shape[-1])
+    assert all(torch.equal(w, eye.expand_as(w)) for name, w in heuristic.items() if ".router.proj_" in name)
 
     table = json.loads((work / "table" / "attention_table.json").read_text())
     measured = {(row["sparsity"], row["method"]) for row in table["rows"] if row["mean"] is not None}
@@ -53,12 +58,19 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     filmed = {}
     for path in work.glob("eval-*/eval/*/*/eval.json"):
         report = json.loads(path.read_text())
-        filmed[path.parts[-5][len("eval-"):]] = report["settings"]["attention"]["sparsity"]
-    assert filmed == {"stage2-0.75": 0.75, "stage2-heuristic-0.75": 0.75, "stage2-bf16-0.75": 0.75, "stage2-0.5": 0.5,
-                      "stage1-0.5": 0.5, "stage1-0.75": 0.75}  # EVAL_STAGE1: stage 1 alone at each
+        attention = report["settings"]["attention"]
+        filmed[path.parts[-5][len("eval-"):]] = (attention["sparsity"], attention["selection"],
+                                                 Path(report["settings"]["checkpoint"]["path"]).parts[-4])
+    assert filmed == {  # EVAL_STAGE1: stage 1 alone at each, and the heuristic's and the oracle's blocks at the last
+        "stage2-0.75": (0.75, "router", "stage2-0.75"), "stage2-heuristic-0.75": (0.75, "router", "stage2-heuristic-0.75"),
+        "stage2-bf16-0.75": (0.75, "router", "stage2-bf16-0.75"), "stage2-0.5": (0.5, "router", "stage2-0.5"),
+        "stage1-0.5": (0.5, "router", "stage1-0.5"), "stage1-0.75": (0.75, "router", "stage1-0.75"),
+        "stage1-heuristic-0.75": (0.75, "router", "stage1-heuristic-0.75"),
+        "stage1-bestmass-0.75": (0.75, "bestmass", "stage1-0.75")}
 
     for a, b in (("stage2-0.75", "stage2-heuristic-0.75"), ("stage2-0.75", "stage2-bf16-0.75"),
-                 ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5")):
+                 ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5"),
+                 ("stage1-0.75", "stage1-heuristic-0.75"), ("stage1-bestmass-0.75", "stage1-0.75")):
         compared = json.loads((work / f"compare-{a}-vs-{b}.json").read_text())
         assert compared["paired"]["prompt_following"]["n"] == 1  # EVAL_PROMPTS=1: one video a side
         assert f"/eval-{a}/" in compared["a"]["path"] and f"/eval-{b}/" in compared["b"]["path"]

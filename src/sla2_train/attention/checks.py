@@ -13,6 +13,7 @@ LAYOUTS = ("bnhd", "bhnd")
 VARIANTS = ("sla2", "sla", "full")
 TOPK_MODES = ("hard", "soft")
 BACKENDS = ("auto", "reference", "triton")
+SELECTIONS = ("router", "bestmass")  # which key blocks the sparse branch gets: the router's, or the oracle's
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -51,7 +51,7 @@ class DistillRows:
     @cached_property
     def block_mass(self) -> torch.Tensor:
         """True pooled block mass [B, H, nb, nk]; each row sums to 1."""
-        return pooled_block_mass(self.probs, self.block_q, self.block_k)
+        return ref.pooled_block_mass(self.probs, self.block_q, self.block_k)
 
     def chunks(self, blocks_per_chunk: int) -> list[DistillRows]:
         """The same rows as consecutive groups of `blocks_per_chunk` query blocks (a ragged last block, which
@@ -60,15 +60,6 @@ class DistillRows:
         return [DistillRows(self.q[:, :, i * rows_per_chunk:(i + 1) * rows_per_chunk], self.k, self.v,
                             self.blocks[i * blocks_per_chunk:(i + 1) * blocks_per_chunk], self.block_q, self.block_k)
                 for i in range(ref.num_blocks(len(self.blocks), blocks_per_chunk))]
-
-
-def pooled_block_mass(probs: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
-    """Softmax rows P [B, H, R, N] (R whole query blocks, a ragged one last) -> [B, H, R/bq, nk]: each key
-    block's share of the row, averaged over the rows of each query block."""
-    b, h, r, n = probs.shape
-    nk = ref.num_blocks(n, block_k)
-    per_key = torch.nn.functional.pad(probs, (0, nk * block_k - n)).view(b, h, r, nk, block_k).sum(-1)
-    return ref.mean_pool(per_key, block_q)
 
 
 def select_rows(q, k, v, block_q: int, block_k: int, num_query_blocks: int | None, generator=None) -> DistillRows:

@@ -14,7 +14,7 @@ from torch import nn
 from . import reference as ref
 from .alpha import build_alpha
 from .backend import OPS, choose, run_ops
-from .checks import BACKENDS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
+from .checks import BACKENDS, SELECTIONS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
 from .distill import MeasuredMassFit, stage1_loss
 from .precision import no_autocast
 from .router import BlockRouter
@@ -30,6 +30,9 @@ class SLA2Attention(nn.Module):
     backend: "auto" (Triton on CUDA when it can, the reference behind the ops on CPU, else the reference
     path), "reference" or "triton" (raises when a hard Top-k SLA2 call cannot run on the kernels; SoftTop-k
     and the SLA/full variants still run the reference path).
+    selection: "router" (the router's hard Top-k) or "bestmass", an oracle for evaluation: each query block's
+    key blocks holding the most true softmax mass (full attention computed to find them, O(N²) work), with α
+    as trained; what a perfect router by kept mass would give (hard Top-k SLA2 only).
     """
 
     def __init__(
@@ -48,16 +51,20 @@ class SLA2Attention(nn.Module):
         detach_lambda: bool = False,
         quant: bool = False,
         backend: str = "auto",
+        selection: str = "router",
     ):
         super().__init__()
         check_choice("variant", variant, VARIANTS)
         check_choice("topk", topk, TOPK_MODES)
         check_choice("backend", backend, BACKENDS)
+        check_choice("selection", selection, SELECTIONS)
+        if selection != "router" and variant != "sla2":
+            raise ValueError(f"selection={selection!r} is an SLA2 option; variant={variant!r} has its own selection")
         check_options(num_heads, head_dim, sparsity, block_q, block_k, tau)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.variant, self.block_q, self.block_k = variant, block_q, block_k
         self.sparsity, self.topk, self.tau, self.detach_lambda = sparsity, topk, tau, detach_lambda
-        self.quant, self.backend = quant, backend
+        self.quant, self.backend, self.selection = quant, backend, selection
         if variant == "full":
             return
         self.router = BlockRouter(num_heads, head_dim, learnable=variant == "sla2")
@@ -72,6 +79,7 @@ class SLA2Attention(nn.Module):
         return (
             f"variant={self.variant}, heads={self.num_heads}, head_dim={self.head_dim}, sparsity={self.sparsity}, "
             f"block_q={self.block_q}, block_k={self.block_k}, topk={self.topk}, quant={self.quant}"
+            + ("" if self.selection == "router" else f", selection={self.selection}")
         )
 
     def router_parameters(self):
@@ -104,13 +112,25 @@ class SLA2Attention(nn.Module):
         if self.topk == "soft":
             if self.quant:
                 raise ValueError("quant=True needs topk='hard': the low-bit branch runs on a hard block mask")
+            if self.selection != "router":
+                raise ValueError(f"selection={self.selection!r} needs topk='hard': SoftTop-k trains the router's "
+                                 "own selection")
             u = ref.soft_topk_logits(scores, k_sel, self.tau, self.detach_lambda)
             alpha = self.alpha(self._mass(scores, torch.sigmoid(u), k.shape[-2]))
             return ref.sla2_attention_soft(q, k, v, u, alpha, self.block_q, self.block_k)
-        # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
-        mask = ref.hard_topk(scores.detach(), k_sel).mask
-        alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
+        if self.selection == "bestmass":
+            chosen, kept = self.bestmass(q, k, k_sel)
+            mask, alpha = chosen.mask, self.alpha(kept if self.alpha.needs_mass else None)
+        else:
+            # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
+            mask = ref.hard_topk(scores.detach(), k_sel).mask
+            alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
         return ref.sla2_attention(q, k, v, mask, alpha, self.block_q, self.block_k, self.quant)
+
+    def bestmass(self, q: torch.Tensor, k: torch.Tensor, k_sel: int):
+        """selection="bestmass": (BlockSelection, kept true mass [B, H, nq]) for q, k [B, H, N, D], in float32."""
+        with no_autocast(q.device):
+            return ref.bestmass_selection(q.detach(), k.detach(), self.block_q, self.block_k, k_sel)
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Router scores in at least fp32, as the kernels' router and the op path compute them: pooled in

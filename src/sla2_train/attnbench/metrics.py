@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sla2_train.attention import reference as ref
-from sla2_train.attention.distill import hard_branches, pooled_block_mass
+from sla2_train.attention.distill import hard_branches
 
 
 class Teacher:
@@ -22,7 +22,7 @@ class Teacher:
         self.block_q, self.block_k = block_q, block_k
         self.probs = torch.softmax(ref.scaled_scores(self.q, self.k), dim=-1)
         self.full = self.probs @ self.v
-        self.block_mass = pooled_block_mass(self.probs, block_q, block_k)
+        self.block_mass = ref.pooled_block_mass(self.probs, block_q, block_k)
 
     def best_mask(self, k_sel: int) -> torch.Tensor:
         return ref.hard_topk(self.block_mass, k_sel).mask

@@ -140,8 +140,10 @@ def _record(ev, row: str, prompt_index: int, seed: int, video, seconds, forward_
              "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
-def row_name(quant: bool | None, sparsity: float | None = None) -> str:
-    return "dense" if quant is None else f"sla2 {sparsity:g} {quant_label(quant)}"
+def row_name(quant: bool | None, sparsity: float | None = None, selection: str = "router") -> str:
+    if quant is None:
+        return "dense"
+    return f"sla2 {sparsity:g} {quant_label(quant)}" + ("" if selection == "router" else f" {selection}")
 
 
 def _dense_video(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: AttentionProbe | None,
@@ -161,10 +163,10 @@ def _dense_video(ev: Evaluation, prompt: str, noise: torch.Tensor, probe: Attent
                     hook.remove()
 
 
-def _annotate_rows(rows, ev: Evaluation, probe: AttentionProbe | None, flops: dict, sparsity) -> None:
+def _annotate_rows(rows, ev: Evaluation, probe: AttentionProbe | None, flops: dict, sparsity, selection) -> None:
     """Add FLOPs, attention times and shares, per-layer errors and speedups to the rows."""
     for row in rows:
-        quant = next((q for q in ev.quant_modes if row_name(q, sparsity) == row["name"]), None)
+        quant = next((q for q in ev.quant_modes if row_name(q, sparsity, selection) == row["name"]), None)
         row["attention_tflops_dense_equivalent"] = flops["dense"] / 1e12
         row["attention_tflops_actual"] = (flops["sla2"] if quant is not None else flops["dense"]) / 1e12
         key = "dense" if quant is None else quant_label(quant)
@@ -187,6 +189,7 @@ def run(ev: Evaluation) -> dict[str, Any]:
     cfg, model = ev.cfg, ev.model
     procs = sla2_processors(model)
     sparsity = procs[0].attention.sparsity if procs else None
+    selection = procs[0].attention.selection if procs else "router"
     per_step = forwards_per_step(cfg.guidance_scale)
     forwards = cfg.num_inference_steps * per_step
     probe = recorder = None
@@ -207,11 +210,12 @@ def run(ev: Evaluation) -> dict[str, Any]:
                 # checkpoint's transformer: the dense context has put it back)
                 velocity = recorder.replay(model) if recorder is not None else None
                 sparse = _generate(ev, prompt, noise, None)
-                _record(ev, row_name(quant, sparsity), pi, seed, *sparse, reference=dense[0], velocity=velocity)
+                _record(ev, row_name(quant, sparsity, selection), pi, seed, *sparse, reference=dense[0],
+                        velocity=velocity)
     rows = summarise_rows(ev.videos)
     add_paired(rows, ev.videos)
     flops = attention_flops(model, cfg.model.latent_shape, forwards)
-    _annotate_rows(rows, ev, probe, flops, sparsity)
+    _annotate_rows(rows, ev, probe, flops, sparsity, selection)
     return {"settings": ev.settings, "rows": rows, "videos": ev.videos, "skipped": ev.skipped,
             "timing": "cuda-synchronised" if str(cfg.device).startswith("cuda") else "cpu wall clock",
             "flops_per_video": {k: v for k, v in flops.items() if k != "sla2_parts"},

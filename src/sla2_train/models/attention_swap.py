@@ -110,5 +110,6 @@ def describe_attention(model: nn.Module) -> dict[str, Any]:
         "tau": a.tau,
         "topk": a.topk,
         "quant": a.quant,
+        "selection": a.selection,
         "num_layers": len(procs),
     }

@@ -6,7 +6,7 @@ backward.py take the router's index lists and either layout: the custom ops' imp
 
 from .backward import reference_backward
 from .blocks import (block_token_counts, expand_block_mask, expand_query_blocks, mean_pool, num_blocks,
-                     query_chunks, smooth_k)
+                     pooled_block_mass, query_chunks, smooth_k)
 from .branches import (
     full_attention,
     scaled_scores,
@@ -41,7 +41,7 @@ from .quant import (
     running_block_max,
     straight_through,
 )
-from .router import BlockSelection, hard_topk, router_scores, selected_mass, topk_count
+from .router import BlockSelection, bestmass_selection, hard_topk, router_scores, selected_mass, topk_count
 from .soft_topk import soft_topk, soft_topk_logits
 
 __all__ = [name for name in dir() if not name.startswith("_")]

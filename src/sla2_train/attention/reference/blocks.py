@@ -58,3 +58,12 @@ def expand_block_mask(mask: torch.Tensor, n_q: int, n_k: int, block_q: int, bloc
 def expand_query_blocks(x: torch.Tensor, n_q: int, block_q: int) -> torch.Tensor:
     """[..., nq] per-query-block values -> [..., n_q, 1] per-token values, for broadcasting over D."""
     return x.repeat_interleave(block_q, dim=-1)[..., :n_q, None]
+
+
+def pooled_block_mass(probs: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
+    """Softmax rows P [B, H, R, N] (R whole query blocks, a ragged one last) -> [B, H, R/bq, nk]: each key
+    block's share of the row, averaged over the rows of each query block."""
+    b, h, r, n = probs.shape
+    nk = num_blocks(n, block_k)
+    per_key = torch.nn.functional.pad(probs, (0, nk * block_k - n)).view(b, h, r, nk, block_k).sum(-1)
+    return mean_pool(per_key, block_q)

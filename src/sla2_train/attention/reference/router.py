@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 import torch
 
-from .blocks import mean_pool, smooth_k
+from .blocks import mean_pool, pooled_block_mass, query_chunks, smooth_k
+from .branches import scaled_scores
 
 
 class BlockSelection(NamedTuple):
@@ -55,3 +56,19 @@ def selected_mass(scores: torch.Tensor, mask: torch.Tensor, key_counts: torch.Te
     """
     p = torch.softmax(scores + key_counts.to(scores.dtype).log(), dim=-1)
     return (p * mask.to(p.dtype)).sum(dim=-1)
+
+
+def bestmass_selection(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, k_sel: int,
+                       rows: int = 1024) -> tuple[BlockSelection, torch.Tensor]:
+    """The oracle selection: each query block's `k_sel` key blocks holding the most true softmax mass (the upper
+    bound on kept mass a router can reach), and the mass they keep [B, H, nq]. q, k: [B, H, N, D]; full
+    attention in at least float32, `rows` query rows at a time (memory O(rows · N), compute O(N²))."""
+    n = q.shape[-2]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    parts = []
+    for r, _ in query_chunks(n, block_q, rows):
+        probs = torch.softmax(scaled_scores(q[:, :, r].to(acc), k.to(acc)), dim=-1)
+        parts.append(pooled_block_mass(probs, block_q, block_k))
+    mass = torch.cat(parts, dim=2)
+    selection = hard_topk(mass, k_sel)
+    return selection, (mass * selection.mask).sum(dim=-1)
