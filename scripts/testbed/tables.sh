@@ -13,7 +13,9 @@
 # cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
 # EVAL_SPARSITIES (the last of SPARSITIES: the sparsities whose stage 2 also gets videos, from SPARSITIES);
-# PARALLEL (1: one training run at a time; several share a large GPU); TRAINER (gpu) and DEVICE (cuda);
+# PARALLEL (1: one training run at a time; several share a large GPU); EVAL_PARALLEL (1: the table and the video
+# runs one at a time; several share the GPU, and their seconds per video are then not speed measurements);
+# TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`, and videos at EVAL_SPARSITIES);
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
@@ -59,6 +61,7 @@ SEED=${SEED:-5}
 PROMPTS=${PROMPTS:-11}
 EVAL_PROMPTS=${EVAL_PROMPTS:-32}
 PARALLEL=${PARALLEL:-1}
+EVAL_PARALLEL=${EVAL_PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 DENSE_WEIGHTS=${DENSE_WEIGHTS:-checkpoint}
@@ -93,16 +96,21 @@ COMMON=(model="$PRESET" model.path="$MODEL" data=webdataset data.train_shards="$
         "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
 [ -z "$MAX_TIME" ] || COMMON+=("++trainer.max_time=$MAX_TIME")
 ckpt() { ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; }
-# A training run in the background, at most PARALLEL at once; each leaves its exit status in logs/<run>.rc, and
-# `drain` waits for all of them and stops the script if one failed.
+# `background NAME LIMIT MARKER COMMAND...`: COMMAND in the background once fewer than LIMIT jobs run, its output
+# in logs/NAME.log and its exit status in logs/NAME.rc; on success it writes the file MARKER (- for none) holding
+# the command (see `fresh`). `drain` waits for every job and stops the script if one failed.
 STARTED=()
+background() {
+  local name=$1 limit=$2 marker=$3; shift 3
+  while [ "$(jobs -rp | wc -l)" -ge "$limit" ]; do wait -n || true; done
+  STARTED+=("$name")
+  ( rc=0; "$@" > "$WORK/logs/$name.log" 2>&1 || rc=$?; echo "$rc" > "$WORK/logs/$name.rc"
+    [ "$rc" != 0 ] || [ "$marker" = - ] || echo "$*" > "$marker" ) &
+}
 train() {
   local name=$1; shift
-  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
   log "train $name"
-  STARTED+=("$name")
-  ( rc=0; "$PY" train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}" \
-      > "$WORK/logs/$name.log" 2>&1 || rc=$?; echo "$rc" > "$WORK/logs/$name.rc" ) &
+  background "$name" "$PARALLEL" - "$PY" train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}"
 }
 drain() {
   wait
@@ -157,16 +165,15 @@ TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" p
        out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
        "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]"
        "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${TABLE_ARGS[@]}")
+# The table and the videos run EVAL_PARALLEL at a time (1: one after the other, each video run's timing its own)
 if fresh "$WORK/logs/table.done" "${TABLE[@]}"; then
   log "attention table: kept (made by the same command after the last checkpoint)"
 else
   log "attention table"
-  "${TABLE[@]}" > "$WORK/logs/table.log" 2>&1
-  echo "${TABLE[*]}" > "$WORK/logs/table.done"
+  background table "$EVAL_PARALLEL" "$WORK/logs/table.done" "${TABLE[@]}"
 fi
-grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
-
-[ "$EVAL_PROMPTS" -gt 0 ] || { log "done (no videos)"; exit 0; }
+show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true; }
+[ "$EVAL_PROMPTS" -gt 0 ] || { show_table; log "done (no videos)"; exit 0; }
 # Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
 # then (EVAL_STAGE1) stage 1 alone at each, and the heuristic's and the oracle's blocks at the last; every one
 # against its dense model (DENSE_WEIGHTS) with the low-bit sparse branch. Each entry: the videos' name, the run
@@ -196,9 +203,13 @@ for entry in "${VIDEO_RUNS[@]}"; do
     log "videos $run: kept"
   else
     log "videos $run"
-    "${EVAL[@]}" > "$WORK/logs/eval-$run.log" 2>&1
-    echo "${EVAL[*]}" > "$WORK/logs/eval-$run.done"
+    background "eval-$run" "$EVAL_PARALLEL" "$WORK/logs/eval-$run.done" "${EVAL[@]}"
   fi
+done
+show_table
+for entry in "${VIDEO_RUNS[@]}"; do
+  read -r run _ <<< "$entry"
+  log "videos $run:"
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the

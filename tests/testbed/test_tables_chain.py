@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
-    "REFIT_ALPHA": "0", "EVAL_STAGE1": "1", "PARALLEL": "1", "WORKERS": "1", "PYTHON": sys.executable,
+    "REFIT_ALPHA": "0", "EVAL_STAGE1": "1", "PARALLEL": "1", "EVAL_PARALLEL": "1", "WORKERS": "1",
+    "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2",
 }
