@@ -32,6 +32,7 @@
 # '++stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:0.5}').
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/compare-<run>-vs-<run>.md / .json (Table 2's videos paired by prompt and seed),
+# WORK_DIR/breakdown-<colour|shape|direction|objects>.md / .json (prompt following per captioned object, by group),
 # WORK_DIR/runs/<run> (checkpoints, csv logs) and WORK_DIR/logs/<run>.log. Re-running the same command (say after
 # a time limit) resumes: training runs continue from their last.ckpt (finished ones end at once), the table from
 # its finished passes, and the table and each run's videos are kept when the same command made them after every
@@ -231,4 +232,14 @@ if [ "$EVAL_STAGE1" != 0 ]; then
   paired "stage1-$LAST" "stage1-heuristic-$LAST"
   paired "stage1-bestmass-$LAST" "stage1-$LAST"
 fi
+# Which captioned objects each run keeps: every video run (dense from the first) by colour, shape, direction and
+# the caption's object count (sla2-testbed-breakdown)
+REPORTS=()
+for entry in "${VIDEO_RUNS[@]}"; do read -r run _ <<< "$entry"; REPORTS+=("$(newest "$run")"); done
+for by in colour shape direction objects; do
+  "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" --out "$WORK/breakdown-$by.json" \
+    > "$WORK/breakdown-$by.md"
+done
+log "prompt following by colour (right / present, per object):"
+cat "$WORK/breakdown-colour.md"
 log "done"

@@ -76,3 +76,28 @@ def test_the_metrics_of_one_video_share_one_segmentation(tmp_path, monkeypatch):
     calls.clear()
     videos[1][:, :, :] = 0  # in place: the same tensor, another picture
     assert PromptFollowing().score(videos[1], prompts[1]) == 0.0 and len(calls) == 1
+
+
+def test_details_name_each_object_and_what_was_seen():
+    """The per-object details kept beside the score: one entry per captioned object, in caption order, whose
+    right-on-all count is the score; a flipped video shows the horizontal movers going the other way."""
+    import json
+
+    from sla2_train.evaluation.metric_suite import video_details
+
+    rng = np.random.default_rng(7)
+    metric = PromptFollowing()
+    for scene in [sample_scene(rng, "train") for _ in range(3)]:
+        prompt, video = caption(scene), render(scene, 17, 128, 256)
+        flipped = torch.from_numpy(np.ascontiguousarray(video[:, :, ::-1]))
+        details = video_details([metric, PromptAttribute("present")], flipped, prompt)
+        assert list(details) == ["prompt_following"]  # the attribute fractions keep none of their own
+        objects = details["prompt_following"]
+        json.dumps(objects)
+        assert [(o["colour"], o["shape"], o["direction"]) for o in objects] == [
+            (c.colour, c.shape, c.direction) for c in scene.objects]
+        right = [o["present"] and o["shape_right"] and o["direction_right"] for o in objects]
+        assert metric.score(flipped, prompt) == pytest.approx(sum(right) / len(right))
+        for o, claim in zip(objects, scene.objects):
+            if o["present"] and claim.direction in ("left", "right"):
+                assert o["direction_seen"] == {"left": "right", "right": "left"}[claim.direction]

@@ -60,6 +60,7 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     for path in work.glob("eval-*/eval/*/*/eval.json"):
         report = json.loads(path.read_text())
         attention = report["settings"]["attention"]
+        assert all(v["details"]["prompt_following"] for v in report["videos"])  # per object: claimed and seen
         filmed[path.parts[-5][len("eval-"):]] = (attention["sparsity"], attention["selection"],
                                                  Path(report["settings"]["checkpoint"]["path"]).parts[-4])
     assert filmed == {  # EVAL_STAGE1: stage 1 alone at each, and the heuristic's and the oracle's blocks at the last
@@ -75,6 +76,9 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         compared = json.loads((work / f"compare-{a}-vs-{b}.json").read_text())
         assert compared["paired"]["prompt_following"]["n"] == 1  # EVAL_PROMPTS=1: one video a side
         assert f"/eval-{a}/" in compared["a"]["path"] and f"/eval-{b}/" in compared["b"]["path"]
+
+    by_colour = json.loads((work / "breakdown-colour.json").read_text())
+    assert by_colour["per_object"] and by_colour["columns"][0] == "dense" and set(by_colour["columns"][1:]) == set(filmed)
 
     refused = _chain(tmp_path / "x", EVAL_SPARSITIES="0.6")
     assert refused.returncode == 1

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from sla2_train.models import dense_capture, describe_attention, set_attention_mode, sla2_processors
 
 from .dense_weights import BaseWeights, check_choice
-from .metric_suite import build_metrics, score_video
+from .metric_suite import build_metrics, score_video, video_details
 from .paired import add_paired
 from .precision import cast_keeping_fp32
 from .pipeline import (check_pipeline_folder, forwards_per_step, inference_dtype, initial_noise, load_wan_pipeline,
@@ -132,6 +132,9 @@ def _record(ev, row: str, prompt_index: int, seed: int, video, seconds, forward_
     record = {"row": row, "prompt_index": prompt_index, "prompt": ev.prompts[prompt_index], "seed": seed,
               "video": str(path.relative_to(ev.folder)), "seconds": seconds, "forward_ms": forward_ms,
               "forwards": forwards, "metrics": scores}
+    details = video_details(ev.metrics, video, ev.prompts[prompt_index])
+    if details:
+        record["details"] = details
     if velocity is not None:
         scores.update(video_metrics(velocity))
         record["velocity_rel_l1_per_step"] = velocity

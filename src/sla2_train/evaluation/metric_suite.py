@@ -41,3 +41,9 @@ def score_video(metrics: list[VideoMetric], video: torch.Tensor, prompt: str,
     """Every metric on one video; metrics against the dense video are left out for the dense video itself."""
     return {m.name: m.score(video, prompt, reference)
             for m in metrics if reference is not None or not m.needs_reference}
+
+
+def video_details(metrics: list[VideoMetric], video: torch.Tensor, prompt: str) -> dict[str, Any]:
+    """{metric name: its details} for the metrics that keep any (VideoMetric.details)."""
+    found = {m.name: m.details(video, prompt) for m in metrics}
+    return {name: d for name, d in found.items() if d is not None}

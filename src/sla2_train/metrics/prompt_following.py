@@ -74,6 +74,14 @@ class PromptFollowing(VideoMetric):
     def score(self, video, prompt, reference=None):
         return _score(video, prompt)
 
+    def details(self, video, prompt):
+        """Per captioned object: what was claimed and what was seen (which objects a model loses, not only how
+        many)."""
+        return [{"colour": r.claim.colour, "shape": r.claim.shape, "direction": r.claim.direction,
+                 "speed": r.claim.speed, "present": r.present, "shape_right": r.shape,
+                 "direction_right": r.direction, "shape_seen": r.shape_seen, "direction_seen": r.direction_seen,
+                 "fill_ratio": r.fill_ratio, "displacement": r.displacement} for r in _results(video, prompt)]
+
 
 class PromptFollowingChance(VideoMetric):
     name = "prompt_following_chance"

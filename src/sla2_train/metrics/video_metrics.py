@@ -51,6 +51,10 @@ class VideoMetric:
     def score(self, video: torch.Tensor, prompt: str, reference: torch.Tensor | None = None) -> float:
         raise NotImplementedError
 
+    def details(self, video: torch.Tensor, prompt: str) -> object | None:
+        """What the score was computed from, kept beside it in the per-video record (JSON-able); None: nothing."""
+        return None
+
 
 class TemporalFlickering(VideoMetric):
     name = "temporal_flickering"
