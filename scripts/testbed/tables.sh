@@ -13,6 +13,9 @@
 # cap per run, empty = none; stage 1 fits α after its last step either way); N_TRAIN (512 clips, SEED 5);
 # PROMPTS (11: the first 2 fit α and SLA's W, the rest are measured); EVAL_PROMPTS (32; 0 = no videos);
 # EVAL_SPARSITIES (the last of SPARSITIES: the sparsities whose stage 2 also gets videos, from SPARSITIES);
+# EVAL_SPLIT (heldout: the videos' prompts each hold a colour-shape-direction combination training never shows,
+# a test of composition; train: new scenes of the training split's combinations, seed EVAL_SEED (2), what the
+# model has learned to draw, where it follows far more prompts and a comparison has more to lose);
 # PARALLEL (1: one training run at a time; several share a large GPU); EVAL_PARALLEL (1: the table and the video
 # runs one at a time; several share the GPU, and their seconds per video are then not speed measurements);
 # TRAINER (gpu) and DEVICE (cuda);
@@ -65,6 +68,8 @@ PARALLEL=${PARALLEL:-1}
 EVAL_PARALLEL=${EVAL_PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
+EVAL_SPLIT=${EVAL_SPLIT:-heldout}
+EVAL_SEED=${EVAL_SEED:-2}
 DENSE_WEIGHTS=${DENSE_WEIGHTS:-checkpoint}
 TRAINER=${TRAINER:-gpu}
 DEVICE=${DEVICE:-cuda}
@@ -79,6 +84,10 @@ read -r -a EVAL_SPARSITIES <<< "${EVAL_SPARSITIES:-$LAST}"
 for s in "${EVAL_SPARSITIES[@]}"; do
   [[ " ${SPARSITIES[*]} " == *" $s "* ]] || { echo "tables.sh: EVAL_SPARSITIES has $s, not one of SPARSITIES (${SPARSITIES[*]})" >&2; exit 1; }
 done
+case "$EVAL_SPLIT" in
+  heldout|train) ;;
+  *) echo "tables.sh: EVAL_SPLIT must be heldout or train, got '$EVAL_SPLIT'" >&2; exit 1 ;;
+esac
 mkdir -p "$WORK/logs" "$WORK/runs"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -88,6 +97,13 @@ log "render"
 "$PY" -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
   --seed 1 --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
 grep -v '^#' "$WORK/heldout/prompts.txt" | head -n "$PROMPTS" > "$WORK/table_prompts.txt"
+EVAL_PROMPT_FILE="$WORK/heldout/prompts.txt"
+if [ "$EVAL_SPLIT" = train ] && [ "$EVAL_PROMPTS" -gt 0 ]; then
+  # at least 2: the chance level scores each video against another prompt of the file
+  "$PY" -m sla2_train.commands.testbed_data "$WORK/prompts-train" --num-videos $((EVAL_PROMPTS > 1 ? EVAL_PROMPTS : 2)) --seed "$EVAL_SEED" \
+    --split train --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+  EVAL_PROMPT_FILE="$WORK/prompts-train/prompts.txt"
+fi
 log "prepare"
 "$PY" -m sla2_train.commands.prepare videos="$WORK/train/videos" captions="$WORK/train/captions.jsonl" \
   out_dir="$WORK/shards" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
@@ -196,7 +212,7 @@ for entry in "${VIDEO_RUNS[@]}"; do
   read -r run from s extra <<< "$entry"
   EXTRA_EVAL=()
   [ "$extra" = - ] || EXTRA_EVAL=("$extra")
-  EVAL=("$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$WORK/heldout/prompts.txt"
+  EVAL=("$PY" eval.py model="$PRESET" model.path="$MODEL" prompts="$EVAL_PROMPT_FILE"
         max_prompts="$EVAL_PROMPTS" eval/metrics=testbed negative_prompt='' device="$DEVICE" attention.sparsity="$s"
         ckpt="$(ckpt "$from")" quant=true dense_weights="$DENSE_WEIGHTS" output_root="$WORK/eval-$run" logger=none
         "$LATENTS" "${EXTRA_EVAL[@]}" "${EVAL_ARGS[@]}")

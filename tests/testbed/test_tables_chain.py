@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sla2_train.testbed.captions import parse_caption
+from sla2_train.testbed.scenes import HELDOUT_COMBINATIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
@@ -16,7 +19,7 @@ SETTINGS = {
     "REFIT_ALPHA": "0", "EVAL_STAGE1": "1", "PARALLEL": "1", "EVAL_PARALLEL": "1", "WORKERS": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
-    "STAGE2_ARGS": "trainer.max_steps=2",
+    "STAGE2_ARGS": "trainer.max_steps=2", "EVAL_SPLIT": "train",
 }
 
 
@@ -59,6 +62,10 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     filmed = {}
     for path in work.glob("eval-*/eval/*/*/eval.json"):
         report = json.loads(path.read_text())
+        # EVAL_SPLIT=train: new scenes of the training split, none holding a held-out combination
+        assert report["settings"]["prompt_set"] == str(work / "prompts-train" / "prompts.txt")
+        claims = [c for p in report["settings"]["prompts"] for c in parse_caption(p)]
+        assert claims and not {(c.colour, c.shape, c.direction) for c in claims} & HELDOUT_COMBINATIONS
         attention = report["settings"]["attention"]
         assert all(v["details"]["prompt_following"] for v in report["videos"])  # per object: claimed and seen
         filmed[path.parts[-5][len("eval-"):]] = (attention["sparsity"], attention["selection"],
@@ -83,4 +90,7 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     refused = _chain(tmp_path / "x", EVAL_SPARSITIES="0.6")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "tables.sh: EVAL_SPARSITIES has 0.6, not one of SPARSITIES (0.5 0.75)"
+    refused = _chain(tmp_path / "x", EVAL_SPLIT="test")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "tables.sh: EVAL_SPLIT must be heldout or train, got 'test'"
     assert not (tmp_path / "x").exists()
