@@ -22,6 +22,7 @@ def test_configured_backbones_are_loaded_and_scored(backbones, tmp_path):
     scored = {"subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
               "clip_text_score", "motion_smoothness", "temporal_flickering"}
     assert set(dense["metrics"]) == scored
-    assert set(sla2["metrics"]) == scored | {"psnr", "ssim", "lpips", "rel_l1_mean"}
+    assert set(sla2["metrics"]) == scored | {"psnr", "ssim", "lpips", "rel_l1_mean", "velocity_rel_l1",
+                                             "guidance_rel_l1"}
     assert list(report["skipped"]) == ["dynamic_degree"]  # no RAFT weights configured
     assert 0 <= dense["metrics"]["imaging_quality"] <= 1 and sla2["metrics"]["lpips"] >= 0
