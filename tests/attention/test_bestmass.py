@@ -23,7 +23,8 @@ def _dense_block_mass(q, k, block_q, block_k):
     return out
 
 
-@pytest.mark.parametrize("n,block_q,block_k,k_sel,rows", [(64, 16, 8, 2, 16), (77, 16, 8, 3, 32), (45, 32, 16, 1, 1024)])
+@pytest.mark.parametrize("n,block_q,block_k,k_sel,rows",
+                         [(64, 16, 8, 2, 16), (77, 16, 8, 3, 32), (45, 32, 16, 1, 1024)])
 def test_selection_and_kept_mass_match_the_dense_block_mass(n, block_q, block_k, k_sel, rows):
     g = torch.Generator().manual_seed(n)
     q, k = (torch.randn(2, H, n, D, generator=g, dtype=torch.float64) for _ in range(2))

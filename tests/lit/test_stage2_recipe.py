@@ -258,6 +258,48 @@ def test_teacher_is_dense_while_the_student_is_sla2(build_module, make_batch):
     assert logs["flow/teacher_mse"] > 0  # same weights, SLA2 against full attention
 
 
+GUIDED = ("stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:1.0,guided_weight:0.5,"
+          "guidance_scale:%s}")
+
+
+def test_guided_term_is_zero_for_the_teacher_itself_and_grows_when_the_student_moves(build_module, make_batch):
+    module, cfg = build_module("stage=qat", "attention=full", GUIDED % 5.0, "stage.optimizer.lr=1e-3")
+    objective, batch = module.stage.objective, make_batch(cfg)
+    torch.manual_seed(0)
+    loss, logs = objective(module.model, batch, module.flow)
+    assert logs["flow/teacher_guided_mse"] == 0.0
+    optimizer = module.configure_optimizers()
+    loss.backward()
+    optimizer.step()
+    torch.manual_seed(0)
+    loss, logs = objective(module.model, batch, module.flow)
+    assert logs["flow/teacher_guided_mse"] > 0
+    expected = logs["flow/mse"] + logs["flow/teacher_mse"] + 0.5 * logs["flow/teacher_guided_mse"]
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.0])
+def test_guided_velocity_at_scale_one_is_the_caption_call_and_at_zero_the_empty_prompts(build_module, make_batch,
+                                                                                       scale):
+    """u + g·(c − u): at g = 1 the guided match is the plain teacher match; at g = 0 it is the match of the
+    empty-prompt calls, which differs from it (the student is SLA2, the teacher dense)."""
+    module, cfg = build_module("stage=qat", "stage.allow_untrained_router=true", GUIDED % scale)
+    torch.manual_seed(0)
+    _, logs = module.stage.objective(module.model, make_batch(cfg), module.flow)
+    assert logs["flow/teacher_guided_mse"] > 0
+    if scale == 1.0:
+        torch.testing.assert_close(logs["flow/teacher_guided_mse"], logs["flow/teacher_mse"])
+    else:
+        assert not torch.isclose(logs["flow/teacher_guided_mse"], logs["flow/teacher_mse"])
+
+
+def test_teacher_weights_must_not_be_negative():
+    from sla2_train.lit.teacher import DenseTeacher
+
+    with pytest.raises(ValueError, match="guided_weight must be >= 0"):
+        DenseTeacher(guided_weight=-1.0)
+
+
 def test_no_teacher_by_default(build_module, make_batch):
     module, cfg = build_module("stage=qat", "stage.allow_untrained_router=true")
     assert module.stage.objective.teacher is None

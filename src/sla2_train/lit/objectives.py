@@ -100,7 +100,7 @@ class FlowMatchingLoss:
 
     def check(self, model: nn.Module) -> None:
         # Stage.apply calls this once, after init_from: the teacher keeps the weights the run starts from.
-        if self.teacher is not None and self.teacher.weight > 0:
+        if self.teacher is not None and self.teacher.used:
             self.teacher.attach(model)
 
     def __call__(
@@ -113,8 +113,18 @@ class FlowMatchingLoss:
         pred = model(*inputs, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), flow.target(x0, noise).float())
         logs = {"flow/mse": loss.detach(), "flow/sigma_mean": sigma.mean()}
-        if self.teacher is not None and self.teacher.weight > 0:
-            match = F.mse_loss(pred.float(), self.teacher(*inputs).float())
+        teacher = self.teacher
+        if teacher is None or not teacher.used:
+            return loss, logs
+        target = teacher(*inputs)
+        if teacher.weight > 0:
+            match = F.mse_loss(pred.float(), target.float())
             logs["flow/teacher_mse"] = match.detach()
-            loss = loss + self.teacher.weight * match
+            loss = loss + teacher.weight * match
+        if teacher.guided_weight > 0:
+            uncond = (inputs[0], inputs[1], teacher.empty_text(text))
+            pred_u = model(*uncond, return_dict=False)[0]
+            guided = F.mse_loss(teacher.guided(pred, pred_u).float(), teacher.guided(target, teacher(*uncond)).float())
+            logs["flow/teacher_guided_mse"] = guided.detach()
+            loss = loss + teacher.guided_weight * guided
         return loss, logs
