@@ -293,11 +293,13 @@ def test_guided_velocity_at_scale_one_is_the_caption_call_and_at_zero_the_empty_
         assert not torch.isclose(logs["flow/teacher_guided_mse"], logs["flow/teacher_mse"])
 
 
-def test_teacher_weights_must_not_be_negative():
+def test_teacher_weights_must_not_be_negative_and_the_empty_prompt_must_exist():
     from sla2_train.lit.teacher import DenseTeacher
 
     with pytest.raises(ValueError, match="guided_weight must be >= 0"):
         DenseTeacher(guided_weight=-1.0)
+    with pytest.raises(Exception, match="stage.objective.teacher.empty: no file at"):
+        DenseTeacher(guided_weight=1.0, empty="/no/such/empty_prompt.safetensors")
 
 
 def test_no_teacher_by_default(build_module, make_batch):

@@ -16,11 +16,12 @@ two teacher calls a step.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from sla2_train.models import dense_attention
+from sla2_train.models import ConfigError, dense_attention
 
 from .caption_dropout import CaptionDropout
 
@@ -31,6 +32,9 @@ class DenseTeacher:
         if weight < 0 or guided_weight < 0:
             raise ValueError(f"stage.objective.teacher: weight and guided_weight must be >= 0, got {weight} and "
                              f"{guided_weight}")
+        if empty is not None and not Path(empty).expanduser().is_file():
+            raise ConfigError(f"stage.objective.teacher.empty: no file at {str(empty)!r} (the empty prompt's "
+                              "embedding, a .safetensors with 'text_embeds')")
         self.weight, self.guided_weight, self.guidance_scale = weight, guided_weight, guidance_scale
         self.empty = CaptionDropout(rate=1.0, empty=empty) if guided_weight > 0 else None
         self.model: nn.Module | None = None
