@@ -234,48 +234,38 @@ def test_bad_caption_dropout_values_are_named(tmp_path):
 
 
 # ---- dense teacher --------------------------------------------------------------------------------------
-def test_teacher_term_is_zero_for_the_teacher_itself_and_grows_when_the_student_moves(build_module, make_batch):
-    module, cfg = build_module("stage=qat", "attention=full", TEACHER, "stage.optimizer.lr=1e-3")
+GUIDED = ("stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:1.0,guided_weight:0.5,"
+          "guidance_scale:%s}")
+
+
+@pytest.mark.parametrize("teacher, term, total", [
+    (TEACHER, "flow/teacher_mse", lambda logs: logs["flow/mse"] + 2.0 * logs["flow/teacher_mse"]),
+    (GUIDED % 5.0, "flow/teacher_guided_mse",
+     lambda logs: logs["flow/mse"] + logs["flow/teacher_mse"] + 0.5 * logs["flow/teacher_guided_mse"]),
+])
+def test_teacher_terms_are_zero_for_the_teacher_itself_and_grow_when_the_student_moves(build_module, make_batch,
+                                                                                      teacher, term, total):
+    module, cfg = build_module("stage=qat", "attention=full", teacher, "stage.optimizer.lr=1e-3")
     objective, batch = module.stage.objective, make_batch(cfg)
     assert not any(p.requires_grad for p in objective.teacher.model.parameters())
     assert not any(k.startswith("stage") or "teacher" in k for k in module.state_dict())  # not saved
     torch.manual_seed(0)
     loss, logs = objective(module.model, batch, module.flow)
-    assert logs["flow/teacher_mse"] == 0.0
+    assert logs[term] == 0.0
     torch.testing.assert_close(loss, logs["flow/mse"])
     optimizer = module.configure_optimizers()
     loss.backward()
     optimizer.step()
     torch.manual_seed(0)
     loss, logs = objective(module.model, batch, module.flow)
-    assert logs["flow/teacher_mse"] > 0
-    torch.testing.assert_close(loss, logs["flow/mse"] + 2.0 * logs["flow/teacher_mse"])
+    assert logs[term] > 0
+    torch.testing.assert_close(loss, total(logs))
 
 
 def test_teacher_is_dense_while_the_student_is_sla2(build_module, make_batch):
     module, cfg = build_module("stage=qat", "stage.allow_untrained_router=true", TEACHER)
     _, logs = module.stage.objective(module.model, make_batch(cfg), module.flow)
     assert logs["flow/teacher_mse"] > 0  # same weights, SLA2 against full attention
-
-
-GUIDED = ("stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:1.0,guided_weight:0.5,"
-          "guidance_scale:%s}")
-
-
-def test_guided_term_is_zero_for_the_teacher_itself_and_grows_when_the_student_moves(build_module, make_batch):
-    module, cfg = build_module("stage=qat", "attention=full", GUIDED % 5.0, "stage.optimizer.lr=1e-3")
-    objective, batch = module.stage.objective, make_batch(cfg)
-    torch.manual_seed(0)
-    loss, logs = objective(module.model, batch, module.flow)
-    assert logs["flow/teacher_guided_mse"] == 0.0
-    optimizer = module.configure_optimizers()
-    loss.backward()
-    optimizer.step()
-    torch.manual_seed(0)
-    loss, logs = objective(module.model, batch, module.flow)
-    assert logs["flow/teacher_guided_mse"] > 0
-    expected = logs["flow/mse"] + logs["flow/teacher_mse"] + 0.5 * logs["flow/teacher_guided_mse"]
-    torch.testing.assert_close(loss, expected)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.0])
