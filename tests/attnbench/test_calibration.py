@@ -92,15 +92,26 @@ def _calibration_with(folds_by_key: dict) -> "Calibration":
     return calib
 
 
-def test_one_calibration_prompt_leaves_one_capture_out():
-    """With a single calibration prompt, λ is chosen by leaving one of its captures out, so a target unrelated to
-    the features is refused as with several prompts (taking the smallest λ blindly overfits it); with several
-    prompts, the folds are the prompts, each summed over its captures."""
+def test_one_calibration_prompt_leaves_one_step_out():
+    """With a single calibration prompt, λ is chosen by leaving one sampling step out, both its guidance branches
+    together: a step's two branches are near copies, so leaving one branch out lets the other predict it and
+    picks the smallest λ even for a target unrelated to the features, which the steps refuse as several prompts
+    do. With one capture W = 0; with several prompts, the folds are the prompts, each summed over its captures."""
+    g = torch.Generator().manual_seed(11)
     for seed in range(3):
         noise = folds(2, 16, [24, 24, 24], 0.0, seed)
-        calib = _calibration_with({(0, (step, "cond")): d for step, d in enumerate(noise)})
+        captures = {}
+        for step, (x, t) in enumerate(noise):
+            captures[(0, (step, "cond"))] = (x, t)
+            captures[(0, (step, "uncond"))] = (x + 1e-3 * torch.randn(x.shape, generator=g, dtype=x.dtype),
+                                               t + 1e-3 * torch.randn(t.shape, generator=g, dtype=t.dtype))
+        by_capture = [stats(x, t) for x, t in captures.values()]
+        assert (choose_ridge(*map(list, zip(*by_capture))) <= 1e-2).all()  # what leaving one branch out picks
+        calib = _calibration_with(captures)
         calib.sla_proj(0.9, 0)
         assert (calib.sla_ridge[(0.9, 0)] >= 1.0).all()
+    calib = _calibration_with({(0, (5, "cond")): noise[0]})
+    assert float(calib.sla_proj(0.9, 0).abs().max()) == 0.0
     data = folds(2, 16, [30, 30, 30, 30], 0.3, seed=7)
     keys = [(prompt, (step, "cond")) for prompt in (0, 1) for step in (2, 5)]
     calib = _calibration_with(dict(zip(keys, data)))
