@@ -208,9 +208,9 @@ def test_dropped_captions_are_the_empty_embedding(tmp_path, empty_len):
     assert torch.equal(out["text_embeds"][drop], expected.expand(int(drop.sum()), 6, 5))
     assert torch.equal(out["text_mask"][drop], expected_mask.expand(int(drop.sum()), 6))
     # built once per length, dtype and device: no host-to-device copy (a wait for the GPU) at every step
-    again = dropout.empty_embedding(6, 5, batch["text_embeds"])
-    assert all(a is b for a, b in zip(again, dropout.empty_embedding(6, 5, batch["text_embeds"])))
-    half = dropout.empty_embedding(6, 5, batch["text_embeds"].half())[0]
+    again = dropout.empty.embedding(6, 5, batch["text_embeds"])
+    assert all(a is b for a, b in zip(again, dropout.empty.embedding(6, 5, batch["text_embeds"])))
+    half = dropout.empty.embedding(6, 5, batch["text_embeds"].half())[0]
     assert half.dtype == torch.float16 and torch.equal(half.float(), expected.half().float())
 
 

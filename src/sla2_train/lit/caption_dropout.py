@@ -21,31 +21,29 @@ from safetensors.torch import load_file
 from sla2_train.models import ConfigError
 
 
-class CaptionDropout:
-    def __init__(self, rate: float = 0.1, empty: str | None = None):
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"stage.caption_dropout.rate must be in [0, 1], got {rate}")
-        self.rate = rate
-        self.empty = None if empty is None else self._read(empty)
+class EmptyPrompt:
+    """The empty prompt's text embedding (module docstring: `path` None is no caption at all), padded or cut to a
+    batch's text length. `key` is the config key `path` came from, for errors."""
+
+    def __init__(self, path: str | None, key: str):
+        self.key = key
+        self.embeds = None if path is None else self._read(path)
         # The padded embedding per (length, dim, dtype, device): copying it from host memory at every step made
         # every step wait for the GPU (a pageable host-to-device copy synchronises the stream).
         self._padded: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    @staticmethod
-    def _read(path: str) -> torch.Tensor:
+    def _read(self, path: str) -> torch.Tensor:
         file = Path(path).expanduser()
         if not file.is_file():
-            raise ConfigError(f"stage.caption_dropout.empty: no file at {str(file)!r}")
+            raise ConfigError(f"{self.key}: no file at {str(file)!r}")
         tensors = load_file(file)
         if "text_embeds" not in tensors or tensors["text_embeds"].dim() != 2:
-            raise ConfigError(
-                f"stage.caption_dropout.empty: {str(file)!r} needs a tensor 'text_embeds' [L, text_dim]"
-            )
+            raise ConfigError(f"{self.key}: {str(file)!r} needs a tensor 'text_embeds' [L, text_dim]")
         return tensors["text_embeds"]
 
-    def empty_embedding(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding [length, dim], mask [length]) of the empty prompt, padded or cut to the batch's length;
-        built once per length, dtype and device, and shared by every call: read only."""
+    def embedding(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding [length, dim], mask [length]), built once per length, dtype and device and shared by every
+        call: read only."""
         key = (length, dim, like.dtype, like.device)
         if key not in self._padded:
             self._padded[key] = self._pad(length, dim, like)
@@ -54,15 +52,21 @@ class CaptionDropout:
     def _pad(self, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         text = torch.zeros(length, dim, dtype=like.dtype, device=like.device)
         mask = torch.zeros(length, dtype=torch.bool, device=like.device)
-        if self.empty is not None:
-            if self.empty.shape[1] != dim:
-                raise ConfigError(
-                    f"stage.caption_dropout.empty has text_dim {self.empty.shape[1]}, the data has {dim}"
-                )
-            n = min(length, self.empty.shape[0])
-            text[:n] = self.empty[:n].to(text)
+        if self.embeds is not None:
+            if self.embeds.shape[1] != dim:
+                raise ConfigError(f"{self.key} has text_dim {self.embeds.shape[1]}, the data has {dim}")
+            n = min(length, self.embeds.shape[0])
+            text[:n] = self.embeds[:n].to(text)
             mask[:n] = True
         return text, mask
+
+
+class CaptionDropout:
+    def __init__(self, rate: float = 0.1, empty: str | None = None):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"stage.caption_dropout.rate must be in [0, 1], got {rate}")
+        self.rate = rate
+        self.empty = EmptyPrompt(empty, "stage.caption_dropout.empty")
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of `batch` whose dropped samples (each with probability `rate`, from torch's RNG) carry the
@@ -72,7 +76,7 @@ class CaptionDropout:
         drop = torch.rand(b, device=text.device) < self.rate
         mask = batch.get("text_mask")
         mask = torch.ones(b, length, dtype=torch.bool, device=text.device) if mask is None else mask
-        empty_text, empty_mask = self.empty_embedding(length, dim, text)
+        empty_text, empty_mask = self.empty.embedding(length, dim, text)
         out = dict(batch)
         out["text_embeds"] = torch.where(drop[:, None, None], empty_text, text)
         out["text_mask"] = torch.where(drop[:, None], empty_mask, mask)

@@ -7,7 +7,7 @@ LightningModule: it is never saved in checkpoints, never wrapped by DDP/FSDP, an
 first use. Its memory is one more copy of the DiT's weights (bf16-mixed keeps them in float32).
 
 `guided_weight` > 0 also matches the guided velocity sampling steps with, u + g·(c − u), of student and teacher
-(c on the caption, u on the empty prompt `empty`, as CaptionDropout reads it; g = `guidance_scale`): guidance
+(c on the caption, u on the empty prompt `empty`, read as caption dropout reads it; g = `guidance_scale`): guidance
 multiplies the difference of the two calls by g, so an error that is small in each call can be large in what
 the sampler uses, and the caption's part of the velocity lives in that difference. Costs one more student and
 two teacher calls a step.
@@ -16,14 +16,13 @@ two teacher calls a step.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from sla2_train.models import ConfigError, dense_attention
+from sla2_train.models import dense_attention
 
-from .caption_dropout import CaptionDropout
+from .caption_dropout import EmptyPrompt
 
 
 class DenseTeacher:
@@ -32,11 +31,8 @@ class DenseTeacher:
         if weight < 0 or guided_weight < 0:
             raise ValueError(f"stage.objective.teacher: weight and guided_weight must be >= 0, got {weight} and "
                              f"{guided_weight}")
-        if empty is not None and not Path(empty).expanduser().is_file():
-            raise ConfigError(f"stage.objective.teacher.empty: no file at {str(empty)!r} (the empty prompt's "
-                              "embedding, a .safetensors with 'text_embeds')")
         self.weight, self.guided_weight, self.guidance_scale = weight, guided_weight, guidance_scale
-        self.empty = CaptionDropout(rate=1.0, empty=empty) if guided_weight > 0 else None
+        self.empty = EmptyPrompt(empty, "stage.objective.teacher.empty") if guided_weight > 0 else None
         self.model: nn.Module | None = None
 
     @property
@@ -47,7 +43,7 @@ class DenseTeacher:
         """The empty prompt's embedding in place of every caption of `text` [B, L, D], zeroed past its length as
         latents_and_text zeroes a caption."""
         b, length, dim = text.shape
-        embedding, mask = self.empty.empty_embedding(length, dim, text)
+        embedding, mask = self.empty.embedding(length, dim, text)
         return (embedding * mask[:, None].to(embedding.dtype)).expand(b, length, dim)
 
     def guided(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
