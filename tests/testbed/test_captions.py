@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sla2_train.testbed import BACKGROUNDS, SPEEDS, VOCABULARY, ObjectClaim, caption, parse_caption, sample_scene
-from sla2_train.testbed.captions import SPEED_WORDS, TEXTURE_WORDS
+from sla2_train.testbed.captions import SPEED_WORDS, TEXTURE_WORDS, parse_camera
 
 
 def _claims(scene):
@@ -22,7 +22,7 @@ def test_parse_inverts_caption_and_words_are_in_the_vocabulary():
             assert parse_caption(text) == _claims(scene)
             assert set(text.split(" ")) <= set(VOCABULARY), text
             assert f"{TEXTURE_WORDS[scene.background]} background" in text
-            assert (f"pans {scene.pan}" if scene.pan else "stays still") in text
+            assert parse_camera(text) == (f"pans {scene.pan}" if scene.pan else "stays still")
             for o in scene.objects:
                 assert f"{o.colour} {o.shape} moves {o.direction} {SPEED_WORDS[o.speed]}" in text
 
@@ -44,3 +44,9 @@ def test_parse_is_robust_to_free_text():
         [ObjectClaim("blue", "triangle", None)]
     assert parse_caption("a red sky, the camera pans right") == []
     assert parse_caption("") == []
+
+
+def test_a_caption_without_a_camera_phrase_has_none():
+    assert parse_camera("a red square moves up slowly") is None
+    assert parse_camera("The Camera pans left.") == "pans left"
+    assert parse_camera("the camera pans sideways") is None

@@ -14,29 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from sla2_train.evaluation.compare import CompareError, load_report, pick_row
 
-from .captions import parse_caption
+from .captions import parse_camera, parse_caption
 
 GROUPS = ("colour", "shape", "direction", "speed", "objects", "camera")
 METRIC = "prompt_following"
-
-
-def _camera(prompt: str) -> str:
-    found = re.search(r"camera (stays still|pans \w+)", prompt)
-    return found.group(1) if found else "?"
 
 
 def objects_of(video: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     """(one item per captioned object: its claim, the caption's object count and camera, right and present;
     whether the outcome is the object's own, from the report's details)."""
     claims = parse_caption(video["prompt"])
-    common = {"objects": len(claims), "camera": _camera(video["prompt"])}
+    common = {"objects": len(claims), "camera": parse_camera(video["prompt"]) or "?"}
     details = video.get("details", {}).get(METRIC)
     if details is not None:
         return [{**common, "colour": o["colour"], "shape": o["shape"], "direction": o["direction"],

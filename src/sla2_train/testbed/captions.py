@@ -35,12 +35,15 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+STILL = "stays still"  # the camera phrase of a scene without a pan
+
+
 def caption(scene: SceneSpec) -> str:
     """e.g. "a red circle moves left quickly and an orange square moves up slowly over a grey striped background
     while the camera pans right"."""
     objects = " and ".join(f"{_article(o.colour)} {o.colour} {o.shape} moves {o.direction} {SPEED_WORDS[o.speed]}"
                            for o in scene.objects)
-    camera = f"pans {scene.pan}" if scene.pan else "stays still"
+    camera = f"pans {scene.pan}" if scene.pan else STILL
     bg = f"{_article(scene.background_colour)} {scene.background_colour} {TEXTURE_WORDS[scene.background]} background"
     return f"{objects} over {bg} while the camera {camera}"
 
@@ -72,3 +75,14 @@ def parse_caption(text: str) -> list[ObjectClaim]:
     if current:
         claims.append(ObjectClaim(**current))
     return claims
+
+
+def parse_camera(text: str) -> str | None:
+    """The caption's camera phrase ("stays still", "pans DIRECTION"), None where it states none."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if "camera" not in words:
+        return None
+    after = words[words.index("camera") + 1:][:2]
+    if " ".join(after) == STILL:
+        return STILL
+    return f"pans {after[1]}" if len(after) == 2 and after[0] == "pans" and after[1] in DIRECTIONS else None
