@@ -21,6 +21,10 @@
 # TRAINER (gpu) and DEVICE (cuda);
 # TABLE_ARGS and EVAL_ARGS (more overrides for the table and for eval.py); REFIT_ALPHA=1 adds a stage 2 per
 # sparsity whose α is fitted again after its last step (row `qat_alpha_refit`, and videos at EVAL_SPARSITIES);
+# REFIT_ROUTER=1 runs stage 1 again at the last sparsity on stage 2's transformer (run stage2-router: init_from
+# stage 2's checkpoint, router and α trained against that transformer's full attention, α fitted after the last
+# step; row `qat_router_refit`, videos paired with stage 2's): stage 2 moves the queries and keys a learned router
+# was fitted to, where the heuristic router pools whatever they have become;
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
 # EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
@@ -67,6 +71,7 @@ EVAL_PROMPTS=${EVAL_PROMPTS:-32}
 PARALLEL=${PARALLEL:-1}
 EVAL_PARALLEL=${EVAL_PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
+REFIT_ROUTER=${REFIT_ROUTER:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
 EVAL_SEED=${EVAL_SEED:-2}
@@ -163,6 +168,12 @@ done
 train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attention_mode.quant=false \
   init_from="$(ckpt "stage1-$LAST")"
 drain
+# stage 1 again on stage 2's transformer (REFIT_ROUTER)
+if [ "$REFIT_ROUTER" != 0 ]; then
+  train "stage2-router-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \
+    init_from="$(ckpt "stage2-$LAST")" "${STAGE1_ARGS[@]}"
+  drain
+fi
 
 join() { local IFS=,; echo "$*"; }
 # `fresh MARKER COMMAND...`: true when MARKER records this very command and no checkpoint is newer than it, so
@@ -171,17 +182,18 @@ fresh() {
   local marker=$1; shift
   [ -f "$marker" ] && [ "$(cat "$marker")" = "$*" ] && [ -z "$(find "$WORK/runs" -name last.ckpt -newer "$marker" -print -quit)" ]
 }
-S1=(); S2=(); R=(); REFIT_ROW=()
+S1=(); S2=(); R=(); REFIT_ROW=(); ROUTER_ROW=()
 for s in "${SPARSITIES[@]}"; do S1+=("$(ckpt "stage1-$s")"); S2+=("$(ckpt "stage2-$s")"); done
 if [ "$REFIT_ALPHA" != 0 ]; then
   for s in "${SPARSITIES[@]}"; do R+=("$(ckpt "stage2-refit-$s")"); done
   REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
 fi
+[ "$REFIT_ROUTER" = 0 ] || ROUTER_ROW=("+stage2_variants.qat_router_refit=[$(ckpt "stage2-router-$LAST")]")
 TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt"
        calib_count=2 "$LATENTS" "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE"
        out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
        "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]"
-       "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${TABLE_ARGS[@]}")
+       "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${ROUTER_ROW[@]}" "${TABLE_ARGS[@]}")
 # The table and the videos run EVAL_PARALLEL at a time (1: one after the other, each video run's timing its own)
 if fresh "$WORK/logs/table.done" "${TABLE[@]}"; then
   log "attention table: kept (made by the same command after the last checkpoint)"
@@ -198,6 +210,7 @@ show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/ta
 VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-heuristic-$LAST $LAST -"
             "stage2-bf16-$LAST stage2-bf16-$LAST $LAST -")
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
+[ "$REFIT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-router-$LAST stage2-router-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
   [ "$s" = "$LAST" ] && continue
   VIDEO_RUNS+=("stage2-$s stage2-$s $s -")
@@ -230,9 +243,10 @@ for entry in "${VIDEO_RUNS[@]}"; do
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
-# heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, and (EVAL_STAGE1) each stage 2
-# against the stage 1 it started from, the learned router's stage 1 against the heuristic's, and the oracle's
-# blocks against the learned router's. Each run's newest report is the one this command made or kept.
+# heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
+# 2's router, and (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1
+# against the heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the
+# one this command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
 paired() {
   local out="$WORK/compare-$1-vs-$2"
@@ -243,6 +257,7 @@ paired() {
 paired "stage2-$LAST" "stage2-heuristic-$LAST"
 paired "stage2-$LAST" "stage2-bf16-$LAST"
 [ "$REFIT_ALPHA" = 0 ] || paired "stage2-refit-$LAST" "stage2-$LAST"
+[ "$REFIT_ROUTER" = 0 ] || paired "stage2-router-$LAST" "stage2-$LAST"
 if [ "$EVAL_STAGE1" != 0 ]; then
   for s in "${EVAL_SPARSITIES[@]}"; do paired "stage2-$s" "stage1-$s"; done
   paired "stage1-$LAST" "stage1-heuristic-$LAST"
