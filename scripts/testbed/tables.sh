@@ -193,7 +193,8 @@ TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" p
        calib_count=2 "$LATENTS" "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE"
        out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
        "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]"
-       "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${ROUTER_ROW[@]}" "${TABLE_ARGS[@]}")
+       "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${ROUTER_ROW[@]}"
+       "${TABLE_ARGS[@]}")
 # The table and the videos run EVAL_PARALLEL at a time (1: one after the other, each video run's timing its own)
 if fresh "$WORK/logs/table.done" "${TABLE[@]}"; then
   log "attention table: kept (made by the same command after the last checkpoint)"
