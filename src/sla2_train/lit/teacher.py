@@ -40,11 +40,10 @@ class DenseTeacher:
         return self.weight > 0 or self.guided_weight > 0
 
     def empty_text(self, text: torch.Tensor) -> torch.Tensor:
-        """The empty prompt's embedding in place of every caption of `text` [B, L, D], zeroed past its length as
-        latents_and_text zeroes a caption."""
+        """The empty prompt's embedding in place of every caption of `text` [B, L, D]: EmptyPrompt pads it with
+        zeros past its length, as latents_and_text zeroes a caption, so its mask has nothing left to zero."""
         b, length, dim = text.shape
-        embedding, mask = self.empty.embedding(length, dim, text)
-        return (embedding * mask[:, None].to(embedding.dtype)).expand(b, length, dim)
+        return self.empty.embedding(length, dim, text)[0].expand(b, length, dim)
 
     def guided(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         return uncond + self.guidance_scale * (cond - uncond)
