@@ -127,6 +127,60 @@ def test_results_are_never_overwritten(eval_main, tmp_path):
     assert second.name == first.name + "-1" and other.name != first.name
 
 
+def _only_folder(root: Path) -> Path:
+    (folder,) = [p for p in (root / "eval").glob("*/*") if p.is_dir()]
+    return folder
+
+
+def test_a_stopped_run_continues_where_it_stopped(eval_main, tmp_path, monkeypatch):
+    """Stopped in its second prompt, the same command samples the second and third prompts only, in the same
+    folder, and reports what an uninterrupted run reports (timings aside); a line torn by the stop is dropped."""
+    from sla2_train.evaluation import evaluate
+
+    common = ("attention.sparsity=0.9", "quant=[false,true]", "max_prompts=3")
+    whole, _ = run_eval(eval_main, tmp_path / "whole", *common)
+    generate, calls = evaluate._generate, []
+
+    def counted(*args, stop_at=None, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return generate(*args, **kwargs)
+
+    # a unit is 3 videos (dense, bf16, low-bit): stop at the second unit's SLA2 video
+    monkeypatch.setattr(evaluate, "_generate", lambda *a, **k: counted(*a, stop_at=5, **k))
+    with pytest.raises(KeyboardInterrupt):
+        eval_main(compose_eval(tmp_path / "cut", *common))
+    folder = _only_folder(tmp_path / "cut")
+    progress = folder / "progress.jsonl"
+    assert not (folder / "eval.json").exists() and len(progress.read_text().splitlines()) == 1
+    with progress.open("a") as f:
+        f.write('{"prompt_index": 1, "seed": 0, "rec')
+
+    calls.clear()
+    monkeypatch.setattr(evaluate, "_generate", counted)
+    resumed, resumed_folder = run_eval(eval_main, tmp_path / "cut", *common)
+    assert resumed_folder == folder and len(calls) == 2 * 3
+    assert len(progress.read_text().splitlines()) == 3
+
+    def videos(report):
+        return [(v["row"], v["prompt_index"], v["seed"], v["video"], v["metrics"]) for v in report["videos"]]
+
+    assert videos(resumed) == videos(whole)
+    for a, b in zip(resumed["rows"], whole["rows"]):
+        assert a["name"] == b["name"] and a["metrics"] == pytest.approx(b["metrics"], rel=1e-9)
+        for key in ("rel_l1_per_layer", "rel_l1_per_step"):
+            assert a.get(key) == pytest.approx(b.get(key), rel=1e-9), key
+        assert a["attention_ms_per_forward"] > 0
+
+    # resume=false in a stopped folder samples every prompt again
+    progress.write_text(progress.read_text().splitlines()[0] + "\n")
+    (folder / "eval.json").unlink()
+    calls.clear()
+    again, again_folder = run_eval(eval_main, tmp_path / "cut", *common, "resume=false")
+    assert again_folder == folder and len(calls) == 3 * 3 and videos(again) == videos(whole)
+
+
 def test_qat_checkpoint_is_evaluated_with_the_low_bit_branch(eval_main, tmp_path):
     """A stage-2 checkpoint was trained through the low-bit forward: eval runs it the same way unless told."""
     ckpt = _qat_checkpoint(tmp_path)

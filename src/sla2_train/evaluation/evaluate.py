@@ -4,7 +4,8 @@
 any sampling); `run` generates, for every prompt and seed, the dense video (recording the per-layer attention
 error and the attention times on its trajectory, and its transformer calls for the velocity replay of
 velocity.py) and one video per SLA2 setting from the same noise, writes them as mp4, scores them, and returns
-the report that report.py writes out.
+the report that report.py writes out. Each finished prompt and seed is kept in the results folder as it goes
+(progress.py); a re-run of a stopped command takes those back and samples the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .precision import cast_keeping_fp32
 from .pipeline import (check_pipeline_folder, forwards_per_step, inference_dtype, initial_noise, load_wan_pipeline,
                        video_size)
 from .probes import AttentionProbe, quant_label
+from .progress import Progress
 from .prompts import load_prompts
 from .settings import generation_settings, results_folder
 from .speed import attention_flops, summarise_rows
@@ -141,6 +143,7 @@ def _record(ev, row: str, prompt_index: int, seed: int, video, seconds, forward_
     ev.videos.append(record)
     log.info("%-20s p%03d s%d  %.2f s  %s", row, prompt_index, seed, seconds,
              "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return record
 
 
 def row_name(quant: bool | None, sparsity: float | None = None, selection: str = "router") -> str:
@@ -202,19 +205,32 @@ def run(ev: Evaluation) -> dict[str, Any]:
                                per_step=per_step)
         if cfg.probe_velocity:
             recorder = VelocityRecorder(per_step, cfg.guidance_scale)
+    progress = Progress(ev.folder, ev.prompts, resume=cfg.resume)
+    units = len(ev.prompts) * len(ev.seeds)
+    if progress.done:
+        log.info("continuing %s: %d of %d prompt × seed units done (resume=false starts over)", ev.folder,
+                 len(progress.done), units)
     for pi, prompt in enumerate(ev.prompts):
         for seed in ev.seeds:
+            kept = progress.resumed(pi, seed)
+            if kept is not None:
+                ev.videos.extend(kept["records"])
+                if probe is not None:
+                    probe.add(kept["probe"])
+                continue
+            before = probe.snapshot() if probe is not None else None
             noise = initial_noise(ev.cfg.model.latent_shape, seed, ev.cfg.device)
             dense = _dense_video(ev, prompt, noise, probe, recorder)
-            _record(ev, "dense", pi, seed, *dense, reference=None)
+            records = [_record(ev, "dense", pi, seed, *dense, reference=None)]
             for quant in ev.quant_modes:
                 set_attention_mode(model, quant=quant)
                 # the dense trajectory's calls through this SLA2 setting (and, with dense_weights=base, the
                 # checkpoint's transformer: the dense context has put it back)
                 velocity = recorder.replay(model) if recorder is not None else None
                 sparse = _generate(ev, prompt, noise, None)
-                _record(ev, row_name(quant, sparsity, selection), pi, seed, *sparse, reference=dense[0],
-                        velocity=velocity)
+                records.append(_record(ev, row_name(quant, sparsity, selection), pi, seed, *sparse,
+                                       reference=dense[0], velocity=velocity))
+            progress.add(pi, seed, records, probe.added_since(before) if probe is not None else None)
     rows = summarise_rows(ev.videos)
     add_paired(rows, ev.videos)
     flops = attention_flops(model, cfg.model.latent_shape, forwards)

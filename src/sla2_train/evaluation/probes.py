@@ -28,9 +28,10 @@ class AttentionProbe:
     """A forward hook for the transformer run inside dense_capture.
 
     After every forward: each layer's rel-L1 of SLA2 (once per low-bit setting in `quant_modes`) against full
-    attention, also summed per sampling step (`steps` of `per_step` calls each, the same in every video). After
-    forward number `time_at`: each setting's attention time summed over the layers (dense SDPA under the key
-    "dense"). `seconds` is the probe's own time, taken off the dense video's.
+    attention, also summed per sampling step (`steps` of `per_step` calls each, the same in every video). At
+    forward `time_at` of the first video it measures: each setting's attention time summed over the layers (dense
+    SDPA under the key "dense"). `seconds` is the probe's own time, taken off the dense video's. `snapshot`,
+    `added_since` and `add` carry a finished unit's share of the sums across processes (progress.py).
     """
 
     def __init__(self, model, procs, quant_modes: Sequence[bool], device, time_at: int | None, repeats: int = 3,
@@ -62,7 +63,8 @@ class AttentionProbe:
             errors = [float(relative_l1(p.attention(*p.captured, layout="bnhd"), f)) for p, f in zip(self.procs, full)]
             self.error_sums[quant] += torch.tensor(errors, dtype=torch.float64)
             self.step_sums[quant][self._step()] += sum(errors) / len(errors)
-        if self.forwards == self.time_at:
+        # Timed once, in a video's middle forward: the first video's, or a resumed run's first sampled one's.
+        if not self.attention_ms and self.forwards % (self.steps * self.per_step) == self.time_at:
             self.attention_ms["dense"] = sum(
                 time_ms(lambda p=p: full_attention(*p.captured), self.device, self.repeats) for p in self.procs)
             for quant in self.quant_modes:
@@ -70,6 +72,26 @@ class AttentionProbe:
                 self.attention_ms[quant_label(quant)] = sum(
                     time_ms(lambda p=p: p.attention(*p.captured, layout="bnhd"), self.device, self.repeats)
                     for p in self.procs)
+
+    def snapshot(self) -> dict:
+        return {"errors": {q: t.clone() for q, t in self.error_sums.items()},
+                "steps": {q: t.clone() for q, t in self.step_sums.items()}, "forwards": self.forwards}
+
+    def added_since(self, snapshot: dict) -> dict:
+        """What the forwards since `snapshot` added, as JSON (progress.py keeps it per finished unit)."""
+        return {"forwards": self.forwards - snapshot["forwards"],
+                "errors": {quant_label(q): (t - snapshot["errors"][q]).tolist() for q, t in self.error_sums.items()},
+                "steps": {quant_label(q): (t - snapshot["steps"][q]).tolist() for q, t in self.step_sums.items()},
+                "attention_ms": dict(self.attention_ms), "shape": self.shape}
+
+    def add(self, added: dict) -> None:
+        """Take in a unit measured by an earlier process (`added_since`'s output)."""
+        for q in self.quant_modes:
+            self.error_sums[q] += torch.tensor(added["errors"][quant_label(q)], dtype=torch.float64)
+            self.step_sums[q] += torch.tensor(added["steps"][quant_label(q)], dtype=torch.float64)
+        self.forwards += added["forwards"]
+        self.attention_ms = self.attention_ms or dict(added["attention_ms"])
+        self.shape = self.shape or (tuple(added["shape"]) if added["shape"] else None)
 
     def _step(self) -> int:
         return (self.forwards // self.per_step) % self.steps
