@@ -25,6 +25,10 @@
 # stage 2's checkpoint, router and α trained against that transformer's full attention, α fitted after the last
 # step; row `qat_router_refit`, videos paired with stage 2's): stage 2 moves the queries and keys a learned router
 # was fitted to, where the heuristic router pools whatever they have become;
+# JOINT_ROUTER=1 adds a stage 2 at the last sparsity that trains the router too (run stage2-joint, stage=qat_router
+# from stage 1, with STAGE2_ARGS and then JOINT_ARGS, by default stage.objective.router.distillation.query_blocks=16:
+# the query rows a step of stage 1 with STAGE1_ARGS=stage.objective.query_blocks=32 at its batch of 4; row
+# `qat_joint_router`, videos paired with stage 2's and the heuristic router's);
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
 # EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
@@ -72,6 +76,7 @@ PARALLEL=${PARALLEL:-1}
 EVAL_PARALLEL=${EVAL_PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
 REFIT_ROUTER=${REFIT_ROUTER:-0}
+JOINT_ROUTER=${JOINT_ROUTER:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
 EVAL_SEED=${EVAL_SEED:-2}
@@ -83,6 +88,7 @@ read -r -a TABLE_ARGS <<< "${TABLE_ARGS:-}"
 read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
 read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
 read -r -a STAGE2_ARGS <<< "${STAGE2_ARGS:-}"
+read -r -a JOINT_ARGS <<< "${JOINT_ARGS:-stage.objective.router.distillation.query_blocks=16}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
 read -r -a EVAL_SPARSITIES <<< "${EVAL_SPARSITIES:-$LAST}"
@@ -167,6 +173,9 @@ done
 # Table 2: stage 2 as a bf16 fine-tune of the same stage 1 (measured with the low-bit sparse branch)
 train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attention_mode.quant=false \
   init_from="$(ckpt "stage1-$LAST")"
+# stage 2 with the router trained too (JOINT_ROUTER)
+[ "$JOINT_ROUTER" = 0 ] || train "stage2-joint-$LAST" stage=qat_router data.batch_size=8 "${STAGE2_ARGS[@]}" \
+  attention.sparsity="$LAST" init_from="$(ckpt "stage1-$LAST")" "${JOINT_ARGS[@]}"
 drain
 # stage 1 again on stage 2's transformer (REFIT_ROUTER)
 if [ "$REFIT_ROUTER" != 0 ]; then
@@ -189,6 +198,7 @@ if [ "$REFIT_ALPHA" != 0 ]; then
   REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
 fi
 [ "$REFIT_ROUTER" = 0 ] || ROUTER_ROW=("+stage2_variants.qat_router_refit=[$(ckpt "stage2-router-$LAST")]")
+[ "$JOINT_ROUTER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_joint_router=[$(ckpt "stage2-joint-$LAST")]")
 TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt"
        calib_count=2 "$LATENTS" "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE"
        out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
@@ -212,6 +222,7 @@ VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-h
             "stage2-bf16-$LAST stage2-bf16-$LAST $LAST -")
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
 [ "$REFIT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-router-$LAST stage2-router-$LAST $LAST -")
+[ "$JOINT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-joint-$LAST stage2-joint-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
   [ "$s" = "$LAST" ] && continue
   VIDEO_RUNS+=("stage2-$s stage2-$s $s -")
@@ -245,7 +256,7 @@ for entry in "${VIDEO_RUNS[@]}"; do
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
-# 2's router, and (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1
+# 2's router, the jointly trained router against stage 2's and the heuristic's, and (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1
 # against the heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the
 # one this command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
@@ -259,6 +270,10 @@ paired "stage2-$LAST" "stage2-heuristic-$LAST"
 paired "stage2-$LAST" "stage2-bf16-$LAST"
 [ "$REFIT_ALPHA" = 0 ] || paired "stage2-refit-$LAST" "stage2-$LAST"
 [ "$REFIT_ROUTER" = 0 ] || paired "stage2-router-$LAST" "stage2-$LAST"
+if [ "$JOINT_ROUTER" != 0 ]; then
+  paired "stage2-joint-$LAST" "stage2-$LAST"
+  paired "stage2-joint-$LAST" "stage2-heuristic-$LAST"
+fi
 if [ "$EVAL_STAGE1" != 0 ]; then
   for s in "${EVAL_SPARSITIES[@]}"; do paired "stage2-$s" "stage1-$s"; done
   paired "stage1-$LAST" "stage1-heuristic-$LAST"

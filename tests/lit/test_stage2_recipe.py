@@ -1,5 +1,5 @@
 """Stage 2's recipe parts each do what they claim: LR schedule, gradient accumulation, EMA, caption dropout,
-dense teacher."""
+dense teacher, the router trained during stage 2."""
 
 import copy
 import math
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from sla2_train.export.checkpoint_format import read_training_checkpoint
 from sla2_train.lit.batch import latents_and_text
 from sla2_train.lit.caption_dropout import CaptionDropout
+from sla2_train.lit.param_groups import parameter_groups
 from sla2_train.lit.schedules import WarmupConstant, WarmupCosine
 
 COSINE = ("stage.scheduler={_target_:torch.optim.lr_scheduler.LambdaLR,_partial_:true,"
@@ -322,3 +323,44 @@ def test_ema_warmup_forgets_the_random_start():
     share = lambda ema: 1 - (ema.shadow["weight"] - theta0).mean().item() / 75.0  # noqa: E731 (75: the mean target)
     assert share(warm) == pytest.approx(0.0, abs=0.02)
     assert share(plain) == pytest.approx(0.999 ** 690, abs=0.02)
+
+
+# ---- router trained during stage 2 ------------------------------------------------------------------------
+def _grads(module, objective, batch, seed):
+    module.model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss, logs = objective(module.model, batch, module.flow)
+    loss.backward()
+    groups = parameter_groups(module.model)
+    return logs, {name: [None if p.grad is None else p.grad.clone() for p in params] for name, params in groups.items()}
+
+
+def test_the_router_term_trains_the_router_alone(build_module, make_batch):
+    """stage=qat_router: the flow-matching loss reaches the DiT and α exactly as in stage=qat (the term's forward is
+    dense and untracked, α is held out of it), and the router, which hard Top-k gives no gradient, gets the
+    term's: stage 1's loss on the DiT as it is."""
+    module, cfg = build_module("stage=qat_router")
+    assert module.stage.train == ["dit", "alpha", "router"]
+    batch, joint = make_batch(cfg), module.stage.objective
+    plain = copy.copy(joint)
+    plain.router = None
+    logs, with_term = _grads(module, joint, batch, seed=3)
+    plain_logs, without = _grads(module, plain, batch, seed=3)
+    assert logs["flow/router_distill"] > 0 and "flow/router_distill" not in plain_logs
+    torch.testing.assert_close(logs["flow/mse"], plain_logs["flow/mse"])
+    for name in ("dit", "alpha"):
+        for a, b in zip(with_term[name], without[name]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(g is None or not g.any() for g in without["router"])
+    assert all(g is not None and torch.isfinite(g).all() for g in with_term["router"])
+    assert sum(float(g.abs().sum()) for g in with_term["router"]) > 0
+    assert all(p.requires_grad for p in parameter_groups(module.model)["alpha"])  # restored after the term
+
+
+def test_the_router_term_needs_the_router_in_stage_train(build_module):
+    # (instantiate wraps the errors; train.py prints them as one line, tests/test_cli_errors.py)
+    with pytest.raises(Exception, match=r"stage.objective.router trains the router during stage 2, but "
+                                          r"stage.train=\['dit', 'alpha'\] leaves it frozen"):
+        build_module("stage=qat_router", "stage.train=[dit,alpha]", "~stage.group_lr.router")
+    with pytest.raises(Exception, match="stage.objective.router.weight must be > 0"):
+        build_module("stage=qat_router", "stage.objective.router.weight=0")

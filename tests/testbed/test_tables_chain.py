@@ -1,7 +1,8 @@
 """scripts/testbed/tables.sh end to end on a CPU at a small size (docs/testbed.md): every training run of the
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
-breakdowns by object, and stage 1 run again on stage 2's transformer (REFIT_ROUTER); then a sparsity to film that
+breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER) and a stage 2 that trains the
+router too (JOINT_ROUTER); then a sparsity to film that
 the chain does not train, and an unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out:
 two more trainings and videos of the same kind, a minute of CI.)"""
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
-    "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "1", "EVAL_PARALLEL": "1",
+    "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "1", "EVAL_PARALLEL": "1",
     "WORKERS": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
@@ -43,7 +44,7 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     steps = {}
     for ckpt in work.glob("runs/*/*/checkpoints/last.ckpt"):
         steps[ckpt.parts[-4]] = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
-    stage2 = ["stage2-0.5", "stage2-0.75", "stage2-heuristic-0.75", "stage2-bf16-0.75"]
+    stage2 = ["stage2-0.5", "stage2-0.75", "stage2-heuristic-0.75", "stage2-bf16-0.75", "stage2-joint-0.75"]
     assert steps == {"stage1-0.5": 1, "stage1-0.75": 1, "stage1-heuristic-0.75": 1,  # STAGE2_ARGS: stage 2 only
                      "stage2-router-0.75": 1, **{run: 2 for run in stage2}}
     # REFIT_ROUTER: stage 1 on stage 2's transformer keeps that transformer and trains the router further
@@ -52,6 +53,11 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     assert refit.keys() == qat.keys()
     assert all(torch.equal(refit[k], qat[k]) for k in qat if ".router." not in k and ".alpha" not in k)
     assert any(not torch.equal(refit[k], qat[k]) for k in qat if ".router.proj_" in k)
+    # JOINT_ROUTER: stage 2 from stage 1 that moves the router as well as the DiT
+    joint, stage1 = (torch.load(next(work.glob(f"runs/{run}/*/checkpoints/last.ckpt")), map_location="cpu",
+                                weights_only=True)["state_dict"] for run in ("stage2-joint-0.75", "stage1-0.75"))
+    for part in (".router.proj_", ".to_q."):
+        assert any(not torch.equal(joint[k], stage1[k]) for k in stage1 if part in k), part
     heuristic = torch.load(next(work.glob("runs/stage1-heuristic-0.75/*/checkpoints/last.ckpt")), map_location="cpu",
                            weights_only=True)["state_dict"]
     eye = torch.eye(heuristic["model.blocks.0.attn1.processor.attention.router.proj_q"].shape[-1])
@@ -63,7 +69,7 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         for method in ("sparse_heuristic", "sla", "sla2_untrained", "sla2_stage1", "sla2_stage2", "bestmass"):
             assert (s, method) in measured
     assert {(0.75, "sla2_stage2:heuristic_router_qat"), (0.75, "sla2_stage2:bf16_finetune"),
-            (0.75, "sla2_stage2:qat_router_refit")} <= measured
+            (0.75, "sla2_stage2:qat_router_refit"), (0.75, "sla2_stage2:qat_joint_router")} <= measured
     for row in table["rows"]:
         if row["mean"] is not None:  # the breakdown covers the two measured steps, both guidance branches
             assert {(e["step"], e["branch"]) for e in row["by_step_and_branch"]} == {
@@ -85,12 +91,14 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         "stage2-heuristic-0.75": (0.75, "router", "stage2-heuristic-0.75"),
         "stage2-bf16-0.75": (0.75, "router", "stage2-bf16-0.75"), "stage2-0.5": (0.5, "router", "stage2-0.5"),
         "stage2-router-0.75": (0.75, "router", "stage2-router-0.75"),
+        "stage2-joint-0.75": (0.75, "router", "stage2-joint-0.75"),
         "stage1-0.5": (0.5, "router", "stage1-0.5"), "stage1-0.75": (0.75, "router", "stage1-0.75"),
         "stage1-heuristic-0.75": (0.75, "router", "stage1-heuristic-0.75"),
         "stage1-bestmass-0.75": (0.75, "bestmass", "stage1-0.75")}
 
     for a, b in (("stage2-0.75", "stage2-heuristic-0.75"), ("stage2-0.75", "stage2-bf16-0.75"),
-                 ("stage2-router-0.75", "stage2-0.75"),
+                 ("stage2-router-0.75", "stage2-0.75"), ("stage2-joint-0.75", "stage2-0.75"),
+                 ("stage2-joint-0.75", "stage2-heuristic-0.75"),
                  ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5"),
                  ("stage1-0.75", "stage1-heuristic-0.75"), ("stage1-bestmass-0.75", "stage1-0.75")):
         compared = json.loads((work / f"compare-{a}-vs-{b}.json").read_text())

@@ -22,6 +22,7 @@ from sla2_train.models import ConfigError, dense_capture, sla2_processors
 from sla2_train.models.compilation import compiled_backend
 
 from .batch import latents_and_text
+from .router_term import RouterDistillation
 from .teacher import DenseTeacher
 
 
@@ -43,11 +44,12 @@ class AttentionDistillation:
         self.chunk_blocks = chunk_blocks
         self.loss = loss
 
-    def check(self, model: nn.Module) -> None:
+    def check(self, model: nn.Module, train: list[str] = ()) -> None:
         variants = {p.attention.variant for p in sla2_processors(model)}
         if variants != {"sla2"}:
             got = sorted(variants) or ["full (dense model)"]
-            raise ConfigError(f"stage=distill trains SLA2's router and α and needs attention=sla2; got variant {got}")
+            raise ConfigError(f"stage 1's distillation (stage=distill, stage=qat_router) trains SLA2's router and needs "
+                              f"attention=sla2; got variant {got}")
         backend = compiled_backend(model)
         if backend is not None:
             # the capture stores each layer's q, k, v on its processor from inside the block: a compiled block
@@ -93,13 +95,18 @@ class AttentionDistillation:
 
 
 class FlowMatchingLoss:
-    """teacher: None (default, the paper's stage 2) or a DenseTeacher whose velocity the student also matches."""
+    """teacher: None (default, the paper's stage 2) or a DenseTeacher whose velocity the student also matches.
+    router: None (default: the router stays as stage 1 left it) or a RouterDistillation (router_term.py) that
+    keeps training the router against the fine-tuned DiT's full attention."""
 
-    def __init__(self, teacher: DenseTeacher | None = None):
+    def __init__(self, teacher: DenseTeacher | None = None, router: RouterDistillation | None = None):
         self.teacher = teacher
+        self.router = router
 
-    def check(self, model: nn.Module) -> None:
+    def check(self, model: nn.Module, train: list[str] = ()) -> None:
         # Stage.apply calls this once, after init_from: the teacher keeps the weights the run starts from.
+        if self.router is not None:
+            self.router.check(model, train)
         if self.teacher is not None and self.teacher.used:
             self.teacher.attach(model)
 
@@ -113,6 +120,10 @@ class FlowMatchingLoss:
         pred = model(*inputs, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), flow.target(x0, noise).float())
         logs = {"flow/mse": loss.detach(), "flow/sigma_mean": sigma.mean()}
+        if self.router is not None:
+            term, term_logs = self.router(model, batch, flow)
+            loss = loss + term
+            logs.update({f"flow/{k}": v for k, v in term_logs.items()})
         teacher = self.teacher
         if teacher is None or not teacher.used:
             return loss, logs

@@ -36,7 +36,7 @@ class Stage:
 
     def apply(self, model: nn.Module) -> None:
         check = getattr(self.objective, "check", None)
-        if check is not None:  # an objective may refuse a model it cannot train, before any step runs
-            check(model)
+        if check is not None:  # an objective may refuse a model or a trained set it cannot train with, before any step
+            check(model, list(self.train))
         set_trainable(model, list(self.train))
         set_attention_mode(model, **dict(self.attention_mode))
