@@ -13,8 +13,11 @@ BATCH, STEPS = 2, 3  # one epoch: data.epoch_length = trainer.max_steps
 @pytest.mark.parametrize(
     "stage,extra",
     [("distill", ["callbacks=[default,sample_keys,throughput]", "callbacks.throughput.warmup_steps=1"]), ("qat", ["stage.allow_untrained_router=true"]),
-     ("distill", ["stage.objective.layers_per_step=1"])],
-    ids=["distill", "qat", "distill-sampled-layers"],
+     ("distill", ["stage.objective.layers_per_step=1"]),
+     # the router trained during stage 2 on one sampled layer a step: every rank's α and router still get a
+     # gradient each step (α from the flow loss alone, the other layers' routers as zeros), as DDP requires
+     ("qat_router", ["stage.objective.router.distillation.layers_per_step=1"])],
+    ids=["distill", "qat", "distill-sampled-layers", "qat_router-sampled-layers"],
 )
 def test_two_process_ddp_trains_and_checkpoints(tmp_path, torchrun_train, stage, extra):
     run = torchrun_train(tmp_path, "trainer=ddp_cpu", f"trainer.max_steps={STEPS}", f"data.epoch_length={STEPS}",
@@ -28,7 +31,7 @@ def test_two_process_ddp_trains_and_checkpoints(tmp_path, torchrun_train, stage,
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     # Rank 0 alone says what the run trains with; the lr as configured (Lightning does not scale it).
     lines = [line for line in (run.stdout + run.stderr).splitlines() if "per-rank batch" in line]
-    lr = "lr dit 1e-05, alpha 0.001" if stage == "qat" else "lr 0.001"
+    lr = {"qat": "lr dit 1e-05, alpha 0.001", "qat_router": "lr dit 1e-05, alpha 0.001, router 0.001"}.get(stage, "lr 0.001")
     assert len(lines) == 1 and f"world size 2 × per-rank batch {BATCH} × accumulation 1 = global batch {2 * BATCH}" \
         f" per optimizer step; {lr} " in lines[0], lines
 

@@ -46,7 +46,8 @@ def chain(tmp_path_factory, torchrun_train):
     at_step_2 = read_weights(stage1).weights
     assert train("distill", 3) == stage1  # the same command resumes from last.ckpt
     stage2 = train("qat", 2, f"init_from={stage1}")
-    return SimpleNamespace(tmp=tmp, stage1=stage1, stage1_at_step_2=at_step_2, stage2=stage2)
+    joint = train("qat_router", 2, f"init_from={stage1}")
+    return SimpleNamespace(tmp=tmp, stage1=stage1, stage1_at_step_2=at_step_2, stage2=stage2, joint=joint)
 
 
 def changed(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -94,6 +95,16 @@ def test_stage2_starts_from_the_stage1_shards_and_trains_dit_and_alpha(chain):
     dit = [k for k in stage2 if SLA2 not in k and stage2[k].is_floating_point()]
     moved = sum(changed(stage2[k], stage1[k]) for k in dit)
     assert moved > 0.9 * len(dit), f"only {moved} of {len(dit)} DiT tensors trained"
+
+
+def test_stage2_with_the_router_term_trains_the_router_too(chain):
+    """stage=qat_router under FSDP: α is frozen and thawed inside each step (router_term.alpha_frozen) on the
+    sharded model, and the router, the DiT and α all move."""
+    stage1, joint = read_weights(chain.stage1).weights, read_weights(chain.joint).weights
+    for part in (ROUTER, ALPHA):
+        assert any(changed(joint[k], stage1[k]) for k in joint if part in k), part
+    dit = [k for k in joint if SLA2 not in k and joint[k].is_floating_point()]
+    assert sum(changed(joint[k], stage1[k]) for k in dit) > 0.9 * len(dit)
 
 
 def test_eval_and_export_read_the_stage2_shards(chain, eval_entry, isolated_logging):
