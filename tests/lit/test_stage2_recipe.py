@@ -336,15 +336,19 @@ def _grads(module, objective, batch, seed):
 
 
 def test_the_router_term_trains_the_router_alone(build_module, make_batch):
-    """stage=qat_router: the flow-matching loss reaches the DiT and α exactly as in stage=qat (the term's forward is
-    dense and untracked, α is held out of it), and the router, which hard Top-k gives no gradient, gets the
-    term's: stage 1's loss on the DiT as it is."""
+    """stage=qat_router: the flow-matching loss reaches the DiT and α exactly as in stage=qat (the term reads the
+    forward's q, k, v detached, α is held out of it), and the router, which hard Top-k gives no gradient, gets
+    the term's: stage 1's loss on the DiT as it is, from that same forward (one transformer call a step)."""
     module, cfg = build_module("stage=qat_router")
     assert module.stage.train == ["dit", "alpha", "router"]
     batch, joint = make_batch(cfg), module.stage.objective
     plain = copy.copy(joint)
     plain.router = None
+    calls = []
+    hook = module.model.register_forward_pre_hook(lambda *_: calls.append(1))
     logs, with_term = _grads(module, joint, batch, seed=3)
+    assert len(calls) == 1
+    hook.remove()
     plain_logs, without = _grads(module, plain, batch, seed=3)
     assert logs["flow/router_distill"] > 0 and "flow/router_distill" not in plain_logs
     torch.testing.assert_close(logs["flow/mse"], plain_logs["flow/mse"])

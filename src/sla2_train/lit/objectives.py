@@ -57,7 +57,9 @@ class AttentionDistillation:
             raise ConfigError(f"stage=distill captures q, k, v inside the blocks and runs them eager; "
                               f"set model.transformer.compile=null (got {backend!r})")
 
-    def _layers(self, num_layers: int) -> list[int]:
+    def layers(self, model: nn.Module) -> list[int]:
+        """This step's layers: all, or `layers_per_step` of them drawn at random."""
+        num_layers = len(sla2_processors(model))
         if self.layers_per_step is None or self.layers_per_step >= num_layers:
             return list(range(num_layers))
         return sorted(torch.randperm(num_layers)[: self.layers_per_step].tolist())
@@ -68,10 +70,14 @@ class AttentionDistillation:
         x0, text = latents_and_text(batch)
         sigma = flow.sample_sigmas(x0.shape[0], x0.device)
         noisy = flow.noisy(x0, torch.randn_like(x0), sigma)
-        layers = self._layers(len(sla2_processors(model)))
+        layers = self.layers(model)
         with torch.no_grad(), dense_capture(model, layers) as procs:
             model(noisy, flow.timesteps(sigma), text, return_dict=False)
             captures = [(p.attention, p.captured) for p in procs]
+        return self.loss_on(model, layers, captures)
+
+    def loss_on(self, model: nn.Module, layers: list[int], captures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean per-layer loss on captured (attention, (q, k, v)) of `layers`."""
         losses, logs = [], {}
         for i, (attention, (q, k, v)) in zip(layers, captures):
             mse = attention.distill_loss(
@@ -117,11 +123,14 @@ class FlowMatchingLoss:
         noise = torch.randn_like(x0)
         sigma = flow.sample_sigmas(x0.shape[0], x0.device)
         inputs = (flow.noisy(x0, noise, sigma), flow.timesteps(sigma), text)
-        pred = model(*inputs, return_dict=False)[0]
+        term = None
+        if self.router is None:
+            pred = model(*inputs, return_dict=False)[0]
+        else:  # the same forward, its layers' q, k, v kept for the router's term
+            pred, term, term_logs = self.router(model, inputs)
         loss = F.mse_loss(pred.float(), flow.target(x0, noise).float())
         logs = {"flow/mse": loss.detach(), "flow/sigma_mean": sigma.mean()}
-        if self.router is not None:
-            term, term_logs = self.router(model, batch, flow)
+        if term is not None:
             loss = loss + term
             logs.update({f"flow/{k}": v for k, v in term_logs.items()})
         teacher = self.teacher

@@ -2,23 +2,22 @@
 
 Stage 2 fine-tunes the DiT through hard Top-k masks, which pass no gradient to the router; with the paper's
 recipe the router stays as stage 1 fitted it to the base DiT. This term keeps fitting it, every step, to the
-full attention of the DiT as the fine-tune leaves it: the DiT runs densely on the step's latents at fresh
-flow-matching timesteps (no gradient), each layer's q, k, v are captured, and stage 1's loss (SoftTop-k SLA2
-against full attention, AttentionDistillation) trains the router's projections. α is held out of the term (its
-parameters are frozen while the term is built): α mixes what the DiT is fine-tuned through, and the flow-matching
-loss alone trains it, as in the paper's stage 2. The cost is one more DiT forward a step and stage 1's loss.
+full attention of the DiT as the fine-tune leaves it, on the q, k, v that the step's own SLA2 forward gives each
+layer (captured, detached): the inputs the router meets at inference, at no extra forward. Stage 1's loss
+(SoftTop-k SLA2 against full attention on those q, k, v, AttentionDistillation.loss_on) trains the router's
+projections. α is held out of the term (its parameters are frozen while the term is built): α mixes what the DiT
+is fine-tuned through, and the flow-matching loss alone trains it, as in the paper's stage 2. The cost is stage
+1's loss on the sampled layers and query blocks, and the captured q, k, v held until it is built.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from sla2_train.diffusion import FlowMatching
-from sla2_train.models import ConfigError, sla2_processors
+from sla2_train.models import ConfigError, capture_qkv, sla2_processors
 
 
 @contextmanager
@@ -51,8 +50,13 @@ class RouterDistillation:
                               "leaves it frozen: add it, e.g. stage.train=[dit,alpha,router]")
         self.distillation.check(model)
 
-    def __call__(self, model: nn.Module, batch: Mapping[str, Any], flow: FlowMatching
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, model: nn.Module, inputs: tuple
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's prediction for `inputs` (the stage-2 forward itself) and the weighted term on its q, k, v."""
+        layers = self.distillation.layers(model)
+        with capture_qkv(model, layers, dense=False) as procs:
+            pred = model(*inputs, return_dict=False)[0]
+            captures = [(p.attention, p.captured) for p in procs]
         with alpha_frozen(model):
-            loss, logs = self.distillation(model, batch, flow)
-        return self.weight * loss, {"router_distill": loss.detach()}
+            loss, _ = self.distillation.loss_on(model, layers, captures)
+        return pred, self.weight * loss, {"router_distill": loss.detach()}

@@ -8,7 +8,7 @@ from .attention_swap import (
     sla2_processors,
     with_attention,
 )
-from .capture import dense_attention, dense_capture
+from .capture import capture_qkv, dense_attention, dense_capture
 from .errors import ConfigError
 from .sla2_processor import SLA2WanProcessor
 from .wan_factory import resolve_model_folder, token_count, wan_transformer
@@ -20,6 +20,7 @@ __all__ = [
     "SLA2WanProcessor",
     "dense_attention",
     "describe_attention",
+    "capture_qkv",
     "dense_capture",
     "resolve_model_folder",
     "set_attention_mode",
