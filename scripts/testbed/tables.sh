@@ -256,9 +256,9 @@ for entry in "${VIDEO_RUNS[@]}"; do
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
-# 2's router, the jointly trained router against stage 2's and the heuristic's, and (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1
-# against the heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the
-# one this command made or kept.
+# 2's router, the jointly trained router against stage 2's and the heuristic's, and (EVAL_STAGE1) each stage 2
+# against the stage 1 it started from, the learned router's stage 1 against the heuristic's, and the oracle's
+# blocks against the learned router's. Each run's newest report is the one this command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
 paired() {
   local out="$WORK/compare-$1-vs-$2"

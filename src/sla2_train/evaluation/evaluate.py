@@ -206,13 +206,12 @@ def run(ev: Evaluation) -> dict[str, Any]:
         if cfg.probe_velocity:
             recorder = VelocityRecorder(per_step, cfg.guidance_scale)
     progress = Progress(ev.folder, ev.prompts, resume=cfg.resume)
-    units = len(ev.prompts) * len(ev.seeds)
     if progress.done:
         log.info("continuing %s: %d of %d prompt × seed units done (resume=false starts over)", ev.folder,
-                 len(progress.done), units)
+                 len(progress.done), len(ev.prompts) * len(ev.seeds))
     for pi, prompt in enumerate(ev.prompts):
         for seed in ev.seeds:
-            kept = progress.resumed(pi, seed)
+            kept = progress.done.get((pi, seed))
             if kept is not None:
                 ev.videos.extend(kept["records"])
                 if probe is not None:

@@ -26,6 +26,7 @@ Unit = tuple[int, int]  # (prompt index, seed)
 class Progress:
     def __init__(self, folder: Path, prompts: list[str], resume: bool = True):
         self.folder, self.path, self.prompts = folder, folder / FILE_NAME, prompts
+        # (prompt index, seed) → the finished unit's entry
         self.done: dict[Unit, dict[str, Any]] = self._read() if resume else {}
         # Rewrite what is kept (no torn line, no unit whose video is gone) before appending to it.
         tmp = self.path.with_suffix(".tmp")
@@ -54,10 +55,6 @@ class Progress:
             log.warning("%s: %d unreadable line(s) and %d unit(s) with a missing video or another prompt dropped; "
                         "they are sampled again", self.path, torn, stale)
         return done
-
-    def resumed(self, prompt_index: int, seed: int) -> dict[str, Any] | None:
-        """The finished unit's entry, or None when it is still to be sampled."""
-        return self.done.get((prompt_index, seed))
 
     def add(self, prompt_index: int, seed: int, records: list[dict[str, Any]], probe: dict[str, Any] | None) -> None:
         """Append one finished unit (flushed and synced: a stop right after it keeps it)."""
