@@ -31,7 +31,8 @@ def test_two_process_ddp_trains_and_checkpoints(tmp_path, torchrun_train, stage,
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     # Rank 0 alone says what the run trains with; the lr as configured (Lightning does not scale it).
     lines = [line for line in (run.stdout + run.stderr).splitlines() if "per-rank batch" in line]
-    lr = {"qat": "lr dit 1e-05, alpha 0.001", "qat_router": "lr dit 1e-05, alpha 0.001, router 0.001"}.get(stage, "lr 0.001")
+    lr = {"qat": "lr dit 1e-05, alpha 0.001",
+          "qat_router": "lr dit 1e-05, alpha 0.001, router 0.001"}.get(stage, "lr 0.001")
     assert len(lines) == 1 and f"world size 2 × per-rank batch {BATCH} × accumulation 1 = global batch {2 * BATCH}" \
         f" per optimizer step; {lr} " in lines[0], lines
 

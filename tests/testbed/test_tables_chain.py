@@ -2,9 +2,9 @@
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
 breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER) and a stage 2 that trains the
-router too (JOINT_ROUTER); then a sparsity to film that
-the chain does not train, and an unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out:
-two more trainings and videos of the same kind, a minute of CI.)"""
+router too (JOINT_ROUTER); then a sparsity to film that the chain does not train, and an unknown prompt split,
+are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos of the same kind, a
+minute of CI.)"""
 
 import json
 import os
@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
-    "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "1", "EVAL_PARALLEL": "1",
-    "WORKERS": "1",
+    "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "1",
+    "EVAL_PARALLEL": "1", "WORKERS": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2", "EVAL_SPLIT": "train",
