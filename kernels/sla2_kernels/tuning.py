@@ -103,9 +103,10 @@ class PrecomputeConfig:
     # with 16 blocks a program
     num_warps: int = 4
     num_stages: int = 2
-    # quantize_kv_kernel (low bit): one key block a program. H200, 2026-12-05, precompute with quantisation at the
-    # Wan-1.3B shape (bench.py --sweep): 2 / 4 / 8 warps 0.427 / 0.357 / 0.349 ms; 8 is within run-to-run spread
-    quantize_warps: int = 4
+    # quantize_kv_kernel (low bit): one key block a program. H200, 2026-12-05, at the Wan-1.3B shape: precompute
+    # with quantisation (bench.py --sweep) 2 / 4 / 8 warps 0.427 / 0.357 / 0.349 ms; the pass alone (do_bench,
+    # 302 MB moved) 0.114 ms at 4 warps, 0.106 at 8 (bit-equal), against 0.078 for a copy of the same bytes
+    quantize_warps: int = 8
 
 
 PRECOMPUTE_PROGRAMS_PER_SM = 2  # kv_precompute: programs per SM, each over a run of key blocks (partial Z sums)
