@@ -26,9 +26,10 @@
 # step; row `qat_router_refit`, videos paired with stage 2's): stage 2 moves the queries and keys a learned router
 # was fitted to, where the heuristic router pools whatever they have become;
 # JOINT_ROUTER=1 adds a stage 2 at the last sparsity that trains the router too (run stage2-joint, stage=qat_router
-# from stage 1, with STAGE2_ARGS and then JOINT_ARGS, by default stage.objective.router.distillation.query_blocks=16:
-# the query rows a step of stage 1 with STAGE1_ARGS=stage.objective.query_blocks=32 at its batch of 4; row
-# `qat_joint_router`, videos paired with stage 2's and the heuristic router's);
+# from stage 1, with STAGE2_ARGS and then JOINT_ARGS, e.g. stage.objective.router.distillation.query_blocks=8;
+# row `qat_joint_router`, videos paired with stage 2's and the heuristic router's). Its step costs more than plain
+# stage 2's (1.7× at the stage's defaults on the testbed), so under MAX_TIME it takes fewer steps: MAX_TIME= and
+# STEPS=N give every run the same steps;
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
 # EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
@@ -88,7 +89,7 @@ read -r -a TABLE_ARGS <<< "${TABLE_ARGS:-}"
 read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
 read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
 read -r -a STAGE2_ARGS <<< "${STAGE2_ARGS:-}"
-read -r -a JOINT_ARGS <<< "${JOINT_ARGS:-stage.objective.router.distillation.query_blocks=16}"
+read -r -a JOINT_ARGS <<< "${JOINT_ARGS:-}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
 read -r -a EVAL_SPARSITIES <<< "${EVAL_SPARSITIES:-$LAST}"

@@ -1,0 +1,95 @@
+"""Time one training step of a stage's objective, and its peak memory, for several settings in one run.
+
+    python scripts/testbed/bench_stage_step.py model=testbed model.path=assets/testbed-t2v \\
+        'model.latent_shape=[48,17,32,64]' --variant stage=qat --variant stage=qat_router \\
+        --variant "stage=qat_router stage.objective.router.distillation.layers_per_step=null"
+
+Positional arguments are Hydra overrides every variant shares; each --variant adds its own (quote several). A
+step is what the training module does per batch minus the loader: the stage's objective under bf16 autocast
+(stage 2's flow-matching loss, with the router's term for stage=qat_router; stage 1's distillation), backward,
+the stage's optimizer step. Inputs are random latents and text embeddings of the model's shapes; the router
+starts at identity (no init_from), which costs what a trained one does. Prints a table (median step time over
+--steps steps after one untimed step), writes bench_stage_step.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def random_batch(cfg, batch: int, device: torch.device) -> dict:
+    c, f, h, w = cfg.model.latent_shape
+    return {"latents": torch.randn(batch, c, f, h, w, device=device), "keys": [str(i) for i in range(batch)],
+            "text_embeds": torch.randn(batch, cfg.model.text_len, cfg.model.text_dim, device=device),
+            "text_mask": torch.ones(batch, cfg.model.text_len, dtype=torch.bool, device=device)}
+
+
+def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device) -> dict:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", "++stage.allow_untrained_router=true", *overrides])
+    torch.manual_seed(0)
+    module = instantiate(cfg.module).to(device)  # the module's constructor applies the stage (Stage.apply)
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    data = random_batch(cfg, batch, device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss, _ = module.stage.objective(module.model, data, module.flow)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {float(loss.detach())} with {overrides}")
+    return {"s_per_step": statistics.median(times[1:]), "loss": float(loss.detach()),
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("overrides", nargs="*", help="Hydra overrides every variant shares")
+    p.add_argument("--variant", action="append", required=True, help="this variant's overrides (quoted)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--device", default="cuda", help="cuda (what the numbers are for) or cpu (a quick check)")
+    p.add_argument("--out", default=os.environ.get("OUT", "outputs/bench_stage_step"))
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for variant in args.variant:
+        r = step_cost([*args.overrides, *shlex.split(variant)], args.batch, args.steps, device)
+        rows.append({"variant": variant, **r})
+        print(f"{variant:80s} | {r['s_per_step']:.3f} s/step | peak {r['peak_gib'] or 0:5.1f} GiB", flush=True)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    report = {"card": card, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "overrides": args.overrides, "batch": args.batch, "steps": args.steps, "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_stage_step.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'bench_stage_step.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
