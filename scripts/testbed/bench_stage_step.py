@@ -9,7 +9,9 @@ step is what the training module does per batch minus the loader: the stage's ob
 (stage 2's flow-matching loss, with the router's term for stage=qat_router; stage 1's distillation), backward,
 the stage's optimizer step. Inputs are random latents and text embeddings of the model's shapes; the router
 starts at identity (no init_from), which costs what a trained one does. Prints a table (median step time over
---steps steps after one untimed step), writes bench_stage_step.json to --out.
+--steps steps after one untimed step), writes bench_stage_step.json to --out. --profile also runs one more step
+of each variant under torch.profiler and prints its operations by time, with how many kernels the step launched
+(on the GPU a step of many small launches costs per launch, whatever their sizes).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -37,7 +41,7 @@ def random_batch(cfg, batch: int, device: torch.device) -> dict:
             "text_mask": torch.ones(batch, cfg.model.text_len, dtype=torch.bool, device=device)}
 
 
-def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device) -> dict:
+def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device, profile: bool = False) -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", "++stage.allow_untrained_router=true", *overrides])
     torch.manual_seed(0)
@@ -49,9 +53,8 @@ def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
+
+    def one_step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss, _ = module.stage.objective(module.model, data, module.flow)
         loss.backward()
@@ -59,11 +62,36 @@ def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device
         optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(device)
+        return loss.detach()
+
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = one_step()
         times.append(time.perf_counter() - start)
     if not torch.isfinite(loss):
-        raise RuntimeError(f"non-finite loss {float(loss.detach())} with {overrides}")
-    return {"s_per_step": statistics.median(times[1:]), "loss": float(loss.detach()),
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+        raise RuntimeError(f"non-finite loss {float(loss)} with {overrides}")
+    result = {"s_per_step": statistics.median(times[1:]), "loss": float(loss),
+              "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+    if profile:
+        result["profile"] = profiled(one_step, cuda)
+    return result
+
+
+def profiled(one_step, cuda: bool, rows: int = 15) -> dict:
+    """One step under torch.profiler: its operations by self time (device time on a GPU), and the number of
+    kernels it launched (operations without child operations on a CPU)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        one_step()
+    events = prof.events()
+    if cuda:
+        launches = sum(1 for e in events if e.device_type == DeviceType.CUDA)
+    else:
+        launches = sum(1 for e in events if e.name.startswith("aten::")
+                       and not any(c.name.startswith("aten::") for c in e.cpu_children))
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return {"launches": launches, "table": prof.key_averages().table(sort_by=key, row_limit=rows)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -73,14 +101,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cuda", help="cuda (what the numbers are for) or cpu (a quick check)")
+    p.add_argument("--profile", action="store_true", help="also profile one step of each variant")
     p.add_argument("--out", default=os.environ.get("OUT", "outputs/bench_stage_step"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
     rows = []
     for variant in args.variant:
-        r = step_cost([*args.overrides, *shlex.split(variant)], args.batch, args.steps, device)
+        r = step_cost([*args.overrides, *shlex.split(variant)], args.batch, args.steps, device, args.profile)
         rows.append({"variant": variant, **r})
         print(f"{variant:80s} | {r['s_per_step']:.3f} s/step | peak {r['peak_gib'] or 0:5.1f} GiB", flush=True)
+        if args.profile:
+            print(f"one step launched {r['profile']['launches']} kernels\n{r['profile']['table']}", flush=True)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     report = {"card": card, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "overrides": args.overrides, "batch": args.batch, "steps": args.steps, "rows": rows}
