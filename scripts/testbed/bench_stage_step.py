@@ -31,7 +31,9 @@ from hydra.utils import instantiate
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from sla2_train.cli_errors import config_errors_as_one_line
+from sla2_train.commands import CONF_DIR
+from sla2_train.models import ConfigError
 
 
 def random_batch(cfg, batch: int, device: torch.device) -> dict:
@@ -41,11 +43,14 @@ def random_batch(cfg, batch: int, device: torch.device) -> dict:
             "text_mask": torch.ones(batch, cfg.model.text_len, dtype=torch.bool, device=device)}
 
 
-def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device, profile: bool = False) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device, with_profile: bool = False
+              ) -> dict:
+    # a bad override or value: one line naming it, as train.py reports it
+    with config_errors_as_one_line(), initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", "++stage.allow_untrained_router=true", *overrides])
-    torch.manual_seed(0)
-    module = instantiate(cfg.module).to(device)  # the module's constructor applies the stage (Stage.apply)
+        with config_errors_as_one_line(cfg, also=(ConfigError,)):
+            torch.manual_seed(0)
+            module = instantiate(cfg.module).to(device)  # the module's constructor applies the stage (Stage.apply)
     optimizer = module.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     data = random_batch(cfg, batch, device)
@@ -73,7 +78,7 @@ def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device
         raise RuntimeError(f"non-finite loss {float(loss)} with {overrides}")
     result = {"s_per_step": statistics.median(times[1:]), "loss": float(loss),
               "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
-    if profile:
+    if with_profile:
         result["profile"] = profiled(one_step, cuda)
     return result
 

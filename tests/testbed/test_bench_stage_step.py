@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,3 +26,15 @@ def test_each_variant_runs_its_own_stage(tmp_path):
     # the router's term is stage 1's loss on one layer: operations stage=qat's step does not have
     assert router["profile"]["launches"] > qat["profile"]["launches"] > 0
     assert json.loads((tmp_path / "bench_stage_step.json").read_text())["rows"] == report["rows"]
+
+
+def test_a_bad_setting_is_one_line(tmp_path, capsys):
+    script = load_script()
+    for variant, message in (("stage=nope", "Could not find 'stage/nope'"),
+                             ("stage=qat_router stage.objective.router.weight=0",
+                              "stage.objective.router.weight must be > 0, got 0")):
+        with pytest.raises(SystemExit) as stop:
+            script.main(["--device", "cpu", "--batch", "1", "--steps", "1", "--out", str(tmp_path),
+                         "--variant", variant])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err
