@@ -75,6 +75,24 @@ def test_config_errors_exit_2_with_one_line(capsys):
         "error: attention: unknown topk 'sfot'; choose one of ['hard', 'soft'] (config key: attention.topk)\n")
 
 
+def test_config_errors_are_one_line_where_the_hydra_config_has_no_job_folder(capsys):
+    """A config composed with its Hydra node (the compose API in a notebook, a script, a test) sets HydraConfig
+    without an output folder: the error is still one line, and no folder is looked for."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        HydraConfig.instance().set_config(compose("config", return_hydra_config=True))
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            with config_errors_as_one_line():
+                raise ValueError("stage.objective.router.weight must be > 0, got 0")
+    finally:
+        HydraConfig.instance().cfg = None
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: stage.objective.router.weight must be > 0, got 0\n"
+
+
 def test_unusable_data_found_by_a_worker_is_one_line(tmp_path, capsys):
     for i in range(2):
         (tmp_path / f"s{i}.tar").write_bytes(torch.randint(0, 255, (2048,), dtype=torch.uint8).numpy().tobytes())

@@ -19,6 +19,13 @@ from hydra_plugins.sla2_train_launcher.torchrun_launcher import torchrun_environ
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _hydra_config_reset():
+    """compose_with_hydra sets the process's HydraConfig as a job would; later tests must not see it."""
+    yield
+    HydraConfig.instance().cfg = None
+
+
 def compose_with_hydra(*overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)

@@ -99,7 +99,11 @@ def _fresh_output_dir() -> Path | None:
     """The Hydra output folder of this job if it held nothing but what Hydra wrote for it (None otherwise)."""
     if not HydraConfig.initialized():
         return None
-    out = Path(HydraConfig.get().runtime.output_dir)
+    # a config composed with return_hydra_config (the compose API, not a job) has no output folder
+    out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+    if out is None:
+        return None
+    out = Path(out)
     if not out.is_dir() or any(not _HYDRA_FILES.match(p.name) for p in out.iterdir()):
         return None
     return out
