@@ -41,7 +41,8 @@ def test_unknown_backend_names_the_key(compose_config):
         build(compose_config, 0, "model.transformer.compile=indcutor")
 
 
-def test_distill_refuses_compiled_blocks(compose_config):
-    cfg = compose_config("model=tiny", "logger=none", "model.transformer.compile=aot_eager")
-    with pytest.raises((ConfigError, InstantiationException), match="model.transformer.compile=null"):
+@pytest.mark.parametrize("stage", ["distill", "qat_router"])
+def test_the_distillation_refuses_compiled_blocks(compose_config, stage):
+    cfg = compose_config("model=tiny", "logger=none", f"stage={stage}", "model.transformer.compile=aot_eager")
+    with pytest.raises((ConfigError, InstantiationException), match=rf"stage={stage}.*model.transformer.compile=null"):
         instantiate(cfg.module)

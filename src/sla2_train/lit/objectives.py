@@ -54,8 +54,8 @@ class AttentionDistillation:
         if backend is not None:
             # the capture stores each layer's q, k, v on its processor from inside the block: a compiled block
             # would have to replay that side effect and recompile whenever the captured layers change
-            raise ConfigError(f"stage=distill captures q, k, v inside the blocks and runs them eager; "
-                              f"set model.transformer.compile=null (got {backend!r})")
+            raise ConfigError(f"stage 1's distillation (stage=distill, stage=qat_router) captures q, k, v inside "
+                              f"the blocks and runs them eager; set model.transformer.compile=null (got {backend!r})")
 
     def layers(self, model: nn.Module) -> list[int]:
         """This step's layers: all, or `layers_per_step` of them drawn at random."""
