@@ -5,10 +5,12 @@
         --variant "stage=qat_router stage.objective.router.distillation.layers_per_step=null"
 
 Positional arguments are Hydra overrides every variant shares; each --variant adds its own (quote several). A
-step is what the training module does per batch minus the loader: the stage's objective under bf16 autocast
-(stage 2's flow-matching loss, with the router's term for stage=qat_router; stage 1's distillation), backward,
-the stage's optimizer step. Inputs are random latents and text embeddings of the model's shapes; the router
-starts at identity (no init_from), which costs what a trained one does. Prints a table (median step time over
+timed step is the stage's objective under bf16 autocast (stage 2's flow-matching loss, with the router's term for
+stage=qat_router; stage 1's distillation), its backward and the stage's optimizer step. Left out, the same for
+every variant: the loader, caption dropout (stage.caption_dropout), gradient clipping (trainer.gradient_clip_val),
+α calibration at the start, and Lightning's logging and checks. Inputs are random latents and full-length text
+embeddings of the model's shapes, collated as the loader collates them; the router starts at identity (no
+init_from), which costs what a trained one does. Prints a table (median step time over
 --steps steps after one untimed step), writes bench_stage_step.json to --out. --profile also runs one more step
 of each variant under torch.profiler and prints its operations by time, with how many kernels the step launched
 (on the GPU a step of many small launches costs per launch, whatever their sizes).
@@ -33,14 +35,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from sla2_train.cli_errors import config_errors_as_one_line
 from sla2_train.commands import CONF_DIR
+from sla2_train.data.collate import collate
 from sla2_train.models import ConfigError
 
 
 def random_batch(cfg, batch: int, device: torch.device) -> dict:
-    c, f, h, w = cfg.model.latent_shape
-    return {"latents": torch.randn(batch, c, f, h, w, device=device), "keys": [str(i) for i in range(batch)],
-            "text_embeds": torch.randn(batch, cfg.model.text_len, cfg.model.text_dim, device=device),
-            "text_mask": torch.ones(batch, cfg.model.text_len, dtype=torch.bool, device=device)}
+    samples = [{"latents": torch.randn(*cfg.model.latent_shape), "key": str(i),
+                "text_embeds": torch.randn(cfg.model.text_len, cfg.model.text_dim)} for i in range(batch)]
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(samples, cfg.model.text_len).items()}
 
 
 def step_cost(overrides: list[str], batch: int, steps: int, device: torch.device, with_profile: bool = False
