@@ -12,19 +12,20 @@ Public API (each name importable from the package root):
                config=None, sparse_out=True) -> (o, lse, o_s)   (o_s: quant's sparse output, else empty)
   sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, o_s=None, config=None)
       -> (dq, dk, dv, dalpha)                       (rebuilds its fp32 linear state; o_s: QAT's exact dα)
+  soft_topk_lambda(z, k) -> λ [..., 1] float64     (SoftTop-k's threshold: Σ_j σ(z_j + λ) = k on each row)
   unsupported(dtype, head_dim, block_q, block_k) -> str   ("" when the kernels cover these options)
   KVState, FwdConfig, BwdConfig, PrecomputeConfig          (launch configurations: tuning.py)
 Autograd is not here: sla2_train.attention.ops registers sla2_forward and sla2_backward as the
-torch.library op `sla2::attention`.
+torch.library op `sla2::attention` (and soft_topk_lambda as `sla2::soft_topk_lambda`).
 
 Layout of the package. @triton.jit code only: router_kernels.py, linear_precompute.py, lowbit_quant.py,
-complement.py, key_block_fill.py, sla2_fwd.py, sla2_fwd_tma.py, sla2_fwd_lowbit.py, sla2_bwd.py, sla2_bwd_tma.py
-and their helpers dot.py, quant_math.py, bwd_math.py. Host code, one job a file: routing.py (router, Top-k),
-kv_state.py (the one pass over K, V), forward.py, backward.py, backward_state.py (the backward's fp32 linear
-state), selection.py (complement mask, key-block lists), layouts.py (strides, TMA descriptors), checks.py (input
-validation, what the kernels cover), launch.py (buffers, launch with fallback, interpreter detection), tuning.py
-(configurations and their measurements), constants.py (the low-bit constants). blocked_reference.py is a
-blocked PyTorch oracle for real sizes.
+complement.py, key_block_fill.py, soft_topk_kernels.py, sla2_fwd.py, sla2_fwd_tma.py, sla2_fwd_lowbit.py,
+sla2_bwd.py, sla2_bwd_tma.py and their helpers dot.py, quant_math.py, bwd_math.py. Host code, one job a file:
+routing.py (router, Top-k), kv_state.py (the one pass over K, V), forward.py, backward.py, backward_state.py (the
+backward's fp32 linear state), selection.py (complement mask, key-block lists), soft_topk.py (SoftTop-k's λ),
+layouts.py (strides, TMA descriptors), checks.py (input validation, what the kernels cover), launch.py (buffers,
+launch with fallback, interpreter detection), tuning.py (configurations and their measurements), constants.py
+(the low-bit and SoftTop-k constants). blocked_reference.py is a blocked PyTorch oracle for real sizes.
 
 The public names load on first use, so that `sla2_kernels.constants` (and the blocked reference) import without
 triton.
@@ -47,6 +48,7 @@ _HOMES = {
     "linear_state": "forward",
     "sla2_forward": "forward",
     "sla2_backward": "backward",
+    "soft_topk_lambda": "soft_topk",
     "unsupported": "checks",
     "FwdConfig": "tuning",
     "BwdConfig": "tuning",

@@ -8,6 +8,10 @@
                    and full variants, backend="reference", and CUDA calls the kernels do not cover (fp32, head_dim
                    96, ...), with a warning once per reason, since it needs O(N²) memory.
 
+SoftTop-k's threshold λ (stage 1's loss, the SoftTop-k forward) is solved by the op `sla2::soft_topk_lambda` (one
+kernel launch on CUDA, the reference bisection on CPU) unless backend="reference" or the kernels cannot be
+imported; lambda_solver decides.
+
 backend="auto" takes the ops where the kernels cover the call and on CPU; "reference" never takes them;
 "triton" insists on the kernels for hard Top-k SLA2 and raises when they cannot run.
 With quant=True the ops give QAT's straight-through gradient (the bf16 backward at the low-bit forward's o and
@@ -24,6 +28,7 @@ import torch
 from . import ops  # noqa: F401  (registers torch.ops.sla2.*)
 from . import reference as ref
 from .checks import check_attention_args, check_router_args
+from .reference.soft_topk import LambdaSolver
 
 OPS, REFERENCE = "ops", "reference"
 
@@ -66,6 +71,13 @@ def choose(attn, q: torch.Tensor) -> str:
         warnings.warn(f"SLA2Attention runs its dense PyTorch reference on CUDA because {why}; "
                       "backend='triton' makes this an error", stacklevel=3)
     return REFERENCE
+
+
+def lambda_solver(attn, scores: torch.Tensor) -> LambdaSolver:
+    """SoftTop-k's λ solve for this call of `attn` (an SLA2Attention) on these router scores."""
+    if attn.backend == REFERENCE or (scores.is_cuda and _unsupported is None):
+        return ref.solve_lambda
+    return torch.ops.sla2.soft_topk_lambda
 
 
 def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> torch.Tensor:

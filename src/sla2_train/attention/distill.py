@@ -24,6 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import reference as ref
+from .backend import lambda_solver
 from .precision import no_autocast
 
 
@@ -93,7 +94,8 @@ class SoftTopkMSE:
     def __call__(self, attention, rows: DistillRows, scores: torch.Tensor) -> torch.Tensor:
         tau = attention.tau if self.tau is None else self.tau
         detach = attention.detach_lambda if self.detach_lambda is None else self.detach_lambda
-        u = ref.soft_topk_logits(scores, ref.topk_count(scores.shape[-1], attention.sparsity), tau, detach)
+        k_sel = ref.topk_count(scores.shape[-1], attention.sparsity)
+        u = ref.soft_topk_logits(scores, k_sel, tau, detach, lambda_solver(attention, scores))
         alpha = _alpha(attention, scores, torch.sigmoid(u), rows.k.shape[-2])
         b = rows.blocks
         student = ref.sla2_attention_soft(

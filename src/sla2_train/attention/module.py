@@ -13,7 +13,7 @@ from torch import nn
 
 from . import reference as ref
 from .alpha import build_alpha
-from .backend import OPS, choose, run_ops
+from .backend import OPS, choose, lambda_solver, run_ops
 from .checks import BACKENDS, SELECTIONS, TOPK_MODES, VARIANTS, check_choice, check_options, check_qkv
 from .distill import MeasuredMassFit, stage1_loss
 from .precision import no_autocast
@@ -115,7 +115,8 @@ class SLA2Attention(nn.Module):
             if self.selection != "router":
                 raise ValueError(f"selection={self.selection!r} needs topk='hard': SoftTop-k trains the router's "
                                  "own selection")
-            u = ref.soft_topk_logits(scores, k_sel, self.tau, self.detach_lambda)
+            solve = lambda_solver(self, scores)
+            u = ref.soft_topk_logits(scores, k_sel, self.tau, self.detach_lambda, solve)
             alpha = self.alpha(self._mass(scores, torch.sigmoid(u), k.shape[-2]))
             return ref.sla2_attention_soft(q, k, v, u, alpha, self.block_q, self.block_k)
         if self.selection == "bestmass":

@@ -6,10 +6,13 @@
             else empty)
     torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
+    torch.ops.sla2.soft_topk_lambda(z, k) -> λ float64 [..., 1] with Σ_j σ(z_j + λ) = k (SoftTop-k's threshold;
+        no gradient: reference/soft_topk.py differentiates through it by the implicit function theorem)
 
 This file only registers them. Each op has a fake (meta) implementation for tracing and one implementation per
 device, picked by torch's dispatcher: on CUDA the Triton kernels of sla2_kernels (`*_kernels`, which validate
-their inputs), on CPU the reference (`*_reference`: reference/indexed.py, reference/backward.py). Whether a call
+their inputs), on CPU the reference (`*_reference`: reference/indexed.py, reference/backward.py,
+reference/soft_topk.py). Whether a call
 of SLA2Attention takes the ops at all is decided in backend.py; direct callers use backend.sla2_attention /
 backend.block_router, which validate.
 
@@ -33,6 +36,7 @@ import torch
 
 from .reference import backward as ref_backward
 from .reference import indexed
+from .reference.soft_topk import solve_lambda
 
 
 # ------------------------------------------------------------------------------------------------ router
@@ -60,6 +64,27 @@ def _router_fake(q, k, proj_q, proj_k, block_q, block_k, topk, layout):
     b, h, n, _ = indexed.dims(q, layout)
     nq, nk = -(-n // block_q), -(-n // block_k)
     return (q.new_empty(b, h, nq, nk, dtype=indexed.acc_dtype(q.dtype)), q.new_empty(b, h, nq, topk, dtype=torch.int32))
+
+
+# ------------------------------------------------------------------------------------------------ SoftTop-k λ
+
+
+def soft_topk_lambda_reference(z: torch.Tensor, k: int) -> torch.Tensor:
+    return solve_lambda(z, k)
+
+
+def soft_topk_lambda_kernels(z, k):
+    return sla2_kernels.soft_topk_lambda(z, k)
+
+
+soft_topk_lambda = torch.library.custom_op("sla2::soft_topk_lambda", soft_topk_lambda_reference, mutates_args=(),
+                                           device_types="cpu")
+soft_topk_lambda.register_kernel("cuda", soft_topk_lambda_kernels)
+
+
+@soft_topk_lambda.register_fake
+def _soft_topk_lambda_fake(z, k):
+    return z.new_empty(*z.shape[:-1], 1, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------------ attention

@@ -42,6 +42,6 @@ from .quant import (
     straight_through,
 )
 from .router import BlockSelection, bestmass_selection, hard_topk, router_scores, selected_mass, topk_count
-from .soft_topk import soft_topk, soft_topk_logits
+from .soft_topk import soft_topk, soft_topk_logits, solve_lambda
 
 __all__ = [name for name in dir() if not name.startswith("_")]
