@@ -41,7 +41,11 @@
 # memory, ~50 GB a run at 128×256 with every query block; stage.objective.query_blocks=32 samples 32 of the 68
 # query blocks a step, stage.objective.chunk_blocks=8 keeps all of them and evaluates 8 at a time); STAGE2_ARGS
 # (overrides for every stage-2 run, e.g. ++trainer.max_time=00:00:04:00 for a longer stage 2 than stage 1, or
-# '++stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:0.5}').
+# '++stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:0.5}');
+# STAGE1_VAL (0; N > 0 renders N clips of the held-out combinations, seed 3, in scenes of their own, prepares them
+# as validation shards and validates each stage-1 run on them every STAGE1_VAL_EVERY (50) steps: every layer's
+# hard Top-k error against full attention, val/router/* in the run's CSV log, so that the router's held-out
+# error can be read against its steps).
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/compare-<run>-vs-<run>.md / .json (Table 2's videos paired by prompt and seed),
 # WORK_DIR/breakdown-<colour|shape|direction|objects>.md / .json (prompt following per captioned object, by group),
@@ -81,6 +85,8 @@ JOINT_ROUTER=${JOINT_ROUTER:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
 EVAL_SEED=${EVAL_SEED:-2}
+STAGE1_VAL=${STAGE1_VAL:-0}
+STAGE1_VAL_EVERY=${STAGE1_VAL_EVERY:-50}
 DENSE_WEIGHTS=${DENSE_WEIGHTS:-checkpoint}
 TRAINER=${TRAINER:-gpu}
 DEVICE=${DEVICE:-cuda}
@@ -116,10 +122,21 @@ if [ "$EVAL_SPLIT" = train ] && [ "$EVAL_PROMPTS" -gt 0 ]; then
     --split train --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
   EVAL_PROMPT_FILE="$WORK/prompts-train/prompts.txt"
 fi
+[ "$STAGE1_VAL" = 0 ] || "$PY" -m sla2_train.commands.testbed_data "$WORK/val" --num-videos "$STAGE1_VAL" --seed 3 \
+  --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
 log "prepare"
-"$PY" -m sla2_train.commands.prepare videos="$WORK/train/videos" captions="$WORK/train/captions.jsonl" \
-  out_dir="$WORK/shards" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
-  clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
+prepare() {  # prepare RENDERED_DIR SHARD_DIR
+  "$PY" -m sla2_train.commands.prepare videos="$1/videos" captions="$1/captions.jsonl" \
+    out_dir="$2" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
+    clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
+}
+prepare "$WORK/train" "$WORK/shards"
+STAGE1_VAL_ARGS=()
+if [ "$STAGE1_VAL" != 0 ]; then
+  prepare "$WORK/val" "$WORK/val-shards"
+  STAGE1_VAL_ARGS=(data.val_shards="$WORK/val-shards" trainer.val_check_interval="$STAGE1_VAL_EVERY"
+                   trainer.check_val_every_n_epoch=null)
+fi
 
 COMMON=(model="$PRESET" model.path="$MODEL" data=webdataset data.train_shards="$WORK/shards" data.num_workers=2
         "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
@@ -153,7 +170,7 @@ drain() {
 EXTRA=("$@")
 
 for s in "${SPARSITIES[@]}"; do
-  train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4 "${STAGE1_ARGS[@]}"
+  train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4 "${STAGE1_VAL_ARGS[@]}" "${STAGE1_ARGS[@]}"
 done
 # the heuristic router's stage 1: the router left at identity, α fitted to its mask after one step
 [ "$EVAL_STAGE1" = 0 ] || train "stage1-heuristic-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \

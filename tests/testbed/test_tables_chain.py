@@ -2,11 +2,13 @@
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
 breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER) and a stage 2 that trains the
-router too (JOINT_ROUTER); then a sparsity to film that the chain does not train, and an unknown prompt split,
+router too (JOINT_ROUTER), stage 1 validated on held-out clips (STAGE1_VAL); then a sparsity to film that the chain does not train, and an unknown prompt split,
 are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos of the same kind, a
 minute of CI.)"""
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +22,7 @@ SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
     "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "1",
-    "EVAL_PARALLEL": "1", "WORKERS": "1",
+    "EVAL_PARALLEL": "1", "WORKERS": "1", "STAGE1_VAL": "2", "STAGE1_VAL_EVERY": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2", "EVAL_SPLIT": "train",
@@ -58,6 +60,15 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
                                 weights_only=True)["state_dict"] for run in ("stage2-joint-0.75", "stage1-0.75"))
     for part in (".router.proj_", ".to_q."):
         assert any(not torch.equal(joint[k], stage1[k]) for k in stage1 if part in k), part
+    # STAGE1_VAL: each stage 1 validated on clips of held-out combinations, the router's error in its CSV log
+    val_prompts = (work / "val" / "prompts.txt").read_text().split("\n")
+    val_claims = [[(c.colour, c.shape, c.direction) for c in parse_caption(p)] for p in val_prompts if p.strip()
+                  and not p.startswith("#")]
+    assert len(val_claims) == 2 and all(set(c) & HELDOUT_COMBINATIONS for c in val_claims)
+    for s in ("0.5", "0.75"):
+        with open(next(work.glob(f"runs/stage1-{s}/*/csv/version_0/metrics.csv"))) as f:
+            logged = [float(r["val/router/sla2_l1"]) for r in csv.DictReader(f) if r.get("val/router/sla2_l1")]
+        assert logged and all(math.isfinite(v) and v > 0 for v in logged), (s, logged)
     heuristic = torch.load(next(work.glob("runs/stage1-heuristic-0.75/*/checkpoints/last.ckpt")), map_location="cpu",
                            weights_only=True)["state_dict"]
     eye = torch.eye(heuristic["model.blocks.0.attn1.processor.attention.router.proj_q"].shape[-1])
