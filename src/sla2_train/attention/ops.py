@@ -12,9 +12,8 @@
 This file only registers them. Each op has a fake (meta) implementation for tracing and one implementation per
 device, picked by torch's dispatcher: on CUDA the Triton kernels of sla2_kernels (`*_kernels`, which validate
 their inputs), on CPU the reference (`*_reference`: reference/indexed.py, reference/backward.py,
-reference/soft_topk.py). Whether a call
-of SLA2Attention takes the ops at all is decided in backend.py; direct callers use backend.sla2_attention /
-backend.block_router, which validate.
+reference/soft_topk.py). Whether a call of SLA2Attention takes the ops at all is decided in backend.py; direct
+callers use backend.sla2_attention / backend.block_router, which validate.
 
 `attention` carries its autograd formula: gradients for q, k, v and α; indices, lse and o_s get none (hard
 Top-k; lse and o_s are auxiliary outputs). With quant=True the forward is the low-bit sparse branch and the
