@@ -13,6 +13,7 @@ Public API (each name importable from the package root):
   sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, o_s=None, config=None)
       -> (dq, dk, dv, dalpha)                       (rebuilds its fp32 linear state; o_s: QAT's exact dα)
   soft_topk_lambda(z, k) -> λ [..., 1] float64     (SoftTop-k's threshold: Σ_j σ(z_j + λ) = k on each row)
+  soft_topk_unsupported(n) -> str                   ("" when soft_topk_lambda takes rows of n key blocks)
   unsupported(dtype, head_dim, block_q, block_k) -> str   ("" when the kernels cover these options)
   KVState, FwdConfig, BwdConfig, PrecomputeConfig          (launch configurations: tuning.py)
 Autograd is not here: sla2_train.attention.ops registers sla2_forward and sla2_backward as the
@@ -49,6 +50,7 @@ _HOMES = {
     "sla2_forward": "forward",
     "sla2_backward": "backward",
     "soft_topk_lambda": "soft_topk",
+    "soft_topk_unsupported": "checks",
     "unsupported": "checks",
     "FwdConfig": "tuning",
     "BwdConfig": "tuning",

@@ -10,6 +10,7 @@ import torch
 
 from .launch import interpreting
 from .layouts import LAYOUTS, dims
+from .tuning import SOFT_TOPK_MAX_ROW
 
 DTYPES = (torch.bfloat16, torch.float16)
 HEAD_DIMS = (64, 128)
@@ -28,6 +29,13 @@ def unsupported(dtype: torch.dtype, head_dim: int, block_q: int, block_k: int) -
         return f"head_dim {head_dim} is not one of {HEAD_DIMS}"
     if block_q not in BLOCKS or block_k not in BLOCKS:
         return f"block sizes ({block_q}, {block_k}) are not in {BLOCKS}"
+    return ""
+
+
+def soft_topk_unsupported(n: int) -> str:
+    """Why soft_topk_lambda cannot take rows of n key blocks ("" when it can): a program holds a whole row."""
+    if n > SOFT_TOPK_MAX_ROW:
+        return f"soft_topk_lambda holds a row in one program, up to {SOFT_TOPK_MAX_ROW} key blocks; got {n}"
     return ""
 
 

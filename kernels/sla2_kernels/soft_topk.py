@@ -6,10 +6,10 @@ import torch
 import triton
 
 from . import launch
-from .checks import fail
+from .checks import fail, soft_topk_unsupported
 from .constants import BISECTION_STEPS, BRACKET_MARGIN
 from .soft_topk_kernels import soft_topk_lambda_kernel
-from .tuning import SOFT_TOPK_TILE, SOFT_TOPK_WARPS
+from .tuning import SOFT_TOPK_WARPS
 
 
 def soft_topk_lambda(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -18,6 +18,9 @@ def soft_topk_lambda(z: torch.Tensor, k: int) -> torch.Tensor:
     if not isinstance(z, torch.Tensor) or z.dim() < 1 or z.shape[-1] < 1:
         fail(f"soft_topk_lambda needs logits [..., n] with n >= 1, got {tuple(getattr(z, 'shape', ()))}")
     n = z.shape[-1]
+    why = soft_topk_unsupported(n)
+    if why:
+        fail(why)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         fail(f"soft_topk_lambda needs an int k in [1, {n}] (the row width), got {k!r}")
     z = z.detach().to(torch.float64).contiguous()
@@ -25,6 +28,6 @@ def soft_topk_lambda(z: torch.Tensor, k: int) -> torch.Tensor:
     rows = lam.numel()
     if rows:
         launch.run("soft_topk_lambda", soft_topk_lambda_kernel, (rows,), z, lam, n, float(k),
-                   TILE=min(triton.next_power_of_2(n), SOFT_TOPK_TILE), STEPS=BISECTION_STEPS,
+                   NP=triton.next_power_of_2(n), STEPS=BISECTION_STEPS,
                    MARGIN=BRACKET_MARGIN, num_warps=SOFT_TOPK_WARPS)
     return lam

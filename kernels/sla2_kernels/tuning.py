@@ -132,8 +132,9 @@ TOPK_LAUNCH: dict = {512: (1, 1), 2048: (1, 4)}
 TOPK_DEFAULT_LAUNCH = (1, 4)
 
 # ------------------------------------------------------------------------------------------------ SoftTop-k λ
-# soft_topk_lambda_kernel: a row of logits a program, read this many columns at a time (wider rows loop), and its
-# warps. H100, 2026-12-05, one program holding the whole row: 0.097 ms for 1,088 rows of 136 (the testbed at
-# batch 8) and 0.356 ms for 3,072 rows of 512 (Wan2.1-1.3B), against 7.6 and 8.2 ms for the PyTorch bisection.
-SOFT_TOPK_TILE = 1024
+# soft_topk_lambda_kernel: a row of logits a program, held whole in registers (n padded to a power of two), and
+# its warps. H100, 2026-12-05: 0.097 ms for 1,088 rows of 136 (the testbed at batch 8) and 0.356 ms for 3,072 rows
+# of 512 (Wan2.1-1.3B), against 7.6 and 8.2 ms for the PyTorch bisection. Rows wider than SOFT_TOPK_MAX_ROW key
+# blocks (over 262k tokens at block_k 64) are left to the PyTorch twin (checks.soft_topk_unsupported).
+SOFT_TOPK_MAX_ROW = 4096
 SOFT_TOPK_WARPS = 4

@@ -5,14 +5,15 @@ import pytest
 import torch
 
 import sla2_kernels
+from sla2_kernels import tuning
 from sla2_train.attention import SLA2Attention
 from sla2_train.attention import backend
 from sla2_train.attention import reference as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# (shape of the logits, scale): ragged row widths; one row wider than the kernel's tile (two passes a step);
-# scale 30 puts most σ at 0 or 1, where a sloppy bracket or summation shows.
+# (shape of the logits, scale): ragged row widths (padded to a power of two in the kernel, 1300 to 2048); scale 30
+# puts most σ at 0 or 1, where a sloppy bracket or summation shows.
 CASES = [((3, 37), 1.0), ((2, 2, 5, 136), 10.0), ((2, 1, 3, 20), 30.0), ((2, 1300), 5.0), ((4, 1), 1.0)]
 
 
@@ -62,6 +63,19 @@ def test_bad_k_raises_one_clear_line(k):
 def test_bad_logits_raise_one_clear_line():
     with pytest.raises(ValueError, match=r"soft_topk_lambda needs logits \[\.\.\., n\] with n >= 1, got \(3, 0\)"):
         sla2_kernels.soft_topk_lambda(torch.zeros(3, 0, device=DEVICE), 1)
+
+
+def test_rows_wider_than_the_kernel_takes_go_to_the_twin():
+    """A program holds a whole row: wider rows are refused in one line, and the solver choice sends them to the
+    PyTorch twin (which has no width limit)."""
+    wide = tuning.SOFT_TOPK_MAX_ROW + 1
+    with pytest.raises(ValueError, match=rf"^sla2_kernels: soft_topk_lambda holds a row in one program, up to "
+                                         rf"{tuning.SOFT_TOPK_MAX_ROW} key blocks; got {wide}$"):
+        sla2_kernels.soft_topk_lambda(torch.zeros(1, wide, device=DEVICE), 1)
+    assert backend.lambda_kernel_missing(wide) and not backend.lambda_kernel_missing(tuning.SOFT_TOPK_MAX_ROW)
+    attn = SLA2Attention(2, 64, topk="soft")
+    solver = backend.lambda_solver(attn, torch.zeros(1, 2, 1, wide, device=DEVICE))
+    assert solver is (ref.solve_lambda if DEVICE == "cuda" else torch.ops.sla2.soft_topk_lambda)
 
 
 def test_solver_choice():

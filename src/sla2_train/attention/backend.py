@@ -9,8 +9,8 @@
                    96, ...), with a warning once per reason, since it needs O(N²) memory.
 
 SoftTop-k's threshold λ (stage 1's loss, the SoftTop-k forward) is solved by the op `sla2::soft_topk_lambda` (one
-kernel launch on CUDA, the reference bisection on CPU) unless backend="reference" or the kernels cannot be
-imported; lambda_solver decides.
+kernel launch on CUDA, the reference bisection on CPU) unless backend="reference", the kernels cannot be
+imported or a row is wider than the kernel takes; lambda_solver decides.
 
 backend="auto" takes the ops where the kernels cover the call and on CPU; "reference" never takes them;
 "triton" insists on the kernels for hard Top-k SLA2 and raises when they cannot run.
@@ -34,16 +34,18 @@ OPS, REFERENCE = "ops", "reference"
 
 
 def _load_kernels():
-    """sla2_kernels' coverage test, or None and why the kernels cannot be imported (no triton: a CPU install)."""
+    """sla2_kernels' coverage tests (attention, SoftTop-k's λ), or Nones and why the kernels cannot be imported (no
+    triton: a CPU install)."""
     try:
         importlib.import_module("sla2_kernels.backward")  # the forward and the backward, as the ops run them
-        from sla2_kernels import unsupported
+        importlib.import_module("sla2_kernels.soft_topk")
+        from sla2_kernels import soft_topk_unsupported, unsupported
     except Exception as err:
-        return None, f"sla2_kernels cannot be imported ({err})"
-    return unsupported, ""
+        return None, None, f"sla2_kernels cannot be imported ({err})"
+    return unsupported, soft_topk_unsupported, ""
 
 
-_unsupported, _import_error = _load_kernels()
+_unsupported, _soft_topk_unsupported, _import_error = _load_kernels()
 _warned_fallbacks: set[str] = set()
 
 
@@ -73,9 +75,17 @@ def choose(attn, q: torch.Tensor) -> str:
     return REFERENCE
 
 
+def lambda_kernel_missing(num_key_blocks: int) -> str:
+    """Why SoftTop-k's λ kernel cannot take rows of this many key blocks ("" when it can)."""
+    if _soft_topk_unsupported is None:
+        return _import_error
+    return _soft_topk_unsupported(num_key_blocks)
+
+
 def lambda_solver(attn, scores: torch.Tensor) -> LambdaSolver:
-    """SoftTop-k's λ solve for this call of `attn` (an SLA2Attention) on these router scores."""
-    if attn.backend == REFERENCE or (scores.is_cuda and _unsupported is None):
+    """SoftTop-k's λ solve for this call of `attn` (an SLA2Attention) on these router scores [..., n_k]: the op
+    (the kernel on CUDA, the twin on CPU), or the twin itself where the kernel cannot run. Both give the same λ."""
+    if attn.backend == REFERENCE or (scores.is_cuda and lambda_kernel_missing(scores.shape[-1])):
         return ref.solve_lambda
     return torch.ops.sla2.soft_topk_lambda
 
