@@ -82,7 +82,8 @@ def check_projections(proj_q, proj_k, H: int, D: int, device: torch.device):
 
 
 def check_topk(topk, nk: int):
-    if not isinstance(topk, int) or not 1 <= topk <= nk:
+    """The number of key blocks kept a row (the router's Top-k, SoftTop-k's row sum): an int in [1, nk]."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= nk:
         fail(f"topk must be an int in [1, {nk}] (number of key blocks), got {topk!r}")
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 
 from . import launch
-from .checks import fail, soft_topk_unsupported
+from .checks import check_topk, fail, soft_topk_unsupported
 from .constants import BISECTION_STEPS, BRACKET_MARGIN
 from .soft_topk_kernels import soft_topk_lambda_kernel
 from .tuning import SOFT_TOPK_WARPS
@@ -21,8 +21,7 @@ def soft_topk_lambda(z: torch.Tensor, k: int) -> torch.Tensor:
     why = soft_topk_unsupported(n)
     if why:
         fail(why)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        fail(f"soft_topk_lambda needs an int k in [1, {n}] (the row width), got {k!r}")
+    check_topk(k, n)
     z = z.detach().to(torch.float64).contiguous()
     lam = launch.empty(z.shape[:-1] + (1,), device=z.device, dtype=torch.float64)
     rows = lam.numel()

@@ -55,7 +55,7 @@ def test_lambda_of_float32_logits_and_no_rows():
 
 @pytest.mark.parametrize("k", [0, 10, True, 2.0])
 def test_bad_k_raises_one_clear_line(k):
-    match = rf"^sla2_kernels: soft_topk_lambda needs an int k in \[1, 9\] \(the row width\), got {k!r}$"
+    match = rf"^sla2_kernels: topk must be an int in \[1, 9\] \(number of key blocks\), got {k!r}$"
     with pytest.raises(ValueError, match=match):
         sla2_kernels.soft_topk_lambda(torch.zeros(2, 9, device=DEVICE), k)
 
@@ -90,7 +90,9 @@ def test_solver_choice():
 
 def test_stage1_loss_same_with_either_solver():
     """The stage-1 loss and its gradients do not depend on which solver found λ (λ carries no autograd graph:
-    its gradient is the implicit-function formula of reference/soft_topk.py either way)."""
+    its gradient is the implicit-function formula of reference/soft_topk.py either way). On a CPU the op runs the
+    twin, so this checks the op's path through the loss (its schema, the autograd Function's arguments); on a
+    GPU it compares the kernel's λ with the twin's inside a real loss."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 300, 2, 64, device=DEVICE) for _ in range(3))
     results = []

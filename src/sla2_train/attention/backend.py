@@ -85,7 +85,7 @@ def lambda_kernel_missing(num_key_blocks: int) -> str:
 def lambda_solver(attn, scores: torch.Tensor) -> LambdaSolver:
     """SoftTop-k's λ solve for this call of `attn` (an SLA2Attention) on these router scores [..., n_k]: the op
     (the kernel on CUDA, the twin on CPU), or the twin itself where the kernel cannot run. Both give the same λ."""
-    if attn.backend == REFERENCE or (scores.is_cuda and lambda_kernel_missing(scores.shape[-1])):
+    if attn.backend == "reference" or (scores.is_cuda and lambda_kernel_missing(scores.shape[-1])):
         return ref.solve_lambda
     return torch.ops.sla2.soft_topk_lambda
 
