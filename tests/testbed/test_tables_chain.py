@@ -1,10 +1,10 @@
 """scripts/testbed/tables.sh end to end on a CPU at a small size (docs/testbed.md): every training run of the
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
-breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER) and a stage 2 that trains the
-router too (JOINT_ROUTER), stage 1 validated on held-out clips (STAGE1_VAL); then a sparsity to film that the chain does not train, and an unknown prompt split,
-are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos of the same kind, a
-minute of CI.)"""
+breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER), a stage 2 that trains the
+router too (JOINT_ROUTER) and stage 1 validated on held-out clips (STAGE1_VAL); then a sparsity to film that the
+chain does not train, and an unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out:
+two more trainings and videos of the same kind, a minute of CI.)"""
 
 import csv
 import json
