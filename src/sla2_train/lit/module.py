@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +23,8 @@ from .stage import Stage
 from .stats import alpha_means
 
 log = logging.getLogger(__name__)
+
+_VALIDATION_STREAM = 1  # keeps validation's seeds apart from the (seed, rank, step) seeds of a resumed run
 
 
 class SLA2Module(pl.LightningModule):
@@ -126,11 +129,23 @@ class SLA2Module(pl.LightningModule):
             raise FloatingPointError(f"non-finite {self.stage.name} loss {loss.item()} at step {self.global_step}")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, _ = self.stage.objective(self.model, batch, self.flow)
-        bs = batch["latents"].shape[0]
-        self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
-        if self.stage.monitor is not None:
-            self.log_dict(self.stage.monitor(self.model, batch, self.flow), batch_size=bs, sync_dist=True)
+        with self._validation_draws(batch_idx):
+            loss, _ = self.stage.objective(self.model, batch, self.flow)
+            bs = batch["latents"].shape[0]
+            self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+            if self.stage.monitor is not None:
+                self.log_dict(self.stage.monitor(self.model, batch, self.flow), batch_size=bs, sync_dist=True)
+
+    @contextmanager
+    def _validation_draws(self, batch_idx: int):
+        # The losses draw σ, ε, sampled layers and query blocks from the global generators (the CPU's, and
+        # the module's GPU's where it has one). Validation draws the same ones for the same batch at every
+        # pass, so a validation curve shows what training changed rather than new noise levels (the attention
+        # error moves with σ more than over a few hundred steps), and it leaves the training stream where it
+        # was, so how often a run validates does not change how it trains.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(hash((self._seed, self.global_rank, batch_idx, _VALIDATION_STREAM)) & (2**63 - 1))
+            yield
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
