@@ -35,6 +35,9 @@
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
 # stage1-heuristic: α alone, one step, then the fit) and with the best-mass oracle's blocks and stage 1's α
 # (attention.selection=bestmass), paired with stage 1: which router's blocks keep the prompts;
+# EVAL_BESTMASS=1 films the two QAT stage 2s at the last sparsity (the learned router's and the heuristic's) again
+# with the best-mass oracle's blocks (runs stage2-bestmass and stage2-heuristic-bestmass, attention.selection=
+# bestmass), each paired with its own videos: whether a fine-tuned DiT is tied to the masks it was fine-tuned with;
 # DENSE_WEIGHTS (checkpoint: each video row's dense reference is that run's fine-tuned transformer; base: the
 # folder's own, as a paper compares);
 # STAGE1_ARGS (overrides for the stage-1 runs only: the distillation loss's full-attention rows are O(rows · N)
@@ -83,6 +86,7 @@ REFIT_ALPHA=${REFIT_ALPHA:-0}
 REFIT_ROUTER=${REFIT_ROUTER:-0}
 JOINT_ROUTER=${JOINT_ROUTER:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
+EVAL_BESTMASS=${EVAL_BESTMASS:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
 EVAL_SEED=${EVAL_SEED:-2}
 STAGE1_VAL=${STAGE1_VAL:-0}
@@ -233,7 +237,8 @@ fi
 show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true; }
 [ "$EVAL_PROMPTS" -gt 0 ] || { show_table; log "done (no videos)"; exit 0; }
 # Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
-# then (EVAL_STAGE1) stage 1 alone at each, and the heuristic's and the oracle's blocks at the last; every one
+# then (EVAL_BESTMASS) the two QAT stage 2s with the oracle's blocks, then (EVAL_STAGE1) stage 1 alone at each,
+# and the heuristic's and the oracle's blocks at the last; every one
 # against its dense model (DENSE_WEIGHTS) with the low-bit sparse branch. Each entry: the videos' name, the run
 # whose checkpoint they use, the sparsity, and an eval.py override (- for none).
 VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-heuristic-$LAST $LAST -"
@@ -246,6 +251,8 @@ for s in "${EVAL_SPARSITIES[@]}"; do
   VIDEO_RUNS+=("stage2-$s stage2-$s $s -")
   [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$s stage2-refit-$s $s -")
 done
+[ "$EVAL_BESTMASS" = 0 ] || VIDEO_RUNS+=("stage2-bestmass-$LAST stage2-$LAST $LAST attention.selection=bestmass"
+  "stage2-heuristic-bestmass-$LAST stage2-heuristic-$LAST $LAST attention.selection=bestmass")
 if [ "$EVAL_STAGE1" != 0 ]; then
   for s in "${EVAL_SPARSITIES[@]}"; do VIDEO_RUNS+=("stage1-$s stage1-$s $s -"); done
   VIDEO_RUNS+=("stage1-heuristic-$LAST stage1-heuristic-$LAST $LAST -"
@@ -274,7 +281,9 @@ for entry in "${VIDEO_RUNS[@]}"; do
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
-# 2's router, the jointly trained router against stage 2's and the heuristic's, and (EVAL_STAGE1) each stage 2
+# 2's router, the jointly trained router against stage 2's and the heuristic's, (EVAL_BESTMASS) each QAT stage 2
+# with the oracle's blocks against its own and the two with the oracle's blocks against each other, and
+# (EVAL_STAGE1) each stage 2
 # against the stage 1 it started from, the learned router's stage 1 against the heuristic's, and the oracle's
 # blocks against the learned router's. Each run's newest report is the one this command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
@@ -291,6 +300,11 @@ paired "stage2-$LAST" "stage2-bf16-$LAST"
 if [ "$JOINT_ROUTER" != 0 ]; then
   paired "stage2-joint-$LAST" "stage2-$LAST"
   paired "stage2-joint-$LAST" "stage2-heuristic-$LAST"
+fi
+if [ "$EVAL_BESTMASS" != 0 ]; then
+  paired "stage2-bestmass-$LAST" "stage2-$LAST"
+  paired "stage2-heuristic-bestmass-$LAST" "stage2-heuristic-$LAST"
+  paired "stage2-bestmass-$LAST" "stage2-heuristic-bestmass-$LAST"
 fi
 if [ "$EVAL_STAGE1" != 0 ]; then
   for s in "${EVAL_SPARSITIES[@]}"; do paired "stage2-$s" "stage1-$s"; done

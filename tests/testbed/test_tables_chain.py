@@ -2,9 +2,10 @@
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
 breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER), a stage 2 that trains the
-router too (JOINT_ROUTER) and stage 1 validated on held-out clips (STAGE1_VAL); then a sparsity to film that the
-chain does not train, and an unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out:
-two more trainings and videos of the same kind, a minute of CI.)"""
+router too (JOINT_ROUTER), stage 1 validated on held-out clips (STAGE1_VAL) and the two QAT stage 2s filmed with
+the best-mass oracle's blocks (EVAL_BESTMASS); then a sparsity to film that the chain does not train, and an
+unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos
+of the same kind, a minute of CI.)"""
 
 import csv
 import json
@@ -22,7 +23,7 @@ SETTINGS = {
     "TRAINER": "cpu", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "64", "SPARSITIES": "0.5 0.75",
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
     "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "1",
-    "EVAL_PARALLEL": "1", "WORKERS": "1", "STAGE1_VAL": "2", "STAGE1_VAL_EVERY": "1",
+    "EVAL_PARALLEL": "1", "WORKERS": "1", "STAGE1_VAL": "2", "STAGE1_VAL_EVERY": "1", "EVAL_BESTMASS": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2", "EVAL_SPLIT": "train",
@@ -103,6 +104,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         "stage2-bf16-0.75": (0.75, "router", "stage2-bf16-0.75"), "stage2-0.5": (0.5, "router", "stage2-0.5"),
         "stage2-router-0.75": (0.75, "router", "stage2-router-0.75"),
         "stage2-joint-0.75": (0.75, "router", "stage2-joint-0.75"),
+        "stage2-bestmass-0.75": (0.75, "bestmass", "stage2-0.75"),  # EVAL_BESTMASS: each QAT DiT, the oracle's blocks
+        "stage2-heuristic-bestmass-0.75": (0.75, "bestmass", "stage2-heuristic-0.75"),
         "stage1-0.5": (0.5, "router", "stage1-0.5"), "stage1-0.75": (0.75, "router", "stage1-0.75"),
         "stage1-heuristic-0.75": (0.75, "router", "stage1-heuristic-0.75"),
         "stage1-bestmass-0.75": (0.75, "bestmass", "stage1-0.75")}
@@ -110,6 +113,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     for a, b in (("stage2-0.75", "stage2-heuristic-0.75"), ("stage2-0.75", "stage2-bf16-0.75"),
                  ("stage2-router-0.75", "stage2-0.75"), ("stage2-joint-0.75", "stage2-0.75"),
                  ("stage2-joint-0.75", "stage2-heuristic-0.75"),
+                 ("stage2-bestmass-0.75", "stage2-0.75"), ("stage2-heuristic-bestmass-0.75", "stage2-heuristic-0.75"),
+                 ("stage2-bestmass-0.75", "stage2-heuristic-bestmass-0.75"),
                  ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5"),
                  ("stage1-0.75", "stage1-heuristic-0.75"), ("stage1-bestmass-0.75", "stage1-0.75")):
         compared = json.loads((work / f"compare-{a}-vs-{b}.json").read_text())
