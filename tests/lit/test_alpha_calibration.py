@@ -140,6 +140,42 @@ def test_a_run_stopped_before_max_steps_is_fitted_after_its_last_step(build_modu
     _assert_fitted_and_saved(procs, spy.calls, saved)
 
 
+class _StopAfterStep(pl.Callback):
+    """Stops the run after the step's own hooks, at a validation or at the epoch's end, as EarlyStopping does
+    when its metric stops improving."""
+
+    def __init__(self, step, hook):
+        self.step = step
+        setattr(self, hook, self._stop)
+
+    def _stop(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("hook", ["on_validation_end", "on_train_epoch_end"])
+def test_a_run_stopped_after_its_step_is_fitted_and_saved_again(build_module, make_batch, tmp_path, hook):
+    """EarlyStopping ends a run after the step's own hooks ran and, here, after a step-interval save of that
+    very step: α is still fitted on the last training batch, and last.ckpt written again with it."""
+    module, cfg = build_module("stage=distill", "attention.sparsity=0.75", "stage.monitor=null")
+    spy = module.stage.calibrate_alpha.fit = _Spy(module.stage.calibrate_alpha.fit, module)
+    procs = sla2_processors(module.model)
+    ckpt = LastCheckpoint(dirpath=tmp_path, filename="s{step}", save_top_k=0, save_last=True,
+                          every_n_train_steps=2, enable_version_counter=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_steps=10, val_check_interval=2, limit_val_batches=1,
+                         check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                         callbacks=[_StopAfterStep(2, hook), ckpt])
+    epoch = DataLoader([make_batch(cfg) for _ in range(2)], batch_size=None)  # an epoch ends at step 2 too
+    trainer.fit(module, epoch, DataLoader([make_batch(cfg)], batch_size=None))
+
+    assert trainer.global_step == 2
+    assert [step for step, _, _ in spy.calls] == [2] * len(procs)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    _assert_fitted_and_saved(procs, spy.calls, saved)
+
+
 def test_bad_calibration_options_are_one_line(build_module):
     with pytest.raises(ConfigError, match="stage.calibrate_alpha.when must be one of"):
         AlphaCalibration(when="middle")

@@ -7,8 +7,8 @@
 - when: `start`, on the first batch of a fresh run (never on resume or `init_from`: such a run keeps its
   trained α), fitted to the untrained router's mask; or `end`, on the last batch after the last optimizer
   step, fitted to the mask the trained router will run with, before the final checkpoint is written. A run
-  stopped during a step before trainer.max_steps (trainer.max_time; a callback's on_train_batch_end) is fitted
-  after its last step.
+  stopped before trainer.max_steps is fitted after its last step: during a step (trainer.max_time; a callback's
+  on_train_batch_end) or by a validation (EarlyStopping on `val/router/*`), on the last training batch.
 Every rank fits its own batch, so the result is averaged over ranks to keep the replicas identical.
 """
 
@@ -25,6 +25,7 @@ from sla2_train.diffusion import FlowMatching
 from sla2_train.models import ConfigError, dense_capture, sla2_processors
 
 from .batch import latents_and_text
+from .callbacks import LastCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class _CalibrateAtEnd(pl.Callback):
     def __init__(self, fit):
         self.fit = fit
         self.done = False
+        self._last_batch = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_steps is None or trainer.max_steps < 1:
@@ -56,10 +58,27 @@ class _CalibrateAtEnd(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
         # should_stop: Lightning's Timer (trainer.max_time) and stopping callbacks set it in this hook before
         # this callback runs (module callbacks come after the trainer's), so this step is the run's last.
-        if self.done or (trainer.global_step != trainer.max_steps and not trainer.should_stop):
+        if self.done:
             return
+        if trainer.global_step != trainer.max_steps and not trainer.should_stop:
+            self._last_batch = batch  # a callback after this hook may still stop the run here
+            return
+        self._calibrate(trainer, pl_module, batch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A stop decided after the step's own hooks ran (EarlyStopping at a validation or at the epoch's end)
+        # passes the check above unseen. Checkpoint callbacks run after this one, and LastCheckpoint writes
+        # last.ckpt again even where it saved this very step before the fit.
+        if self.done or self._last_batch is None:
+            return
+        self._calibrate(trainer, pl_module, self._last_batch)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.weights_changed()
+
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch) -> None:
         if trainer.global_step != trainer.max_steps:
-            log.warning("training stops at step %d of trainer.max_steps=%d: α is fitted on this last batch",
+            log.warning("training stops at step %d of trainer.max_steps=%d: α is fitted on its last batch",
                         trainer.global_step, trainer.max_steps)
         # Outside training_step Lightning's precision context is off: under FSDP's bf16 parameters the dense run
         # would meet float32 activations, elsewhere it would run in float32 rather than as trained.
@@ -68,6 +87,7 @@ class _CalibrateAtEnd(pl.Callback):
         with trainer.precision_plugin.forward_context():
             layers = calibrate_training_model(pl_module, batch, self.fit, forward=trainer.strategy.model)
         self.done = True
+        self._last_batch = None
         log.info("calibrated α of %d layers on the last batch", layers)
 
 

@@ -58,6 +58,7 @@ class LastCheckpoint(ModelCheckpoint):
             raise ValueError(f"callbacks.checkpoint.every_n_minutes must be > 0 or null, got {every_n_minutes}")
         self.every_n_minutes = every_n_minutes
         self._last_save_time = monotonic()
+        self._stale = False
         self._interrupted = False
         self._pid = os.getpid()
         self._previous_sigint = None
@@ -116,9 +117,15 @@ class LastCheckpoint(ModelCheckpoint):
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
             self._save_last_now(trainer, "terminated (SIGTERM)")
 
+    def weights_changed(self) -> None:
+        """The weights changed after this step's save (α fitted once a callback stopped the run): the save at
+        the end of training writes them again."""
+        self._stale = True
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
+        if self.save_last and (self._stale or self._last_global_step_saved != trainer.global_step):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._stale = False
 
     # ---- every save ------------------------------------------------------------------------------------
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
