@@ -238,9 +238,9 @@ show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/ta
 [ "$EVAL_PROMPTS" -gt 0 ] || { show_table; log "done (no videos)"; exit 0; }
 # Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
 # then (EVAL_BESTMASS) the two QAT stage 2s with the oracle's blocks, then (EVAL_STAGE1) stage 1 alone at each,
-# and the heuristic's and the oracle's blocks at the last; every one
-# against its dense model (DENSE_WEIGHTS) with the low-bit sparse branch. Each entry: the videos' name, the run
-# whose checkpoint they use, the sparsity, and an eval.py override (- for none).
+# and the heuristic's and the oracle's blocks at the last; every one against its dense model (DENSE_WEIGHTS) with
+# the low-bit sparse branch. Each entry: the videos' name, the run whose checkpoint they use, the sparsity, and an
+# eval.py override (- for none).
 VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-heuristic-$LAST $LAST -"
             "stage2-bf16-$LAST stage2-bf16-$LAST $LAST -")
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
@@ -283,9 +283,9 @@ done
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
 # 2's router, the jointly trained router against stage 2's and the heuristic's, (EVAL_BESTMASS) each QAT stage 2
 # with the oracle's blocks against its own and the two with the oracle's blocks against each other, and
-# (EVAL_STAGE1) each stage 2
-# against the stage 1 it started from, the learned router's stage 1 against the heuristic's, and the oracle's
-# blocks against the learned router's. Each run's newest report is the one this command made or kept.
+# (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1 against the
+# heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the one this
+# command made or kept.
 newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
 paired() {
   local out="$WORK/compare-$1-vs-$2"

@@ -7,8 +7,8 @@
 - when: `start`, on the first batch of a fresh run (never on resume or `init_from`: such a run keeps its
   trained α), fitted to the untrained router's mask; or `end`, on the last batch after the last optimizer
   step, fitted to the mask the trained router will run with, before the final checkpoint is written. A run
-  stopped before trainer.max_steps is fitted after its last step: during a step (trainer.max_time; a callback's
-  on_train_batch_end) or by a validation (EarlyStopping on `val/router/*`), on the last training batch.
+  stopped before trainer.max_steps is fitted after its last step, on its last training batch: stopped during
+  a step (trainer.max_time; a callback's on_train_batch_end) or after it (EarlyStopping on `val/router/*`).
 Every rank fits its own batch, so the result is averaged over ranks to keep the replicas identical.
 """
 
