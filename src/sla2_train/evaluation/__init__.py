@@ -1,8 +1,16 @@
 """Evaluation: prompts → dense and SLA2 videos through WanPipeline → VBench-style metrics, speed, report."""
 
-from .evaluate import Evaluation, build, run
-from .prompts import load_prompts
-from .random_folder import RandomWanFolder
-from .report import combined_table, write_report
+from importlib import import_module
 
 __all__ = ["Evaluation", "RandomWanFolder", "build", "combined_table", "load_prompts", "run", "write_report"]
+
+_HOMES = {"Evaluation": "evaluate", "build": "evaluate", "run": "evaluate", "RandomWanFolder": "random_folder",
+          "load_prompts": "prompts", "combined_table": "report", "write_report": "report"}
+
+
+def __getattr__(name: str):
+    # Lazy: the report tools (sla2-eval-compare, sla2-testbed-breakdown) only read JSON, and importing the
+    # pipeline here (torch, diffusers) cost each of them 5 s a call.
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)
