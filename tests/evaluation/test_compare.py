@@ -107,3 +107,14 @@ def test_bad_inputs_are_one_line(runs, capsys, case, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     with pytest.raises(CompareError):
         compare(a, b, row_b=extra[1] if extra else None)
+
+
+def test_the_report_tools_start_without_the_pipeline():
+    """A chain runs a dozen of them: they read JSON, and importing torch and diffusers cost each 5 s."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sla2_train.evaluation.compare, sla2_train.testbed.breakdown; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
