@@ -143,8 +143,15 @@ class SLA2Module(pl.LightningModule):
         # pass, so a validation curve shows what training changed rather than new noise levels (the attention
         # error moves with σ more than over a few hundred steps), and it leaves the training stream where it
         # was, so how often a run validates does not change how it trains.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(hash((self._seed, self.global_rank, batch_idx, _VALIDATION_STREAM)) & (2**63 - 1))
+        # Seeds exactly the generators fork_rng puts back: torch.manual_seed would reseed every visible GPU's,
+        # and a process of a multi-GPU job sees them all.
+        cuda = self.device.type == "cuda"
+        seed = hash((self._seed, self.global_rank, batch_idx, _VALIDATION_STREAM)) & (2**63 - 1)
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
             yield
 
     def configure_optimizers(self):
