@@ -68,7 +68,9 @@ class _CalibrateAtEnd(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A stop decided after the step's own hooks ran (EarlyStopping at a validation or at the epoch's end)
         # passes the check above unseen. Checkpoint callbacks run after this one, and LastCheckpoint writes
-        # last.ckpt again even where it saved this very step before the fit.
+        # last.ckpt again even where it saved this very step before the fit. (Fitting here alone would do for
+        # every run, but a run ending at max_steps on a save interval would then write its final checkpoint,
+        # 15 GB at Wan2.1-1.3B with the optimizer, twice.)
         if self.done or self._last_batch is None:
             return
         self._calibrate(trainer, pl_module, self._last_batch)
