@@ -30,6 +30,12 @@
 # row `qat_joint_router`, videos paired with stage 2's and the heuristic router's). Its step costs more than plain
 # stage 2's (1.7× at the stage's defaults on the testbed), so under MAX_TIME it takes fewer steps: MAX_TIME= and
 # STEPS=N give every run the same steps;
+# TEACHER=1 adds two stage 2s at the last sparsity that also match a frozen dense copy of the DiT they start from
+# (runs stage2-teacher from stage 1 and stage2-heuristic-teacher from the heuristic router, STAGE2_ARGS and then
+# TEACHER_ARGS: by default the teacher's velocity at weight 1 and its guided velocity u + 5·(c − u) at weight 0.1,
+# lit/teacher.py; rows `qat_teacher` and `heuristic_router_qat_teacher`, videos paired with the same router's
+# stage 2 without the teacher and with each other): whether a stage 2 pulled towards what the dense model samples
+# keeps the prompts a stage 2 fitted to the data alone loses;
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
 # EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
@@ -85,6 +91,7 @@ EVAL_PARALLEL=${EVAL_PARALLEL:-1}
 REFIT_ALPHA=${REFIT_ALPHA:-0}
 REFIT_ROUTER=${REFIT_ROUTER:-0}
 JOINT_ROUTER=${JOINT_ROUTER:-0}
+TEACHER=${TEACHER:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 EVAL_BESTMASS=${EVAL_BESTMASS:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
@@ -100,6 +107,9 @@ read -r -a EVAL_ARGS <<< "${EVAL_ARGS:-}"
 read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
 read -r -a STAGE2_ARGS <<< "${STAGE2_ARGS:-}"
 read -r -a JOINT_ARGS <<< "${JOINT_ARGS:-}"
+# the guided term needs the empty prompt's embedding, which every testbed folder carries (model_folder.py)
+TEACHER_DEFAULT="stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:1.0,guided_weight:0.1,guidance_scale:5.0,empty:$MODEL/empty_prompt.safetensors}"
+read -r -a TEACHER_ARGS <<< "${TEACHER_ARGS:-$TEACHER_DEFAULT}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
 read -r -a EVAL_SPARSITIES <<< "${EVAL_SPARSITIES:-$LAST}"
@@ -186,6 +196,8 @@ calibrate() {
 STAGE2=(stage=qat data.batch_size=8 "${STAGE2_ARGS[@]}")  # before each run's own overrides, which win
 # Table 2: the heuristic router with α and QAT (no stage 1)
 train "stage2-heuristic-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.allow_untrained_router=true "$(calibrate start)"
+[ "$TEACHER" = 0 ] || train "stage2-heuristic-teacher-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
+  stage.allow_untrained_router=true "$(calibrate start)" "${TEACHER_ARGS[@]}"
 drain
 for s in "${SPARSITIES[@]}"; do
   train "stage2-$s" "${STAGE2[@]}" attention.sparsity="$s" init_from="$(ckpt "stage1-$s")"
@@ -198,6 +210,9 @@ train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attent
 # stage 2 with the router trained too (JOINT_ROUTER)
 [ "$JOINT_ROUTER" = 0 ] || train "stage2-joint-$LAST" stage=qat_router data.batch_size=8 "${STAGE2_ARGS[@]}" \
   attention.sparsity="$LAST" init_from="$(ckpt "stage1-$LAST")" "${JOINT_ARGS[@]}"
+# stage 2 with the dense teacher (TEACHER)
+[ "$TEACHER" = 0 ] || train "stage2-teacher-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
+  init_from="$(ckpt "stage1-$LAST")" "${TEACHER_ARGS[@]}"
 drain
 # stage 1 again on stage 2's transformer (REFIT_ROUTER)
 if [ "$REFIT_ROUTER" != 0 ]; then
@@ -221,6 +236,8 @@ if [ "$REFIT_ALPHA" != 0 ]; then
 fi
 [ "$REFIT_ROUTER" = 0 ] || ROUTER_ROW=("+stage2_variants.qat_router_refit=[$(ckpt "stage2-router-$LAST")]")
 [ "$JOINT_ROUTER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_joint_router=[$(ckpt "stage2-joint-$LAST")]")
+[ "$TEACHER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_teacher=[$(ckpt "stage2-teacher-$LAST")]"
+  "+stage2_variants.heuristic_router_qat_teacher=[$(ckpt "stage2-heuristic-teacher-$LAST")]")
 TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt"
        calib_count=2 "$LATENTS" "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE"
        out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
@@ -246,6 +263,8 @@ VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-h
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
 [ "$REFIT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-router-$LAST stage2-router-$LAST $LAST -")
 [ "$JOINT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-joint-$LAST stage2-joint-$LAST $LAST -")
+[ "$TEACHER" = 0 ] || VIDEO_RUNS+=("stage2-teacher-$LAST stage2-teacher-$LAST $LAST -"
+  "stage2-heuristic-teacher-$LAST stage2-heuristic-teacher-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
   [ "$s" = "$LAST" ] && continue
   VIDEO_RUNS+=("stage2-$s stage2-$s $s -")
@@ -281,7 +300,8 @@ for entry in "${VIDEO_RUNS[@]}"; do
 done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
-# 2's router, the jointly trained router against stage 2's and the heuristic's, (EVAL_BESTMASS) each QAT stage 2
+# 2's router, the jointly trained router against stage 2's and the heuristic's, (TEACHER) each router's stage 2
+# with the teacher against it without and the two with the teacher against each other, (EVAL_BESTMASS) each QAT stage 2
 # with the oracle's blocks against its own and the two with the oracle's blocks against each other, and
 # (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1 against the
 # heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the one this
@@ -300,6 +320,11 @@ paired "stage2-$LAST" "stage2-bf16-$LAST"
 if [ "$JOINT_ROUTER" != 0 ]; then
   paired "stage2-joint-$LAST" "stage2-$LAST"
   paired "stage2-joint-$LAST" "stage2-heuristic-$LAST"
+fi
+if [ "$TEACHER" != 0 ]; then
+  paired "stage2-teacher-$LAST" "stage2-$LAST"
+  paired "stage2-heuristic-teacher-$LAST" "stage2-heuristic-$LAST"
+  paired "stage2-teacher-$LAST" "stage2-heuristic-teacher-$LAST"
 fi
 if [ "$EVAL_BESTMASS" != 0 ]; then
   paired "stage2-bestmass-$LAST" "stage2-$LAST"
