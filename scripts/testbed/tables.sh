@@ -36,6 +36,12 @@
 # lit/teacher.py; rows `qat_teacher` and `heuristic_router_qat_teacher`, videos paired with the same router's
 # stage 2 without the teacher and with each other): whether a stage 2 pulled towards what the dense model samples
 # keeps the prompts a stage 2 fitted to the data alone loses;
+# SWAP_ALPHA=1 adds two stage 2s at the last sparsity with the two routers' α swapped (scripts/testbed/swap_alpha.py,
+# after the heuristic router's stage 1 as EVAL_STAGE1 trains it): stage2-swapalpha (the learned router with the α
+# fitted to the heuristic's masks) and stage2-heuristic-swapalpha (the heuristic router with the learned one's α);
+# rows `qat_heuristic_alpha` and `heuristic_router_qat_learned_alpha`, videos paired with each router's own stage 2
+# and with the other router's: whether a router's stage 2 keeps or loses its prompts by its masks or by the share
+# of the linear branch its α gives;
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
 # EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
@@ -92,6 +98,7 @@ REFIT_ALPHA=${REFIT_ALPHA:-0}
 REFIT_ROUTER=${REFIT_ROUTER:-0}
 JOINT_ROUTER=${JOINT_ROUTER:-0}
 TEACHER=${TEACHER:-0}
+SWAP_ALPHA=${SWAP_ALPHA:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 EVAL_BESTMASS=${EVAL_BESTMASS:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
@@ -187,8 +194,8 @@ for s in "${SPARSITIES[@]}"; do
   train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4 "${STAGE1_VAL_ARGS[@]}" "${STAGE1_ARGS[@]}"
 done
 # the heuristic router's stage 1: the router left at identity, α fitted to its mask after one step
-[ "$EVAL_STAGE1" = 0 ] || train "stage1-heuristic-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \
-  "stage.train=[alpha]" ++stage.allow_untrained_router=true "${STAGE1_ARGS[@]}" trainer.max_steps=1
+if [ "$EVAL_STAGE1" != 0 ] || [ "$SWAP_ALPHA" != 0 ]; then train "stage1-heuristic-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \
+  "stage.train=[alpha]" ++stage.allow_untrained_router=true "${STAGE1_ARGS[@]}" trainer.max_steps=1; fi
 # α by the stage-1 recipe's fit (least absolute error), on the first batch (start) or after the last step (end)
 calibrate() {
   echo "stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:$1}"
@@ -210,6 +217,18 @@ train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attent
 # stage 2 with the router trained too (JOINT_ROUTER)
 [ "$JOINT_ROUTER" = 0 ] || train "stage2-joint-$LAST" stage=qat_router data.batch_size=8 "${STAGE2_ARGS[@]}" \
   attention.sparsity="$LAST" init_from="$(ckpt "stage1-$LAST")" "${JOINT_ARGS[@]}"
+# the two routers' α swapped (SWAP_ALPHA)
+if [ "$SWAP_ALPHA" != 0 ]; then
+  mkdir -p "$WORK/swap"
+  "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-$LAST")" "$(ckpt "stage1-heuristic-$LAST")" \
+    "$WORK/swap/learned-router-heuristic-alpha.ckpt"
+  "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-heuristic-$LAST")" "$(ckpt "stage1-$LAST")" \
+    "$WORK/swap/heuristic-router-learned-alpha.ckpt"
+  train "stage2-swapalpha-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
+    init_from="$WORK/swap/learned-router-heuristic-alpha.ckpt"
+  train "stage2-heuristic-swapalpha-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
+    init_from="$WORK/swap/heuristic-router-learned-alpha.ckpt" stage.allow_untrained_router=true
+fi
 # stage 2 with the dense teacher (TEACHER)
 [ "$TEACHER" = 0 ] || train "stage2-teacher-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
   init_from="$(ckpt "stage1-$LAST")" "${TEACHER_ARGS[@]}"
@@ -236,6 +255,8 @@ if [ "$REFIT_ALPHA" != 0 ]; then
 fi
 [ "$REFIT_ROUTER" = 0 ] || ROUTER_ROW=("+stage2_variants.qat_router_refit=[$(ckpt "stage2-router-$LAST")]")
 [ "$JOINT_ROUTER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_joint_router=[$(ckpt "stage2-joint-$LAST")]")
+[ "$SWAP_ALPHA" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_heuristic_alpha=[$(ckpt "stage2-swapalpha-$LAST")]"
+  "+stage2_variants.heuristic_router_qat_learned_alpha=[$(ckpt "stage2-heuristic-swapalpha-$LAST")]")
 [ "$TEACHER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_teacher=[$(ckpt "stage2-teacher-$LAST")]"
   "+stage2_variants.heuristic_router_qat_teacher=[$(ckpt "stage2-heuristic-teacher-$LAST")]")
 TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt"
@@ -263,6 +284,8 @@ VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-h
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
 [ "$REFIT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-router-$LAST stage2-router-$LAST $LAST -")
 [ "$JOINT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-joint-$LAST stage2-joint-$LAST $LAST -")
+[ "$SWAP_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-swapalpha-$LAST stage2-swapalpha-$LAST $LAST -"
+  "stage2-heuristic-swapalpha-$LAST stage2-heuristic-swapalpha-$LAST $LAST -")
 [ "$TEACHER" = 0 ] || VIDEO_RUNS+=("stage2-teacher-$LAST stage2-teacher-$LAST $LAST -"
   "stage2-heuristic-teacher-$LAST stage2-heuristic-teacher-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
@@ -301,7 +324,8 @@ done
 # Table 2's video ablations, paired by prompt and seed (sla2-eval-compare): the learned router against the
 # heuristic, QAT against the bf16 fine-tune, the α refit against stage 2's own α, the router refit against stage
 # 2's router, the jointly trained router against stage 2's and the heuristic's, (TEACHER) each router's stage 2
-# with the teacher against it without and the two with the teacher against each other, (EVAL_BESTMASS) each QAT stage 2
+# with the teacher against it without and the two with the teacher against each other, (SWAP_ALPHA) each router
+# with the other's α against its own stage 2 and against the other router's, (EVAL_BESTMASS) each QAT stage 2
 # with the oracle's blocks against its own and the two with the oracle's blocks against each other, and
 # (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1 against the
 # heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the one this
@@ -320,6 +344,12 @@ paired "stage2-$LAST" "stage2-bf16-$LAST"
 if [ "$JOINT_ROUTER" != 0 ]; then
   paired "stage2-joint-$LAST" "stage2-$LAST"
   paired "stage2-joint-$LAST" "stage2-heuristic-$LAST"
+fi
+if [ "$SWAP_ALPHA" != 0 ]; then
+  paired "stage2-swapalpha-$LAST" "stage2-$LAST"
+  paired "stage2-heuristic-swapalpha-$LAST" "stage2-heuristic-$LAST"
+  paired "stage2-swapalpha-$LAST" "stage2-heuristic-$LAST"
+  paired "stage2-heuristic-swapalpha-$LAST" "stage2-$LAST"
 fi
 if [ "$TEACHER" != 0 ]; then
   paired "stage2-teacher-$LAST" "stage2-$LAST"

@@ -2,8 +2,8 @@
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
 breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER), a stage 2 that trains the
-router too (JOINT_ROUTER), each router's stage 2 with a dense teacher (TEACHER), stage 1 validated on held-out
-clips (STAGE1_VAL) and the two QAT stage 2s filmed with the best-mass oracle's blocks (EVAL_BESTMASS); then a sparsity to film that the chain does not train, and an
+router too (JOINT_ROUTER), each router's stage 2 with a dense teacher (TEACHER) and with the other router's α
+(SWAP_ALPHA), stage 1 validated on held-out clips (STAGE1_VAL) and the two QAT stage 2s filmed with the best-mass oracle's blocks (EVAL_BESTMASS); then a sparsity to film that the chain does not train, and an
 unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos
 of the same kind, a minute of CI.)"""
 
@@ -24,7 +24,7 @@ SETTINGS = {
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
     "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "2",
     "EVAL_PARALLEL": "2", "WORKERS": "1", "OMP_NUM_THREADS": "1", "STAGE1_VAL": "2", "STAGE1_VAL_EVERY": "1", "EVAL_BESTMASS": "1",
-    "TEACHER": "1",
+    "TEACHER": "1", "SWAP_ALPHA": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2", "EVAL_SPLIT": "train",
@@ -49,7 +49,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
     for ckpt in work.glob("runs/*/*/checkpoints/last.ckpt"):
         steps[ckpt.parts[-4]] = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     stage2 = ["stage2-0.5", "stage2-0.75", "stage2-heuristic-0.75", "stage2-bf16-0.75", "stage2-joint-0.75",
-              "stage2-teacher-0.75", "stage2-heuristic-teacher-0.75"]
+              "stage2-teacher-0.75", "stage2-heuristic-teacher-0.75", "stage2-swapalpha-0.75",
+              "stage2-heuristic-swapalpha-0.75"]
     assert steps == {"stage1-0.5": 1, "stage1-0.75": 1, "stage1-heuristic-0.75": 1,  # STAGE2_ARGS: stage 2 only
                      "stage2-router-0.75": 1, **{run: 2 for run in stage2}}
     # REFIT_ROUTER: stage 1 on stage 2's transformer keeps that transformer and trains the router further
@@ -70,6 +71,17 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         for key in ("train/flow/teacher_mse", "train/flow/teacher_guided_mse"):
             logged = [float(r[key]) for r in rows if r.get(key)]
             assert logged and all(math.isfinite(v) and v > 0 for v in logged), (run, key, logged)
+    # SWAP_ALPHA: each router's stage 1 with the other's α (the heuristic's router at identity), which its stage 2
+    # starts from
+    stage1, heuristic = (torch.load(next(work.glob(f"runs/{run}/*/checkpoints/last.ckpt")), map_location="cpu",
+                                    weights_only=True)["state_dict"] for run in ("stage1-0.75", "stage1-heuristic-0.75"))
+    for name, router, alpha in (("learned-router-heuristic-alpha", stage1, heuristic),
+                                ("heuristic-router-learned-alpha", heuristic, stage1)):
+        swapped = torch.load(work / "swap" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        assert swapped.keys() == router.keys()
+        for k, v in swapped.items():
+            assert torch.equal(v, (alpha if ".alpha." in k else router)[k]), (name, k)
+    assert any(not torch.equal(stage1[k], heuristic[k]) for k in stage1 if ".alpha." in k)
     # STAGE1_VAL: each stage 1 validated on clips of held-out combinations, the router's error in its CSV log
     val_prompts = (work / "val" / "prompts.txt").read_text().split("\n")
     val_claims = [[(c.colour, c.shape, c.direction) for c in parse_caption(p)] for p in val_prompts if p.strip()
@@ -91,7 +103,9 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
             assert (s, method) in measured
     assert {(0.75, "sla2_stage2:heuristic_router_qat"), (0.75, "sla2_stage2:bf16_finetune"),
             (0.75, "sla2_stage2:qat_router_refit"), (0.75, "sla2_stage2:qat_joint_router"),
-            (0.75, "sla2_stage2:qat_teacher"), (0.75, "sla2_stage2:heuristic_router_qat_teacher")} <= measured
+            (0.75, "sla2_stage2:qat_teacher"), (0.75, "sla2_stage2:heuristic_router_qat_teacher"),
+            (0.75, "sla2_stage2:qat_heuristic_alpha"), (0.75, "sla2_stage2:heuristic_router_qat_learned_alpha")
+            } <= measured
     for row in table["rows"]:
         if row["mean"] is not None:  # the breakdown covers the two measured steps, both guidance branches
             assert {(e["step"], e["branch"]) for e in row["by_step_and_branch"]} == {
@@ -116,6 +130,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         "stage2-joint-0.75": (0.75, "router", "stage2-joint-0.75"),
         "stage2-teacher-0.75": (0.75, "router", "stage2-teacher-0.75"),
         "stage2-heuristic-teacher-0.75": (0.75, "router", "stage2-heuristic-teacher-0.75"),
+        "stage2-swapalpha-0.75": (0.75, "router", "stage2-swapalpha-0.75"),
+        "stage2-heuristic-swapalpha-0.75": (0.75, "router", "stage2-heuristic-swapalpha-0.75"),
         "stage2-bestmass-0.75": (0.75, "bestmass", "stage2-0.75"),  # EVAL_BESTMASS: each QAT DiT, the oracle's blocks
         "stage2-heuristic-bestmass-0.75": (0.75, "bestmass", "stage2-heuristic-0.75"),
         "stage1-0.5": (0.5, "router", "stage1-0.5"), "stage1-0.75": (0.75, "router", "stage1-0.75"),
@@ -127,6 +143,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
                  ("stage2-joint-0.75", "stage2-heuristic-0.75"), ("stage2-teacher-0.75", "stage2-0.75"),
                  ("stage2-heuristic-teacher-0.75", "stage2-heuristic-0.75"),
                  ("stage2-teacher-0.75", "stage2-heuristic-teacher-0.75"),
+                 ("stage2-swapalpha-0.75", "stage2-0.75"), ("stage2-heuristic-swapalpha-0.75", "stage2-heuristic-0.75"),
+                 ("stage2-swapalpha-0.75", "stage2-heuristic-0.75"), ("stage2-heuristic-swapalpha-0.75", "stage2-0.75"),
                  ("stage2-bestmass-0.75", "stage2-0.75"), ("stage2-heuristic-bestmass-0.75", "stage2-heuristic-0.75"),
                  ("stage2-bestmass-0.75", "stage2-heuristic-bestmass-0.75"),
                  ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5"),
