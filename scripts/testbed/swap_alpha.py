@@ -3,7 +3,7 @@
     python scripts/testbed/swap_alpha.py A.ckpt B.ckpt OUT.ckpt
 
 Each router's α is fitted to its own masks, so two routers' stage 2s differ in α as well as in the blocks they
-select (on the testbed at 97%: about 0.72 after the learned router's stage 1, 0.60 for the heuristic's). Starting
+select (on the testbed at 97%: 0.66–0.73 after the learned router's stage 1, 0.60 for the heuristic's). Starting
 stage 2 from A's router with B's α (`train.py stage=qat init_from=OUT.ckpt`) separates the two. α is every SLA2
 layer's `attention.alpha.*` parameters; A and B must hold the same ones, of the same shapes (the same model,
 sparsity and alpha_mode). The output keeps A's other entries (its recorded attention options among them), so

@@ -43,7 +43,8 @@ def test_mismatched_alpha_is_refused_in_one_line(tmp_path, capsys):
     torch.save(b, tmp_path / "b.ckpt")
     assert swap.main([str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"), str(tmp_path / "c.ckpt")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("swap_alpha: model.blocks.0.attn1.processor.attention.alpha.logit: shape (3,) in A, (4,) in B")
+    assert err.startswith("swap_alpha: model.blocks.0.attn1.processor.attention.alpha.logit: shape (3,) in A, "
+                          "(4,) in B")
     assert "\n" not in err and not (tmp_path / "c.ckpt").exists()
     with pytest.raises(ValueError, match="different α parameters"):
         swap.swap_alpha(_ckpt(1), _ckpt(2, layers=3))
