@@ -115,7 +115,8 @@ read -r -a STAGE1_ARGS <<< "${STAGE1_ARGS:-}"
 read -r -a STAGE2_ARGS <<< "${STAGE2_ARGS:-}"
 read -r -a JOINT_ARGS <<< "${JOINT_ARGS:-}"
 # the guided term needs the empty prompt's embedding, which every testbed folder carries (model_folder.py)
-TEACHER_DEFAULT="stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:1.0,guided_weight:0.1,guidance_scale:5.0,empty:$MODEL/empty_prompt.safetensors}"
+TEACHER_DEFAULT="stage.objective.teacher={_target_:sla2_train.lit.teacher.DenseTeacher,weight:1.0,\
+guided_weight:0.1,guidance_scale:5.0,empty:$MODEL/empty_prompt.safetensors}"
 read -r -a TEACHER_ARGS <<< "${TEACHER_ARGS:-$TEACHER_DEFAULT}"
 LATENTS="model.latent_shape=[48,17,$((HEIGHT / 4)),$((WIDTH / 4))]"
 LAST=${SPARSITIES[-1]}
@@ -188,35 +189,47 @@ drain() {
   STARTED=()
   [ "$failed" = 0 ] || exit 1
 }
+# `variant RUN ROW OVERRIDES...`: trains a stage 2 beside stage 2 itself at the last sparsity, which then gets the
+# attention table's row `ROW` and a video run of its own
+VARIANTS=()
+variant() {
+  local run=$1 row=$2; shift 2
+  VARIANTS+=("$run $row")
+  train "$run" "$@"
+}
 EXTRA=("$@")
 
 for s in "${SPARSITIES[@]}"; do
   train "stage1-$s" stage=distill attention.sparsity="$s" data.batch_size=4 "${STAGE1_VAL_ARGS[@]}" "${STAGE1_ARGS[@]}"
 done
 # the heuristic router's stage 1: the router left at identity, α fitted to its mask after one step
-if [ "$EVAL_STAGE1" != 0 ] || [ "$SWAP_ALPHA" != 0 ]; then train "stage1-heuristic-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \
-  "stage.train=[alpha]" ++stage.allow_untrained_router=true "${STAGE1_ARGS[@]}" trainer.max_steps=1; fi
+if [ "$EVAL_STAGE1" != 0 ] || [ "$SWAP_ALPHA" != 0 ]; then
+  train "stage1-heuristic-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 "stage.train=[alpha]" \
+    ++stage.allow_untrained_router=true "${STAGE1_ARGS[@]}" trainer.max_steps=1
+fi
 # α by the stage-1 recipe's fit (least absolute error), on the first batch (start) or after the last step (end)
 calibrate() {
   echo "stage.calibrate_alpha={_target_:sla2_train.lit.alpha_calibration.AlphaCalibration,fit:{_target_:sla2_train.attention.distill.LeastAbsoluteFit},when:$1}"
 }
 STAGE2=(stage=qat data.batch_size=8 "${STAGE2_ARGS[@]}")  # before each run's own overrides, which win
-# Table 2: the heuristic router with α and QAT (no stage 1)
-train "stage2-heuristic-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.allow_untrained_router=true "$(calibrate start)"
-[ "$TEACHER" = 0 ] || train "stage2-heuristic-teacher-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
-  stage.allow_untrained_router=true "$(calibrate start)" "${TEACHER_ARGS[@]}"
+# Table 2: the heuristic router with α and QAT (no stage 1); (TEACHER) the same with the dense teacher
+AT_LAST=("${STAGE2[@]}" attention.sparsity="$LAST")
+HEURISTIC=("${AT_LAST[@]}" stage.allow_untrained_router=true "$(calibrate start)")
+variant "stage2-heuristic-$LAST" heuristic_router_qat "${HEURISTIC[@]}"
+[ "$TEACHER" = 0 ] || variant "stage2-heuristic-teacher-$LAST" heuristic_router_qat_teacher "${HEURISTIC[@]}" \
+  "${TEACHER_ARGS[@]}"
 drain
 for s in "${SPARSITIES[@]}"; do
   train "stage2-$s" "${STAGE2[@]}" attention.sparsity="$s" init_from="$(ckpt "stage1-$s")"
   [ "$REFIT_ALPHA" = 0 ] || train "stage2-refit-$s" "${STAGE2[@]}" attention.sparsity="$s" \
     init_from="$(ckpt "stage1-$s")" "$(calibrate end)"
 done
+STAGE1_LAST="init_from=$(ckpt "stage1-$LAST")"
 # Table 2: stage 2 as a bf16 fine-tune of the same stage 1 (measured with the low-bit sparse branch)
-train "stage2-bf16-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" stage.attention_mode.quant=false \
-  init_from="$(ckpt "stage1-$LAST")"
+variant "stage2-bf16-$LAST" bf16_finetune "${AT_LAST[@]}" "$STAGE1_LAST" stage.attention_mode.quant=false
 # stage 2 with the router trained too (JOINT_ROUTER)
-[ "$JOINT_ROUTER" = 0 ] || train "stage2-joint-$LAST" stage=qat_router data.batch_size=8 "${STAGE2_ARGS[@]}" \
-  attention.sparsity="$LAST" init_from="$(ckpt "stage1-$LAST")" "${JOINT_ARGS[@]}"
+[ "$JOINT_ROUTER" = 0 ] || variant "stage2-joint-$LAST" qat_joint_router stage=qat_router data.batch_size=8 \
+  "${STAGE2_ARGS[@]}" attention.sparsity="$LAST" "$STAGE1_LAST" "${JOINT_ARGS[@]}"
 # the two routers' α swapped (SWAP_ALPHA)
 if [ "$SWAP_ALPHA" != 0 ]; then
   mkdir -p "$WORK/swap"
@@ -224,18 +237,17 @@ if [ "$SWAP_ALPHA" != 0 ]; then
     "$WORK/swap/learned-router-heuristic-alpha.ckpt"
   "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-heuristic-$LAST")" "$(ckpt "stage1-$LAST")" \
     "$WORK/swap/heuristic-router-learned-alpha.ckpt"
-  train "stage2-swapalpha-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
+  variant "stage2-swapalpha-$LAST" qat_heuristic_alpha "${AT_LAST[@]}" \
     init_from="$WORK/swap/learned-router-heuristic-alpha.ckpt"
-  train "stage2-heuristic-swapalpha-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
+  variant "stage2-heuristic-swapalpha-$LAST" heuristic_router_qat_learned_alpha "${AT_LAST[@]}" \
     init_from="$WORK/swap/heuristic-router-learned-alpha.ckpt" stage.allow_untrained_router=true
 fi
 # stage 2 with the dense teacher (TEACHER)
-[ "$TEACHER" = 0 ] || train "stage2-teacher-$LAST" "${STAGE2[@]}" attention.sparsity="$LAST" \
-  init_from="$(ckpt "stage1-$LAST")" "${TEACHER_ARGS[@]}"
+[ "$TEACHER" = 0 ] || variant "stage2-teacher-$LAST" qat_teacher "${AT_LAST[@]}" "$STAGE1_LAST" "${TEACHER_ARGS[@]}"
 drain
 # stage 1 again on stage 2's transformer (REFIT_ROUTER)
 if [ "$REFIT_ROUTER" != 0 ]; then
-  train "stage2-router-$LAST" stage=distill attention.sparsity="$LAST" data.batch_size=4 \
+  variant "stage2-router-$LAST" qat_router_refit stage=distill attention.sparsity="$LAST" data.batch_size=4 \
     init_from="$(ckpt "stage2-$LAST")" "${STAGE1_ARGS[@]}"
   drain
 fi
@@ -247,24 +259,20 @@ fresh() {
   local marker=$1; shift
   [ -f "$marker" ] && [ "$(cat "$marker")" = "$*" ] && [ -z "$(find "$WORK/runs" -name last.ckpt -newer "$marker" -print -quit)" ]
 }
-S1=(); S2=(); R=(); REFIT_ROW=(); ROUTER_ROW=()
+S1=(); S2=(); R=(); REFIT_ROW=(); VARIANT_ROWS=()
 for s in "${SPARSITIES[@]}"; do S1+=("$(ckpt "stage1-$s")"); S2+=("$(ckpt "stage2-$s")"); done
 if [ "$REFIT_ALPHA" != 0 ]; then
   for s in "${SPARSITIES[@]}"; do R+=("$(ckpt "stage2-refit-$s")"); done
   REFIT_ROW=("+stage2_variants.qat_alpha_refit=[$(join "${R[@]}")]")
 fi
-[ "$REFIT_ROUTER" = 0 ] || ROUTER_ROW=("+stage2_variants.qat_router_refit=[$(ckpt "stage2-router-$LAST")]")
-[ "$JOINT_ROUTER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_joint_router=[$(ckpt "stage2-joint-$LAST")]")
-[ "$SWAP_ALPHA" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_heuristic_alpha=[$(ckpt "stage2-swapalpha-$LAST")]"
-  "+stage2_variants.heuristic_router_qat_learned_alpha=[$(ckpt "stage2-heuristic-swapalpha-$LAST")]")
-[ "$TEACHER" = 0 ] || ROUTER_ROW+=("+stage2_variants.qat_teacher=[$(ckpt "stage2-teacher-$LAST")]"
-  "+stage2_variants.heuristic_router_qat_teacher=[$(ckpt "stage2-heuristic-teacher-$LAST")]")
+for entry in "${VARIANTS[@]}"; do
+  read -r run row <<< "$entry"
+  VARIANT_ROWS+=("+stage2_variants.$row=[$(ckpt "$run")]")
+done
 TABLE=("$PY" -m sla2_train.attnbench.table model="$PRESET" model.path="$MODEL" prompts="$WORK/table_prompts.txt"
        calib_count=2 "$LATENTS" "sparsities=[$(join "${SPARSITIES[@]}")]" 'steps=[5,15,25]' device="$DEVICE"
-       out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]"
-       "+stage2_variants.heuristic_router_qat=[$(ckpt "stage2-heuristic-$LAST")]"
-       "+stage2_variants.bf16_finetune=[$(ckpt "stage2-bf16-$LAST")]" "${REFIT_ROW[@]}" "${ROUTER_ROW[@]}"
-       "${TABLE_ARGS[@]}")
+       out="$WORK/table" "stage1=[$(join "${S1[@]}")]" "stage2=[$(join "${S2[@]}")]" "${VARIANT_ROWS[@]}"
+       "${REFIT_ROW[@]}" "${TABLE_ARGS[@]}")
 # The table and the videos run EVAL_PARALLEL at a time (1: one after the other, each video run's timing its own)
 if fresh "$WORK/logs/table.done" "${TABLE[@]}"; then
   log "attention table: kept (made by the same command after the last checkpoint)"
@@ -274,20 +282,14 @@ else
 fi
 show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true; }
 [ "$EVAL_PROMPTS" -gt 0 ] || { show_table; log "done (no videos)"; exit 0; }
-# Videos: the three stage 2s at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
+# Videos: stage 2 and its variants at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
 # then (EVAL_BESTMASS) the two QAT stage 2s with the oracle's blocks, then (EVAL_STAGE1) stage 1 alone at each,
 # and the heuristic's and the oracle's blocks at the last; every one against its dense model (DENSE_WEIGHTS) with
 # the low-bit sparse branch. Each entry: the videos' name, the run whose checkpoint they use, the sparsity, and an
 # eval.py override (- for none).
-VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -" "stage2-heuristic-$LAST stage2-heuristic-$LAST $LAST -"
-            "stage2-bf16-$LAST stage2-bf16-$LAST $LAST -")
+VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -")
+for entry in "${VARIANTS[@]}"; do read -r run _ <<< "$entry"; VIDEO_RUNS+=("$run $run $LAST -"); done
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
-[ "$REFIT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-router-$LAST stage2-router-$LAST $LAST -")
-[ "$JOINT_ROUTER" = 0 ] || VIDEO_RUNS+=("stage2-joint-$LAST stage2-joint-$LAST $LAST -")
-[ "$SWAP_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-swapalpha-$LAST stage2-swapalpha-$LAST $LAST -"
-  "stage2-heuristic-swapalpha-$LAST stage2-heuristic-swapalpha-$LAST $LAST -")
-[ "$TEACHER" = 0 ] || VIDEO_RUNS+=("stage2-teacher-$LAST stage2-teacher-$LAST $LAST -"
-  "stage2-heuristic-teacher-$LAST stage2-heuristic-teacher-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
   [ "$s" = "$LAST" ] && continue
   VIDEO_RUNS+=("stage2-$s stage2-$s $s -")
