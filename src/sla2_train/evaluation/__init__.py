@@ -2,10 +2,10 @@
 
 from importlib import import_module
 
-__all__ = ["Evaluation", "RandomWanFolder", "build", "combined_table", "load_prompts", "run", "write_report"]
-
+# each public name → the module that defines it
 _HOMES = {"Evaluation": "evaluate", "build": "evaluate", "run": "evaluate", "RandomWanFolder": "random_folder",
           "load_prompts": "prompts", "combined_table": "report", "write_report": "report"}
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str):
