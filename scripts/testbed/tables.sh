@@ -42,6 +42,13 @@
 # rows `qat_heuristic_alpha` and `heuristic_router_qat_learned_alpha`, videos paired with each router's own stage 2
 # and with the other router's: whether a router's stage 2 keeps or loses its prompts by its masks or by the share
 # of the linear branch its α gives;
+# BASE_MASKS=1 adds two stage 2s at the last sparsity whose layers take their blocks from the frozen base DiT
+# (attention.selection=base, models/base_selection.py: each layer's router on the q, k the folder's own DiT makes
+# densely for the same input, so the masks stay what they were before the fine-tune): stage2-basemask (the
+# learned router's choice) and stage2-heuristic-basemask (the heuristic's), filmed with the same selection and
+# paired with each router's own stage 2 and with each other; no table rows (the table scores a checkpoint's router
+# on the fine-tuned DiT's own q, k, which these runs never used): whether a router's model keeps or loses its
+# prompts by being fine-tuned together with masks that follow the fine-tune;
 # EVAL_STAGE1=1 also films stage 1 alone (its router and α, the base DiT, low-bit sparse branch) at
 # EVAL_SPARSITIES and pairs it with its stage 2 (whether a loss against dense comes from the router or from
 # stage 2), and at the last sparsity films the same base DiT with the heuristic router and α fitted to it (run
@@ -99,6 +106,7 @@ REFIT_ROUTER=${REFIT_ROUTER:-0}
 JOINT_ROUTER=${JOINT_ROUTER:-0}
 TEACHER=${TEACHER:-0}
 SWAP_ALPHA=${SWAP_ALPHA:-0}
+BASE_MASKS=${BASE_MASKS:-0}
 EVAL_STAGE1=${EVAL_STAGE1:-0}
 EVAL_BESTMASS=${EVAL_BESTMASS:-0}
 EVAL_SPLIT=${EVAL_SPLIT:-heldout}
@@ -197,6 +205,14 @@ variant() {
   VARIANTS+=("$run $row")
   train "$run" "$@"
 }
+# `base_variant RUN OVERRIDES...`: a stage 2 at the last sparsity on the base DiT's blocks (BASE_MASKS), filmed with
+# them; no table row
+BASE_VARIANTS=()
+base_variant() {
+  local run=$1; shift
+  BASE_VARIANTS+=("$run")
+  train "$run" "$@" attention.selection=base
+}
 EXTRA=("$@")
 
 for s in "${SPARSITIES[@]}"; do
@@ -218,6 +234,7 @@ HEURISTIC=("${AT_LAST[@]}" stage.allow_untrained_router=true "$(calibrate start)
 variant "stage2-heuristic-$LAST" heuristic_router_qat "${HEURISTIC[@]}"
 [ "$TEACHER" = 0 ] || variant "stage2-heuristic-teacher-$LAST" heuristic_router_qat_teacher "${HEURISTIC[@]}" \
   "${TEACHER_ARGS[@]}"
+[ "$BASE_MASKS" = 0 ] || base_variant "stage2-heuristic-basemask-$LAST" "${HEURISTIC[@]}"
 drain
 for s in "${SPARSITIES[@]}"; do
   train "stage2-$s" "${STAGE2[@]}" attention.sparsity="$s" init_from="$(ckpt "stage1-$s")"
@@ -242,6 +259,8 @@ if [ "$SWAP_ALPHA" != 0 ]; then
   variant "stage2-heuristic-swapalpha-$LAST" heuristic_router_qat_learned_alpha "${AT_LAST[@]}" \
     init_from="$WORK/swap/heuristic-router-learned-alpha.ckpt" stage.allow_untrained_router=true
 fi
+# the learned router's blocks on the base DiT (BASE_MASKS)
+[ "$BASE_MASKS" = 0 ] || base_variant "stage2-basemask-$LAST" "${AT_LAST[@]}" "$STAGE1_LAST"
 # stage 2 with the dense teacher (TEACHER)
 [ "$TEACHER" = 0 ] || variant "stage2-teacher-$LAST" qat_teacher "${AT_LAST[@]}" "$STAGE1_LAST" "${TEACHER_ARGS[@]}"
 drain
@@ -289,6 +308,7 @@ show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/ta
 # eval.py override (- for none).
 VIDEO_RUNS=("stage2-$LAST stage2-$LAST $LAST -")
 for entry in "${VARIANTS[@]}"; do read -r run _ <<< "$entry"; VIDEO_RUNS+=("$run $run $LAST -"); done
+for run in "${BASE_VARIANTS[@]}"; do VIDEO_RUNS+=("$run $run $LAST attention.selection=base"); done
 [ "$REFIT_ALPHA" = 0 ] || VIDEO_RUNS+=("stage2-refit-$LAST stage2-refit-$LAST $LAST -")
 for s in "${EVAL_SPARSITIES[@]}"; do
   [ "$s" = "$LAST" ] && continue
@@ -328,7 +348,8 @@ done
 # 2's router, the jointly trained router against stage 2's and the heuristic's, (TEACHER) each router's stage 2
 # with the teacher against it without and the two with the teacher against each other, (SWAP_ALPHA) each router
 # with the other's α against its own stage 2 and against the other router's, (EVAL_BESTMASS) each QAT stage 2
-# with the oracle's blocks against its own and the two with the oracle's blocks against each other, and
+# with the oracle's blocks against its own and the two with the oracle's blocks against each other, (BASE_MASKS)
+# each router's stage 2 on the base DiT's blocks against its own and the two against each other, and
 # (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1 against the
 # heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the one this
 # command made or kept.
@@ -352,6 +373,11 @@ if [ "$SWAP_ALPHA" != 0 ]; then
   paired "stage2-heuristic-swapalpha-$LAST" "stage2-heuristic-$LAST"
   paired "stage2-swapalpha-$LAST" "stage2-heuristic-$LAST"
   paired "stage2-heuristic-swapalpha-$LAST" "stage2-$LAST"
+fi
+if [ "$BASE_MASKS" != 0 ]; then
+  paired "stage2-basemask-$LAST" "stage2-$LAST"
+  paired "stage2-heuristic-basemask-$LAST" "stage2-heuristic-$LAST"
+  paired "stage2-basemask-$LAST" "stage2-heuristic-basemask-$LAST"
 fi
 if [ "$TEACHER" != 0 ]; then
   paired "stage2-teacher-$LAST" "stage2-$LAST"

@@ -2,8 +2,8 @@
 chain, the attention table with Table 2's rows, videos of stage 2 and of stage 1 alone at two sparsities, of the
 heuristic's and the best-mass oracle's blocks, on training-split prompts, the paired comparisons and the
 breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER), a stage 2 that trains the
-router too (JOINT_ROUTER), each router's stage 2 with a dense teacher (TEACHER) and with the other router's α
-(SWAP_ALPHA), stage 1 validated on held-out clips (STAGE1_VAL) and the two QAT stage 2s filmed with the
+router too (JOINT_ROUTER), each router's stage 2 with a dense teacher (TEACHER), with the other router's α
+(SWAP_ALPHA) and on the base DiT's blocks (BASE_MASKS), stage 1 validated on held-out clips (STAGE1_VAL) and the two QAT stage 2s filmed with the
 best-mass oracle's blocks (EVAL_BESTMASS); then a sparsity to film that the chain does not train, and an
 unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos
 of the same kind, a minute of CI.)"""
@@ -25,7 +25,7 @@ SETTINGS = {
     "EVAL_SPARSITIES": "0.5 0.75", "STEPS": "1", "N_TRAIN": "4", "PROMPTS": "3", "EVAL_PROMPTS": "1",
     "REFIT_ALPHA": "0", "REFIT_ROUTER": "1", "JOINT_ROUTER": "1", "EVAL_STAGE1": "1", "PARALLEL": "2",
     "EVAL_PARALLEL": "2", "WORKERS": "1", "OMP_NUM_THREADS": "1", "STAGE1_VAL": "2", "STAGE1_VAL_EVERY": "1",
-    "EVAL_BESTMASS": "1", "TEACHER": "1", "SWAP_ALPHA": "1",
+    "EVAL_BESTMASS": "1", "TEACHER": "1", "SWAP_ALPHA": "1", "BASE_MASKS": "1",
     "PYTHON": sys.executable,
     "TABLE_ARGS": "num_inference_steps=2 steps=[0,1]", "EVAL_ARGS": "num_inference_steps=2",
     "STAGE2_ARGS": "trainer.max_steps=2", "EVAL_SPLIT": "train",
@@ -51,7 +51,7 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         steps[ckpt.parts[-4]] = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     stage2 = ["stage2-0.5", "stage2-0.75", "stage2-heuristic-0.75", "stage2-bf16-0.75", "stage2-joint-0.75",
               "stage2-teacher-0.75", "stage2-heuristic-teacher-0.75", "stage2-swapalpha-0.75",
-              "stage2-heuristic-swapalpha-0.75"]
+              "stage2-heuristic-swapalpha-0.75", "stage2-basemask-0.75", "stage2-heuristic-basemask-0.75"]
     assert steps == {"stage1-0.5": 1, "stage1-0.75": 1, "stage1-heuristic-0.75": 1,  # STAGE2_ARGS: stage 2 only
                      "stage2-router-0.75": 1, **{run: 2 for run in stage2}}
     # REFIT_ROUTER: stage 1 on stage 2's transformer keeps that transformer and trains the router further
@@ -88,6 +88,11 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         trained = torch.load(next(work.glob(f"runs/{run}/*/checkpoints/last.ckpt")), map_location="cpu",
                              weights_only=True)["state_dict"]  # stage 2 keeps the router it started from
         assert all(torch.equal(trained[k], router[k]) for k in router if ".router.proj_" in k), run
+    # BASE_MASKS: each router's stage 2 trained on the base DiT's blocks
+    for run in ("stage2-basemask-0.75", "stage2-heuristic-basemask-0.75"):
+        saved = torch.load(next(work.glob(f"runs/{run}/*/checkpoints/last.ckpt")), map_location="cpu",
+                           weights_only=True)
+        assert saved["sla2"]["attention"]["selection"] == "base", run
     # STAGE1_VAL: each stage 1 validated on clips of held-out combinations, the router's error in its CSV log
     val_prompts = (work / "val" / "prompts.txt").read_text().split("\n")
     val_claims = [[(c.colour, c.shape, c.direction) for c in parse_caption(p)] for p in val_prompts if p.strip()
@@ -112,6 +117,7 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
             (0.75, "sla2_stage2:qat_teacher"), (0.75, "sla2_stage2:heuristic_router_qat_teacher"),
             (0.75, "sla2_stage2:qat_heuristic_alpha"), (0.75, "sla2_stage2:heuristic_router_qat_learned_alpha")
             } <= measured
+    assert not any("basemask" in method or "base_mask" in method for _, method in measured)  # video-only rows
     for row in table["rows"]:
         if row["mean"] is not None:  # the breakdown covers the two measured steps, both guidance branches
             assert {(e["step"], e["branch"]) for e in row["by_step_and_branch"]} == {
@@ -138,6 +144,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
         "stage2-heuristic-teacher-0.75": (0.75, "router", "stage2-heuristic-teacher-0.75"),
         "stage2-swapalpha-0.75": (0.75, "router", "stage2-swapalpha-0.75"),
         "stage2-heuristic-swapalpha-0.75": (0.75, "router", "stage2-heuristic-swapalpha-0.75"),
+        "stage2-basemask-0.75": (0.75, "base", "stage2-basemask-0.75"),  # BASE_MASKS, filmed on the same blocks
+        "stage2-heuristic-basemask-0.75": (0.75, "base", "stage2-heuristic-basemask-0.75"),
         "stage2-bestmass-0.75": (0.75, "bestmass", "stage2-0.75"),  # EVAL_BESTMASS: each QAT DiT, the oracle's blocks
         "stage2-heuristic-bestmass-0.75": (0.75, "bestmass", "stage2-heuristic-0.75"),
         "stage1-0.5": (0.5, "router", "stage1-0.5"), "stage1-0.75": (0.75, "router", "stage1-0.75"),
@@ -151,6 +159,8 @@ def test_the_chain_trains_measures_and_films_every_run(tmp_path):
                  ("stage2-teacher-0.75", "stage2-heuristic-teacher-0.75"),
                  ("stage2-swapalpha-0.75", "stage2-0.75"), ("stage2-heuristic-swapalpha-0.75", "stage2-heuristic-0.75"),
                  ("stage2-swapalpha-0.75", "stage2-heuristic-0.75"), ("stage2-heuristic-swapalpha-0.75", "stage2-0.75"),
+                 ("stage2-basemask-0.75", "stage2-0.75"), ("stage2-heuristic-basemask-0.75", "stage2-heuristic-0.75"),
+                 ("stage2-basemask-0.75", "stage2-heuristic-basemask-0.75"),
                  ("stage2-bestmass-0.75", "stage2-0.75"), ("stage2-heuristic-bestmass-0.75", "stage2-heuristic-0.75"),
                  ("stage2-bestmass-0.75", "stage2-heuristic-bestmass-0.75"),
                  ("stage2-0.75", "stage1-0.75"), ("stage2-0.5", "stage1-0.5"),

@@ -91,8 +91,8 @@ def lambda_solver(attn, scores: torch.Tensor) -> LambdaSolver:
 
 
 def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> torch.Tensor:
-    """Hard Top-k SLA2 of `attn` through the ops: router (or the best-mass oracle), α, attention (inputs already
-    validated by attn)."""
+    """Hard Top-k SLA2 of `attn` through the ops: router (or the best-mass oracle, or the base model's blocks), α,
+    attention (inputs already validated by attn)."""
     n = q.shape[1] if layout == "bnhd" else q.shape[2]
     k_sel = ref.topk_count(ref.num_blocks(n, attn.block_k), attn.sparsity)
     mass = None
@@ -102,18 +102,25 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
         attn.alpha.check_length(indices.shape[-2])
         mass = kept if attn.alpha.needs_mass else None
     else:
-        # Hard Top-k has no gradient: the router runs on detached inputs (it is trained through SoftTop-k only).
-        scores, indices = torch.ops.sla2.router(
-            q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
-            attn.block_q, attn.block_k, k_sel, layout,
-        )
-        attn.alpha.check_length(scores.shape[-2])
+        if attn.selection == "base":
+            indices = attn.given_indices(q.shape[0], ref.num_blocks(n, attn.block_q), k_sel).to(torch.int32)
+            scores = _router(attn, q, k, k_sel, layout)[0] if attn.alpha.needs_mass else None
+        else:
+            scores, indices = _router(attn, q, k, k_sel, layout)
+        attn.alpha.check_length(indices.shape[-2])
         if attn.alpha.needs_mass:
             mask = ref.indexed.index_mask(indices, scores.shape[-1])
             mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
     alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
     return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
                                     keeps_sparse_output(attn.quant, alpha))[0]
+
+
+def _router(attn, q: torch.Tensor, k: torch.Tensor, k_sel: int, layout: str):
+    """(scores, indices) of attn's router op. Hard Top-k has no gradient: the router runs on detached inputs (it
+    is trained through SoftTop-k only)."""
+    return torch.ops.sla2.router(q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
+                                 attn.block_q, attn.block_k, k_sel, layout)
 
 
 def keeps_sparse_output(quant: bool, alpha: torch.Tensor) -> bool:

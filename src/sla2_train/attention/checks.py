@@ -13,7 +13,9 @@ LAYOUTS = ("bnhd", "bhnd")
 VARIANTS = ("sla2", "sla", "full")
 TOPK_MODES = ("hard", "soft")
 BACKENDS = ("auto", "reference", "triton")
-SELECTIONS = ("router", "bestmass")  # which key blocks the sparse branch gets: the router's, or the oracle's
+# which key blocks the sparse branch gets: the router's on this call's q, k; the oracle's; or the router's on the
+# frozen base model's dense q, k, set on the layer before each call (models/base_selection.py)
+SELECTIONS = ("router", "bestmass", "base")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

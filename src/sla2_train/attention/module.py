@@ -32,7 +32,10 @@ class SLA2Attention(nn.Module):
     and the SLA/full variants still run the reference path).
     selection: "router" (the router's hard Top-k) or "bestmass", an oracle for evaluation: each query block's
     key blocks holding the most true softmax mass (full attention computed to find them, O(N²) work), with α
-    as trained; what a perfect router by kept mass would give (hard Top-k SLA2 only).
+    as trained; what a perfect router by kept mass would give (hard Top-k SLA2 only); or "base": the blocks
+    that the layer's router picks on the frozen base model's dense q, k of the same input, written into
+    `given` before each call by models/base_selection.py (hard Top-k SLA2 only), so that the mask stays what
+    it was before fine-tuning while the model that reads it changes.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class SLA2Attention(nn.Module):
         self.variant, self.block_q, self.block_k = variant, block_q, block_k
         self.sparsity, self.topk, self.tau, self.detach_lambda = sparsity, topk, tau, detach_lambda
         self.quant, self.backend, self.selection = quant, backend, selection
+        self.given: torch.Tensor | None = None  # selection="base": int [B, H, nq, k] set before each call
         if variant == "full":
             return
         self.router = BlockRouter(num_heads, head_dim, learnable=variant == "sla2")
@@ -122,6 +126,9 @@ class SLA2Attention(nn.Module):
         if self.selection == "bestmass":
             chosen, kept = self.bestmass(q, k, k_sel)
             mask, alpha = chosen.mask, self.alpha(kept if self.alpha.needs_mass else None)
+        elif self.selection == "base":
+            mask = ref.indexed.index_mask(self.given_indices(q.shape[0], scores.shape[-2], k_sel), scores.shape[-1])
+            alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
         else:
             # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
             mask = ref.hard_topk(scores.detach(), k_sel).mask
@@ -132,6 +139,19 @@ class SLA2Attention(nn.Module):
         """selection="bestmass": (BlockSelection, kept true mass [B, H, nq]) for q, k [B, H, N, D], in float32."""
         with no_autocast(q.device):
             return ref.bestmass_selection(q.detach(), k.detach(), self.block_q, self.block_k, k_sel)
+
+    def given_indices(self, batch: int, nq: int, k_sel: int) -> torch.Tensor:
+        """selection="base": the indices set in `given`, checked against this call's shape."""
+        given = self.given
+        if given is None:
+            raise RuntimeError("selection='base' takes its blocks from the frozen base model, which did not run "
+                               "before this call (the model needs models.base_selection installed; SLA2Swap "
+                               "installs it)")
+        want = (batch, self.num_heads, nq, k_sel)
+        if tuple(given.shape) != want or given.dtype.is_floating_point:
+            raise RuntimeError(f"selection='base': the base model's blocks {tuple(given.shape)} ({given.dtype}) do "
+                               f"not fit this call's {want} (another input than the base saw?)")
+        return given
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Router scores in at least fp32, as the kernels' router and the op path compute them: pooled in

@@ -54,6 +54,10 @@ class SLA2Swap:
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"attention: {err}") from err
             attn.set_processor(SLA2WanProcessor(sla2))
+        if self.options.get("selection") == "base":
+            from .base_selection import BaseSelection  # it builds on this module's sla2_processors
+
+            BaseSelection(model)
         return model
 
 

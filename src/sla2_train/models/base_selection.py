@@ -1,0 +1,78 @@
+"""attention.selection=base: every SLA2 layer's key blocks chosen on the frozen base model's attention.
+
+With selection="router" a layer's router scores the q, k of the model it sits in, so when stage 2 fine-tunes the
+DiT, the blocks move with the fine-tune (the heuristic router's at once, pooled q·kᵀ of the new q and k; a
+learned router's through projections fitted to the old ones). With selection="base" the blocks are what the same
+router picks on the q, k that the model as it was built (its folder's weights) makes densely for the same input:
+the mask is decoupled from the fine-tune while everything else trains and samples as usual. A diagnostic for
+whether a router's model keeps or loses what it draws by being fine-tuned together with its own masks.
+
+The frozen copy is taken when SLA2Swap installs the attention, before any checkpoint is loaded (stage 1's
+transformer weights are the folder's, so a stage 2 from stage 1 and eval.py of any checkpoint see the same base).
+It is held outside the module tree: not in the state dict, not trained, not sharded. Before each forward of the
+model a pre-hook runs the copy densely on the same arguments; after each of the copy's self-attention layers its
+q, k go through the model's router of that layer (read at that moment, so a learned router counts as trained)
+and the hard Top-k lands in the layer's `given`. One dense forward more per forward, and one process only.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from sla2_train.attention import reference as ref
+
+from .attention_swap import sla2_processors
+from .capture import capture_qkv
+
+BASE_SELECTION = "_sla2_base_selection"  # the model's attribute holding its BaseSelection (not a submodule)
+
+
+class BaseSelection:
+    """Installed on `model` (a Wan transformer with SLA2 processors of selection="base") by SLA2Swap."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [p.attention for p in sla2_processors(model)]
+        if not self.layers:
+            raise ValueError("selection='base' needs SLA2 layers in the model")
+        # a list keeps the copy out of model.modules(): not saved, not moved by .to(), not given to an optimizer
+        self._base = [copy.deepcopy(model).requires_grad_(False).eval()]
+        self.calls = 0
+        setattr(model, BASE_SELECTION, self)
+        model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        for proc, layer in zip(sla2_processors(self.base), self.layers):
+            proc.register_forward_hook(self._selector(layer))
+
+    @property
+    def base(self) -> nn.Module:
+        return self._base[0]
+
+    def _before_forward(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        weight, base = next(model.parameters()), next(self.base.parameters())
+        if (base.device, base.dtype) != (weight.device, weight.dtype):  # the model was moved or cast since
+            self.base.to(weight.device, weight.dtype)
+        for layer in self.layers:
+            layer.given = None
+        with torch.no_grad(), capture_qkv(self.base, dense=True):
+            self.base(*args, **kwargs)
+        self.calls += 1
+
+    @staticmethod
+    def _selector(layer):
+        """After one of the copy's self-attention layers: its q, k [B, N, H, D] → `layer`'s blocks."""
+
+        def select(proc: nn.Module, _inputs, _output) -> None:
+            q, k, _ = proc.captured
+            proc.captured = None  # one layer's q, k, v at a time, not the whole model's
+            n = q.shape[1]
+            k_sel = ref.topk_count(ref.num_blocks(n, layer.block_k), layer.sparsity)
+            router = layer.router
+            _, indices = torch.ops.sla2.router(q, k, router.proj_q.detach().to(q.device),
+                                               router.proj_k.detach().to(q.device), layer.block_q, layer.block_k,
+                                               k_sel, "bnhd")
+            layer.given = indices
+
+        return select
