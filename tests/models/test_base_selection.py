@@ -4,7 +4,6 @@ layer's own router, whatever the model's weights have become since; the copy sta
 import pytest
 import torch
 
-from sla2_train.attention import SLA2Attention
 from sla2_train.attention import reference as ref
 from sla2_train.models import SLA2Swap, capture_qkv, sla2_processors, with_attention
 from sla2_train.models.base_selection import BASE_SELECTION
@@ -35,11 +34,13 @@ def perturb(module, scale=0.5, seed=0):
             p.add_(torch.randn(p.shape, generator=g) * scale * p.abs().mean().clamp_min(1e-3))
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])  # the router op, or the reference router
 def test_blocks_follow_the_base_model_through_the_layers_router_and_not_the_fine_tune(tiny_cfg, tiny_model,
-                                                                                       make_inputs):
+                                                                                       make_inputs, backend):
     inputs = make_inputs(tiny_cfg)
     base_qk = dense_qk(with_attention(tiny_model, swap(tiny_cfg), tiny_cfg.model.latent_shape), inputs)
-    model = with_attention(tiny_model, swap(tiny_cfg, selection="base"), tiny_cfg.model.latent_shape)
+    model = with_attention(tiny_model, swap(tiny_cfg, selection="base", backend=backend),
+                           tiny_cfg.model.latent_shape)
     layers = [p.attention for p in sla2_processors(model)]
     for layer in layers:  # a learned router: the blocks are its choice on the base's q, k
         perturb(layer.router, scale=3.0, seed=1)
@@ -72,3 +73,31 @@ def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtyp
     with torch.no_grad():
         model(*(t.double() for t in inputs))
     assert next(selection.base.parameters()).dtype == torch.float64 and selection.calls == 2
+
+
+@pytest.mark.gpu
+def test_on_cuda_in_bf16_the_copy_follows_the_model_and_the_kernels_router_picks_a_top_k(compose_config,
+                                                                                        make_inputs):
+    """Head dim 128 and blocks 128/64, so the router kernel runs (N = 1,536: 12 query and 24 key blocks)."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config("model=tiny", "logger=none", "model.transformer.arch.attention_head_dim=128",
+                         "model.attn_block_q=128", "model.attn_block_k=64", "model.latent_shape=[4,3,32,64]")
+    model = with_attention(instantiate(cfg.model.transformer), swap(cfg, sparsity=0.75), cfg.model.latent_shape)
+    inputs = [t.cuda().to(torch.bfloat16) for t in make_inputs(cfg)]
+    base_qk = dense_qk(model.cuda().to(torch.bfloat16), inputs)
+    model = with_attention(model.float().cpu(), swap(cfg, selection="base", sparsity=0.75), cfg.model.latent_shape)
+    model = model.cuda().to(torch.bfloat16)
+    selection = getattr(model, BASE_SELECTION)
+    with torch.no_grad():
+        out = model(*inputs).sample
+    base = next(selection.base.parameters())
+    assert (base.device.type, base.dtype) == ("cuda", torch.bfloat16) and torch.isfinite(out).all()
+    for layer, (q, k) in zip([p.attention for p in sla2_processors(model)], base_qk):
+        qb, kb = q.transpose(1, 2).float(), k.transpose(1, 2).float()
+        scores = ref.router_scores(qb, kb, layer.router.proj_q.float(), layer.router.proj_k.float(), 128, 64)
+        k_sel = ref.topk_count(scores.shape[-1], 0.75)
+        kept = scores.gather(-1, layer.given.long()).sum(-1)
+        best = scores.topk(k_sel, dim=-1).values.sum(-1)
+        assert layer.given.shape == (2, 2, 12, k_sel)
+        torch.testing.assert_close(kept, best, rtol=1e-3, atol=1e-3)  # a valid Top-k (ties may differ)

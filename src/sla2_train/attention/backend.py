@@ -123,6 +123,17 @@ def _router(attn, q: torch.Tensor, k: torch.Tensor, k_sel: int, layout: str):
                                  attn.block_q, attn.block_k, k_sel, layout)
 
 
+def router_blocks(attn, q: torch.Tensor, k: torch.Tensor, layout: str = "bnhd") -> torch.Tensor:
+    """int32 [B, H, nq, k] of `attn`'s router's hard Top-k on q, k, where attn would compute it: the router op when
+    the ops take the call, the reference router otherwise (on CUDA, shapes the kernels do not cover)."""
+    n = q.shape[1] if layout == "bnhd" else q.shape[2]
+    k_sel = ref.topk_count(ref.num_blocks(n, attn.block_k), attn.sparsity)
+    if choose(attn, q) == OPS:
+        return _router(attn, q, k, k_sel, layout)[1]
+    scores = attn._scores(ref.indexed.bhnd(q, layout), ref.indexed.bhnd(k, layout))
+    return ref.hard_topk(scores.detach(), k_sel).indices.to(torch.int32)
+
+
 def keeps_sparse_output(quant: bool, alpha: torch.Tensor) -> bool:
     """Whether the low-bit forward also returns its sparse output O_s^q (the op's sparse_out): only QAT's dα
     reads it (ops.py), so a call through which no gradient reaches α (evaluation, no_grad, a frozen α) saves

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sla2_train.attention import reference as ref
+from sla2_train.attention.backend import router_blocks
 
 from .attention_swap import sla2_processors
 from .capture import capture_qkv
@@ -67,12 +67,6 @@ class BaseSelection:
         def select(proc: nn.Module, _inputs, _output) -> None:
             q, k, _ = proc.captured
             proc.captured = None  # one layer's q, k, v at a time, not the whole model's
-            n = q.shape[1]
-            k_sel = ref.topk_count(ref.num_blocks(n, layer.block_k), layer.sparsity)
-            router = layer.router
-            _, indices = torch.ops.sla2.router(q, k, router.proj_q.detach().to(q.device),
-                                               router.proj_k.detach().to(q.device), layer.block_q, layer.block_k,
-                                               k_sel, "bnhd")
-            layer.given = indices
+            layer.given = router_blocks(layer, q, k)
 
         return select
