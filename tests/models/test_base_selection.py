@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sla2_train.attention import reference as ref
-from sla2_train.models import SLA2Swap, capture_qkv, sla2_processors, with_attention
+from sla2_train.models import SLA2Swap, capture_qkv, dense_attention, sla2_processors, with_attention
 from sla2_train.models.base_selection import BASE_SELECTION
 
 
@@ -72,7 +72,10 @@ def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtyp
     model.double()
     with torch.no_grad():
         model(*(t.double() for t in inputs))
-    assert next(selection.base.parameters()).dtype == torch.float64 and selection.calls == 2
+        assert next(selection.base.parameters()).dtype == torch.float64 and selection.calls == 2
+        with dense_attention(model):  # a dense forward needs no blocks: the copy does not run
+            model(*(t.double() for t in inputs))
+    assert selection.calls == 2 and all(p.attention.given is None for p in sla2_processors(model))
 
 
 @pytest.mark.gpu
