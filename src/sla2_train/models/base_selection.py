@@ -10,10 +10,11 @@ whether a router's model keeps or loses what it draws by being fine-tuned togeth
 The frozen copy is taken when SLA2Swap installs the attention, before any checkpoint is loaded (stage 1's
 transformer weights are the folder's, so a stage 2 from stage 1 and eval.py of any checkpoint see the same base).
 It is held outside the module tree: not in the state dict, not trained, not sharded. Before each forward of the
-model that runs SLA2 (not a dense one) a pre-hook runs the copy densely on the same arguments; after each of the copy's self-attention layers its
-q, k go through the model's router of that layer (read at that moment, so a learned router counts as trained)
-and the hard Top-k lands in the layer's `given`. One dense forward more per forward; every process holds a whole
-copy (FSDP does not shard it), so it is meant for models of the testbed's size.
+model that runs SLA2 (not a dense one) a pre-hook runs the copy densely on the same arguments; after each of the
+copy's self-attention layers its q, k go through the model's router of that layer (read at that moment, so a
+learned router counts as trained) and the hard Top-k lands in the layer's `given`. One dense forward more per
+forward; every process holds a whole copy (FSDP does not shard it), so it is meant for models of the testbed's
+size.
 """
 
 from __future__ import annotations
