@@ -10,9 +10,10 @@ whether a router's model keeps or loses what it draws by being fine-tuned togeth
 The frozen copy is taken when SLA2Swap installs the attention, before any checkpoint is loaded (stage 1's
 transformer weights are the folder's, so a stage 2 from stage 1 and eval.py of any checkpoint see the same base).
 It is held outside the module tree: not in the state dict, not trained, not sharded. Before each forward of the
-model that runs SLA2 (not a dense one) a pre-hook runs the copy densely on the same arguments; after each of the
-copy's self-attention layers its q, k go through the model's router of that layer (read at that moment, so a
-learned router counts as trained) and the hard Top-k lands in the layer's `given`. One dense forward more per
+model a pre-hook runs the copy densely on the same arguments (a dense forward of the model too: eval's attention
+probe scores each layer's SLA2 on the q, k captured in the dense forward, with that forward's blocks); after each
+of the copy's self-attention layers its q, k go through the model's router of that layer (read at that moment, so
+a learned router counts as trained) and the hard Top-k lands in the layer's `given`. One dense forward more per
 forward; every process holds a whole copy (FSDP does not shard it), so it is meant for models of the testbed's
 size.
 """
@@ -37,8 +38,7 @@ class BaseSelection:
     """Installed on `model` (a Wan transformer with SLA2 processors of selection="base") by SLA2Swap."""
 
     def __init__(self, model: nn.Module):
-        self.procs = sla2_processors(model)
-        self.layers = [p.attention for p in self.procs]
+        self.layers = [p.attention for p in sla2_processors(model)]
         if not self.layers:
             raise ValueError("selection='base' needs SLA2 layers in the model")
         # a list keeps the copy out of model.modules(): not saved, not moved by .to(), not given to an optimizer
@@ -59,8 +59,6 @@ class BaseSelection:
             self.base.to(weight.device, weight.dtype)
         for layer in self.layers:
             layer.given = None
-        if all(p.dense for p in self.procs):  # a dense forward (eval's dense row, a capture) reads no blocks
-            return
         with torch.no_grad(), capture_qkv(self.base, dense=True):
             self.base(*args, **kwargs)
         self.calls += 1
