@@ -126,12 +126,13 @@ class SLA2Attention(nn.Module):
         if self.selection == "bestmass":
             chosen, kept = self.bestmass(q, k, k_sel)
             mask, alpha = chosen.mask, self.alpha(kept if self.alpha.needs_mass else None)
-        elif self.selection == "base":
-            mask = ref.indexed.index_mask(self.given_indices(q.shape[0], scores.shape[-2], k_sel), scores.shape[-1])
-            alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
         else:
-            # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
-            mask = ref.hard_topk(scores.detach(), k_sel).mask
+            if self.selection == "base":
+                mask = ref.indexed.index_mask(self.given_indices(q.shape[0], scores.shape[-2], k_sel),
+                                              scores.shape[-1])
+            else:
+                # Hard Top-k has no gradient: the router is trained only through SoftTop-k (stage 1).
+                mask = ref.hard_topk(scores.detach(), k_sel).mask
             alpha = self.alpha(self._mass(scores.detach(), mask, k.shape[-2]))
         return ref.sla2_attention(q, k, v, mask, alpha, self.block_q, self.block_k, self.quant)
 
