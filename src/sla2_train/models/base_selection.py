@@ -43,7 +43,6 @@ class BaseSelection:
             raise ValueError("selection='base' needs SLA2 layers in the model")
         # a list keeps the copy out of model.modules(): not saved, not moved by .to(), not given to an optimizer
         self._base = [copy.deepcopy(model).requires_grad_(False).eval()]
-        self.calls = 0
         setattr(model, BASE_SELECTION, self)
         model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         for proc, layer in zip(sla2_processors(self.base), self.layers):
@@ -61,7 +60,6 @@ class BaseSelection:
             layer.given = None
         with torch.no_grad(), capture_qkv(self.base, dense=True):
             self.base(*args, **kwargs)
-        self.calls += 1
 
     @staticmethod
     def _selector(layer):
