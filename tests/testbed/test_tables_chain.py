@@ -5,8 +5,8 @@ breakdowns by object, stage 1 run again on stage 2's transformer (REFIT_ROUTER),
 router too (JOINT_ROUTER), each router's stage 2 with a dense teacher (TEACHER), with the other router's α
 (SWAP_ALPHA) and on the base DiT's blocks (BASE_MASKS), stage 1 validated on held-out clips (STAGE1_VAL) and the
 two QAT stage 2s filmed with the best-mass oracle's blocks (EVAL_BESTMASS); then a sparsity to film that the chain
-does not train, and an unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out: two more trainings and videos
-of the same kind, a minute of CI.)"""
+does not train, and an unknown prompt split, are refused in one line. (REFIT_ALPHA's runs are left out: two more
+trainings and videos of the same kind, a minute of CI.)"""
 
 import csv
 import json
