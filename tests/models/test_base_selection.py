@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sla2_train.attention import reference as ref
+from sla2_train.evaluation.precision import cast_keeping_fp32
 from sla2_train.models import SLA2Swap, capture_qkv, dense_attention, sla2_processors, with_attention
 from sla2_train.models.base_selection import BASE_SELECTION
 
@@ -57,7 +58,7 @@ def test_blocks_follow_the_base_model_through_the_layers_router_and_not_the_fine
     assert any(not torch.equal(reference_blocks(layer, *qk), layer.given.long()) for layer, qk in zip(layers, moved_qk))
 
 
-def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtype(tiny_cfg, tiny_model,
+def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtypes(tiny_cfg, tiny_model,
                                                                                  make_inputs):
     inputs = make_inputs(tiny_cfg)
     routed = set(with_attention(type(tiny_model).from_config(tiny_model.config), swap(tiny_cfg),
@@ -84,6 +85,12 @@ def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtyp
         assert next(selection.base.parameters()).dtype == torch.float64
         with dense_attention(model):  # a dense forward gets blocks too: eval's probe runs SLA2 on its q, k
             forward_sets_blocks(*(t.double() for t in inputs))
+        # cast as eval casts for inference: bf16 with the `_keep_in_fp32_modules` in float32, tensor by tensor
+        cast_keeping_fp32(model, torch.bfloat16)
+        assert {t.dtype for t in model.parameters()} == {torch.bfloat16, torch.float32}
+        forward_sets_blocks(*(t.to(torch.bfloat16) for t in inputs))
+        own = dict(model.named_parameters())
+        assert all(t.dtype == own[n].dtype for n, t in selection.base.named_parameters())
 
 
 @pytest.mark.gpu

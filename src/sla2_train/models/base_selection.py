@@ -53,13 +53,22 @@ class BaseSelection:
         return self._base[0]
 
     def _before_forward(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        weight, base = next(model.parameters()), next(self.base.parameters())
-        if (base.device, base.dtype) != (weight.device, weight.dtype):  # the model was moved or cast since
-            self.base.to(weight.device, weight.dtype)
+        self._follow(model)
         for layer in self.layers:
             layer.given = None
         with torch.no_grad(), capture_qkv(self.base, dense=True):
             self.base(*args, **kwargs)
+
+    def _follow(self, model: nn.Module) -> None:
+        """The copy's tensors on the model's device and in its dtypes, tensor by tensor: a model cast for inference
+        keeps its `_keep_in_fp32_modules` in float32 beside a bf16 DiT, and one dtype for the whole copy would not
+        match both (the copy is the model's deepcopy, so the names pair up)."""
+        live = dict(model.named_parameters())
+        live.update(model.named_buffers())
+        for name, t in (*self.base.named_parameters(), *self.base.named_buffers()):
+            own = live.get(name)
+            if own is not None and (t.device, t.dtype) != (own.device, own.dtype):
+                t.data = t.data.to(own.device, own.dtype)
 
     @staticmethod
     def _selector(layer):
