@@ -59,7 +59,7 @@ def test_blocks_follow_the_base_model_through_the_layers_router_and_not_the_fine
 
 
 def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtypes(tiny_cfg, tiny_model,
-                                                                                 make_inputs):
+                                                                                  make_inputs):
     inputs = make_inputs(tiny_cfg)
     routed = set(with_attention(type(tiny_model).from_config(tiny_model.config), swap(tiny_cfg),
                                 tiny_cfg.model.latent_shape).state_dict())
