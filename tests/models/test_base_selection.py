@@ -93,6 +93,24 @@ def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtyp
         assert all(t.dtype == own[n].dtype for n, t in selection.base.named_parameters())
 
 
+def test_the_copy_follows_through_the_wrappers_put_around_the_blocks_after_it_was_taken(tiny_cfg, tiny_model,
+                                                                                        make_inputs):
+    """FSDP (trainer=fsdp) and activation checkpointing wrap the blocks after SLA2Swap took the copy: the model's
+    names gain a segment the copy's lack, and each of the copy's tensors must still find its twin's dtype."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = with_attention(tiny_model, swap(tiny_cfg, selection="base"), tiny_cfg.model.latent_shape)
+    model.blocks[0] = checkpoint_wrapper(model.blocks[0])
+    assert any("_checkpoint_wrapped_module." in n for n, _ in model.named_parameters())
+    cast_keeping_fp32(model, torch.bfloat16)
+    with torch.no_grad():
+        out = model(*(t.to(torch.bfloat16) for t in make_inputs(tiny_cfg))).sample
+    assert torch.isfinite(out.float()).all()
+    own = {n.replace("_checkpoint_wrapped_module.", ""): t for n, t in model.named_parameters()}
+    base = getattr(model, BASE_SELECTION).base
+    assert all(t.dtype == own[n].dtype for n, t in base.named_parameters())
+
+
 @pytest.mark.gpu
 def test_on_cuda_in_bf16_the_copy_follows_the_model_and_the_kernels_router_picks_a_top_k(compose_config,
                                                                                         make_inputs):

@@ -32,6 +32,14 @@ from .attention_swap import sla2_processors
 from .capture import capture_qkv
 
 BASE_SELECTION = "_sla2_base_selection"  # the model's attribute holding its BaseSelection (not a submodule)
+# name segments that torch's FSDP and checkpoint wrappers add between a module and its wrapped child
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _unwrapped(name: str) -> str:
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
 
 
 class BaseSelection:
@@ -62,13 +70,16 @@ class BaseSelection:
     def _follow(self, model: nn.Module) -> None:
         """The copy's tensors on the model's device and in its dtypes, tensor by tensor: a model cast for inference
         keeps its `_keep_in_fp32_modules` in float32 beside a bf16 DiT, and one dtype for the whole copy would not
-        match both (the copy is the model's deepcopy, so the names pair up)."""
-        live = dict(model.named_parameters())
-        live.update(model.named_buffers())
+        match both. The copy is the model's deepcopy, so the names pair up once the wrappers that FSDP or
+        activation checkpointing put around the model's blocks since are read through; a tensor that still finds
+        no twin follows the model's device and keeps its dtype."""
+        live = {_unwrapped(n): t for n, t in (*model.named_parameters(), *model.named_buffers())}
+        device = next(model.parameters()).device
         for name, t in (*self.base.named_parameters(), *self.base.named_buffers()):
             own = live.get(name)
-            if own is not None and (t.device, t.dtype) != (own.device, own.dtype):
-                t.data = t.data.to(own.device, own.dtype)
+            target = (own.device, own.dtype) if own is not None else (device, t.dtype)
+            if (t.device, t.dtype) != target:
+                t.data = t.data.to(*target)
 
     @staticmethod
     def _selector(layer):
