@@ -3,6 +3,7 @@ layer's own router, whatever the model's weights have become since; the copy sta
 
 import pytest
 import torch
+from torch import nn
 
 from sla2_train.attention import reference as ref
 from sla2_train.evaluation.precision import cast_keeping_fp32
@@ -109,6 +110,21 @@ def test_the_copy_follows_through_the_wrappers_put_around_the_blocks_after_it_wa
     own = {n.replace("_checkpoint_wrapped_module.", ""): t for n, t in model.named_parameters()}
     base = getattr(model, BASE_SELECTION).base
     assert all(t.dtype == own[n].dtype for n, t in base.named_parameters())
+
+
+def test_a_model_whose_names_the_copy_cannot_pair_with_is_refused_in_one_line(tiny_cfg, tiny_model, make_inputs):
+    class Renaming(nn.Module):  # a wrapper whose segment is not one the copy reads through
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    model = with_attention(tiny_model, swap(tiny_cfg, selection="base"), tiny_cfg.model.latent_shape)
+    model.blocks[0] = Renaming(model.blocks[0])
+    with pytest.raises(RuntimeError, match=r"no longer has a tensor named 'blocks\.0\..*use_orig_params=true"):
+        model(*make_inputs(tiny_cfg))
 
 
 @pytest.mark.gpu

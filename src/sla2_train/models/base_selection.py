@@ -71,15 +71,15 @@ class BaseSelection:
         """The copy's tensors on the model's device and in its dtypes, tensor by tensor: a model cast for inference
         keeps its `_keep_in_fp32_modules` in float32 beside a bf16 DiT, and one dtype for the whole copy would not
         match both. The copy is the model's deepcopy, so the names pair up once the wrappers that FSDP or
-        activation checkpointing put around the model's blocks since are read through; a tensor that still finds
-        no twin follows the model's device and keeps its dtype."""
+        activation checkpointing put around the model's blocks since are read through."""
         live = {_unwrapped(n): t for n, t in (*model.named_parameters(), *model.named_buffers())}
-        device = next(model.parameters()).device
         for name, t in (*self.base.named_parameters(), *self.base.named_buffers()):
             own = live.get(name)
-            target = (own.device, own.dtype) if own is not None else (device, t.dtype)
-            if (t.device, t.dtype) != target:
-                t.data = t.data.to(*target)
+            if own is None:  # e.g. FSDP with use_orig_params=false, whose flat parameters hide the names
+                raise RuntimeError(f"attention.selection=base: the model no longer has a tensor named {name!r} "
+                                   "to place the base copy's by (FSDP needs trainer.strategy.use_orig_params=true)")
+            if (t.device, t.dtype) != (own.device, own.dtype):
+                t.data = t.data.to(own.device, own.dtype)
 
     @staticmethod
     def _selector(layer):
