@@ -190,9 +190,11 @@ class Bench(BenchBase):
         Cfg = sk.FwdConfig
         default_exact_max = Cfg(4, 2).exact_max
         candidates = {
-            False: [Cfg(4, 2, tma=True), Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 2, tma=True), Cfg(8, 3, tma=True),
-                    Cfg(8, 3)],
-            True: [Cfg(8, 3), Cfg(8, 2), Cfg(4, 3), Cfg(4, 2, tma=True), Cfg(4, 3, tma=True), Cfg(8, 2, tma=True),
+            False: [Cfg(4, 2, tma=True), Cfg(4, 2, tma=True, rows=64), Cfg(8, 2, tma=True, maxnreg=128),
+                    Cfg(8, 2, tma=True), Cfg(8, 3)],
+            True: [Cfg(8, 3), Cfg(4, 2, tma=True), Cfg(4, 3, tma=True), Cfg(4, 3, tma=True, rows=64),
+                   Cfg(4, 2, tma=True, rows=64), Cfg(4, 2, tma=True, rows=64, maxnreg=128),
+                   Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 3, tma=True, maxnreg=128),
                    Cfg(8, 3, exact_max=not default_exact_max)],
         }
         best = {}
@@ -203,7 +205,7 @@ class Bench(BenchBase):
                 name = ("sla2_fwd_lowbit" if quant else "sla2_fwd") + ("_tma" if cfg.tma else "")
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
                            exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                           tma=cfg.tma, maxnreg=cfg.maxnreg)
+                           tma=cfg.tma, maxnreg=cfg.maxnreg, rows=cfg.rows)
                 t = self.time_candidate(f"sweep {cfg} quant={quant}", name, res, self.results["configs"],
                                         lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg,
                                                              **kw))

@@ -8,6 +8,7 @@ tl.constexpr through quant_math.py.
 
 INT8_MAX = 127.0  # the INT8 grid is symmetric, [-127, 127]: -128 is never produced
 FP8_E4M3_MAX = 448.0  # largest finite float8 e4m3fn value: P̃ and V̂ are scaled to it
+LOG2_FP8_E4M3_MAX = 8.807354922057604  # log2(448): the kernels fold P̃'s scale into its exp2
 MIN_SCALE = 1e-12  # an all-zero block keeps a positive scale, so dequantisation never divides by zero
 LOG2E = 1.4426950408889634  # the kernels' softmax runs in the exp2 domain
 LN2 = 0.6931471805599453

@@ -147,7 +147,10 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
                                              *((h_i,) if linear else ()))):
         # The GPU has no TMA, or the tensors' strides or alignment do not suit it. A caller's own configuration
         # keeps its warps and stages; the default becomes the pointer one.
-        cfg = replace(cfg, tma=False) if config is not None else pointer_config(bq, D)
+        cfg = replace(cfg, tma=False, rows=0) if config is not None else pointer_config(bq, D)
+    rows = cfg.rows or bq  # query rows a program (a TMA kernel may take a query block in several)
+    if bq % rows:
+        raise ValueError(f"sla2_kernels: FwdConfig.rows={rows} must divide block_q={bq}")
     scale = 1.0 / math.sqrt(D)
     interpret = launch.interpreting()
 
@@ -163,15 +166,15 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         # the kernels never read H_I: an unwritten placeholder, no fill launch).
         hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
         q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
-        q_desc, o_desc = descriptor(q4, bq), descriptor(o4, bq)
-        epilogue = (descriptor(q4, bq, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS))
+        q_desc, o_desc = descriptor(q4, rows), descriptor(o4, rows)
+        epilogue = (descriptor(q4, rows, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS))
     if quant and cfg.tma:
         name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
         q8, sq = quantized_q(q, p)
-        args = (q_desc, o_desc, descriptor(bhnd_view(o_s, layout), bq) if store_os else o_desc, *epilogue,
-                descriptor(q8, bq), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
+        args = (q_desc, o_desc, descriptor(bhnd_view(o_s, layout), rows) if store_os else o_desc, *epilogue,
+                descriptor(q8, rows), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
                 idx, alpha3, lse, z_i, sq, s.sk, s.sv, s.kmean, *alpha3.stride(), N, H, nq, nk, topk, scale)
-        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, STORE_OS=store_os, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, STORE_OS=store_os, BM=rows, **common(c)))  # noqa: E731
     elif quant:
         name, kernel = "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel
         args = (q, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
@@ -181,11 +184,11 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
         args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc, *epilogue,
                 idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale)
-        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, **common(c)))  # noqa: E731
     else:
         name, kernel = "sla2_fwd", sla2_fwd_kernel
         args = (q, k, v, idx, alpha3, o, lse, h_i, z_i,
                 *strides["q"], *strides["k"], *strides["v"], *so, *alpha3.stride(), N, H, nq, topk, scale)
         make = lambda c: (args, common(c))  # noqa: E731
-    launch.with_fallback(name, kernel, (nq, BH), (bq, bk, D, q.dtype, linear), cfg, make)
+    launch.with_fallback(name, kernel, (nq * (bq // rows), BH), (bq, bk, D, q.dtype, linear), cfg, make)
     return o, lse, o_s

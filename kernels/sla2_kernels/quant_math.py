@@ -15,6 +15,7 @@ from . import constants
 # Module constants are tl.constexpr so that jit functions may read them (Triton rejects plain globals).
 INT8_MAX = tl.constexpr(constants.INT8_MAX)
 FP8_E4M3_MAX = tl.constexpr(constants.FP8_E4M3_MAX)
+LOG2_FP8_E4M3_MAX = tl.constexpr(constants.LOG2_FP8_E4M3_MAX)
 MIN_SCALE = tl.constexpr(constants.MIN_SCALE)
 LOG2E = tl.constexpr(constants.LOG2E)
 LN2 = tl.constexpr(constants.LN2)

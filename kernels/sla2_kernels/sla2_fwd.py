@@ -48,12 +48,16 @@ def linear_output(q, h_i, z_i, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def softmax_step(q, k, v, kv_ok, m_i, l_i, acc, qk_scale, INTERPRET: tl.constexpr):
-    """One online-softmax update (exp2 domain) with a tile of gathered keys; kv_ok masks padded key rows."""
-    s = mma(q, tl.trans(k), INTERPRET) * qk_scale
-    s = tl.where(kv_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    p = tl.exp2(s - m_new[:, None])
+def softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One online-softmax update (exp2 domain) with the key block at row `start`; keys at or past N are masked.
+    The row maximum is taken on the unscaled scores and scaled once (rounding is monotone: the same value as the
+    maximum of the scaled scores), so each score takes one fused multiply-add before its exp2; only a block that
+    reaches past N pays for the mask (a uniform branch)."""
+    s = mma(q, tl.trans(k), INTERPRET)
+    if start + BK > N:
+        s = tl.where((start + tl.arange(0, BK))[None, :] < N, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    p = tl.exp2(s * qk_scale - m_new[:, None])
     corr = tl.exp2(m_i - m_new)
     l_i = l_i * corr + tl.sum(p, axis=1)
     acc = mma_acc(p.to(v.dtype), v, acc * corr[:, None], INTERPRET)
@@ -104,7 +108,7 @@ def sla2_fwd_kernel(
         kv_ok = (start + offs_k) < N  # ragged last key block
         k = tl.load(k_ptrs + start * skn, mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_ptrs + start * svn, mask=kv_ok[:, None], other=0.0)
-        m_i, l_i, acc = softmax_step(q, k, v, kv_ok, m_i, l_i, acc, qk_scale, INTERPRET)
+        m_i, l_i, acc = softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK, INTERPRET)
 
     o = acc / l_i[:, None]
     if LINEAR:

@@ -6,7 +6,9 @@ branch stays bf16. Sparse branch:
   Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 (per query block, quantised here, once per program)
   K̂, s_k, V̂ᵀ from the precompute pass (lowbit_quant.py: smoothed K per key block; V per channel, transposed)
   S = (Q̂ K̂ᵀ) s_q s_k / √D;  P̃_j = exp(S_j − m_j) ∈ [0, 1] -> e4m3 at scale 448;  acc += P̂_j V̂_j (fp32)
-  O_s = acc · s_v / (448 · l), l = rowsum of the unquantised exp(S − m), m the final row maximum.
+  O_s = acc · s_v / l, l = rowsum of the unquantised 448·exp(S − m), m the final row maximum.
+The kernel keeps the scores unscaled (INT32 products converted to fp32) and applies s_q s_k / √D, the shift by
+m and the factor 448 in one fused multiply-add before each exp2 (running_max_step).
 With STORE_OS, O_s is stored too (O_S, o's layout): QAT's dα is the derivative of this forward,
 Σ dO·(O_s − O_l), and O_s cannot be recovered from O without dividing by α (docs/method.md, Backward).
 Which m_j P̃ is rounded against matters: e4m3 keeps 3 mantissa bits, so on flat attention (random data) the
@@ -26,37 +28,46 @@ lse is put back on the scale of the original Q, K: smoothing shifted row r by q_
 import triton
 import triton.language as tl
 
-from .quant_math import FP8_E4M3_MAX, LN2, LOG2E, int8_block, to_e4m3
+from .quant_math import LN2, LOG2_FP8_E4M3_MAX, LOG2E, int8_block, to_e4m3
 from .sla2_fwd import linear_output, load_linear_state
 
 
 @triton.jit
-def int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK: tl.constexpr, D: tl.constexpr):
-    """Scores (log2 domain) against the `it`-th selected key block, −inf on padded rows: [BQ, BK]. One block per
+def raw_scores(q8, k8, start, N, BK: tl.constexpr):
+    """INT8 Q̂K̂ᵀ of one key block [BQ, BK] in fp32, before its scale; −inf on keys at or past N.
+    Only a block that reaches past N needs the mask, and a uniform branch skips the [BQ, BK] select for the
+    others (64 instructions a thread an iteration at 4 warps: the low-bit loop is bound by issue, not by its
+    8-bit products; docs/results.md, "Against the floor")."""
+    s = tl.dot(q8, tl.trans(k8)).to(tl.float32)
+    if start + BK > N:
+        s = tl.where((start + tl.arange(0, BK))[None, :] < N, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, N, BK: tl.constexpr, D: tl.constexpr):
+    """Raw scores against the `it`-th selected key block (raw_scores) and their log2-domain scale. One block per
     iteration indexed with a scalar, so the K̂ tile is a fixed pointer tile plus one offset (as sla2_fwd.py's
     loop); two gathered blocks per iteration measured slower (H100, Wan-1.3B at 97%: 1.50 vs 1.10 ms) and were
-    removed. Returns (s, start row of the block)."""
+    removed. Returns (s, scale, start row of the block)."""
     blk = tl.load(idx_base + it)
     start = blk.to(tl.int64) * BK
     k8 = tl.load(k8_ptrs + start * D)  # K̂ is stored padded to nk·b_k rows (zeros): no mask
-    return scaled_scores(q8, k8, qk_scale * tl.load(sk_base + blk), (start + offs_k) < N), start
+    return raw_scores(q8, k8, start, N, BK), qk_scale * tl.load(sk_base + blk), start
 
 
 @triton.jit
-def scaled_scores(q8, k8, scale, kv_ok):
-    """INT8 Q̂K̂ᵀ of one key block [BQ, BK], times its scale (log2 domain), −inf on padded keys (kv_ok)."""
-    s = tl.dot(q8, tl.trans(k8)).to(tl.float32) * scale
-    return tl.where(kv_ok[None, :], s, float("-inf"))
-
-
-@triton.jit
-def running_max_step(s, m_i, l_i, INTERPRET: tl.constexpr):
-    """One online-softmax step with P̃ rounded against the running row maximum (SageAttention2's arithmetic):
-    (m_new, l_new, corr, P̂ e4m3 at scale 448); the caller rescales its accumulator by corr."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    p = tl.exp2(s - m_new[:, None])
+def running_max_step(s, scale, m_i, l_i, INTERPRET: tl.constexpr):
+    """One online-softmax step with P̃ rounded against the running row maximum (SageAttention2's arithmetic), on
+    raw scores s whose log2-domain value is s·scale (scale > 0): (m_new, l_new, corr, P̂ e4m3 at scale 448); the
+    caller rescales its accumulator by corr. The row maximum is taken on s and scaled once (rounding is monotone,
+    so it equals the maximum of the scaled scores bit for bit); P̃·448 = exp2(s·scale − (m − log2 448)) is one
+    fused multiply-add and an exp2 an element, and l carries the factor 448 (the caller divides it out with s_v's
+    1/448). IN_RANGE: the exponent is at most log2 448 up to rounding, and the GPU's conversion saturates."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale)
+    p = tl.exp2(s * scale - (m_new - LOG2_FP8_E4M3_MAX)[:, None])
     corr = tl.exp2(m_i - m_new)
-    return m_new, l_i * corr + tl.sum(p, axis=1), corr, to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
+    return m_new, l_i * corr + tl.sum(p, axis=1), corr, to_e4m3(p, INTERPRET, IN_RANGE=True)
 
 
 @triton.jit
@@ -102,26 +113,27 @@ def sla2_fwd_lowbit_kernel(
     # Pass 1 (EXACT_MAX only): the exact row maximum of the quantised scores (log2 domain).
     m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
     for it in range(0, TOPK if EXACT_MAX else 0):
-        s, _start = int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
-        m_i = tl.maximum(m_i, tl.max(s, axis=1))
+        s, scale, _start = int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, N, BK, D)
+        m_i = tl.maximum(m_i, tl.max(s, axis=1) * scale)
 
-    # Main pass: P̃ against the exact maximum (EXACT_MAX) or the running one (default), FP8 PV.
+    # Main pass: P̃ against the exact maximum (EXACT_MAX) or the running one (default), FP8 PV. l carries P̃'s
+    # factor 448 (running_max_step).
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, D], dtype=tl.float32)
     for it in range(0, TOPK):
-        s, start = int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, offs_k, N, BK, D)
+        s, scale, start = int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, N, BK, D)
         if EXACT_MAX:
-            p = tl.exp2(s - m_i[:, None])
+            p = tl.exp2(s * scale - (m_i - LOG2_FP8_E4M3_MAX)[:, None])
             l_i += tl.sum(p, axis=1)
-            p8 = to_e4m3(p * FP8_E4M3_MAX, INTERPRET, IN_RANGE=True)
+            p8 = to_e4m3(p, INTERPRET, IN_RANGE=True)
         else:  # running maximum, as the reference's default (module docstring)
-            m_i, l_i, corr, p8 = running_max_step(s, m_i, l_i, INTERPRET)
+            m_i, l_i, corr, p8 = running_max_step(s, scale, m_i, l_i, INTERPRET)
             acc = acc * corr[:, None]
         v8t = tl.load(v8_ptrs + start)  # V̂ᵀ is padded too
         acc += tl.dot(p8, tl.trans(v8t))
 
     s_v = tl.load(SV + bh64 * D + offs_d)
-    o = acc * (s_v[None, :] / FP8_E4M3_MAX) / l_i[:, None]
+    o = acc * s_v[None, :] / l_i[:, None]
     o_offs = b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod
     if STORE_OS:
         tl.store(O_S + o_offs, o.to(O_S.dtype.element_ty), mask=q_ok[:, None])
@@ -133,4 +145,4 @@ def sla2_fwd_lowbit_kernel(
         h_i, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)  # bf16: only the sparse branch is low-bit
         o = alpha * o + (1.0 - alpha) * linear_output(q, h_i, z_i, INTERPRET)
     tl.store(O + o_offs, o.to(O.dtype.element_ty), mask=q_ok[:, None])
-    tl.store(LSE + (bh64 * N) + offs_m, (m_i + tl.log2(l_i)) * LN2 + shift, mask=q_ok)
+    tl.store(LSE + (bh64 * N) + offs_m, (m_i + tl.log2(l_i) - LOG2_FP8_E4M3_MAX) * LN2 + shift, mask=q_ok)

@@ -19,60 +19,59 @@ memory; the pointer low-bit kernel takes 255 registers at 8 warps (one program a
 import triton
 import triton.language as tl
 
-from .quant_math import FP8_E4M3_MAX, LN2, LOG2E
-from .sla2_fwd_lowbit import running_max_step, scaled_scores
+from .quant_math import LN2, LOG2_FP8_E4M3_MAX, LOG2E
+from .sla2_fwd_lowbit import raw_scores, running_max_step
 from .sla2_fwd_tma import tma_linear_mix
 
 
 @triton.jit
 def sla2_fwd_lowbit_tma_kernel(
-    q_desc, o_desc, os_desc,  # [B, H, N, D] views; blocks [1, 1, BQ, D]; os_desc: O_s (o's strides), o_desc if unused
+    q_desc, o_desc, os_desc,  # [B, H, N, D] views; blocks [1, 1, BM, D]; os_desc: O_s (o's strides), o_desc if unused
     qc_desc, h_desc,  # as sla2_fwd_tma_kernel's: Q's column pieces and H_I bf16 [BH·nq, D, D]
     q8_desc, k8_desc, v8t_desc,  # Q̂ int8 [BH, nq·BQ, D], K̂ int8 [BH, nk·BK, D], V̂ᵀ e4m3 [BH, D, nk·BK]; blocks
-    # [1, BQ, D], [1, BK, D], [1, D, BK]
+    # [1, BM, D], [1, BK, D], [1, D, BK]
     IDX, ALPHA, LSE, ZI, SQ, SK, SV, KMEAN,  # SQ fp32 [BH, nq]; SK [BH, nk]; SV, KMEAN [BH, D]
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
-    INTERPRET: tl.constexpr, STORE_OS: tl.constexpr,
+    INTERPRET: tl.constexpr, STORE_OS: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program, dividing BQ
 ):
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block: its selection, s_q and linear state
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     bh64 = bh.to(tl.int64)
-    row0 = pid_m * BQ
+    row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
     offs_d = tl.arange(0, D)
-    offs_k = tl.arange(0, BK)
 
-    q8 = q8_desc.load([bh, row0, 0]).reshape(BQ, D)
+    q8 = q8_desc.load([bh, row0, 0]).reshape(BM, D)
     qk_scale = tl.load(SQ + bh64 * NQ + pid_m) * sm_scale * LOG2E
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     sk_base = SK + bh64 * NK
-    m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BQ], dtype=tl.float32)
-    acc = tl.zeros([BQ, D], dtype=tl.float32)
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
     for it in range(0, TOPK):
         blk = tl.load(idx_base + it)
         start = blk * BK
         k8 = k8_desc.load([bh, start, 0]).reshape(BK, D)  # K̂ and V̂ᵀ are padded to nk·BK keys (zeros)
-        s = scaled_scores(q8, k8, qk_scale * tl.load(sk_base + blk), (start + offs_k) < N)
-        m_i, l_i, corr, p8 = running_max_step(s, m_i, l_i, INTERPRET)
+        s = raw_scores(q8, k8, start, N, BK)
+        m_i, l_i, corr, p8 = running_max_step(s, qk_scale * tl.load(sk_base + blk), m_i, l_i, INTERPRET)
         v8t = v8t_desc.load([bh, 0, start]).reshape(D, BK)
         acc = tl.dot(p8, tl.trans(v8t), acc * corr[:, None])
 
     s_v = tl.load(SV + bh64 * D + offs_d)
-    acc = acc * (s_v / FP8_E4M3_MAX)[None, :] * (1.0 / l_i)[:, None]  # O_s, in place
+    acc = acc * s_v[None, :] * (1.0 / l_i)[:, None]  # O_s, in place (l carries P̃'s 448)
     if STORE_OS:
-        os_desc.store([b, h, row0, 0], acc.to(os_desc.dtype).reshape(1, 1, BQ, D))
+        os_desc.store([b, h, row0, 0], acc.to(os_desc.dtype).reshape(1, 1, BM, D))
     if LINEAR:
         alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
         if alpha != 1.0:
-            acc = tma_linear_mix(acc, tl.full([BQ], 1.0, tl.float32), alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0,
-                                 bh * NQ + pid_m, BQ, D, EPI_CHUNKS, INTERPRET)
-    o_desc.store([b, h, row0, 0], acc.to(o_desc.dtype).reshape(1, 1, BQ, D))
+            acc = tma_linear_mix(acc, tl.full([BM], 1.0, tl.float32), alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0,
+                                 bh * NQ + pid_m, BM, D, EPI_CHUNKS, INTERPRET)
+    o_desc.store([b, h, row0, 0], acc.to(o_desc.dtype).reshape(1, 1, BM, D))
     # lse on the scale of the original Q, K: smoothing removed q·μ/√D from every score (Q again, from L2)
-    qf = q_desc.load([b, h, row0, 0]).reshape(BQ, D).to(tl.float32)
+    qf = q_desc.load([b, h, row0, 0]).reshape(BM, D).to(tl.float32)
     shift = tl.sum(qf * tl.load(KMEAN + bh64 * D + offs_d)[None, :], axis=1) * sm_scale
-    offs_m = row0 + tl.arange(0, BQ)
-    tl.store(LSE + bh64 * N + offs_m, (m_i + tl.log2(l_i)) * LN2 + shift, mask=offs_m < N)
+    offs_m = row0 + tl.arange(0, BM)
+    tl.store(LSE + bh64 * N + offs_m, (m_i + tl.log2(l_i) - LOG2_FP8_E4M3_MAX) * LN2 + shift, mask=offs_m < N)

@@ -26,23 +26,23 @@ from .sla2_fwd import softmax_step
 
 @triton.jit
 def tma_linear_mix(acc, row_scale, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, blk,
-                   BQ: tl.constexpr, D: tl.constexpr, EPI_CHUNKS: tl.constexpr, INTERPRET: tl.constexpr):
+                   BM: tl.constexpr, D: tl.constexpr, EPI_CHUNKS: tl.constexpr, INTERPRET: tl.constexpr):
     """O = α·O_s + (1 − α)·O_l for the TMA kernel's epilogue (α < 1), O_s = acc·row_scale[:, None]. With
     φQ ∝ e = exp(Q − rowmax) the softmax's normaliser cancels in O_l = φQ H_I / φQ·Z_I, so
         O = (1 − α)/den · (α·den/(1 − α)·O_s + e H_I),  den = e·Z_I,
-    e H_I accumulating into the rescaled acc: no second [BQ, D] accumulator (128 registers a thread at 4 warps).
+    e H_I accumulating into the rescaled acc: no second [BM, D] accumulator (128 registers a thread at 4 warps).
     Q comes again by TMA (q_desc): the loop's tile lives in shared memory only, and a register copy of it kept
     through the loop would spill. The whole tile gives the row max and den; e H_I then takes EPI_CHUNKS pieces
     of head_dim (qc_desc, h_desc: Q's columns and H_I's rows, from L2), so only a piece of e sits next to acc."""
     offs_d = tl.arange(0, D)
     z_i = tl.load(ZI + blk.to(tl.int64) * D + offs_d)
-    qe = q_desc.load([b, h, row0, 0]).reshape(BQ, D)
+    qe = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     mx = tl.max(qe, axis=1).to(tl.float32)
     den = tl.sum(tl.exp2((qe.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16).to(tl.float32)
                  * z_i[None, :], axis=1)
     acc = acc * (alpha * den / (1.0 - alpha) * row_scale)[:, None]
     for c in tl.static_range(EPI_CHUNKS):
-        qc = qc_desc.load([b, h, row0, c * (D // EPI_CHUNKS)]).reshape(BQ, D // EPI_CHUNKS)
+        qc = qc_desc.load([b, h, row0, c * (D // EPI_CHUNKS)]).reshape(BM, D // EPI_CHUNKS)
         ec = tl.exp2((qc.to(tl.float32) - mx[:, None]) * LOG2E).to(tl.bfloat16)
         hc = h_desc.load([blk, c * (D // EPI_CHUNKS), 0]).reshape(D // EPI_CHUNKS, D)
         acc = mma_acc(ec, hc, acc, INTERPRET)
@@ -51,44 +51,43 @@ def tma_linear_mix(acc, row_scale, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row
 
 @triton.jit
 def sla2_fwd_tma_kernel(
-    q_desc, k_desc, v_desc, o_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BQ or BK, D]
-    qc_desc, h_desc,  # Q again, blocks [1, 1, BQ, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (forward.linear_state), blocks
+    q_desc, k_desc, v_desc, o_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BM or BK, D]
+    qc_desc, h_desc,  # Q again, blocks [1, 1, BM, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (forward.linear_state), blocks
     # [1, D/EPI_CHUNKS, D]
     IDX, ALPHA, LSE, ZI,  # IDX int32 [BH, nq, topk]; ALPHA fp32 [B, H, nq] view; LSE fp32 [BH, N]; ZI fp32 [BH, nq, D]
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program (FwdConfig.rows), dividing BQ
 ):
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block, whose selection and linear state the rows share
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     bh64 = bh.to(tl.int64)
-    row0 = pid_m * BQ
+    row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
 
-    q = q_desc.load([b, h, row0, 0]).reshape(BQ, D)
+    q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
-    offs_k = tl.arange(0, BK)
     qk_scale = sm_scale * LOG2E
-    m_i = tl.full([BQ], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BQ], dtype=tl.float32)
-    acc = tl.zeros([BQ, D], dtype=tl.float32)
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
     for it in range(0, TOPK):
         start = tl.load(idx_base + it) * BK
         k = k_desc.load([b, h, start, 0]).reshape(BK, D)
         v = v_desc.load([b, h, start, 0]).reshape(BK, D)
-        m_i, l_i, acc = softmax_step(q, k, v, (start + offs_k) < N, m_i, l_i, acc, qk_scale, INTERPRET)
+        m_i, l_i, acc = softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK, INTERPRET)
 
     if LINEAR:
         alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
         if alpha == 1.0:
             o = acc / l_i[:, None]
         else:
-            o = tma_linear_mix(acc, 1.0 / l_i, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, bh * NQ + pid_m, BQ, D,
+            o = tma_linear_mix(acc, 1.0 / l_i, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, bh * NQ + pid_m, BM, D,
                                EPI_CHUNKS, INTERPRET)
     else:
         o = acc / l_i[:, None]
-    o_desc.store([b, h, row0, 0], o.to(o_desc.dtype).reshape(1, 1, BQ, D))
-    offs_m = row0 + tl.arange(0, BQ)
+    o_desc.store([b, h, row0, 0], o.to(o_desc.dtype).reshape(1, 1, BM, D))
+    offs_m = row0 + tl.arange(0, BM)
     tl.store(LSE + bh64 * N + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=offs_m < N)

@@ -26,8 +26,13 @@ class FwdConfig:
     # (low-bit, one pass: no exact_max)
     tma: bool = False
     maxnreg: int | None = None  # register cap a thread (None: the compiler's choice)
+    # TMA kernels: query rows a program (0: b_q; must divide b_q). A 64-row program holds half the accumulator and
+    # score tiles, so more programs share an SM and hide each other's softmax latency.
+    rows: int = 0
 
     def __post_init__(self):
+        if self.rows and not self.tma:
+            raise ValueError("FwdConfig: rows (query rows a program) is a setting of the TMA kernels; use tma=True")
         if self.tma and self.exact_max:
             raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
                              "use tma=False with it")
@@ -42,10 +47,15 @@ def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
 def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -> FwdConfig:
     """bf16: TMA tiles, 4 warps, 2 stages (two programs an SM). H100, 2026-11-27, sparse loop with TMA (4, 2)
     0.427 ms, (8, 2, maxnreg 128) 0.440, (8, 3) 0.509, pointer kernel (8, 3) 0.575. Low-bit: TMA tiles
-    (sla2_fwd_lowbit_tma.py), 4 warps, 3 stages. H200, 2026-12-05, main kernel at the Wan-1.3B shape: (4, 3)
-    0.648 ms, (4, 2) 0.660, pointer kernel (8, 3) 0.887. Where TMA cannot be used (forward.run_forward) either
-    default becomes pointer_config."""
-    return FwdConfig(4, 3, tma=True) if quant else FwdConfig(4, 2, tma=True)
+    (sla2_fwd_lowbit_tma.py), 4 warps, 2 stages, a 128-row query block in two 64-row programs under a 128-register
+    cap (four programs an SM). H100, 2026-12-06, main kernel at the Wan-1.3B shape: 0.609 ms, against (4, 3) with
+    128-row programs 0.654, (4, 3, 64 rows) uncapped (167 registers, three an SM) 0.677, (8, 2, maxnreg 128) 0.653,
+    the pointer kernel (8, 3) 0.859; the bf16 main kernel 0.618 in the same run. Where TMA cannot be used
+    (forward.run_forward) either default becomes pointer_config."""
+    if not quant:
+        return FwdConfig(4, 2, tma=True)
+    rows = 64 if block_q > 64 and block_q % 64 == 0 else 0
+    return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc

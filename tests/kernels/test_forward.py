@@ -30,8 +30,11 @@ def _case_id(c):
     return f"B{c[0]}H{c[1]}N{c[2]}D{c[3]}q{c[4]}k{c[5]}-{str(c[6])[6:]}-{c[7]}-t{c[9]}"
 
 
-# The TMA kernel (the default where the tensors allow it) and the pointer kernel.
-PATHS = {"tma": sla2_kernels.FwdConfig(4, 2, tma=True), "pointer": sla2_kernels.FwdConfig(8, 3)}
+# The TMA kernel (the default where the tensors allow it), the same with a query block split over two programs
+# (FwdConfig.rows), and the pointer kernel.
+PATHS = {"tma": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True),
+         "tma-half-rows": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True, rows=bq // 2),
+         "pointer": lambda bq: sla2_kernels.FwdConfig(8, 3)}
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -41,7 +44,7 @@ def test_forward_matches_reference(case, path, poisoned, kt):
     (q, k, v), (qf, kf, vf) = kt.make_qkv(B, H, N, D, dtype, layout, strided)
     sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 7 + D)
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False,
-                                            layout=layout, config=PATHS[path])
+                                            layout=layout, config=PATHS[path](bq))
     assert o_s.numel() == 0  # the sparse output is kept only for the low-bit forward (QAT's dα)
     kt.assert_all_written(poisoned)
     assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (B, H, N) and lse.dtype == torch.float32
@@ -96,8 +99,22 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     assert [x for x in launched if x[0].startswith("sla2_fwd")] == [("sla2_fwd_lowbit", pointer.num_warps,
                                                                      pointer.num_stages)]
     launched.clear()
-    run(_misaligned(q), quant=True, config=PATHS["tma"])
+    run(_misaligned(q), quant=True, config=PATHS["tma"](64))
     assert kernels() == ["sla2_fwd_lowbit"]
+    launched.clear()
+    run(_misaligned(q), quant=False, config=PATHS["tma-half-rows"](64))  # a program's rows are a TMA setting
+    assert kernels() == ["sla2_fwd"]
+
+
+def test_rows_a_program_are_checked(kt):
+    """FwdConfig.rows is refused without TMA tiles at once, and where it does not divide block_q at the call."""
+    with pytest.raises(ValueError, match="rows"):
+        sla2_kernels.FwdConfig(4, 2, rows=64)
+    (q, k, v), _ = kt.make_qkv(1, 1, 256, 64, torch.bfloat16, "bhnd")
+    sel, alpha = kt.random_selection(1, 1, 256, 64, 64, 2, seed=3)
+    with pytest.raises(ValueError, match="rows=48 must divide block_q=64"):
+        sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=64, block_k=64, quant=False, layout="bhnd",
+                                  config=sla2_kernels.FwdConfig(4, 2, tma=True, rows=48))
 
 
 @pytest.mark.parametrize("alpha_kind", ["float", "per_head", "per_block"])

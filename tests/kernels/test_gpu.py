@@ -240,6 +240,26 @@ def test_tma_lowbit_kernel_at_the_wan_shape():
     assert float(dl.max()) <= 1e-2 and float(dl.mean()) <= 1e-4, (float(dl.max()), float(dl.mean()))
 
 
+@pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
+def test_tma_kernels_with_a_query_block_over_two_programs(quant):
+    """FwdConfig.rows=64 (two 64-row programs a 128-row query block, sharing its selection, s_q and linear state;
+    the low-bit default, under a 128-register cap) computes what one 128-row program does, at the Wan-1.3B shape at
+    97%, with the linear branch and, in low bit, O_s stored: each row's arithmetic is the same, only the tiles the
+    tensor cores take differ."""
+    B, H, N, D, bq, bk = 1, 2, 32760, 128, 128, 64
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=13)
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
+    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    kw = dict(block_q=bq, block_k=bk, quant=quant, layout="bhnd")
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=sla2_kernels.FwdConfig(4, 2, tma=True), **kw)
+    cfg = sla2_kernels.FwdConfig(4, 2, tma=True, rows=64, maxnreg=128)
+    o2, lse2, o_s2 = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=cfg, **kw)
+    assert _rel(o2, o) <= 1e-3, _rel(o2, o)
+    assert (o_s.numel() == 0) == (not quant) and (not quant or _rel(o_s2, o_s) <= 1e-3)
+    torch.testing.assert_close(lse2, lse, rtol=0, atol=1e-4)
+
+
 def test_software_e4m3_rounding_equals_hardware():
     """The interpreter's software e4m3 rounding and the GPU's cvt give the same bytes (and so the CPU
     tests of the low-bit path test the arithmetic the GPU runs)."""

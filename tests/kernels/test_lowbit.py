@@ -28,11 +28,14 @@ def _case_id(c):
 
 
 # The pointer kernel (a pointer configuration, or where the tensors do not suit TMA) and the TMA low-bit kernel
-# (Q̂ from its own pass, one-level FP8 accumulation): the default configuration, where the tensors suit it.
-PATHS = ("pointer", "tma")
+# (Q̂ from its own pass, one-level FP8 accumulation): the default configuration, where the tensors suit it, and
+# the same with each query block split over two programs (FwdConfig.rows).
+PATHS = ("pointer", "tma", "tma-half-rows")
 
 
 def _config(path, block_q, head_dim):
+    if path == "tma-half-rows":
+        return sla2_kernels.FwdConfig(4, 3, tma=True, rows=block_q // 2)
     return tuning.pointer_config(block_q, head_dim) if path == "pointer" else None
 
 
@@ -49,9 +52,9 @@ def test_lowbit_matches_fake_quant(case, path, poisoned, kt, monkeypatch):
     o8, lse8, os8 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True, config=_config(path, bq, D),
                                               **kw)
     kt.assert_all_written(poisoned)
-    tma = path == "tma" and layouts.tma_ready(*(layouts.bhnd_view(t, layout) for t in (q, k, v)))
+    tma = path != "pointer" and layouts.tma_ready(*(layouts.bhnd_view(t, layout) for t in (q, k, v)))
     assert ("sla2_fwd_lowbit_tma" if tma else "sla2_fwd_lowbit") in launched, launched
-    if path == "tma":  # the same Q̂, K̂, V̂ and roundings as the pointer kernel: only sums in another order
+    if path != "pointer":  # the same Q̂, K̂, V̂ and roundings as the pointer kernel: only sums in another order
         o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True,
                                                            config=_config("pointer", bq, D), **kw)
         assert kt.rel_l1(o8, o_ptr.float()) <= 1e-3 and kt.rel_l1(os8, os_ptr.float()) <= 1e-3
