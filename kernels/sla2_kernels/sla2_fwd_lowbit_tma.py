@@ -14,6 +14,9 @@ the bf16 TMA kernel:
 sm_90a compile (Triton 3.9 on a CPU, registers and spills from ptxas; not timed): at 4 warps and 2 stages with
 the linear branch, 255 registers a thread, no spills (68 bytes with O_s stored for QAT), 48 KB of shared
 memory; the pointer low-bit kernel takes 255 registers at 8 warps (one program an SM) and spills 3 KB at 4.
+A program may take part of a query block (BM rows, FwdConfig.rows; it shares the block's selection, s_q and
+linear state): the default, two 64-row programs under a 128-register cap, compiles with no spills on the GPU's
+Triton 3.6 (41 KB of shared memory at 2 stages), so that four programs share an SM.
 """
 
 import triton
