@@ -214,6 +214,16 @@ def test_lowbit_variants_follow_their_own_rounding(exact_max):
     assert float(dl.max()) <= 1e-2 and float(dl.mean()) <= 1e-4, (float(dl.max()), float(dl.mean()))
 
 
+def _wan_1p3b_at_97(heads, seed):
+    """(q, k, v, router's indices, α in (0.2, 0.8)) at the Wan2.1-1.3B sequence (N 32760, D 128, b_q 128, b_k 64) at
+    97%, with `heads` heads."""
+    B, N, D, bq, bk = 1, 32760, 128, 128, 64
+    q, k, v, pq, pk = _inputs(B, heads, N, D, torch.bfloat16, seed=seed)
+    nq, nk = -(-N // bq), -(-N // bk)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
+    return q, k, v, idx, 0.2 + 0.6 * torch.rand(B, heads, nq, device="cuda")
+
+
 def test_tma_lowbit_kernel_at_the_wan_shape():
     """The TMA low-bit kernel, the low-bit default (Q̂ from its own pass, the FP8 products accumulated in the
     tensor cores) against the oracle's low-bit forward and the pointer low-bit kernel at the Wan-1.3B shape at 97%,
@@ -221,11 +231,8 @@ def test_tma_lowbit_kernel_at_the_wan_shape():
     quantisation error. H200, 2026-12-05, against the oracle's rounding: o 1.9e-3, O_s 3.0e-3 (the pointer
     kernel's 1.4e-3, 1.5e-3); the bf16 kernel's o is 3.9e-3 from this oracle, the low-bit forward ~3.6e-2 from
     exact attention."""
-    B, H, N, D, bq, bk = 1, 4, 32760, 128, 128, 64
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=11)
-    nq, nk = -(-N // bq), -(-N // bk)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
-    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    q, k, v, idx, alpha = _wan_1p3b_at_97(heads=4, seed=11)
+    bq, bk, D = 128, 64, 128
     kw = dict(block_q=bq, block_k=bk, quant=True, layout="bhnd")
     compiled = sla2_kernels.launch.LAST_COMPILED
     compiled.pop("sla2_fwd_lowbit_tma", None)
@@ -246,12 +253,8 @@ def test_tma_kernels_with_a_query_block_over_two_programs(quant):
     the low-bit default, under a 128-register cap) computes what one 128-row program does, at the Wan-1.3B shape at
     97%, with the linear branch and, in low bit, O_s stored: each row's arithmetic is the same, only the tiles the
     tensor cores take differ."""
-    B, H, N, D, bq, bk = 1, 2, 32760, 128, 128, 64
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=13)
-    nq, nk = -(-N // bq), -(-N // bk)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=round(0.03 * nk), layout="bhnd")
-    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
-    kw = dict(block_q=bq, block_k=bk, quant=quant, layout="bhnd")
+    q, k, v, idx, alpha = _wan_1p3b_at_97(heads=2, seed=13)
+    kw = dict(block_q=128, block_k=64, quant=quant, layout="bhnd")
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=sla2_kernels.FwdConfig(4, 2, tma=True), **kw)
     cfg = sla2_kernels.FwdConfig(4, 2, tma=True, rows=64, maxnreg=128)
     o2, lse2, o_s2 = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=cfg, **kw)
