@@ -29,13 +29,15 @@ def _case_id(c):
 
 # The pointer kernel (a pointer configuration, or where the tensors do not suit TMA) and the TMA low-bit kernel
 # (Q̂ from its own pass, one-level FP8 accumulation): the default configuration, where the tensors suit it, and
-# the same with each query block split over two programs (FwdConfig.rows).
-PATHS = ("pointer", "tma", "tma-half-rows")
+# the other split of a query block over programs (FwdConfig.rows): one program where the default takes two
+# (b_q 128), two where it takes one (b_q 64).
+PATHS = ("pointer", "tma", "tma-other-split")
 
 
 def _config(path, block_q, head_dim):
-    if path == "tma-half-rows":
-        return sla2_kernels.FwdConfig(4, 3, tma=True, rows=block_q // 2)
+    if path == "tma-other-split":
+        split = tuning.default_fwd_config(block_q, 64, head_dim, quant=True).rows
+        return sla2_kernels.FwdConfig(4, 3, tma=True, rows=0 if split else block_q // 2)
     return tuning.pointer_config(block_q, head_dim) if path == "pointer" else None
 
 
