@@ -16,13 +16,12 @@ recipe at other training seeds"), so a claim about a recipe needs several traine
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .compare import CompareError, load_report, pick_row, videos_of
+from .compare import CompareError, load_report, pick_row, print_result, videos_of
 from .paired import mean_and_sem
 from .report import METRIC_COLUMNS, cell
 
@@ -101,15 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--row-b", help="B's row (default: each run's one row besides dense)")
     parser.add_argument("--out", help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    try:
-        result = across_runs(args.a, args.b, args.row_a, args.row_b)
-    except CompareError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
-    print(table(result), end="")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
-    return 0
+    return print_result(lambda: across_runs(args.a, args.b, args.row_a, args.row_b), table, args.out)
 
 
 if __name__ == "__main__":

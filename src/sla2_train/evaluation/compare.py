@@ -106,14 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--row-b", help="B's row (default: its one row besides dense)")
     parser.add_argument("--out", help="also write the comparison as JSON here")
     args = parser.parse_args(argv)
+    return print_result(lambda: compare(args.run_a, args.run_b, args.row_a, args.row_b), table, args.out)
+
+
+def print_result(compute, to_table, out: str | None) -> int:
+    """A comparison command's end: the result's table on stdout (and JSON at `out`), or its CompareError as one
+    line on stderr (exit code 2)."""
     try:
-        result = compare(args.run_a, args.run_b, args.row_a, args.row_b)
+        result = compute()
     except CompareError as exn:
         print(f"error: {exn}", file=sys.stderr)
         return 2
-    print(table(result), end="")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(to_table(result), end="")
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
     return 0
 
 
