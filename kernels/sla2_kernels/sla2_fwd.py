@@ -48,18 +48,33 @@ def linear_output(q, h_i, z_i, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK: tl.constexpr, INTERPRET: tl.constexpr):
-    """One online-softmax update (exp2 domain) with the key block at row `start`; keys at or past N are masked.
-    The row maximum is taken on the unscaled scores and scaled once (rounding is monotone: the same value as the
-    maximum of the scaled scores), so each score takes one fused multiply-add before its exp2; only a block that
-    reaches past N pays for the mask (a uniform branch)."""
-    s = mma(q, tl.trans(k), INTERPRET)
+def keys_before_n(s, start, N, BK: tl.constexpr):
+    """Scores s [rows, BK] against the key block at row `start`, −inf on keys at or past N. Only a block that reaches
+    past N pays for the select (a uniform branch): in every other block it would be 64 instructions a thread an
+    iteration at 4 warps, in loops bound by their softmax's instructions (docs/results.md, "Against the floor")."""
     if start + BK > N:
         s = tl.where((start + tl.arange(0, BK))[None, :] < N, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-    p = tl.exp2(s * qk_scale - m_new[:, None])
+    return s
+
+
+@triton.jit
+def online_step(s, scale, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
+    """One online-softmax step (exp2 domain) on raw scores s whose log2-domain value is s·scale (scale > 0):
+    (m_new, l_new, corr, p) with p = 2^LOG2_P_SCALE · exp2(s·scale − m_new) and l summing p; the caller rescales
+    its accumulator by corr. The row maximum is taken on s and scaled once (rounding is monotone: the same value as
+    the maximum of the scaled scores), so each score takes one fused multiply-add before its exp2, and a scale of
+    p (the low-bit kernels' 448) rides in the exponent."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale)
+    p = tl.exp2(s * scale - (m_new - LOG2_P_SCALE)[:, None])
     corr = tl.exp2(m_i - m_new)
-    l_i = l_i * corr + tl.sum(p, axis=1)
+    return m_new, l_i * corr + tl.sum(p, axis=1), corr, p
+
+
+@triton.jit
+def softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One online-softmax update with the key block at row `start` (keys at or past N masked): acc += P V."""
+    s = keys_before_n(mma(q, tl.trans(k), INTERPRET), start, N, BK)
+    m_new, l_i, corr, p = online_step(s, qk_scale, m_i, l_i, 0.0)
     acc = mma_acc(p.to(v.dtype), v, acc * corr[:, None], INTERPRET)
     return m_new, l_i, acc
 

@@ -29,19 +29,13 @@ import triton
 import triton.language as tl
 
 from .quant_math import LN2, LOG2_FP8_E4M3_MAX, LOG2E, int8_block, to_e4m3
-from .sla2_fwd import linear_output, load_linear_state
+from .sla2_fwd import keys_before_n, linear_output, load_linear_state, online_step
 
 
 @triton.jit
 def raw_scores(q8, k8, start, N, BK: tl.constexpr):
-    """INT8 Q̂K̂ᵀ of one key block [BQ, BK] in fp32, before its scale; −inf on keys at or past N.
-    Only a block that reaches past N needs the mask, and a uniform branch skips the [BQ, BK] select for the
-    others (64 instructions a thread an iteration at 4 warps: the low-bit loop's time goes to its softmax's
-    instructions and their latency, not to its 8-bit products; docs/results.md, "Against the floor")."""
-    s = tl.dot(q8, tl.trans(k8)).to(tl.float32)
-    if start + BK > N:
-        s = tl.where((start + tl.arange(0, BK))[None, :] < N, s, float("-inf"))
-    return s
+    """INT8 Q̂K̂ᵀ of one key block [BQ, BK] in fp32, before its scale; −inf on keys at or past N."""
+    return keys_before_n(tl.dot(q8, tl.trans(k8)).to(tl.float32), start, N, BK)
 
 
 @triton.jit
@@ -59,15 +53,12 @@ def int8_scores(it, q8, qk_scale, idx_base, k8_ptrs, sk_base, N, BK: tl.constexp
 @triton.jit
 def running_max_step(s, scale, m_i, l_i, INTERPRET: tl.constexpr):
     """One online-softmax step with P̃ rounded against the running row maximum (SageAttention2's arithmetic), on
-    raw scores s whose log2-domain value is s·scale (scale > 0): (m_new, l_new, corr, P̂ e4m3 at scale 448); the
-    caller rescales its accumulator by corr. The row maximum is taken on s and scaled once (rounding is monotone,
-    so it equals the maximum of the scaled scores bit for bit); P̃·448 = exp2(s·scale − (m − log2 448)) is one
-    fused multiply-add and an exp2 an element, and l carries the factor 448, so that O_s = acc·s_v / l.
-    IN_RANGE: the exponent is at most log2 448 up to rounding, and the GPU's conversion saturates."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale)
-    p = tl.exp2(s * scale - (m_new - LOG2_FP8_E4M3_MAX)[:, None])
-    corr = tl.exp2(m_i - m_new)
-    return m_new, l_i * corr + tl.sum(p, axis=1), corr, to_e4m3(p, INTERPRET, IN_RANGE=True)
+    raw scores s whose log2-domain value is s·scale: (m_new, l_new, corr, P̂ e4m3 at scale 448); the caller
+    rescales its accumulator by corr. The 448 rides in the exponent (sla2_fwd.online_step), so l carries it and
+    O_s = acc·s_v / l. IN_RANGE: the exponent is at most log2 448 up to rounding, and the GPU's conversion
+    saturates."""
+    m_new, l_new, corr, p = online_step(s, scale, m_i, l_i, LOG2_FP8_E4M3_MAX)
+    return m_new, l_new, corr, to_e4m3(p, INTERPRET, IN_RANGE=True)
 
 
 @triton.jit
