@@ -26,20 +26,20 @@ from .paired import mean_and_sem
 from .report import METRIC_COLUMNS, cell
 
 
-def _group(runs: Sequence[str | Path], row: str | None, flag: str) -> list[dict[str, Any]]:
+def _group(runs: Sequence[str | Path], row: str | None, side: str) -> list[dict[str, Any]]:
     if not runs:
-        raise CompareError(f"group {flag[-1].upper()}: no runs given")
+        raise CompareError(f"group {side.upper()}: no runs given")
     out = []
     for run in runs:
         path, report = load_report(run)
-        name = pick_row(report, row, path, flag)
+        name = pick_row(report, row, path, f"--row-{side}")
         out.append({"path": str(path), "row": name, "videos": videos_of(report, name)})
     return out
 
 
 def across_runs(a: Sequence[str | Path], b: Sequence[str | Path], row_a: str | None = None,
                 row_b: str | None = None) -> dict[str, Any]:
-    groups = {"a": _group(a, row_a, "--row-a"), "b": _group(b, row_b, "--row-b")}
+    groups = {"a": _group(a, row_a, "a"), "b": _group(b, row_b, "b")}
     runs = groups["a"] + groups["b"]
     shared = set.intersection(*(set(r["videos"]) for r in runs))
     if not shared:
