@@ -84,6 +84,9 @@ def test_the_copy_is_neither_saved_nor_trained_and_follows_the_model_to_its_dtyp
     with torch.no_grad():
         forward_sets_blocks(*(t.double() for t in inputs))
         assert next(selection.base.parameters()).dtype == torch.float64
+        # .double() made the rope buffers other tensors than those the copy was first paired with
+        assert [t.dtype for _, t in selection.base.named_buffers()] == [t.dtype for _, t in model.named_buffers()]
+        assert {t.dtype for _, t in model.named_buffers()} == {torch.float64}
         with dense_attention(model):  # a dense forward gets blocks too: eval's probe runs SLA2 on its q, k
             forward_sets_blocks(*(t.double() for t in inputs))
         # cast as eval casts for inference: bf16 with the `_keep_in_fp32_modules` in float32, tensor by tensor

@@ -51,6 +51,8 @@ class BaseSelection:
             raise ValueError("selection='base' needs SLA2 layers in the model")
         # a list keeps the copy out of model.modules(): not saved, not moved by .to(), not given to an optimizer
         self._base = [copy.deepcopy(model).requires_grad_(False).eval()]
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy's tensor, the model's twin)
+        self._paired_with: tuple[int, ...] = ()  # the identities of the model's tensors the pairs were made from
         setattr(model, BASE_SELECTION, self)
         model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         for proc, layer in zip(sla2_processors(self.base), self.layers):
@@ -70,16 +72,28 @@ class BaseSelection:
     def _follow(self, model: nn.Module) -> None:
         """The copy's tensors on the model's device and in its dtypes, tensor by tensor: a model cast for inference
         keeps its `_keep_in_fp32_modules` in float32 beside a bf16 DiT, and one dtype for the whole copy would not
-        match both. The copy is the model's deepcopy, so the names pair up once the wrappers that FSDP or
-        activation checkpointing put around the model's blocks since are read through."""
+        match both. Runs before every forward, so the pairing by name is made once and again only when the model's
+        tensors are other objects (`.to()` replaces buffers; FSDP its parameters)."""
+        identities = tuple(map(id, (*model.parameters(), *model.buffers())))
+        if identities != self._paired_with:
+            self._pairs, self._paired_with = self._pair(model), identities
+        for t, own in self._pairs:
+            if t.device != own.device or t.dtype != own.dtype:
+                t.data = t.data.to(own.device, own.dtype)
+
+    def _pair(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each of the copy's tensors with the model's tensor of its name. The copy is the model's deepcopy, so the
+        names pair up once the wrappers that FSDP or activation checkpointing put around the model's blocks since
+        are read through."""
         live = {_unwrapped(n): t for n, t in (*model.named_parameters(), *model.named_buffers())}
+        pairs = []
         for name, t in (*self.base.named_parameters(), *self.base.named_buffers()):
             own = live.get(name)
             if own is None:  # e.g. FSDP with use_orig_params=false, whose flat parameters hide the names
                 raise RuntimeError(f"attention.selection=base: the model no longer has a tensor named {name!r} "
                                    "to place the base copy's by (FSDP needs trainer.strategy.use_orig_params=true)")
-            if (t.device, t.dtype) != (own.device, own.dtype):
-                t.data = t.data.to(own.device, own.dtype)
+            pairs.append((t, own))
+        return pairs
 
     @staticmethod
     def _selector(layer):
