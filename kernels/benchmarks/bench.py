@@ -6,9 +6,10 @@
 Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a block mask of exactly the
 SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
-scores, torch Top-k), main kernel (bf16 and low-bit), main kernel without the linear branch (the sparse part
-alone), and the whole forward (eager and as a CUDA graph). Both FLOP conventions (docs/method.md, FLOP conventions):
-dense-equivalent 4·B·H·N²·D / time, and actual = 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
+scores, torch Top-k), main kernel (bf16 and low-bit; the low-bit one's quantisation of Q also alone), main kernel
+without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph). Both FLOP
+conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
+4·B·H·N·(topk·b_k)·D / time (the blocks computed).
 --sweep times main-kernel and precompute configurations (warps, stages, TMA; the low-bit quantisation pass's
 warps) at the first shape and the last sparsity, then times the rows with the fastest (passed as `config=`; the
 package's defaults are in sla2_kernels/tuning.py).
@@ -30,15 +31,15 @@ from bench_common import (  # run as a script: a sibling module
 
 
 def _kernel_modules():
-    from sla2_kernels import launch, routing
+    from sla2_kernels import forward, launch, routing
 
-    return launch, routing
+    return forward, launch, routing
 
 
 class Bench(BenchBase):
     def __init__(self, args):
         super().__init__(args, configs=[], precompute_configs=[])
-        self.launch, self.routing = _kernel_modules()
+        self.fwd_mod, self.launch, self.routing = _kernel_modules()
         # the forward as inference runs it: no gradient reaches α, so the low-bit kernel keeps no O_s^q
         # (what SLA2Attention asks for under no_grad; the bf16 kernel never keeps one)
         self.forward = partial(self.sk.sla2_forward, sparse_out=False)
@@ -122,6 +123,11 @@ class Bench(BenchBase):
             T["topk"] = self.time_ms(lambda: self.routing.topk_indices(scores, topk))
             T.update(self.topk_sweep(scores, topk))
             T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st16, block_q=BLOCK_Q))
+            # the low-bit main kernel's own quantisation of Q (inside "main_lowbit" and "sparse_only_lowbit")
+            prob = self.fwd_mod.check_forward(q, k, v, idx, alpha, BLOCK_Q, BLOCK_K, "bhnd")
+            T["quantize_q"] = self.time_ms(lambda: self.fwd_mod.quantized_q(q, prob))
+            for w in (4, 8):  # its warps (the default: tuning.QUANTIZE_Q_WARPS)
+                T[f"quantize_q_w{w}"] = self.time_ms(lambda w=w: self.fwd_mod.quantized_q(q, prob, warps=w))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 fc = self.fwd_cfg.get(quant)
                 T["main" + tag] = self.time_ms(
@@ -194,6 +200,7 @@ class Bench(BenchBase):
                     Cfg(8, 2, tma=True), Cfg(8, 3)],
             True: [Cfg(8, 3), Cfg(4, 2, tma=True), Cfg(4, 3, tma=True), Cfg(4, 3, tma=True, rows=64),
                    Cfg(4, 2, tma=True, rows=64), Cfg(4, 2, tma=True, rows=64, maxnreg=128),
+                   Cfg(4, 3, tma=True, rows=64, maxnreg=128),
                    Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 3, tma=True, maxnreg=128),
                    Cfg(8, 3, exact_max=not default_exact_max)],
         }
@@ -278,7 +285,7 @@ class Bench(BenchBase):
             lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s")
         hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "lin_st", "main", "sparse",
                "total",
-               "graph", "x cuDNN", "precomp8", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
+               "graph", "x cuDNN", "precomp8", "quant_q", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
 
         def f(x, p=3):
@@ -290,7 +297,8 @@ class Bench(BenchBase):
                 f(r.get("sdpa_flash"), 2), f(r.get("t_flex")), f(r.get("t_precompute")), f(r.get("t_router")), f(r.get("t_topk")),
                 f(r.get("t_linear_state")),
                 f(r.get("t_main")), f(r.get("t_sparse_only")), f(r.get("t_total")), f(r.get("t_total_graph")),
-                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_precompute_quant")), f(r.get("t_main_lowbit")),
+                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_precompute_quant")), f(r.get("t_quantize_q")),
+                f(r.get("t_main_lowbit")),
                 f(r.get("t_sparse_only_lowbit")), f(r.get("t_total_lowbit")), f(r.get("t_total_graph_lowbit")),
                 f(r.get("speedup_vs_cudnn_total_graph_lowbit"), 1), f(r.get("actual_TFLOPs_sparse_only"), 0),
                 f(r.get("cudnn_TFLOPs"), 0),

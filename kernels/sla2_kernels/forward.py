@@ -26,7 +26,7 @@ from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
 from .sla2_fwd_lowbit_tma import sla2_fwd_lowbit_tma_kernel
 from .sla2_fwd_tma import sla2_fwd_tma_kernel
-from .tuning import EPI_CHUNKS, FwdConfig, default_fwd_config, pointer_config
+from .tuning import EPI_CHUNKS, QUANTIZE_Q_WARPS, FwdConfig, default_fwd_config, pointer_config
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,13 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     return run_forward(p, q, k, v, p.alpha, kv_state, lin_state if linear else None, quant, config, sparse_out)
 
 
-def quantized_q(q: torch.Tensor, p: ForwardProblem) -> tuple[torch.Tensor, torch.Tensor]:
+def quantized_q(q: torch.Tensor, p: ForwardProblem, warps: int = QUANTIZE_Q_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q̂ int8 [BH, nq·b_q, D], padded rows 0; s_q fp32 [BH, nq]) for the TMA low-bit kernel."""
     BH, nq, bq = p.B * p.H, p.nq, p.block_q
     q8 = launch.empty(BH, nq * bq, p.D, device=q.device, dtype=torch.int8)
     sq = launch.empty(BH, nq, device=q.device, dtype=torch.float32)
     launch.run("quantize_q", quantize_q_kernel, (nq, BH), q, q8, sq, *p.strides["q"], p.N, p.H, nq, BQ=bq, D=p.D,
-               num_warps=4)
+               num_warps=warps)
     return q8, sq
 
 

@@ -58,6 +58,11 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
     return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
 
+# quantize_q_kernel (the TMA low-bit forward's Q̂, one query block a program): warps. At 4 warps a program holds
+# its 128×128 fp32 tile in 161 registers a thread; H100, 2026-12-06, Wan-1.3B shape: 0.076 ms for its 151 MB
+# (2.0 TB/s against a 3.0 TB/s copy), 8 warps halve the tile a thread.
+QUANTIZE_Q_WARPS = 8
+
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc
 # spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces spill none, 4 pieces 4. H100, 2026-11-27:
 # whole forward 0.976 → 0.943 ms as a CUDA graph.
