@@ -10,9 +10,9 @@ scores, torch Top-k), main kernel (bf16 and low-bit; the low-bit one's quantisat
 without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph). Both FLOP
 conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
---sweep times main-kernel and precompute configurations (warps, stages, TMA; the low-bit quantisation pass's
-warps) at the first shape and the last sparsity, then times the rows with the fastest (passed as `config=`; the
-package's defaults are in sla2_kernels/tuning.py).
+--sweep times main-kernel and precompute configurations (warps, stages, TMA; the warps of the low-bit
+quantisation passes) at the first shape and the last sparsity, then times the rows with the fastest (passed as
+`config=`; the package's defaults are in sla2_kernels/tuning.py).
 Also: a sanity check that FlexAttention and our sparse part agree (same mask), the GPU's copy bandwidth and
 bf16 matmul rate (the two ceilings), and each kernel's registers / spills / shared memory.
 The table is printed last; JSON goes to DIR/bench.json (DIR: --out, default $OUT or kernels/benchmarks/results/).
@@ -126,8 +126,6 @@ class Bench(BenchBase):
             # the low-bit main kernel's own quantisation of Q (inside "main_lowbit" and "sparse_only_lowbit")
             prob = self.fwd_mod.check_forward(q, k, v, idx, alpha, BLOCK_Q, BLOCK_K, "bhnd")
             T["quantize_q"] = self.time_ms(lambda: self.fwd_mod.quantized_q(q, prob))
-            for w in (4, 8):  # its warps (the default: tuning.QUANTIZE_Q_WARPS)
-                T[f"quantize_q_w{w}"] = self.time_ms(lambda w=w: self.fwd_mod.quantized_q(q, prob, warps=w))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 fc = self.fwd_cfg.get(quant)
                 T["main" + tag] = self.time_ms(
@@ -245,6 +243,15 @@ class Bench(BenchBase):
                                     lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc))
             if t is not None and (qbest is None or t < qbest[0]):
                 qbest = (t, pc)
+        # Q's quantisation, the TMA low-bit forward's own pass, at each warp count (for the record: its warps are
+        # tuning.QUANTIZE_Q_WARPS, not a configuration the rows take)
+        prob = self.fwd_mod.check_forward(q, k, v, idx, alpha, BLOCK_Q, BLOCK_K, "bhnd")
+        for warps in (4, 8):
+            if self.left() < 60:
+                break
+            self.time_candidate(f"quantize_q sweep {warps} warps", "quantize_q", dict(kind="quantize_q", warps=warps),
+                                self.results["precompute_configs"],
+                                lambda warps=warps: self.fwd_mod.quantized_q(q, prob, warps=warps))
         if pbest:
             self.pre_cfg = qbest[1] if qbest else pbest[1]
             self.results["chosen_precompute"] = repr(self.pre_cfg)
@@ -313,10 +320,12 @@ class Bench(BenchBase):
             lines.append(f"chosen (fastest with exact_max={self.results.get('default_exact_max')}, the default): "
                          f"{self.results.get('chosen_configs')} {self.results.get('chosen_precompute')}")
         if self.results["precompute_configs"]:
-            lines.append("precompute configs (blocks/program, warps, stages; low bit: the quantisation pass's warps): "
+            lines.append("precompute configs (blocks/program, warps, stages; low bit: the quantisation passes' warps): "
                          "ms [regs/spills/shared]")
 
             def label(c):
+                if c["kind"] == "quantize_q":
+                    return f"Q's quantisation, {c['warps']} warps"
                 if c["kind"] == "precompute_quant":
                     return f"low bit, quantise {c['quantize_warps']} warps"
                 return f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']})"

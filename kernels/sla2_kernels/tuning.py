@@ -59,8 +59,8 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
 
 
 # quantize_q_kernel (the TMA low-bit forward's Q̂, one query block a program): warps. At 4 warps a program holds
-# its 128×128 fp32 tile in 161 registers a thread. H100, 2026-12-06 (kernels/benchmarks/bench.py): Wan-1.3B
-# 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501.
+# its 128×128 fp32 tile in 161 registers a thread. H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777
+# at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
 QUANTIZE_Q_WARPS = 8
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc
