@@ -6,9 +6,9 @@ they take a second pass over K and V after the first pass's totals. Rounding ins
 reduction pass first, then the pass that also rounds) reads K and V as often, and its loop spilled 0.8–2.1 KB of
 registers a thread beside h_j's accumulator (4 warps; 48–64 bytes at 8 warps, where the pass is slower: sm_90
 compile with Triton 3.9, 2026-12-03; compiled as the GPU's Triton 3.6 JIT compiles it, rounding before h_j's
-product spills 0.1–0.5 KB at 4 warps and nothing at 8, docs/results.md, "Levers tried"). One read would need a barrier across a head's
-programs, since K and V of one call (200 MB at Wan-1.3B) do not stay in the 50 MB L2 between passes, or a
-quantiser without head-wide statistics.
+product spills 0.1–0.5 KB at 4 warps and nothing at 8: docs/results.md, "Levers tried"). One read would need a
+barrier across a head's programs, since K and V of one call (200 MB at Wan-1.3B) do not stay in the 50 MB L2
+between passes, or a quantiser without head-wide statistics.
 """
 
 from __future__ import annotations

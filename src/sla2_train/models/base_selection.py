@@ -74,6 +74,7 @@ class BaseSelection:
         keeps its `_keep_in_fp32_modules` in float32 beside a bf16 DiT, and one dtype for the whole copy would not
         match both. Runs before every forward, so the pairing by name is made once and again only when the model's
         tensors are other objects (`.to()` replaces buffers; FSDP its parameters)."""
+        # ids stay unique while compared: the pairs hold the tensors they were made from, so none is freed and reused
         identities = tuple(map(id, (*model.parameters(), *model.buffers())))
         if identities != self._paired_with:
             self._pairs, self._paired_with = self._pair(model), identities
