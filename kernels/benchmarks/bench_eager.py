@@ -117,7 +117,9 @@ class Bench(BenchBase):
         # (3 mantissa bits: an eighth of the value, or the subnormal step 2^-9), in a small fraction of V̂.
         fp8_step = torch.maximum(v_hat.abs(), v8.abs()).mul(0.125).clamp_min(2.0 ** -9)
         res["v8_max_steps"] = float(((v8 - v_hat).abs() / fp8_step).max())
-        ok = (res["s_v_max_rel"] == 0 and res["s_k_max_rel"] <= 1e-6 and res["k8_max_step"] <= 1
+        # s_v: the kernel divides by 448 in IEEE (div_rn); torch on a GPU divides by a Python scalar as a product
+        # with its reciprocal, which can land one ulp away (2^-23 relative)
+        ok = (res["s_v_max_rel"] <= 2.0 ** -23 and res["s_k_max_rel"] <= 1e-6 and res["k8_max_step"] <= 1
               and res["k8_mismatch_frac"] < 1e-3 and res["v8_mismatch_frac"] < 1e-3 and res["v8_max_steps"] <= 1)
 
         # SLA2Attention eager, bf16 and low-bit, against the blocked fp32 reference on the module's selection
