@@ -67,7 +67,11 @@
 # STAGE1_VAL (0; N > 0 renders N clips of the held-out combinations, seed 3, in scenes of their own, prepares them
 # as validation shards and validates each stage-1 run on them every STAGE1_VAL_EVERY (50) steps: every layer's
 # hard Top-k error against full attention, val/router/* in the run's CSV log, so that the router's held-out
-# error can be read against its steps).
+# error can be read against its steps);
+# PLAN=1 runs nothing and writes nothing: it prints every command the settings would run, one a line
+# (`plan NAME COMMAND...`, shell-quoted, in the order the script starts them, `plan wait` where it waits for all
+# that run; checkpoints and reports that do not exist yet as their globs), so that a set of options can be checked
+# before a GPU is spent on it.
 # Writes WORK_DIR/table (attention_table.md / .json), WORK_DIR/eval-<run> (videos, eval.json, table.md),
 # WORK_DIR/compare-<run>-vs-<run>.md / .json (Table 2's videos paired by prompt and seed),
 # WORK_DIR/breakdown-<colour|shape|direction|objects>.md / .json (prompt following per captioned object, by group),
@@ -136,27 +140,33 @@ case "$EVAL_SPLIT" in
   heldout|train) ;;
   *) echo "tables.sh: EVAL_SPLIT must be heldout or train, got '$EVAL_SPLIT'" >&2; exit 1 ;;
 esac
-mkdir -p "$WORK/logs" "$WORK/runs"
-log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+PLAN=${PLAN:-0}
+log() { [ "$PLAN" != 0 ] || echo "[$(date -u +%H:%M:%S)] $*"; }
+# `step NAME COMMAND...`: runs COMMAND (with PLAN=1 prints it instead)
+step() {
+  local name=$1; shift
+  if [ "$PLAN" != 0 ]; then printf 'plan %s' "$name"; printf ' %q' "$@"; echo; else "$@"; fi
+}
+[ "$PLAN" != 0 ] || mkdir -p "$WORK/logs" "$WORK/runs"
 
 log "render"
-"$PY" -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
+step render-train "$PY" -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
   --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
-"$PY" -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
+step render-heldout "$PY" -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
   --seed 1 --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
-grep -v '^#' "$WORK/heldout/prompts.txt" | head -n "$PROMPTS" > "$WORK/table_prompts.txt"
+[ "$PLAN" != 0 ] || grep -v '^#' "$WORK/heldout/prompts.txt" | head -n "$PROMPTS" > "$WORK/table_prompts.txt"
 EVAL_PROMPT_FILE="$WORK/heldout/prompts.txt"
 if [ "$EVAL_SPLIT" = train ] && [ "$EVAL_PROMPTS" -gt 0 ]; then
   # at least 2: the chance level scores each video against another prompt of the file
-  "$PY" -m sla2_train.commands.testbed_data "$WORK/prompts-train" --num-videos $((EVAL_PROMPTS > 1 ? EVAL_PROMPTS : 2)) --seed "$EVAL_SEED" \
+  step render-prompts-train "$PY" -m sla2_train.commands.testbed_data "$WORK/prompts-train" --num-videos $((EVAL_PROMPTS > 1 ? EVAL_PROMPTS : 2)) --seed "$EVAL_SEED" \
     --split train --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
   EVAL_PROMPT_FILE="$WORK/prompts-train/prompts.txt"
 fi
-[ "$STAGE1_VAL" = 0 ] || "$PY" -m sla2_train.commands.testbed_data "$WORK/val" --num-videos "$STAGE1_VAL" --seed 3 \
+[ "$STAGE1_VAL" = 0 ] || step render-val "$PY" -m sla2_train.commands.testbed_data "$WORK/val" --num-videos "$STAGE1_VAL" --seed 3 \
   --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
 log "prepare"
 prepare() {  # prepare RENDERED_DIR SHARD_DIR
-  "$PY" -m sla2_train.commands.prepare videos="$1/videos" captions="$1/captions.jsonl" \
+  step "prepare-$(basename "$2")" "$PY" -m sla2_train.commands.prepare videos="$1/videos" captions="$1/captions.jsonl" \
     out_dir="$2" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
     clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
 }
@@ -171,13 +181,14 @@ fi
 COMMON=(model="$PRESET" model.path="$MODEL" data=webdataset data.train_shards="$WORK/shards" data.num_workers=2
         "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
 [ -z "$MAX_TIME" ] || COMMON+=("++trainer.max_time=$MAX_TIME")
-ckpt() { ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; }
+ckpt() { if [ "$PLAN" != 0 ]; then echo "$WORK/runs/$1/*/checkpoints/last.ckpt"; else ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; fi; }
 # `background NAME LIMIT MARKER COMMAND...`: COMMAND in the background once fewer than LIMIT jobs run, its output
 # in logs/NAME.log and its exit status in logs/NAME.rc; on success it writes the file MARKER (- for none) holding
 # the command (see `fresh`). `drain` waits for every job and stops the script if one failed.
 STARTED=()
 background() {
   local name=$1 limit=$2 marker=$3; shift 3
+  [ "$PLAN" = 0 ] || { step "$name" "$@"; return; }
   while [ "$(jobs -rp | wc -l)" -ge "$limit" ]; do wait -n || true; done
   STARTED+=("$name")
   ( rc=0; "$@" > "$WORK/logs/$name.log" 2>&1 || rc=$?; echo "$rc" > "$WORK/logs/$name.rc"
@@ -189,6 +200,7 @@ train() {
   background "$name" "$PARALLEL" - "$PY" train.py "${COMMON[@]}" output_root="$WORK/runs/$name" "$@" "${EXTRA[@]}"
 }
 drain() {
+  [ "$PLAN" = 0 ] || { echo "plan wait"; return 0; }
   wait
   local name failed=0
   for name in "${STARTED[@]}"; do
@@ -249,10 +261,10 @@ variant "stage2-bf16-$LAST" bf16_finetune "${AT_LAST[@]}" "$STAGE1_LAST" stage.a
   "${STAGE2_ARGS[@]}" attention.sparsity="$LAST" "$STAGE1_LAST" "${JOINT_ARGS[@]}"
 # the two routers' α swapped (SWAP_ALPHA)
 if [ "$SWAP_ALPHA" != 0 ]; then
-  mkdir -p "$WORK/swap"
-  "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-$LAST")" "$(ckpt "stage1-heuristic-$LAST")" \
+  [ "$PLAN" != 0 ] || mkdir -p "$WORK/swap"
+  step swap-learned-router-heuristic-alpha "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-$LAST")" "$(ckpt "stage1-heuristic-$LAST")" \
     "$WORK/swap/learned-router-heuristic-alpha.ckpt"
-  "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-heuristic-$LAST")" "$(ckpt "stage1-$LAST")" \
+  step swap-heuristic-router-learned-alpha "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-heuristic-$LAST")" "$(ckpt "stage1-$LAST")" \
     "$WORK/swap/heuristic-router-learned-alpha.ckpt"
   variant "stage2-swapalpha-$LAST" qat_heuristic_alpha "${AT_LAST[@]}" \
     init_from="$WORK/swap/learned-router-heuristic-alpha.ckpt"
@@ -276,6 +288,7 @@ join() { local IFS=,; echo "$*"; }
 # what the command made is from the current weights and settings
 fresh() {
   local marker=$1; shift
+  [ "$PLAN" = 0 ] || return 1
   [ -f "$marker" ] && [ "$(cat "$marker")" = "$*" ] && [ -z "$(find "$WORK/runs" -name last.ckpt -newer "$marker" -print -quit)" ]
 }
 S1=(); S2=(); R=(); REFIT_ROW=(); VARIANT_ROWS=()
@@ -299,7 +312,7 @@ else
   log "attention table"
   background table "$EVAL_PARALLEL" "$WORK/logs/table.done" "${TABLE[@]}"
 fi
-show_table() { drain; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true; }
+show_table() { drain; [ "$PLAN" = 0 ] || return 0; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true; }
 [ "$EVAL_PROMPTS" -gt 0 ] || { show_table; log "done (no videos)"; exit 0; }
 # Videos: stage 2 and its variants at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
 # then (EVAL_BESTMASS) the two QAT stage 2s with the oracle's blocks, then (EVAL_STAGE1) stage 1 alone at each,
@@ -340,6 +353,7 @@ done
 show_table
 for entry in "${VIDEO_RUNS[@]}"; do
   read -r run _ <<< "$entry"
+  [ "$PLAN" = 0 ] || continue
   log "videos $run:"
   grep -E '^\| (Attention|dense|sla2)' "$WORK/logs/eval-$run.log" || true
 done
@@ -353,9 +367,15 @@ done
 # (EVAL_STAGE1) each stage 2 against the stage 1 it started from, the learned router's stage 1 against the
 # heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the one this
 # command made or kept.
-newest() { ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; }
+newest() {
+  if [ "$PLAN" != 0 ]; then echo "$WORK/eval-$1/eval/*/*/eval.json"; else ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; fi
+}
 paired() {
   local out="$WORK/compare-$1-vs-$2"
+  if [ "$PLAN" != 0 ]; then
+    step "compare-$1-vs-$2" "$PY" -m sla2_train.evaluation.compare "$(newest "$1")" "$(newest "$2")" --out "$out.json"
+    return
+  fi
   "$PY" -m sla2_train.evaluation.compare "$(newest "$1")" "$(newest "$2")" --out "$out.json" > "$out.md"
   log "videos $1 − $2, paired:"
   grep '^|' "$out.md"
@@ -399,9 +419,14 @@ fi
 REPORTS=()
 for entry in "${VIDEO_RUNS[@]}"; do read -r run _ <<< "$entry"; REPORTS+=("$(newest "$run")"); done
 for by in colour shape direction objects; do
+  if [ "$PLAN" != 0 ]; then
+    step "breakdown-$by" "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" --out "$WORK/breakdown-$by.json"
+    continue
+  fi
   "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" --out "$WORK/breakdown-$by.json" \
     > "$WORK/breakdown-$by.md"
 done
+[ "$PLAN" = 0 ] || exit 0
 log "prompt following by colour (right / present, per object):"
 cat "$WORK/breakdown-colour.md"
 log "done"
