@@ -12,13 +12,17 @@ BATCH, STEPS = 2, 3  # one epoch: data.epoch_length = trainer.max_steps
 
 @pytest.mark.parametrize(
     "stage,extra",
-    [("distill", ["callbacks=[default,sample_keys,throughput]", "callbacks.throughput.warmup_steps=1"]), ("qat", ["stage.allow_untrained_router=true"]),
-     ("distill", ["stage.objective.layers_per_step=1"]),
+    # stage 1 on one sampled layer a step: every rank's routers and α still get a gradient each step (the other
+    # layers' as zeros), as DDP requires; with the opt-in sample-key and throughput logs (stage 1 on every layer
+    # runs distributed in test_fsdp_cpu.py)
+    [("distill", ["stage.objective.layers_per_step=1", "callbacks=[default,sample_keys,throughput]",
+                  "callbacks.throughput.warmup_steps=1"]),
+     ("qat", ["stage.allow_untrained_router=true"]),
      # the router trained during stage 2 on one sampled layer a step (the stage's default): every rank's α and
      # router still get a gradient each step (α from the flow loss alone, the other layers' routers as zeros), as
      # DDP requires
      ("qat_router", [])],
-    ids=["distill", "qat", "distill-sampled-layers", "qat_router-sampled-layers"],
+    ids=["distill-sampled-layers", "qat", "qat_router-sampled-layers"],
 )
 def test_two_process_ddp_trains_and_checkpoints(tmp_path, torchrun_train, stage, extra):
     run = torchrun_train(tmp_path, "trainer=ddp_cpu", f"trainer.max_steps={STEPS}", f"data.epoch_length={STEPS}",
