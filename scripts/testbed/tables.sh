@@ -150,25 +150,29 @@ step() {
 [ "$PLAN" != 0 ] || mkdir -p "$WORK/logs" "$WORK/runs"
 
 log "render"
-step render-train "$PY" -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" --split train \
-  --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
-step render-heldout "$PY" -m sla2_train.commands.testbed_data "$WORK/heldout" --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) \
-  --seed 1 --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+step render-train "$PY" -m sla2_train.commands.testbed_data "$WORK/train" --num-videos "$N_TRAIN" --seed "$SEED" \
+  --split train --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+step render-heldout "$PY" -m sla2_train.commands.testbed_data "$WORK/heldout" \
+  --num-videos $((PROMPTS > EVAL_PROMPTS ? PROMPTS : EVAL_PROMPTS)) --seed 1 --split heldout --height "$HEIGHT" \
+  --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
 [ "$PLAN" != 0 ] || grep -v '^#' "$WORK/heldout/prompts.txt" | head -n "$PROMPTS" > "$WORK/table_prompts.txt"
 EVAL_PROMPT_FILE="$WORK/heldout/prompts.txt"
 if [ "$EVAL_SPLIT" = train ] && [ "$EVAL_PROMPTS" -gt 0 ]; then
   # at least 2: the chance level scores each video against another prompt of the file
-  step render-prompts-train "$PY" -m sla2_train.commands.testbed_data "$WORK/prompts-train" --num-videos $((EVAL_PROMPTS > 1 ? EVAL_PROMPTS : 2)) --seed "$EVAL_SEED" \
-    --split train --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+  step render-prompts-train "$PY" -m sla2_train.commands.testbed_data "$WORK/prompts-train" \
+    --num-videos $((EVAL_PROMPTS > 1 ? EVAL_PROMPTS : 2)) --seed "$EVAL_SEED" --split train --height "$HEIGHT" \
+    --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
   EVAL_PROMPT_FILE="$WORK/prompts-train/prompts.txt"
 fi
-[ "$STAGE1_VAL" = 0 ] || step render-val "$PY" -m sla2_train.commands.testbed_data "$WORK/val" --num-videos "$STAGE1_VAL" --seed 3 \
-  --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy --workers "$WORKERS" --no-progress
+[ "$STAGE1_VAL" = 0 ] || step render-val "$PY" -m sla2_train.commands.testbed_data "$WORK/val" \
+  --num-videos "$STAGE1_VAL" --seed 3 --split heldout --height "$HEIGHT" --width "$WIDTH" --format npy \
+  --workers "$WORKERS" --no-progress
 log "prepare"
 prepare() {  # prepare RENDERED_DIR SHARD_DIR
-  step "prepare-$(basename "$2")" "$PY" -m sla2_train.commands.prepare videos="$1/videos" captions="$1/captions.jsonl" \
-    out_dir="$2" encoders.model_path="$MODEL" encoders.max_text_len=64 clip.num_frames=17 \
-    clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" output.samples_per_shard=64 progress=false
+  step "prepare-$(basename "$2")" "$PY" -m sla2_train.commands.prepare videos="$1/videos" \
+    captions="$1/captions.jsonl" out_dir="$2" encoders.model_path="$MODEL" encoders.max_text_len=64 \
+    clip.num_frames=17 clip.height="$HEIGHT" clip.width="$WIDTH" clip.fps=16 decode_workers="$WORKERS" \
+    output.samples_per_shard=64 progress=false
 }
 prepare "$WORK/train" "$WORK/shards"
 STAGE1_VAL_ARGS=()
@@ -181,7 +185,9 @@ fi
 COMMON=(model="$PRESET" model.path="$MODEL" data=webdataset data.train_shards="$WORK/shards" data.num_workers=2
         "$LATENTS" trainer="$TRAINER" logger=csv trainer.max_steps="$STEPS")
 [ -z "$MAX_TIME" ] || COMMON+=("++trainer.max_time=$MAX_TIME")
-ckpt() { if [ "$PLAN" != 0 ]; then echo "$WORK/runs/$1/*/checkpoints/last.ckpt"; else ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; fi; }
+ckpt() {
+  if [ "$PLAN" != 0 ]; then echo "$WORK/runs/$1/*/checkpoints/last.ckpt"; else ls "$WORK/runs/$1"/*/checkpoints/last.ckpt; fi
+}
 # `background NAME LIMIT MARKER COMMAND...`: COMMAND in the background once fewer than LIMIT jobs run, its output
 # in logs/NAME.log and its exit status in logs/NAME.rc; on success it writes the file MARKER (- for none) holding
 # the command (see `fresh`). `drain` waits for every job and stops the script if one failed.
@@ -262,10 +268,10 @@ variant "stage2-bf16-$LAST" bf16_finetune "${AT_LAST[@]}" "$STAGE1_LAST" stage.a
 # the two routers' α swapped (SWAP_ALPHA)
 if [ "$SWAP_ALPHA" != 0 ]; then
   [ "$PLAN" != 0 ] || mkdir -p "$WORK/swap"
-  step swap-learned-router-heuristic-alpha "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-$LAST")" "$(ckpt "stage1-heuristic-$LAST")" \
-    "$WORK/swap/learned-router-heuristic-alpha.ckpt"
-  step swap-heuristic-router-learned-alpha "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-heuristic-$LAST")" "$(ckpt "stage1-$LAST")" \
-    "$WORK/swap/heuristic-router-learned-alpha.ckpt"
+  step swap-learned-router-heuristic-alpha "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-$LAST")" \
+    "$(ckpt "stage1-heuristic-$LAST")" "$WORK/swap/learned-router-heuristic-alpha.ckpt"
+  step swap-heuristic-router-learned-alpha "$PY" scripts/testbed/swap_alpha.py "$(ckpt "stage1-heuristic-$LAST")" \
+    "$(ckpt "stage1-$LAST")" "$WORK/swap/heuristic-router-learned-alpha.ckpt"
   variant "stage2-swapalpha-$LAST" qat_heuristic_alpha "${AT_LAST[@]}" \
     init_from="$WORK/swap/learned-router-heuristic-alpha.ckpt"
   variant "stage2-heuristic-swapalpha-$LAST" heuristic_router_qat_learned_alpha "${AT_LAST[@]}" \
@@ -312,7 +318,11 @@ else
   log "attention table"
   background table "$EVAL_PARALLEL" "$WORK/logs/table.done" "${TABLE[@]}"
 fi
-show_table() { drain; [ "$PLAN" = 0 ] || return 0; grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true; }
+show_table() {
+  drain
+  [ "$PLAN" = 0 ] || return 0
+  grep -A 200 '^| sparsity | method | sparse-only' "$WORK/table/attention_table.md" || true
+}
 [ "$EVAL_PROMPTS" -gt 0 ] || { show_table; log "done (no videos)"; exit 0; }
 # Videos: stage 2 and its variants at the last sparsity, then stage 2 (and its α refit) at the other EVAL_SPARSITIES,
 # then (EVAL_BESTMASS) the two QAT stage 2s with the oracle's blocks, then (EVAL_STAGE1) stage 1 alone at each,
@@ -368,7 +378,8 @@ done
 # heuristic's, and the oracle's blocks against the learned router's. Each run's newest report is the one this
 # command made or kept.
 newest() {
-  if [ "$PLAN" != 0 ]; then echo "$WORK/eval-$1/eval/*/*/eval.json"; else ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1; fi
+  if [ "$PLAN" != 0 ]; then echo "$WORK/eval-$1/eval/*/*/eval.json"; return; fi
+  ls -t "$WORK/eval-$1"/eval/*/*/eval.json | head -n 1
 }
 paired() {
   local out="$WORK/compare-$1-vs-$2"
@@ -420,7 +431,8 @@ REPORTS=()
 for entry in "${VIDEO_RUNS[@]}"; do read -r run _ <<< "$entry"; REPORTS+=("$(newest "$run")"); done
 for by in colour shape direction objects; do
   if [ "$PLAN" != 0 ]; then
-    step "breakdown-$by" "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" --out "$WORK/breakdown-$by.json"
+    step "breakdown-$by" "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" \
+      --out "$WORK/breakdown-$by.json"
     continue
   fi
   "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" --out "$WORK/breakdown-$by.json" \

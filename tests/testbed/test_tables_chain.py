@@ -166,7 +166,8 @@ def test_the_plan_of_every_option_composes_and_wires_each_run(tmp_path):
         "stage2-router-0.75": (0.75, "router", "stage2-router-0.75"),
         "stage2-basemask-0.75": (0.75, "base", "stage2-basemask-0.75"),  # BASE_MASKS, filmed on the same blocks
         "stage2-heuristic-basemask-0.75": (0.75, "base", "stage2-heuristic-basemask-0.75"),
-        "stage2-refit-0.75": (0.75, "router", "stage2-refit-0.75"), "stage2-refit-0.5": (0.5, "router", "stage2-refit-0.5"),
+        "stage2-refit-0.75": (0.75, "router", "stage2-refit-0.75"),
+        "stage2-refit-0.5": (0.5, "router", "stage2-refit-0.5"),
         "stage2-bestmass-0.75": (0.75, "bestmass", "stage2-0.75"),  # EVAL_BESTMASS: each QAT DiT, the oracle's blocks
         "stage2-heuristic-bestmass-0.75": (0.75, "bestmass", "stage2-heuristic-0.75"),
         "stage1-0.5": (0.5, "router", "stage1-0.5"), "stage1-0.75": (0.75, "router", "stage1-0.75"),  # EVAL_STAGE1
