@@ -2,13 +2,10 @@
 in one pass, and (low-bit) the quantised K̂, V̂ (docs/method.md, Linear branch; Low-bit sparse branch and QAT).
 
 K̂ and V̂ need μ_K and the per-channel max|V| over all of a head's tokens before any element can be rounded, so
-they take a second pass over K and V after the first pass's totals. Rounding inside the first pass instead (a
-reduction pass first, then the pass that also rounds) reads K and V as often, and its loop spilled 0.8–2.1 KB of
-registers a thread beside h_j's accumulator (4 warps; 48–64 bytes at 8 warps, where the pass is slower: sm_90
-compile with Triton 3.9, 2026-12-03; compiled as the GPU's Triton 3.6 JIT compiles it, rounding before h_j's
-product spills 0.1–0.5 KB at 4 warps and nothing at 8: docs/results.md, "Levers tried"). One read would need a
-barrier across a head's programs, since K and V of one call (200 MB at Wan-1.3B) do not stay in the 50 MB L2
-between passes, or a quantiser without head-wide statistics.
+they take a second pass over K and V after the first pass's totals. One pass that also rounds was built with a
+quantiser that needs no head-wide statistic (K centred by a sampled mean, V scaled per key block) and measured
+twice as slow as the two passes (0.74 against 0.36 ms at Wan-1.3B, H100): beside h_j's [D, D] fp32 accumulator
+the rounding spills at 4 warps and leaves one program an SM at 8 (docs/results.md, "Levers tried").
 """
 
 from __future__ import annotations
