@@ -142,10 +142,13 @@ case "$EVAL_SPLIT" in
 esac
 PLAN=${PLAN:-0}
 log() { [ "$PLAN" != 0 ] || echo "[$(date -u +%H:%M:%S)] $*"; }
-# `step NAME COMMAND...`: runs COMMAND (with PLAN=1 prints it instead)
+# `step NAME COMMAND...`: runs COMMAND, its output into the file STDOUT when that is set (with PLAN=1 prints
+# COMMAND instead)
 step() {
   local name=$1; shift
-  if [ "$PLAN" != 0 ]; then printf 'plan %s' "$name"; printf ' %q' "$@"; echo; else "$@"; fi
+  if [ "$PLAN" != 0 ]; then printf 'plan %s' "$name"; printf ' %q' "$@"; echo
+  elif [ -n "${STDOUT:-}" ]; then "$@" > "$STDOUT"
+  else "$@"; fi
 }
 [ "$PLAN" != 0 ] || mkdir -p "$WORK/logs" "$WORK/runs"
 
@@ -383,11 +386,9 @@ newest() {
 }
 paired() {
   local out="$WORK/compare-$1-vs-$2"
-  if [ "$PLAN" != 0 ]; then
-    step "compare-$1-vs-$2" "$PY" -m sla2_train.evaluation.compare "$(newest "$1")" "$(newest "$2")" --out "$out.json"
-    return
-  fi
-  "$PY" -m sla2_train.evaluation.compare "$(newest "$1")" "$(newest "$2")" --out "$out.json" > "$out.md"
+  STDOUT="$out.md" step "compare-$1-vs-$2" "$PY" -m sla2_train.evaluation.compare "$(newest "$1")" "$(newest "$2")" \
+    --out "$out.json"
+  [ "$PLAN" = 0 ] || return 0
   log "videos $1 − $2, paired:"
   grep '^|' "$out.md"
 }
@@ -430,13 +431,8 @@ fi
 REPORTS=()
 for entry in "${VIDEO_RUNS[@]}"; do read -r run _ <<< "$entry"; REPORTS+=("$(newest "$run")"); done
 for by in colour shape direction objects; do
-  if [ "$PLAN" != 0 ]; then
-    step "breakdown-$by" "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" \
-      --out "$WORK/breakdown-$by.json"
-    continue
-  fi
-  "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" --by "$by" --out "$WORK/breakdown-$by.json" \
-    > "$WORK/breakdown-$by.md"
+  STDOUT="$WORK/breakdown-$by.md" step "breakdown-$by" "$PY" -m sla2_train.testbed.breakdown "${REPORTS[@]}" \
+    --by "$by" --out "$WORK/breakdown-$by.json"
 done
 [ "$PLAN" = 0 ] || exit 0
 log "prompt following by colour (right / present, per object):"
