@@ -55,6 +55,11 @@ def _overrides(args: list[str]) -> dict[str, str]:
     return {k.lstrip("+"): v for k, v in pairs}
 
 
+def _run_of(checkpoint: str) -> str:
+    """The training run a planned checkpoint glob belongs to: WORK/runs/RUN/*/checkpoints/last.ckpt -> RUN."""
+    return checkpoint.split("/runs/")[1].split("/")[0]
+
+
 def _plan(work: Path) -> tuple[list[tuple[str, list[str]]], list[int]]:
     """(the planned commands as (name, argv), the index of the first command after each `plan wait`)."""
     res = _chain(work, PLAN="1", **EVERY_OPTION)
@@ -95,10 +100,9 @@ def test_the_plan_of_every_option_composes_and_wires_each_run(tmp_path):
     for name, o in trains.items():
         assert o["output_root"] == f"{work}/runs/{name}" and o["data.num_workers"] == "0", name  # the caller's last
         assert o["attention.sparsity"] == name.rsplit("-", 1)[1], name
-        starts = o.get("init_from")
-        if starts and "/runs/" in starts:
-            producer = starts.split("/runs/")[1].split("/")[0]
-            after(name, producer)
+        starts = o.get("init_from", "")
+        if "/runs/" in starts:
+            after(name, _run_of(starts))
     for s in ("0.5", "0.75"):
         assert trains[f"stage1-{s}"]["stage"] == "distill"
         assert trains[f"stage1-{s}"]["data.val_shards"] == f"{work}/val-shards"  # STAGE1_VAL
@@ -153,7 +157,7 @@ def test_the_plan_of_every_option_composes_and_wires_each_run(tmp_path):
     # the videos: each run's checkpoint, sparsity and blocks, on the training split's prompts
     evals = {name[len("eval-"):]: _overrides(argv[2:]) for name, argv in commands if name.startswith("eval-")}
     filmed = {run: (float(o["attention.sparsity"]), o.get("attention.selection", "router"),
-                    o["ckpt"].split("/runs/")[1].split("/")[0]) for run, o in evals.items()}
+                    _run_of(o["ckpt"])) for run, o in evals.items()}
     assert filmed == {
         "stage2-0.75": (0.75, "router", "stage2-0.75"), "stage2-0.5": (0.5, "router", "stage2-0.5"),
         "stage2-heuristic-0.75": (0.75, "router", "stage2-heuristic-0.75"),
@@ -176,7 +180,7 @@ def test_the_plan_of_every_option_composes_and_wires_each_run(tmp_path):
     for run, o in evals.items():
         assert o["output_root"] == f"{work}/eval-{run}" and o["prompts"] == f"{work}/prompts-train/prompts.txt", run
         assert o["quant"] == "true" and o["max_prompts"] == "1", run
-        after(f"eval-{run}", o["ckpt"].split("/runs/")[1].split("/")[0])
+        after(f"eval-{run}", _run_of(o["ckpt"]))
 
     # the paired comparisons (Table 2's video ablations) and the breakdowns over every video run
     report = lambda run: f"{work}/eval-{run}/eval/*/*/eval.json"  # noqa: E731
