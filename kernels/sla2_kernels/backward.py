@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import triton
 
 from . import launch, layouts
 from .backward_state import backward_linear_state
 from .checks import check_sparse_output
 from .forward import effective_alpha
+from .launch import cdiv
 from .layouts import NK_ALIGN, bhn_strides, bhnd_view, descriptor, dims, last_dim_contiguous
 from .selection import complement_mask, key_block_lists
 from .sla2_bwd import sla2_bwd_dkdv_kernel, sla2_bwd_dq_kernel, sla2_bwd_linear_kernel
@@ -54,11 +54,11 @@ class BwdProblem:
 
     @property
     def nq(self) -> int:
-        return triton.cdiv(self.shape[2], self.block_q)
+        return cdiv(self.shape[2], self.block_q)
 
     @property
     def nk(self) -> int:
-        return triton.cdiv(self.shape[2], self.block_k)
+        return cdiv(self.shape[2], self.block_k)
 
     @property
     def linear(self) -> bool:
@@ -73,7 +73,7 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_
     bsz, heads, n, d = dims(q, layout)[0]
     q, k, v, o, do = (last_dim_contiguous(t) for t in (q, k, v, o, do))
     o_s = None if o_s is None else last_dim_contiguous(o_s)
-    nq = triton.cdiv(n, block_q)
+    nq = cdiv(n, block_q)
     cfg = config or default_bwd_config(block_q, block_k, d)
     return BwdProblem(
         q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
@@ -262,7 +262,7 @@ def sla2_backward(
         check_sparse_output(o_s, q)
     a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
     n = dims(q, layout)[0][2]
-    if indices.shape[-1] >= triton.cdiv(n, block_k):  # no linear branch: its state is never read
+    if indices.shape[-1] >= cdiv(n, block_k):  # no linear branch: its state is never read
         lin_state = (a3, a3, None)
     else:
         lin_state = backward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout)

@@ -11,9 +11,9 @@ Rebuilding it also means that the forward keeps no state for the backward.
 from __future__ import annotations
 
 import torch
-import triton
 
 from .kv_state import precompute
+from .launch import cdiv
 from .selection import complement_mask
 
 
@@ -35,7 +35,7 @@ def backward_linear_state(k: torch.Tensor, v: torch.Tensor, indices: torch.Tenso
     (indices [B, H, nq, topk]); the dk/dv step builds its key-block lists from the same mask."""
     state = precompute(k, v, block_k=block_k, layout=layout)
     b, h, n, d = state.shape
-    bh, nq, nk = b * h, triton.cdiv(n, block_q), triton.cdiv(n, block_k)
+    bh, nq, nk = b * h, cdiv(n, block_q), cdiv(n, block_k)
     idx = indices.reshape(bh, nq, indices.shape[-1]).to(torch.int32).contiguous()
     # the mask's padding columns meet h's zero padding blocks; Z_I comes from the same launch
     keep, z_i = complement_mask(idx, nk, z=(state.zblk, state.ztot))

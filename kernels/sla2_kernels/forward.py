@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import triton
 
 from . import launch, layouts
 from .checks import alpha_view, check_block, check_indices, check_lin_state, check_qkv, check_state
 from .kv_state import KVState, build_state
+from .launch import cdiv
 from .layouts import bhnd_view, descriptor, dims
 from .lowbit_quant import quantize_q_kernel
 from .selection import complement_mask
@@ -57,7 +57,7 @@ def check_forward(q, k, v, indices, alpha, block_q: int, block_k: int, layout: s
     """Every check of a forward call, once (checks.py; one ValueError line each)."""
     bq, bk = check_block("block_q", block_q), check_block("block_k", block_k)
     (B, H, N, D), strides = check_qkv({"q": q, "k": k, "v": v}, layout)
-    nq, nk = triton.cdiv(N, bq), triton.cdiv(N, bk)
+    nq, nk = cdiv(N, bq), cdiv(N, bk)
     topk = check_indices(indices, B, H, nq, nk, q.device)
     idx = indices if indices.dtype == torch.int32 and indices.is_contiguous() else indices.to(torch.int32).contiguous()
     return ForwardProblem(B, H, N, D, bq, bk, nq, nk, topk, layout, strides, idx, alpha_view(alpha, B, H, nq, q.device))
@@ -67,7 +67,7 @@ def effective_alpha(alpha, q: torch.Tensor, indices: torch.Tensor, block_q: int,
     """α as fp32 [B, H, nq] (a broadcasting view), forced to 1 when every key block is selected: α stands for the
     softmax mass on the selected blocks, which is then exactly 1 (docs/method.md, α)."""
     b, h, n, _ = dims(q, layout)[0]
-    nq, nk = triton.cdiv(n, block_q), triton.cdiv(n, block_k)
+    nq, nk = cdiv(n, block_q), cdiv(n, block_k)
     if indices.shape[-1] >= nk:
         return torch.ones((), device=q.device, dtype=torch.float32).expand(b, h, nq)
     return alpha_view(alpha, b, h, nq, q.device)
@@ -83,7 +83,7 @@ def linear_state(indices: torch.Tensor, kv_state: KVState, *, block_q: int):
     come from one launch (complement.py). Two launches in all.
     """
     B, H, N, D = kv_state.shape
-    BH, nq, nk = B * H, triton.cdiv(N, block_q), triton.cdiv(N, kv_state.block_k)
+    BH, nq, nk = B * H, cdiv(N, block_q), cdiv(N, kv_state.block_k)
     # the mask's padding columns meet h's zero padding blocks
     keep, z_i = complement_mask(indices, nk, z=(kv_state.zblk, kv_state.ztot))
     h_i = torch.bmm(keep, kv_state.hblk.view(BH, keep.shape[-1], D * D)).view(BH, nq, D, D)

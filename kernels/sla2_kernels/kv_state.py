@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from . import launch
 from .checks import check_block, check_qkv
+from .launch import cdiv
 from .layouts import NK_ALIGN
 from .linear_precompute import kv_precompute_kernel, kv_totals_kernel
 from .lowbit_quant import quantize_kv_kernel
@@ -59,16 +59,16 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
     checks.check_qkv): two launches in bf16 (the pass over K, V, then the per-head totals), three with quant
     (then K̂, V̂ by quantize_kv_kernel, which needs the totals' μ_K and s_v)."""
     B, H, N, D = shape
-    BH, nk = B * H, triton.cdiv(N, block_k)
-    nk_pad = triton.cdiv(nk, NK_ALIGN) * NK_ALIGN
+    BH, nk = B * H, cdiv(N, block_k)
+    nk_pad = cdiv(nk, NK_ALIGN) * NK_ALIGN
     dev = k.device
     cfg = config or PrecomputeConfig()
     interpret = launch.interpreting()
     # Enough programs to fill the GPU, each over a contiguous run of key blocks; together they cover h's padding.
     per_sm = PRECOMPUTE_PROGRAMS_PER_SM * launch.num_sms(dev)
-    nsplit = 1 if interpret else max(1, min(nk_pad, triton.cdiv(per_sm, BH)))
-    per_split = cfg.blocks_per_program or triton.cdiv(nk_pad, nsplit)
-    nsplit = triton.cdiv(nk_pad, per_split)
+    nsplit = 1 if interpret else max(1, min(nk_pad, cdiv(per_sm, BH)))
+    per_split = cfg.blocks_per_program or cdiv(nk_pad, nsplit)
+    nsplit = cdiv(nk_pad, per_split)
     f32 = dict(device=dev, dtype=torch.float32)
     hblk = launch.empty(BH, nk_pad, D, D, device=dev, dtype=torch.bfloat16)
     zblk = launch.empty(BH, nk, D, **f32)

@@ -43,6 +43,18 @@ def num_sms(device: torch.device) -> int:
     return 1
 
 
+# The host's sizes and grids in plain integer arithmetic: triton.cdiv and triton.next_power_of_2 are constexpr
+# functions, whose calls unwrap their arguments (3 µs each on a CPU, against 0.08; twenty-odd calls a forward).
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The least power of 2 that is >= n (1 for n <= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def run(name: str, kernel, grid, *args, **kwargs):
     """kernel[grid](*args, **kwargs), its compiled kernel kept as LAST_COMPILED[name]."""
     LAST_COMPILED[name] = kernel[grid](*args, **kwargs)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
 from . import launch
 from .checks import check_block, check_projections, check_qkv, check_state, check_topk
+from .launch import cdiv
 from .router_kernels import block_scores_kernel, pool_sums_kernel, pooled_project_kernel, topk_kernel
 from .tuning import (
     ROUTER_DOT_CHUNK, ROUTER_POOL_PROGRAMS_PER_SM, ROUTER_PROJECT_ROWS, ROUTER_SCORE_TILE, TOPK_DEFAULT_LAUNCH,
@@ -23,14 +23,14 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
     bq, bk = check_block("block_q", block_q), check_block("block_k", block_k)
     (B, H, N, D), strides = check_qkv({"q": q, "k": k}, layout)
     check_projections(proj_q, proj_k, H, D, q.device)
-    BH, nq, nk = B * H, triton.cdiv(N, bq), triton.cdiv(N, bk)
+    BH, nq, nk = B * H, cdiv(N, bq), cdiv(N, bk)
     check_topk(topk, nk)
     f32 = dict(device=q.device, dtype=torch.float32)
     qsum = launch.empty(BH, nq, D, **f32)
     # Runs of blocks a program: enough programs to fill the GPU, few partial sums of K for μ_K (under the
     # interpreter, one "SM": two runs when B·H = 1, so the CPU tests cover the partial sums).
     per_sm = ROUTER_POOL_PROGRAMS_PER_SM * launch.num_sms(q.device)
-    nsplit = max(1, min(nq, triton.cdiv(per_sm, BH)))
+    nsplit = max(1, min(nq, cdiv(per_sm, BH)))
     if kv_state is not None:
         check_state(kv_state, k, bk, layout, quant=False)
         ksum, kmean, nparts, pooled = kv_state.ksum, kv_state.kmean, 0, 1  # Q alone
@@ -39,18 +39,18 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
         kmean = launch.empty(BH, nsplit, D, **f32)  # partial sums; μ_K = their sum / N
         nparts, pooled = nsplit, 2
     launch.run("pool_sums", pool_sums_kernel, (nsplit, BH, pooled), q, k, qsum, ksum, kmean,
-               *strides["q"], *strides["k"], N, H, nq, nk, triton.cdiv(nq, nsplit), triton.cdiv(nk, nsplit), nsplit,
+               *strides["q"], *strides["k"], N, H, nq, nk, cdiv(nq, nsplit), cdiv(nk, nsplit), nsplit,
                BQ=bq, BK=bk, D=D, num_warps=4)
     wq = proj_q.detach().to(torch.float32).contiguous()
     wk = proj_k.detach().to(torch.float32).contiguous()
     qp, kp = launch.empty(BH, nq, D, **f32), launch.empty(BH, nk, D, **f32)
     rb = ROUTER_PROJECT_ROWS
-    launch.run("pooled_project", pooled_project_kernel, (triton.cdiv(max(nq, nk), rb), BH, 2),
+    launch.run("pooled_project", pooled_project_kernel, (cdiv(max(nq, nk), rb), BH, 2),
                qsum, ksum, kmean, wq, wk, qp, kp, N, H, nq, nk, nparts, 1.0 / math.sqrt(D),
                RB=rb, BQ=bq, BK=bk, D=D, DC=ROUTER_DOT_CHUNK, num_warps=4)
     scores = launch.empty(B, H, nq, nk, **f32)
     qt, kt = ROUTER_SCORE_TILE
-    launch.run("block_scores", block_scores_kernel, (triton.cdiv(nq, qt), triton.cdiv(nk, kt), BH),
+    launch.run("block_scores", block_scores_kernel, (cdiv(nq, qt), cdiv(nk, kt), BH),
                qp, kp, scores, nq, nk, QT=qt, KT=kt, D=D, DC=ROUTER_DOT_CHUNK, num_warps=4)
     return scores, topk_indices(scores, topk)
 
@@ -60,7 +60,7 @@ def topk_indices(scores: torch.Tensor, topk: int) -> torch.Tensor:
 
     Radix selection (topk_kernel) up to TOPK_MAX_RADIX padded columns, torch.topk above (tuning.TOPK_LAUNCH).
     """
-    nkp = triton.next_power_of_2(scores.shape[-1])
+    nkp = launch.next_power_of_2(scores.shape[-1])
     if nkp > TOPK_MAX_RADIX:
         return scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
     return topk_radix(scores, topk, *TOPK_LAUNCH.get(nkp, TOPK_DEFAULT_LAUNCH))
@@ -71,6 +71,6 @@ def topk_radix(scores: torch.Tensor, topk: int, rows_per_program: int, num_warps
     B, H, nq, nk = scores.shape
     rows = B * H * nq
     indices = launch.empty(B, H, nq, topk, device=scores.device, dtype=torch.int32)
-    launch.run("topk", topk_kernel, (triton.cdiv(rows, rows_per_program),), scores, indices, rows, nk, topk,
-               R=rows_per_program, NKP=triton.next_power_of_2(nk), num_warps=num_warps)
+    launch.run("topk", topk_kernel, (cdiv(rows, rows_per_program),), scores, indices, rows, nk, topk,
+               R=rows_per_program, NKP=launch.next_power_of_2(nk), num_warps=num_warps)
     return indices

@@ -4,11 +4,11 @@ the linear branch sums over) and its CSR transpose (for each key block, the quer
 from __future__ import annotations
 
 import torch
-import triton
 
 from . import launch
 from .complement import complement_kernel
 from .key_block_fill import key_block_fill_kernel
+from .launch import cdiv
 from .layouts import NK_ALIGN
 from .tuning import COMPLEMENT_COLS, KEY_TILE, QUERY_TILE, Z_GATHER
 
@@ -25,7 +25,7 @@ def complement_mask(indices: torch.Tensor, nk: int, align: int = NK_ALIGN, z: tu
     if idx.dtype != torch.int32 or not idx.is_contiguous():
         idx = idx.to(torch.int32).contiguous()
     dev = indices.device
-    keep = launch.empty(bh, nq, triton.cdiv(nk, align) * align, device=dev, dtype=torch.bfloat16)
+    keep = launch.empty(bh, nq, cdiv(nk, align) * align, device=dev, dtype=torch.bfloat16)
     zblk, ztot = z if z is not None else (keep, keep)  # never read without z
     d = zblk.shape[-1] if z is not None else 16
     z_i = launch.empty(bh, nq, d, device=dev, dtype=torch.float32) if z is not None else keep
@@ -55,7 +55,7 @@ def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = 
     ptr = torch.zeros(bh * nk + 1, device=dev, dtype=torch.int32)
     torch.cumsum(counts.view(-1), dim=0, dtype=torch.int32, out=ptr[1:])
     qblk = launch.empty(bh * nq * topk, device=dev, dtype=torch.int32)
-    key_block_fill_kernel[(triton.cdiv(nk, KEY_TILE), bh)](keep, ptr, qblk, nq, nk, keep.shape[-1], JT=KEY_TILE,
+    key_block_fill_kernel[(cdiv(nk, KEY_TILE), bh)](keep, ptr, qblk, nq, nk, keep.shape[-1], JT=KEY_TILE,
                                                            IT=QUERY_TILE, num_warps=4)
     order = torch.sort(counts, dim=1, descending=True, stable=True).indices.to(torch.int32)
     return ptr, qblk, order

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import triton
 
 from . import launch
 from .checks import check_topk, fail, soft_topk_unsupported
@@ -27,6 +26,6 @@ def soft_topk_lambda(z: torch.Tensor, k: int) -> torch.Tensor:
     rows = lam.numel()
     if rows:
         launch.run("soft_topk_lambda", soft_topk_lambda_kernel, (rows,), z, lam, n, float(k),
-                   NP=triton.next_power_of_2(n), STEPS=BISECTION_STEPS,
+                   NP=launch.next_power_of_2(n), STEPS=BISECTION_STEPS,
                    MARGIN=BRACKET_MARGIN, num_warps=SOFT_TOPK_WARPS)
     return lam
