@@ -11,7 +11,7 @@ blocks, so quantising here once is cheaper than in the main loop (the elementwis
 import triton
 import triton.language as tl
 
-from .quant_math import int8_block, to_e4m3
+from .quant_math import divide_rn, int8_block, to_e4m3
 
 
 @triton.jit
@@ -42,7 +42,7 @@ def quantize_kv_kernel(
     vt = tl.load(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + rows[:, None] * svn + offs_d[None, :] * svd,
                  mask=row_ok, other=0.0).to(tl.float32)
     s_v = tl.load(SV + bh64 * D + offs_d)
-    v8 = to_e4m3(tl.math.div_rn(vt, s_v[None, :]), INTERPRET)
+    v8 = to_e4m3(divide_rn(vt, s_v[None, :]), INTERPRET)
     # Transposed in registers so that the store runs along the contiguous key axis.
     tl.store(V8T + bh64 * D * ldk + offs_d[:, None] * ldk + rows[None, :], tl.trans(v8))
 

@@ -30,21 +30,42 @@ def round_half_even(x):
 
 
 @triton.jit
-def quantize_int8(x, scale):
-    """x / scale rounded to the INT8 grid [-127, 127] (the reference's torch.round(x / s).clamp).
+def divide_rn(x, d):
+    """x / d correctly rounded (IEEE, as torch's division on the CPU), d one divisor for the block x or one a
+    column (broadcast).
 
-    div_rn: IEEE division as torch's (Triton's `/` is the approximate div.full.f32, which moves near-ties).
+    Triton's `/` is the approximate div.full.f32, which moves near-ties; div_rn per element is a refinement and a
+    branch each. Here the reciprocal r = RN(1/d) is taken once, and each element costs a product and two fused
+    multiply-adds: q = RN(x·r) is within an ulp of x/d, its remainder x − q·d is exact in an fma, and
+    RN(q + (x − q·d)·r) is then the correctly rounded quotient (Markstein's theorem; it needs no underflow, which
+    the quantisers' quotients, |x/d| <= 127 or 448 with d >= MIN_SCALE, cannot reach where rounding matters).
     """
-    r = round_half_even(tl.math.div_rn(x, scale))
+    r = tl.math.div_rn(d * 0.0 + 1.0, d)
+    q = x * r
+    return tl.fma(tl.fma(-q, d, x), r, q)
+
+
+@triton.jit
+def quantize_int8(x, scale):
+    """x / scale rounded to the INT8 grid [-127, 127] (the reference's torch.round(x / s).clamp), for one scale a
+    block."""
+    r = round_half_even(divide_rn(x, scale))
     r = tl.minimum(tl.maximum(r, -INT8_MAX), INT8_MAX)
     return r.to(tl.int8)
 
 
 @triton.jit
+def int8_scale(amax):
+    """The INT8 scale of a block whose largest magnitude is amax: amax/127 in IEEE division, as the reference's
+    torch division on the CPU (MIN_SCALE keeps an all-zero block finite)."""
+    return tl.maximum(tl.math.div_rn(amax, amax * 0.0 + INT8_MAX), MIN_SCALE)
+
+
+@triton.jit
 def int8_block(x):
-    """A block x [rows, D] fp32 -> (INT8(x / s), s) with one scale s = max|x|/127 for the whole block (MIN_SCALE
-    keeps an all-zero block finite): Q per query block, smoothed K per key block."""
-    s = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0) / INT8_MAX, MIN_SCALE)
+    """A block x [rows, D] fp32 -> (INT8(x / s), s) with one scale s = max|x|/127 for the whole block: Q per query
+    block, smoothed K per key block."""
+    s = int8_scale(tl.max(tl.max(tl.abs(x), axis=1), axis=0))
     return quantize_int8(x, s), s
 
 
