@@ -30,11 +30,13 @@ def _inputs(B, H, N, D, dtype, seed):
 
 
 def _rel(a, b):
-    return float((a.float() - b.float()).abs().sum() / b.float().abs().sum())
+    a, b = a.detach().float(), b.detach().float()  # some callers pass tensors that require grad
+    return float((a - b).abs().sum() / b.abs().sum())
 
 
 def _cos(a, b):
-    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+    a, b = a.detach().float().flatten(), b.detach().float().flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 def _topk_ok(indices, ref_scores, topk):
