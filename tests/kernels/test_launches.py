@@ -9,7 +9,12 @@ bool(tensor), .tolist(), nonzero) is recorded as a synchronisation. The index ch
 (checks.check_index_values, under the interpreter or SLA2_KERNELS_CHECK=1) are switched off, as on the GPU.
 """
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +130,21 @@ def test_the_counter_sees_launches_and_syncs(counted):
         bool(y.sum() > 0)
     assert counter.torch_ops == Counter({"mul": 1, "sum": 1, "gt": 1})
     assert counter.syncs == Counter({"aten._local_scalar_dense": 1})
+
+
+def test_host_benchmark_counts_the_same_launches(tmp_path):
+    """kernels/benchmarks/bench_host.py --skip-launches, the host-time benchmark's CPU mode, runs the module's host
+    code with each launch counted instead of made: it must see the launches counted above, one each a call (in a
+    subprocess, since its replacements are process-wide; its times are for the GPU and not checked here)."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root / "kernels")]))
+    env.pop("TRITON_INTERPRET", None)  # nothing is interpreted: the launches are skipped
+    out = subprocess.run([sys.executable, str(root / "kernels" / "benchmarks" / "bench_host.py"), "--skip-launches",
+                          "--calls", "2", "--repeats", "1", "--out", str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench_host.json").read_text())["rows"]
+    assert rows["bf16"]["launches_per_call"] == {**ROUTER, **FORWARD, "sla2_fwd_tma": 1}
+    assert rows["lowbit"]["launches_per_call"] == {**ROUTER, **FORWARD, **LOWBIT}
+    assert all(rows[p][k] > 0 for p in rows for k in ("module", "module_no_grad", "op_router", "kernels_router",
+                                                      "op_attention", "kernels_forward"))
