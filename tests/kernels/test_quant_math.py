@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sla2_kernels.constants import MIN_SCALE
 from sla2_kernels.quant_math import divide_rn, int8_scale
 
 
@@ -22,7 +23,7 @@ def _divide_kernel(X, DIV, OUT, SCALE_OUT, COLUMNS: tl.constexpr, R: tl.constexp
     else:
         d = tl.load(DIV)
     tl.store(OUT + offs, divide_rn(x, d))
-    tl.store(SCALE_OUT + tl.arange(0, C), int8_scale(tl.load(X + tl.arange(0, C))))
+    tl.store(SCALE_OUT + tl.arange(0, C), int8_scale(tl.abs(tl.load(X + tl.arange(0, C)))))  # maxima
 
 
 def _near_ties(g: torch.Generator, rows: int, cols: int, d: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,7 @@ def test_divide_rn_is_ieee_division(columns, seed, device):
     # divisors over many binades, as the scales of Q, K (max/127) and V (max/448) are
     d = torch.exp2(torch.empty(C if columns else 1).uniform_(-20, 10, generator=g)) * (1 + torch.rand(C if columns else 1, generator=g))
     x = _near_ties(g, R, C, d if columns else d[0])
+    x[0, 0] = 0.0  # an all-zero block's scale is MIN_SCALE
     out, scales = torch.empty_like(x), torch.empty(C)
     dev = [t.to(device) for t in (x, d, out, scales)]
     _divide_kernel[(1,)](*dev, COLUMNS=columns, R=R, C=C)
@@ -56,5 +58,5 @@ def test_divide_rn_is_ieee_division(columns, seed, device):
     want = x / (d[None, :] if columns else d[0])  # IEEE on the CPU
     assert torch.equal(out, want), f"{int((out != want).sum())} of {out.numel()} quotients differ from IEEE division"
     assert torch.equal(torch.round(out), torch.round(want))
-    # the INT8 scale of a block: max/127 in IEEE division, at least MIN_SCALE
-    assert torch.equal(scales, torch.clamp(x[0] / 127, min=1e-12))
+    # the INT8 scale of a block whose largest magnitude is m: m/127 in IEEE division, at least MIN_SCALE
+    assert torch.equal(scales, torch.clamp(x[0].abs() / 127, min=MIN_SCALE))
