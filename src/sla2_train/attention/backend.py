@@ -8,6 +8,10 @@
                    and full variants, backend="reference", and CUDA calls the kernels do not cover (fp32, head_dim
                    96, ...), with a warning once per reason, since it needs O(N²) memory.
 
+On CUDA an eager call (no torch.compile tracing, no dispatch mode such as selective activation checkpointing or
+fake tensors, plain tensors) runs the ops' kernels without the dispatcher (direct.py: the same kernels and autograd
+formula, less host time); op_path decides.
+
 SoftTop-k's threshold λ (stage 1's loss, the SoftTop-k forward) is solved by the op `sla2::soft_topk_lambda` (one
 kernel launch on CUDA, the reference bisection on CPU) unless backend="reference", the kernels cannot be
 imported or a row is wider than the kernel takes; lambda_solver decides.
@@ -24,7 +28,9 @@ import importlib
 import warnings
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from . import direct
 from . import ops  # noqa: F401  (registers torch.ops.sla2.*)
 from . import reference as ref
 from .checks import check_attention_args, check_router_args
@@ -90,6 +96,15 @@ def lambda_solver(attn, scores: torch.Tensor) -> LambdaSolver:
     return torch.ops.sla2.soft_topk_lambda
 
 
+def op_path(q: torch.Tensor):
+    """The (router, attention) functions that run this call on the op path: direct.py's for an eager call on CUDA
+    that nothing traces or intercepts, the torch.ops otherwise."""
+    if (q.is_cuda and type(q) is torch.Tensor and not torch.compiler.is_compiling()
+            and _get_current_dispatch_mode() is None):
+        return direct.router, direct.attention
+    return torch.ops.sla2.router, torch.ops.sla2.attention
+
+
 def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> torch.Tensor:
     """Hard Top-k SLA2 of `attn` through the ops: router (or the best-mass oracle, or the base model's blocks), α,
     attention (inputs already validated by attn)."""
@@ -112,15 +127,15 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
             mask = ref.indexed.index_mask(indices, scores.shape[-1])
             mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
     alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
-    return torch.ops.sla2.attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
-                                    keeps_sparse_output(attn.quant, alpha))[0]
+    return op_path(q)[1](q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
+                         keeps_sparse_output(attn.quant, alpha))[0]
 
 
 def _router(attn, q: torch.Tensor, k: torch.Tensor, k_sel: int, layout: str):
     """(scores, indices) of attn's router op. Hard Top-k has no gradient: the router runs on detached inputs (it
     is trained through SoftTop-k only)."""
-    return torch.ops.sla2.router(q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
-                                 attn.block_q, attn.block_k, k_sel, layout)
+    return op_path(q)[0](q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
+                         attn.block_q, attn.block_k, k_sel, layout)
 
 
 def router_blocks(attn, q: torch.Tensor, k: torch.Tensor, layout: str = "bnhd") -> torch.Tensor:
@@ -154,11 +169,11 @@ def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant
         alpha = torch.tensor(float(alpha), device=q.device)
     check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
     alpha = alpha_dtype(alpha)
-    return torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout,
-                                    keeps_sparse_output(quant, alpha))[0]
+    return op_path(q)[1](q, k, v, indices, alpha, block_q, block_k, quant, layout,
+                         keeps_sparse_output(quant, alpha))[0]
 
 
 def block_router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str = "bnhd"):
-    """(scores, indices) of the router op, for a direct call: validates, then runs torch.ops.sla2.router."""
+    """(scores, indices) of the router op, for a direct call: validates, then runs it (op_path)."""
     check_router_args(q, k, proj_q, proj_k, block_q, block_k, topk, layout)
-    return torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout)
+    return op_path(q)[0](q, k, proj_q, proj_k, block_q, block_k, topk, layout)

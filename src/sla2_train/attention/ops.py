@@ -146,7 +146,8 @@ def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block
             q.new_empty(b, h, -(-n // block_q), dtype=indexed.acc_dtype(q.dtype)))
 
 
-def _setup_context(ctx, inputs, output):
+def keep_for_backward(ctx, inputs, output):
+    """What the attention's backward reads, kept on ctx (the op's setup_context; direct.py's forward)."""
     q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out = inputs
     o, lse, o_s = output
     ctx.save_for_backward(q, k, v, o, lse, indices, alpha, o_s)
@@ -154,17 +155,23 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse, o_s)
 
 
-def _backward(ctx, do, _grad_of_lse, _grad_of_o_s):
+def attention_grads(ctx, do, backward):
+    """The ten inputs' gradients from what keep_for_backward kept; `backward` computes (dq, dk, dv, dalpha [B, H, nq])
+    with attention_backward's arguments (the op, or on the eager CUDA path its kernels: direct.py)."""
     q, k, v, o, lse, indices, alpha, o_s = ctx.saved_tensors
     block_q, block_k, layout, quant, sparse_out = ctx.cfg
     if quant and not sparse_out and ctx.needs_input_grad[4]:
         raise RuntimeError("sla2::attention: the gradient of alpha after a low-bit forward needs its sparse output; "
                            "call it with sparse_out=True")
     # QAT: α mixed the low-bit O_s^q in, so dα's sparse term is dO·O_s^q (docs/method.md, Backward)
-    dq, dk, dv, dalpha = torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
-                                                           layout, o_s if quant and sparse_out else None)
+    dq, dk, dv, dalpha = backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout,
+                                  o_s if quant and sparse_out else None)
     da = dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if ctx.needs_input_grad[4] else None
     return dq, dk, dv, None, da, None, None, None, None, None
 
 
-attention.register_autograd(_backward, setup_context=_setup_context)
+def _backward(ctx, do, _grad_of_lse, _grad_of_o_s):
+    return attention_grads(ctx, do, torch.ops.sla2.attention_backward)
+
+
+attention.register_autograd(_backward, setup_context=keep_for_backward)
