@@ -4,7 +4,8 @@
     python3 kernels/benchmarks/bench_host.py --skip-launches     # any machine, no GPU needed
 
 On a GPU, per call, with no synchronisation inside the timed loop (bf16 and low-bit): the SLA2Attention call with
-autograd on and under no_grad, the router and attention ops, sla2_kernels.router and sla2_forward called
+autograd on and under no_grad, on its eager path (sla2_train/attention/direct.py) and through the custom ops (as
+torch.compile takes it), the router and attention ops, sla2_kernels.router and sla2_forward called
 directly, and for scale one trivial Triton launch and one torch.empty; whether any of the module's calls
 synchronises (torch.cuda.set_sync_debug_mode); with --profile N a cProfile of N module calls (by own time).
 Where the host takes longer than the GPU (bench_eager.py's graph time), the eager call is bound by the host.
@@ -102,9 +103,10 @@ def main():
     if args.skip_launches:  # the GPU's host path, not the interpreter's (sla2_kernels would choose it without CUDA)
         os.environ["TRITON_INTERPRET"] = "0"
     sk = import_kernels()
-    from sla2_train.attention import SLA2Attention
+    from sla2_train.attention import SLA2Attention, backend, direct
 
     counts = skip_launches(torch) if args.skip_launches else None
+    choose_path = backend.op_path
     device = "cpu" if args.skip_launches else "cuda"
     B, H, N, D = SHAPES[args.shape]
     if args.skip_launches:
@@ -127,9 +129,16 @@ def main():
         idx = torch.arange(topk, device=device, dtype=torch.int32).expand(B, H, nq, topk).contiguous()
         alpha = torch.full((B, H, 1), 0.5, device=device)
         call = lambda: attn(q, k, v)  # noqa: E731
-        row = {"module": ms(call)}
-        with torch.no_grad():
-            row["module_no_grad"] = ms(call)
+        row = {}
+        # through the custom ops (as torch.compile and selective checkpointing take the call), then the eager
+        # CUDA path (backend.op_path: the kernels without the dispatcher), forced alike in both modes; the
+        # counts, the synchronisation check and the profile below take the eager path
+        for name, path in (("module_via_ops", (torch.ops.sla2.router, torch.ops.sla2.attention)),
+                           ("module", (direct.router, direct.attention))):
+            backend.op_path = lambda q, path=path: path
+            row[name] = ms(call)
+            with torch.no_grad():
+                row[name + "_no_grad"] = ms(call)
         row["op_router"] = ms(lambda: torch.ops.sla2.router(qd, kd, pq, pk, BLOCK_Q, BLOCK_K, topk, "bnhd"))
         row["kernels_router"] = ms(lambda: sk.router(qd, kd, pq, pk, block_q=BLOCK_Q, block_k=BLOCK_K, topk=topk,
                                                      layout="bnhd"))
@@ -158,6 +167,7 @@ def main():
             pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
             row["profile_by_own_time"] = text.getvalue()
         res["rows"]["lowbit" if quant else "bf16"] = row
+    backend.op_path = choose_path
     if device == "cuda":
         x = torch.zeros(1024, device="cuda")
         res["trivial_triton_launch"] = ms(lambda: _add_one[(1,)](x, BLOCK=1024))
@@ -167,9 +177,9 @@ def main():
           f"{'launches skipped, ' if args.skip_launches else ''}shape {res['shape']}; Python loop of 3 M additions "
           f"{res['python_loop_3M_s']:.3f} s)")
     names = [n for n in res["rows"]["bf16"] if isinstance(res["rows"]["bf16"][n], float)]
-    print(f"{'':>8}" + "".join(f"{n:>17}" for n in names))
+    print(f"{'':>8}" + "".join(f"{n:>{len(n) + 2}}" for n in names))
     for prec, row in res["rows"].items():
-        print(f"{prec:>8}" + "".join(f"{row[n]:17.3f}" for n in names))
+        print(f"{prec:>8}" + "".join(f"{row[n]:{len(n) + 2}.3f}" for n in names))
         for extra in ("launches_per_call", "synchronising_calls"):
             if extra in row:
                 print(f"  {prec} {extra}: {row[extra]}")

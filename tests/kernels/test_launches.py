@@ -146,5 +146,6 @@ def test_host_benchmark_counts_the_same_launches(tmp_path):
     rows = json.loads((tmp_path / "bench_host.json").read_text())["rows"]
     assert rows["bf16"]["launches_per_call"] == {**ROUTER, **FORWARD, "sla2_fwd_tma": 1}
     assert rows["lowbit"]["launches_per_call"] == {**ROUTER, **FORWARD, **LOWBIT}
-    assert all(rows[p][k] > 0 for p in rows for k in ("module", "module_no_grad", "op_router", "kernels_router",
+    assert all(rows[p][k] > 0 for p in rows for k in ("module", "module_no_grad", "module_via_ops",
+                                                      "module_via_ops_no_grad", "op_router", "kernels_router",
                                                       "op_attention", "kernels_forward"))
