@@ -104,12 +104,16 @@ def test_kernel_forward_launches_and_syncs(quant, counted, kt):
     assert not counter.syncs, f"host synchronisations: {dict(counter.syncs)}"
 
 
+@pytest.mark.parametrize("path", ["ops", "direct"])
 @pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
-def test_module_forward_launches_and_syncs(quant, counted, kernel_ops, kt):
-    """SLA2Attention's eager forward through the custom ops (the training path): the kernels above plus α's
-    sigmoid, and no synchronisation anywhere between the module's input and its output."""
-    from sla2_train.attention import SLA2Attention
+def test_module_forward_launches_and_syncs(quant, path, counted, kernel_ops, kt, monkeypatch):
+    """SLA2Attention's eager forward, through the custom ops (as torch.compile and selective checkpointing take it)
+    and on the eager CUDA path without them (the training path: direct.py): the kernels above plus α's sigmoid,
+    and no synchronisation anywhere between the module's input and its output."""
+    from sla2_train.attention import SLA2Attention, backend, direct
 
+    if path == "direct":  # the counter is a dispatch mode, under which backend.op_path would keep the ops
+        monkeypatch.setattr(backend, "op_path", lambda q: (direct.router, direct.attention))
     triton_launches, counter = counted
     attn = SLA2Attention(num_heads=2, head_dim=64, sparsity=0.75, block_q=64, block_k=64, quant=quant)
     q, k, v = _inputs(kt)
