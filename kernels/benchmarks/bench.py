@@ -13,8 +13,9 @@ conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D
 --sweep times main-kernel and precompute configurations (warps, stages, TMA; the warps of the low-bit
 quantisation passes) at the first shape and the last sparsity, then times the rows with the fastest (passed as
 `config=`; the package's defaults are in sla2_kernels/tuning.py).
-Also: a sanity check that FlexAttention and our sparse part agree (same mask), the GPU's copy bandwidth and
-bf16 matmul rate (the two ceilings), and each kernel's registers / spills / shared memory.
+Also: a sanity check that FlexAttention and our sparse part agree (same mask), the GPU's copy bandwidth, bf16
+matmul rate and rate of 16 KB tile reads from L2 by TMA (the ceilings; l2_read.py), and each kernel's registers /
+spills / shared memory.
 The table is printed last; JSON goes to DIR/bench.json (DIR: --out, default $OUT or kernels/benchmarks/results/).
 Times are medians of triton.testing.do_bench (ms).
 """
@@ -28,6 +29,7 @@ from functools import partial
 from bench_common import (  # run as a script: a sibling module
     BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists, topk_count,
 )
+from l2_read import l2_read_gbps
 
 
 def _kernel_modules():
@@ -66,6 +68,8 @@ class Bench(BenchBase):
         tm = self.time_ms(lambda: a @ b)
         self.results["ceilings"] = dict(copy_GBps=2 * x.numel() * 4 / t / 1e6, bf16_matmul_TFLOPs=2 * 8192**3 / tm / 1e9)
         del x, y, a, b
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        self.results["ceilings"]["l2_tile_read_GBps"] = l2_read_gbps(torch, self.time_ms, sms)
         print("ceilings", self.results["ceilings"], flush=True)
 
     # ---------------------------------------------------------------- one shape
@@ -289,7 +293,8 @@ class Bench(BenchBase):
                  f"{self.results['triton']}, {self.results['date']} (ms, median)"]
         c = self.results.get("ceilings")
         if c:
-            lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s")
+            lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s, "
+                         f"16 KB tiles from L2 by TMA {c.get('l2_tile_read_GBps', float('nan')):.0f} GB/s")
         hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "lin_st", "main", "sparse",
                "total",
                "graph", "x cuDNN", "precomp8", "quant_q", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
