@@ -7,7 +7,8 @@ Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a
 SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
 scores, torch Top-k), main kernel (bf16 and low-bit; the low-bit one's quantisation of Q also alone), main kernel
-without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph). Both FLOP
+without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph); and dense
+cuDNN attention of every query against topk·b_k keys, the sparse part's work in a dense kernel. Both FLOP
 conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
 --sweep times main-kernel and precompute configurations (warps, stages, TMA; the warps of the low-bit
@@ -147,10 +148,20 @@ class Bench(BenchBase):
                 T["total_graph" + tag] = self.safe(f"{shape_name} graph{tag}", lambda: self.time_ms(whole, graph=True))
             if flex is not None:
                 T["flex"] = self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, q, k, v, idx, nk))
+            # dense attention doing the sparse part's work: every query against topk·b_k keys (the same FLOPs and
+            # keys per query, so the same short inner loop a program)
+            kk, vk = k[:, :, : topk * BLOCK_K], v[:, :, : topk * BLOCK_K]
+
+            def same_keys():
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    return torch.nn.functional.scaled_dot_product_attention(q, kk, vk)
+
+            T["cudnn_same_keys"] = self.safe(f"{shape_name} cudnn same keys {sparsity}",
+                                             lambda: self.time_ms(same_keys))
             actual = 4.0 * B * H * N * topk * BLOCK_K * D
             row.update({f"t_{n}": t for n, t in T.items()})
             for n in ("main", "main_lowbit", "sparse_only", "sparse_only_lowbit", "total", "total_lowbit",
-                      "total_graph", "total_graph_lowbit", "flex"):
+                      "total_graph", "total_graph_lowbit", "flex", "cudnn_same_keys"):
                 t = T.get(n)
                 if t:
                     row[f"dense_equiv_TFLOPs_{n}"] = dense_flops / t / 1e9
@@ -315,6 +326,13 @@ class Bench(BenchBase):
                 f(r.get("speedup_vs_cudnn_total_graph_lowbit"), 1), f(r.get("actual_TFLOPs_sparse_only"), 0),
                 f(r.get("cudnn_TFLOPs"), 0),
             ]))
+        for r in self.results["rows"]:
+            if r.get("t_cudnn_same_keys"):
+                lines.append(f"{r['shape']} {r['sparsity']}: dense cuDNN on topk·b_k = {r['topk'] * BLOCK_K} keys "
+                             f"a query (the sparse part's work) {r['t_cudnn_same_keys']:.3f} ms, "
+                             f"{r['actual_TFLOPs_cudnn_same_keys']:.0f} TFLOP/s; sparse part bf16 "
+                             f"{f(r.get('actual_TFLOPs_sparse_only'), 0).strip()}, low-bit (with Q's quantisation) "
+                             f"{f(r.get('actual_TFLOPs_sparse_only_lowbit'), 0).strip()}")
         if self.results["configs"]:
             lines.append("main-kernel configs (warps, stages, exact_max, tma, maxnreg): ms [regs/spills/shared]")
             for c in self.results["configs"]:
