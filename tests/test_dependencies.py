@@ -15,7 +15,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 RUNTIME_CODE = [ROOT / "src", ROOT / "kernels", ROOT / "train.py", ROOT / "eval.py", ROOT / "data"]
-OURS = {"sla2_train", "sla2_kernels", "hydra_plugins", "bench_common"}  # hydra_plugins: checked by name below
+# hydra_plugins: checked by name below; the benchmarks import their sibling scripts by name
+OURS = {"sla2_train", "sla2_kernels", "hydra_plugins"} | {p.stem for p in (ROOT / "kernels" / "benchmarks").glob("*.py")}
 # Imported only where a feature needs them, and declared as an optional extra: their absence is one skip line.
 OPTIONAL = {"torchvision": "raft"}
 
@@ -27,7 +28,8 @@ USED = {
               "torch.utils.checkpoint:create_selective_checkpoint_contexts", "torch.optim:AdamW",
               "torch.distributed.fsdp:FullyShardedDataParallel", "torch.distributed.checkpoint:FileSystemReader",
               "torch.distributed.checkpoint:load", "torch.distributed.checkpoint.api:CheckpointException",
-              "torch.distributed.checkpoint.metadata:TensorStorageMetadata"],
+              "torch.distributed.checkpoint.metadata:TensorStorageMetadata", "torch.compiler:is_compiling",
+              "torch.utils._python_dispatch:_get_current_dispatch_mode"],
     "triton": ["triton.tools.tensor_descriptor:TensorDescriptor", "triton.runtime.errors:OutOfResources",
                "triton.language:static_range", "triton.language:float8e4nv"],
     "lightning": ["lightning.pytorch:Trainer", "lightning.pytorch.callbacks:ModelCheckpoint",
