@@ -98,14 +98,18 @@ class _Seen(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_op_path_keeps_the_ops_off_cuda_and_under_dispatch_modes():
+def test_a_call_is_observed_under_a_dispatch_mode_a_subclass_or_torch_compile():
+    """backend.unobserved, op_path's condition beside the device: a plain tensor in eager mode is unobserved; a
+    dispatch mode (as selective checkpointing uses), a tensor subclass (as fake tensors are) or torch.compile's
+    tracing each make the call observed, and then the ops run, where a mode or a tracer sees them."""
     q = torch.zeros(1, 4, 1, 8)
-    assert backend.op_path(q) == (torch.ops.sla2.router, torch.ops.sla2.attention)
-    attn = SLA2Attention(1, 8, sparsity=0.5, block_q=16, block_k=8).double()
-    x = [torch.randn(1, 40, 1, 8, dtype=torch.float64) for _ in range(3)]
-    with _Seen() as seen:
-        attn(*x)
-    assert seen.ops == ["router", "attention"]
+    assert backend.unobserved(q)
+    assert backend.op_path(q) == (torch.ops.sla2.router, torch.ops.sla2.attention)  # off CUDA: the ops
+    with _Seen():
+        assert not backend.unobserved(q)
+    assert not backend.unobserved(torch.nn.Parameter(q))
+    traced = torch.compile(lambda x: x + 1 if backend.unobserved(x) else x - 1, backend="eager")
+    assert float(traced(q).sum()) == -q.numel()
 
 
 @pytest.mark.gpu

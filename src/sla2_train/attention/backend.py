@@ -96,11 +96,16 @@ def lambda_solver(attn, scores: torch.Tensor) -> LambdaSolver:
     return torch.ops.sla2.soft_topk_lambda
 
 
+def unobserved(q: torch.Tensor) -> bool:
+    """Whether nothing needs to see this call's ops: a plain tensor (no subclass such as a fake tensor), no
+    torch.compile tracing, no dispatch mode (selective activation checkpointing keeps the ops' outputs through one)."""
+    return type(q) is torch.Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+
+
 def op_path(q: torch.Tensor):
     """The (router, attention) functions that run this call on the op path: direct.py's for an eager call on CUDA
-    that nothing traces or intercepts, the torch.ops otherwise."""
-    if (q.is_cuda and type(q) is torch.Tensor and not torch.compiler.is_compiling()
-            and _get_current_dispatch_mode() is None):
+    that nothing observes, the torch.ops otherwise."""
+    if q.is_cuda and unobserved(q):
         return direct.router, direct.attention
     return torch.ops.sla2.router, torch.ops.sla2.attention
 
@@ -110,6 +115,7 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
     attention (inputs already validated by attn)."""
     n = q.shape[1] if layout == "bnhd" else q.shape[2]
     k_sel = ref.topk_count(ref.num_blocks(n, attn.block_k), attn.sparsity)
+    router, attention = op_path(q)
     mass = None
     if attn.selection == "bestmass":
         chosen, kept = attn.bestmass(ref.indexed.bhnd(q, layout), ref.indexed.bhnd(k, layout), k_sel)
@@ -119,23 +125,23 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
     else:
         if attn.selection == "base":
             indices = attn.given_indices(q.shape[0], ref.num_blocks(n, attn.block_q), k_sel).to(torch.int32)
-            scores = _router(attn, q, k, k_sel, layout)[0] if attn.alpha.needs_mass else None
+            scores = _router(router, attn, q, k, k_sel, layout)[0] if attn.alpha.needs_mass else None
         else:
-            scores, indices = _router(attn, q, k, k_sel, layout)
+            scores, indices = _router(router, attn, q, k, k_sel, layout)
         attn.alpha.check_length(indices.shape[-2])
         if attn.alpha.needs_mass:
             mask = ref.indexed.index_mask(indices, scores.shape[-1])
             mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
     alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
-    return op_path(q)[1](q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
-                         keeps_sparse_output(attn.quant, alpha))[0]
+    return attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
+                     keeps_sparse_output(attn.quant, alpha))[0]
 
 
-def _router(attn, q: torch.Tensor, k: torch.Tensor, k_sel: int, layout: str):
-    """(scores, indices) of attn's router op. Hard Top-k has no gradient: the router runs on detached inputs (it
-    is trained through SoftTop-k only)."""
-    return op_path(q)[0](q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
-                         attn.block_q, attn.block_k, k_sel, layout)
+def _router(router, attn, q: torch.Tensor, k: torch.Tensor, k_sel: int, layout: str):
+    """(scores, indices) of attn's router by `router` (op_path's). Hard Top-k has no gradient: the router runs on
+    detached inputs (it is trained through SoftTop-k only)."""
+    return router(q.detach(), k.detach(), attn.router.proj_q.detach(), attn.router.proj_k.detach(),
+                  attn.block_q, attn.block_k, k_sel, layout)
 
 
 def router_blocks(attn, q: torch.Tensor, k: torch.Tensor, layout: str = "bnhd") -> torch.Tensor:
@@ -144,7 +150,7 @@ def router_blocks(attn, q: torch.Tensor, k: torch.Tensor, layout: str = "bnhd") 
     n = q.shape[1] if layout == "bnhd" else q.shape[2]
     k_sel = ref.topk_count(ref.num_blocks(n, attn.block_k), attn.sparsity)
     if choose(attn, q) == OPS:
-        return _router(attn, q, k, k_sel, layout)[1]
+        return _router(op_path(q)[0], attn, q, k, k_sel, layout)[1]
     scores = attn._scores(ref.indexed.bhnd(q, layout), ref.indexed.bhnd(k, layout))
     return ref.hard_topk(scores.detach(), k_sel).indices.to(torch.int32)
 

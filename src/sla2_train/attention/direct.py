@@ -17,9 +17,8 @@ import torch
 from . import ops
 
 
-def router(q, k, proj_q, proj_k, block_q: int, block_k: int, topk: int, layout: str):
-    """torch.ops.sla2.router's CUDA implementation, called directly (no gradient: the router op has none)."""
-    return ops.router_kernels(q, k, proj_q, proj_k, block_q, block_k, topk, layout)
+# torch.ops.sla2.router's CUDA implementation itself: the router op has no autograd formula to keep
+router = ops.router_kernels
 
 
 class _Attention(torch.autograd.Function):
