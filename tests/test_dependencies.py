@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 RUNTIME_CODE = [ROOT / "src", ROOT / "kernels", ROOT / "train.py", ROOT / "eval.py", ROOT / "data"]
 # hydra_plugins: checked by name below; the benchmarks import their sibling scripts by name
-OURS = {"sla2_train", "sla2_kernels", "hydra_plugins"} | {p.stem for p in (ROOT / "kernels" / "benchmarks").glob("*.py")}
+BENCHMARK_SCRIPTS = {p.stem for p in (ROOT / "kernels" / "benchmarks").glob("*.py")}
+OURS = {"sla2_train", "sla2_kernels", "hydra_plugins"} | BENCHMARK_SCRIPTS
 # Imported only where a feature needs them, and declared as an optional extra: their absence is one skip line.
 OPTIONAL = {"torchvision": "raft"}
 

@@ -304,8 +304,9 @@ class Bench(BenchBase):
                  f"{self.results['triton']}, {self.results['date']} (ms, median)"]
         c = self.results.get("ceilings")
         if c:
-            lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s, "
-                         f"16 KB tiles from L2 by TMA {c.get('l2_tile_read_GBps', float('nan')):.0f} GB/s")
+            l2 = c.get("l2_tile_read_GBps", float("nan"))
+            lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} "
+                         f"TFLOP/s, 16 KB tiles from L2 by TMA {l2:.0f} GB/s")
         hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "lin_st", "main", "sparse",
                "total",
                "graph", "x cuDNN", "precomp8", "quant_q", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")

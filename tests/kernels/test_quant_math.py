@@ -48,7 +48,8 @@ def test_divide_rn_is_ieee_division(columns, seed, device):
     g = torch.Generator().manual_seed(seed)
     R, C = 64, 128
     # divisors over many binades, as the scales of Q, K (max/127) and V (max/448) are
-    d = torch.exp2(torch.empty(C if columns else 1).uniform_(-20, 10, generator=g)) * (1 + torch.rand(C if columns else 1, generator=g))
+    n = C if columns else 1
+    d = torch.exp2(torch.empty(n).uniform_(-20, 10, generator=g)) * (1 + torch.rand(n, generator=g))
     x = _near_ties(g, R, C, d if columns else d[0])
     x[0, 0] = 0.0  # an all-zero block's scale is MIN_SCALE
     out, scales = torch.empty_like(x), torch.empty(C)
@@ -57,6 +58,5 @@ def test_divide_rn_is_ieee_division(columns, seed, device):
     out, scales = dev[2].cpu(), dev[3].cpu()
     want = x / (d[None, :] if columns else d[0])  # IEEE on the CPU
     assert torch.equal(out, want), f"{int((out != want).sum())} of {out.numel()} quotients differ from IEEE division"
-    assert torch.equal(torch.round(out), torch.round(want))
     # the INT8 scale of a block whose largest magnitude is m: m/127 in IEEE division, at least MIN_SCALE
     assert torch.equal(scales, torch.clamp(x[0].abs() / 127, min=MIN_SCALE))
