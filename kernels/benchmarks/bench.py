@@ -70,7 +70,7 @@ class Bench(BenchBase):
         self.results["ceilings"] = dict(copy_GBps=2 * x.numel() * 4 / t / 1e6, bf16_matmul_TFLOPs=2 * 8192**3 / tm / 1e9)
         del x, y, a, b
         sms = torch.cuda.get_device_properties(0).multi_processor_count
-        self.results["ceilings"]["l2_tile_read_GBps"] = l2_read_gbps(torch, self.time_ms, sms)
+        self.results["ceilings"]["l2_tile_read_GBps"] = l2_read_gbps(self.time_ms, sms)
         print("ceilings", self.results["ceilings"], flush=True)
 
     # ---------------------------------------------------------------- one shape

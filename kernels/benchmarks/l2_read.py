@@ -10,6 +10,7 @@ beside the copy and matmul ceilings.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -36,8 +37,6 @@ def tile_order(programs: int, iters: int, tiles: int) -> list[list[int]]:
 
 def l2_read(buf, programs: int, iters: int, num_warps: int = 4, num_stages: int = 3):
     """Launch over buf [tiles·64, 128] bf16 (contiguous): fp32 [programs] sums; bytes read = programs·iters·16 KB."""
-    import torch
-
     tiles = buf.shape[0] // TILE_ROWS
     out = torch.empty(programs, device=buf.device, dtype=torch.float32)
     desc = TensorDescriptor(buf, list(buf.shape), list(buf.stride()), [TILE_ROWS, TILE_COLS])
@@ -46,10 +45,10 @@ def l2_read(buf, programs: int, iters: int, num_warps: int = 4, num_stages: int 
     return out
 
 
-def l2_read_gbps(torch, time_ms, sms: int, megabytes: int = 16, iters: int = 256, per_sm: int = 4) -> float:
-    # 16 MB: a third of the H100's L2 (50 MB), about what K and V of one Wan-1.3B head take in bf16
+def l2_read_gbps(time_ms, sms: int, megabytes: int = 16, iters: int = 256, per_sm: int = 4) -> float:
     """GB/s read from an L2-resident buffer of `megabytes` MB by per_sm programs an SM, each reading iters tiles.
-    time_ms(fn) -> median ms (bench.py's)."""
+    time_ms(fn) -> median ms (bench.py's). 16 MB: a third of the H100's L2 (50 MB), about what K and V of one
+    Wan-1.3B head take in bf16."""
     rows = megabytes * (1 << 20) // (TILE_COLS * 2)
     buf = torch.randn(rows, TILE_COLS, device="cuda", dtype=torch.bfloat16)
     programs = sms * per_sm
