@@ -6,8 +6,8 @@
 Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a block mask of exactly the
 SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
-scores, torch Top-k), main kernel (bf16 and low-bit; the low-bit one's quantisation of Q also alone), main kernel
-without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph); and dense
+scores, torch Top-k), main kernel (bf16 and low-bit, each with its pass over Q, which is also timed alone),
+main kernel without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph); and dense
 cuDNN attention of every query against topk·b_k keys, the sparse part's work in a dense kernel. Both FLOP
 conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
@@ -128,9 +128,11 @@ class Bench(BenchBase):
             T["topk"] = self.time_ms(lambda: self.routing.topk_indices(scores, topk))
             T.update(self.topk_sweep(scores, topk))
             T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st16, block_q=BLOCK_Q))
-            # the low-bit main kernel's own quantisation of Q (inside "main_lowbit" and "sparse_only_lowbit")
-            prob = self.fwd_mod.check_forward(q, k, v, idx, alpha, BLOCK_Q, BLOCK_K, "bhnd")
-            T["quantize_q"] = self.time_ms(lambda: self.fwd_mod.quantized_q(q, prob))
+            # the pass over Q before the TMA main kernels (inside "main" and "main_lowbit"): the linear branch's O_l,
+            # and for the low-bit kernel also Q̂ (alone: inside "sparse_only_lowbit")
+            T["query_pass"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st16, quant=False))
+            T["query_pass_lowbit"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True))
+            T["quantize_q"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True, linear=False))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 fc = self.fwd_cfg.get(quant)
                 T["main" + tag] = self.time_ms(
@@ -180,6 +182,15 @@ class Bench(BenchBase):
         del q, k, v
         torch.cuda.empty_cache()
 
+    def query_pass_fn(self, q, k, v, idx, alpha, st, quant, linear=True, warps=None):
+        """A call of the pass over Q (forward.query_pass) on buffers made once; warps None: the default."""
+        torch = self.torch
+        prob = self.fwd_mod.check_forward(q, k, v, idx, alpha, BLOCK_Q, BLOCK_K, "bhnd")
+        lin = self.sk.linear_state(prob.idx, st, block_q=BLOCK_Q) if linear else None
+        o, lse = torch.empty_like(q), torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+        kw = {} if warps is None else dict(warps=warps)
+        return lambda: self.fwd_mod.query_pass(q, prob, o, lse, lin, st.kmean if quant else None, quant, **kw)
+
     TOPK_CANDIDATES = ((4, 4), (1, 1), (1, 2), (1, 4), (2, 2), (8, 8))  # (rows per program, warps)
 
     def topk_sweep(self, scores, topk):
@@ -208,11 +219,15 @@ class Bench(BenchBase):
         sk = self.sk
         Cfg = sk.FwdConfig
         default_exact_max = Cfg(4, 2).exact_max
+        # linear_pass=False: the linear branch in the main kernel's epilogue (the earlier default), for comparison
         candidates = {
-            False: [Cfg(4, 2, tma=True), Cfg(4, 2, tma=True, rows=64), Cfg(8, 2, tma=True, maxnreg=128),
+            False: [Cfg(4, 2, tma=True), Cfg(4, 2, tma=True, linear_pass=False), Cfg(4, 3, tma=True),
+                    Cfg(4, 2, tma=True, rows=64), Cfg(4, 2, tma=True, rows=64, maxnreg=128),
+                    Cfg(4, 3, tma=True, rows=64, maxnreg=128), Cfg(8, 2, tma=True, maxnreg=128),
                     Cfg(8, 2, tma=True), Cfg(8, 3)],
             True: [Cfg(8, 3), Cfg(4, 2, tma=True), Cfg(4, 3, tma=True), Cfg(4, 3, tma=True, rows=64),
                    Cfg(4, 2, tma=True, rows=64), Cfg(4, 2, tma=True, rows=64, maxnreg=128),
+                   Cfg(4, 2, tma=True, rows=64, maxnreg=128, linear_pass=False),
                    Cfg(4, 3, tma=True, rows=64, maxnreg=128),
                    Cfg(8, 2, tma=True, maxnreg=128), Cfg(8, 3, tma=True, maxnreg=128),
                    Cfg(8, 3, exact_max=not default_exact_max)],
@@ -225,7 +240,7 @@ class Bench(BenchBase):
                 name = ("sla2_fwd_lowbit" if quant else "sla2_fwd") + ("_tma" if cfg.tma else "")
                 res = dict(shape=shape_name, sparsity=sparsity, quant=quant, linear=True,
                            exact_max=cfg.exact_max, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                           tma=cfg.tma, maxnreg=cfg.maxnreg, rows=cfg.rows)
+                           tma=cfg.tma, maxnreg=cfg.maxnreg, rows=cfg.rows, linear_pass=cfg.linear_pass)
                 t = self.time_candidate(f"sweep {cfg} quant={quant}", name, res, self.results["configs"],
                                         lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=cfg,
                                                              **kw))
@@ -258,15 +273,14 @@ class Bench(BenchBase):
                                     lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=True, config=pc))
             if t is not None and (qbest is None or t < qbest[0]):
                 qbest = (t, pc)
-        # Q's quantisation, the TMA low-bit forward's own pass, at each warp count (for the record: its warps are
-        # tuning.QUANTIZE_Q_WARPS, not a configuration the rows take)
-        prob = self.fwd_mod.check_forward(q, k, v, idx, alpha, BLOCK_Q, BLOCK_K, "bhnd")
+        # The pass over Q before the TMA main kernels, as the low-bit forward runs it (O_l and Q̂), at each warp
+        # count (for the record: its warps are tuning.QUERY_PASS_WARPS, not a configuration the rows take)
         for warps in (4, 8):
             if self.left() < 60:
                 break
-            self.time_candidate(f"quantize_q sweep {warps} warps", "quantize_q", dict(kind="quantize_q", warps=warps),
+            self.time_candidate(f"query pass sweep {warps} warps", "query_pass", dict(kind="query_pass", warps=warps),
                                 self.results["precompute_configs"],
-                                lambda warps=warps: self.fwd_mod.quantized_q(q, prob, warps=warps))
+                                self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True, warps=warps))
         if pbest:
             self.pre_cfg = qbest[1] if qbest else pbest[1]
             self.results["chosen_precompute"] = repr(self.pre_cfg)
@@ -307,9 +321,9 @@ class Bench(BenchBase):
             l2 = c.get("l2_tile_read_GBps", float("nan"))
             lines.append(f"ceilings: copy {c['copy_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} "
                          f"TFLOP/s, 16 KB tiles from L2 by TMA {l2:.0f} GB/s")
-        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "lin_st", "main", "sparse",
-               "total",
-               "graph", "x cuDNN", "precomp8", "quant_q", "main8", "sparse8", "total8", "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
+        hdr = ("shape", "spars", "topk", "cuDNN", "flash", "flex", "precomp", "router", "topk_ms", "lin_st", "qpass",
+               "main", "sparse", "total", "graph", "x cuDNN", "precomp8", "qpass8", "main8", "sparse8", "total8",
+               "graph8", "x cuDNN8", "TF sp act", "TF cuDNN")
         lines.append(" ".join(f"{h:>8}" for h in hdr))
 
         def f(x, p=3):
@@ -319,9 +333,10 @@ class Bench(BenchBase):
             lines.append(" ".join([
                 f"{r['shape']:>8}", f(r["sparsity"], 2), f"{r['topk']:8d}", f(r.get("sdpa_cudnn"), 2),
                 f(r.get("sdpa_flash"), 2), f(r.get("t_flex")), f(r.get("t_precompute")), f(r.get("t_router")), f(r.get("t_topk")),
-                f(r.get("t_linear_state")),
+                f(r.get("t_linear_state")), f(r.get("t_query_pass")),
                 f(r.get("t_main")), f(r.get("t_sparse_only")), f(r.get("t_total")), f(r.get("t_total_graph")),
-                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_precompute_quant")), f(r.get("t_quantize_q")),
+                f(r.get("speedup_vs_cudnn_total_graph"), 1), f(r.get("t_precompute_quant")),
+                f(r.get("t_query_pass_lowbit")),
                 f(r.get("t_main_lowbit")),
                 f(r.get("t_sparse_only_lowbit")), f(r.get("t_total_lowbit")), f(r.get("t_total_graph_lowbit")),
                 f(r.get("speedup_vs_cudnn_total_graph_lowbit"), 1), f(r.get("actual_TFLOPs_sparse_only"), 0),
@@ -335,10 +350,11 @@ class Bench(BenchBase):
                              f"{f(r.get('actual_TFLOPs_sparse_only'), 0).strip()}, low-bit (with Q's quantisation) "
                              f"{f(r.get('actual_TFLOPs_sparse_only_lowbit'), 0).strip()}")
         if self.results["configs"]:
-            lines.append("main-kernel configs (warps, stages, exact_max, tma, maxnreg): ms [regs/spills/shared]")
+            lines.append("main-kernel configs (warps, stages, exact_max, tma, maxnreg, rows, linear_pass): ms "
+                         "[regs/spills/shared]")
             for c in self.results["configs"]:
                 lines.append(f"  quant={c['quant']!s:5} ({c['num_warps']},{c['num_stages']},{c.get('exact_max')},"
-                             f"{c.get('tma')},{c.get('maxnreg')}): "
+                             f"{c.get('tma')},{c.get('maxnreg')},{c.get('rows')},{c.get('linear_pass')}): "
                              f"{c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
                              f"[{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]")
             lines.append(f"chosen (fastest with exact_max={self.results.get('default_exact_max')}, the default): "
@@ -348,8 +364,8 @@ class Bench(BenchBase):
                          "ms [regs/spills/shared]")
 
             def label(c):
-                if c["kind"] == "quantize_q":
-                    return f"Q's quantisation, {c['warps']} warps"
+                if c["kind"] == "query_pass":
+                    return f"pass over Q (low bit), {c['warps']} warps"
                 if c["kind"] == "precompute_quant":
                     return f"low bit, quantise {c['quantize_warps']} warps"
                 return f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']})"

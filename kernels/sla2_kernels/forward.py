@@ -4,8 +4,9 @@ launch.
 sla2_forward, which the training op runs, validates its inputs once (`check_forward`) and then calls only
 unchecked parts (kv_state.build_state, `run_forward`).
 Kernels: sla2_fwd_tma.py (bf16/fp16 default), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
-sla2_fwd_lowbit.py (quant=True), sla2_fwd_lowbit_tma.py (quant=True with a TMA configuration, after
-lowbit_quant.quantize_q_kernel); complement.py for the selection's complement and Z_I.
+sla2_fwd_lowbit.py (quant=True), sla2_fwd_lowbit_tma.py (quant=True with a TMA configuration); before either TMA
+kernel query_pass.py (the linear branch's O_l; Q̂ for the low-bit one); complement.py for the selection's complement
+and Z_I.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from .checks import alpha_view, check_block, check_indices, check_lin_state, che
 from .kv_state import KVState, build_state
 from .launch import cdiv
 from .layouts import bhnd_view, descriptor, dims
-from .lowbit_quant import quantize_q_kernel
+from .query_pass import query_pass_kernel
 from .selection import complement_mask
 from .sla2_fwd import sla2_fwd_kernel
 from .sla2_fwd_lowbit import sla2_fwd_lowbit_kernel
 from .sla2_fwd_lowbit_tma import sla2_fwd_lowbit_tma_kernel
 from .sla2_fwd_tma import sla2_fwd_tma_kernel
-from .tuning import EPI_CHUNKS, QUANTIZE_Q_WARPS, FwdConfig, default_fwd_config, pointer_config
+from .tuning import EPI_CHUNKS, QUERY_PASS_WARPS, FwdConfig, default_fwd_config, pointer_config
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,21 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     return run_forward(p, q, k, v, p.alpha, kv_state, lin_state if linear else None, quant, config, sparse_out)
 
 
-def quantized_q(q: torch.Tensor, p: ForwardProblem, warps: int = QUANTIZE_Q_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q̂ int8 [BH, nq·b_q, D], padded rows 0; s_q fp32 [BH, nq]) for the TMA low-bit kernel."""
-    BH, nq, bq = p.B * p.H, p.nq, p.block_q
-    q8 = launch.empty(BH, nq * bq, p.D, device=q.device, dtype=torch.int8)
-    sq = launch.empty(BH, nq, device=q.device, dtype=torch.float32)
-    launch.run("quantize_q", quantize_q_kernel, (nq, BH), q, q8, sq, *p.strides["q"], p.N, p.H, nq, BQ=bq, D=p.D,
-               num_warps=warps)
+def query_pass(q: torch.Tensor, p: ForwardProblem, o: torch.Tensor, lse: torch.Tensor, lin_state, kmean, quant: bool,
+               warps: int = QUERY_PASS_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pass over Q before a TMA forward kernel (query_pass.py; the tensors suit TMA): with lin_state (H_I, Z_I),
+    O_l into o; with quant, the lse shift into lse and (returned) Q̂ int8 [BH, nq·b_q, D] (padded rows 0) and s_q
+    fp32 [BH, nq]; without quant, two placeholders."""
+    BH, nq, bq, D = p.B * p.H, p.nq, p.block_q, p.D
+    q8 = launch.empty(BH, nq * bq, D, device=q.device, dtype=torch.int8) if quant else lse
+    sq = launch.empty(BH, nq, device=q.device, dtype=torch.float32) if quant else lse
+    q_desc = descriptor(bhnd_view(q, p.layout), bq)
+    # never read without the linear branch (h_desc) or quant (q8_desc): q's descriptor stands in
+    h_desc, z_i = (descriptor(lin_state[0].view(BH * nq, D, D), D), lin_state[1]) if lin_state else (q_desc, lse)
+    launch.run("query_pass", query_pass_kernel, (nq, BH), q_desc, descriptor(bhnd_view(o, p.layout), bq), h_desc, z_i,
+               descriptor(q8, bq) if quant else q_desc, sq, lse, lse if kmean is None else kmean,
+               p.N, p.H, nq, 1.0 / math.sqrt(D), BQ=bq, D=D, LINEAR=lin_state is not None, QUANT=quant,
+               INTERPRET=launch.interpreting(), num_warps=warps)
     return q8, sq
 
 
@@ -162,19 +171,23 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         return kw
 
     if cfg.tma:
-        # Both TMA kernels: Q and O tiles, and the epilogue's Q column pieces and H_I rows (without a linear branch
-        # the kernels never read H_I: an unwritten placeholder, no fill launch).
-        hd = h_i.view(BH * nq, D, D) if linear else q.new_empty(1, D, D, dtype=torch.bfloat16)
+        # Both TMA kernels: Q and O tiles; with the linear branch in the epilogue (not linear_pass) its Q column
+        # pieces and H_I rows, otherwise never read (q_desc stands in; no H_I placeholder to fill).
         q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
         q_desc, o_desc = descriptor(q4, rows), descriptor(o4, rows)
-        epilogue = (descriptor(q4, rows, D // EPI_CHUNKS), descriptor(hd, D // EPI_CHUNKS))
+        in_epilogue = linear and not cfg.linear_pass
+        epilogue = ((descriptor(q4, rows, D // EPI_CHUNKS), descriptor(h_i.view(BH * nq, D, D), D // EPI_CHUNKS))
+                    if in_epilogue else (q_desc, q_desc))
+        if quant or (linear and cfg.linear_pass):
+            q8, sq = query_pass(q, p, o, lse, lin_state if linear and cfg.linear_pass else None,
+                                s.kmean if quant else None, quant)
+        tma_kw = dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, LINEAR_PASS=not in_epilogue)
     if quant and cfg.tma:
         name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
-        q8, sq = quantized_q(q, p)
         args = (q_desc, o_desc, descriptor(bhnd_view(o_s, layout), rows) if store_os else o_desc, *epilogue,
                 descriptor(q8, rows), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
-                idx, alpha3, lse, z_i, sq, s.sk, s.sv, s.kmean, *alpha3.stride(), N, H, nq, nk, topk, scale)
-        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, STORE_OS=store_os, BM=rows, **common(c)))  # noqa: E731
+                idx, alpha3, lse, z_i, sq, s.sk, s.sv, *alpha3.stride(), N, H, nq, nk, topk, scale)
+        make = lambda c: (args, dict(STORE_OS=store_os, **tma_kw, **common(c)))  # noqa: E731
     elif quant:
         name, kernel = "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel
         args = (q, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
@@ -184,7 +197,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
         args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc, *epilogue,
                 idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale)
-        make = lambda c: (args, dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(**tma_kw, **common(c)))  # noqa: E731
     else:
         name, kernel = "sla2_fwd", sla2_fwd_kernel
         args = (q, k, v, idx, alpha3, o, lse, h_i, z_i,

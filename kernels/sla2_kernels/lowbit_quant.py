@@ -45,28 +45,3 @@ def quantize_kv_kernel(
     v8 = to_e4m3(divide_rn(vt, s_v[None, :]), INTERPRET)
     # Transposed in registers so that the store runs along the contiguous key axis.
     tl.store(V8T + bh64 * D * ldk + offs_d[:, None] * ldk + rows[None, :], tl.trans(v8))
-
-
-@triton.jit
-def quantize_q_kernel(
-    Q, Q8, SQ,  # Q8 int8 [BH, nq·BQ, D], SQ fp32 [BH, nq]
-    sqb, sqh, sqn, sqd,
-    N, H, NQ,
-    BQ: tl.constexpr, D: tl.constexpr,
-):
-    """Q̂ = INT8(Q_i / s_q), s_q = max|Q_i|/127 per query block (padded rows 0), for the TMA low-bit kernel
-    (sla2_fwd_lowbit_tma.py), whose tensor cores then read Q̂ from shared memory: quantised inside that kernel,
-    Q̂ sits in registers through the loop and a 4-warp program spills. The pointer low-bit kernel's prologue
-    quantises by the same int8_block, so both kernels multiply the same Q̂."""
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    bh64 = bh.to(tl.int64)
-    rows = i * BQ + tl.arange(0, BQ)
-    offs_d = tl.arange(0, D)
-    qf = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqn + offs_d[None, :] * sqd,
-                 mask=(rows < N)[:, None], other=0.0).to(tl.float32)
-    q8, s_q = int8_block(qf)
-    tl.store(Q8 + bh64 * NQ * BQ * D + rows[:, None] * D + offs_d[None, :], q8)
-    tl.store(SQ + bh64 * NQ + i, s_q)

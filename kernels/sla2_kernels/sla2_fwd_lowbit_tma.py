@@ -4,8 +4,9 @@ The arithmetic of sla2_fwd_lowbit.py (its docstring: INT8 QKᵀ with smoothed K,
 maximum, FP8 e4m3 PV, lse put back on the original scale), with three differences that let a 4-warp program
 run without spilling, so that two programs share an SM and one's softmax overlaps the other's products as in
 the bf16 TMA kernel:
-* Q̂ and s_q come from lowbit_quant.quantize_q_kernel and arrive by TMA: the INT8 product reads Q̂ from shared
-  memory instead of a register copy held through the loop.
+* Q̂ and s_q come from query_pass.query_pass_kernel and arrive by TMA: the INT8 product reads Q̂ from shared
+  memory instead of a register copy held through the loop. The same pass leaves the lse's smoothing shift in
+  LSE and (FwdConfig.linear_pass) the linear branch's O_l in o.
 * The FP8 product accumulates into the running accumulator (one level): a separate fp32 tile per product, as
   the pointer kernel keeps for two-level accumulation, is 128 more registers a thread at 4 warps. The tensor
   cores then carry the running sum at their FP8 accumulation precision.
@@ -24,7 +25,7 @@ import triton.language as tl
 
 from .quant_math import LN2, LOG2_FP8_E4M3_MAX, LOG2E
 from .sla2_fwd_lowbit import raw_scores, running_max_step
-from .sla2_fwd_tma import tma_linear_mix
+from .sla2_fwd_tma import mix_linear_pass, tma_linear_mix
 
 
 @triton.jit
@@ -33,11 +34,12 @@ def sla2_fwd_lowbit_tma_kernel(
     qc_desc, h_desc,  # as sla2_fwd_tma_kernel's: Q's column pieces and H_I bf16 [BH·nq, D, D]
     q8_desc, k8_desc, v8t_desc,  # Q̂ int8 [BH, nq·BQ, D], K̂ int8 [BH, nk·BK, D], V̂ᵀ e4m3 [BH, D, nk·BK]; blocks
     # [1, BM, D], [1, BK, D], [1, D, BK]
-    IDX, ALPHA, LSE, ZI, SQ, SK, SV, KMEAN,  # SQ fp32 [BH, nq]; SK [BH, nk]; SV, KMEAN [BH, D]
+    IDX, ALPHA, LSE, ZI, SQ, SK, SV,  # SQ fp32 [BH, nq]; SK [BH, nk]; SV [BH, D]; LSE holds the lse shift on entry
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
     INTERPRET: tl.constexpr, STORE_OS: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program, dividing BQ
+    LINEAR_PASS: tl.constexpr,  # O_l was written into o by query_pass_kernel (FwdConfig.linear_pass)
 ):
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block: its selection, s_q and linear state
     bh = tl.program_id(1)
@@ -70,11 +72,15 @@ def sla2_fwd_lowbit_tma_kernel(
     if LINEAR:
         alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
         if alpha != 1.0:
-            acc = tma_linear_mix(acc, tl.full([BM], 1.0, tl.float32), alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0,
-                                 bh * NQ + pid_m, BM, D, EPI_CHUNKS, INTERPRET)
+            ones = tl.full([BM], 1.0, tl.float32)
+            if LINEAR_PASS:
+                acc = mix_linear_pass(acc, ones, alpha, o_desc, b, h, row0, BM, D)
+            else:
+                acc = tma_linear_mix(acc, ones, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, bh * NQ + pid_m, BM,
+                                     D, EPI_CHUNKS, INTERPRET)
     o_desc.store([b, h, row0, 0], acc.to(o_desc.dtype).reshape(1, 1, BM, D))
-    # lse on the scale of the original Q, K: smoothing removed q·μ/√D from every score (Q again, from L2)
-    qf = q_desc.load([b, h, row0, 0]).reshape(BM, D).to(tl.float32)
-    shift = tl.sum(qf * tl.load(KMEAN + bh64 * D + offs_d)[None, :], axis=1) * sm_scale
+    # lse on the scale of the original Q, K: smoothing removed q·μ/√D from every score; query_pass_kernel left that
+    # shift in LSE
     offs_m = row0 + tl.arange(0, BM)
-    tl.store(LSE + bh64 * N + offs_m, (m_i + tl.log2(l_i) - LOG2_FP8_E4M3_MAX) * LN2 + shift, mask=offs_m < N)
+    lse = LSE + bh64 * N + offs_m
+    tl.store(lse, (m_i + tl.log2(l_i) - LOG2_FP8_E4M3_MAX) * LN2 + tl.load(lse, mask=offs_m < N), mask=offs_m < N)

@@ -50,6 +50,14 @@ def tma_linear_mix(acc, row_scale, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row
 
 
 @triton.jit
+def mix_linear_pass(acc, row_scale, alpha, o_desc, b, h, row0, BM: tl.constexpr, D: tl.constexpr):
+    """O = α·O_s + (1 − α)·O_l, O_s = acc·row_scale[:, None], with O_l read back from the output tile, where
+    query_pass_kernel wrote it."""
+    o_l = o_desc.load([b, h, row0, 0]).reshape(BM, D).to(tl.float32)
+    return acc * (alpha * row_scale)[:, None] + (1.0 - alpha) * o_l
+
+
+@triton.jit
 def sla2_fwd_tma_kernel(
     q_desc, k_desc, v_desc, o_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BM or BK, D]
     qc_desc, h_desc,  # Q again, blocks [1, 1, BM, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (forward.linear_state), blocks
@@ -59,6 +67,7 @@ def sla2_fwd_tma_kernel(
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
     INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program (FwdConfig.rows), dividing BQ
+    LINEAR_PASS: tl.constexpr,  # O_l was written into o by query_pass_kernel (FwdConfig.linear_pass)
 ):
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block, whose selection and linear state the rows share
     bh = tl.program_id(1)
@@ -83,6 +92,8 @@ def sla2_fwd_tma_kernel(
         alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
         if alpha == 1.0:
             o = acc / l_i[:, None]
+        elif LINEAR_PASS:
+            o = mix_linear_pass(acc, 1.0 / l_i, alpha, o_desc, b, h, row0, BM, D)
         else:
             o = tma_linear_mix(acc, 1.0 / l_i, alpha, q_desc, qc_desc, h_desc, ZI, b, h, row0, bh * NQ + pid_m, BM, D,
                                EPI_CHUNKS, INTERPRET)

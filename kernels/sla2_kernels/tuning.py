@@ -29,6 +29,10 @@ class FwdConfig:
     # TMA kernels: query rows a program (0: b_q; must divide b_q). A 64-row program holds half the accumulator and
     # score tiles, so more programs share an SM and hide each other's softmax latency.
     rows: int = 0
+    # TMA kernels (the pointer kernels ignore it): the linear branch's O_l from a pass of its own before the main
+    # kernel (query_pass.py), which then only mixes it in; False: computed in the main kernel's epilogue
+    # (tma_linear_mix, Q and H_I read in every program's tail).
+    linear_pass: bool = True
 
     def __post_init__(self):
         if self.rows and not self.tma:
@@ -58,10 +62,10 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
     return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
 
-# quantize_q_kernel (the TMA low-bit forward's Q̂, one query block a program): warps. At 4 warps a program holds
-# its 128×128 fp32 tile in 161 registers a thread. H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777
-# at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
-QUANTIZE_Q_WARPS = 8
+# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. Its Q quantisation alone
+# (what the pass did before it also formed O_l), H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at
+# 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
+QUERY_PASS_WARPS = 8
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc
 # spilled 72 registers a thread (sm_90 compile, D = 128); 2 pieces spill none, 4 pieces 4. H100, 2026-11-27:

@@ -24,7 +24,8 @@ def test_the_sweep_records_every_candidate_and_picks_the_fastest_default_arithme
     b = object.__new__(bench.Bench)
     b.sk, b.fwd_cfg, b.pre_cfg = sla2_kernels, {}, None
     b.launch = types.SimpleNamespace(LAST_COMPILED={})
-    b.fwd_mod = types.SimpleNamespace(check_forward=lambda *args: None, quantized_q=None)  # never run: no GPU
+    b.fwd_mod = types.SimpleNamespace(check_forward=lambda *args: None)
+    b.query_pass_fn = lambda *args, **kwargs: None  # never run: no GPU
     b.results = dict(configs=[], precompute_configs=[], errors=[], rows=[], device="none", torch="-", triton="-",
                      date="-")
     b.left, b.time_ms, b.save, b.forward = (lambda: 1e9), time_ms, (lambda: None), None
@@ -39,8 +40,9 @@ def test_the_sweep_records_every_candidate_and_picks_the_fastest_default_arithme
         assert len(eligible) < len(mine) if quant else len(eligible) == len(mine)  # low bit: one other variant
         fastest = min(eligible, key=lambda c: c["t_ms"])
         chosen = b.fwd_cfg[quant]
-        assert (chosen.num_warps, chosen.num_stages, chosen.tma, chosen.maxnreg, chosen.exact_max) == (
-            fastest["num_warps"], fastest["num_stages"], fastest["tma"], fastest["maxnreg"], default)
+        assert (chosen.num_warps, chosen.num_stages, chosen.tma, chosen.maxnreg, chosen.rows, chosen.linear_pass,
+                chosen.exact_max) == (fastest["num_warps"], fastest["num_stages"], fastest["tma"], fastest["maxnreg"],
+                                      fastest["rows"], fastest["linear_pass"], default)
 
     pre = [c for c in b.results["precompute_configs"] if c["kind"] == "precompute"]
     quant_pass = [c for c in b.results["precompute_configs"] if c["kind"] == "precompute_quant"]
@@ -50,6 +52,6 @@ def test_the_sweep_records_every_candidate_and_picks_the_fastest_default_arithme
     assert b.pre_cfg == sla2_kernels.PrecomputeConfig(best_pre["blocks_per_program"], best_pre["num_warps"],
                                                       best_pre["num_stages"], quantize_warps=best_warps)
     table = b.table()  # every candidate has its line
-    assert [c["warps"] for c in b.results["precompute_configs"] if c["kind"] == "quantize_q"] == [4, 8]
+    assert [c["warps"] for c in b.results["precompute_configs"] if c["kind"] == "query_pass"] == [4, 8]
     assert table.count("quant=") == len(configs) and table.count("low bit, quantise") == 3
-    assert table.count("Q's quantisation, ") == 2
+    assert table.count("pass over Q (low bit), ") == 2

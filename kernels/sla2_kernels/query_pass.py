@@ -1,0 +1,62 @@
+"""One pass over Q per query block before the TMA forward kernels: what the main kernel needs from Q besides its
+sparse loop (docs/method.md, Linear branch; Low-bit sparse branch and QAT).
+
+For query block I (b_q rows, ragged last block masked):
+  (LINEAR) O_l = φQ_I H_I / (φQ_I · Z_I), written into the output o, which the main kernel then reads back and
+           mixes: O = α·O_s + (1 − α)·O_l (stored in o's dtype, as the reference's O_l is before the mix's sum)
+  (QUANT)  Q̂_I = INT8(Q_I / s_q), s_q = max|Q_I|/127, padded rows 0            -> Q8 [BH, nq·b_q, D], SQ [BH, nq]
+  (QUANT)  the lse shift q·μ_K/√D per row (smoothing took it from every score) -> LSE [BH, N], completed there
+Why a pass of its own: computed in the main kernel's epilogue, φQ·H_I read Q and H_I again in every program's tail,
+after its loop, with nothing to hide the loads, and held the product's operands next to the accumulator (a
+4-warp program at 255 registers): at Wan-1.3B, 97%, the epilogue cost 0.2 ms against 0.05 for its bytes (H100,
+2026-12-06; docs/results.md). Here the same work streams Q and H_I once at the copy rate, and the low-bit
+forward's quantisation of Q (which read Q anyway) rides along.
+"""
+
+import triton
+import triton.language as tl
+
+from .dot import mma
+from .quant_math import LOG2E, int8_block
+
+
+@triton.jit
+def linear_out(q, h_i, z_i, INTERPRET: tl.constexpr):
+    """O_l = φQ H_I / φQ·Z_I (fp32) for a tile q [rows, D]. φQ ∝ e = exp(Q − rowmax): the softmax's normaliser
+    cancels between numerator and denominator, so e (rounded to bf16, the product's operand) stands for φQ in
+    both, and a V with a constant column gives exactly that constant."""
+    qf = q.to(tl.float32)
+    e = tl.exp2((qf - tl.max(qf, axis=1)[:, None]) * LOG2E).to(tl.bfloat16)
+    den = tl.sum(e.to(tl.float32) * z_i[None, :], axis=1)
+    return mma(e, h_i, INTERPRET) / den[:, None]
+
+
+@triton.jit
+def query_pass_kernel(
+    q_desc, o_desc,  # [B, H, N, D] views (either layout), blocks [1, 1, BQ, D]; o_desc receives O_l (LINEAR)
+    h_desc, ZI,  # H_I bf16 [BH·nq, D, D], blocks [1, D, D]; Z_I fp32 [BH, nq, D] (forward.linear_state)
+    q8_desc, SQ, LSE, KMEAN,  # QUANT: Q̂ int8 [BH, nq·BQ, D], blocks [1, BQ, D]; s_q fp32 [BH, nq]; lse fp32 [BH, N];
+    # μ_K fp32 [BH, D]
+    N, H, NQ, sm_scale,
+    BQ: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(tl.int64)
+    offs_d = tl.arange(0, D)
+    q = q_desc.load([b, h, i * BQ, 0]).reshape(BQ, D)  # rows past N arrive as zeros
+    if QUANT:
+        qf = q.to(tl.float32)
+        q8, s_q = int8_block(qf)
+        q8_desc.store([bh, i * BQ, 0], q8.reshape(1, BQ, D))
+        tl.store(SQ + bh64 * NQ + i, s_q)
+        shift = tl.sum(qf * tl.load(KMEAN + bh64 * D + offs_d)[None, :], axis=1) * sm_scale
+        rows = i * BQ + tl.arange(0, BQ)
+        tl.store(LSE + bh64 * N + rows, shift, mask=rows < N)
+    if LINEAR:
+        blk = bh * NQ + i
+        h_i = h_desc.load([blk, 0, 0]).reshape(D, D)
+        o_l = linear_out(q, h_i, tl.load(ZI + blk.to(tl.int64) * D + offs_d), INTERPRET)
+        o_desc.store([b, h, i * BQ, 0], o_l.to(o_desc.dtype).reshape(1, 1, BQ, D))  # clipped at N
