@@ -253,11 +253,12 @@ class Bench(BenchBase):
         self.results["default_exact_max"] = default_exact_max
         PC = sk.PrecomputeConfig
         pbest = None
-        for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(None, 8, 2), PC(None, 8, 3), PC(4, 8, 2)):
+        for pc in (PC(None, 4, 2), PC(8, 4, 2), PC(None, 4, 3), PC(None, 8, 2), PC(None, 8, 3), PC(4, 8, 2),
+                   PC(None, 4, 2, tma_store=True), PC(8, 4, 2, tma_store=True), PC(None, 4, 3, tma_store=True)):
             if self.left() < 60:
                 break
             res = dict(kind="precompute", blocks_per_program=pc.blocks_per_program, num_warps=pc.num_warps,
-                       num_stages=pc.num_stages)
+                       num_stages=pc.num_stages, tma_store=pc.tma_store)
             t = self.time_candidate(f"precompute sweep {pc}", "kv_precompute", res, self.results["precompute_configs"],
                                     lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", config=pc))
             if t is not None and (pbest is None or t < pbest[0]):
@@ -360,15 +361,15 @@ class Bench(BenchBase):
             lines.append(f"chosen (fastest with exact_max={self.results.get('default_exact_max')}, the default): "
                          f"{self.results.get('chosen_configs')} {self.results.get('chosen_precompute')}")
         if self.results["precompute_configs"]:
-            lines.append("precompute configs (blocks/program, warps, stages; low bit: the quantisation passes' warps): "
-                         "ms [regs/spills/shared]")
+            lines.append("precompute configs (blocks/program, warps, stages, h by TMA store; low bit: the quantisation "
+                         "passes' warps): ms [regs/spills/shared]")
 
             def label(c):
                 if c["kind"] == "query_pass":
                     return f"pass over Q (low bit), {c['warps']} warps"
                 if c["kind"] == "precompute_quant":
                     return f"low bit, quantise {c['quantize_warps']} warps"
-                return f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']})"
+                return f"({c['blocks_per_program']},{c['num_warps']},{c['num_stages']},{c.get('tma_store')})"
             lines.append("  " + "  ".join(
                 f"{label(c)}: {c['t_ms'] if c['t_ms'] is None else round(c['t_ms'], 4)} "
                 f"[{c.get('regs')}/{c.get('spills')}/{c.get('shared')}]" for c in self.results["precompute_configs"]))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import launch
+from . import launch, layouts
 from .checks import check_block, check_qkv
 from .launch import cdiv
-from .layouts import NK_ALIGN
+from .layouts import NK_ALIGN, descriptor
 from .linear_precompute import kv_precompute_kernel, kv_totals_kernel
 from .lowbit_quant import quantize_kv_kernel
 from .tuning import PRECOMPUTE_PROGRAMS_PER_SM, PrecomputeConfig
@@ -77,14 +77,17 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
     vmax = launch.empty(BH, nsplit, D, **f32) if quant else zpart  # partial max|V| per program
     totals = launch.empty(3 if quant else 2, BH, D, **f32)  # Z_tot, μ_K (, s_v)
     state = KVState(block_k, layout, shape, ksum, totals[1], hblk, zblk, totals[0])
-    # No TMA variant: with descriptor loads and stores, Triton 3.6's software pipeliner failed on this kernel at
-    # the Wan shapes (H100, 2026-11-27), though it compiled at N = 4096.
+    # K and V by pointer loads: with descriptor loads (and stores), Triton 3.6's software pipeliner failed on this
+    # kernel at the Wan shapes (H100, 2026-11-27), though it compiled at N = 4096. h_j may leave by TMA stores.
+    tma_store = cfg.tma_store and layouts.tma_hardware(dev)
+    h_desc = descriptor(hblk.view(BH * nk_pad, D, D), D) if tma_store else hblk
     launch.run(
         "kv_precompute", kv_precompute_kernel, (nsplit, BH),
-        k, v, hblk, zblk, ksum, zpart, vmax,
+        k, v, hblk, h_desc, zblk, ksum, zpart, vmax,
         *k_strides, *v_strides,
         N, H, nk, nk_pad, per_split, nsplit,
-        BK=block_k, D=D, QUANT=quant, INTERPRET=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BK=block_k, D=D, QUANT=quant, INTERPRET=interpret, H_TMA=tma_store, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     launch.run("kv_totals", kv_totals_kernel, (BH,), zpart, vmax, totals[0], totals[1], totals[-1], N, nsplit, D=D,
                QUANT=quant, num_warps=1)

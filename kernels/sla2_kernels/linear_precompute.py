@@ -34,11 +34,12 @@ from .quant_math import FP8_E4M3_MAX, MIN_SCALE
 @triton.jit
 def kv_precompute_kernel(
     K, V,  # [B, H, N, D] or [B, N, H, D] through strides
-    HBLK, ZBLK, KSUM, ZPART, VMAX,
+    HBLK, h_desc, ZBLK, KSUM, ZPART, VMAX,  # h_desc: HBLK as [BH·NK_PAD, D, D], blocks [1, D, D] (H_TMA)
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     N, H, NK, NK_PAD, BLOCKS_PER_SPLIT, NSPLIT,  # NK_PAD: blocks per head in HBLK (zero blocks after NK)
     BK: tl.constexpr, D: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+    H_TMA: tl.constexpr,  # h_j stored by TMA from shared memory (PrecomputeConfig.tma_store)
 ):
     pid_s = tl.program_id(0)
     bh = tl.program_id(1)
@@ -71,9 +72,13 @@ def kv_precompute_kernel(
         zj = tl.sum(fk.to(tl.float32), axis=0)
         tl.store(ZBLK + (bh64 * NK + j) * D + offs_d, zj, mask=blk_ok)
         z_acc += zj
-        hj = mma(tl.trans(fk), vt, INTERPRET)
-        tl.store(HBLK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj.to(tl.bfloat16),
-                 mask=((offs_d * 0 + j) < NK_PAD)[:, None])  # past NK: zero (no valid row), h's padding
+        hj = mma(tl.trans(fk), vt, INTERPRET).to(tl.bfloat16)  # past NK: zero (no valid row), h's padding
+        if H_TMA:
+            if j < NK_PAD:
+                h_desc.store([bh * NK_PAD + j, 0, 0], hj.reshape(1, D, D))
+        else:
+            tl.store(HBLK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :], hj,
+                     mask=((offs_d * 0 + j) < NK_PAD)[:, None])
         if QUANT:
             v_max = tl.maximum(v_max, tl.max(tl.abs(vt.to(tl.float32)), axis=0))
 

@@ -122,6 +122,8 @@ class PrecomputeConfig:
     # with 16 blocks a program
     num_warps: int = 4
     num_stages: int = 2
+    # h_j (32 KB a key block at D = 128) stored by TMA from shared memory rather than by each thread's stores
+    tma_store: bool = False
     # quantize_kv_kernel (low bit): one key block a program. H200, 2026-12-05, at the Wan-1.3B shape: precompute
     # with quantisation (bench.py --sweep) 2 / 4 / 8 warps 0.427 / 0.357 / 0.349 ms; the pass alone (do_bench,
     # 302 MB moved) 0.114 ms at 4 warps, 0.106 at 8 (bit-equal), against 0.078 for a copy of the same bytes

@@ -50,7 +50,8 @@ def test_the_sweep_records_every_candidate_and_picks_the_fastest_default_arithme
     best_pre = min(pre, key=lambda c: c["t_ms"])
     best_warps = min(quant_pass, key=lambda c: c["t_ms"])["quantize_warps"]
     assert b.pre_cfg == sla2_kernels.PrecomputeConfig(best_pre["blocks_per_program"], best_pre["num_warps"],
-                                                      best_pre["num_stages"], quantize_warps=best_warps)
+                                                      best_pre["num_stages"], tma_store=best_pre["tma_store"],
+                                                      quantize_warps=best_warps)
     table = b.table()  # every candidate has its line
     assert [c["warps"] for c in b.results["precompute_configs"] if c["kind"] == "query_pass"] == [4, 8]
     assert table.count("quant=") == len(configs) and table.count("low bit, quantise") == 3

@@ -5,6 +5,8 @@ Under the interpreter the e4m3 values come from the software rounding of sla2_ke
 test test_gpu.py::test_software_e4m3_rounding_equals_hardware shows the hardware conversion gives the same bytes.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -70,3 +72,17 @@ def test_h_padding_blocks_are_zero(poisoned, kt):
     kt.assert_all_written(poisoned)
     assert st.hblk.shape[1] == 16
     assert bool((st.hblk[:, 10:] == 0).all()) and bool((st.hblk[:, :10] != 0).any())
+
+
+@pytest.mark.parametrize("blocks_per_program", [None, 3, 5])
+def test_h_by_tma_store_equals_the_pointer_store(blocks_per_program, poisoned, kt):
+    """PrecomputeConfig(tma_store=True): h_j leaves by TMA stores, the same bytes, padding included. nk = 10 stored
+    for 16; runs of 3 or 5 blocks a program reach past the 16 (18, 20), where nothing may be stored."""
+    (_, k, v), _ = kt.make_qkv(1, 2, 600, 64, torch.bfloat16, "bnhd")
+    cfg = sla2_kernels.PrecomputeConfig(blocks_per_program=blocks_per_program)
+    plain = sla2_kernels.precompute(k, v, block_k=64, layout="bnhd", config=cfg)
+    tma = sla2_kernels.precompute(k, v, block_k=64, layout="bnhd", config=replace(cfg, tma_store=True))
+    kt.assert_all_written(poisoned)
+    assert tma.hblk.shape[1] == 16 and torch.equal(tma.hblk, plain.hblk)
+    for name in ("zblk", "ksum", "ztot", "kmean"):
+        assert torch.equal(getattr(plain, name), getattr(tma, name)), name
