@@ -133,11 +133,24 @@ class Bench(BenchBase):
             T["query_pass"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st16, quant=False))
             T["query_pass_lowbit"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True))
             T["quantize_q"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True, linear=False))
+            # h_j by TMA stores, the precompute's other variant, beside the rows' configuration
+            tpc = dataclasses.replace(pc or sk.PrecomputeConfig(), tma_store=not (pc and pc.tma_store))
+            for quant, tag in ((False, ""), (True, "_quant")):
+                T[f"precompute{tag}_tma_store_{tpc.tma_store}"] = self.safe(
+                    f"{shape_name} precompute{tag} tma_store={tpc.tma_store}", lambda: self.time_ms(
+                        lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=quant, config=tpc)))
             for quant, st, tag in ((False, st16, ""), (True, st8, "_lowbit")):
                 fc = self.fwd_cfg.get(quant)
                 T["main" + tag] = self.time_ms(
                     lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=fc, **kw))
                 self.record_resources(f"{shape_name}", self.launch.LAST_COMPILED)
+                # the same configuration with the linear branch in the main kernel's epilogue instead of the pass
+                # over Q (or the other way round)
+                oc = fc or self.fwd_mod.default_fwd_config(BLOCK_Q, BLOCK_K, D, quant)
+                oc = dataclasses.replace(oc, linear_pass=not oc.linear_pass)
+                T[f"main{tag}_linear_pass_{oc.linear_pass}"] = self.safe(
+                    f"{shape_name} main{tag} linear_pass={oc.linear_pass}", lambda: self.time_ms(
+                        lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=oc, **kw)))
                 T["sparse_only" + tag] = self.time_ms(lambda: self.forward(
                     q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, config=fc, **kw))
 
@@ -350,6 +363,12 @@ class Bench(BenchBase):
                              f"{r['actual_TFLOPs_cudnn_same_keys']:.0f} TFLOP/s; sparse part bf16 "
                              f"{f(r.get('actual_TFLOPs_sparse_only'), 0).strip()}, low-bit (with Q's quantisation) "
                              f"{f(r.get('actual_TFLOPs_sparse_only_lowbit'), 0).strip()}")
+        for r in self.results["rows"]:
+            other = {n[2:]: t for n, t in r.items()
+                     if n.startswith("t_") and ("_tma_store_" in n or "_linear_pass_" in n)}
+            if other:
+                lines.append(f"{r['shape']} {r['sparsity']}, the other variant of the rows' configurations: "
+                             + ", ".join(f"{n} {f(t).strip()}" for n, t in other.items()))
         if self.results["configs"]:
             lines.append("main-kernel configs (warps, stages, exact_max, tma, maxnreg, rows, linear_pass): ms "
                          "[regs/spills/shared]")
