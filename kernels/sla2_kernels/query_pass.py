@@ -2,15 +2,19 @@
 sparse loop (docs/method.md, Linear branch; Low-bit sparse branch and QAT).
 
 For query block I (b_q rows, ragged last block masked):
-  (LINEAR) O_l = φQ_I H_I / (φQ_I · Z_I), written into the output o, which the main kernel then reads back and
-           mixes: O = α·O_s + (1 − α)·O_l (stored in o's dtype, as the reference's O_l is before the mix's sum)
   (QUANT)  Q̂_I = INT8(Q_I / s_q), s_q = max|Q_I|/127, padded rows 0            -> Q8 [BH, nq·b_q, D], SQ [BH, nq]
   (QUANT)  the lse shift q·μ_K/√D per row (smoothing took it from every score) -> LSE [BH, N], completed there
-Why a pass of its own: computed in the main kernel's epilogue, φQ·H_I read Q and H_I again in every program's tail,
-after its loop, with nothing to hide the loads, and held the product's operands next to the accumulator (a
-4-warp program at 255 registers): at Wan-1.3B, 97%, the epilogue cost 0.2 ms against 0.05 for its bytes (H100,
-2026-12-06; docs/results.md). Here the same work streams Q and H_I once at the copy rate, and the low-bit
-forward's quantisation of Q (which read Q anyway) rides along.
+  (LINEAR) O_l = φQ_I H_I / (φQ_I · Z_I), written into the output o, which the main kernel then reads back and
+           mixes: O = α·O_s + (1 − α)·O_l (stored in o's dtype, as the reference's O_l is before the mix's sum)
+The low-bit kernel takes Q̂ from here so that its tensor cores read Q̂ from shared memory (quantised inside it, Q̂
+sat in registers through the loop and a 4-warp program spilled); the pointer low-bit kernel's prologue quantises
+by the same int8_block, so both multiply the same Q̂.
+LINEAR (FwdConfig.linear_pass): in the main kernel's epilogue, φQ·H_I reads Q and H_I again in every program's
+tail, after its loop, with nothing to hide the loads: at Wan-1.3B, 97%, that epilogue cost 0.2 ms against 0.05 for
+its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once; whether that is faster is for a GPU run
+to show (bench.py times both), so the epilogue stays the default.
+Registers (sm_90a compile, Triton 3.9 on a CPU): 8 warps 96 (QUANT), 125 (LINEAR), 127 (both), no spills;
+4 warps 252–253.
 """
 
 import triton

@@ -29,10 +29,11 @@ class FwdConfig:
     # TMA kernels: query rows a program (0: b_q; must divide b_q). A 64-row program holds half the accumulator and
     # score tiles, so more programs share an SM and hide each other's softmax latency.
     rows: int = 0
-    # TMA kernels (the pointer kernels ignore it): the linear branch's O_l from a pass of its own before the main
-    # kernel (query_pass.py), which then only mixes it in; False: computed in the main kernel's epilogue
-    # (tma_linear_mix, Q and H_I read in every program's tail).
-    linear_pass: bool = True
+    # TMA kernels (the pointer kernels ignore it): True, the linear branch's O_l from the pass over Q before the main
+    # kernel (query_pass.py), which then only mixes it in; False, computed in the main kernel's epilogue
+    # (tma_linear_mix, Q and H_I read in every program's tail). False stays the default until the pass is timed on
+    # a GPU (bench.py times the other variant beside its rows).
+    linear_pass: bool = False
 
     def __post_init__(self):
         if self.rows and not self.tma:
@@ -62,9 +63,10 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
     return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
 
-# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. Its Q quantisation alone
-# (what the pass did before it also formed O_l), H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at
-# 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
+# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. At 4 warps it takes 252
+# registers a thread, at 8 up to 127 (sm_90a compile). Its predecessor, the same quantisation of Q by pointer
+# loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a
+# 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
 QUERY_PASS_WARPS = 8
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc

@@ -31,11 +31,13 @@ def _case_id(c):
 
 
 # The TMA kernel (the default where the tensors allow it), the same with a query block split over two programs
-# (FwdConfig.rows), the same with the linear branch in its epilogue instead of the query pass
+# (FwdConfig.rows), each with the linear branch from the pass over Q instead of its epilogue
 # (FwdConfig.linear_pass), and the pointer kernel.
 PATHS = {"tma": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True),
          "tma-half-rows": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True, rows=bq // 2),
-         "tma-epilogue": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True, linear_pass=False),
+         "tma-linear-pass": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True, linear_pass=True),
+         "tma-half-rows-linear-pass": lambda bq: sla2_kernels.FwdConfig(4, 2, tma=True, rows=bq // 2,
+                                                                        linear_pass=True),
          "pointer": lambda bq: sla2_kernels.FwdConfig(8, 3)}
 
 

@@ -85,16 +85,16 @@ def _inputs(kt, N=450, H=2, D=64):
 
 # Triton kernels of one forward as the training op runs it: the router, then sla2_forward.
 ROUTER = {"pool_sums": 1, "pooled_project": 1, "block_scores": 1, "topk": 1}
-FORWARD = {"kv_precompute": 1, "kv_totals": 1, "complement": 1, "query_pass": 1}
-# bf16: the pass over Q (the linear branch's O_l), then the TMA kernel. Low bit: K̂ and V̂ quantised in one pass,
-# the pass over Q (O_l and Q̂), then the TMA kernel.
+FORWARD = {"kv_precompute": 1, "kv_totals": 1, "complement": 1}
+# bf16: the TMA kernel (the linear branch in its epilogue). Low bit: K̂ and V̂ quantised in one pass, the pass over
+# Q (Q̂), then the TMA kernel.
 BF16 = {"sla2_fwd_tma": 1}
-LOWBIT = {"quantize_kv": 1, "sla2_fwd_lowbit_tma": 1}
+LOWBIT = {"quantize_kv": 1, "query_pass": 1, "sla2_fwd_lowbit_tma": 1}
 
 
 @pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
 def test_kernel_forward_launches_and_syncs(quant, counted, kt):
-    """router + sla2_forward: 4 + (6 or 7) launches (the H_I product is torch's bmm), no synchronisation."""
+    """router + sla2_forward: 4 + (5 or 7) launches (the H_I product is torch's bmm), no synchronisation."""
     triton_launches, counter = counted
     q, k, v = _inputs(kt)
     eye, alpha = torch.eye(64).repeat(2, 1, 1), torch.full((1, 2, 1), 0.7)
