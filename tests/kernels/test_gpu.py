@@ -265,6 +265,24 @@ def test_tma_kernels_with_a_query_block_over_two_programs(quant):
     torch.testing.assert_close(lse2, lse, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
+def test_linear_branch_from_the_pass_over_q(quant):
+    """FwdConfig.linear_pass: O_l from the pass over Q (query_pass.py), mixed by the main kernel, against the
+    oracle and against the same configuration with the linear branch in the epilogue, at the Wan-1.3B shape at 97%
+    (the default configuration of each precision otherwise). The two differ by one rounding of O_l to bf16 before
+    the mix (as the reference rounds it) and the order of sums; the loop and its lse are the same."""
+    q, k, v, idx, alpha = _wan_1p3b_at_97(heads=2, seed=17)
+    kw = dict(block_q=128, block_k=64, quant=quant, layout="bhnd")
+    base = tuning.default_fwd_config(128, 64, 128, quant)
+    o0, lse0, os0 = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=replace(base, linear_pass=False), **kw)
+    o1, lse1, os1 = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=replace(base, linear_pass=True), **kw)
+    o_ref, _ = br.sla2_forward(q, k, v, idx, alpha, 128, 64, quant)
+    assert _rel(o1, o_ref) <= (5e-3 if quant else 1e-2), _rel(o1, o_ref)
+    assert _rel(o1, o0) <= 1e-3 + torch.finfo(torch.bfloat16).eps / 4, _rel(o1, o0)
+    torch.testing.assert_close(lse1, lse0, rtol=0, atol=1e-5)
+    assert (os1.numel() == 0) == (not quant) and (not quant or _rel(os1, os0) <= 1e-6)
+
+
 def test_software_e4m3_rounding_equals_hardware():
     """The interpreter's software e4m3 rounding and the GPU's cvt give the same bytes (and so the CPU
     tests of the low-bit path test the arithmetic the GPU runs)."""
