@@ -181,7 +181,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         if quant or (linear and cfg.linear_pass):
             q8, sq = query_pass(q, p, o, lse, lin_state if linear and cfg.linear_pass else None,
                                 s.kmean if quant else None, quant)
-        tma_kw = dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, LINEAR_PASS=not in_epilogue)
+        tma_kw = dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, LINEAR_PASS=cfg.linear_pass)
     if quant and cfg.tma:
         name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
         args = (q_desc, o_desc, descriptor(bhnd_view(o_s, layout), rows) if store_os else o_desc, *epilogue,
