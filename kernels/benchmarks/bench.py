@@ -6,8 +6,8 @@
 Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a block mask of exactly the
 SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
-scores, torch Top-k), main kernel (bf16 and low-bit, each with its pass over Q, which is also timed alone),
-main kernel without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph); and dense
+scores, torch Top-k), main kernel (bf16 and low-bit, with the pass over Q where the configuration runs one; the
+pass also timed alone), main kernel without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph); and dense
 cuDNN attention of every query against topk·b_k keys, the sparse part's work in a dense kernel. Both FLOP
 conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
@@ -128,8 +128,8 @@ class Bench(BenchBase):
             T["topk"] = self.time_ms(lambda: self.routing.topk_indices(scores, topk))
             T.update(self.topk_sweep(scores, topk))
             T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st16, block_q=BLOCK_Q))
-            # the pass over Q before the TMA main kernels (inside "main" and "main_lowbit"): the linear branch's O_l,
-            # and for the low-bit kernel also Q̂ (alone: inside "sparse_only_lowbit")
+            # the pass over Q before the TMA main kernels: Q̂ for the low-bit one (inside "main_lowbit" and
+            # "sparse_only_lowbit"), and with FwdConfig.linear_pass the linear branch's O_l for either
             T["query_pass"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st16, quant=False))
             T["query_pass_lowbit"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True))
             T["quantize_q"] = self.time_ms(self.query_pass_fn(q, k, v, idx, alpha, st8, quant=True, linear=False))
