@@ -127,9 +127,10 @@ def query_pass(q: torch.Tensor, p: ForwardProblem, o: torch.Tensor, lse: torch.T
     q8 = launch.empty(BH, nq * bq, D, device=q.device, dtype=torch.int8) if quant else lse
     sq = launch.empty(BH, nq, device=q.device, dtype=torch.float32) if quant else lse
     q_desc = descriptor(bhnd_view(q, p.layout), bq)
-    # never read without the linear branch (h_desc) or quant (q8_desc): q's descriptor stands in
-    h_desc, z_i = (descriptor(lin_state[0].view(BH * nq, D, D), D), lin_state[1]) if lin_state else (q_desc, lse)
-    launch.run("query_pass", query_pass_kernel, (nq, BH), q_desc, descriptor(bhnd_view(o, p.layout), bq), h_desc, z_i,
+    # never read without the linear branch (o_desc, h_desc) or quant (q8_desc): q's descriptor stands in
+    o_desc, h_desc, z_i = ((descriptor(bhnd_view(o, p.layout), bq), descriptor(lin_state[0].view(BH * nq, D, D), D),
+                            lin_state[1]) if lin_state else (q_desc, q_desc, lse))
+    launch.run("query_pass", query_pass_kernel, (nq, BH), q_desc, o_desc, h_desc, z_i,
                descriptor(q8, bq) if quant else q_desc, sq, lse, lse if kmean is None else kmean,
                p.N, p.H, nq, 1.0 / math.sqrt(D), BQ=bq, D=D, LINEAR=lin_state is not None, QUANT=quant,
                INTERPRET=launch.interpreting(), num_warps=warps)

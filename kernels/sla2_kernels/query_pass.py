@@ -4,8 +4,9 @@ sparse loop (docs/method.md, Linear branch; Low-bit sparse branch and QAT).
 For query block I (b_q rows, ragged last block masked):
   (QUANT)  Q̂_I = INT8(Q_I / s_q), s_q = max|Q_I|/127, padded rows 0            -> Q8 [BH, nq·b_q, D], SQ [BH, nq]
   (QUANT)  the lse shift q·μ_K/√D per row (smoothing took it from every score) -> LSE [BH, N], completed there
-  (LINEAR) O_l = φQ_I H_I / (φQ_I · Z_I), written into the output o, which the main kernel then reads back and
-           mixes: O = α·O_s + (1 − α)·O_l (stored in o's dtype, as the reference's O_l is before the mix's sum)
+  (LINEAR) O_l = φQ_I H_I / (φQ_I · Z_I) (sla2_fwd.linear_output, the pointer kernels' epilogue), written into the
+           output o, which the main kernel then reads back and mixes: O = α·O_s + (1 − α)·O_l (stored in o's
+           dtype, as the reference's O_l is before the mix's sum)
 The low-bit kernel takes Q̂ from here so that its tensor cores read Q̂ from shared memory (quantised inside it, Q̂
 sat in registers through the loop and a 4-warp program spilled); the pointer low-bit kernel's prologue quantises
 by the same int8_block, so both multiply the same Q̂.
@@ -14,25 +15,14 @@ tail, after its loop, with nothing to hide the loads: at Wan-1.3B, 97%, that epi
 its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once; whether that is faster is for a GPU run
 to show (bench.py times both), so the epilogue stays the default.
 Registers (sm_90a compile, Triton 3.9 on a CPU): 8 warps 96 (QUANT), 125 (LINEAR), 127 (both), no spills;
-4 warps 252–253.
+4 warps 252 (QUANT), 255 with 472–512 bytes of stack (LINEAR).
 """
 
 import triton
 import triton.language as tl
 
-from .dot import mma
-from .quant_math import LOG2E, int8_block
-
-
-@triton.jit
-def linear_out(q, h_i, z_i, INTERPRET: tl.constexpr):
-    """O_l = φQ H_I / φQ·Z_I (fp32) for a tile q [rows, D]. φQ ∝ e = exp(Q − rowmax): the softmax's normaliser
-    cancels between numerator and denominator, so e (rounded to bf16, the product's operand) stands for φQ in
-    both, and a V with a constant column gives exactly that constant."""
-    qf = q.to(tl.float32)
-    e = tl.exp2((qf - tl.max(qf, axis=1)[:, None]) * LOG2E).to(tl.bfloat16)
-    den = tl.sum(e.to(tl.float32) * z_i[None, :], axis=1)
-    return mma(e, h_i, INTERPRET) / den[:, None]
+from .quant_math import int8_block
+from .sla2_fwd import linear_output
 
 
 @triton.jit
@@ -62,5 +52,5 @@ def query_pass_kernel(
     if LINEAR:
         blk = bh * NQ + i
         h_i = h_desc.load([blk, 0, 0]).reshape(D, D)
-        o_l = linear_out(q, h_i, tl.load(ZI + blk.to(tl.int64) * D + offs_d), INTERPRET)
+        o_l = linear_output(q, h_i, tl.load(ZI + blk.to(tl.int64) * D + offs_d), INTERPRET)
         o_desc.store([b, h, i * BQ, 0], o_l.to(o_desc.dtype).reshape(1, 1, BQ, D))  # clipped at N

@@ -63,8 +63,8 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
     return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
 
-# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. At 4 warps it takes 252
-# registers a thread, at 8 up to 127 (sm_90a compile). Its predecessor, the same quantisation of Q by pointer
+# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. At 8 warps up to 127
+# registers a thread, no spills; at 4, 255 and 0.5 KB of stack with the linear branch (sm_90a compile). Its predecessor, the same quantisation of Q by pointer
 # loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a
 # 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
 QUERY_PASS_WARPS = 8

@@ -57,12 +57,14 @@ def test_lowbit_matches_fake_quant(case, path, poisoned, kt, monkeypatch):
     kt.assert_all_written(poisoned)
     tma = path != "pointer" and layouts.tma_ready(*(layouts.bhnd_view(t, layout) for t in (q, k, v)))
     assert ("sla2_fwd_lowbit_tma" if tma else "sla2_fwd_lowbit") in launched, launched
-    if path != "pointer":  # the same Q̂, K̂, V̂ and roundings as the pointer kernel: only sums in another order,
-        # and O_l rounded to o's dtype before the mix (as the reference rounds it), which the pointer kernel mixes
-        # in fp32: up to one rounding more of o's (1 − α)·O_l part, on average a quarter of the dtype's eps
+    if path != "pointer":  # the same Q̂, K̂, V̂ and roundings as the pointer kernel: only sums in another order;
+        # with the linear branch from the pass over Q, O_l is also rounded to o's dtype before the mix (as the
+        # reference rounds it), which the pointer kernel mixes in fp32: one rounding more of o's (1 − α)·O_l part,
+        # on average a quarter of the dtype's eps (measured up to 2.1e-3 in bf16; 8e-5 from the epilogue)
+        cfg = _config(path, bq, D) or tuning.default_fwd_config(bq, bk, D, quant=True)
         o_ptr, lse_ptr, os_ptr = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=True,
                                                            config=_config("pointer", bq, D), **kw)
-        assert kt.rel_l1(o8, o_ptr.float()) <= 1e-3 + torch.finfo(dtype).eps / 4
+        assert kt.rel_l1(o8, o_ptr.float()) <= 1e-3 + (torch.finfo(dtype).eps / 4 if cfg.linear_pass else 0)
         assert kt.rel_l1(os8, os_ptr.float()) <= 1e-3
         torch.testing.assert_close(lse8, lse_ptr, rtol=0, atol=1e-4)
     o16, _, os16 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, quant=False, **kw)
