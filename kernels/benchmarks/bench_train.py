@@ -132,14 +132,18 @@ class Bench(BenchBase):
             row = dict(shape=shape_name, B=B, H=H, N=N, D=D, sparsity=sparsity, topk=topk, nk=nk, **base)
             _, idx = sk.router(q, k, proj_q, proj_k, topk=topk, **kw)
             T = {}
-            for quant, tag in ((False, ""), (True, "_qat")):
-                def fwd(quant=quant):
+            # bf16 as SLA2Attention runs it now (tuning.BF16_SPARSE_OUTPUT), bf16 with the other choice (tag _os:
+            # O_s kept, the dq loop's Δ from it; _no_os: not kept), QAT (O_s^q kept for dα)
+            keep = sk.tuning.BF16_SPARSE_OUTPUT
+            for quant, tag, sparse_out in ((False, "", keep), (False, "_no_os" if keep else "_os", not keep),
+                                           (True, "_qat", True)):
+                def fwd(quant=quant, sparse_out=sparse_out):
                     _, i = sk.router(q, k, proj_q, proj_k, topk=topk, **kw)
                     # the training path: the custom op (forward state H_I, Z_I kept for its backward)
-                    return torch.ops.sla2.attention(*x, i, alpha, BLOCK_Q, BLOCK_K, quant, "bhnd")[0]
+                    return torch.ops.sla2.attention(*x, i, alpha, BLOCK_Q, BLOCK_K, quant, "bhnd", sparse_out)[0]
 
-                def fwd_bwd(quant=quant):
-                    o = fwd(quant)
+                def fwd_bwd(quant=quant, sparse_out=sparse_out):
+                    o = fwd(quant, sparse_out)
                     return torch.autograd.grad(o, [*x, alpha], do)
 
                 with torch.no_grad():
@@ -148,12 +152,13 @@ class Bench(BenchBase):
                 row["peak_MB" + tag] = self.safe(f"mem{tag}", lambda: self.peak_mb(fwd_bwd))
                 T["fwdbwd_graph" + tag] = self.safe(f"{shape_name} {sparsity} graph{tag}",
                                                      lambda: self.time_ms(fwd_bwd, graph=True))
-                o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, **kw)
+                o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=quant, sparse_out=sparse_out, **kw)
                 T["bwd" + tag] = self.time_ms(lambda: sk.sla2_backward(
-                    do, q, k, v, o, lse, idx, alpha.detach(), o_s=o_s if quant else None, config=self.bwd_cfg, **kw))
+                    do, q, k, v, o, lse, idx, alpha.detach(), o_s=o_s if sparse_out else None, quant=quant,
+                    config=self.bwd_cfg, **kw))
                 self.record_resources(shape_name, self.launch.LAST_COMPILED)
-            # parts of the (bf16) backward
-            o, lse, _ = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
+            # parts of the (bf16) backward; the dq kernel also with Δ from the kept O_s (bwd_dq_os)
+            o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
             T["bwd_precompute"] = self.time_ms(lambda: sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd"))
             T["bwd_csr"] = self.time_ms(lambda: self.selection.key_block_lists(idx, nk))
             st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd")
@@ -161,6 +166,11 @@ class Bench(BenchBase):
             T["bwd_state"] = self.time_ms(lambda: self.backward_state(k, v, idx))
             p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), self.backward_state(k, v, idx), self.bwd_cfg)
             T["bwd_dq"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p))  # the dq kernel alone
+            p_os = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), self.backward_state(k, v, idx),
+                                 self.bwd_cfg, o_s=o_s)
+            T["bwd_dq_os"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p_os))
+            self.record_resources(shape_name, {"dq_os": self.launch.LAST_COMPILED.get("dq")})
+            del p_os
             T["bwd_linear"] = self.time_ms(lambda: self.bwd.run_linear(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
             if flex is not None and self.args.flex_square:
@@ -172,12 +182,14 @@ class Bench(BenchBase):
                     lambda: self.flex_fwd_bwd(flex, x, do, self.flex_mask(idx, nk, N))))
             row.update({f"t_{n}": t for n, t in T.items()})
             actual = 4.0 * B * H * N * topk * BLOCK_K * D
-            for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd", "flex128_fwdbwd"):
+            timed = ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "fwdbwd_os", "fwdbwd_graph_os",
+                     "fwdbwd_no_os", "fwdbwd_graph_no_os", "flex_fwdbwd", "flex128_fwdbwd")
+            for n in timed:
                 if T.get(n):
                     row[f"dense_equiv_TFLOPs_{n}"] = 3.5 * dense / T[n] / 1e9
                     row[f"actual_TFLOPs_{n}"] = 3.5 * actual / T[n] / 1e9
             if base.get("sdpa_cudnn_fwdbwd"):
-                for n in ("fwdbwd", "fwdbwd_qat", "fwdbwd_graph", "fwdbwd_graph_qat", "flex_fwdbwd", "flex128_fwdbwd"):
+                for n in timed:
                     if T.get(n):
                         row[f"x_cudnn_{n}"] = base["sdpa_cudnn_fwdbwd"] / T[n]
             if T.get("bwd") and T.get("fwd"):
@@ -191,10 +203,10 @@ class Bench(BenchBase):
     def backward_state(self, k, v, idx):
         return self.bwd.backward_linear_state(k, v, idx, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
 
-    def prepared(self, do, q, k, v, o, lse, idx, alpha, lin, cfg):
+    def prepared(self, do, q, k, v, o, lse, idx, alpha, lin, cfg, o_s=None):
         a3 = self.fwd.effective_alpha(alpha, q, idx, BLOCK_Q, BLOCK_K, "bhnd")
         return self.bwd.prepare(do, q, k, v, o, lse, idx, a3, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd",
-                                h_i=lin[0], z_i=lin[1], keep=lin[2], config=cfg)
+                                h_i=lin[0], z_i=lin[1], keep=lin[2], o_s=o_s, config=cfg)
 
     # dq-kernel and dk/dv-kernel candidates, timed separately; the best of each makes self.bwd_cfg
     # (warps, stages, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201 registers; TMA
@@ -421,6 +433,13 @@ class Bench(BenchBase):
                 f(r.get("t_bwd_dkdv")), f((r.get("t_bwd_precompute") or 0) + (r.get("t_bwd_csr") or 0)),
                 f(r.get("peak_MB"), 0), f(r.get("sdpa_cudnn_peak_MB"), 0), f(r.get("flex_peak_MB"), 0),
             ]))
+        for r in R["rows"]:
+            other = "_no_os" if "t_fwdbwd_no_os" in r else "_os"
+            lines.append(f"  {r['shape']} {r['sparsity']}: bf16 {'without' if other == '_no_os' else 'with'} O_s kept "
+                         f"(the other choice of tuning.BF16_SPARSE_OUTPUT): fwd {f(r.get('t_fwd' + other))} "
+                         f"fwd+bwd {f(r.get('t_fwdbwd' + other))} graph {f(r.get('t_fwdbwd_graph' + other))} "
+                         f"bwd {f(r.get('t_bwd' + other))} MB {f(r.get('peak_MB' + other), 0)}; "
+                         f"dq kernel with Δ from O_s {f(r.get('t_bwd_dq_os'))} against {f(r.get('t_bwd_dq'))}")
         for s in R["sweep"]:
             lines.append(f"  sweep {s['kind']:>8} {s['cand']}: {s['ms']} ms  regs/spills/smem "
                          f"{s.get('regs_spills_smem')}")

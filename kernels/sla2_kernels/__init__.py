@@ -9,9 +9,10 @@ Public API (each name importable from the package root):
   precompute(k, v, *, block_k, layout, quant=False, config=None) -> KVState  (optional: shares one K/V pass)
   linear_state(indices, kv_state, *, block_q) -> (H_I, Z_I)               (optional: the linear branch's state)
   sla2_forward(q, k, v, indices, alpha, *, block_q, block_k, quant, layout, kv_state=None, lin_state=None,
-               config=None, sparse_out=True) -> (o, lse, o_s)   (o_s: quant's sparse output, else empty)
-  sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, o_s=None, config=None)
-      -> (dq, dk, dv, dalpha)                       (rebuilds its fp32 linear state; o_s: QAT's exact dα)
+               config=None, sparse_out=True) -> (o, lse, o_s)   (o_s: the sparse branch's output, else empty)
+  sla2_backward(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, o_s=None, quant=None,
+                config=None) -> (dq, dk, dv, dalpha)
+      (rebuilds its fp32 linear state; o_s with quant=True: QAT's exact dα; with quant=False: Δ before the dq loop)
   soft_topk_lambda(z, k) -> λ [..., 1] float64     (SoftTop-k's threshold: Σ_j σ(z_j + λ) = k on each row)
   soft_topk_unsupported(n) -> str                   ("" when soft_topk_lambda takes rows of n key blocks)
   unsupported(dtype, head_dim, block_q, block_k) -> str   ("" when the kernels cover these options)

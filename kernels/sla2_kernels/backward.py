@@ -50,7 +50,10 @@ class BwdProblem:
     dh: torch.Tensor | None = None
     dz: torch.Tensor | None = None
     keep: torch.Tensor | None = None  # the selection's complement mask, when the linear state was built with it
-    o_s: torch.Tensor | None = None  # QAT: the low-bit forward's O_s^q, dα's sparse term (linear kernel)
+    # the forward's sparse output: with quant (QAT) the low-bit O_s^q, dα's sparse term (linear kernel); without,
+    # the bf16 O_s, from which the dq kernel knows Δ before its loop (DELTA_KNOWN)
+    o_s: torch.Tensor | None = None
+    quant: bool = False
 
     @property
     def nq(self) -> int:
@@ -64,12 +67,16 @@ class BwdProblem:
     def linear(self) -> bool:
         return self.idx.shape[-1] < self.nk
 
+    @property
+    def delta_known(self) -> bool:
+        return self.o_s is not None and not self.quant
+
 
 def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i, keep=None, o_s=None,
-            config: BwdConfig | None = None) -> BwdProblem:
+            quant: bool = False, config: BwdConfig | None = None) -> BwdProblem:
     """The problem of one backward call; alpha: effective α (forward.effective_alpha), broadcastable to [B, H, nq];
     h_i, z_i, keep: backward_state.backward_linear_state's (keep None: run_dkdv builds the mask itself); o_s: the
-    low-bit forward's sparse output (QAT) or None."""
+    forward's sparse output (quant: the low-bit forward's O_s^q) or None."""
     bsz, heads, n, d = dims(q, layout)[0]
     q, k, v, o, do = (last_dim_contiguous(t) for t in (q, k, v, o, do))
     o_s = None if o_s is None else last_dim_contiguous(o_s)
@@ -78,7 +85,7 @@ def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_
     return BwdProblem(
         q, k, v, o, do, lse.contiguous(), indices.to(torch.int32).contiguous(),
         alpha.to(torch.float32).expand(bsz, heads, nq), (h_i, z_i),
-        layout, (bsz, heads, n, d), block_q, block_k, cfg, keep=keep, o_s=o_s,
+        layout, (bsz, heads, n, d), block_q, block_k, cfg, keep=keep, o_s=o_s, quant=quant,
     )
 
 
@@ -92,8 +99,10 @@ def run_dq(p: BwdProblem) -> None:
 
 
 def run_dq_sparse(p: BwdProblem) -> None:
-    """The dq kernel: sparse dQ over the selected key blocks (into p.dq) and Ds = dO·O_s per row (into p.delta)."""
+    """The dq kernel: sparse dQ over the selected key blocks (into p.dq) and Ds = dO·O_s per row (into p.delta).
+    With the bf16 forward's O_s (p.delta_known) the kernel reads it in O's place and knows Δ before its loop."""
     bsz, heads, n, d = p.shape
+    o = p.o_s if p.delta_known else p.o
     bh, nq = bsz * heads, p.nq
     sa = p.alpha.stride()
     p.dq = launch.empty_like(p.q, memory_format=torch.contiguous_format)
@@ -101,19 +110,19 @@ def run_dq_sparse(p: BwdProblem) -> None:
 
     def make(c):
         args = (
-            p.q, p.k, p.v, p.o, p.do, p.dq,
+            p.q, p.k, p.v, o, p.do, p.dq,
             p.lse, p.delta, p.idx, p.alpha,
             *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
-            *bhn_strides(p.o, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
+            *bhn_strides(o, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
             sa[0], sa[1], sa[2],
             n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=c.dq_rows or p.block_q,
-                  LINEAR=p.linear, INTERPRET=launch.interpreting(),
+                  LINEAR=p.linear, INTERPRET=launch.interpreting(), DELTA_KNOWN=p.delta_known,
                   num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
-    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, p.o, p.do, p.dq)]
+    views = [bhnd_view(t, p.layout) for t in (p.q, p.k, p.v, o, p.do, p.dq)]
 
     def make_tma(c):
         bm = c.dq_rows or p.block_q
@@ -122,11 +131,11 @@ def run_dq_sparse(p: BwdProblem) -> None:
             p.lse, p.delta, p.idx, p.alpha, sa[0], sa[1], sa[2],
             n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
-        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=bm, LINEAR=p.linear,
+        kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=bm, LINEAR=p.linear, DELTA_KNOWN=p.delta_known,
                   INTERPRET=launch.interpreting(), num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
-    key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
+    key = (p.block_q, p.block_k, d, p.linear, p.q.dtype, p.delta_known)
     rows = p.cfg.dq_rows or p.block_q
     if p.block_q % rows:
         raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
@@ -152,7 +161,8 @@ def run_linear(p: BwdProblem) -> None:
             raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
     # ψ per query row, pass 1 to pass 2 of the linear kernel (freed with it; below the dk/dv step's peak)
     psi = launch.empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16)
-    o_s = p.o if p.o_s is None else p.o_s  # without O_s^q the kernel does not read it
+    from_os = p.o_s is not None and p.quant  # QAT; the bf16 O_s gave the dq kernel's Ds, which it reads instead
+    o_s = p.o_s if from_os else p.o  # without O_s^q the kernel does not read it
     launch.run(
         "linear", sla2_bwd_linear_kernel, (nq, bh),
         p.q, p.do, p.dq, o_s,
@@ -162,7 +172,7 @@ def run_linear(p: BwdProblem) -> None:
         *bhn_strides(o_s, p.layout),
         sa[0], sa[1], sa[2],
         n, heads, nq,
-        BQ=p.block_q, D=d, RS=rs, DC=dc, DALPHA_FROM_OS=p.o_s is not None, INTERPRET=launch.interpreting(),
+        BQ=p.block_q, D=d, RS=rs, DC=dc, DALPHA_FROM_OS=from_os, INTERPRET=launch.interpreting(),
         num_warps=p.cfg.linear_warps, num_stages=p.cfg.linear_stages,
     )
 
@@ -246,6 +256,7 @@ def sla2_backward(
     block_k: int,
     layout: str,
     o_s: torch.Tensor | None = None,
+    quant: bool | None = None,
     config: BwdConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv, dalpha) of SLA2 given the forward's o and lse (fp32 [B, H, N], sparse branch).
@@ -255,11 +266,13 @@ def sla2_backward(
     raw α, broadcastable to [B, H, nq] (made effective here: 1 when topk = nk). The linear branch's state is
     rebuilt here from k, v with fp32 sums (backward_state.py: one pass over K and V and one product). dalpha is
     fp32 [B, H, nq]: reduce it to α's shape. No term divides by α: every gradient is finite and accurate at α = 0.
-    For QAT pass the low-bit forward's o, lse and o_s (sla2_forward's third output): the backward is the bf16 one
-    (straight-through for q, k, v) and dα, from o_s, the exact derivative of the low-bit forward.
+    o_s, sla2_forward's third output, with quant saying which forward made it: for QAT (quant=True) the low-bit
+    forward's o, lse and o_s; the backward is the bf16 one (straight-through for q, k, v) and dα, from o_s, the
+    exact derivative of the low-bit forward. From the bf16 forward (quant=False), o_s lets the dq kernel know
+    Δ = α dO·O_s before its loop and skip one of its four products a step; without it Δ is summed in the loop.
     """
     if o_s is not None:
-        check_sparse_output(o_s, q)
+        check_sparse_output(o_s, q, quant)
     a3 = effective_alpha(alpha, q, indices, block_q, block_k, layout)
     n = dims(q, layout)[0][2]
     if indices.shape[-1] >= cdiv(n, block_k):  # no linear branch: its state is never read
@@ -267,7 +280,7 @@ def sla2_backward(
     else:
         lin_state = backward_linear_state(k, v, indices, block_q=block_q, block_k=block_k, layout=layout)
     p = prepare(do, q, k, v, o, lse, indices, a3, block_q=block_q, block_k=block_k, layout=layout,
-                h_i=lin_state[0], z_i=lin_state[1], keep=lin_state[2], o_s=o_s, config=config)
+                h_i=lin_state[0], z_i=lin_state[1], keep=lin_state[2], o_s=o_s, quant=bool(quant), config=config)
     del lin_state
     run_dq(p)
     p.lin_state = None  # the fp32 H_I is read once: freed before dK and dV are allocated

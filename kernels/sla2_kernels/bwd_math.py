@@ -91,7 +91,7 @@ def query_rows(LSE, DELTA, ALPHA_BH, saq, bh64, i_blk, rows, N, LINEAR: tl.const
 @triton.jit
 def dq_rows(LSE, O_ROWS, ALPHA_BH, saq, bh64, i_blk, rows, do, N, LINEAR: tl.constexpr):
     """(q_ok, lse in the log2 domain, α, the centring c = α dO·O) of the dq kernel's query rows; O_ROWS: a
-    [rows, D] tile of O (zeros past N)."""
+    [rows, D] tile of O, or of O_s for dq_step's DELTA_KNOWN, where c is Δ (zeros past N)."""
     q_ok = rows < N
     lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
     if LINEAR:
@@ -102,12 +102,15 @@ def dq_rows(LSE, O_ROWS, ALPHA_BH, saq, bh64, i_blk, rows, do, N, LINEAR: tl.con
 
 
 @triton.jit
-def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET: tl.constexpr):
-    """One tile of selected key rows: P recomputed from lse, dP = dO Vᵀ; acc += P ⊙ (α dP − c) K, pk += P K and
-    d_s += rowsum(P ⊙ dP), which ends as Ds = dO·O_s exactly. With Δ = α Ds known only after the last block,
-    dS K = P ⊙ (α dP − Δ) K = acc + (c − Δ) pk (dq_finish). c = α dO·O (the bf16 O) differs from Δ by
-    α(1 − α) dO·(O_l − O_s) and O's rounding, so acc's terms stay of dS's size and (c − Δ) pk is a correction
-    of that size too (centring on c = 0 would round the common part dO·V̄ of every dP into acc)."""
+def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET: tl.constexpr,
+            DELTA_KNOWN: tl.constexpr):
+    """One tile of selected key rows: P recomputed from lse, dP = dO Vᵀ; acc += P ⊙ (α dP − c) K and
+    d_s += rowsum(P ⊙ dP), which ends as Ds = dO·O_s exactly (dα's sparse term: the bf16 O_s's rounding, ~10×
+    magnified by dα's cancelling sum, stays out of it). DELTA_KNOWN (c is Δ = α dO·O_s, from the O_s the bf16
+    forward stored): acc is dS K, three products a step. Otherwise also pk += P K: with Δ = α Ds known only after
+    the last block, dS K = P ⊙ (α dP − Δ) K = acc + (c − Δ) pk (dq_finish). c = α dO·O (the bf16 O) differs
+    from Δ by α(1 − α) dO·(O_l − O_s) and O's rounding, so acc's terms stay of dS's size and (c − Δ) pk is a
+    correction of that size too (centring on c = 0 would round the common part dO·V̄ of every dP into acc)."""
     s = mma(q, tl.trans(k), INTERPRET)
     p = tl.exp2(s * qk_scale - lse2[:, None])
     p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
@@ -115,12 +118,16 @@ def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, IN
     d_s += tl.sum(p * dp, axis=1)
     ds = p * (dp * alpha - c[:, None])
     acc = mma_acc(ds.to(k.dtype), k, acc, INTERPRET)
-    return acc, mma_acc(p.to(k.dtype), k, pk, INTERPRET), d_s
+    if not DELTA_KNOWN:
+        pk = mma_acc(p.to(k.dtype), k, pk, INTERPRET)
+    return acc, pk, d_s
 
 
 @triton.jit
-def dq_finish(acc, pk, d_s, c, alpha, sm_scale):
-    """The sparse dQ (fp32) from dq_step's sums: (acc + (c − α Ds) pk) / √D."""
+def dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN: tl.constexpr):
+    """The sparse dQ (fp32) from dq_step's sums: acc / √D with DELTA_KNOWN, else (acc + (c − α Ds) pk) / √D."""
+    if DELTA_KNOWN:
+        return acc * sm_scale
     return (acc + (c - alpha * d_s)[:, None] * pk) * sm_scale
 
 

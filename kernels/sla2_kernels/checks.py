@@ -146,9 +146,12 @@ def check_lin_state(lin_state, BH: int, nq: int, D: int, device: torch.device):
              f"(linear_state), got ({h_i.dtype} {tuple(h_i.shape)}, {z_i.dtype} {tuple(z_i.shape)})")
 
 
-def check_sparse_output(o_s, q: torch.Tensor):
-    """o_s given to the backward: the low-bit forward's sparse output, q's shape, dtype and device."""
+def check_sparse_output(o_s, q: torch.Tensor, quant):
+    """o_s given to the backward: the forward's sparse output, q's shape, dtype and device, and which forward made
+    it (quant) named."""
+    if quant is None:
+        fail("o_s needs quant=True (the low-bit forward's O_s^q) or quant=False (the bf16 forward's O_s)")
     got = (tuple(getattr(o_s, "shape", ())), getattr(o_s, "dtype", type(o_s)), getattr(o_s, "device", None))
     if not isinstance(o_s, torch.Tensor) or got != (tuple(q.shape), q.dtype, q.device):
-        fail(f"o_s must be sla2_forward(..., quant=True)'s third output, {q.dtype} {tuple(q.shape)} on {q.device} "
-             f"like q, got {got[1]} {got[0]} on {got[2]} (pass None after a forward without quant)")
+        fail(f"o_s must be sla2_forward(..., sparse_out=True)'s third output, {q.dtype} {tuple(q.shape)} on "
+             f"{q.device} like q, got {got[1]} {got[0]} on {got[2]} (or None)")

@@ -100,9 +100,9 @@ def sla2_forward(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant: 
     alpha: fp32 broadcastable to [B, H, nq]. `linear=False` drops the linear branch (benchmarks only).
     lin_state: (H_I, Z_I) from `linear_state` for these indices, if the caller already has them.
     config: the launch configuration (default: tuning.default_fwd_config).
-    o_s: with quant and sparse_out, the low-bit sparse branch's output O_s^q (like o), which sla2_backward needs
-    for QAT's dα; otherwise an empty tensor (sparse_out=False: no gradient will reach α, one write the size of o
-    less).
+    o_s: with sparse_out, the sparse branch's output (like o), which sla2_backward reads: with quant the low-bit
+    O_s^q, QAT's dα; in bf16 O_s, from which the dq kernel knows Δ before its loop. Otherwise an empty tensor
+    (sparse_out=False: one write the size of o less, where no backward will run, or none through α in QAT).
     """
     p = check_forward(q, k, v, indices, alpha, block_q, block_k, layout)
     if kv_state is None:
@@ -146,8 +146,8 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
     cfg = config or default_fwd_config(bq, bk, D, quant)
     h_i, z_i = lin_state if linear else (alpha3, alpha3)  # never read without the linear branch
     o = launch.empty_like(q)
-    # o_s has o's strides (both empty_like(q)): the low-bit kernel addresses them with one set
-    store_os = quant and sparse_out
+    # o_s has o's strides (both empty_like(q)): the pointer kernels address them with one set
+    store_os = sparse_out
     o_s = launch.empty_like(q) if store_os else q.new_empty(0)
     so = dims(o, layout)[1]
     lse = launch.empty(B, H, N, device=q.device, dtype=torch.float32)
@@ -196,13 +196,14 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         make = lambda c: (args, dict(EXACT_MAX=c.exact_max, STORE_OS=store_os, **common(c)))  # noqa: E731
     elif cfg.tma:
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
-        args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc, *epilogue,
+        args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc,
+                descriptor(bhnd_view(o_s, layout), rows) if store_os else o_desc, *epilogue,
                 idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale)
-        make = lambda c: (args, dict(**tma_kw, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(STORE_OS=store_os, **tma_kw, **common(c)))  # noqa: E731
     else:
         name, kernel = "sla2_fwd", sla2_fwd_kernel
-        args = (q, k, v, idx, alpha3, o, lse, h_i, z_i,
+        args = (q, k, v, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i,
                 *strides["q"], *strides["k"], *strides["v"], *so, *alpha3.stride(), N, H, nq, topk, scale)
-        make = lambda c: (args, common(c))  # noqa: E731
+        make = lambda c: (args, dict(STORE_OS=store_os, **common(c)))  # noqa: E731
     launch.with_fallback(name, kernel, (nq * (bq // rows), BH), (bq, bk, D, q.dtype, linear), cfg, make)
     return o, lse, o_s

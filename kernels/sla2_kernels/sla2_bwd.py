@@ -14,9 +14,10 @@ divides by α (α → 0 is reachable through the sigmoid):
   mixed the low-bit O_s^q in, so dα_I = Σ_{i∈I} (dO_i·O_s^q_i − Dl_i) from the O_s^q the forward stored.
 Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS = P ⊙ (dP − Δ),
   dQ += dS K/√D, dK += dSᵀ Q/√D, dV += α Pᵀ dO.
-  Δ is known only after the dq loop, so the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring c = α dO·O
-  (bf16 O: close to Δ), and dS K = that sum + (c − Δ) P K (bwd_math.dq_step). The dk/dv kernel runs later and
-  reads Δ = α Ds directly.
+  Where the bf16 forward stored O_s, Δ = α dO·O_s is known before the dq loop, which sums dS K and Ds (three
+  products a step; Ds for dα stays the loop's exact sum). Otherwise (O_s not kept; QAT, whose O_s^q is not P V) Δ is known only after the dq loop, so
+  the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring c = α dO·O (bf16 O: close to Δ), and dS K = that
+  sum + (c − Δ) P K (bwd_math.dq_step). The dk/dv kernel runs later and reads Δ = α Ds directly.
 Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select; H_I summed in
 fp32 and centred to H̃_I = H_I − Z_I v̄ᵀ before its bf16 rounding, bwd_math.centred_state):
   dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i = (g_i H̃_Iᵀ − (g_i·Õ_l,i) Z_I) / den_i
@@ -70,6 +71,7 @@ def sla2_bwd_dq_kernel(
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr,
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program (divides BQ)
+    DELTA_KNOWN: tl.constexpr,  # O holds the bf16 forward's O_s: Δ = α dO·O_s before the loop (bwd_math.dq_step)
 ):
     """FlashAttention's dQ over the selected key blocks, written to DQ (the linear kernel adds the linear dQ), and
     Ds = dO·O_s per row, written to DELTA. dQ rows are independent, so a query block may be split over BQ // BM
@@ -105,8 +107,9 @@ def sla2_bwd_dq_kernel(
         kv_ok = rows < N
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        acc, pk, d_s = dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET)
-    dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale)
+        acc, pk, d_s = dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET,
+                               DELTA_KNOWN)
+    dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok)
     tl.store(DELTA + bh64 * N + offs_m, d_s, mask=q_ok)

@@ -17,12 +17,13 @@ from .quant_math import LOG2E
 
 @triton.jit
 def sla2_bwd_dq_tma_kernel(
-    q_desc, k_desc, v_desc, o_desc, do_desc, dq_desc,  # [B, H, N, D] views; blocks [1, 1, BM or BK, D]
+    q_desc, k_desc, v_desc, o_desc, do_desc, dq_desc,  # [B, H, N, D] views; blocks [1, 1, BM or BK, D]; o_desc: O,
+    # or O_s with DELTA_KNOWN
     LSE, DELTA, IDX, ALPHA,
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program
-    LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+    LINEAR: tl.constexpr, INTERPRET: tl.constexpr, DELTA_KNOWN: tl.constexpr,
 ):
     """Sparse dQ over the selected key blocks (the linear kernel adds the linear dQ later) and Ds = dO·O_s."""
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block
@@ -47,8 +48,8 @@ def sla2_bwd_dq_tma_kernel(
         k = k_desc.load([b, h, start, 0]).reshape(BK, D)
         v = v_desc.load([b, h, start, 0]).reshape(BK, D)
         acc, pk, d_s = dq_step(q, k, v, do, (start + offs_k) < N, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale,
-                               INTERPRET)
-    dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale)
+                               INTERPRET, DELTA_KNOWN)
+    dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     dq_desc.store([b, h, row0, 0], dq.to(dq_desc.dtype).reshape(1, 1, BM, D))
     tl.store(DELTA + bh64 * N + row0 + tl.arange(0, BM), d_s, mask=q_ok)
 

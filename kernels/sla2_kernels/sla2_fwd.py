@@ -81,7 +81,7 @@ def softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK: tl.constexpr, I
 
 @triton.jit
 def sla2_fwd_kernel(
-    Q, K, V, IDX, ALPHA, O, LSE,
+    Q, K, V, IDX, ALPHA, O, O_S, LSE,  # O_S: the sparse branch's O_s (o's strides), stored with STORE_OS
     HI, ZI,  # from forward.linear_state: bf16 [BH, nq, D, D], fp32 [BH, nq, D]
     sqb, sqh, sqn, sqd,
     skb, skh, skn, skd,
@@ -90,6 +90,7 @@ def sla2_fwd_kernel(
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr,
+    STORE_OS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -126,10 +127,12 @@ def sla2_fwd_kernel(
         m_i, l_i, acc = softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK, INTERPRET)
 
     o = acc / l_i[:, None]
+    o_offs = b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod
+    if STORE_OS:
+        tl.store(O_S + o_offs, o.to(O_S.dtype.element_ty), mask=q_ok[:, None])
     if LINEAR:
         alpha = tl.load(ALPHA + b64 * sab + h64 * sah + pid_m * saq)
         h_i, z_i = load_linear_state(HI, ZI, bh64, pid_m, NQ, D)
         o = alpha * o + (1.0 - alpha) * linear_output(q, h_i, z_i, INTERPRET)
-    tl.store(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :] * sod,
-             o.to(O.dtype.element_ty), mask=q_ok[:, None])
+    tl.store(O + o_offs, o.to(O.dtype.element_ty), mask=q_ok[:, None])
     tl.store(LSE + (bh64 * N) + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=q_ok)

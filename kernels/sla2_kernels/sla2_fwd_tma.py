@@ -59,7 +59,8 @@ def mix_linear_pass(acc, row_scale, alpha, o_desc, b, h, row0, BM: tl.constexpr,
 
 @triton.jit
 def sla2_fwd_tma_kernel(
-    q_desc, k_desc, v_desc, o_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BM or BK, D]
+    q_desc, k_desc, v_desc, o_desc, os_desc,  # [B, H, N, D] views (either layout); blocks [1, 1, BM or BK, D];
+    # os_desc: O_s (o's strides, stored with STORE_OS), o_desc if unused
     qc_desc, h_desc,  # Q again, blocks [1, 1, BM, D/EPI_CHUNKS]; H_I bf16 [BH·nq, D, D] (forward.linear_state), blocks
     # [1, D/EPI_CHUNKS, D]
     IDX, ALPHA, LSE, ZI,  # IDX int32 [BH, nq, topk]; ALPHA fp32 [B, H, nq] view; LSE fp32 [BH, N]; ZI fp32 [BH, nq, D]
@@ -68,6 +69,7 @@ def sla2_fwd_tma_kernel(
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
     INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program (FwdConfig.rows), dividing BQ
     LINEAR_PASS: tl.constexpr,  # O_l was written into o by query_pass_kernel (FwdConfig.linear_pass)
+    STORE_OS: tl.constexpr,
 ):
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block, whose selection and linear state the rows share
     bh = tl.program_id(1)
@@ -88,6 +90,8 @@ def sla2_fwd_tma_kernel(
         v = v_desc.load([b, h, start, 0]).reshape(BK, D)
         m_i, l_i, acc = softmax_step(q, k, v, start, N, m_i, l_i, acc, qk_scale, BK, INTERPRET)
 
+    if STORE_OS:
+        os_desc.store([b, h, row0, 0], (acc / l_i[:, None]).to(os_desc.dtype).reshape(1, 1, BM, D))
     if LINEAR:
         alpha = tl.load(ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah + pid_m * saq)
         if alpha == 1.0:

@@ -98,6 +98,13 @@ class BwdConfig:
     linear_stages: int = 1
 
 
+# Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):
+# the dq loop then knows Δ = α dO·O_s before it starts and takes three products a step instead of four (P K and
+# the row sums of P ⊙ dP go), for one more tensor the size of o kept per call (100 MB at the Wan-1.3B shape) and
+# its write in the forward. Off until timed on a GPU: `bench_train.py` times the op's fwd+bwd both ways.
+BF16_SPARSE_OUTPUT = False
+
+
 def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
     warps = 8 if (block_q == 128 or head_dim == 128) else 4
     if (block_q, block_k, head_dim) == (128, 64, 128):

@@ -89,8 +89,8 @@ def test_quant_op_backward_is_straight_through_with_the_forward_output():
 
 @pytest.mark.parametrize("quant", [False, True])
 def test_opcheck(quant):
-    """Schema, fake and autograd registration of the ops; with quant the forward's third output (the low-bit
-    O_s^q) and the backward taking it."""
+    """Schema, fake and autograd registration of the ops, the forward's third output (the sparse branch's output,
+    with quant the low-bit O_s^q) and the backward taking it."""
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
     q, k, v = qkv(b, h, n, d, "bnhd", requires_grad=True)
     sel = selection(b, h, n, bq, bk, 3)
@@ -99,9 +99,9 @@ def test_opcheck(quant):
     eye = torch.eye(d, dtype=torch.float64).expand(h, d, d).contiguous()
     torch.library.opcheck(torch.ops.sla2.router.default, (q.detach(), k.detach(), eye, eye, bq, bk, 3, "bnhd"))
     o, lse, o_s = torch.ops.sla2.attention(q, k, v, sel.indices.int(), alpha, bq, bk, quant, "bnhd")
-    assert o_s.shape == (q.shape if quant else (0,))
+    assert o_s.shape == q.shape  # sparse_out's default
     args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), o.detach(), lse, sel.indices.int(),
-            alpha.detach(), bq, bk, "bnhd", o_s.detach() if quant else None)
+            alpha.detach(), bq, bk, "bnhd", o_s.detach(), quant)
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
 
 
@@ -145,6 +145,41 @@ def test_sparse_output_is_kept_only_where_alpha_gets_a_gradient():
         attn.alpha.requires_grad_(False)
         attn(*x)
     assert calls.seen == [True, False, False]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_bf16_sparse_output_follows_its_tuning_switch(keep, monkeypatch):
+    """In bf16, SLA2Attention asks for O_s (the op's sparse_out) exactly where tuning.BF16_SPARSE_OUTPUT is on and a
+    backward will run (any gradient: q, k, v or α), never under no_grad; the backward runs either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sla2_kernels import tuning
+
+    monkeypatch.setattr(tuning, "BF16_SPARSE_OUTPUT", keep)
+    b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
+
+    class SparseOut(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "sla2" and func._opname == "attention":
+                self.seen.append(args[9] if len(args) > 9 else True)
+            return func(*args, **(kwargs or {}))
+
+    attn = SLA2Attention(h, d, sparsity=0.5, block_q=bq, block_k=bk, quant=False).double()
+    q, k, v = qkv(b, h, n, d, "bnhd", requires_grad=True)
+    with SparseOut() as calls:
+        o = attn(q, k, v)
+        with torch.no_grad():
+            attn(q, k, v)
+        attn.alpha.requires_grad_(False)
+        attn(q.detach(), k.detach(), v.detach())  # nothing to differentiate
+        attn(q, k, v)  # q, k, v still do
+    assert calls.seen == [keep, False, False, keep]
+    o.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
 @pytest.mark.parametrize("alpha_mode", ["per_head", "per_block", "predicted"])

@@ -187,6 +187,41 @@ def test_gradients_at_every_alpha(value, alpha_shape, family, layout, poison, ke
     assert_grads(g, g_ref, TOL, do=do, o=o_ref, bq=bq)
 
 
+SPARSE_OUTPUT_CASES = [  # α value, kernel family, layout, ragged N
+    (0.0, "tma", "bhnd", 333), (0.05, "pointer", "bnhd", 200), (0.5, "tma", "bnhd", 257), (1.0, "pointer", "bhnd", 333),
+]
+
+
+@pytest.mark.parametrize("value,family,layout,n", SPARSE_OUTPUT_CASES, ids=lambda x: str(x))
+def test_bf16_sparse_output_gives_the_dq_loop_its_delta(value, family, layout, n, poison, kernel_ops, monkeypatch):
+    """With tuning.BF16_SPARSE_OUTPUT the bf16 op keeps O_s and the dq kernel takes Δ = α dO·O_s before its loop
+    (DELTA_KNOWN: no P K product): the backward really runs that way, its gradients stay within TOL of autograd
+    through the float64 reference at α = 0, 0.05, 0.5, 1, and only dq moves from the backward without O_s (by
+    O_s's bf16 rounding in Δ; Ds for dα is still the loop's exact sum, so dk, dv, dα are bit for bit the same)."""
+    from sla2_kernels import tuning
+
+    default = backward.default_bwd_config
+    tma = family == "tma"
+    monkeypatch.setattr(backward, "default_bwd_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
+    seen = []
+    run_dq_sparse = backward.run_dq_sparse
+    monkeypatch.setattr(backward, "run_dq_sparse", lambda p: (seen.append(p.delta_known), run_dq_sparse(p))[1])
+    b, h, d, bq, bk, topk = 1, 2, 64, 128, 64, 3
+    q, k, v, do, sel, _ = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    alpha = torch.full((1, h, 1), value, dtype=torch.float64)
+    o_ref, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
+    grads = {}
+    for keep in (True, False):
+        monkeypatch.setattr(tuning, "BF16_SPARSE_OUTPUT", keep)
+        o, grads[keep] = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, torch.bfloat16)
+        assert seen.pop() is keep
+        assert rel(o, o_ref) <= 1e-2
+        assert_grads(grads[keep], g_ref, TOL, do=do, o=o_ref, bq=bq)
+    for g1, g2 in zip(grads[True][1:], grads[False][1:]):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    assert rel(grads[True][0], grads[False][0]) <= 1e-2
+
+
 def test_blocked_oracle_float64_gradients_equal_reference():
     """The GPU tests' float64 oracle at the Wan shape (autograd through blocked_reference in float64) has the
     gradients of the dense float64 reference, α = 0 included."""
@@ -244,7 +279,7 @@ def test_qat_backward_is_the_bf16_backward_at_the_original_inputs(poison, kernel
     assert rel(o_q, o_b) > 1e-4  # the forward really is low-bit
     o_a, g_auto = kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, torch.bfloat16, quant=True)
     torch.testing.assert_close(to_layout(o_a, layout), o_q, rtol=0, atol=0)
-    g_qat = sla2_kernels.sla2_backward(dok, qk, kk, vk, o_q, lse_q, idx, a3, o_s=os_q, **kw)
+    g_qat = sla2_kernels.sla2_backward(dok, qk, kk, vk, o_q, lse_q, idx, a3, o_s=os_q, quant=True, **kw)
     # (1) the op's autograd formula is exactly this call
     for g1, g2 in zip(g_auto, (*(from_layout(g, layout) for g in g_qat[:3]), g_qat[3].sum_to_size(a3.shape))):
         torch.testing.assert_close(g1, g2, rtol=0, atol=0)

@@ -21,13 +21,13 @@ def _fwd(q, k, v, indices=None, alpha=0.5, **kw):
     return sla2_kernels.sla2_forward(q, k, v, indices, alpha, **opts)
 
 
-def _bwd_with(o_s):
-    """The backward after a bf16 forward, given an o_s (QAT's sparse output) that does not fit it."""
+def _bwd_with(o_s, quant=True):
+    """The backward after a bf16 forward, given an o_s (the forward's sparse output) that does not fit it."""
     q, k, v = _qkv()
     indices = torch.zeros(B, H, 3, 1, dtype=torch.int32)
     o, lse, _ = _fwd(q, k, v, indices)
     return sla2_kernels.sla2_backward(torch.randn_like(o), q, k, v, o, lse, indices, 0.5, block_q=64, block_k=64,
-                                      layout="bhnd", o_s=o_s)
+                                      layout="bhnd", o_s=o_s, quant=quant)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,9 @@ def _bwd_with(o_s):
             lambda: _fwd(*_qkv(), indices=torch.tensor([2, 0], dtype=torch.int32).expand(B, H, 3, 2)),
             "must be ascending",
         ),
-        (lambda: _bwd_with(torch.empty(0, dtype=torch.bfloat16)), "o_s must be sla2_forward\\(..., quant=True\\)'s"),
+        (lambda: _bwd_with(torch.empty(0, dtype=torch.bfloat16)),
+         "o_s must be sla2_forward\\(..., sparse_out=True\\)'s"),
+        (lambda: _bwd_with(torch.zeros(B, H, N, D, dtype=torch.bfloat16), quant=None), "o_s needs quant=True"),
         (lambda: _bwd_with(torch.zeros(B, H, N, D, dtype=torch.float16)), "got torch.float16"),
         (
             lambda: sla2_kernels.router(*_qkv()[:2], torch.eye(D).expand(H, D, D), torch.eye(D), block_q=64,

@@ -49,14 +49,34 @@ def test_forward_matches_reference(case, path, poisoned, kt):
     sel, alpha = kt.random_selection(B, H, N, bq, bk, topk, seed=N * 7 + D)
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=bq, block_k=bk, quant=False,
                                             layout=layout, config=PATHS[path](bq))
-    assert o_s.numel() == 0  # the sparse output is kept only for the low-bit forward (QAT's dα)
     kt.assert_all_written(poisoned)
     assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (B, H, N) and lse.dtype == torch.float32
+    assert o_s.shape == q.shape and o_s.dtype == q.dtype
     o_ref = ref.sla2_attention(qf, kf, vf, sel.mask, alpha, bq, bk)
-    _, lse_ref = ref.sparse_attention(qf, kf, vf, sel.mask, bq, bk)
+    o_s_ref, lse_ref = ref.sparse_attention(qf, kf, vf, sel.mask, bq, bk)
     err = kt.rel_l1(kt.to_bhnd(o, layout), o_ref)
     assert err <= 1e-2, f"relative L1 {err:.2e}"
+    err_s = kt.rel_l1(kt.to_bhnd(o_s, layout), o_s_ref)  # the sparse output the backward's dq loop reads
+    assert err_s <= 1e-2, f"O_s relative L1 {err_s:.2e}"
     torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sparse_output_only_when_asked(path, poisoned, kt):
+    """sparse_out=False (no backward to come): the same o and lse bit for bit and no O_s buffer; with it, O_s is
+    the sparse branch alone, bit for bit the output of the same call at α = 1."""
+    B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
+    (q, k, v), _ = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
+    sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=31)
+    kw = dict(block_q=bq, block_k=bk, quant=False, layout="bnhd", config=PATHS[path](bq))
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, **kw)
+    kt.assert_all_written(poisoned)
+    o2, lse2, o_s2 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, sparse_out=False, **kw)
+    o1, _, _ = sla2_kernels.sla2_forward(q, k, v, sel.indices, torch.ones_like(alpha), sparse_out=False, **kw)
+    assert o_s.shape == q.shape and o_s2.numel() == 0
+    torch.testing.assert_close(o2, o, rtol=0, atol=0)
+    torch.testing.assert_close(lse2, lse, rtol=0, atol=0)
+    torch.testing.assert_close(o_s, o1, rtol=0, atol=0)
 
 
 def _misaligned(t: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import importlib
 import warnings
 
 import torch
+from sla2_kernels import tuning as kernel_tuning
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import direct
@@ -134,7 +135,7 @@ def run_ops(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
             mass = ref.selected_mass(scores, mask, ref.block_token_counts(n, attn.block_k, q.device))
     alpha = alpha_dtype(attn.alpha(mass))  # the op forces α = 1 when k_sel == nk (reference.effective_alpha)
     return attention(q, k, v, indices, alpha, attn.block_q, attn.block_k, attn.quant, layout,
-                     keeps_sparse_output(attn.quant, alpha))[0]
+                     keeps_sparse_output(attn.quant, alpha, q, k, v))[0]
 
 
 def _router(router, attn, q: torch.Tensor, k: torch.Tensor, k_sel: int, layout: str):
@@ -155,11 +156,16 @@ def router_blocks(attn, q: torch.Tensor, k: torch.Tensor, layout: str = "bnhd") 
     return ref.hard_topk(scores.detach(), k_sel).indices.to(torch.int32)
 
 
-def keeps_sparse_output(quant: bool, alpha: torch.Tensor) -> bool:
-    """Whether the low-bit forward also returns its sparse output O_s^q (the op's sparse_out): only QAT's dα
-    reads it (ops.py), so a call through which no gradient reaches α (evaluation, no_grad, a frozen α) saves
-    the write and the memory of a tensor the size of o."""
-    return quant and torch.is_grad_enabled() and alpha.requires_grad
+def keeps_sparse_output(quant: bool, alpha: torch.Tensor, *inputs: torch.Tensor) -> bool:
+    """Whether the forward also returns its sparse output (the op's sparse_out, a tensor the size of o kept for the
+    backward). Low-bit: O_s^q, which only QAT's dα reads (ops.py), so only where a gradient reaches α. bf16: O_s,
+    from which the CUDA backward knows Δ before its dq loop, where any gradient is to come and
+    sla2_kernels.tuning.BF16_SPARSE_OUTPUT (the measured trade of speed for memory) says so."""
+    if not torch.is_grad_enabled():
+        return False
+    if quant:
+        return alpha.requires_grad
+    return kernel_tuning.BF16_SPARSE_OUTPUT and any(t.requires_grad for t in (alpha, *inputs))
 
 
 def alpha_dtype(alpha: torch.Tensor) -> torch.Tensor:
@@ -176,7 +182,7 @@ def sla2_attention(q, k, v, indices, alpha, *, block_q: int, block_k: int, quant
     check_attention_args(q, k, v, indices, alpha, block_q, block_k, layout)
     alpha = alpha_dtype(alpha)
     return op_path(q)[1](q, k, v, indices, alpha, block_q, block_k, quant, layout,
-                         keeps_sparse_output(quant, alpha))[0]
+                         keeps_sparse_output(quant, alpha, q, k, v))[0]
 
 
 def block_router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layout: str = "bnhd"):

@@ -2,9 +2,10 @@
 
     torch.ops.sla2.router(q, k, proj_q, proj_k, block_q, block_k, topk, layout) -> (scores, indices int32)
     torch.ops.sla2.attention(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True)
-        -> (o, lse [B, H, N], o_s: with quant and sparse_out the low-bit sparse branch's output in o's layout,
-            else empty)
-    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None)
+        -> (o, lse [B, H, N], o_s: with sparse_out the sparse branch's output in o's layout (with quant the
+            low-bit one), else empty)
+    torch.ops.sla2.attention_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None,
+                                      quant=False)
         -> (dq, dk, dv, dalpha [B, H, nq] fp32, or float64 for float64 inputs)
     torch.ops.sla2.soft_topk_lambda(z, k) -> λ float64 [..., 1] with Σ_j σ(z_j + λ) = k (SoftTop-k's threshold;
         no gradient: reference/soft_topk.py differentiates through it by the implicit function theorem)
@@ -20,7 +21,9 @@ Top-k; lse and o_s are auxiliary outputs). With quant=True the forward is the lo
 backward the bf16 one at the original q, k, v using the forward's o and lse (QAT's straight-through estimator,
 docs/method.md: Low-bit sparse branch and QAT), on both devices; dα is the exact derivative of the low-bit
 forward, taken from the O_s^q it mixed in (o_s, kept for the backward: B·H·N·D more numbers in q's dtype per
-call; sparse_out=False skips it where no gradient reaches α, as backend.keeps_sparse_output decides). alpha is
+call; sparse_out=False skips it where no gradient reaches α, as backend.keeps_sparse_output decides). In bf16
+the kept O_s spares the CUDA backward one of its dq loop's four products a step (Δ = α dO·O_s known before the
+loop) for the same memory; the CPU reference computes the same gradients without it. alpha is
 at least fp32 and broadcastable to [B, H, nq]; it is forced to 1 when every key block is selected
 (reference.effective_alpha), and its gradient comes back in its own shape. Beyond q, k, v, o, lse (and o_s with
 quant) the backward needs nothing from the forward: the kernels rebuild the linear branch's state with fp32
@@ -94,8 +97,8 @@ def attention_reference(
     block_q: int, block_k: int, quant: bool, layout: str, sparse_out: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SLA2 with a hard block selection: (o in q's layout and dtype, lse [B, H, N] of the sparse branch, fp32 or
-    float64 for float64 inputs, o_s: with quant and sparse_out the low-bit sparse branch's output like o, else
-    empty)."""
+    float64 for float64 inputs, o_s: with sparse_out the sparse branch's output like o (with quant the low-bit
+    one), else empty)."""
     return indexed.indexed_forward(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out)
 
 
@@ -112,25 +115,26 @@ attention.register_kernel("cuda", attention_kernels)
 @attention.register_fake
 def _attention_fake(q, k, v, indices, alpha, block_q, block_k, quant, layout, sparse_out=True):
     b, h, n, _ = indexed.dims(q, layout)
-    o_s = torch.empty_like(q) if quant and sparse_out else q.new_empty(0)
+    o_s = torch.empty_like(q) if sparse_out else q.new_empty(0)
     return torch.empty_like(q), q.new_empty(b, h, n, dtype=indexed.acc_dtype(q.dtype)), o_s
 
 
 def backward_reference(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     indices: torch.Tensor, alpha: torch.Tensor, block_q: int, block_k: int, layout: str,
-    o_s: torch.Tensor | None = None,
+    o_s: torch.Tensor | None = None, quant: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv in their inputs' layout, contiguous; dalpha [B, H, nq] before its reduction to α's shape).
-    o_s: the low-bit forward's sparse output (QAT), from which dα's sparse term is taken."""
+    o_s: the forward's sparse output; with quant (QAT) dα's sparse term is taken from it. The bf16 O_s is only
+    the kernels' shortcut: the reference's sums need it not."""
     dq, dk, dv, dalpha = ref_backward.reference_backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k,
-                                                         layout, o_s)
+                                                         layout, o_s if quant else None)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dalpha
 
 
-def backward_kernels(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None):
+def backward_kernels(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None, quant=False):
     return sla2_kernels.sla2_backward(do, q, k, v, o, lse, indices, alpha, block_q=block_q, block_k=block_k,
-                                      layout=layout, o_s=o_s)
+                                      layout=layout, o_s=o_s, quant=quant)
 
 
 attention_backward = torch.library.custom_op("sla2::attention_backward", backward_reference, mutates_args=(),
@@ -139,7 +143,7 @@ attention_backward.register_kernel("cuda", backward_kernels)
 
 
 @attention_backward.register_fake
-def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None):
+def _attention_backward_fake(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout, o_s=None, quant=False):
     b, h, n, _ = indexed.dims(q, layout)
     like = dict(memory_format=torch.contiguous_format)
     return (torch.empty_like(q, **like), torch.empty_like(k, **like), torch.empty_like(v, **like),
@@ -163,9 +167,10 @@ def attention_grads(ctx, do, backward):
     if quant and not sparse_out and ctx.needs_input_grad[4]:
         raise RuntimeError("sla2::attention: the gradient of alpha after a low-bit forward needs its sparse output; "
                            "call it with sparse_out=True")
-    # QAT: α mixed the low-bit O_s^q in, so dα's sparse term is dO·O_s^q (docs/method.md, Backward)
+    # QAT: α mixed the low-bit O_s^q in, so dα's sparse term is dO·O_s^q (docs/method.md, Backward); bf16: the
+    # kernels' dq loop knows Δ from O_s
     dq, dk, dv, dalpha = backward(do, q, k, v, o, lse, indices, alpha, block_q, block_k, layout,
-                                  o_s if quant and sparse_out else None)
+                                  o_s if sparse_out else None, quant)
     da = dalpha.sum_to_size(alpha.shape).to(alpha.dtype) if ctx.needs_input_grad[4] else None
     return dq, dk, dv, None, da, None, None, None, None, None
 

@@ -56,8 +56,9 @@ def indexed_router(q, k, proj_q, proj_k, block_q: int, block_k: int, topk: int, 
 def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: bool, layout: str,
                     sparse_out: bool = True):
     """(o in q's dtype and layout, lse [B, H, N] of the sparse branch in at least float32, o_s). quant: the
-    fake-quant low-bit sparse branch (the forward value of QAT); with sparse_out o_s is that branch's output
-    O_s^q in o's dtype and layout, which QAT's dα reads (reference_backward); otherwise o_s is empty."""
+    fake-quant low-bit sparse branch (the forward value of QAT); with sparse_out o_s is the sparse branch's output
+    in o's dtype and layout (with quant O_s^q, which QAT's dα reads: reference_backward), as the kernels return
+    it; otherwise o_s is empty."""
     b, h, n, _ = dims(q, layout)
     nq, nk = num_blocks(n, block_q), num_blocks(n, block_k)
     acc = acc_dtype(q.dtype)
@@ -73,7 +74,7 @@ def indexed_forward(q, k, v, indices, alpha, block_q: int, block_k: int, quant: 
     o = torch.empty_like(q)
     o.copy_(bhnd(alpha_mix(o_s, o_l, a, block_q), layout))
     o_s_out = q.new_empty(0)
-    if quant and sparse_out:
+    if sparse_out:
         o_s_out = torch.empty_like(q)
         o_s_out.copy_(bhnd(o_s, layout))
     return o, lse.to(acc).contiguous(), o_s_out
