@@ -212,6 +212,8 @@ class Bench(BenchBase):
     # (warps, stages, rows, tma): 64-row programs at 4 warps fit two to an SM (pointer kernel: 201 registers; TMA
     # kernel: 154, its Q and dO tiles stay in shared memory)
     DQ_CANDIDATES = ((4, 2, 64, True), (4, 3, 64, True), (8, 2, 0, True), (4, 1, 64, True), (4, 2, 64, False))
+    # with Δ known (170 registers at 4 warps, sm_90a compile): 128-row programs at 4 warps, 8 warps at 3 stages
+    DQ_OS_CANDIDATES = ((4, 2, 0, True), (8, 3, 0, True))
     # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
     DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
     # (rows, cols, warps, stages) of the linear kernel (H100, 2026-11-27, with a bf16 H_I: 155–229 registers,
@@ -230,11 +232,13 @@ class Bench(BenchBase):
         _, idx = sk.router(q, k, eye, eye, topk=topk_count(nk, sparsity), block_q=BLOCK_Q, block_k=BLOCK_K,
                            layout="bhnd")
         alpha = 0.2 + 0.6 * torch.rand(1, H, nq, device="cuda", generator=gen)
-        o, lse, _ = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
+        o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha, quant=False, block_q=BLOCK_Q, block_k=BLOCK_K,
+                                      layout="bhnd")
         lin = self.backward_state(k, v, idx)
         best = {}
+        # dq_os: the dq kernel with Δ from the kept O_s (one accumulator less: more programs an SM may fit)
         for kind, cands in (("linear", self.LINEAR_CANDIDATES), ("dq", self.DQ_CANDIDATES),
-                            ("dkdv", self.DKDV_CANDIDATES)):
+                            ("dq_os", self.DQ_CANDIDATES + self.DQ_OS_CANDIDATES), ("dkdv", self.DKDV_CANDIDATES)):
             for cand in cands:
                 if self.left() < 60:
                     break
@@ -244,10 +248,10 @@ class Bench(BenchBase):
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     self.bwd.run_dq_sparse(p)  # the linear kernel reads its Ds and adds into its dQ
                     fn = lambda p=p: self.bwd.run_linear(p)  # noqa: E731
-                elif kind == "dq":
+                elif kind in ("dq", "dq_os"):
                     w, stg, rows, tma = cand
                     c = C(w, stg, 8, 2, dq_rows=rows, dq_tma=tma)
-                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
+                    p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c, o_s=o_s if kind == "dq_os" else None)
                     fn = lambda p=p: self.bwd.run_dq_sparse(p)  # noqa: E731
                 else:
                     w, stg, qs, tma = cand
@@ -256,7 +260,7 @@ class Bench(BenchBase):
                     self.bwd.run_dq(p)
                     fn = lambda p=p: self.bwd.run_dkdv(p)  # noqa: E731
                 t = self.safe(f"sweep {kind} {cand}", lambda: self.time_ms(fn))
-                ck = self.launch.LAST_COMPILED.get(kind)
+                ck = self.launch.LAST_COMPILED.get("dq" if kind == "dq_os" else kind)
                 res = dict(kind=kind, cand=cand, ms=t)
                 if ck is not None:
                     res["regs_spills_smem"] = (int(ck.n_regs), int(ck.n_spills), int(ck.metadata.shared))
@@ -272,7 +276,7 @@ class Bench(BenchBase):
         self.bwd_cfg = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)
-        del q, k, v, do, o, lse, st
+        del q, k, v, do, o, lse, o_s
         torch.cuda.empty_cache()
         self.save()
 
