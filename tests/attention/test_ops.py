@@ -105,12 +105,27 @@ def test_opcheck(quant):
     torch.library.opcheck(torch.ops.sla2.attention_backward.default, args)
 
 
+def sparse_out_calls():
+    """A dispatch mode recording the sparse_out argument of each sla2::attention call (in .seen)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SparseOut(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "sla2" and func._opname == "attention":
+                self.seen.append(args[9] if len(args) > 9 else True)  # the dispatcher drops a default argument
+            return func(*args, **(kwargs or {}))
+
+    return SparseOut()
+
+
 def test_sparse_output_is_kept_only_where_alpha_gets_a_gradient():
     """The low-bit forward returns its O_s^q (a tensor the size of o, for QAT's dα) only where a gradient can
     reach α: o is the same without it, a backward that needs dα without it is refused, and SLA2Attention asks
     for it in training but not under no_grad or with a frozen α."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
     q, k, v = qkv(b, h, n, d, "bhnd", requires_grad=True)
     idx = selection(b, h, n, bq, bk, 3).indices.int()
@@ -124,21 +139,9 @@ def test_sparse_output_is_kept_only_where_alpha_gets_a_gradient():
     o_frozen = torch.ops.sla2.attention(q, k, v, idx, alpha.detach(), bq, bk, True, "bhnd", False)[0]
     torch.autograd.grad(o_frozen.sum(), q)  # q, k, v need no O_s^q
 
-    class SparseOut(TorchDispatchMode):
-        """The sparse_out argument of each sla2::attention call."""
-
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "sla2" and func._opname == "attention":
-                self.seen.append(args[9] if len(args) > 9 else True)  # the dispatcher drops a default argument
-            return func(*args, **(kwargs or {}))
-
     attn = SLA2Attention(h, d, sparsity=0.5, block_q=bq, block_k=bk, quant=True).double()
     x = [t.detach().transpose(1, 2) for t in (q, k, v)]
-    with SparseOut() as calls:
+    with sparse_out_calls() as calls:
         attn(*x)
         with torch.no_grad():
             attn(*x)
@@ -151,26 +154,14 @@ def test_sparse_output_is_kept_only_where_alpha_gets_a_gradient():
 def test_bf16_sparse_output_follows_its_tuning_switch(keep, monkeypatch):
     """In bf16, SLA2Attention asks for O_s (the op's sparse_out) exactly where tuning.BF16_SPARSE_OUTPUT is on and a
     backward will run (any gradient: q, k, v or α), never under no_grad; the backward runs either way."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from sla2_kernels import tuning
 
     monkeypatch.setattr(tuning, "BF16_SPARSE_OUTPUT", keep)
     b, h, n, d, bq, bk = 1, 2, 45, 8, 16, 8
 
-    class SparseOut(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "sla2" and func._opname == "attention":
-                self.seen.append(args[9] if len(args) > 9 else True)
-            return func(*args, **(kwargs or {}))
-
     attn = SLA2Attention(h, d, sparsity=0.5, block_q=bq, block_k=bk, quant=False).double()
     q, k, v = qkv(b, h, n, d, "bnhd", requires_grad=True)
-    with SparseOut() as calls:
+    with sparse_out_calls() as calls:
         o = attn(q, k, v)
         with torch.no_grad():
             attn(q, k, v)
