@@ -42,7 +42,8 @@ def main():
         _, idx = sk.router(q, k, eye, eye, topk=topk, kv_state=st, **kw)
         lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
         o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha, quant=args.quant, kv_state=st, lin_state=lin, **kw)
-        return sk.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if args.quant else None, quant=args.quant, **kw)
+        return sk.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if args.quant else None, quant=args.quant,
+                                **kw)
 
     step()
     torch.cuda.synchronize()

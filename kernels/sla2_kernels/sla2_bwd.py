@@ -15,9 +15,10 @@ divides by α (α → 0 is reachable through the sigmoid):
 Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS = P ⊙ (dP − Δ),
   dQ += dS K/√D, dK += dSᵀ Q/√D, dV += α Pᵀ dO.
   Where the bf16 forward stored O_s, Δ = α dO·O_s is known before the dq loop, which sums dS K and Ds (three
-  products a step; Ds for dα stays the loop's exact sum). Otherwise (O_s not kept; QAT, whose O_s^q is not P V) Δ is known only after the dq loop, so
-  the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring c = α dO·O (bf16 O: close to Δ), and dS K = that
-  sum + (c − Δ) P K (bwd_math.dq_step). The dk/dv kernel runs later and reads Δ = α Ds directly.
+  products a step; Ds for dα stays the loop's exact sum). Otherwise (O_s not kept; QAT, whose O_s^q is not P V)
+  Δ is known only after the dq loop, so the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring
+  c = α dO·O (bf16 O: close to Δ), and dS K = that sum + (c − Δ) P K (bwd_math.dq_step). The dk/dv kernel runs
+  later and reads Δ = α Ds directly.
 Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select; H_I summed in
 fp32 and centred to H̃_I = H_I − Z_I v̄ᵀ before its bf16 rounding, bwd_math.centred_state):
   dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i = (g_i H̃_Iᵀ − (g_i·Õ_l,i) Z_I) / den_i
