@@ -43,8 +43,8 @@ class Bench(BenchBase):
     def __init__(self, args):
         super().__init__(args, configs=[], precompute_configs=[])
         self.fwd_mod, self.launch, self.routing = _kernel_modules()
-        # the forward as inference runs it: no gradient reaches α, so the low-bit kernel keeps no O_s^q
-        # (what SLA2Attention asks for under no_grad; the bf16 kernel never keeps one)
+        # the forward as inference runs it: no backward to come, so neither kernel keeps its sparse output
+        # (what SLA2Attention asks for under no_grad)
         self.forward = partial(self.sk.sla2_forward, sparse_out=False)
         self.pre_cfg = None  # PrecomputeConfig, and forward configurations by quant: the sweep's picks (None: defaults)
         self.fwd_cfg: dict = {}
