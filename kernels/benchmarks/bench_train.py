@@ -8,7 +8,8 @@ forward+backward with a BlockMask of exactly the SLA2 selection (equal density; 
 SLA2 bf16 and QAT (low-bit forward, bf16 backward) through the training path, the custom op sla2::attention with
 the package's default configurations (sla2_kernels/tuning.py): forward (router + precompute + main kernel),
 forward+backward (the same plus the backward), forward+backward as a CUDA graph, and its peak memory (allocated
-above the inputs) against SDPA's; then the backward alone and its parts (the K/V pass it recomputes, the CSR
+above the inputs) against SDPA's; bf16 both with and without O_s kept for the backward (tuning.BF16_SPARSE_OUTPUT's
+two choices: keys `_os` / `_no_os` for the one that is not the default, and the dq kernel alone both ways); then the backward alone and its parts (the K/V pass it recomputes, the CSR
 key-block lists, its fp32 linear state, the dq kernel, the linear kernel, the dk/dv kernel). FLOPs, both
 conventions (docs/method.md, FLOP conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward
 (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N² replaced by N·topk·b_k (the blocks
