@@ -69,7 +69,13 @@ class BwdProblem:
 
     @property
     def delta_known(self) -> bool:
+        """The bf16 O_s: the dq kernel takes Δ = α dO·O_s before its loop."""
         return self.o_s is not None and not self.quant
+
+    @property
+    def dalpha_from_os(self) -> bool:
+        """QAT's O_s^q: the linear kernel takes dα's sparse term from it (the bf16 O_s leaves it to Ds)."""
+        return self.o_s is not None and self.quant
 
 
 def prepare(do, q, k, v, o, lse, indices, alpha, *, block_q, block_k, layout, h_i, z_i, keep=None, o_s=None,
@@ -161,8 +167,7 @@ def run_linear(p: BwdProblem) -> None:
             raise ValueError(f"sla2_kernels: BwdConfig.{name}={value} must be a power of two ≥ 16")
     # ψ per query row, pass 1 to pass 2 of the linear kernel (freed with it; below the dk/dv step's peak)
     psi = launch.empty(bh, nq * p.block_q, d, device=dev, dtype=torch.bfloat16)
-    from_os = p.o_s is not None and p.quant  # QAT; the bf16 O_s gave the dq kernel's Ds, which it reads instead
-    o_s = p.o_s if from_os else p.o  # without O_s^q the kernel does not read it
+    o_s = p.o_s if p.dalpha_from_os else p.o  # without O_s^q the kernel does not read it
     launch.run(
         "linear", sla2_bwd_linear_kernel, (nq, bh),
         p.q, p.do, p.dq, o_s,
@@ -172,7 +177,7 @@ def run_linear(p: BwdProblem) -> None:
         *bhn_strides(o_s, p.layout),
         sa[0], sa[1], sa[2],
         n, heads, nq,
-        BQ=p.block_q, D=d, RS=rs, DC=dc, DALPHA_FROM_OS=from_os, INTERPRET=launch.interpreting(),
+        BQ=p.block_q, D=d, RS=rs, DC=dc, DALPHA_FROM_OS=p.dalpha_from_os, INTERPRET=launch.interpreting(),
         num_warps=p.cfg.linear_warps, num_stages=p.cfg.linear_stages,
     )
 

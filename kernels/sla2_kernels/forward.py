@@ -147,8 +147,8 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
     h_i, z_i = lin_state if linear else (alpha3, alpha3)  # never read without the linear branch
     o = launch.empty_like(q)
     # o_s has o's strides (both empty_like(q)): the pointer kernels address them with one set
-    store_os = sparse_out
-    o_s = launch.empty_like(q) if store_os else q.new_empty(0)
+    o_s = launch.empty_like(q) if sparse_out else q.new_empty(0)
+    os_arg = o_s if sparse_out else o  # the kernels' O_s argument: not written without STORE_OS
     so = dims(o, layout)[1]
     lse = launch.empty(B, H, N, device=q.device, dtype=torch.float32)
     s = kv_state
@@ -176,6 +176,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         # pieces and H_I rows, otherwise never read (q_desc stands in; no H_I placeholder to fill).
         q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
         q_desc, o_desc = descriptor(q4, rows), descriptor(o4, rows)
+        os_desc = descriptor(bhnd_view(o_s, layout), rows) if sparse_out else o_desc
         in_epilogue = linear and not cfg.linear_pass
         epilogue = ((descriptor(q4, rows, D // EPI_CHUNKS), descriptor(h_i.view(BH * nq, D, D), D // EPI_CHUNKS))
                     if in_epilogue else (q_desc, q_desc))
@@ -185,25 +186,24 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         tma_kw = dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, LINEAR_PASS=cfg.linear_pass)
     if quant and cfg.tma:
         name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
-        args = (q_desc, o_desc, descriptor(bhnd_view(o_s, layout), rows) if store_os else o_desc, *epilogue,
+        args = (q_desc, o_desc, os_desc, *epilogue,
                 descriptor(q8, rows), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
                 idx, alpha3, lse, z_i, sq, s.sk, s.sv, *alpha3.stride(), N, H, nq, nk, topk, scale)
-        make = lambda c: (args, dict(STORE_OS=store_os, **tma_kw, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(STORE_OS=sparse_out, **tma_kw, **common(c)))  # noqa: E731
     elif quant:
         name, kernel = "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel
-        args = (q, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
+        args = (q, idx, alpha3, o, os_arg, lse, h_i, z_i, s.k8, s.sk, s.v8t, s.sv, s.kmean,
                 *strides["q"], *so, *alpha3.stride(), N, H, nq, nk, topk, scale)
-        make = lambda c: (args, dict(EXACT_MAX=c.exact_max, STORE_OS=store_os, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(EXACT_MAX=c.exact_max, STORE_OS=sparse_out, **common(c)))  # noqa: E731
     elif cfg.tma:
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
-        args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc,
-                descriptor(bhnd_view(o_s, layout), rows) if store_os else o_desc, *epilogue,
+        args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc, os_desc, *epilogue,
                 idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale)
-        make = lambda c: (args, dict(STORE_OS=store_os, **tma_kw, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(STORE_OS=sparse_out, **tma_kw, **common(c)))  # noqa: E731
     else:
         name, kernel = "sla2_fwd", sla2_fwd_kernel
-        args = (q, k, v, idx, alpha3, o, o_s if store_os else o, lse, h_i, z_i,
+        args = (q, k, v, idx, alpha3, o, os_arg, lse, h_i, z_i,
                 *strides["q"], *strides["k"], *strides["v"], *so, *alpha3.stride(), N, H, nq, topk, scale)
-        make = lambda c: (args, dict(STORE_OS=store_os, **common(c)))  # noqa: E731
+        make = lambda c: (args, dict(STORE_OS=sparse_out, **common(c)))  # noqa: E731
     launch.with_fallback(name, kernel, (nq * (bq // rows), BH), (bq, bk, D, q.dtype, linear), cfg, make)
     return o, lse, o_s

@@ -64,8 +64,8 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
 
 
 # query_pass_kernel (before the TMA forward kernels; one query block a program): warps. At 8 warps up to 127
-# registers a thread, no spills; at 4, 255 and 0.5 KB of stack with the linear branch (sm_90a compile). Its predecessor, the same quantisation of Q by pointer
-# loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a
+# registers a thread, no spills; at 4, 255 and 0.5 KB of stack with the linear branch (sm_90a compile). Its
+# predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a
 # 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
 QUERY_PASS_WARPS = 8
 
@@ -100,8 +100,9 @@ class BwdConfig:
 
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):
 # the dq loop then knows Δ = α dO·O_s before it starts and takes three products a step instead of four (P K and
-# the row sums of P ⊙ dP go), for one more tensor the size of o kept per call (100 MB at the Wan-1.3B shape) and
-# its write in the forward. Off until timed on a GPU: `bench_train.py` times the op's fwd+bwd both ways.
+# its fp32 accumulator go; the row sums of P ⊙ dP stay, dα's exact Ds), for one more tensor the size of o kept per
+# call (100 MB at the Wan-1.3B shape) and its write in the forward. Off until timed on a GPU: `bench_train.py`
+# times the op's fwd+bwd both ways.
 BF16_SPARSE_OUTPUT = False
 
 
