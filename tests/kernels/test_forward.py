@@ -61,14 +61,16 @@ def test_forward_matches_reference(case, path, poisoned, kt):
     torch.testing.assert_close(lse, lse_ref, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
 @pytest.mark.parametrize("path", PATHS)
-def test_sparse_output_only_when_asked(path, poisoned, kt):
-    """sparse_out=False (no backward to come): the same o and lse bit for bit and no O_s buffer; with it, O_s is
-    the sparse branch alone, bit for bit the output of the same call at α = 1."""
+def test_sparse_output_only_when_asked(path, quant, poisoned, kt):
+    """sparse_out=False (no backward to come, or in low bit none through α): the same o and lse bit for bit and no
+    O_s buffer; with it, O_s (low bit: O_s^q) is the sparse branch alone, bit for bit the output of the same call
+    at α = 1, and every buffer the kernels allocate is written."""
     B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
     (q, k, v), _ = kt.make_qkv(B, H, N, D, torch.bfloat16, "bnhd")
     sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=31)
-    kw = dict(block_q=bq, block_k=bk, quant=False, layout="bnhd", config=PATHS[path](bq))
+    kw = dict(block_q=bq, block_k=bk, quant=quant, layout="bnhd", config=PATHS[path](bq))
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, **kw)
     kt.assert_all_written(poisoned)
     o2, lse2, o_s2 = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, sparse_out=False, **kw)
