@@ -7,7 +7,8 @@ Per shape: SDPA cuDNN and SDPA flash (dense); per sparsity: FlexAttention with a
 SLA2 selection (equal density; BlockMask built once, flex compiled once per shape with fixed shapes), and
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
 scores, torch Top-k), main kernel (bf16 and low-bit, with the pass over Q where the configuration runs one; the
-pass also timed alone), main kernel without the linear branch (the sparse part alone), and the whole forward (eager and as a CUDA graph); and dense
+pass also timed alone), main kernel without the linear branch (the sparse part alone), and the whole forward
+(eager and as a CUDA graph); and dense
 cuDNN attention of every query against topk·b_k keys, the sparse part's work in a dense kernel. Both FLOP
 conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
 4·B·H·N·(topk·b_k)·D / time (the blocks computed).

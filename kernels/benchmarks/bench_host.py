@@ -103,6 +103,7 @@ def main():
     if args.skip_launches:  # the GPU's host path, not the interpreter's (sla2_kernels would choose it without CUDA)
         os.environ["TRITON_INTERPRET"] = "0"
     sk = import_kernels()
+    from sla2_kernels import tuning
     from sla2_train.attention import SLA2Attention, backend, direct
 
     counts = skip_launches(torch) if args.skip_launches else None
@@ -142,10 +143,13 @@ def main():
         row["op_router"] = ms(lambda: torch.ops.sla2.router(qd, kd, pq, pk, BLOCK_Q, BLOCK_K, topk, "bnhd"))
         row["kernels_router"] = ms(lambda: sk.router(qd, kd, pq, pk, block_q=BLOCK_Q, block_k=BLOCK_K, topk=topk,
                                                      layout="bnhd"))
+        # the sparse output as training keeps it by default: O_s^q in QAT, none in bf16 (tuning.BF16_SPARSE_OUTPUT)
+        keep = quant or tuning.BF16_SPARSE_OUTPUT
         row["op_attention"] = ms(lambda: torch.ops.sla2.attention(qd, kd, vd, idx, alpha, BLOCK_Q, BLOCK_K, quant,
-                                                                  "bnhd"))
+                                                                  "bnhd", keep))
         row["kernels_forward"] = ms(lambda: sk.sla2_forward(qd, kd, vd, idx, alpha, block_q=BLOCK_Q,
-                                                            block_k=BLOCK_K, quant=quant, layout="bnhd"))
+                                                            block_k=BLOCK_K, quant=quant, layout="bnhd",
+                                                            sparse_out=keep))
         if counts is not None:
             counts.clear()
             call()

@@ -8,8 +8,9 @@ forward+backward with a BlockMask of exactly the SLA2 selection (equal density; 
 SLA2 bf16 and QAT (low-bit forward, bf16 backward) through the training path, the custom op sla2::attention with
 the package's default configurations (sla2_kernels/tuning.py): forward (router + precompute + main kernel),
 forward+backward (the same plus the backward), forward+backward as a CUDA graph, and its peak memory (allocated
-above the inputs) against SDPA's; bf16 both with and without O_s kept for the backward (tuning.BF16_SPARSE_OUTPUT's
-two choices: keys `_os` / `_no_os` for the one that is not the default, and the dq kernel alone both ways); then the backward alone and its parts (the K/V pass it recomputes, the CSR
+above the inputs) against SDPA's; bf16 both with and without O_s kept for the backward (the two choices of
+tuning.BF16_SPARSE_OUTPUT: keys `_os` / `_no_os` for the one that is not the default, and the dq kernel alone both
+ways); then the backward alone and its parts (the K/V pass it recomputes, the CSR
 key-block lists, its fp32 linear state, the dq kernel, the linear kernel, the dk/dv kernel). FLOPs, both
 conventions (docs/method.md, FLOP conventions): dense-equivalent 14·B·H·N²·D / time for forward+backward
 (4 forward, 10 backward: 2 + 2.5 × 4) and actual = the same with N² replaced by N·topk·b_k (the blocks
@@ -53,9 +54,9 @@ class Bench(BenchBase):
 
     def __init__(self, args):
         super().__init__(args, sweep=[], wan=[])
-        from sla2_kernels import backward, forward, launch, selection
+        from sla2_kernels import backward, forward, launch, selection, tuning
 
-        self.bwd, self.fwd, self.launch, self.selection = backward, forward, launch, selection
+        self.bwd, self.fwd, self.launch, self.selection, self.tuning = backward, forward, launch, selection, tuning
         self.bwd_cfg = None  # the sweep's BwdConfig (None: the package's default)
 
     # ------------------------------------------------------------------ helpers
@@ -135,7 +136,7 @@ class Bench(BenchBase):
             T = {}
             # bf16 as SLA2Attention runs it now (tuning.BF16_SPARSE_OUTPUT), bf16 with the other choice (tag _os:
             # O_s kept, the dq loop's Δ from it; _no_os: not kept), QAT (O_s^q kept for dα)
-            keep = sk.tuning.BF16_SPARSE_OUTPUT
+            keep = self.tuning.BF16_SPARSE_OUTPUT
             for quant, tag, sparse_out in ((False, "", keep), (False, "_no_os" if keep else "_os", not keep),
                                            (True, "_qat", True)):
                 def fwd(quant=quant, sparse_out=sparse_out):

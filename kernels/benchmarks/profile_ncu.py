@@ -27,6 +27,7 @@ def main():
     import torch
 
     sk = import_kernels()
+    from sla2_kernels import tuning
 
     B, H, N, D = SHAPES[args.shape]
     gen = torch.Generator(device="cuda").manual_seed(7)
@@ -41,9 +42,11 @@ def main():
         st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=args.quant)
         _, idx = sk.router(q, k, eye, eye, topk=topk, kv_state=st, **kw)
         lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
-        o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha, quant=args.quant, kv_state=st, lin_state=lin, **kw)
-        return sk.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if args.quant else None, quant=args.quant,
-                                **kw)
+        # the sparse output as training keeps it by default: O_s^q in QAT, none in bf16 (tuning.BF16_SPARSE_OUTPUT)
+        keep = args.quant or tuning.BF16_SPARSE_OUTPUT
+        o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha, quant=args.quant, kv_state=st, lin_state=lin,
+                                      sparse_out=keep, **kw)
+        return sk.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if keep else None, quant=args.quant, **kw)
 
     step()
     torch.cuda.synchronize()
