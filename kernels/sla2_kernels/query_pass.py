@@ -12,8 +12,8 @@ sat in registers through the loop and a 4-warp program spilled); the pointer low
 by the same int8_block, so both multiply the same Q̂.
 LINEAR (FwdConfig.linear_pass): in the main kernel's epilogue, φQ·H_I reads Q and H_I again in every program's
 tail, after its loop, with nothing to hide the loads: at Wan-1.3B, 97%, that epilogue cost about 0.10 ms against
-0.05 for its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once; whether that is faster is for a GPU run
-to show (bench.py times both), so the epilogue stays the default.
+0.05 for its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once; whether that is faster is for a
+GPU run to show (bench.py times both), so the epilogue stays the default.
 Registers (sm_90a compile, Triton 3.9 on a CPU): 8 warps 96 (QUANT), 125 (LINEAR), 127 (both), no spills;
 4 warps 252 (QUANT), 255 with 472–512 bytes of stack (LINEAR).
 """
