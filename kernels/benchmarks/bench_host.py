@@ -143,8 +143,7 @@ def main():
         row["op_router"] = ms(lambda: torch.ops.sla2.router(qd, kd, pq, pk, BLOCK_Q, BLOCK_K, topk, "bnhd"))
         row["kernels_router"] = ms(lambda: sk.router(qd, kd, pq, pk, block_q=BLOCK_Q, block_k=BLOCK_K, topk=topk,
                                                      layout="bnhd"))
-        # the sparse output as training keeps it by default: O_s^q in QAT, none in bf16 (tuning.BF16_SPARSE_OUTPUT)
-        keep = quant or tuning.BF16_SPARSE_OUTPUT
+        keep = tuning.training_keeps_sparse_output(quant)  # the forward as a training step runs it
         row["op_attention"] = ms(lambda: torch.ops.sla2.attention(qd, kd, vd, idx, alpha, BLOCK_Q, BLOCK_K, quant,
                                                                   "bnhd", keep))
         row["kernels_forward"] = ms(lambda: sk.sla2_forward(qd, kd, vd, idx, alpha, block_q=BLOCK_Q,

@@ -136,7 +136,7 @@ class Bench(BenchBase):
             T = {}
             # bf16 as SLA2Attention runs it now (tuning.BF16_SPARSE_OUTPUT), bf16 with the other choice (tag _os:
             # O_s kept, the dq loop's Δ from it; _no_os: not kept), QAT (O_s^q kept for dα)
-            keep = self.tuning.BF16_SPARSE_OUTPUT
+            keep = self.tuning.training_keeps_sparse_output(False)
             for quant, tag, sparse_out in ((False, "", keep), (False, "_no_os" if keep else "_os", not keep),
                                            (True, "_qat", True)):
                 def fwd(quant=quant, sparse_out=sparse_out):

@@ -42,8 +42,7 @@ def main():
         st = sk.precompute(k, v, block_k=BLOCK_K, layout="bhnd", quant=args.quant)
         _, idx = sk.router(q, k, eye, eye, topk=topk, kv_state=st, **kw)
         lin = sk.linear_state(idx, st, block_q=BLOCK_Q)
-        # the sparse output as training keeps it by default: O_s^q in QAT, none in bf16 (tuning.BF16_SPARSE_OUTPUT)
-        keep = args.quant or tuning.BF16_SPARSE_OUTPUT
+        keep = tuning.training_keeps_sparse_output(args.quant)  # the forward as a training step runs it
         o, lse, o_s = sk.sla2_forward(q, k, v, idx, alpha, quant=args.quant, kv_state=st, lin_state=lin,
                                       sparse_out=keep, **kw)
         return sk.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if keep else None, quant=args.quant, **kw)

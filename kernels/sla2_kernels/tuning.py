@@ -65,8 +65,9 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
 
 # query_pass_kernel (before the TMA forward kernels; one query block a program): warps. At 8 warps up to 127
 # registers a thread, no spills; at 4, 255 and 0.5 KB of stack with the linear branch (sm_90a compile). Its
-# predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a
-# 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
+# predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against
+# 0.0777 at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times
+# both).
 QUERY_PASS_WARPS = 8
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc
@@ -104,6 +105,13 @@ class BwdConfig:
 # call (100 MB at the Wan-1.3B shape) and its write in the forward. Off until timed on a GPU: `bench_train.py`
 # times the op's fwd+bwd both ways.
 BF16_SPARSE_OUTPUT = False
+
+
+def training_keeps_sparse_output(quant: bool) -> bool:
+    """Whether a forward whose gradients are all to come keeps its sparse output for the backward: QAT's O_s^q
+    always (dα reads it), bf16's O_s per BF16_SPARSE_OUTPUT. SLA2Attention narrows it to the gradients actually
+    asked for (backend.keeps_sparse_output); the benchmarks time the training forward with it."""
+    return quant or BF16_SPARSE_OUTPUT
 
 
 def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
