@@ -8,10 +8,9 @@ SLA2 selection (equal density; BlockMask built once, flex compiled once per shap
 SLA2's parts timed separately and together: precompute (one pass over K, V), router (pooling, projections,
 scores, torch Top-k), main kernel (bf16 and low-bit, with the pass over Q where the configuration runs one; the
 pass also timed alone), main kernel without the linear branch (the sparse part alone), and the whole forward
-(eager and as a CUDA graph); and dense
-cuDNN attention of every query against topk·b_k keys, the sparse part's work in a dense kernel. Both FLOP
-conventions (docs/method.md, FLOP conventions): dense-equivalent 4·B·H·N²·D / time, and actual =
-4·B·H·N·(topk·b_k)·D / time (the blocks computed).
+(eager and as a CUDA graph); and dense cuDNN attention of every query against topk·b_k keys, the sparse part's
+work in a dense kernel. Both FLOP conventions (docs/method.md, FLOP conventions): dense-equivalent
+4·B·H·N²·D / time, and actual = 4·B·H·N·(topk·b_k)·D / time (the blocks computed).
 --sweep times main-kernel and precompute configurations (warps, stages, TMA; the warps of the low-bit
 quantisation passes) at the first shape and the last sparsity, then times the rows with the fastest (passed as
 `config=`; the package's defaults are in sla2_kernels/tuning.py).
