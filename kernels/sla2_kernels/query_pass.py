@@ -12,10 +12,11 @@ sat in registers through the loop and a 4-warp program spilled); the pointer low
 by the same int8_block, so both multiply the same Q̂.
 LINEAR (FwdConfig.linear_pass): in the main kernel's epilogue, φQ·H_I reads Q and H_I again in every program's
 tail, after its loop, with nothing to hide the loads: at Wan-1.3B, 97%, that epilogue cost about 0.10 ms against
-0.05 for its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once; whether that is faster is for a
-GPU run to show (bench.py times both), so the epilogue stays the default.
-Registers (sm_90a compile, Triton 3.9 on a CPU): 8 warps 96 (QUANT), 125 (LINEAR), 127 (both), no spills;
-4 warps 252 (QUANT), 255 with 472–512 bytes of stack (LINEAR).
+0.05 for its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once, but the pass with the linear
+branch takes 0.139 ms and the main kernel then reads O_l back: slower than the epilogue (H100, 2026-12-07), which
+stays the default; bench.py times both.
+Registers (sm_90a compile with the GPU's Triton 3.6): 8 warps 80 (QUANT), 127 (LINEAR), 164 (both), no spills;
+4 warps 168 (QUANT), 255 with ~0.5 KB of stack (LINEAR).
 """
 
 import triton
@@ -42,13 +43,15 @@ def query_pass_kernel(
     offs_d = tl.arange(0, D)
     q = q_desc.load([b, h, i * BQ, 0]).reshape(BQ, D)  # rows past N arrive as zeros
     if QUANT:
+        # The shift before the quantiser: after it, its fp32 copy of Q stays live through int8_block and the pass
+        # takes 150 registers a thread at 8 warps (one program an SM) where this order takes 80 (three).
         qf = q.to(tl.float32)
-        q8, s_q = int8_block(qf)
-        q8_desc.store([bh, i * BQ, 0], q8.reshape(1, BQ, D))
-        tl.store(SQ + bh64 * NQ + i, s_q)
         shift = tl.sum(qf * tl.load(KMEAN + bh64 * D + offs_d)[None, :], axis=1) * sm_scale
         rows = i * BQ + tl.arange(0, BQ)
         tl.store(LSE + bh64 * N + rows, shift, mask=rows < N)
+        q8, s_q = int8_block(qf)
+        q8_desc.store([bh, i * BQ, 0], q8.reshape(1, BQ, D))
+        tl.store(SQ + bh64 * NQ + i, s_q)
     if LINEAR:
         blk = bh * NQ + i
         h_i = h_desc.load([blk, 0, 0]).reshape(D, D)
