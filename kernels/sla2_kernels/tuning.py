@@ -31,8 +31,9 @@ class FwdConfig:
     rows: int = 0
     # TMA kernels (the pointer kernels ignore it): True, the linear branch's O_l from the pass over Q before the main
     # kernel (query_pass.py), which then only mixes it in; False, computed in the main kernel's epilogue
-    # (tma_linear_mix, Q and H_I read in every program's tail). False stays the default until the pass is timed on
-    # a GPU (bench.py times the other variant beside its rows).
+    # (tma_linear_mix, Q and H_I read in every program's tail). The epilogue is faster: H100, 2026-12-07, Wan-1.3B at
+    # 97%, main kernel 0.617 against 0.669 ms with the pass (bf16), 0.633 against 0.704 (low bit); the pass with the
+    # linear branch alone 0.139 ms (bench.py times the other variant beside its rows).
     linear_pass: bool = False
 
     def __post_init__(self):
@@ -63,11 +64,12 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
     return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
 
-# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. At 8 warps up to 127
-# registers a thread, no spills; at 4, 255 and 0.5 KB of stack with the linear branch (sm_90a compile). Its
-# predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against
-# 0.0777 at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times
-# both).
+# query_pass_kernel (before the TMA forward kernels; one query block a program): warps. sm_90a compile with the
+# GPU's Triton 3.6: Q̂ alone (the low-bit default) 80 registers a thread at 8 warps, three programs an SM; with the
+# linear branch 127 (bf16) or 164 (low bit), no spills; at 4 warps 168, or 255 and 0.5 KB of stack with the linear
+# branch. Its predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8
+# warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501
+# (`bench.py --sweep` times both).
 QUERY_PASS_WARPS = 8
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc
@@ -102,8 +104,10 @@ class BwdConfig:
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):
 # the dq loop then knows Δ = α dO·O_s before it starts and takes three products a step instead of four (P K and
 # its fp32 accumulator go; the row sums of P ⊙ dP stay, dα's exact Ds), for one more tensor the size of o kept per
-# call (100 MB at the Wan-1.3B shape) and its write in the forward. Off until timed on a GPU: `bench_train.py`
-# times the op's fwd+bwd both ways.
+# call (100 MB at the Wan-1.3B shape) and its write in the forward. Off: the write costs the forward more than the
+# backward gains. H100, 2026-12-07, Wan-1.3B at 97% (`bench_train.py`, which times the op both ways): fwd+bwd 3.829
+# against 3.786 ms; forward 1.077 against 1.002 (storing O_s, the bf16 TMA kernel spills 56 registers a thread),
+# backward 2.767 against 2.834 (dq kernel 0.686 against 0.703); peak 779 against 588 MB.
 BF16_SPARSE_OUTPUT = False
 
 
@@ -140,7 +144,8 @@ class PrecomputeConfig:
     # with 16 blocks a program
     num_warps: int = 4
     num_stages: int = 2
-    # h_j (32 KB a key block at D = 128) stored by TMA from shared memory rather than by each thread's stores
+    # h_j (32 KB a key block at D = 128) stored by TMA from shared memory rather than by each thread's stores. Not
+    # faster: H100, 2026-12-07, Wan-1.3B, precompute 0.209 against 0.203 ms, with quantisation 0.350 against 0.355.
     tma_store: bool = False
     # quantize_kv_kernel (low bit): one key block a program. H200, 2026-12-05, at the Wan-1.3B shape: precompute
     # with quantisation (bench.py --sweep) 2 / 4 / 8 warps 0.427 / 0.357 / 0.349 ms; the pass alone (do_bench,
