@@ -124,6 +124,20 @@ def test_a_plain_run_prints_none_of_the_warnings_we_cause(tmp_path):
     assert [p.name for p in (tmp_path / "outputs").glob("*/wandb")] == ["wandb"]  # where the README says W&B logs go
 
 
+def test_an_empty_wandb_mode_is_refused_naming_the_key(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.setenv("WANDB_MODE", "")  # exported but empty: the config's default does not apply
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config")
+        with pytest.raises(ConfigTypeError) as err:
+            check_config_types(cfg)
+        assert str(err.value).startswith("logger.wandb.mode must be one of ['online', 'offline'"), str(err.value)
+        assert str(err.value).endswith("got ''")
+        monkeypatch.setenv("WANDB_MODE", "online")
+        check_config_types(compose("config"))
+
+
 def test_every_shipped_config_passes_the_type_check():
     from hydra import compose, initialize_config_dir
 

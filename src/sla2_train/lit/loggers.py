@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -12,6 +13,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from .resume import checkpoint_to_resume
 
 RUN_ID_FILE = "wandb_run_id"
+# wandb.Settings.mode's values, named here so that the config type check refuses any other (an exported but empty
+# WANDB_MODE, which `${oc.env:WANDB_MODE,offline}` passes on) with the key, before wandb's own multi-line error
+WandbMode = Literal["online", "offline", "shared", "disabled", "dryrun", "run"]
 
 
 class QuietWandbLogger(WandbLogger):
@@ -24,7 +28,8 @@ class QuietWandbLogger(WandbLogger):
             self._wandb_init.pop("anonymous", None)
 
 
-def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, **kwargs) -> WandbLogger:
+def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, mode: WandbMode = "offline",
+                 **kwargs) -> WandbLogger:
     """A WandbLogger writing into `save_dir`, whose run id is kept in `<save_dir>/wandb_run_id`.
 
     A run that resumes from a checkpoint logs into the W&B run it started (same id, resume="allow"), so one
@@ -39,7 +44,7 @@ def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, **kwargs) ->
         if rank_zero_only.rank == 0:  # the other ranks log nothing (Lightning gives them a dummy run)
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id + "\n")
-    return QuietWandbLogger(save_dir=save_dir, id=run_id, resume="allow", **kwargs)
+    return QuietWandbLogger(save_dir=save_dir, id=run_id, resume="allow", mode=mode, **kwargs)
 
 
 def finish_runs(loggers: Iterable[Logger], failed: bool) -> None:
