@@ -15,8 +15,7 @@ tail, after its loop, with nothing to hide the loads: at Wan-1.3B, 97%, that epi
 0.05 for its bytes (H100, 2026-12-06; docs/results.md). Here Q and H_I stream once, but the pass with the linear
 branch takes 0.139 ms and the main kernel then reads O_l back: slower than the epilogue (H100, 2026-12-07), which
 stays the default; bench.py times both.
-Registers (sm_90a compile with the GPU's Triton 3.6): 8 warps 80 (QUANT), 127 (LINEAR), 164 (both), no spills;
-4 warps 168 (QUANT), 255 with ~0.5 KB of stack (LINEAR).
+Registers a thread at each warp count: tuning.QUERY_PASS_WARPS.
 """
 
 import triton

@@ -161,8 +161,9 @@ def keeps_sparse_output(quant: bool, alpha: torch.Tensor, *inputs: torch.Tensor)
     backward). Low-bit: O_s^q, which only QAT's dα reads (ops.py), so only where a gradient reaches α. bf16: O_s,
     from which the CUDA backward knows Δ before its dq loop, where any gradient is to come and
     sla2_kernels.tuning.BF16_SPARSE_OUTPUT (the measured trade of speed for memory) says so."""
-    needed = alpha.requires_grad if quant else any(t.requires_grad for t in (alpha, *inputs))
-    return torch.is_grad_enabled() and needed and kernel_tuning.training_keeps_sparse_output(quant)
+    if not (torch.is_grad_enabled() and kernel_tuning.training_keeps_sparse_output(quant)):
+        return False  # inference, and bf16 training while BF16_SPARSE_OUTPUT is off: no scan of the inputs
+    return alpha.requires_grad if quant else any(t.requires_grad for t in (alpha, *inputs))
 
 
 def alpha_dtype(alpha: torch.Tensor) -> torch.Tensor:
