@@ -28,8 +28,7 @@ class QuietWandbLogger(WandbLogger):
             self._wandb_init.pop("anonymous", None)
 
 
-def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, mode: WandbMode = "offline",
-                 **kwargs) -> WandbLogger:
+def wandb_logger(save_dir: str, ckpt_dir: str | None, resume: bool, mode: WandbMode, **kwargs) -> WandbLogger:
     """A WandbLogger writing into `save_dir`, whose run id is kept in `<save_dir>/wandb_run_id`.
 
     A run that resumes from a checkpoint logs into the W&B run it started (same id, resume="allow"), so one
