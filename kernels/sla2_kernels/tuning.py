@@ -35,10 +35,19 @@ class FwdConfig:
     # 97%, main kernel 0.617 against 0.669 ms with the pass (bf16), 0.633 against 0.704 (low bit); the pass with the
     # linear branch alone 0.139 ms (bench.py times the other variant beside its rows).
     linear_pass: bool = False
+    # TMA kernels: a persistent grid of this many programs an SM, each taking tiles (BM query rows) in turn, in the
+    # order of the one-program-a-tile grid (0: that grid). flatten: the tile loop and the key-block loop pipelined as
+    # one, so a tile's first key blocks load during the previous tile's last ones and its epilogue.
+    persistent: int = 0
+    flatten: bool = False
 
     def __post_init__(self):
         if self.rows and not self.tma:
             raise ValueError("FwdConfig: rows (query rows a program) is a setting of the TMA kernels; use tma=True")
+        if (self.persistent or self.flatten) and not self.tma:
+            raise ValueError("FwdConfig: persistent (a persistent grid) is a setting of the TMA kernels; use tma=True")
+        if self.flatten and not self.persistent:
+            raise ValueError("FwdConfig: flatten pipelines a persistent grid's tile loop; set persistent too")
         if self.tma and self.exact_max:
             raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
                              "use tma=False with it")
