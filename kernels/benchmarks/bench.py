@@ -32,11 +32,6 @@ from bench_common import (  # run as a script: a sibling module
 )
 from l2_read import l2_read_gbps
 
-# FwdConfig.persistent values timed beside the default main kernels (by quant): the programs an SM that fit
-# (sm_90a compile with Triton 3.6: the persistent bf16 kernel takes 131 KB of shared memory, so one; the low-bit
-# one 57 KB, so three) and the one-program-a-tile grid's count (two, four)
-PERSISTENT_TRIALS = {False: (1, 2), True: (3, 4)}
-
 
 def _kernel_modules():
     from sla2_kernels import forward, launch, routing
@@ -156,14 +151,6 @@ class Bench(BenchBase):
                 T[f"main{tag}_linear_pass_{oc.linear_pass}"] = self.safe(
                     f"{shape_name} main{tag} linear_pass={oc.linear_pass}", lambda: self.time_ms(
                         lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=oc, **kw)))
-                # a persistent grid of n programs an SM (sm_90a, Triton 3.6: bf16 one fits an SM, low bit three)
-                dc = fc or self.fwd_mod.default_fwd_config(BLOCK_Q, BLOCK_K, D, quant)
-                for n in (PERSISTENT_TRIALS[quant] if dc.tma else ()):
-                    pc_n = dataclasses.replace(dc, persistent=n)
-                    T[f"main{tag}_persistent_{n}"] = self.safe(
-                        f"{shape_name} main{tag} persistent={n}", lambda: self.time_ms(
-                            lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=pc_n, **kw)))
-                    self.record_resources(f"{shape_name}:persistent", self.launch.LAST_COMPILED)
                 T["sparse_only" + tag] = self.time_ms(lambda: self.forward(
                     q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, config=fc, **kw))
 
@@ -378,7 +365,7 @@ class Bench(BenchBase):
                              f"{f(r.get('actual_TFLOPs_sparse_only_lowbit'), 0).strip()}")
         for r in self.results["rows"]:
             other = {n[2:]: t for n, t in r.items()
-                     if n.startswith("t_") and any(t in n for t in ("_tma_store_", "_linear_pass_", "_persistent_"))}
+                     if n.startswith("t_") and ("_tma_store_" in n or "_linear_pass_" in n)}
             if other:
                 lines.append(f"{r['shape']} {r['sparsity']}, the other variant of the rows' configurations: "
                              + ", ".join(f"{n} {f(t).strip()}" for n, t in other.items()))

@@ -163,7 +163,6 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         raise ValueError(f"sla2_kernels: FwdConfig.rows={rows} must divide block_q={bq}")
     scale = 1.0 / math.sqrt(D)
     interpret = launch.interpreting()
-    ntiles = BH * nq * (bq // rows)
 
     def common(c):
         kw = dict(BQ=bq, BK=bk, D=D, LINEAR=linear, INTERPRET=interpret, num_warps=c.num_warps,
@@ -184,13 +183,12 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         if quant or (linear and cfg.linear_pass):
             q8, sq = query_pass(q, p, o, lse, lin_state if linear and cfg.linear_pass else None,
                                 s.kmean if quant else None, quant)
-        tma_kw = dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, LINEAR_PASS=cfg.linear_pass, PERSISTENT=bool(cfg.persistent),
-                      FLATTEN=cfg.flatten)
+        tma_kw = dict(EPI_CHUNKS=EPI_CHUNKS, BM=rows, LINEAR_PASS=cfg.linear_pass)
     if quant and cfg.tma:
         name, kernel = "sla2_fwd_lowbit_tma", sla2_fwd_lowbit_tma_kernel
         args = (q_desc, o_desc, os_desc, *epilogue,
                 descriptor(q8, rows), descriptor(s.k8, bk), descriptor(s.v8t, D, bk),
-                idx, alpha3, lse, z_i, sq, s.sk, s.sv, *alpha3.stride(), N, H, nq, nk, topk, scale, ntiles)
+                idx, alpha3, lse, z_i, sq, s.sk, s.sv, *alpha3.stride(), N, H, nq, nk, topk, scale)
         make = lambda c: (args, dict(STORE_OS=sparse_out, **tma_kw, **common(c)))  # noqa: E731
     elif quant:
         name, kernel = "sla2_fwd_lowbit", sla2_fwd_lowbit_kernel
@@ -200,15 +198,12 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
     elif cfg.tma:
         name, kernel = "sla2_fwd_tma", sla2_fwd_tma_kernel
         args = (q_desc, *(descriptor(bhnd_view(t, layout), bk) for t in (k, v)), o_desc, os_desc, *epilogue,
-                idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale, ntiles)
+                idx, alpha3, lse, z_i, *alpha3.stride(), N, H, nq, topk, scale)
         make = lambda c: (args, dict(STORE_OS=sparse_out, **tma_kw, **common(c)))  # noqa: E731
     else:
         name, kernel = "sla2_fwd", sla2_fwd_kernel
         args = (q, k, v, idx, alpha3, o, os_arg, lse, h_i, z_i,
                 *strides["q"], *strides["k"], *strides["v"], *so, *alpha3.stride(), N, H, nq, topk, scale)
         make = lambda c: (args, dict(STORE_OS=sparse_out, **common(c)))  # noqa: E731
-    grid = (nq * (bq // rows), BH)
-    if cfg.tma and cfg.persistent:
-        grid = (min(ntiles, cfg.persistent * launch.num_sms(q.device)),)
-    launch.with_fallback(name, kernel, grid, (bq, bk, D, q.dtype, linear), cfg, make)
+    launch.with_fallback(name, kernel, (nq * (bq // rows), BH), (bq, bk, D, q.dtype, linear), cfg, make)
     return o, lse, o_s

@@ -37,37 +37,16 @@ def sla2_fwd_lowbit_tma_kernel(
     IDX, ALPHA, LSE, ZI, SQ, SK, SV,  # SQ fp32 [BH, nq]; SK [BH, nk]; SV [BH, D]; LSE holds the lse shift on entry
     sab, sah, saq,
     N, H, NQ, NK, TOPK, sm_scale,
-    NTILES,  # programs' tiles in all (B·H·nq·BQ/BM), read by a PERSISTENT grid
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
     INTERPRET: tl.constexpr, STORE_OS: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program, dividing BQ
     LINEAR_PASS: tl.constexpr,  # O_l was written into o by query_pass_kernel (FwdConfig.linear_pass)
-    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr,  # FwdConfig.persistent, .flatten
 ):
-    if PERSISTENT:
-        # as sla2_fwd_tma_kernel's persistent grid
-        per_bh = NQ * (BQ // BM)
-        for t in tl.range(tl.program_id(0), NTILES, tl.num_programs(0), flatten=FLATTEN):
-            lowbit_tile(q_desc, o_desc, os_desc, qc_desc, h_desc, q8_desc, k8_desc, v8t_desc, IDX, ALPHA, LSE, ZI,
-                        SQ, SK, SV, sab, sah, saq, N, H, NQ, NK, TOPK, sm_scale, t % per_bh, t // per_bh, BQ, BK, D,
-                        LINEAR, EPI_CHUNKS, INTERPRET, STORE_OS, BM, LINEAR_PASS)
-    else:
-        lowbit_tile(q_desc, o_desc, os_desc, qc_desc, h_desc, q8_desc, k8_desc, v8t_desc, IDX, ALPHA, LSE, ZI,
-                    SQ, SK, SV, sab, sah, saq, N, H, NQ, NK, TOPK, sm_scale, tl.program_id(0), tl.program_id(1), BQ,
-                    BK, D, LINEAR, EPI_CHUNKS, INTERPRET, STORE_OS, BM, LINEAR_PASS)
-
-
-@triton.jit
-def lowbit_tile(q_desc, o_desc, os_desc, qc_desc, h_desc, q8_desc, k8_desc, v8t_desc, IDX, ALPHA, LSE, ZI, SQ, SK, SV,
-                sab, sah, saq, N, H, NQ, NK, TOPK, sm_scale,
-                tile, bh,  # tile: BM query rows of the query block tile // (BQ / BM)
-                BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
-                INTERPRET: tl.constexpr, STORE_OS: tl.constexpr, BM: tl.constexpr, LINEAR_PASS: tl.constexpr):
-    """One tile of sla2_fwd_lowbit_tma_kernel: BM query rows of batch·head bh."""
-    pid_m = tile // (BQ // BM)  # the query block: its selection, s_q and linear state
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block: its selection, s_q and linear state
+    bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     bh64 = bh.to(tl.int64)
-    row0 = pid_m * BQ + (tile % (BQ // BM)) * BM
+    row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
     offs_d = tl.arange(0, D)
 
     q8 = q8_desc.load([bh, row0, 0]).reshape(BM, D)

@@ -66,37 +66,17 @@ def sla2_fwd_tma_kernel(
     IDX, ALPHA, LSE, ZI,  # IDX int32 [BH, nq, topk]; ALPHA fp32 [B, H, nq] view; LSE fp32 [BH, N]; ZI fp32 [BH, nq, D]
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
-    NTILES,  # programs' tiles in all (B·H·nq·BQ/BM), read by a PERSISTENT grid
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
     INTERPRET: tl.constexpr, BM: tl.constexpr,  # BM: query rows of this program (FwdConfig.rows), dividing BQ
     LINEAR_PASS: tl.constexpr,  # O_l was written into o by query_pass_kernel (FwdConfig.linear_pass)
     STORE_OS: tl.constexpr,
-    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr,  # FwdConfig.persistent, .flatten
 ):
-    if PERSISTENT:
-        # tiles in the one-program-a-tile grid's order (a head's query blocks together), strided over the programs
-        per_bh = NQ * (BQ // BM)
-        for t in tl.range(tl.program_id(0), NTILES, tl.num_programs(0), flatten=FLATTEN):
-            fwd_tile(q_desc, k_desc, v_desc, o_desc, os_desc, qc_desc, h_desc, IDX, ALPHA, LSE, ZI, sab, sah, saq,
-                     N, H, NQ, TOPK, sm_scale, t % per_bh, t // per_bh, BQ, BK, D, LINEAR, EPI_CHUNKS, INTERPRET, BM,
-                     LINEAR_PASS, STORE_OS)
-    else:
-        fwd_tile(q_desc, k_desc, v_desc, o_desc, os_desc, qc_desc, h_desc, IDX, ALPHA, LSE, ZI, sab, sah, saq,
-                 N, H, NQ, TOPK, sm_scale, tl.program_id(0), tl.program_id(1), BQ, BK, D, LINEAR, EPI_CHUNKS,
-                 INTERPRET, BM, LINEAR_PASS, STORE_OS)
-
-
-@triton.jit
-def fwd_tile(q_desc, k_desc, v_desc, o_desc, os_desc, qc_desc, h_desc, IDX, ALPHA, LSE, ZI, sab, sah, saq,
-             N, H, NQ, TOPK, sm_scale, tile, bh,  # tile: BM query rows of the query block tile // (BQ / BM)
-             BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, EPI_CHUNKS: tl.constexpr,
-             INTERPRET: tl.constexpr, BM: tl.constexpr, LINEAR_PASS: tl.constexpr, STORE_OS: tl.constexpr):
-    """One tile of sla2_fwd_tma_kernel: BM query rows of batch·head bh."""
-    pid_m = tile // (BQ // BM)  # the query block, whose selection and linear state the rows share
+    pid_m = tl.program_id(0) // (BQ // BM)  # the query block, whose selection and linear state the rows share
+    bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     bh64 = bh.to(tl.int64)
-    row0 = pid_m * BQ + (tile % (BQ // BM)) * BM
+    row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
 
     q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK

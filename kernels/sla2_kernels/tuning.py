@@ -35,19 +35,10 @@ class FwdConfig:
     # 97%, main kernel 0.617 against 0.669 ms with the pass (bf16), 0.633 against 0.704 (low bit); the pass with the
     # linear branch alone 0.139 ms (bench.py times the other variant beside its rows).
     linear_pass: bool = False
-    # TMA kernels: a persistent grid of this many programs an SM, each taking tiles (BM query rows) in turn, in the
-    # order of the one-program-a-tile grid (0: that grid). flatten: the tile loop and the key-block loop pipelined as
-    # one, so a tile's first key blocks load during the previous tile's last ones and its epilogue.
-    persistent: int = 0
-    flatten: bool = False
 
     def __post_init__(self):
         if self.rows and not self.tma:
             raise ValueError("FwdConfig: rows (query rows a program) is a setting of the TMA kernels; use tma=True")
-        if (self.persistent or self.flatten) and not self.tma:
-            raise ValueError("FwdConfig: persistent (a persistent grid) is a setting of the TMA kernels; use tma=True")
-        if self.flatten and not self.persistent:
-            raise ValueError("FwdConfig: flatten pipelines a persistent grid's tile loop; set persistent too")
         if self.tma and self.exact_max:
             raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
                              "use tma=False with it")
@@ -76,7 +67,7 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
 # query_pass_kernel (before the TMA forward kernels; one query block a program): warps. sm_90a compile with the
 # GPU's Triton 3.6: Q̂ alone (the low-bit default) 80 registers a thread at 8 warps, three programs an SM; with the
 # linear branch 127 (bf16) or 164 (low bit), no spills; at 4 warps 168, or 255 and 0.5 KB of stack with the linear
-# branch. Its predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8
+# branch. H100, 2026-12-07: Q̂ alone 0.066 ms at Wan-1.3B, 0.406 at 14B. Its predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8
 # warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501
 # (`bench.py --sweep` times both).
 QUERY_PASS_WARPS = 8

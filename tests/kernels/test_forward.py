@@ -4,8 +4,6 @@ Relative L1 ≤ 1e-2 on O (bf16 P and a bf16 D×D product in the linear epilogue
 lse to 1e-3. Each case draws fresh inputs and poisons every buffer the kernels allocate.
 """
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -132,43 +130,6 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     launched.clear()
     run(_misaligned(q), quant=False, config=PATHS["tma-half-rows"](64))  # a program's rows are a TMA setting
     assert kernels() == ["sla2_fwd"]
-
-
-@pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
-@pytest.mark.parametrize("persistent, rows, flatten", [(1, 0, False), (3, 32, True), (2, 0, True)])
-def test_a_persistent_grid_computes_what_one_program_a_tile_does(quant, persistent, rows, flatten, poisoned, kt):
-    """FwdConfig.persistent: fewer programs than tiles (one "SM" under the interpreter), each taking tiles in turn,
-    whole query blocks or halves, two heads and a ragged last block: o, lse and O_s bit for bit those of one program
-    a tile, with every buffer written."""
-    B, H, N, D, bq, bk = 1, 2, 300, 64, 64, 64
-    (q, k, v), _ = kt.make_qkv(B, H, N, D, torch.bfloat16, "bhnd")
-    sel, alpha = kt.random_selection(B, H, N, bq, bk, 2, seed=persistent + rows)
-    kw = dict(block_q=bq, block_k=bk, quant=quant, layout="bhnd")
-    base = sla2_kernels.FwdConfig(4, 2, tma=True, rows=rows)
-    want = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, config=base, **kw)
-    launched = []
-    run_kernel = launch.run
-
-    def spy(name, kernel, grid, *a, **k_):
-        launched.append((name, grid))
-        return run_kernel(name, kernel, grid, *a, **k_)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(launch, "run", spy)
-        got = sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, **kw,
-                                        config=dataclasses.replace(base, persistent=persistent, flatten=flatten))
-    kt.assert_all_written(poisoned)
-    ntiles = B * H * 5 * (bq // (rows or bq))
-    assert [g for n, g in launched if n.startswith("sla2_fwd")] == [(min(ntiles, persistent),)]
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_persistent_grids_are_a_tma_setting():
-    with pytest.raises(ValueError, match="persistent"):
-        sla2_kernels.FwdConfig(4, 2, persistent=2)
-    with pytest.raises(ValueError, match="flatten"):
-        sla2_kernels.FwdConfig(4, 2, tma=True, flatten=True)
 
 
 def test_rows_a_program_are_checked(kt):

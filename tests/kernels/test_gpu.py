@@ -269,20 +269,6 @@ def test_tma_kernels_with_a_query_block_over_two_programs(quant):
 
 
 @pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
-def test_a_persistent_grid_at_the_wan_shape(quant):
-    """FwdConfig.persistent (programs taking tiles in turn) computes what one program a tile does, at the Wan-1.3B
-    shape at 97% with the default configuration otherwise, the linear branch and O_s: the same tile code, compiled
-    inside a loop."""
-    q, k, v, idx, alpha = _wan_1p3b_at_97(heads=2, seed=19)
-    kw = dict(block_q=128, block_k=64, quant=quant, layout="bhnd")
-    base = tuning.default_fwd_config(128, 64, 128, quant)
-    want = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=base, **kw)
-    got = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=replace(base, persistent=1), **kw)
-    for a, b in zip(got, want):
-        assert _rel(a, b) <= 1e-6, _rel(a, b)
-
-
-@pytest.mark.parametrize("quant", [False, True], ids=["bf16", "lowbit"])
 def test_linear_branch_from_the_pass_over_q(quant):
     """FwdConfig.linear_pass: O_l from the pass over Q (query_pass.py), mixed by the main kernel, against the
     oracle and against the same configuration with the linear branch in the epilogue, at the Wan-1.3B shape at 97%
