@@ -14,7 +14,7 @@ autograd on, bf16 and quant=True):
   graph       the same call replayed as a CUDA graph (do_bench_cudagraph): the GPU time without host gaps;
   host        host time to issue one call (no synchronisation inside the timed loop): above the graph time, the
               eager call is bound by the host;
-  kernels     CUDA kernels one call runs (torch.profiler), with their names;
+  kernels     CUDA kernels one call runs (torch.profiler), with their names and GPU times;
 and the precompute alone (bf16, and with quant: the pass, its totals and the quantising pass, in three launches),
 next to the numbers measured before in docs/results.md (H200, 2026-12-03: eight launches with quant).
 SDPA cuDNN on the dense problem is timed in the same process for the × cuDNN ratios.
@@ -69,8 +69,8 @@ class Bench(BenchBase):
         torch.cuda.synchronize()
         return host
 
-    def kernels(self, fn) -> list[str]:
-        """Names of the CUDA kernels one call runs (memsets and copies included), in launch order."""
+    def kernels(self, fn) -> list[tuple[str, float]]:
+        """(name, GPU ms) of the CUDA kernels one call runs (memsets and copies included), in launch order."""
         torch = self.torch
         from torch.profiler import ProfilerActivity, profile
 
@@ -80,7 +80,7 @@ class Bench(BenchBase):
             fn()
             torch.cuda.synchronize()
         cuda = torch.autograd.DeviceType.CUDA
-        return [e.name for e in prof.events() if e.device_type == cuda]
+        return [(e.name, e.time_range.elapsed_us() / 1e3) for e in prof.events() if e.device_type == cuda]
 
     def module(self, H, D, sparsity, quant):
         return self.SLA2Attention(num_heads=H, head_dim=D, sparsity=sparsity, block_q=BLOCK_Q, block_k=BLOCK_K,
@@ -183,8 +183,8 @@ class Bench(BenchBase):
                 row["eager"] = self.safe(f"{shape_name} eager quant={quant}", lambda: self.time_ms(call))
                 row["graph"] = self.safe(f"{shape_name} graph quant={quant}", lambda: self.time_ms(call, graph=True))
                 row["host"] = self.safe(f"{shape_name} host quant={quant}", lambda: self.host_ms(call))
-                names = self.safe(f"{shape_name} profile quant={quant}", lambda: self.kernels(call)) or []
-                row["kernels"], row["kernel_names"] = len(names), names
+                launched = self.safe(f"{shape_name} profile quant={quant}", lambda: self.kernels(call)) or []
+                row["kernels"], row["kernel_ms"] = len(launched), launched
                 if row["eager"] and row["graph"]:
                     row["eager_over_graph"] = row["eager"] / row["graph"]
                 if t_cudnn and row["eager"]:
@@ -192,7 +192,7 @@ class Bench(BenchBase):
                 if t_cudnn and row["graph"]:
                     row["x_cudnn_graph"] = t_cudnn / row["graph"]
                 self.results["rows"].append(row)
-                print(json.dumps({key: val for key, val in row.items() if key != "kernel_names"}), flush=True)
+                print(json.dumps({key: val for key, val in row.items() if key != "kernel_ms"}), flush=True)
                 self.save()
                 del attn
         del q, k, v, qb, kb, vb
@@ -226,7 +226,7 @@ class Bench(BenchBase):
                      f"graph {rec['graph']} ms (bf16, low-bit)")
         for r in R["rows"][:2]:
             lines.append(f"kernels of one call, {r['shape']} {'lowbit' if r['quant'] else 'bf16'}: "
-                         + ", ".join(n.split("(")[0][:40] for n in r.get("kernel_names", [])))
+                         + ", ".join(f"{n.split('(')[0][:40]} {t:.3f}" for n, t in r.get("kernel_ms", [])))
         if R["errors"]:
             lines.append("errors: " + " | ".join(R["errors"]))
         return "\n".join(lines)

@@ -23,6 +23,8 @@ FMA products ([rows, 4, D] broadcasts) was right under the interpreter but wrong
 import triton
 import triton.language as tl
 
+PARTS_TILE = tl.constexpr(64)  # μ_K's partial sums added a [PARTS_TILE, DC] load at a time (_project_rows)
+
 
 @triton.jit
 def _colsum_run(X, OUT, PART, sxb, sxh, sxn, sxd, N, H, NB, PER, NSPLIT,
@@ -70,10 +72,13 @@ def pool_sums_kernel(
 def _project_rows(SUMS, W, OUT, MEAN, pid, bh64, h, N, NB, NPARTS, scale,
                   RB: tl.constexpr, BLK: tl.constexpr, D: tl.constexpr, DC: tl.constexpr, SUB_MEAN: tl.constexpr):
     """OUT_j = (SUMS_j / count_j − μ) @ W[h] · scale for RB blocks, DC input columns at a time. μ (with SUB_MEAN):
-    MEAN [BH, D] when NPARTS is 0, else Σ of NPARTS partial sums MEAN [BH, NPARTS, D] divided by N."""
+    MEAN [BH, D] when NPARTS is 0, else Σ of NPARTS partial sums MEAN [BH, NPARTS, D] divided by N, summed
+    PARTS_TILE partials a load (pool_sums_kernel writes one per program, a few hundred at the Wan shapes: one
+    at a time, every program's sums took longer than the pooling they save)."""
     j = pid * RB + tl.arange(0, RB)
     offs_d = tl.arange(0, D)
     offs_c = tl.arange(0, DC)
+    offs_p = tl.arange(0, PARTS_TILE)
     j_ok = j < NB
     count = tl.where(j_ok, tl.minimum(N - j * BLK, BLK), 1).to(tl.float32)
     w_base = W + h.to(tl.int64) * D * D
@@ -86,8 +91,10 @@ def _project_rows(SUMS, W, OUT, MEAN, pid, bh64, h, N, NB, NPARTS, scale,
                 mean = tl.load(MEAN + bh64 * D + c + offs_c)
             else:
                 tot = tl.zeros([DC], dtype=tl.float32)
-                for s in range(0, NPARTS):
-                    tot += tl.load(MEAN + (bh64 * NPARTS + s) * D + c + offs_c)
+                for s in range(0, NPARTS, PARTS_TILE):
+                    parts = tl.load(MEAN + (bh64 * NPARTS + s + offs_p[:, None]) * D + c + offs_c[None, :],
+                                    mask=(s + offs_p < NPARTS)[:, None], other=0.0)
+                    tot += tl.sum(parts, axis=0)
                 mean = tl.math.div_rn(tot, tl.zeros([DC], dtype=tl.float32) + N)
             pooled = pooled - mean[None, :]
         w = tl.load(w_base + (c + offs_c[:, None]) * D + offs_d[None, :])

@@ -12,8 +12,8 @@ from .checks import check_block, check_projections, check_qkv, check_state, chec
 from .launch import cdiv
 from .router_kernels import block_scores_kernel, pool_sums_kernel, pooled_project_kernel, topk_kernel
 from .tuning import (
-    ROUTER_DOT_CHUNK, ROUTER_POOL_PROGRAMS_PER_SM, ROUTER_PROJECT_ROWS, ROUTER_SCORE_TILE, TOPK_DEFAULT_LAUNCH,
-    TOPK_LAUNCH, TOPK_MAX_RADIX,
+    ROUTER_DOT_CHUNK, ROUTER_POOL_PROGRAMS_PER_SM, ROUTER_POOL_WARPS, ROUTER_PROJECT_ROWS, ROUTER_SCORE_TILE,
+    TOPK_DEFAULT_LAUNCH, TOPK_LAUNCH, TOPK_MAX_RADIX,
 )
 
 
@@ -27,8 +27,8 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
     check_topk(topk, nk)
     f32 = dict(device=q.device, dtype=torch.float32)
     qsum = launch.empty(BH, nq, D, **f32)
-    # Runs of blocks a program: enough programs to fill the GPU, few partial sums of K for μ_K (under the
-    # interpreter, one "SM": two runs when B·H = 1, so the CPU tests cover the partial sums).
+    # Runs of blocks a program: enough programs to fill the GPU, each leaving a partial sum of K for μ_K (under the
+    # interpreter, one "SM": several runs a head, so the CPU tests cover the partial sums).
     per_sm = ROUTER_POOL_PROGRAMS_PER_SM * launch.num_sms(q.device)
     nsplit = max(1, min(nq, cdiv(per_sm, BH)))
     if kv_state is not None:
@@ -40,7 +40,7 @@ def router(q, k, proj_q, proj_k, *, block_q: int, block_k: int, topk: int, layou
         nparts, pooled = nsplit, 2
     launch.run("pool_sums", pool_sums_kernel, (nsplit, BH, pooled), q, k, qsum, ksum, kmean,
                *strides["q"], *strides["k"], N, H, nq, nk, cdiv(nq, nsplit), cdiv(nk, nsplit), nsplit,
-               BQ=bq, BK=bk, D=D, num_warps=4)
+               BQ=bq, BK=bk, D=D, num_warps=ROUTER_POOL_WARPS)
     wq = proj_q.detach().to(torch.float32).contiguous()
     wk = proj_k.detach().to(torch.float32).contiguous()
     qp, kp = launch.empty(BH, nq, D, **f32), launch.empty(BH, nk, D, **f32)

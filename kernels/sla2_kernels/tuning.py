@@ -160,8 +160,13 @@ COMPLEMENT_COLS = 256  # complement_kernel: mask columns written per step
 # ------------------------------------------------------------------------------------------------ router
 
 # pool_sums_kernel: programs per SM along the blocks of a head, each over a run of blocks (its partial sum of K is
-# one of the NSPLIT that μ_K is summed from). Not measured: the precompute's choice, which streams the same bytes.
-ROUTER_POOL_PROGRAMS_PER_SM = 2
+# one of the NSPLIT that μ_K is summed from), and its warps. H100, 2026-12-07, bnhd, the kernel's GPU time by
+# torch.profiler (Q and K pooled, as the router op runs alone / Q only, with the precompute's state): 2 an SM at 4
+# warps 0.133 / 0.052 ms at Wan-1.3B, 0.925 / 0.342 at 14B; 16 at 2 warps 0.079 / 0.041 and 0.552 / 0.262; 8 at 2
+# warps 0.088 / 0.039 and 0.675 / 0.262. More programs mean more partials for pooled_project_kernel to add, which
+# it once did one at a time (0.020 → 0.105 ms at 1.3B, 16 an SM); now a tile at a time (router_kernels.PARTS_TILE).
+ROUTER_POOL_PROGRAMS_PER_SM = 16
+ROUTER_POOL_WARPS = 2
 ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)
 ROUTER_SCORE_TILE = (64, 64)  # (query blocks, key blocks) of scores per program
 # head_dim columns per step of the router's 3xTF32 dots: whole 128-wide fp32 operands (hi and lo parts) spilled

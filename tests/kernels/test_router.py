@@ -56,6 +56,25 @@ def test_router_matches_reference(case, shared_state, poisoned, kt):
     _check_topk(indices, ref_scores, topk)
 
 
+def test_router_sums_more_partials_than_a_tile(kt, monkeypatch):
+    """μ_K from more of pool_sums_kernel's partial sums than pooled_project_kernel adds in one load (three tiles of
+    PARTS_TILE, the last one ragged): the scores as the reference's, and as with the precompute's μ_K."""
+    from sla2_kernels import router_kernels, routing
+
+    tile = router_kernels.PARTS_TILE.value
+    n, bq, bk = (2 * tile + 5) * 64, 64, 64
+    (q, k, v), (qf, kf, _) = kt.make_qkv(1, 1, n, 64, torch.bfloat16, "bhnd")
+    proj_q, proj_k = _projections(1, 64, seed=7)
+    monkeypatch.setattr(routing, "ROUTER_POOL_PROGRAMS_PER_SM", 4 * tile)  # one run, so one partial, a query block
+    scores, _ = sla2_kernels.router(q, k, proj_q, proj_k, block_q=bq, block_k=bk, topk=2, layout="bhnd")
+    ref_scores = ref.router_scores(qf, kf, proj_q, proj_k, bq, bk)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-5)
+    state = sla2_kernels.precompute(k, v, block_k=bk, layout="bhnd")
+    shared, _ = sla2_kernels.router(q, k, proj_q, proj_k, block_q=bq, block_k=bk, topk=2, layout="bhnd",
+                                    kv_state=state)
+    torch.testing.assert_close(scores, shared, rtol=1e-5, atol=1e-6)
+
+
 def test_router_keeps_every_block(kt):
     (q, k, _), (qf, kf, _) = kt.make_qkv(1, 1, 200, 64, torch.bfloat16, "bhnd")
     proj_q, proj_k = _projections(1, 64, seed=3)
