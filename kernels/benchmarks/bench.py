@@ -127,6 +127,7 @@ class Bench(BenchBase):
             T["topk_torch"] = self.time_ms(lambda: scores.topk(topk, dim=-1, sorted=False).indices.sort(dim=-1))
             T["topk"] = self.time_ms(lambda: self.routing.topk_indices(scores, topk))
             T.update(self.topk_sweep(scores, topk))
+            T.update(self.pool_sweep(q, k, proj_q, proj_k, topk, st16, kw))
             T["linear_state"] = self.time_ms(lambda: sk.linear_state(idx, st16, block_q=BLOCK_Q))
             # the pass over Q before the TMA main kernels: Q̂ for the low-bit one (inside "main_lowbit" and
             # "sparse_only_lowbit"), and with FwdConfig.linear_pass the linear branch's O_l for either
@@ -205,6 +206,8 @@ class Bench(BenchBase):
         return lambda: self.fwd_mod.query_pass(q, prob, o, lse, lin, st.kmean if quant else None, quant, **kw)
 
     TOPK_CANDIDATES = ((4, 4), (1, 1), (1, 2), (1, 4), (2, 2), (8, 8))  # (rows per program, warps)
+    # (programs an SM, warps) of the router's pooling pass (tuning.ROUTER_POOL_PROGRAMS_PER_SM, ROUTER_POOL_WARPS)
+    POOL_CANDIDATES = ((2, 4), (4, 4), (8, 2), (16, 2), (32, 2))
 
     def topk_sweep(self, scores, topk):
         """The radix Top-k at each (rows per program, warps), checked equal to torch's selection."""
@@ -221,6 +224,34 @@ class Bench(BenchBase):
             ok = bool((got == want).all())
             out[f"topk_r{r}w{w}"] = self.time_ms(run) if ok else None
             print("topk sweep", scores.shape[-1], (r, w), out[f"topk_r{r}w{w}"], "ok" if ok else "MISMATCH", flush=True)
+        return out
+
+    def pool_sweep(self, q, k, proj_q, proj_k, topk, kv_state, kw):
+        """The router (as a CUDA graph: its four launches without host gaps) at each (pooling programs an SM, warps),
+        pooling Q alone (the precompute's state given) and Q with K (the router op's way), its scores checked against
+        the defaults'."""
+        torch, sk, routing = self.torch, self.sk, self.routing
+        defaults = routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS
+        out = {}
+        for tag, state in (("q", kv_state), ("qk", None)):
+            def run(state=state):
+                return sk.router(q, k, proj_q, proj_k, topk=topk, kv_state=state, **kw)[0]
+            want = run()
+            for per_sm, warps in self.POOL_CANDIDATES:
+                routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS = per_sm, warps
+                try:
+                    # μ_K's partials are summed in another order: equal to rounding
+                    ok = bool(torch.allclose(run(), want, rtol=1e-5, atol=1e-6))
+                    out[f"router_pool_s{per_sm}w{warps}_{tag}"] = self.time_ms(run, graph=True) if ok else None
+                finally:
+                    routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS = defaults
+        def ms(key):
+            t = out.get(key)
+            return "-" if t is None else f"{t:.4f}"
+
+        print("router pooling sweep (programs an SM, warps: ms as a graph, Q / Q and K):", ", ".join(
+            f"{s},{w}: {ms(f'router_pool_s{s}w{w}_q')} / {ms(f'router_pool_s{s}w{w}_qk')}"
+            for s, w in self.POOL_CANDIDATES), flush=True)
         return out
 
     # ---------------------------------------------------------------- config sweep

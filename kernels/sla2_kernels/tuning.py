@@ -164,7 +164,9 @@ COMPLEMENT_COLS = 256  # complement_kernel: mask columns written per step
 # torch.profiler (Q and K pooled, as the router op runs alone / Q only, with the precompute's state): 2 an SM at 4
 # warps 0.133 / 0.052 ms at Wan-1.3B, 0.925 / 0.342 at 14B; 16 at 2 warps 0.079 / 0.041 and 0.552 / 0.262; 8 at 2
 # warps 0.088 / 0.039 and 0.675 / 0.262. More programs mean more partials for pooled_project_kernel to add, which
-# it once did one at a time (0.020 → 0.105 ms at 1.3B, 16 an SM); now a tile at a time (router_kernels.PARTS_TILE).
+# it once did one at a time (0.020 → 0.105 ms at 1.3B, 16 an SM); now a tile at a time (router_kernels.PARTS_TILE):
+# same day, the router's kernels in one call at 1.3B, pool_sums / pooled_project 0.077 / 0.026 ms with K (were
+# 0.132 / 0.021), 0.043 / 0.015 without.
 ROUTER_POOL_PROGRAMS_PER_SM = 16
 ROUTER_POOL_WARPS = 2
 ROUTER_PROJECT_ROWS = 32  # pooled blocks projected per program (W[h] is read once per 32 rows)

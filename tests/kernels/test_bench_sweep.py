@@ -56,3 +56,31 @@ def test_the_sweep_records_every_candidate_and_picks_the_fastest_default_arithme
     assert [c["warps"] for c in b.results["precompute_configs"] if c["kind"] == "query_pass"] == [4, 8]
     assert table.count("quant=") == len(configs) and table.count("low bit, quantise") == 3
     assert table.count("pass over Q (low bit), ") == 2
+
+
+def test_the_router_pooling_sweep_times_every_candidate_and_restores_the_defaults(kt):
+    """bench.py's router pooling sweep, run on the interpreter with a stand-in timer that calls the router: each
+    (programs an SM, warps) candidate is in force while it is timed, pooling Q alone and Q with K, its scores agree
+    with the defaults', and the defaults are back afterwards."""
+    import torch
+    from sla2_kernels import routing
+
+    seen = []
+
+    def time_ms(fn, graph=False):
+        assert graph  # the router's launches without host gaps
+        fn()
+        seen.append((routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS))
+        return 0.1
+
+    b = object.__new__(bench.Bench)
+    b.torch, b.sk, b.routing, b.time_ms = torch, sla2_kernels, routing, time_ms
+    (q, k, v), _ = kt.make_qkv(1, 2, 640, 64, torch.bfloat16, "bhnd")
+    eye = torch.eye(64).expand(2, 64, 64)
+    kw = dict(block_q=64, block_k=64, layout="bhnd")
+    defaults = routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS
+    out = b.pool_sweep(q, k, eye, eye, 3, sla2_kernels.precompute(k, v, block_k=64, layout="bhnd"), kw)
+    assert seen == list(b.POOL_CANDIDATES) * 2
+    assert sorted(out) == sorted(f"router_pool_s{s}w{w}_{m}" for m in ("q", "qk") for s, w in b.POOL_CANDIDATES)
+    assert all(t == 0.1 for t in out.values())
+    assert (routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS) == defaults
