@@ -245,6 +245,7 @@ class Bench(BenchBase):
                     out[f"router_pool_s{per_sm}w{warps}_{tag}"] = self.time_ms(run, graph=True) if ok else None
                 finally:
                     routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS = defaults
+
         def ms(key):
             t = out.get(key)
             return "-" if t is None else f"{t:.4f}"

@@ -67,9 +67,9 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
 # query_pass_kernel (before the TMA forward kernels; one query block a program): warps. sm_90a compile with the
 # GPU's Triton 3.6: Q̂ alone (the low-bit default) 80 registers a thread at 8 warps, three programs an SM; with the
 # linear branch 127 (bf16) or 164 (low bit), no spills; at 4 warps 168, or 255 and 0.5 KB of stack with the linear
-# branch. H100, 2026-12-07: Q̂ alone 0.066 ms at Wan-1.3B, 0.406 at 14B. Its predecessor, the same quantisation of Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8
-# warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s against a 3.0 TB/s copy), 14B 0.488 against 0.501
-# (`bench.py --sweep` times both).
+# branch. H100, 2026-12-07: Q̂ alone 0.066 ms at Wan-1.3B, 0.406 at 14B. Its predecessor, the same quantisation of
+# Q by pointer loads, H100, 2026-12-06: Wan-1.3B 0.0734 ms at 8 warps against 0.0777 at 4 (151 MB moved: 2.1 TB/s
+# against a 3.0 TB/s copy), 14B 0.488 against 0.501 (`bench.py --sweep` times both).
 QUERY_PASS_WARPS = 8
 
 # The TMA forward's epilogue product e H_I takes head_dim in this many pieces. The whole of e in fp32 beside acc

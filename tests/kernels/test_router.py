@@ -63,7 +63,9 @@ def test_router_sums_more_partials_than_a_tile(kt, monkeypatch):
 
     tile = router_kernels.PARTS_TILE.value
     n, bq, bk = (2 * tile + 5) * 64, 64, 64
-    (q, k, v), (qf, kf, _) = kt.make_qkv(1, 1, n, 64, torch.bfloat16, "bhnd")
+    (q, k, v), _ = kt.make_qkv(1, 1, n, 64, torch.bfloat16, "bhnd")
+    k = (k + 2.0 * torch.randn(64)).bfloat16()  # a larger per-channel offset: μ_K weighs in every score
+    qf, kf = q.float(), k.float()
     proj_q, proj_k = _projections(1, 64, seed=7)
     monkeypatch.setattr(routing, "ROUTER_POOL_PROGRAMS_PER_SM", 4 * tile)  # one run, so one partial, a query block
     scores, _ = sla2_kernels.router(q, k, proj_q, proj_k, block_q=bq, block_k=bk, topk=2, layout="bhnd")
