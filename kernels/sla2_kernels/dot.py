@@ -27,3 +27,15 @@ def mma_acc(a, b, acc, INTERPRET: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def register_operand(x, INTERPRET: tl.constexpr):
+    """x (16-bit), unchanged, as a tensor the compiler cannot trace back to its load. Triton feeds a wgmma's first
+    operand from shared memory when it comes straight from a load, and from registers otherwise; an identity move
+    in inline PTX (two 16-bit values a 32-bit register) makes a loop-invariant tile a register operand, converted
+    once before the loop. The interpreter runs no PTX: there x itself."""
+    if INTERPRET:
+        return x
+    else:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=True, pack=2)

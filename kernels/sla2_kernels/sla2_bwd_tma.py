@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, query_rows
+from .dot import register_operand
 from .quant_math import LOG2E
 
 
@@ -64,6 +65,7 @@ def sla2_bwd_dkdv_tma_kernel(
     N, H, NQ, NK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
+    REGISTER_KV: tl.constexpr,  # BwdConfig.dkdv_register_kv: K, V as the score products' register operand
 ):
     """dK, dV of one key block: linear part from dh_j, dz_j; sparse part over the query blocks that selected
     it (CSR list, QS query rows a step)."""
@@ -80,6 +82,9 @@ def sla2_bwd_dkdv_tma_kernel(
     v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
     dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
                                BK, D, LINEAR, INTERPRET)
+    if REGISTER_KV:
+        k = register_operand(k, INTERPRET)
+        v = register_operand(v, INTERPRET)
 
     qk_scale = sm_scale * LOG2E
     alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah

@@ -92,6 +92,12 @@ class BwdConfig:
     dq_rows: int = 0  # dq kernel: query rows per program (0: b_q; must divide b_q)
     dq_tma: bool = False  # dq kernel: TMA tiles (sla2_bwd_tma.py)
     dkdv_tma: bool = False  # dk/dv kernel: TMA tiles
+    # dk/dv TMA kernel: K and V as the score products' register operand (dot.register_operand). From shared memory,
+    # Sᵀ = K Qᵀ and dPᵀ = V dOᵀ read 64 KB a 32-row step for 2.1 MFLOP, about as many cycles as the tensor cores
+    # take for the step; from registers half that. sm_90a compile with Triton 3.6 at the Wan shape: 255 registers and
+    # 160 bytes of stack, all outside the loop (no LDL/STL between its branch and its head), 99 KB of shared memory
+    # against 115, the loop 441 instructions against 451. Not timed on a GPU yet: off.
+    dkdv_register_kv: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
     # 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); one pass 0.553.
@@ -99,6 +105,10 @@ class BwdConfig:
     linear_cols: int = 128
     linear_warps: int = 4
     linear_stages: int = 1
+
+    def __post_init__(self):
+        if self.dkdv_register_kv and not self.dkdv_tma:
+            raise ValueError("BwdConfig: dkdv_register_kv is a setting of the TMA dk/dv kernel; use dkdv_tma=True")
 
 
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):

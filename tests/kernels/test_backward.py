@@ -387,6 +387,21 @@ def test_long_key_block_lists(tma, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
 
 
+def test_dkdv_with_k_and_v_as_register_operands(poison):
+    """BwdConfig.dkdv_register_kv, the TMA dk/dv kernel with K and V routed through dot.register_operand: the same
+    gradients as without it (under the interpreter the routing is the identity itself; the GPU test at the Wan
+    shape checks the compiled one), and refused without the TMA kernel."""
+    x = forward_problem(1, 2, 333, 64, 128, 64, 3)
+    base = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True)
+    want = x.backward(x.dok, base)
+    got = x.backward(x.dok, replace(base, dkdv_register_kv=True))
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    assert_grads(got, x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
+    with pytest.raises(ValueError, match="dkdv_register_kv"):
+        sla2_kernels.BwdConfig(4, 2, 4, 3, dkdv_register_kv=True)
+
+
 @pytest.mark.parametrize("d,rows,cols", [(64, 16, 32), (128, 16, 64), (128, 64, 32), (128, 128, 128)])
 def test_linear_kernel_step_shapes(d, rows, cols, poison):
     """The linear kernel walks a query block `rows` rows a step and forms dH_I `cols` columns at a time: every split

@@ -84,3 +84,35 @@ def test_the_router_pooling_sweep_times_every_candidate_and_restores_the_default
     assert sorted(out) == sorted(f"router_pool_s{s}w{w}_{m}" for m in ("q", "qk") for s, w in b.POOL_CANDIDATES)
     assert all(t == 0.1 for t in out.values())
     assert (routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS) == defaults
+
+
+def test_bench_train_times_the_other_dkdv_operand_choice_and_restores_the_problem(kt):
+    """bench_train.py's dk/dv with BwdConfig.dkdv_register_kv flipped, on the interpreter with a stand-in timer that
+    runs the step: the flipped configuration is the one timed, dK and dV are compared with the problem's own, and the
+    problem keeps its configuration afterwards."""
+    import torch
+    from sla2_kernels import backward
+    import bench_train
+
+    seen = []
+
+    def time_ms(fn):
+        fn()
+        seen.append(p.cfg.dkdv_register_kv)
+        return 0.2
+
+    b = object.__new__(bench_train.Bench)
+    b.torch, b.bwd, b.time_ms = torch, backward, time_ms
+    q, k, v = kt.make_qkv(1, 2, 300, 64, torch.bfloat16, "bhnd")[0]
+    bq, bk = bench_train.BLOCK_Q, bench_train.BLOCK_K
+    idx = torch.arange(2, dtype=torch.int32).expand(1, 2, -(-300 // bq), 2).contiguous()
+    alpha = torch.full((1, 2, -(-300 // bq)), 0.5)
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=False, layout="bhnd")
+    lin = backward.backward_linear_state(k, v, idx, block_q=bq, block_k=bk, layout="bhnd")
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True)
+    p = backward.prepare(torch.randn_like(q), q, k, v, o, lse, idx, alpha, block_q=bq, block_k=bk, layout="bhnd",
+                         h_i=lin[0], z_i=lin[1], keep=lin[2], config=cfg)
+    backward.run_dq(p)
+    row = {}
+    assert b.dkdv_other_kv(p, row) == {"bwd_dkdv_register_kv_True": 0.2}
+    assert seen == [True] and row["dkdv_other_kv_equal"] is True and p.cfg == cfg
