@@ -91,7 +91,7 @@ def test_bench_train_times_the_other_dkdv_operand_choice_and_restores_the_proble
     runs the step: the flipped configuration is the one timed, dK and dV are compared with the problem's own, and the
     problem keeps its configuration afterwards."""
     import torch
-    from sla2_kernels import backward
+    from sla2_kernels import backward, forward
     import bench_train
 
     seen = []
@@ -102,16 +102,15 @@ def test_bench_train_times_the_other_dkdv_operand_choice_and_restores_the_proble
         return 0.2
 
     b = object.__new__(bench_train.Bench)
-    b.torch, b.bwd, b.time_ms = torch, backward, time_ms
+    b.torch, b.bwd, b.fwd, b.time_ms = torch, backward, forward, time_ms
     q, k, v = kt.make_qkv(1, 2, 300, 64, torch.bfloat16, "bhnd")[0]
     bq, bk = bench_train.BLOCK_Q, bench_train.BLOCK_K
     idx = torch.arange(2, dtype=torch.int32).expand(1, 2, -(-300 // bq), 2).contiguous()
     alpha = torch.full((1, 2, -(-300 // bq)), 0.5)
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=False, layout="bhnd")
-    lin = backward.backward_linear_state(k, v, idx, block_q=bq, block_k=bk, layout="bhnd")
     cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True)
-    p = backward.prepare(torch.randn_like(q), q, k, v, o, lse, idx, alpha, block_q=bq, block_k=bk, layout="bhnd",
-                         h_i=lin[0], z_i=lin[1], keep=lin[2], config=cfg)
+    # the problem as bench_train builds it
+    p = b.prepared(torch.randn_like(q), q, k, v, o, lse, idx, alpha, b.backward_state(k, v, idx), cfg)
     backward.run_dq(p)
     row = {}
     assert b.dkdv_other_kv(p, row) == {"bwd_dkdv_register_kv_True": 0.2}
