@@ -219,8 +219,10 @@ class Bench(BenchBase):
     DQ_CANDIDATES = ((4, 2, 64, True), (4, 3, 64, True), (8, 2, 0, True), (4, 1, 64, True), (4, 2, 64, False))
     # with Δ known (170 registers at 4 warps, sm_90a compile): 128-row programs at 4 warps, 8 warps at 3 stages
     DQ_OS_CANDIDATES = ((4, 2, 0, True), (8, 3, 0, True))
-    # (warps, stages, qs, tma): 32 query rows a step at 2 stages fit two 4-warp programs to an SM (98.6 KB each)
-    DKDV_CANDIDATES = ((4, 2, 32, True), (4, 3, 32, True), (8, 2, 64, True), (4, 2, 64, True), (4, 3, 32, False))
+    # (warps, stages, qs, tma, register_kv): 32 query rows a step at 2 stages fit two 4-warp programs to an SM
+    # (98.6 KB each); K and V as register operands take 16 KB less a stage
+    DKDV_CANDIDATES = ((4, 3, 32, True, True), (4, 2, 32, True, True), (4, 2, 32, True, False), (4, 3, 32, True, False),
+                       (8, 2, 64, True, False), (4, 2, 64, True, False), (4, 3, 32, False, False))
     # (rows, cols, warps, stages) of the linear kernel (H100, 2026-11-27, with a bf16 H_I: 155–229 registers,
     # 76–92 KB of shared memory; the 2-stage one 255 and 12 spills)
     LINEAR_CANDIDATES = ((32, 64, 4, 1), (32, 128, 4, 1), (16, 128, 4, 1), (16, 64, 4, 1), (32, 128, 8, 1),
@@ -259,8 +261,8 @@ class Bench(BenchBase):
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c, o_s=o_s if kind == "dq_os" else None)
                     fn = lambda p=p: self.bwd.run_dq_sparse(p)  # noqa: E731
                 else:
-                    w, stg, qs, tma = cand
-                    c = C(8, 2, w, stg, qs=qs, dkdv_tma=tma)
+                    w, stg, qs, tma, reg = cand
+                    c = C(8, 2, w, stg, qs=qs, dkdv_tma=tma, dkdv_register_kv=reg)
                     p = self.prepared(do, q, k, v, o, lse, idx, alpha, lin, c)
                     self.bwd.run_dq(p)
                     fn = lambda p=p: self.bwd.run_dkdv(p)  # noqa: E731
@@ -277,7 +279,7 @@ class Bench(BenchBase):
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
         lin_cfg = best.get("linear", (None, self.LINEAR_CANDIDATES[0]))[1]
         tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3],
-                  linear_rows=lin_cfg[0], linear_cols=lin_cfg[1], linear_warps=lin_cfg[2], linear_stages=lin_cfg[3])
+                  dkdv_register_kv=dkdv[4], linear_rows=lin_cfg[0], linear_cols=lin_cfg[1], linear_warps=lin_cfg[2], linear_stages=lin_cfg[3])
         self.bwd_cfg = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)

@@ -95,8 +95,8 @@ class BwdConfig:
     # dk/dv TMA kernel: K and V as the score products' register operand (dot.register_operand). From shared memory,
     # Sᵀ = K Qᵀ and dPᵀ = V dOᵀ read 64 KB a 32-row step for 2.1 MFLOP, about as many cycles as the tensor cores
     # take for the step; from registers half that. sm_90a compile with Triton 3.6 at the Wan shape: 255 registers and
-    # 160 bytes of stack, all outside the loop (no LDL/STL between its branch and its head), 99 KB of shared memory
-    # against 115, the loop 441 instructions against 451. Not timed on a GPU yet: off.
+    # 160 bytes of stack, all outside the loop, 99 KB of shared memory against 115. Off here because only the TMA
+    # kernel has it; default_bwd_config turns it on where it uses that kernel.
     dkdv_register_kv: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
@@ -136,7 +136,9 @@ def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
         # one 8-warp program per query block. TMA tiles: dq 1.135 vs 1.218 ms, dk/dv 1.351 vs 1.399 (those dq
         # times include the prologue, 0.55 ms then). The dq kernel alone, 2026-11-27: 0.606 ms with TMA tiles at
         # 4 warps and 2 stages, 0.603 at 1 stage, 0.68 at 8 warps, 0.71 pointer.
-        return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True)
+        # K, V as the dk/dv score products' register operands, H100, 2026-12-07 (bench_train.py, bit-equal dK, dV):
+        # 16.58 against 18.11 ms at the Wan-14B shape at 97%, 1.301 against 1.303 at Wan-1.3B.
+        return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
     return BwdConfig(warps, 2, warps, 2)
 
 

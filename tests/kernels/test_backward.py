@@ -142,12 +142,22 @@ CASES = [
 ]
 
 
+def use_kernel_family(monkeypatch, tma: bool):
+    """The backward's default configuration with its dq and dk/dv kernels of the TMA or the pointer family (the
+    register-operand choice is the TMA dk/dv kernel's own, so it goes with the pointer family)."""
+    default = backward.default_bwd_config
+
+    def config(*a):
+        c = default(*a)
+        return replace(c, dq_tma=tma, dkdv_tma=tma, dkdv_register_kv=tma and c.dkdv_register_kv)
+
+    monkeypatch.setattr(backward, "default_bwd_config", config)
+
+
 @pytest.fixture(params=["pointer", "tma"])
 def bwd_path(request, monkeypatch):
     """The backward's default configuration with the dq and dk/dv kernels of the pointer or the TMA family."""
-    tma = request.param == "tma"
-    default = backward.default_bwd_config
-    monkeypatch.setattr(backward, "default_bwd_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
+    use_kernel_family(monkeypatch, request.param == "tma")
     return request.param
 
 
@@ -174,9 +184,7 @@ def test_gradients_at_every_alpha(value, alpha_shape, family, layout, poison, ke
     """dq, dk, dv and dα through the op at α = 0, 0.05, 0.5 and 1 (per head and per query block, ragged N, both
     kernel families) within TOL of autograd through the float64 reference: no term divides by α, and Δ = α Ds
     comes from Ds = rowsum(P ⊙ dO Vᵀ), not from the bf16 O."""
-    default = backward.default_bwd_config
-    tma = family == "tma"
-    monkeypatch.setattr(backward, "default_bwd_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
+    use_kernel_family(monkeypatch, family == "tma")
     b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
     q, k, v, do, sel, _ = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     shape = {"block": (b, h, -(-n // bq)), "head": (1, h, 1)}[alpha_shape]
@@ -200,9 +208,7 @@ def test_bf16_sparse_output_gives_the_dq_loop_its_delta(value, family, layout, n
     O_s's bf16 rounding in Δ; Ds for dα is still the loop's exact sum, so dk, dv, dα are bit for bit the same)."""
     from sla2_kernels import tuning
 
-    default = backward.default_bwd_config
-    tma = family == "tma"
-    monkeypatch.setattr(backward, "default_bwd_config", lambda *a: replace(default(*a), dq_tma=tma, dkdv_tma=tma))
+    use_kernel_family(monkeypatch, family == "tma")
     seen = []
     run_dq_sparse = backward.run_dq_sparse
     monkeypatch.setattr(backward, "run_dq_sparse", lambda p: (seen.append(p.delta_known), run_dq_sparse(p))[1])
