@@ -279,7 +279,8 @@ class Bench(BenchBase):
         dkdv = best.get("dkdv", (None, self.DKDV_CANDIDATES[0]))[1]
         lin_cfg = best.get("linear", (None, self.LINEAR_CANDIDATES[0]))[1]
         tuned = C(dq[0], dq[1], dkdv[0], dkdv[1], qs=dkdv[2], dq_rows=dq[2], dq_tma=dq[3], dkdv_tma=dkdv[3],
-                  dkdv_register_kv=dkdv[4], linear_rows=lin_cfg[0], linear_cols=lin_cfg[1], linear_warps=lin_cfg[2], linear_stages=lin_cfg[3])
+                  dkdv_register_kv=dkdv[4], linear_rows=lin_cfg[0], linear_cols=lin_cfg[1],
+                  linear_warps=lin_cfg[2], linear_stages=lin_cfg[3])
         self.bwd_cfg = tuned
         self.results["tuned_config"] = str(tuned)
         print("tuned", tuned, flush=True)
