@@ -115,3 +115,21 @@ def test_bench_train_times_the_other_dkdv_operand_choice_and_restores_the_proble
     row = {}
     assert b.dkdv_other_kv(p, row) == {"bwd_dkdv_register_kv_True": 0.2}
     assert seen == [True] and row["dkdv_other_kv_equal"] is True and p.cfg == cfg
+
+
+def test_bench_train_candidates_are_configurations_the_backward_accepts():
+    """Every dq, dk/dv and linear candidate of bench_train.py --sweep builds a BwdConfig the way its sweep does (the
+    register-operand choice exists only with the TMA dk/dv kernel, which BwdConfig enforces), and both operand
+    choices are among the dk/dv candidates at the default's warps, stages and rows."""
+    import bench_train
+
+    C, B = sla2_kernels.BwdConfig, bench_train.Bench
+    for w, stg, rows, tma in B.DQ_CANDIDATES + B.DQ_OS_CANDIDATES:
+        C(w, stg, 8, 2, dq_rows=rows, dq_tma=tma)
+    for w, stg, qs, tma, reg in B.DKDV_CANDIDATES:
+        C(8, 2, w, stg, qs=qs, dkdv_tma=tma, dkdv_register_kv=reg)
+    for rows, cols, w, stg in B.LINEAR_CANDIDATES:
+        C(4, 2, 8, 2, linear_rows=rows, linear_cols=cols, linear_warps=w, linear_stages=stg)
+    d = sla2_kernels.tuning.default_bwd_config(bench_train.BLOCK_Q, bench_train.BLOCK_K, 128)
+    shape = (d.dkdv_warps, d.dkdv_stages, d.qs, d.dkdv_tma)
+    assert {c[4] for c in B.DKDV_CANDIDATES if c[:4] == shape} == {True, False}
