@@ -1,6 +1,7 @@
 """kernels/benchmarks/bench.py --sweep's choice, on the CPU with a stand-in timer: every candidate is recorded,
 the fastest of each kind times the table rows, and a candidate computing other arithmetic than the default
-(exact_max flipped) is timed for the table but never chosen."""
+(exact_max flipped) is timed for the table but never chosen. Also bench.py's router pooling sweep and
+bench_train.py's dk/dv operand choice and candidate configurations."""
 
 import random
 import sys
