@@ -176,8 +176,9 @@ class Bench(BenchBase):
             del p_os
             T["bwd_linear"] = self.time_ms(lambda: self.bwd.run_linear(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
-            if p.cfg.dkdv_tma:  # the other choice of BwdConfig.dkdv_register_kv, checked against this one's dK, dV
-                T.update(self.safe(f"{shape_name} dkdv register_kv", lambda: self.dkdv_other_kv(p, row)) or {})
+            if p.cfg.dkdv_tma:  # the other choice of each dk/dv option, checked against this one's dK, dV
+                for field in self.DKDV_FLIPS:
+                    T.update(self.safe(f"{shape_name} {field}", lambda f=field: self.dkdv_flipped(p, row, f)) or {})
             if flex is not None and self.args.flex_square:
                 T.update(self.safe(f"{shape_name} flex 128x128 {sparsity}",
                                    lambda: self.time_flex_square(flex, x, do, sparsity)) or {})
@@ -288,19 +289,30 @@ class Bench(BenchBase):
         torch.cuda.empty_cache()
         self.save()
 
-    def dkdv_other_kv(self, p, row) -> dict:
-        """The dk/dv step (run_dkdv) with BwdConfig.dkdv_register_kv flipped: its time, and whether dK and dV come out
-        bit for bit as with the problem's own configuration."""
+    # BwdConfig's dk/dv options that bench_train times flipped on every run (TMA dk/dv kernel only)
+    DKDV_FLIPS = ("dkdv_register_kv", "dkdv_kv_pointer")
+
+    def dkdv_flipped(self, p, row, field: str) -> dict:
+        """The dk/dv step (run_dkdv) with the BwdConfig option `field` flipped: its time, and whether dK and dV come
+        out bit for bit as with the problem's own configuration. Pointer loads of K and V exist only with the
+        register operands, so they go off with them and are not tried without them."""
         cfg = p.cfg
+        value = not getattr(cfg, field)
+        changes = {field: value}
+        if field == "dkdv_kv_pointer" and value and not cfg.dkdv_register_kv:
+            return {}
+        if field == "dkdv_register_kv" and not value:
+            changes["dkdv_kv_pointer"] = False
+        flipped = dataclasses.replace(cfg, **changes)
         self.bwd.run_dkdv(p)
         want = p.dk.clone(), p.dv.clone()
-        p.cfg = dataclasses.replace(cfg, dkdv_register_kv=not cfg.dkdv_register_kv)
+        p.cfg = flipped
         try:
             t = self.time_ms(lambda: self.bwd.run_dkdv(p))
-            row["dkdv_other_kv_equal"] = bool(self.torch.equal(p.dk, want[0]) and self.torch.equal(p.dv, want[1]))
+            row[f"{field}_flipped_equal"] = bool(self.torch.equal(p.dk, want[0]) and self.torch.equal(p.dv, want[1]))
         finally:
             p.cfg = cfg
-        return {f"bwd_dkdv_register_kv_{not cfg.dkdv_register_kv}": t}
+        return {f"bwd_{field}_{value}": t}
 
     # ------------------------------------------------------------------ FlexAttention
     # Flex's default backward tiles on the H100 (BLOCK_N1 = 128, 8 warps) do not fit a 64-key block mask, and
@@ -466,11 +478,11 @@ class Bench(BenchBase):
                          f"fwd+bwd {f(r.get('t_fwdbwd' + other))} graph {f(r.get('t_fwdbwd_graph' + other))} "
                          f"bwd {f(r.get('t_bwd' + other))} MB {f(r.get('peak_MB' + other), 0)}; "
                          f"dq kernel with Δ from O_s {f(r.get('t_bwd_dq_os'))} against {f(r.get('t_bwd_dq'))}")
-            other_kv = [n for n in r if n.startswith("t_bwd_dkdv_register_kv_")]
-            if other_kv:
-                lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv with {other_kv[0][len('t_bwd_dkdv_'):]} "
-                             f"(the other choice of BwdConfig.dkdv_register_kv) {f(r[other_kv[0]])} against "
-                             f"{f(r.get('t_bwd_dkdv'))}; dK, dV bit-equal: {r.get('dkdv_other_kv_equal')}")
+            for field in Bench.DKDV_FLIPS:
+                for name in (n for n in r if n.startswith(f"t_bwd_{field}_")):
+                    lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv with {name[len('t_bwd_'):]} (the other "
+                                 f"choice of BwdConfig.{field}) {f(r[name])} against {f(r.get('t_bwd_dkdv'))}; "
+                                 f"dK, dV bit-equal: {r.get(field + '_flipped_equal')}")
         for s in R["sweep"]:
             lines.append(f"  sweep {s['kind']:>8} {s['cand']}: {s['ms']} ms  regs/spills/smem "
                          f"{s.get('regs_spills_smem')}")

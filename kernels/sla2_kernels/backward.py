@@ -229,6 +229,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         qs = c.qs or p.block_q
         args = (
             *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
+            p.k, p.v, *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
             p.lse, p.delta, p.alpha,
             ptr, qblk, order,
             dhk, dz, dztot, dhk.shape[1] if p.linear else 0,
@@ -236,14 +237,14 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear, INTERPRET=launch.interpreting(),
-                  REGISTER_KV=c.dkdv_register_kv, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
+                  REGISTER_KV=c.dkdv_register_kv, KV_POINTER=c.dkdv_kv_pointer, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
     if p.cfg.dkdv_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
         launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma, "dkdv_stages")
     else:
-        pointer = replace(p.cfg, dkdv_tma=False, dkdv_register_kv=False)  # no TMA here: the pointer kernel's config
+        pointer = replace(p.cfg, dkdv_tma=False, dkdv_register_kv=False, dkdv_kv_pointer=False)  # no TMA here
         launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, pointer, make, "dkdv_stages")
 
 

@@ -163,10 +163,11 @@ def dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_P
     transpose, which Triton 3.6 cannot lower from one TMA tile (its TMA lowering pass fails, sm_90 compile)."""
     if LINEAR:
         offs_d = tl.arange(0, D)
+        # dh_j's 32 KB are asked for first, so that they arrive while the list's dz_I are summed
+        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
         dz_sel = tl.zeros([D], dtype=tl.float32)
         for t in range(start, end):
             dz_sel += tl.load(DZ + (bh64 * NQ + tl.load(KV_QBLK + t).to(tl.int64)) * D + offs_d)
-        dh16 = tl.load(DHK + (bh64 * NK_PAD + j) * D * D + offs_d[:, None] * D + offs_d[None, :])
         dz = tl.load(DZTOT + bh64 * D + offs_d) - dz_sel
         dv_acc, dk_acc = dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET)
     else:

@@ -58,6 +58,7 @@ def sla2_bwd_dq_tma_kernel(
 @triton.jit
 def sla2_bwd_dkdv_tma_kernel(
     q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,  # [B, H, N, D] views; blocks [1, 1, QS or BK, D]
+    K, V, skb, skh, skn, svb, svh, svn,  # the same K and V for pointer loads (KV_POINTER)
     LSE, DELTA, ALPHA,
     KV_PTR, KV_QBLK, KV_ORDER,
     DHK, DZ, DZTOT, NK_PAD,  # DHK bf16 [BH, NK_PAD, D, D]: dh_j = Σ_{I not selecting j} dH_I
@@ -66,6 +67,7 @@ def sla2_bwd_dkdv_tma_kernel(
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
     REGISTER_KV: tl.constexpr,  # BwdConfig.dkdv_register_kv: K, V as the score products' register operand
+    KV_POINTER: tl.constexpr,  # BwdConfig.dkdv_kv_pointer (with REGISTER_KV): K, V loaded into registers
 ):
     """dK, dV of one key block: linear part from dh_j, dz_j; sparse part over the query blocks that selected
     it (CSR list, QS query rows a step)."""
@@ -78,11 +80,23 @@ def sla2_bwd_dkdv_tma_kernel(
     end = tl.load(KV_PTR + bh64 * NK + j + 1)
     row_k = j * BK
     k_ok = row_k + tl.arange(0, BK) < N
-    k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
-    v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
+    if KV_POINTER:
+        # Both loads in flight at once, straight into the registers the products take them from; a TMA load
+        # outside the loop is waited for before the next one is issued.
+        offs_n = row_k + tl.arange(0, BK)
+        offs_d = tl.arange(0, D)
+        k = tl.load(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :],
+                    mask=k_ok[:, None], other=0.0)
+        v = tl.load(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + offs_n[:, None] * svn + offs_d[None, :],
+                    mask=k_ok[:, None], other=0.0)
+        k = register_operand(k, INTERPRET)
+        v = register_operand(v, INTERPRET)
+    else:
+        k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
+        v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
     dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
                                BK, D, LINEAR, INTERPRET)
-    if REGISTER_KV:
+    if REGISTER_KV and not KV_POINTER:
         k = register_operand(k, INTERPRET)
         v = register_operand(v, INTERPRET)
 

@@ -98,6 +98,11 @@ class BwdConfig:
     # 160 bytes of stack, all outside the loop, 99 KB of shared memory against 115. Off here because only the TMA
     # kernel has it; default_bwd_config turns it on where it uses that kernel.
     dkdv_register_kv: bool = False
+    # With dkdv_register_kv: K and V by pointer loads straight into registers. The kernel's TMA loads of K and V
+    # are each waited for before the next is issued (SASS of an sm_90a compile with Triton 3.6); pointer loads are
+    # in flight together, and K, V need no shared-memory tile: 82 KB against 99, 255 registers, the same 160
+    # bytes of stack outside the loop and a loop of the same 460 instructions. Not timed on a GPU yet: off.
+    dkdv_kv_pointer: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
     # 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); one pass 0.553.
@@ -109,6 +114,9 @@ class BwdConfig:
     def __post_init__(self):
         if self.dkdv_register_kv and not self.dkdv_tma:
             raise ValueError("BwdConfig: dkdv_register_kv is a setting of the TMA dk/dv kernel; use dkdv_tma=True")
+        if self.dkdv_kv_pointer and not self.dkdv_register_kv:
+            raise ValueError("BwdConfig: dkdv_kv_pointer loads K and V for the register operands; use "
+                             "dkdv_register_kv=True")
 
 
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):

@@ -117,20 +117,25 @@ def kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype, quant=False):
     return from_layout(o.detach(), layout), [from_layout(t.grad, layout) for t in leaves] + [a.grad]
 
 
-def forward_problem(b, h, n, d, bq, bk, topk):
-    """A bf16 problem ("bhnd") with its float64 reference gradients and the kernels' forward o, lse; .backward(dO,
-    config) runs the kernels' backward on it."""
+def forward_problem(b, h, n, d, bq, bk, topk, layout="bhnd"):
+    """A bf16 problem with its float64 reference gradients and the kernels' forward o, lse; .backward(dO, config)
+    runs the kernels' backward on it, the kernels' tensors in `layout` and dq, dk, dv returned as [B, H, N, D]."""
     from types import SimpleNamespace
 
     q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
-    qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
+    swap = (lambda t: t.transpose(1, 2).contiguous()) if layout == "bnhd" else (lambda t: t)
+    qk, kk, vk, dok = (swap(t.bfloat16()) for t in (q, k, v, do))
     idx = sel.indices.to(torch.int32)
     o, lse, _ = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha.float(), block_q=bq, block_k=bk, quant=False,
-                                          layout="bhnd")
-    run = lambda grad_out, cfg: sla2_kernels.sla2_backward(  # noqa: E731
-        grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq, block_k=bk, layout="bhnd", config=cfg)
-    return SimpleNamespace(do=do, dok=dok, alpha=alpha, g_ref=g_ref, o=o, bq=bq, backward=run)
+                                          layout=layout)
+
+    def run(grad_out, cfg):
+        dq, dk, dv, da = sla2_kernels.sla2_backward(grad_out, qk, kk, vk, o, lse, idx, alpha.float(), block_q=bq,
+                                                    block_k=bk, layout=layout, config=cfg)
+        return swap(dq), swap(dk), swap(dv), da
+
+    return SimpleNamespace(do=do, dok=dok, alpha=alpha, g_ref=g_ref, o=swap(o), bq=bq, backward=run)
 
 
 CASES = [
@@ -149,7 +154,8 @@ def use_kernel_family(monkeypatch, tma: bool):
 
     def config(*a):
         c = default(*a)
-        return replace(c, dq_tma=tma, dkdv_tma=tma, dkdv_register_kv=tma and c.dkdv_register_kv)
+        return replace(c, dq_tma=tma, dkdv_tma=tma, dkdv_register_kv=tma and c.dkdv_register_kv,
+                       dkdv_kv_pointer=tma and c.dkdv_kv_pointer)
 
     monkeypatch.setattr(backward, "default_bwd_config", config)
 
@@ -414,6 +420,33 @@ def test_dkdv_with_k_and_v_as_register_operands(poison, monkeypatch):
     assert_grads(got, x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
     with pytest.raises(ValueError, match="dkdv_register_kv"):
         sla2_kernels.BwdConfig(4, 2, 4, 3, dkdv_register_kv=True)
+
+
+@pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
+def test_dkdv_with_k_and_v_by_pointer_loads(layout, poison, monkeypatch):
+    """BwdConfig.dkdv_kv_pointer (K and V loaded by pointer into the register operands) reaches the TMA dk/dv
+    kernel, reads K and V through the layout's strides and masks the ragged last key block: the gradients equal
+    the TMA-loaded kernel's bit for bit under the interpreter (same values, same products) and stay the
+    reference's; refused without the register operands."""
+    x = forward_problem(1, 2, 333, 64, 128, 64, 3, layout=layout)
+    seen = []
+    run_kernel = launch.run
+
+    def spy(name, kernel, grid, *args, **kwargs):
+        if name == "dkdv":
+            seen.append(kwargs.get("KV_POINTER"))
+        return run_kernel(name, kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "run", spy)
+    base = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
+    got = x.backward(x.dok, replace(base, dkdv_kv_pointer=True))
+    want = x.backward(x.dok, base)
+    assert seen == [True, False]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert_grads(got, x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
+    with pytest.raises(ValueError, match="dkdv_kv_pointer"):
+        sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dkdv_tma=True, dkdv_kv_pointer=True)
 
 
 @pytest.mark.parametrize("d,rows,cols", [(64, 16, 32), (128, 16, 64), (128, 64, 32), (128, 128, 128)])

@@ -87,35 +87,44 @@ def test_the_router_pooling_sweep_times_every_candidate_and_restores_the_default
     assert (routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS) == defaults
 
 
-def test_bench_train_times_the_other_dkdv_operand_choice_and_restores_the_problem(kt):
-    """bench_train.py's dk/dv with BwdConfig.dkdv_register_kv flipped, on the interpreter with a stand-in timer that
-    runs the step: the flipped configuration is the one timed, dK and dV are compared with the problem's own, and the
-    problem keeps its configuration afterwards."""
+def test_bench_train_times_each_dkdv_option_flipped_and_restores_the_problem(kt):
+    """bench_train.py's dk/dv step with each BwdConfig option of DKDV_FLIPS flipped, on the interpreter with a
+    stand-in timer that runs the step: the flipped configuration is the one timed, dK and dV are compared with the
+    problem's own, the problem keeps its configuration afterwards, and pointer loads of K and V (which need the
+    register operands) are never tried without them."""
     import torch
-    from sla2_kernels import backward, forward
+    from sla2_kernels import backward
     import bench_train
 
     seen = []
 
     def time_ms(fn):
         fn()
-        seen.append(p.cfg.dkdv_register_kv)
+        seen.append((p.cfg.dkdv_register_kv, p.cfg.dkdv_kv_pointer))
         return 0.2
 
     b = object.__new__(bench_train.Bench)
-    b.torch, b.bwd, b.fwd, b.time_ms = torch, backward, forward, time_ms
+    b.torch, b.bwd, b.time_ms = torch, backward, time_ms
     q, k, v = kt.make_qkv(1, 2, 300, 64, torch.bfloat16, "bhnd")[0]
     bq, bk = bench_train.BLOCK_Q, bench_train.BLOCK_K
     idx = torch.arange(2, dtype=torch.int32).expand(1, 2, -(-300 // bq), 2).contiguous()
     alpha = torch.full((1, 2, -(-300 // bq)), 0.5)
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=False, layout="bhnd")
-    cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True)
-    # the problem as bench_train builds it
-    p = b.prepared(torch.randn_like(q), q, k, v, o, lse, idx, alpha, b.backward_state(k, v, idx), cfg)
-    backward.run_dq(p)
-    row = {}
-    assert b.dkdv_other_kv(p, row) == {"bwd_dkdv_register_kv_True": 0.2}
-    assert seen == [True] and row["dkdv_other_kv_equal"] is True and p.cfg == cfg
+    b.fwd = sla2_kernels.forward
+    for reg, want_keys, want_seen in (
+        (True, {"bwd_dkdv_register_kv_False": 0.2, "bwd_dkdv_kv_pointer_True": 0.2}, [(False, False), (True, True)]),
+        (False, {"bwd_dkdv_register_kv_True": 0.2}, [(True, False)]),
+    ):
+        cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True, dkdv_register_kv=reg)
+        # the problem as bench_train builds it
+        p = b.prepared(torch.randn_like(q), q, k, v, o, lse, idx, alpha, b.backward_state(k, v, idx), cfg)
+        backward.run_dq(p)
+        row, got = {}, {}
+        seen.clear()
+        for field in b.DKDV_FLIPS:
+            got.update(b.dkdv_flipped(p, row, field))
+        assert got == want_keys and seen == want_seen and p.cfg == cfg
+        assert all(row[f"{f}_flipped_equal"] is True for f in ("dkdv_register_kv",) + (("dkdv_kv_pointer",) * reg))
 
 
 def test_bench_train_candidates_are_configurations_the_backward_accepts():

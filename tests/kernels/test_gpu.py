@@ -246,6 +246,24 @@ def test_dkdv_with_k_and_v_as_register_operands_at_the_wan_shape():
         assert _rel(a, b) <= 1e-6, _rel(a, b)
 
 
+def test_dkdv_with_k_and_v_by_pointer_loads_at_the_wan_shape():
+    """BwdConfig.dkdv_kv_pointer (K and V loaded by pointer straight into the register operands, both loads in
+    flight at once) gives the gradients of the default's TMA loads at the Wan-1.3B shape at 97%, in the module's
+    bnhd layout (strides other than the tile's): the same values into the same products."""
+    q, k, v, idx, alpha = _wan_1p3b_at_97(heads=2, seed=29)
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    kw = dict(block_q=128, block_k=64, layout="bnhd")
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
+    do = torch.randn_like(q)
+    base = replace(tuning.default_bwd_config(128, 64, 128), dkdv_register_kv=True)
+    want = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_kv_pointer=False),
+                                      **kw)
+    got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_kv_pointer=True),
+                                     **kw)
+    for a, b in zip(got, want):
+        assert _rel(a, b) <= 1e-6, _rel(a, b)
+
+
 def test_tma_lowbit_kernel_at_the_wan_shape():
     """The TMA low-bit kernel, the low-bit default (Q̂ from its own pass, the FP8 products accumulated in the
     tensor cores) against the oracle's low-bit forward and the pointer low-bit kernel at the Wan-1.3B shape at 97%,
