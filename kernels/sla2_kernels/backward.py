@@ -245,8 +245,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
     if p.cfg.dkdv_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
         launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma, "dkdv_stages")
     else:
-        pointer = replace(p.cfg, dkdv_tma=False, dkdv_register_kv=False, dkdv_kv_pointer=False)  # no TMA here
-        launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, pointer, make, "dkdv_stages")
+        launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, p.cfg.pointer_dkdv(), make, "dkdv_stages")
 
 
 def sla2_backward(

@@ -11,7 +11,7 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, query_rows
+from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, key_block_rows, query_rows
 from .dot import register_operand
 from .quant_math import LOG2E
 
@@ -67,7 +67,7 @@ def sla2_bwd_dkdv_tma_kernel(
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
     REGISTER_KV: tl.constexpr,  # BwdConfig.dkdv_register_kv: K, V as the score products' register operand
-    KV_POINTER: tl.constexpr,  # BwdConfig.dkdv_kv_pointer (with REGISTER_KV): K, V loaded into registers
+    KV_POINTER: tl.constexpr,  # BwdConfig.dkdv_kv_pointer (with REGISTER_KV): K, V by pointer loads
 ):
     """dK, dV of one key block: linear part from dh_j, dz_j; sparse part over the query blocks that selected
     it (CSR list, QS query rows a step)."""
@@ -79,26 +79,21 @@ def sla2_bwd_dkdv_tma_kernel(
     start = tl.load(KV_PTR + bh64 * NK + j)
     end = tl.load(KV_PTR + bh64 * NK + j + 1)
     row_k = j * BK
-    k_ok = row_k + tl.arange(0, BK) < N
+    offs_n = row_k + tl.arange(0, BK)
+    k_ok = offs_n < N
     if KV_POINTER:
-        # Both loads in flight at once, straight into the registers the products take them from; a TMA load
-        # outside the loop is waited for before the next one is issued.
-        offs_n = row_k + tl.arange(0, BK)
-        offs_d = tl.arange(0, D)
-        k = tl.load(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :],
-                    mask=k_ok[:, None], other=0.0)
-        v = tl.load(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + offs_n[:, None] * svn + offs_d[None, :],
-                    mask=k_ok[:, None], other=0.0)
-        k = register_operand(k, INTERPRET)
-        v = register_operand(v, INTERPRET)
+        # Both loads in flight at once, straight into registers; a TMA load outside the loop is waited for before
+        # the next one is issued.
+        k = key_block_rows(K, b.to(tl.int64), h.to(tl.int64), skb, skh, skn, offs_n, k_ok, D)
+        v = key_block_rows(V, b.to(tl.int64), h.to(tl.int64), svb, svh, svn, offs_n, k_ok, D)
     else:
         k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
         v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
-    dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
-                               BK, D, LINEAR, INTERPRET)
-    if REGISTER_KV and not KV_POINTER:
+    if REGISTER_KV:
         k = register_operand(k, INTERPRET)
         v = register_operand(v, INTERPRET)
+    dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
+                               BK, D, LINEAR, INTERPRET)
 
     qk_scale = sm_scale * LOG2E
     alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah

@@ -7,7 +7,7 @@ pick as `config=`; a new default is an edit here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # ------------------------------------------------------------------------------------------------ forward
 
@@ -95,13 +95,14 @@ class BwdConfig:
     # dk/dv TMA kernel: K and V as the score products' register operand (dot.register_operand). From shared memory,
     # Sᵀ = K Qᵀ and dPᵀ = V dOᵀ read 64 KB a 32-row step for 2.1 MFLOP, about as many cycles as the tensor cores
     # take for the step; from registers half that. sm_90a compile with Triton 3.6 at the Wan shape: 255 registers and
-    # 160 bytes of stack, all outside the loop, 99 KB of shared memory against 115. Off here because only the TMA
-    # kernel has it; default_bwd_config turns it on where it uses that kernel.
+    # 160 bytes of stack, all outside the loop, 82 KB of shared memory against 115 (99 as timed, with the identity
+    # after the linear part; the loop's code is the same). Off here because only the TMA kernel has it;
+    # default_bwd_config turns it on where it uses that kernel.
     dkdv_register_kv: bool = False
     # With dkdv_register_kv: K and V by pointer loads straight into registers. The kernel's TMA loads of K and V
     # are each waited for before the next is issued (SASS of an sm_90a compile with Triton 3.6); pointer loads are
-    # in flight together, and K, V need no shared-memory tile: 82 KB against 99, 255 registers, the same 160
-    # bytes of stack outside the loop and a loop of the same 460 instructions. Not timed on a GPU yet: off.
+    # in flight together. Same 255 registers, 160 bytes of stack outside the loop, 82 KB of shared memory and a
+    # loop of the same 461 instructions. Not timed on a GPU yet: off.
     dkdv_kv_pointer: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
@@ -117,6 +118,10 @@ class BwdConfig:
         if self.dkdv_kv_pointer and not self.dkdv_register_kv:
             raise ValueError("BwdConfig: dkdv_kv_pointer loads K and V for the register operands; use "
                              "dkdv_register_kv=True")
+
+    def pointer_dkdv(self) -> "BwdConfig":
+        """This configuration for the pointer dk/dv kernel: the TMA kernel's own options off."""
+        return replace(self, dkdv_tma=False, dkdv_register_kv=False, dkdv_kv_pointer=False)
 
 
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):

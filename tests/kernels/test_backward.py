@@ -148,14 +148,12 @@ CASES = [
 
 
 def use_kernel_family(monkeypatch, tma: bool):
-    """The backward's default configuration with its dq and dk/dv kernels of the TMA or the pointer family (the
-    register-operand choice is the TMA dk/dv kernel's own, so it goes with the pointer family)."""
+    """The backward's default configuration with its dq and dk/dv kernels of the TMA or the pointer family."""
     default = backward.default_bwd_config
 
     def config(*a):
-        c = default(*a)
-        return replace(c, dq_tma=tma, dkdv_tma=tma, dkdv_register_kv=tma and c.dkdv_register_kv,
-                       dkdv_kv_pointer=tma and c.dkdv_kv_pointer)
+        c = replace(default(*a), dq_tma=tma)
+        return replace(c, dkdv_tma=True) if tma else c.pointer_dkdv()
 
     monkeypatch.setattr(backward, "default_bwd_config", config)
 
@@ -399,20 +397,26 @@ def test_long_key_block_lists(tma, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
 
 
-def test_dkdv_with_k_and_v_as_register_operands(poison, monkeypatch):
-    """BwdConfig.dkdv_register_kv reaches the TMA dk/dv kernel (its REGISTER_KV) and the gradients stay the
-    reference's; refused without the TMA kernel. Under the interpreter dot.register_operand is the identity, so the
-    compiled routing is checked against the default by the GPU test at the Wan shape."""
-    x = forward_problem(1, 2, 333, 64, 128, 64, 3)
+def spy_dkdv_launches(monkeypatch, setting: str) -> list:
+    """(kernel name, its `setting` keyword) of every dk/dv launch from now on."""
     seen = []
     run_kernel = launch.run
 
     def spy(name, kernel, grid, *args, **kwargs):
         if name == "dkdv":
-            seen.append((kernel.__name__, kwargs.get("REGISTER_KV")))
+            seen.append((kernel.__name__, kwargs.get(setting)))
         return run_kernel(name, kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(launch, "run", spy)
+    return seen
+
+
+def test_dkdv_with_k_and_v_as_register_operands(poison, monkeypatch):
+    """BwdConfig.dkdv_register_kv reaches the TMA dk/dv kernel (its REGISTER_KV) and the gradients stay the
+    reference's; refused without the TMA kernel. Under the interpreter dot.register_operand is the identity, so the
+    compiled routing is checked against the default by the GPU test at the Wan shape."""
+    x = forward_problem(1, 2, 333, 64, 128, 64, 3)
+    seen = spy_dkdv_launches(monkeypatch, "REGISTER_KV")
     base = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True)
     got = x.backward(x.dok, replace(base, dkdv_register_kv=True))
     x.backward(x.dok, base)
@@ -429,24 +433,27 @@ def test_dkdv_with_k_and_v_by_pointer_loads(layout, poison, monkeypatch):
     the TMA-loaded kernel's bit for bit under the interpreter (same values, same products) and stay the
     reference's; refused without the register operands."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3, layout=layout)
-    seen = []
-    run_kernel = launch.run
-
-    def spy(name, kernel, grid, *args, **kwargs):
-        if name == "dkdv":
-            seen.append(kwargs.get("KV_POINTER"))
-        return run_kernel(name, kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(launch, "run", spy)
+    seen = spy_dkdv_launches(monkeypatch, "KV_POINTER")
     base = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
     got = x.backward(x.dok, replace(base, dkdv_kv_pointer=True))
     want = x.backward(x.dok, base)
-    assert seen == [True, False]
+    assert seen == [("sla2_bwd_dkdv_tma_kernel", True), ("sla2_bwd_dkdv_tma_kernel", False)]
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     assert_grads(got, x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
     with pytest.raises(ValueError, match="dkdv_kv_pointer"):
         sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dkdv_tma=True, dkdv_kv_pointer=True)
+
+
+def test_pointer_dkdv_configuration_runs_the_pointer_kernel(poison, monkeypatch):
+    """The dk/dv TMA options go off with the TMA kernel (BwdConfig.pointer_dkdv): a configuration with every one of
+    them on, handed to the pointer kernel where TMA cannot run, launches it with the reference's gradients."""
+    x = forward_problem(1, 2, 333, 64, 128, 64, 3)
+    seen = spy_dkdv_launches(monkeypatch, "REGISTER_KV")
+    monkeypatch.setattr(backward.layouts, "tma_hardware", lambda device: False)
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dkdv_tma=True, dkdv_register_kv=True, dkdv_kv_pointer=True)
+    assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
+    assert seen == [("sla2_bwd_dkdv_kernel", None)]
 
 
 @pytest.mark.parametrize("d,rows,cols", [(64, 16, 32), (128, 16, 64), (128, 64, 32), (128, 128, 128)])

@@ -229,37 +229,21 @@ def _wan_1p3b_at_97(heads, seed):
     return q, k, v, idx, 0.2 + 0.6 * torch.rand(B, heads, nq, device="cuda")
 
 
-def test_dkdv_with_k_and_v_as_register_operands_at_the_wan_shape():
-    """BwdConfig.dkdv_register_kv (K and V through an inline-PTX identity, so that the score products take them from
-    registers rather than shared memory) gives the gradients of K and V from shared memory at the Wan-1.3B shape at
-    97%: the same products on the same values."""
+@pytest.mark.parametrize("option, layout", [("dkdv_register_kv", "bhnd"), ("dkdv_kv_pointer", "bnhd")])
+def test_dkdv_options_at_the_wan_shape(option, layout):
+    """Each dk/dv option of the TMA kernel gives the gradients of the configuration without it at the Wan-1.3B shape
+    at 97%: K and V as the score products' register operands (an inline-PTX identity) against K and V from shared
+    memory; K and V by pointer loads against TMA loads (in the module's bnhd layout, strides other than the tile's).
+    The same values go into the same products."""
     q, k, v, idx, alpha = _wan_1p3b_at_97(heads=2, seed=23)
-    kw = dict(block_q=128, block_k=64, layout="bhnd")
-    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
-    do = torch.randn_like(q)
-    base = tuning.default_bwd_config(128, 64, 128)
-    want = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_register_kv=False),
-                                      **kw)
-    got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_register_kv=True),
-                                     **kw)
-    for a, b in zip(got, want):
-        assert _rel(a, b) <= 1e-6, _rel(a, b)
-
-
-def test_dkdv_with_k_and_v_by_pointer_loads_at_the_wan_shape():
-    """BwdConfig.dkdv_kv_pointer (K and V loaded by pointer straight into the register operands, both loads in
-    flight at once) gives the gradients of the default's TMA loads at the Wan-1.3B shape at 97%, in the module's
-    bnhd layout (strides other than the tile's): the same values into the same products."""
-    q, k, v, idx, alpha = _wan_1p3b_at_97(heads=2, seed=29)
-    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    kw = dict(block_q=128, block_k=64, layout="bnhd")
+    if layout == "bnhd":
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    kw = dict(block_q=128, block_k=64, layout=layout)
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
     do = torch.randn_like(q)
     base = replace(tuning.default_bwd_config(128, 64, 128), dkdv_register_kv=True)
-    want = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_kv_pointer=False),
-                                      **kw)
-    got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_kv_pointer=True),
-                                     **kw)
+    want = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, **{option: False}), **kw)
+    got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, **{option: True}), **kw)
     for a, b in zip(got, want):
         assert _rel(a, b) <= 1e-6, _rel(a, b)
 
