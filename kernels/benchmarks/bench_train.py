@@ -179,6 +179,8 @@ class Bench(BenchBase):
             if p.cfg.dkdv_tma:  # the other choice of each dk/dv option, checked against this one's dK, dV
                 for field in self.DKDV_FLIPS:
                     T.update(self.safe(f"{shape_name} {field}", lambda f=field: self.dkdv_flipped(p, row, f)) or {})
+            T.update(self.safe(f"{shape_name} skewed selection", lambda: self.dkdv_skewed(q, k, v, do, alpha, nq, nk,
+                                                                                          topk, row)) or {})
             if flex is not None and self.args.flex_square:
                 T.update(self.safe(f"{shape_name} flex 128x128 {sparsity}",
                                    lambda: self.time_flex_square(flex, x, do, sparsity)) or {})
@@ -313,6 +315,39 @@ class Bench(BenchBase):
         finally:
             p.cfg = cfg
         return {f"bwd_{field}_{value}": t}
+
+    # A selection with heavily selected key blocks, as learned attention has them (on the testbed model, one
+    # head's top key block is in 50 of 68 query blocks' selections): in every head one key block, chosen at random,
+    # is in SKEW_SHARE of the query blocks' selections, the rest of each selection random.
+    SKEW_SHARE = 0.75
+
+    def dkdv_skewed(self, q, k, v, do, alpha, nq, nk, topk, row) -> dict:
+        """The dk/dv step (run_dkdv) on that selection, in the default launch order and head by head
+        (selection.launch_order with no list counted long), and whether dK, dV come out bit-equal."""
+        torch, sk = self.torch, self.sk
+        B, H, dev = q.shape[0], q.shape[1], q.device
+        gen = torch.Generator(device=dev).manual_seed(77)
+        scores = torch.rand(B, H, nq, nk, device=dev, generator=gen)
+        sink = torch.randint(0, nk, (B, H, 1, 1), device=dev, generator=gen).expand(B, H, nq, 1)
+        picked = (torch.rand(B, H, nq, 1, device=dev, generator=gen) < self.SKEW_SHARE).float()
+        scores.scatter_add_(-1, sink, 2.0 * picked)
+        idx = scores.topk(topk, dim=-1).indices.sort(dim=-1).values.to(torch.int32).contiguous()
+        kw = dict(block_q=BLOCK_Q, block_k=BLOCK_K, layout="bhnd")
+        o, lse, _ = sk.sla2_forward(q, k, v, idx, alpha.detach(), quant=False, **kw)
+        p = self.prepared(do, q, k, v, o, lse, idx, alpha.detach(), self.backward_state(k, v, idx), self.bwd_cfg)
+        self.bwd.run_dq(p)
+        flat = torch.arange(B * H, device=dev).unsqueeze(1) * nk + idx.view(B * H, -1)
+        row["skewed_longest_list"] = int(flat.flatten().bincount().max())
+        out = {"bwd_dkdv_skewed": self.time_ms(lambda: self.bwd.run_dkdv(p))}
+        want = p.dk.clone(), p.dv.clone()
+        factor = self.selection.LONG_LIST_FACTOR
+        self.selection.LONG_LIST_FACTOR = float("inf")
+        try:
+            out["bwd_dkdv_skewed_head_order"] = self.time_ms(lambda: self.bwd.run_dkdv(p))
+            row["skewed_orders_equal"] = bool(torch.equal(p.dk, want[0]) and torch.equal(p.dv, want[1]))
+        finally:
+            self.selection.LONG_LIST_FACTOR = factor
+        return out
 
     # ------------------------------------------------------------------ FlexAttention
     # Flex's default backward tiles on the H100 (BLOCK_N1 = 128, 8 warps) do not fit a 64-key block mask, and
@@ -483,6 +518,12 @@ class Bench(BenchBase):
                     lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv with {name[len('t_bwd_'):]} (the other "
                                  f"choice of BwdConfig.{field}) {f(r[name])} against {f(r.get('t_bwd_dkdv'))}; "
                                  f"dK, dV bit-equal: {r.get(field + '_flipped_equal')}")
+            if r.get("t_bwd_dkdv_skewed"):
+                lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv on a selection with one key block a head in "
+                             f"{Bench.SKEW_SHARE:.0%} of the query blocks' (longest list "
+                             f"{r.get('skewed_longest_list')}): {f(r['t_bwd_dkdv_skewed'])} against "
+                             f"{f(r.get('t_bwd_dkdv_skewed_head_order'))} head by head; dK, dV bit-equal: "
+                             f"{r.get('skewed_orders_equal')}")
         for s in R["sweep"]:
             lines.append(f"  sweep {s['kind']:>8} {s['cand']}: {s['ms']} ms  regs/spills/smem "
                          f"{s.get('regs_spills_smem')}")

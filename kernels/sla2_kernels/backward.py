@@ -243,9 +243,9 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
     if p.cfg.dkdv_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
-        launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk, bh), key, p.cfg, make_tma, "dkdv_stages")
+        launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk * bh,), key, p.cfg, make_tma, "dkdv_stages")
     else:
-        launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk, bh), key, p.cfg.pointer_dkdv(), make, "dkdv_stages")
+        launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk * bh,), key, p.cfg.pointer_dkdv(), make, "dkdv_stages")
 
 
 def sla2_backward(

@@ -10,7 +10,7 @@ from .complement import complement_kernel
 from .key_block_fill import key_block_fill_kernel
 from .launch import cdiv
 from .layouts import NK_ALIGN
-from .tuning import COMPLEMENT_COLS, KEY_TILE, QUERY_TILE, Z_GATHER
+from .tuning import COMPLEMENT_COLS, KEY_TILE, LONG_LIST_FACTOR, QUERY_TILE, Z_GATHER
 
 
 def complement_mask(indices: torch.Tensor, nk: int, align: int = NK_ALIGN, z: tuple | None = None):
@@ -39,12 +39,12 @@ def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = 
     """CSR transpose of the [B, H, nq, topk] selection: for each (batch·head, key block) the query blocks that
     selected it.
 
-    Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H, nk]): the query blocks of key
-    block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order lists each head's key
-    blocks by decreasing list length (the dk/dv launch order). keep: the selection's complement mask
-    (complement_mask), when the caller has it already. Built from it (key_block_fill.py: zeros per column, a
-    prefix sum, ranks by cumulative sums) on the indices' device: no host synchronisation (CUDA-graph safe),
-    nothing larger than the router's scores (no N×nk tensor).
+    Returns (ptr int32 [B·H·nk + 1], qblk int32 [B·H·nq·topk], order int32 [B·H·nk]): the query blocks of key
+    block j of head bh are qblk[ptr[bh·nk + j] : ptr[bh·nk + j + 1]], ascending; order is the dk/dv launch order
+    of the flat ids bh·nk + j (launch_order). keep: the selection's complement mask (complement_mask), when the
+    caller has it already. Built from it (key_block_fill.py: zeros per column, a prefix sum, ranks by cumulative
+    sums) on the indices' device: no host synchronisation (CUDA-graph safe), nothing larger than the router's
+    scores (no N×nk tensor).
     """
     b, h, nq, topk = indices.shape
     bh = b * h
@@ -57,5 +57,18 @@ def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = 
     qblk = launch.empty(bh * nq * topk, device=dev, dtype=torch.int32)
     key_block_fill_kernel[(cdiv(nk, KEY_TILE), bh)](keep, ptr, qblk, nq, nk, keep.shape[-1], JT=KEY_TILE,
                                                            IT=QUERY_TILE, num_warps=4)
-    order = torch.sort(counts, dim=1, descending=True, stable=True).indices.to(torch.int32)
-    return ptr, qblk, order
+    return ptr, qblk, launch_order(counts, nq * topk / nk, LONG_LIST_FACTOR)
+
+
+def launch_order(counts: torch.Tensor, mean: float, factor: float) -> torch.Tensor:
+    """int32 [B·H·nk]: the flat ids bh·nk + j of the key blocks, in the order the dk/dv kernel takes them. Lists of
+    at least factor × mean query blocks first, longest first across all heads; then head by head (heads adjacent:
+    their Q and dO stay in L2), longest first within a head. counts: int32 [B·H, nk] list lengths; one sort
+    of integer keys, on the device (no host synchronisation)."""
+    bh, nk = counts.shape
+    # Descending int64 keys, rank << 32 | length: long lists rank above every head (rank bh + 1); the others by
+    # head, head 0 highest (rank bh … 1).
+    c = counts.to(torch.int64)
+    head_rank = torch.arange(bh, 0, -1, device=counts.device, dtype=torch.int64).unsqueeze(1)
+    key = torch.where(c >= factor * mean, bh + 1, head_rank).bitwise_left_shift_(32).add_(c)
+    return torch.sort(key.view(-1), descending=True, stable=True).indices.to(torch.int32)

@@ -38,8 +38,9 @@ Kernels (launch order):
   3. dk/dv kernel, one program per (key block, batch·head), walking the CSR list of the query blocks that
      selected that key block (built on the GPU from the complement mask of step 2, no N×nk tensor):
      dz_j = dZ_tot − the list's dZ_I, the linear part from dh_j; then the sparse dK/dV.
-     Within a head, key blocks run in order of decreasing list length (longest first), so a heavily
-     selected key block does not start last; heads stay adjacent so that their Q, dO stay in L2.
+     Order (selection.launch_order): key blocks selected far more often than the mean (tuning.LONG_LIST_FACTOR)
+     first, across heads, so that none starts late and runs on alone; then head by head (heads adjacent so
+     that their Q, dO stay in L2), longest list first within a head.
 
 Memory besides the gradients: Ds [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the linear kernel only, H_I
 [B·H, nq, D, D] fp32 and Z_I (backward_state.py) until the linear kernel has run, dH [B, H, nq, D, D] and dh
@@ -202,13 +203,14 @@ def sla2_bwd_dkdv_kernel(
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    flat = tl.load(KV_ORDER + tl.program_id(0))  # bh·NK + j, in selection.launch_order's order
+    bh = flat // NK
+    j = flat % NK
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
     bh64 = bh.to(tl.int64)
-    j = tl.load(KV_ORDER + bh64 * NK + tl.program_id(0))  # longest list first within the head
-    start = tl.load(KV_PTR + bh64 * NK + j)
-    end = tl.load(KV_PTR + bh64 * NK + j + 1)
+    start = tl.load(KV_PTR + flat)  # the CSR list is indexed by the same flat id
+    end = tl.load(KV_PTR + flat + 1)
 
     offs_n = j * BK + tl.arange(0, BK)
     offs_d = tl.arange(0, D)

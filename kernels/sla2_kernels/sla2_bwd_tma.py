@@ -71,13 +71,14 @@ def sla2_bwd_dkdv_tma_kernel(
 ):
     """dK, dV of one key block: linear part from dh_j, dz_j; sparse part over the query blocks that selected
     it (CSR list, QS query rows a step)."""
-    bh = tl.program_id(1)
+    flat = tl.load(KV_ORDER + tl.program_id(0))  # bh·NK + j, in selection.launch_order's order
+    bh = flat // NK
+    j = flat % NK
     b = bh // H
     h = bh % H
     bh64 = bh.to(tl.int64)
-    j = tl.load(KV_ORDER + bh64 * NK + tl.program_id(0))  # longest list first within the head
-    start = tl.load(KV_PTR + bh64 * NK + j)
-    end = tl.load(KV_PTR + bh64 * NK + j + 1)
+    start = tl.load(KV_PTR + flat)  # the CSR list is indexed by the same flat id
+    end = tl.load(KV_PTR + flat + 1)
     row_k = j * BK
     offs_n = row_k + tl.arange(0, BK)
     k_ok = offs_n < N

@@ -158,6 +158,12 @@ def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
 # The CSR key-block lists (key_block_fill.py): key blocks a program takes, query blocks a step.
 KEY_TILE = 64
 QUERY_TILE = 64
+# dk/dv launch order (selection.key_block_lists): a key block whose list holds at least this many times the mean
+# list length (nq·topk/nk) starts ahead of every head's other blocks. Attention with a few heavily selected key
+# blocks (the testbed model: one head's top block in 50 of 68 query blocks' selections, 20× the mean) would
+# otherwise start a later head's long program last, and it would run on alone. Below the factor heads stay
+# adjacent, so their Q and dO stay in L2.
+LONG_LIST_FACTOR = 4
 
 # ------------------------------------------------------------------------------------------------ precompute
 

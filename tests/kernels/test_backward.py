@@ -14,6 +14,7 @@ import torch
 
 import sla2_kernels
 from sla2_kernels import backward, launch, layouts, selection
+from sla2_kernels.tuning import LONG_LIST_FACTOR
 from sla2_train.attention import backend
 from sla2_train.attention import reference as ref
 
@@ -88,11 +89,12 @@ def from_layout(t, layout):
     return t.transpose(1, 2) if layout == "bnhd" else t
 
 
-def problem(b, h, n, d, bq, bk, topk, dtype, alpha_shape="block"):
-    """Random q, k, v, dO (already rounded to dtype, as float64), a random selection and α."""
+def problem(b, h, n, d, bq, bk, topk, dtype, alpha_shape="block", scores=None):
+    """Random q, k, v, dO (already rounded to dtype, as float64), a selection (the top-k of `scores` [B, H, nq, nk],
+    random by default) and a random α."""
     q, k, v, do = (torch.randn(b, h, n, d, dtype=torch.float64).to(dtype).double() for _ in range(4))
     nq, nk = -(-n // bq), -(-n // bk)
-    sel = ref.hard_topk(torch.randn(b, h, nq, nk), topk)
+    sel = ref.hard_topk(torch.randn(b, h, nq, nk) if scores is None else scores, topk)
     shape = {"block": (b, h, nq), "head": (1, h, 1), "scalar": ()}[alpha_shape]
     alpha = torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1
     return q, k, v, do, sel, alpha
@@ -117,12 +119,12 @@ def kernel_grads(q, k, v, do, sel, alpha, bq, bk, layout, dtype, quant=False):
     return from_layout(o.detach(), layout), [from_layout(t.grad, layout) for t in leaves] + [a.grad]
 
 
-def forward_problem(b, h, n, d, bq, bk, topk, layout="bhnd"):
+def forward_problem(b, h, n, d, bq, bk, topk, layout="bhnd", scores=None):
     """A bf16 problem with its float64 reference gradients and the kernels' forward o, lse; .backward(dO, config)
     runs the kernels' backward on it, the kernels' tensors in `layout` and dq, dk, dv returned as [B, H, N, D]."""
     from types import SimpleNamespace
 
-    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    q, k, v, do, sel, alpha = problem(b, h, n, d, bq, bk, topk, torch.bfloat16, scores=scores)
     _, g_ref = reference_grads(q, k, v, do, sel, alpha, bq, bk)
     swap = (lambda t: t.transpose(1, 2).contiguous()) if layout == "bnhd" else (lambda t: t)
     qk, kk, vk, dok = (swap(t.bfloat16()) for t in (q, k, v, do))
@@ -397,6 +399,58 @@ def test_long_key_block_lists(tma, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
 
 
+def sink_scores(b, h, nq, nk, sinks):
+    """Random router scores [B, H, nq, nk] in which key block j of (batch, head) is every query block's first
+    choice, for each (batch, head, j) in sinks: lists as long as nq there."""
+    scores = torch.randn(b, h, nq, nk)
+    for bi, hi, j in sinks:
+        scores[bi, hi, :, j] += 100.0
+    return scores
+
+
+@pytest.mark.parametrize("tma", [False, True])
+def test_heavily_selected_key_blocks_of_later_heads_run_first(tma, poison, monkeypatch):
+    """Key blocks that every query block selects, in the last (batch, head)s: the dk/dv kernel takes them first
+    (selection.launch_order; the launch's order is checked here) and its flat program ids still reach the right
+    head and key block: gradients against the float64 reference, both kernel families, ragged N."""
+    b, h, n, bq, bk, topk = 2, 2, 1250, 128, 64, 3
+    nq, nk = -(-n // bq), -(-n // bk)
+    sinks = [(1, 1, 17), (1, 0, 4), (0, 1, 19)]  # the last key block (19) is ragged
+    x = forward_problem(b, h, n, 64, bq, bk, topk, scores=sink_scores(b, h, nq, nk, sinks))
+    seen = []
+    lists = selection.key_block_lists
+
+    def spy(*args, **kwargs):
+        out = lists(*args, **kwargs)
+        seen.append((out[0].diff().tolist(), out[2].tolist()))
+        return out
+
+    monkeypatch.setattr(backward, "key_block_lists", spy)
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_tma=tma, dkdv_tma=tma)
+    assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
+    (counts, order), = seen
+    n_long = sum(c >= LONG_LIST_FACTOR * nq * topk / nk for c in counts)  # the sinks, and by chance others
+    assert {(bi * h + hi) * nk + j for bi, hi, j in sinks} <= set(order[:n_long])
+    assert order[n_long:] == sorted(order[n_long:], key=lambda f: f // nk)  # then head by head
+
+
+@pytest.mark.parametrize("factor,mean", [(4, 1.5), (4, 40.0), (2, 3.0)])
+def test_launch_order(factor, mean):
+    """Long lists (≥ factor × mean) first, longest first across heads; the rest head by head, longest first within
+    a head, ties in key-block order; every key block once."""
+    counts = torch.randint(0, 12, (5, 9), dtype=torch.int32)
+    counts[3, 2], counts[0, 8], counts[4, 0] = 30, 25, 40
+    order = selection.launch_order(counts, mean, factor).tolist()
+    assert sorted(order) == list(range(counts.numel()))
+    flat = counts.flatten().tolist()
+    is_long = [flat[f] >= factor * mean for f in order]
+    n_long = sum(is_long)
+    assert is_long == [True] * n_long + [False] * (len(order) - n_long)
+    expect = sorted((f for f in range(len(flat)) if flat[f] >= factor * mean), key=lambda f: (-flat[f], f))
+    expect += sorted((f for f in range(len(flat)) if flat[f] < factor * mean), key=lambda f: (f // 9, -flat[f], f))
+    assert order == expect
+
+
 def spy_dkdv_launches(monkeypatch, setting: str) -> list:
     """(kernel name, its `setting` keyword) of every dk/dv launch from now on."""
     seen = []
@@ -507,8 +561,7 @@ def test_key_block_lists_are_the_transpose_of_the_selection(b, h, nq, nk, topk):
         for j in range(nk):
             lo, hi = ptr[bh * nk + j].item(), ptr[bh * nk + j + 1].item()
             assert qblk[lo:hi].tolist() == torch.nonzero(mask[bh, :, j]).flatten().tolist()
-        assert sorted(order[bh].tolist()) == list(range(nk))
-        assert (counts[bh][order[bh].long()].diff() <= 0).all()  # longest list first
+    assert torch.equal(order, selection.launch_order(counts.int(), nq * topk / nk, LONG_LIST_FACTOR))
 
 
 def blocked_sla2(q, k, v, alpha, idx, bq, bk):

@@ -127,6 +127,46 @@ def test_bench_train_times_each_dkdv_option_flipped_and_restores_the_problem(kt)
         assert all(row[f"{f}_flipped_equal"] is True for f in ("dkdv_register_kv",) + (("dkdv_kv_pointer",) * reg))
 
 
+def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt):
+    """bench_train.py's dk/dv step on a selection with a heavily selected key block a head, on the interpreter with a
+    stand-in timer that runs the step: the default order takes the long lists first, the head-by-head one does not,
+    dK and dV agree, and the launch order's factor is back afterwards."""
+    import torch
+    from sla2_kernels import backward, selection
+    import bench_train
+
+    orders = []
+    lists = selection.key_block_lists
+
+    def spy(*args, **kwargs):
+        out = lists(*args, **kwargs)
+        orders.append((out[0].diff(), out[2]))
+        return out
+
+    b = object.__new__(bench_train.Bench)
+    b.torch, b.sk, b.bwd, b.fwd, b.selection = torch, sla2_kernels, backward, sla2_kernels.forward, selection
+    b.bwd_cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
+    b.time_ms = lambda fn: (fn(), 0.3)[1]
+    n, bq, bk = 1300, bench_train.BLOCK_Q, bench_train.BLOCK_K
+    nq, nk, topk = -(-n // bq), -(-n // bk), 3
+    (q, k, v), _ = kt.make_qkv(1, 2, n, 64, torch.bfloat16, "bhnd")
+    alpha = torch.full((1, 2, nq), 0.5)
+    factor = selection.LONG_LIST_FACTOR
+    row = {}
+    import unittest.mock
+
+    with unittest.mock.patch.object(backward, "key_block_lists", spy):
+        got = b.dkdv_skewed(q, k, v, torch.randn_like(q), alpha, nq, nk, topk, row)
+    assert got == {"bwd_dkdv_skewed": 0.3, "bwd_dkdv_skewed_head_order": 0.3} and row["skewed_orders_equal"] is True
+    assert selection.LONG_LIST_FACTOR == factor
+    (counts, first), (_, second) = orders
+    long = {int(f) for f in torch.nonzero(counts >= factor * nq * topk / nk).flatten()}
+    assert int(counts.max()) == row["skewed_longest_list"] and {f // nk for f in long} == {0, 1}  # both heads'
+    assert {int(f) for f in first[: len(long)]} == long  # first, across heads
+    heads = [int(f) // nk for f in second]
+    assert heads == sorted(heads)  # head by head
+
+
 def test_bench_train_candidates_are_configurations_the_backward_accepts():
     """Every dq, dk/dv and linear candidate of bench_train.py --sweep builds a BwdConfig the way its sweep does (the
     register-operand choice exists only with the TMA dk/dv kernel, which BwdConfig enforces), and both operand
