@@ -292,20 +292,14 @@ class Bench(BenchBase):
         self.save()
 
     # BwdConfig's dk/dv options that bench_train times flipped on every run (TMA dk/dv kernel only)
-    DKDV_FLIPS = ("dkdv_register_kv", "dkdv_kv_pointer")
+    DKDV_FLIPS = ("dkdv_register_kv",)
 
     def dkdv_flipped(self, p, row, field: str) -> dict:
         """The dk/dv step (run_dkdv) with the BwdConfig option `field` flipped: its time, and whether dK and dV come
-        out bit for bit as with the problem's own configuration. Pointer loads of K and V exist only with the
-        register operands, so they go off with them and are not tried without them."""
+        out bit for bit as with the problem's own configuration."""
         cfg = p.cfg
         value = not getattr(cfg, field)
-        changes = {field: value}
-        if field == "dkdv_kv_pointer" and value and not cfg.dkdv_register_kv:
-            return {}
-        if field == "dkdv_register_kv" and not value:
-            changes["dkdv_kv_pointer"] = False
-        flipped = dataclasses.replace(cfg, **changes)
+        flipped = dataclasses.replace(cfg, **{field: value})
         self.bwd.run_dkdv(p)
         want = p.dk.clone(), p.dv.clone()
         p.cfg = flipped

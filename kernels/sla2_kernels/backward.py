@@ -229,7 +229,6 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         qs = c.qs or p.block_q
         args = (
             *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
-            p.k, p.v, *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
             p.lse, p.delta, p.alpha,
             ptr, qblk, order,
             dhk, dz, dztot, dhk.shape[1] if p.linear else 0,
@@ -237,7 +236,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear, INTERPRET=launch.interpreting(),
-                  REGISTER_KV=c.dkdv_register_kv, KV_POINTER=c.dkdv_kv_pointer, num_warps=c.dkdv_warps,
+                  REGISTER_KV=c.dkdv_register_kv, num_warps=c.dkdv_warps,
                   num_stages=c.dkdv_stages)
         return args, kw
 

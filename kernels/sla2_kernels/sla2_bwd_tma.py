@@ -11,7 +11,7 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, key_block_rows, query_rows
+from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, query_rows
 from .dot import register_operand
 from .quant_math import LOG2E
 
@@ -58,7 +58,6 @@ def sla2_bwd_dq_tma_kernel(
 @triton.jit
 def sla2_bwd_dkdv_tma_kernel(
     q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,  # [B, H, N, D] views; blocks [1, 1, QS or BK, D]
-    K, V, skb, skh, skn, svb, svh, svn,  # the same K and V for pointer loads (KV_POINTER)
     LSE, DELTA, ALPHA,
     KV_PTR, KV_QBLK, KV_ORDER,
     DHK, DZ, DZTOT, NK_PAD,  # DHK bf16 [BH, NK_PAD, D, D]: dh_j = Σ_{I not selecting j} dH_I
@@ -67,7 +66,6 @@ def sla2_bwd_dkdv_tma_kernel(
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
     REGISTER_KV: tl.constexpr,  # BwdConfig.dkdv_register_kv: K, V as the score products' register operand
-    KV_POINTER: tl.constexpr,  # BwdConfig.dkdv_kv_pointer (with REGISTER_KV): K, V by pointer loads
 ):
     """dK, dV of one key block: linear part from dh_j, dz_j; sparse part over the query blocks that selected
     it (CSR list, QS query rows a step)."""
@@ -82,14 +80,8 @@ def sla2_bwd_dkdv_tma_kernel(
     row_k = j * BK
     offs_n = row_k + tl.arange(0, BK)
     k_ok = offs_n < N
-    if KV_POINTER:
-        # Both loads in flight at once, straight into registers; a TMA load outside the loop is waited for before
-        # the next one is issued.
-        k = key_block_rows(K, b.to(tl.int64), h.to(tl.int64), skb, skh, skn, offs_n, k_ok, D)
-        v = key_block_rows(V, b.to(tl.int64), h.to(tl.int64), svb, svh, svn, offs_n, k_ok, D)
-    else:
-        k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
-        v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
+    k = k_desc.load([b, h, row_k, 0]).reshape(BK, D)
+    v = v_desc.load([b, h, row_k, 0]).reshape(BK, D)
     if REGISTER_KV:
         k = register_operand(k, INTERPRET)
         v = register_operand(v, INTERPRET)

@@ -95,15 +95,10 @@ class BwdConfig:
     # dk/dv TMA kernel: K and V as the score products' register operand (dot.register_operand). From shared memory,
     # Sᵀ = K Qᵀ and dPᵀ = V dOᵀ read 64 KB a 32-row step for 2.1 MFLOP, about as many cycles as the tensor cores
     # take for the step; from registers half that. sm_90a compile with Triton 3.6 at the Wan shape: 255 registers and
-    # 160 bytes of stack, all outside the loop, 82 KB of shared memory against 115 (99 as timed, with the identity
-    # after the linear part; the loop's code is the same). Off here because only the TMA kernel has it;
+    # 160 bytes of stack, all outside the loop, 82 KB of shared memory against 115. Off here because only the TMA
+    # kernel has it;
     # default_bwd_config turns it on where it uses that kernel.
     dkdv_register_kv: bool = False
-    # With dkdv_register_kv: K and V by pointer loads straight into registers. The kernel's TMA loads of K and V
-    # are each waited for before the next is issued (SASS of an sm_90a compile with Triton 3.6); pointer loads are
-    # in flight together. Same 255 registers, 160 bytes of stack outside the loop, 82 KB of shared memory and a
-    # loop of the same 461 instructions. Not timed on a GPU yet: off.
-    dkdv_kv_pointer: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
     # 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); one pass 0.553.
@@ -115,13 +110,10 @@ class BwdConfig:
     def __post_init__(self):
         if self.dkdv_register_kv and not self.dkdv_tma:
             raise ValueError("BwdConfig: dkdv_register_kv is a setting of the TMA dk/dv kernel; use dkdv_tma=True")
-        if self.dkdv_kv_pointer and not self.dkdv_register_kv:
-            raise ValueError("BwdConfig: dkdv_kv_pointer loads K and V for the register operands; use "
-                             "dkdv_register_kv=True")
 
     def pointer_dkdv(self) -> "BwdConfig":
         """This configuration for the pointer dk/dv kernel: the TMA kernel's own options off."""
-        return replace(self, dkdv_tma=False, dkdv_register_kv=False, dkdv_kv_pointer=False)
+        return replace(self, dkdv_tma=False, dkdv_register_kv=False)
 
 
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):
@@ -150,7 +142,10 @@ def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
         # times include the prologue, 0.55 ms then). The dq kernel alone, 2026-11-27: 0.606 ms with TMA tiles at
         # 4 warps and 2 stages, 0.603 at 1 stage, 0.68 at 8 warps, 0.71 pointer.
         # K, V as the dk/dv score products' register operands, H100, 2026-12-07 (bench_train.py, bit-equal dK, dV):
-        # 16.58 against 18.11 ms at the Wan-14B shape at 97%, 1.301 against 1.303 at Wan-1.3B.
+        # 16.58 against 18.11 ms at the Wan-14B shape at 97%, 1.301 against 1.303 at Wan-1.3B; with the identity
+        # applied at the load (82 KB of shared memory), 13:16 UTC: 16.19 against 17.41, 1.332 against 1.347.
+        # The sweep at 1.3B that hour: (4 warps, 3 stages, 32 rows) with them 1.306 ms, without 1.320; 2 stages
+        # 1.355 / 1.347; the pointer kernel 1.391.
         return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
     return BwdConfig(warps, 2, warps, 2)
 

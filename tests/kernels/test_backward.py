@@ -480,32 +480,13 @@ def test_dkdv_with_k_and_v_as_register_operands(poison, monkeypatch):
         sla2_kernels.BwdConfig(4, 2, 4, 3, dkdv_register_kv=True)
 
 
-@pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
-def test_dkdv_with_k_and_v_by_pointer_loads(layout, poison, monkeypatch):
-    """BwdConfig.dkdv_kv_pointer (K and V loaded by pointer into the register operands) reaches the TMA dk/dv
-    kernel, reads K and V through the layout's strides and masks the ragged last key block: the gradients equal
-    the TMA-loaded kernel's bit for bit under the interpreter (same values, same products) and stay the
-    reference's; refused without the register operands."""
-    x = forward_problem(1, 2, 333, 64, 128, 64, 3, layout=layout)
-    seen = spy_dkdv_launches(monkeypatch, "KV_POINTER")
-    base = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
-    got = x.backward(x.dok, replace(base, dkdv_kv_pointer=True))
-    want = x.backward(x.dok, base)
-    assert seen == [("sla2_bwd_dkdv_tma_kernel", True), ("sla2_bwd_dkdv_tma_kernel", False)]
-    for a, b in zip(got, want):
-        assert torch.equal(a, b)
-    assert_grads(got, x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
-    with pytest.raises(ValueError, match="dkdv_kv_pointer"):
-        sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dkdv_tma=True, dkdv_kv_pointer=True)
-
-
 def test_pointer_dkdv_configuration_runs_the_pointer_kernel(poison, monkeypatch):
     """The dk/dv TMA options go off with the TMA kernel (BwdConfig.pointer_dkdv): a configuration with every one of
     them on, handed to the pointer kernel where TMA cannot run, launches it with the reference's gradients."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3)
     seen = spy_dkdv_launches(monkeypatch, "REGISTER_KV")
     monkeypatch.setattr(backward.layouts, "tma_hardware", lambda device: False)
-    cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dkdv_tma=True, dkdv_register_kv=True, dkdv_kv_pointer=True)
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dkdv_tma=True, dkdv_register_kv=True)
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
     assert seen == [("sla2_bwd_dkdv_kernel", None)]
 
