@@ -96,8 +96,7 @@ class BwdConfig:
     # Sᵀ = K Qᵀ and dPᵀ = V dOᵀ read 64 KB a 32-row step for 2.1 MFLOP, about as many cycles as the tensor cores
     # take for the step; from registers half that. sm_90a compile with Triton 3.6 at the Wan shape: 255 registers and
     # 160 bytes of stack, all outside the loop, 82 KB of shared memory against 115. Off here because only the TMA
-    # kernel has it;
-    # default_bwd_config turns it on where it uses that kernel.
+    # kernel has it; default_bwd_config turns it on where it uses that kernel.
     dkdv_register_kv: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
@@ -153,11 +152,14 @@ def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
 # The CSR key-block lists (key_block_fill.py): key blocks a program takes, query blocks a step.
 KEY_TILE = 64
 QUERY_TILE = 64
-# dk/dv launch order (selection.key_block_lists): a key block whose list holds at least this many times the mean
-# list length (nq·topk/nk) starts ahead of every head's other blocks. Learned attention has key blocks that most
-# query blocks select (the testbed model at 97%, scripts/testbed/key_block_popularity.py: up to 30× the mean,
-# 60 of 68 query blocks); in the head-by-head order a later head's long program started near the grid's end and
-# ran on alone. Below the factor heads stay adjacent, so their Q and dO stay in L2.
+# dk/dv launch order (selection.launch_order): a key block whose list holds at least this many times the mean list
+# length (nq·topk/nk) starts ahead of every head's other blocks. Learned attention has key blocks that most query
+# blocks select (the testbed model at 97%, scripts/testbed/key_block_popularity.py: up to 30× the mean, 60 of 68
+# query blocks); in the head-by-head order a later head's long program started near the grid's end and ran on
+# alone. Below the factor heads stay adjacent, so their Q and dO stay in L2. H100, 2026-12-07 (bench_train.py):
+# with one key block a head in 75% of the query blocks' selections, dk/dv 1.313 ms against 1.940 head by head at
+# Wan-1.3B. Factor 0 (every list longest first across heads) 1.391 against 1.339 on the router's selection at
+# Wan-1.3B (an ad-hoc do_bench of run_dkdv, same day): heads interleaved lose L2; factor 2 was no better.
 LONG_LIST_FACTOR = 4
 
 # ------------------------------------------------------------------------------------------------ precompute
