@@ -82,6 +82,18 @@ class Bench(BenchBase):
             return float(self.triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median"))
         return float(self.triton.testing.do_bench(fn, warmup=5, rep=40, return_mode="median"))
 
+    # Comparisons time their two variants in turns, this many rounds each: between calls the same dk/dv launch at
+    # the Wan-14B shape took 16.7 to 19.3 ms (H100, 2026-12-07), more than the differences compared.
+    PAIR_ROUNDS = 5
+
+    def time_pair(self, first, second) -> tuple[float, float]:
+        """Medians of PAIR_ROUNDS timings of each of two variants, taken alternately."""
+        a, b = [], []
+        for _ in range(self.PAIR_ROUNDS):
+            a.append(self.time_ms(first))
+            b.append(self.time_ms(second))
+        return float(statistics.median(a)), float(statistics.median(b))
+
     def peak_mb(self, fn) -> float:
         torch = self.torch
         torch.cuda.synchronize()
@@ -295,20 +307,26 @@ class Bench(BenchBase):
     DKDV_FLIPS = ("dkdv_register_kv",)
 
     def dkdv_flipped(self, p, row, field: str) -> dict:
-        """The dk/dv step (run_dkdv) with the BwdConfig option `field` flipped: its time, and whether dK and dV come
-        out bit for bit as with the problem's own configuration."""
+        """The dk/dv step (run_dkdv) with the problem's configuration and with the BwdConfig option `field` flipped,
+        timed in turns (keys bwd_<field>_<value>), and whether dK and dV come out bit for bit the same."""
         cfg = p.cfg
-        value = not getattr(cfg, field)
-        flipped = dataclasses.replace(cfg, **{field: value})
-        self.bwd.run_dkdv(p)
-        want = p.dk.clone(), p.dv.clone()
-        p.cfg = flipped
+        value = getattr(cfg, field)
+        flipped = dataclasses.replace(cfg, **{field: not value})
+
+        def run(c):
+            p.cfg = c
+            self.bwd.run_dkdv(p)
+
         try:
-            t = self.time_ms(lambda: self.bwd.run_dkdv(p))
+            run(cfg)
+            want = p.dk.clone(), p.dv.clone()
+            run(flipped)
             row[f"{field}_flipped_equal"] = bool(self.torch.equal(p.dk, want[0]) and self.torch.equal(p.dv, want[1]))
+            row[f"{field}_own"] = value
+            t_own, t_flipped = self.time_pair(lambda: run(cfg), lambda: run(flipped))
         finally:
             p.cfg = cfg
-        return {f"bwd_{field}_{value}": t}
+        return {f"bwd_{field}_{value}": t_own, f"bwd_{field}_{not value}": t_flipped}
 
     # A selection with heavily selected key blocks, as learned attention has them (the testbed model at 97%: a
     # head's most selected key block in up to 60 of 68 query blocks' selections, scripts/testbed/
@@ -333,16 +351,21 @@ class Bench(BenchBase):
         self.bwd.run_dq(p)
         flat = torch.arange(B * H, device=dev).unsqueeze(1) * nk + idx.view(B * H, -1)
         row["skewed_longest_list"] = int(flat.flatten().bincount().max())
-        out = {"bwd_dkdv_skewed": self.time_ms(lambda: self.bwd.run_dkdv(p))}
-        want = p.dk.clone(), p.dv.clone()
         factor = self.selection.LONG_LIST_FACTOR
-        self.selection.LONG_LIST_FACTOR = float("inf")
+
+        def run(f):
+            self.selection.LONG_LIST_FACTOR = f
+            self.bwd.run_dkdv(p)
+
         try:
-            out["bwd_dkdv_skewed_head_order"] = self.time_ms(lambda: self.bwd.run_dkdv(p))
+            run(factor)
+            want = p.dk.clone(), p.dv.clone()
+            run(float("inf"))
             row["skewed_orders_equal"] = bool(torch.equal(p.dk, want[0]) and torch.equal(p.dv, want[1]))
+            t = self.time_pair(lambda: run(factor), lambda: run(float("inf")))
         finally:
             self.selection.LONG_LIST_FACTOR = factor
-        return out
+        return {"bwd_dkdv_skewed": t[0], "bwd_dkdv_skewed_head_order": t[1]}
 
     # ------------------------------------------------------------------ FlexAttention
     # Flex's default backward tiles on the H100 (BLOCK_N1 = 128, 8 warps) do not fit a 64-key block mask, and
@@ -509,16 +532,17 @@ class Bench(BenchBase):
                          f"bwd {f(r.get('t_bwd' + other))} MB {f(r.get('peak_MB' + other), 0)}; "
                          f"dq kernel with Δ from O_s {f(r.get('t_bwd_dq_os'))} against {f(r.get('t_bwd_dq'))}")
             for field in Bench.DKDV_FLIPS:
-                for name in (n for n in r if n.startswith(f"t_bwd_{field}_")):
-                    lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv with {name[len('t_bwd_'):]} (the other "
-                                 f"choice of BwdConfig.{field}) {f(r[name])} against {f(r.get('t_bwd_dkdv'))}; "
-                                 f"dK, dV bit-equal: {r.get(field + '_flipped_equal')}")
+                if f"t_bwd_{field}_True" in r:
+                    lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv with BwdConfig.{field} True / False, timed "
+                                 f"in turns: {f(r[f't_bwd_{field}_True'])} / {f(r.get(f't_bwd_{field}_False'))} "
+                                 f"(the run's own: {r.get(field + '_own')}); dK, dV bit-equal: "
+                                 f"{r.get(field + '_flipped_equal')}")
             if r.get("t_bwd_dkdv_skewed"):
                 lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv on a selection with one key block a head in "
                              f"{Bench.SKEW_SHARE:.0%} of the query blocks' (longest list "
                              f"{r.get('skewed_longest_list')}): {f(r['t_bwd_dkdv_skewed'])} against "
-                             f"{f(r.get('t_bwd_dkdv_skewed_head_order'))} head by head; dK, dV bit-equal: "
-                             f"{r.get('skewed_orders_equal')}")
+                             f"{f(r.get('t_bwd_dkdv_skewed_head_order'))} head by head (timed in turns); dK, dV "
+                             f"bit-equal: {r.get('skewed_orders_equal')}")
         for s in R["sweep"]:
             lines.append(f"  sweep {s['kind']:>8} {s['cand']}: {s['ms']} ms  regs/spills/smem "
                          f"{s.get('regs_spills_smem')}")
