@@ -156,8 +156,8 @@ def dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET: tl.constexpr):
 
 @triton.jit
 def key_block_rows(X, b64, h64, sxb, sxh, sxn, offs_n, k_ok, D: tl.constexpr):
-    """[BK, D] rows offs_n of (b, h) from X by pointer (head_dim contiguous), zeros past N: K or V of the dk/dv
-    kernels' key block."""
+    """[BK, D] rows offs_n of (b, h) from X by pointer (head_dim contiguous), zeros past N: K or V of the pointer
+    dk/dv kernel's key block."""
     offs_d = tl.arange(0, D)
     return tl.load(X + b64 * sxb + h64 * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
 
