@@ -57,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-k", type=int, default=64)
     p.add_argument("--out", help="JSON file for the per-layer, per-head numbers")
     args = p.parse_args(argv)
-    size = [int(x) for x in args.size.split("x")]
+    try:
+        size = [int(x) for x in args.size.split("x")]
+        assert len(size) == 3
+    except (ValueError, AssertionError):
+        p.error(f"--size {args.size}: expected frames×height×width, e.g. 17x128x256")
+    for sub in ("transformer", "vae", "text_encoder"):
+        if not (Path(args.model) / sub).is_dir():
+            p.error(f"--model {args.model}: no {sub}/ folder there (a diffusers folder of the testbed model)")
     model = WanTransformer3DModel.from_pretrained(str(Path(args.model) / "transformer")).float()
     sets = testbed_sets(model, args.model, size, 0, args.scenes, [float(s) for s in args.sigmas.split(",")])
     rows = []

@@ -31,3 +31,12 @@ def test_a_key_block_every_query_attends_is_every_query_blocks_choice():
     mask[0, 0, :, 2] = True
     mask[0, 0, 0, 0] = True
     assert pop.list_lengths(mask).tolist() == [[[1, 0, 3, 0]]]
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    import pytest
+
+    for argv, word in ((["--model", str(tmp_path)], "transformer/"), (["--size", "17x128"], "--size 17x128")):
+        with pytest.raises(SystemExit):
+            pop.main(argv)
+        assert word in capsys.readouterr().err
