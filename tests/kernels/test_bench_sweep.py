@@ -145,8 +145,8 @@ def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt):
     b.torch, b.sk, b.bwd, b.fwd, b.selection = torch, sla2_kernels, backward, sla2_kernels.forward, selection
     b.bwd_cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
     b.time_ms, b.PAIR_ROUNDS = (lambda fn: (fn(), 0.3)[1]), 1
-    n, bq, bk = 1300, bench_train.BLOCK_Q, bench_train.BLOCK_K
-    nq, nk, topk = -(-n // bq), -(-n // bk), 3
+    n, bq, bk = 700, bench_train.BLOCK_Q, bench_train.BLOCK_K
+    nq, nk, topk = -(-n // bq), -(-n // bk), 1
     (q, k, v), _ = kt.make_qkv(1, 2, n, 64, torch.bfloat16, "bhnd")
     alpha = torch.full((1, 2, nq), 0.5)
     factor = selection.LONG_LIST_FACTOR
