@@ -236,8 +236,7 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear, INTERPRET=launch.interpreting(),
-                  REGISTER_KV=c.dkdv_register_kv, num_warps=c.dkdv_warps,
-                  num_stages=c.dkdv_stages)
+                  REGISTER_KV=c.dkdv_register_kv, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)

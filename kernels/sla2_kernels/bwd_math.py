@@ -155,14 +155,6 @@ def dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def key_block_rows(X, b64, h64, sxb, sxh, sxn, offs_n, k_ok, D: tl.constexpr):
-    """[BK, D] rows offs_n of (b, h) from X by pointer (head_dim contiguous), zeros past N: K or V of the pointer
-    dk/dv kernel's key block."""
-    offs_d = tl.arange(0, D)
-    return tl.load(X + b64 * sxb + h64 * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
-
-
-@triton.jit
 def dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
               BK: tl.constexpr, D: tl.constexpr, LINEAR: tl.constexpr, INTERPRET: tl.constexpr):
     """(dV_j, dK_j·√D) before the sparse loop: key block j's linear-branch part, from dh_j (one product on the

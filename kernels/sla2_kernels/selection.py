@@ -51,7 +51,7 @@ def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = 
     dev = indices.device
     if keep is None:
         keep = complement_mask(indices, nk, NK_ALIGN)
-    counts = (keep[:, :, :nk] == 0).sum(dim=1, dtype=torch.int32)  # [bh, nk]
+    counts = (keep[:, :, :nk] == 0).sum(dim=1, dtype=torch.int64)  # [bh, nk], as launch_order's sort keys
     ptr = torch.zeros(bh * nk + 1, device=dev, dtype=torch.int32)
     torch.cumsum(counts.view(-1), dim=0, dtype=torch.int32, out=ptr[1:])
     qblk = launch.empty(bh * nq * topk, device=dev, dtype=torch.int32)
@@ -63,12 +63,12 @@ def key_block_lists(indices: torch.Tensor, nk: int, keep: torch.Tensor | None = 
 def launch_order(counts: torch.Tensor, mean: float, factor: float) -> torch.Tensor:
     """int32 [B·H·nk]: the flat ids bh·nk + j of the key blocks, in the order the dk/dv kernel takes them. Lists of
     at least factor × mean query blocks first, longest first across all heads; then head by head (heads adjacent:
-    their Q and dO stay in L2), longest first within a head. counts: int32 [B·H, nk] list lengths; one sort
-    of integer keys, on the device (no host synchronisation)."""
+    their Q and dO stay in L2), longest first within a head. counts: [B·H, nk] list lengths (int64 saves a cast);
+    one sort of integer keys, on the device (no host synchronisation)."""
     bh, nk = counts.shape
     # Descending int64 keys, rank << 32 | length: long lists rank above every head (rank bh + 1); the others by
     # head, head 0 highest (rank bh … 1).
-    c = counts.to(torch.int64)
+    c = counts.long()
     head_rank = torch.arange(bh, 0, -1, device=counts.device, dtype=torch.int64).unsqueeze(1)
     key = torch.where(c >= factor * mean, bh + 1, head_rank).bitwise_left_shift_(32).add_(c)
     return torch.sort(key.view(-1), descending=True, stable=True).indices.to(torch.int32)

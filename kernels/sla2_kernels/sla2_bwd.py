@@ -52,8 +52,8 @@ O(N²·D) or O(N·N/b_k).
 import triton
 import triton.language as tl
 
-from .bwd_math import (centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, key_block_rows,
-                       linear_rows, mixed_sparse_rows, query_rows)
+from .bwd_math import (centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, linear_rows,
+                       mixed_sparse_rows, query_rows)
 from .dot import mma_acc
 from .quant_math import LOG2E
 from .sla2_fwd import load_linear_state
@@ -215,8 +215,8 @@ def sla2_bwd_dkdv_kernel(
     offs_n = j * BK + tl.arange(0, BK)
     offs_d = tl.arange(0, D)
     k_ok = offs_n < N
-    k = key_block_rows(K, b64, h64, skb, skh, skn, offs_n, k_ok, D)
-    v = key_block_rows(V, b64, h64, svb, svh, svn, offs_n, k_ok, D)
+    k = tl.load(K + b64 * skb + h64 * skh + offs_n[:, None] * skn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
+    v = tl.load(V + b64 * svb + h64 * svh + offs_n[:, None] * svn + offs_d[None, :], mask=k_ok[:, None], other=0.0)
 
     dv_acc, dk_acc = dkdv_init(k, v, k_ok, j, start, end, bh64, KV_QBLK, DZ, DZTOT, DHK, NQ, NK_PAD, sm_scale,
                                BK, D, LINEAR, INTERPRET)

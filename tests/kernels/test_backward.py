@@ -434,6 +434,14 @@ def test_heavily_selected_key_blocks_of_later_heads_run_first(tma, poison, monke
     assert order[n_long:] == sorted(order[n_long:], key=lambda f: f // nk)  # then head by head
 
 
+def expected_order(counts: torch.Tensor, threshold: float) -> list[int]:
+    """The dk/dv launch order in plain Python: flat ids bh·nk + j of lists ≥ threshold, longest first (ties by id),
+    then the rest by head, longest first within a head (ties by id)."""
+    nk, flat = counts.shape[1], counts.flatten().tolist()
+    long = sorted((f for f, c in enumerate(flat) if c >= threshold), key=lambda f: (-flat[f], f))
+    return long + sorted((f for f, c in enumerate(flat) if c < threshold), key=lambda f: (f // nk, -flat[f], f))
+
+
 @pytest.mark.parametrize("factor,mean", [(4, 1.5), (4, 40.0), (2, 3.0)])
 def test_launch_order(factor, mean):
     """Long lists (≥ factor × mean) first, longest first across heads; the rest head by head, longest first within
@@ -442,13 +450,7 @@ def test_launch_order(factor, mean):
     counts[3, 2], counts[0, 8], counts[4, 0] = 30, 25, 40
     order = selection.launch_order(counts, mean, factor).tolist()
     assert sorted(order) == list(range(counts.numel()))
-    flat = counts.flatten().tolist()
-    is_long = [flat[f] >= factor * mean for f in order]
-    n_long = sum(is_long)
-    assert is_long == [True] * n_long + [False] * (len(order) - n_long)
-    expect = sorted((f for f in range(len(flat)) if flat[f] >= factor * mean), key=lambda f: (-flat[f], f))
-    expect += sorted((f for f in range(len(flat)) if flat[f] < factor * mean), key=lambda f: (f // 9, -flat[f], f))
-    assert order == expect
+    assert order == expected_order(counts, factor * mean)
 
 
 def spy_dkdv_launches(monkeypatch, setting: str) -> list:
@@ -531,9 +533,13 @@ def test_tma_kernels_fall_back_for_misaligned_inputs(monkeypatch, poison):
     assert launched == ["sla2_bwd_dq_kernel", "sla2_bwd_dkdv_kernel"]
 
 
-@pytest.mark.parametrize("b,h,nq,nk,topk", [(2, 3, 7, 11, 4), (1, 2, 40, 70, 9)])  # one tile; several of both
-def test_key_block_lists_are_the_transpose_of_the_selection(b, h, nq, nk, topk):
-    idx = torch.rand(b, h, nq, nk).topk(topk, dim=-1).indices.sort(dim=-1).values.int()
+# one tile; several of both; with key block 5 of the last head in every query block's selection (a long list)
+@pytest.mark.parametrize("b,h,nq,nk,topk,sink", [(2, 3, 7, 11, 4, False), (1, 2, 40, 70, 9, False),
+                                                 (1, 2, 40, 70, 9, True)])
+def test_key_block_lists_are_the_transpose_of_the_selection(b, h, nq, nk, topk, sink):
+    scores = torch.rand(b, h, nq, nk)
+    scores[-1, -1, :, 5] += 10.0 * sink
+    idx = scores.topk(topk, dim=-1).indices.sort(dim=-1).values.int()
     ptr, qblk, order = selection.key_block_lists(idx, nk)
     mask = torch.zeros(b, h, nq, nk, dtype=torch.bool).scatter_(-1, idx.long(), True).view(b * h, nq, nk)
     counts = mask.sum(dim=1)
@@ -542,7 +548,7 @@ def test_key_block_lists_are_the_transpose_of_the_selection(b, h, nq, nk, topk):
         for j in range(nk):
             lo, hi = ptr[bh * nk + j].item(), ptr[bh * nk + j + 1].item()
             assert qblk[lo:hi].tolist() == torch.nonzero(mask[bh, :, j]).flatten().tolist()
-    assert torch.equal(order, selection.launch_order(counts.int(), nq * topk / nk, LONG_LIST_FACTOR))
+    assert order.tolist() == expected_order(counts, LONG_LIST_FACTOR * nq * topk / nk)
 
 
 def blocked_sla2(q, k, v, alpha, idx, bq, bk):

@@ -125,7 +125,7 @@ def test_bench_train_times_each_dkdv_option_flipped_and_restores_the_problem(kt)
         assert row["dkdv_register_kv_flipped_equal"] is True and row["dkdv_register_kv_own"] is reg
 
 
-def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt):
+def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt, monkeypatch):
     """bench_train.py's dk/dv step on a selection with a heavily selected key block a head, on the interpreter with a
     stand-in timer that runs the step: the default order takes the long lists first, the head-by-head one does not,
     dK and dV agree, and the launch order's factor is back afterwards."""
@@ -151,10 +151,8 @@ def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt):
     alpha = torch.full((1, 2, nq), 0.5)
     factor = selection.LONG_LIST_FACTOR
     row = {}
-    import unittest.mock
-
-    with unittest.mock.patch.object(backward, "key_block_lists", spy):
-        got = b.dkdv_skewed(q, k, v, torch.randn_like(q), alpha, nq, nk, topk, row)
+    monkeypatch.setattr(backward, "key_block_lists", spy)
+    got = b.dkdv_skewed(q, k, v, torch.randn_like(q), alpha, nq, nk, topk, row)
     assert got == {"bwd_dkdv_skewed": 0.3, "bwd_dkdv_skewed_head_order": 0.3} and row["skewed_orders_equal"] is True
     assert selection.LONG_LIST_FACTOR == factor
     assert len(orders) == 4  # each order once for dK, dV, then once a round in turns
