@@ -46,7 +46,8 @@ class BwdProblem:
     dk: torch.Tensor | None = None
     dv: torch.Tensor | None = None
     dalpha: torch.Tensor | None = None
-    delta: torch.Tensor | None = None  # Ds = dO·O_s per query row (the dq kernel's)
+    # fp32 [B·H, 2, nq·b_q]: per query row the log2 normaliser of α·P and Ds = dO·O_s (the dq kernel's row_stats)
+    rows: torch.Tensor | None = None
     dh: torch.Tensor | None = None
     dz: torch.Tensor | None = None
     keep: torch.Tensor | None = None  # the selection's complement mask, when the linear state was built with it
@@ -105,19 +106,19 @@ def run_dq(p: BwdProblem) -> None:
 
 
 def run_dq_sparse(p: BwdProblem) -> None:
-    """The dq kernel: sparse dQ over the selected key blocks (into p.dq) and Ds = dO·O_s per row (into p.delta).
+    """The dq kernel: sparse dQ over the selected key blocks (into p.dq) and the row statistics (into p.rows).
     With the bf16 forward's O_s (p.delta_known) the kernel reads it in O's place and knows Δ before its loop."""
     bsz, heads, n, d = p.shape
     o = p.o_s if p.delta_known else p.o
     bh, nq = bsz * heads, p.nq
     sa = p.alpha.stride()
     p.dq = launch.empty_like(p.q, memory_format=torch.contiguous_format)
-    p.delta = launch.empty(bsz, heads, n, device=p.q.device, dtype=torch.float32)
+    p.rows = launch.empty(bh, 2, nq * p.block_q, device=p.q.device, dtype=torch.float32)
 
     def make(c):
         args = (
             p.q, p.k, p.v, o, p.do, p.dq,
-            p.lse, p.delta, p.idx, p.alpha,
+            p.lse, p.rows, p.idx, p.alpha,
             *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
             *bhn_strides(o, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
             sa[0], sa[1], sa[2],
@@ -134,7 +135,7 @@ def run_dq_sparse(p: BwdProblem) -> None:
         bm = c.dq_rows or p.block_q
         args = (
             *(descriptor(t, r) for t, r in zip(views, [bm, p.block_k, p.block_k, bm, bm, bm])),
-            p.lse, p.delta, p.idx, p.alpha, sa[0], sa[1], sa[2],
+            p.lse, p.rows, p.idx, p.alpha, sa[0], sa[1], sa[2],
             n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, BM=bm, LINEAR=p.linear, DELTA_KNOWN=p.delta_known,
@@ -171,7 +172,7 @@ def run_linear(p: BwdProblem) -> None:
     launch.run(
         "linear", sla2_bwd_linear_kernel, (nq, bh),
         p.q, p.do, p.dq, o_s,
-        p.delta, p.alpha, *p.lin_state,
+        p.rows, p.alpha, *p.lin_state,
         p.dh, p.dz, p.dalpha, psi,
         *bhn_strides(p.q, p.layout), *bhn_strides(p.do, p.layout), *bhn_strides(p.dq, p.layout),
         *bhn_strides(o_s, p.layout),
@@ -202,21 +203,19 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
             p.dh = None
         dz = p.dz
     else:
-        dhk = dztot = dz = p.delta  # never read
+        dhk = dztot = dz = p.rows  # never read
     del keep
     p.dk = launch.empty_like(p.k, memory_format=torch.contiguous_format)
     p.dv = launch.empty_like(p.v, memory_format=torch.contiguous_format)
-    sa = p.alpha.stride()
 
     def make(c):
         args = (
             p.q, p.k, p.v, p.do, p.dk, p.dv,
-            p.lse, p.delta, p.alpha,
+            p.rows,
             ptr, qblk, order,
             dhk, dz, dztot, dhk.shape[1] if p.linear else 0,
             *bhn_strides(p.q, p.layout), *bhn_strides(p.k, p.layout), *bhn_strides(p.v, p.layout),
             *bhn_strides(p.do, p.layout), *bhn_strides(p.dk, p.layout), *bhn_strides(p.dv, p.layout),
-            sa[0], sa[1], sa[2],
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=c.qs or p.block_q, LINEAR=p.linear,
@@ -229,10 +228,9 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
         qs = c.qs or p.block_q
         args = (
             *(descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k))),
-            p.lse, p.delta, p.alpha,
+            descriptor(p.rows, 1, qs),
             ptr, qblk, order,
             dhk, dz, dztot, dhk.shape[1] if p.linear else 0,
-            sa[0], sa[1], sa[2],
             n, heads, nq, nk, 1.0 / math.sqrt(d),
         )
         kw = dict(BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear, INTERPRET=launch.interpreting(),

@@ -38,15 +38,15 @@ def centred_state(h32, z_i):
 
 
 @triton.jit
-def mixed_sparse_rows(do, DELTA_ROWS, OS_ROWS, q_ok, FROM_OS: tl.constexpr):
+def mixed_sparse_rows(do, DS_ROWS, OS_ROWS, q_ok, FROM_OS: tl.constexpr):
     """dO·O_s per row for dα, of the O_s that the forward mixed in (docs/method.md, Backward). FROM_OS (QAT): from
     the O_s^q the low-bit forward stored, so that dα = Σ dO·(O_s^q − O_l) is the exact derivative of that
     forward; the dq kernel's Ds is dO·O_s of the bf16 P, off by the low-bit error, which dα's difference of
-    similar terms would magnify. Otherwise that Ds. DELTA_ROWS, OS_ROWS: these rows' pointers in Ds and O_s."""
+    similar terms would magnify. Otherwise that Ds. DS_ROWS, OS_ROWS: these rows' pointers in Ds and O_s."""
     if FROM_OS:
         o_s = tl.load(OS_ROWS, mask=q_ok[:, None], other=0.0)
         return tl.sum(do.to(tl.float32) * o_s.to(tl.float32), axis=1)
-    return tl.load(DELTA_ROWS, mask=q_ok, other=0.0)
+    return tl.load(DS_ROWS, mask=q_ok, other=0.0)
 
 
 @triton.jit
@@ -74,18 +74,15 @@ def linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET: tl.constexp
 
 
 @triton.jit
-def query_rows(LSE, DELTA, ALPHA_BH, saq, bh64, i_blk, rows, N, LINEAR: tl.constexpr):
-    """(q_ok, lse in the log2 domain, Δ = α Ds, α) of query rows `rows` (of query block i_blk; ALPHA_BH points at
-    this (batch, head)'s α row; DELTA holds Ds = dO·O_s from the dq kernel). Without a linear branch α is 1
-    (effective_alpha)."""
-    q_ok = rows < N
-    lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
-    d_s = tl.load(DELTA + bh64 * N + rows, mask=q_ok, other=0.0)
-    if LINEAR:
-        alpha = tl.load(ALPHA_BH + i_blk * saq)
-    else:
-        alpha = 1.0
-    return q_ok, lse2, alpha * d_s, alpha
+def row_stats(lse2, alpha, d_s, ROWS_BH, rows, NPAD, LINEAR: tl.constexpr):
+    """Store what the dk/dv kernel needs of query rows `rows` into their (batch, head)'s row statistics ROWS_BH
+    (fp32 [2, NPAD], NPAD = nq·b_q, so rows past N are stored too and no step masks its load): row 0 the log2
+    normaliser of α·P, lse·log2(e) − log2(α) (α = 0 gives +inf, so α·P = 0 with no division), row 1 Ds.
+    Two contiguous rows per head let the TMA dk/dv kernel fetch a step's values as two tiles."""
+    if LINEAR:  # log2 of a clamped α: the interpreter warns at log2(0)
+        lse2 = lse2 - tl.where(alpha > 0, tl.log2(tl.maximum(alpha, 1e-30)), float("-inf"))
+    tl.store(ROWS_BH + rows, lse2)
+    tl.store(ROWS_BH + NPAD + rows, d_s)
 
 
 @triton.jit
@@ -132,15 +129,15 @@ def dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN: tl.constexpr):
 
 
 @triton.jit
-def dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale, INTERPRET: tl.constexpr):
-    """dV += α Pᵀ dO and dK += dSᵀ Q, dS = P ⊙ (α dP − Δ), for one tile of query rows that selected this key
-    block (transposed tiles: key rows along the first axis)."""
+def dkdv_step(k, v, q, do, k_ok, q_ok, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET: tl.constexpr):
+    """dV += α Pᵀ dO and dK += dSᵀ Q, dS = P ⊙ (α dP − Δ) = αP ⊙ (dO Vᵀ − Ds), for one tile of query rows that
+    selected this key block (transposed tiles: key rows along the first axis). lse2a, d_s: the rows' statistics
+    (row_stats), so α·P comes out of the exponential and α is never loaded or multiplied in the loop."""
     st = mma(k, tl.trans(q), INTERPRET)  # [BK, rows]
-    pt = tl.exp2(st * qk_scale - lse2[None, :])
+    pt = tl.exp2(st * qk_scale - lse2a[None, :])  # α·Pᵀ
     pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)
-    dv_acc = mma_acc((pt * alpha).to(do.dtype), do, dv_acc, INTERPRET)
-    dpt = mma(v, tl.trans(do), INTERPRET) * alpha
-    dst = pt * (dpt - delta[None, :])
+    dv_acc = mma_acc(pt.to(do.dtype), do, dv_acc, INTERPRET)
+    dst = pt * (mma(v, tl.trans(do), INTERPRET) - d_s[None, :])
     return dv_acc, mma_acc(dst.to(q.dtype), q, dk_acc, INTERPRET)
 
 

@@ -18,7 +18,8 @@ Sparse branch (P = exp(S/√D − lse) on selected blocks): dP = α dO Vᵀ, dS 
   products a step; Ds for dα stays the loop's exact sum). Otherwise (O_s not kept; QAT, whose O_s^q is not P V)
   Δ is known only after the dq loop, so the loop sums P ⊙ (α dO Vᵀ − c) K, P K and Ds for a centring
   c = α dO·O (bf16 O: close to Δ), and dS K = that sum + (c − Δ) P K (bwd_math.dq_step). The dk/dv kernel runs
-  later and reads Δ = α Ds directly.
+  later and forms α·P = exp2(S·log2(e)/√D − (lse·log2(e) − log2 α)) and dS = αP ⊙ (dO Vᵀ − Ds) from the dq
+  kernel's row statistics (bwd_math.row_stats): α itself never enters its loop.
 Linear branch (g = (1 − α) dO, φQ, ψ = φQ / den, H_I, Z_I = sums over the blocks I did not select; H_I summed in
 fp32 and centred to H̃_I = H_I − Z_I v̄ᵀ before its bf16 rounding, bwd_math.centred_state):
   dφQ_i = (g_i H_Iᵀ − (1 − α) Dl_i Z_I) / den_i = (g_i H̃_Iᵀ − (g_i·Õ_l,i) Z_I) / den_i
@@ -29,7 +30,7 @@ fp32 and centred to H̃_I = H_I − Z_I v̄ᵀ before its bf16 rounding, bwd_mat
 
 Kernels (launch order):
   1. dq kernel, one program per (query block or BM rows of it, batch·head): FlashAttention's dQ over the
-     selected key blocks (into dQ) and Ds (into Δ's buffer);
+     selected key blocks (into dQ) and the row statistics (log2 normaliser of α·P, Ds);
      linear kernel (with a linear branch), one program per (query block, batch·head): reads backward_state's
      H_I, Z_I and Ds (QAT: O_s^q instead), writes dα_I, dH_I, dZ_I and adds the linear dQ to dQ. Without a
      linear branch dα = 0.
@@ -42,7 +43,7 @@ Kernels (launch order):
      first, across heads, so that none starts late and runs on alone; then head by head (heads adjacent so
      that their Q, dO stay in L2), longest list first within a head.
 
-Memory besides the gradients: Ds [B, H, N] fp32, ψ [B·H, nq·b_q, D] bf16 during the linear kernel only, H_I
+Memory besides the gradients: the row statistics [B·H, 2, nq·b_q] fp32, ψ [B·H, nq·b_q, D] bf16 during the linear kernel only, H_I
 [B·H, nq, D, D] fp32 and Z_I (backward_state.py) until the linear kernel has run, dH [B, H, nq, D, D] and dh
 [B, H, nk, D, D] (bf16), dZ [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk
 bf16, as the router's scores; also what the CSR lists are built from): O(N·D²/b_k + N²/(b_q·b_k)), never
@@ -53,7 +54,7 @@ import triton
 import triton.language as tl
 
 from .bwd_math import (centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, linear_rows,
-                       mixed_sparse_rows, query_rows)
+                       mixed_sparse_rows, row_stats)
 from .dot import mma_acc
 from .quant_math import LOG2E
 from .sla2_fwd import load_linear_state
@@ -62,7 +63,7 @@ from .sla2_fwd import load_linear_state
 @triton.jit
 def sla2_bwd_dq_kernel(
     Q, K, V, O, DO, DQ,
-    LSE, DELTA, IDX, ALPHA,
+    LSE, ROWS, IDX, ALPHA,  # ROWS fp32 [B·H, 2, nq·b_q]: the row statistics (bwd_math.row_stats), written here
     sqb, sqh, sqn,
     skb, skh, skn,
     svb, svh, svn,
@@ -76,8 +77,8 @@ def sla2_bwd_dq_kernel(
     DELTA_KNOWN: tl.constexpr,  # O holds the bf16 forward's O_s: Δ = α dO·O_s before the loop (bwd_math.dq_step)
 ):
     """FlashAttention's dQ over the selected key blocks, written to DQ (the linear kernel adds the linear dQ), and
-    Ds = dO·O_s per row, written to DELTA. dQ rows are independent, so a query block may be split over BQ // BM
-    programs (BwdConfig.dq_rows)."""
+    the rows' statistics for the linear and dk/dv kernels, written to ROWS. dQ rows are independent, so a query
+    block may be split over BQ // BM programs (BwdConfig.dq_rows)."""
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
@@ -114,13 +115,13 @@ def sla2_bwd_dq_kernel(
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok)
-    tl.store(DELTA + bh64 * N + offs_m, d_s, mask=q_ok)
+    row_stats(lse2, alpha, d_s, ROWS + bh64 * 2 * NQ * BQ, offs_m, NQ * BQ, LINEAR)
 
 
 @triton.jit
 def sla2_bwd_linear_kernel(
     Q, DO, DQ, OS,  # OS: the low-bit forward's O_s^q (read only with DALPHA_FROM_OS)
-    DELTA, ALPHA, HI, ZI,
+    ROWS, ALPHA, HI, ZI,  # ROWS: the dq kernel's row statistics, of which Ds
     DH, DZ, DALPHA,
     PSI,  # bf16 [B·H, nq·b_q, D] scratch: ψ from pass 1 to pass 2
     sqb, sqh, sqn,
@@ -161,8 +162,8 @@ def sla2_bwd_linear_kernel(
         q_ok = offs_m < N
         do = tl.load(do_bh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         q = tl.load(q_bh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-        d_s = mixed_sparse_rows(do, DELTA + bh64 * N + offs_m, os_bh + offs_m[:, None] * sosn + offs_d[None, :],
-                                q_ok, DALPHA_FROM_OS)
+        d_s = mixed_sparse_rows(do, ROWS + (bh64 * 2 + 1) * NQ * BQ + offs_m,
+                                os_bh + offs_m[:, None] * sosn + offs_d[None, :], q_ok, DALPHA_FROM_OS)
         da, dz, dq_lin, psi16 = linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET)
         dalpha += da
         dz_acc += dz
@@ -189,7 +190,7 @@ def sla2_bwd_linear_kernel(
 @triton.jit
 def sla2_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV,
-    LSE, DELTA, ALPHA,
+    ROWS,  # the dq kernel's row statistics (bwd_math.row_stats)
     KV_PTR, KV_QBLK, KV_ORDER,
     DHK, DZ, DZTOT, NK_PAD,  # DHK bf16 [BH, NK_PAD, D, D]: dh_j = Σ_{I not selecting j} dH_I
     sqb, sqh, sqn,
@@ -198,7 +199,6 @@ def sla2_bwd_dkdv_kernel(
     sdob, sdoh, sdon,
     sdkb, sdkh, sdkn,
     sdvb, sdvh, sdvn,
-    sab, sah, saq,
     N, H, NQ, NK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
@@ -224,18 +224,18 @@ def sla2_bwd_dkdv_kernel(
     # Loop B: sparse dK, dV over the query blocks that selected this key block, QS query rows at a time (QS ≤ b_q:
     # narrower S/P/dP tiles next to the two fp32 accumulators).
     qk_scale = sm_scale * LOG2E
-    alpha_bh = ALPHA + b64 * sab + h64 * sah
+    rows_bh = ROWS + bh64 * 2 * NQ * BQ
     NSUBQ: tl.constexpr = BQ // QS
     offs_qs = tl.arange(0, QS)
     for u in range(start * NSUBQ, end * NSUBQ):
-        i_blk = tl.load(KV_QBLK + u // NSUBQ)
-        rows = i_blk * BQ + (u % NSUBQ) * QS + offs_qs
-        q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, alpha_bh, saq, bh64, i_blk, rows, N, LINEAR)
+        rows = tl.load(KV_QBLK + u // NSUBQ) * BQ + (u % NSUBQ) * QS + offs_qs
+        q_ok = rows < N
+        lse2a = tl.load(rows_bh + rows)
+        d_s = tl.load(rows_bh + NQ * BQ + rows)
         q = tl.load(Q + b64 * sqb + h64 * sqh + rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         do = tl.load(DO + b64 * sdob + h64 * sdoh + rows[:, None] * sdon + offs_d[None, :],
                      mask=q_ok[:, None], other=0.0)
-        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale,
-                                   INTERPRET)
+        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET)
     tl.store(DK + b64 * sdkb + h64 * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
              (dk_acc * sm_scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
     tl.store(DV + b64 * sdvb + h64 * sdvh + offs_n[:, None] * sdvn + offs_d[None, :],

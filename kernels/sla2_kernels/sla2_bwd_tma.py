@@ -11,7 +11,7 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, query_rows
+from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, row_stats
 from .dot import register_operand
 from .quant_math import LOG2E
 
@@ -20,13 +20,14 @@ from .quant_math import LOG2E
 def sla2_bwd_dq_tma_kernel(
     q_desc, k_desc, v_desc, o_desc, do_desc, dq_desc,  # [B, H, N, D] views; blocks [1, 1, BM or BK, D]; o_desc: O,
     # or O_s with DELTA_KNOWN
-    LSE, DELTA, IDX, ALPHA,
+    LSE, ROWS, IDX, ALPHA,  # ROWS fp32 [B·H, 2, nq·b_q]: the row statistics (bwd_math.row_stats), written here
     sab, sah, saq,
     N, H, NQ, TOPK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,  # BM: query rows per program
     LINEAR: tl.constexpr, INTERPRET: tl.constexpr, DELTA_KNOWN: tl.constexpr,
 ):
-    """Sparse dQ over the selected key blocks (the linear kernel adds the linear dQ later) and Ds = dO·O_s."""
+    """Sparse dQ over the selected key blocks (the linear kernel adds the linear dQ later) and the rows' statistics
+    (log2 normaliser of α·P, Ds = dO·O_s)."""
     pid_m = tl.program_id(0) // (BQ // BM)  # the query block
     bh = tl.program_id(1)
     b = bh // H
@@ -52,16 +53,15 @@ def sla2_bwd_dq_tma_kernel(
                                INTERPRET, DELTA_KNOWN)
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     dq_desc.store([b, h, row0, 0], dq.to(dq_desc.dtype).reshape(1, 1, BM, D))
-    tl.store(DELTA + bh64 * N + row0 + tl.arange(0, BM), d_s, mask=q_ok)
+    row_stats(lse2, alpha, d_s, ROWS + bh64 * 2 * NQ * BQ, row0 + tl.arange(0, BM), NQ * BQ, LINEAR)
 
 
 @triton.jit
 def sla2_bwd_dkdv_tma_kernel(
     q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc,  # [B, H, N, D] views; blocks [1, 1, QS or BK, D]
-    LSE, DELTA, ALPHA,
+    rows_desc,  # the dq kernel's row statistics, fp32 [B·H, 2, nq·b_q] (bwd_math.row_stats); blocks [1, 1, QS]
     KV_PTR, KV_QBLK, KV_ORDER,
     DHK, DZ, DZTOT, NK_PAD,  # DHK bf16 [BH, NK_PAD, D, D]: dh_j = Σ_{I not selecting j} dH_I
-    sab, sah, saq,
     N, H, NQ, NK, sm_scale,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, QS: tl.constexpr, LINEAR: tl.constexpr,
     INTERPRET: tl.constexpr,
@@ -89,16 +89,17 @@ def sla2_bwd_dkdv_tma_kernel(
                                BK, D, LINEAR, INTERPRET)
 
     qk_scale = sm_scale * LOG2E
-    alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah
     NSUBQ: tl.constexpr = BQ // QS
     offs_qs = tl.arange(0, QS)
     for u in range(start * NSUBQ, end * NSUBQ):
-        i_blk = tl.load(KV_QBLK + u // NSUBQ)
-        r0 = i_blk * BQ + (u % NSUBQ) * QS
+        r0 = tl.load(KV_QBLK + u // NSUBQ) * BQ + (u % NSUBQ) * QS
         q = q_desc.load([b, h, r0, 0]).reshape(QS, D)
         do = do_desc.load([b, h, r0, 0]).reshape(QS, D)
-        q_ok, lse2, delta, alpha = query_rows(LSE, DELTA, alpha_bh, saq, bh64, i_blk, r0 + offs_qs, N, LINEAR)
-        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2, delta, alpha, dv_acc, dk_acc, qk_scale,
+        # a step's statistics as two 128-byte TMA tiles: as pointer loads they took 16 four-byte cp.async a thread
+        # (the accumulator layout's columns), about a tenth of the loop's issue samples (Nsight Compute, 1.3B)
+        lse2a = rows_desc.load([bh, 0, r0]).reshape(QS)
+        d_s = rows_desc.load([bh, 1, r0]).reshape(QS)
+        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, r0 + offs_qs < N, lse2a, d_s, dv_acc, dk_acc, qk_scale,
                                    INTERPRET)
     dk_desc.store([b, h, row_k, 0], (dk_acc * sm_scale).to(dk_desc.dtype).reshape(1, 1, BK, D))
     dv_desc.store([b, h, row_k, 0], dv_acc.to(dv_desc.dtype).reshape(1, 1, BK, D))
