@@ -234,6 +234,35 @@ def test_bf16_sparse_output_gives_the_dq_loop_its_delta(value, family, layout, n
     assert rel(grads[True][0], grads[False][0]) <= 1e-2
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
+def test_dq_kernel_row_statistics(tma, poison):
+    """The dq kernel's row statistics, what the dk/dv step reads instead of lse, α and Δ: per query row
+    lse·log2(e) − log2(α) (+inf at α = 0, so α·P = 0 with no division) and Ds = dO·O_s, written up to n_q·b_q
+    so that the step's unmasked loads never meet an unwritten (here NaN-poisoned) value past N."""
+    b, h, n, d, bq, bk, topk = 1, 2, 200, 64, 64, 64, 2
+    q, k, v, do, sel, _ = problem(b, h, n, d, bq, bk, topk, torch.bfloat16)
+    nq = -(-n // bq)
+    alpha = torch.tensor([[0.0, 0.3, 0.7, 1.0], [0.05, 0.5, 0.0, 0.9]]).view(1, h, nq)
+    qk, kk, vk, dok = (t.bfloat16() for t in (q, k, v, do))
+    idx = sel.indices.to(torch.int32)
+    kw = dict(block_q=bq, block_k=bk, layout="bhnd")
+    o, lse, o_s = sla2_kernels.sla2_forward(qk, kk, vk, idx, alpha, quant=False, sparse_out=True, **kw)
+    h_i, z_i, keep = backward.backward_linear_state(kk, vk, idx, **kw)
+    cfg = replace(backward.default_bwd_config(bq, bk, d), dq_tma=tma)
+    p = backward.prepare(dok, qk, kk, vk, o, lse, idx, alpha, h_i=h_i, z_i=z_i, keep=keep, config=cfg, **kw)
+    backward.run_dq_sparse(p)
+    rows = p.rows.view(b, h, 2, nq * bq)
+    a_row = alpha.repeat_interleave(bq, dim=-1)[..., :n]
+    want = lse.double() / torch.log(torch.tensor(2.0, dtype=torch.float64)) - torch.log2(a_row.double())
+    got = rows[:, :, 0, :n].double()
+    assert torch.equal(torch.isinf(got), torch.isinf(want)) and bool((got[torch.isinf(got)] > 0).all())
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-6, atol=1e-5)
+    d_s = (dok.double() * o_s.double()).sum(-1)
+    assert rel(rows[:, :, 1, :n], d_s) <= 1e-2  # O_s rounded to bf16 against the loop's exact sum
+    assert not torch.isnan(rows).any()
+
+
 def test_blocked_oracle_float64_gradients_equal_reference():
     """The GPU tests' float64 oracle at the Wan shape (autograd through blocked_reference in float64) has the
     gradients of the dense float64 reference, α = 0 included."""
