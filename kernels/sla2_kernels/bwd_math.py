@@ -6,6 +6,7 @@ import triton.language as tl
 
 from .dot import mma, mma_acc
 from .quant_math import LOG2E
+from .sla2_fwd import keys_before_n
 
 
 @triton.jit
@@ -99,7 +100,7 @@ def dq_rows(LSE, O_ROWS, ALPHA_BH, saq, bh64, i_blk, rows, do, N, LINEAR: tl.con
 
 
 @triton.jit
-def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET: tl.constexpr,
+def dq_step(q, k, v, do, start, N, lse2, c, alpha, acc, pk, d_s, qk_scale, BK: tl.constexpr, INTERPRET: tl.constexpr,
             DELTA_KNOWN: tl.constexpr):
     """One tile of selected key rows: P recomputed from lse, dP = dO Vᵀ; acc += P ⊙ (α dP − c) K and
     d_s += rowsum(P ⊙ dP), which ends as Ds = dO·O_s exactly (dα's sparse term: the bf16 O_s's rounding, ~10×
@@ -107,10 +108,13 @@ def dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, IN
     forward stored): acc is dS K, three products a step. Otherwise also pk += P K: with Δ = α Ds known only after
     the last block, dS K = P ⊙ (α dP − Δ) K = acc + (c − Δ) pk (dq_finish). c = α dO·O (the bf16 O) differs
     from Δ by α(1 − α) dO·(O_l − O_s) and O's rounding, so acc's terms stay of dS's size and (c − Δ) pk is a
-    correction of that size too (centring on c = 0 would round the common part dO·V̄ of every dP into acc)."""
-    s = mma(q, tl.trans(k), INTERPRET)
+    correction of that size too (centring on c = 0 would round the common part dO·V̄ of every dP into acc).
+    The key block at row `start` is masked at N only where it reaches past it (keys_before_n): there a zero key's
+    P, from a zero score, could be inf and turn the zeros of its V and K into NaN. Query rows past N are zeros
+    (q, dO; lse 0, so c = 0 and P = 1): every term of theirs is 0 except pk's, whose factor c − Δ is 0, and they
+    are not stored. The select on every score was a fifth of the loop's instructions."""
+    s = keys_before_n(mma(q, tl.trans(k), INTERPRET), start, N, BK)
     p = tl.exp2(s * qk_scale - lse2[:, None])
-    p = tl.where(kv_ok[None, :] & q_ok[:, None], p, 0.0)
     dp = mma(do, tl.trans(v), INTERPRET)
     d_s += tl.sum(p * dp, axis=1)
     ds = p * (dp * alpha - c[:, None])

@@ -110,8 +110,8 @@ def sla2_bwd_dq_kernel(
         kv_ok = rows < N
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        acc, pk, d_s = dq_step(q, k, v, do, kv_ok, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale, INTERPRET,
-                               DELTA_KNOWN)
+        acc, pk, d_s = dq_step(q, k, v, do, tl.load(idx_base + it) * BK, N, lse2, c, alpha, acc, pk, d_s, qk_scale,
+                               BK, INTERPRET, DELTA_KNOWN)
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok)

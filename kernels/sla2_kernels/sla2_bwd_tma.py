@@ -35,11 +35,10 @@ def sla2_bwd_dq_tma_kernel(
     bh64 = bh.to(tl.int64)
     row0 = pid_m * BQ + (tl.program_id(0) % (BQ // BM)) * BM
     alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah
-    offs_k = tl.arange(0, BK)
     q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     do = do_desc.load([b, h, row0, 0]).reshape(BM, D)
-    q_ok, lse2, alpha, c = dq_rows(LSE, o_desc.load([b, h, row0, 0]).reshape(BM, D), alpha_bh, saq, bh64, pid_m,
-                                   row0 + tl.arange(0, BM), do, N, LINEAR)
+    _, lse2, alpha, c = dq_rows(LSE, o_desc.load([b, h, row0, 0]).reshape(BM, D), alpha_bh, saq, bh64, pid_m,
+                                row0 + tl.arange(0, BM), do, N, LINEAR)
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     qk_scale = sm_scale * LOG2E
     acc = tl.zeros([BM, D], dtype=tl.float32)
@@ -49,8 +48,8 @@ def sla2_bwd_dq_tma_kernel(
         start = tl.load(idx_base + it) * BK
         k = k_desc.load([b, h, start, 0]).reshape(BK, D)
         v = v_desc.load([b, h, start, 0]).reshape(BK, D)
-        acc, pk, d_s = dq_step(q, k, v, do, (start + offs_k) < N, q_ok, lse2, c, alpha, acc, pk, d_s, qk_scale,
-                               INTERPRET, DELTA_KNOWN)
+        acc, pk, d_s = dq_step(q, k, v, do, start, N, lse2, c, alpha, acc, pk, d_s, qk_scale, BK, INTERPRET,
+                               DELTA_KNOWN)
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     dq_desc.store([b, h, row0, 0], dq.to(dq_desc.dtype).reshape(1, 1, BM, D))
     row_stats(lse2, alpha, d_s, ROWS + bh64 * 2 * NQ * BQ, row0 + tl.arange(0, BM), NQ * BQ, LINEAR)
