@@ -133,17 +133,13 @@ def dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN: tl.constexpr):
 
 
 @triton.jit
-def dkdv_step(k, v, q, do, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET: tl.constexpr):
+def dkdv_step(k, v, q, do, k_ok, q_ok, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET: tl.constexpr):
     """dV += α Pᵀ dO and dK += dSᵀ Q, dS = P ⊙ (α dP − Δ) = αP ⊙ (dO Vᵀ − Ds), for one tile of query rows that
     selected this key block (transposed tiles: key rows along the first axis). lse2a, d_s: the rows' statistics
-    (row_stats), so α·P comes out of the exponential and α is never loaded or multiplied in the loop.
-    Nothing is masked at N. A query row past N arrives as zeros (q, dO) with Ds = 0 and a finite or +inf lse2a
-    (row_stats), so its α·P is finite and its terms are α·P·0 = 0. A key row past N (zeros in k, v) gets α·P from
-    a zero score, which may be large or inf, but only its own rows of dV and dK (key rows along the products' first
-    axis) see it, and those rows are never stored. The select would cost two instructions a score in a loop bound
-    by its instructions."""
+    (row_stats), so α·P comes out of the exponential and α is never loaded or multiplied in the loop."""
     st = mma(k, tl.trans(q), INTERPRET)  # [BK, rows]
     pt = tl.exp2(st * qk_scale - lse2a[None, :])  # α·Pᵀ
+    pt = tl.where(k_ok[:, None] & q_ok[None, :], pt, 0.0)
     dv_acc = mma_acc(pt.to(do.dtype), do, dv_acc, INTERPRET)
     dst = pt * (mma(v, tl.trans(do), INTERPRET) - d_s[None, :])
     return dv_acc, mma_acc(dst.to(q.dtype), q, dk_acc, INTERPRET)

@@ -235,7 +235,7 @@ def sla2_bwd_dkdv_kernel(
         q = tl.load(Q + b64 * sqb + h64 * sqh + rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         do = tl.load(DO + b64 * sdob + h64 * sdoh + rows[:, None] * sdon + offs_d[None, :],
                      mask=q_ok[:, None], other=0.0)
-        dv_acc, dk_acc = dkdv_step(k, v, q, do, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET)
+        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, q_ok, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET)
     tl.store(DK + b64 * sdkb + h64 * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
              (dk_acc * sm_scale).to(DK.dtype.element_ty), mask=k_ok[:, None])
     tl.store(DV + b64 * sdvb + h64 * sdvh + offs_n[:, None] * sdvn + offs_d[None, :],

@@ -89,6 +89,7 @@ def sla2_bwd_dkdv_tma_kernel(
 
     qk_scale = sm_scale * LOG2E
     NSUBQ: tl.constexpr = BQ // QS
+    offs_qs = tl.arange(0, QS)
     for u in range(start * NSUBQ, end * NSUBQ):
         r0 = tl.load(KV_QBLK + u // NSUBQ) * BQ + (u % NSUBQ) * QS
         q = q_desc.load([b, h, r0, 0]).reshape(QS, D)
@@ -97,6 +98,7 @@ def sla2_bwd_dkdv_tma_kernel(
         # (the accumulator layout's columns), about a tenth of the loop's issue samples (Nsight Compute, 1.3B)
         lse2a = rows_desc.load([bh, 0, r0]).reshape(QS)
         d_s = rows_desc.load([bh, 1, r0]).reshape(QS)
-        dv_acc, dk_acc = dkdv_step(k, v, q, do, lse2a, d_s, dv_acc, dk_acc, qk_scale, INTERPRET)
+        dv_acc, dk_acc = dkdv_step(k, v, q, do, k_ok, r0 + offs_qs < N, lse2a, d_s, dv_acc, dk_acc, qk_scale,
+                                   INTERPRET)
     dk_desc.store([b, h, row_k, 0], (dk_acc * sm_scale).to(dk_desc.dtype).reshape(1, 1, BK, D))
     dv_desc.store([b, h, row_k, 0], dv_acc.to(dv_desc.dtype).reshape(1, 1, BK, D))
