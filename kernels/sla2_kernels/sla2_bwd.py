@@ -43,11 +43,11 @@ Kernels (launch order):
      first, across heads, so that none starts late and runs on alone; then head by head (heads adjacent so
      that their Q, dO stay in L2), longest list first within a head.
 
-Memory besides the gradients: the row statistics [B·H, 2, nq·b_q] fp32, ψ [B·H, nq·b_q, D] bf16 during the linear kernel only, H_I
-[B·H, nq, D, D] fp32 and Z_I (backward_state.py) until the linear kernel has run, dH [B, H, nq, D, D] and dh
-[B, H, nk, D, D] (bf16), dZ [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the complement mask (B·H·nq·nk
-bf16, as the router's scores; also what the CSR lists are built from): O(N·D²/b_k + N²/(b_q·b_k)), never
-O(N²·D) or O(N·N/b_k).
+Memory besides the gradients: the row statistics [B·H, 2, nq·b_q] fp32, ψ [B·H, nq·b_q, D] bf16 during the
+linear kernel only, H_I [B·H, nq, D, D] fp32 and Z_I (backward_state.py) until the linear kernel has run, dH
+[B, H, nq, D, D] and dh [B, H, nk, D, D] (bf16), dZ [B, H, nq, D] fp32, the CSR list (B·H·nq·topk int32), the
+complement mask (B·H·nq·nk bf16, as the router's scores; also what the CSR lists are built from):
+O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 """
 
 import triton
