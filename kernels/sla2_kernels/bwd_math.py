@@ -88,15 +88,14 @@ def row_stats(lse2, alpha, d_s, ROWS_BH, rows, NPAD, LINEAR: tl.constexpr):
 
 @triton.jit
 def dq_rows(LSE, O_ROWS, ALPHA_BH, saq, bh64, i_blk, rows, do, N, LINEAR: tl.constexpr):
-    """(q_ok, lse in the log2 domain, α, the centring c = α dO·O) of the dq kernel's query rows; O_ROWS: a
+    """(lse in the log2 domain, 0 past N; α; the centring c = α dO·O) of the dq kernel's query rows; O_ROWS: a
     [rows, D] tile of O, or of O_s for dq_step's DELTA_KNOWN, where c is Δ (zeros past N)."""
-    q_ok = rows < N
-    lse2 = tl.load(LSE + bh64 * N + rows, mask=q_ok, other=0.0) * LOG2E
+    lse2 = tl.load(LSE + bh64 * N + rows, mask=rows < N, other=0.0) * LOG2E
     if LINEAR:
         alpha = tl.load(ALPHA_BH + i_blk * saq)
     else:
         alpha = 1.0
-    return q_ok, lse2, alpha, alpha * tl.sum(do.to(tl.float32) * O_ROWS.to(tl.float32), axis=1)
+    return lse2, alpha, alpha * tl.sum(do.to(tl.float32) * O_ROWS.to(tl.float32), axis=1)
 
 
 @triton.jit

@@ -90,7 +90,7 @@ def sla2_bwd_dq_kernel(
     row_ok = (offs_m < N)[:, None]
     do = tl.load(DO + b64 * sdob + h64 * sdoh + offs_m[:, None] * sdon + offs_d[None, :], mask=row_ok, other=0.0)
     o = tl.load(O + b64 * sob + h64 * soh + offs_m[:, None] * son + offs_d[None, :], mask=row_ok, other=0.0)
-    q_ok, lse2, alpha, c = dq_rows(LSE, o, ALPHA + b64 * sab + h64 * sah, saq, bh64, pid_m, offs_m, do, N, LINEAR)
+    lse2, alpha, c = dq_rows(LSE, o, ALPHA + b64 * sab + h64 * sah, saq, bh64, pid_m, offs_m, do, N, LINEAR)
     k_base = K + b64 * skb + h64 * skh
     v_base = V + b64 * svb + h64 * svh
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
@@ -98,20 +98,20 @@ def sla2_bwd_dq_kernel(
     pk = tl.zeros([BM, D], dtype=tl.float32)
     d_s = tl.zeros([BM], dtype=tl.float32)
 
-    # Sparse dQ over the selected blocks, one a step, its rows addressed through a per-row index (the forward's
-    # scalar-index form was not measured here). Two blocks a step or half-block steps measured slower on the H100
-    # (1.30–1.48 vs 1.24 ms, Wan-1.3B at 97%) and were removed.
+    # Sparse dQ over the selected blocks, one a step, indexed by a scalar (dq_step's edge mask needs it). Two
+    # blocks a step or half-block steps measured slower on the H100 (1.30–1.48 vs 1.24 ms, Wan-1.3B at 97%) and
+    # were removed.
     qk_scale = sm_scale * LOG2E
     q = tl.load(Q + b64 * sqb + h64 * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok, other=0.0)
     offs_b = tl.arange(0, BK)
     for it in range(0, TOPK):
-        blk = tl.load(idx_base + it + offs_b * 0)  # the step's key block, once per row
-        rows = blk * BK + offs_b
+        start = tl.load(idx_base + it) * BK
+        rows = start + offs_b
         kv_ok = rows < N
         k = tl.load(k_base + rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        acc, pk, d_s = dq_step(q, k, v, do, tl.load(idx_base + it) * BK, N, lse2, c, alpha, acc, pk, d_s, qk_scale,
-                               BK, INTERPRET, DELTA_KNOWN)
+        acc, pk, d_s = dq_step(q, k, v, do, start, N, lse2, c, alpha, acc, pk, d_s, qk_scale, BK, INTERPRET,
+                               DELTA_KNOWN)
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok)

@@ -37,8 +37,8 @@ def sla2_bwd_dq_tma_kernel(
     alpha_bh = ALPHA + b.to(tl.int64) * sab + h.to(tl.int64) * sah
     q = q_desc.load([b, h, row0, 0]).reshape(BM, D)
     do = do_desc.load([b, h, row0, 0]).reshape(BM, D)
-    _, lse2, alpha, c = dq_rows(LSE, o_desc.load([b, h, row0, 0]).reshape(BM, D), alpha_bh, saq, bh64, pid_m,
-                                row0 + tl.arange(0, BM), do, N, LINEAR)
+    lse2, alpha, c = dq_rows(LSE, o_desc.load([b, h, row0, 0]).reshape(BM, D), alpha_bh, saq, bh64, pid_m,
+                             row0 + tl.arange(0, BM), do, N, LINEAR)
     idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
     qk_scale = sm_scale * LOG2E
     acc = tl.zeros([BM, D], dtype=tl.float32)

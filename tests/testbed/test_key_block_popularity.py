@@ -4,6 +4,7 @@ bestmass selection and the untrained router's."""
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "testbed" / "key_block_popularity.py"
@@ -34,8 +35,6 @@ def test_a_key_block_every_query_attends_is_every_query_blocks_choice():
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
-    import pytest
-
     for argv, word in ((["--model", str(tmp_path)], "transformer/"), (["--size", "17x128"], "--size 17x128")):
         with pytest.raises(SystemExit):
             pop.main(argv)
