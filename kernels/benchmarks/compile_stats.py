@@ -25,6 +25,7 @@ from bench_common import BLOCK_K, BLOCK_Q, RESULTS, SHAPES
 HEAD_DIM = SHAPES["1.3b"][3]
 # Hopper's per-SM limits, for programs an SM: registers, shared memory (bytes; the driver keeps 1 KB a program)
 SM_REGISTERS, SM_SHARED, SHARED_RESERVED, SM_WARPS = 65536, 233472, 1024, 64
+H100_SMS = 132  # SXM; the launch's grid sizes depend on it only through the precompute's split
 # SASS opcodes counted per loop: tensor-core products, spills, the loads and stores of tiles, barriers, exp2
 COUNTED = ("HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA", "LDL", "STL", "UTMALDG", "UTMASTG", "LDGSTS", "LDG", "STG",
            "LDS", "STS", "LDSM", "BAR", "SYNCS", "SHFL", "MUFU")
@@ -46,14 +47,13 @@ def wan_ints():
     """The scalar arguments' values at Wan2.1-1.3B, bhnd (contiguous [B, H, N, D]); α a contiguous [B, H, nq]."""
     from sla2_kernels.layouts import NK_ALIGN
     from sla2_kernels.launch import cdiv
-
     from sla2_kernels.tuning import PRECOMPUTE_PROGRAMS_PER_SM
 
     B, H, N, D = SHAPES["1.3b"]
     nq, nk = cdiv(N, BLOCK_Q), cdiv(N, BLOCK_K)
     nk_pad = cdiv(nk, NK_ALIGN) * NK_ALIGN
-    # the precompute's runs of key blocks as kv_state.build_state splits them on an H100 (132 SMs)
-    per_split = cdiv(nk_pad, max(1, min(nk_pad, cdiv(PRECOMPUTE_PROGRAMS_PER_SM * 132, B * H))))
+    # the precompute's runs of key blocks as kv_state.build_state splits them on an H100
+    per_split = cdiv(nk_pad, max(1, min(nk_pad, cdiv(PRECOMPUTE_PROGRAMS_PER_SM * H100_SMS, B * H))))
     strides = dict(b=H * N * D, h=N * D, n=D, d=1)
     return dict(N=N, H=H, NQ=nq, NK=nk, NK_PAD=nk_pad, TOPK=15,  # 15 of 512 key blocks: 97%
                 BLOCKS_PER_SPLIT=per_split, NSPLIT=cdiv(nk_pad, per_split), sab=H * nq, sah=nq, saq=1,
