@@ -45,18 +45,17 @@ class Desc:
 
 def wan_ints():
     """The scalar arguments' values at Wan2.1-1.3B, bhnd (contiguous [B, H, N, D]); α a contiguous [B, H, nq]."""
+    from sla2_kernels.kv_state import key_block_runs
     from sla2_kernels.layouts import NK_ALIGN
     from sla2_kernels.launch import cdiv
-    from sla2_kernels.tuning import PRECOMPUTE_PROGRAMS_PER_SM
 
     B, H, N, D = SHAPES["1.3b"]
     nq, nk = cdiv(N, BLOCK_Q), cdiv(N, BLOCK_K)
     nk_pad = cdiv(nk, NK_ALIGN) * NK_ALIGN
-    # the precompute's runs of key blocks as kv_state.build_state splits them on an H100
-    per_split = cdiv(nk_pad, max(1, min(nk_pad, cdiv(PRECOMPUTE_PROGRAMS_PER_SM * H100_SMS, B * H))))
+    per_split, nsplit = key_block_runs(nk_pad, B * H, H100_SMS)  # the precompute's runs, as on an H100
     strides = dict(b=H * N * D, h=N * D, n=D, d=1)
     return dict(N=N, H=H, NQ=nq, NK=nk, NK_PAD=nk_pad, TOPK=15,  # 15 of 512 key blocks: 97%
-                BLOCKS_PER_SPLIT=per_split, NSPLIT=cdiv(nk_pad, per_split), sab=H * nq, sah=nq, saq=1,
+                BLOCKS_PER_SPLIT=per_split, NSPLIT=nsplit, sab=H * nq, sah=nq, saq=1,
                 **{f"s{t}{k}": v for t in ("q", "k", "v", "do", "dq", "os") for k, v in strides.items()})
 
 

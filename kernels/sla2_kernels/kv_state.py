@@ -45,6 +45,15 @@ class KVState:
         return self.k8 is not None
 
 
+def key_block_runs(nk_pad: int, bh: int, sms: int, blocks_per_program: int | None = None) -> tuple[int, int]:
+    """(key blocks a program, programs a head) of the pass over K, V: enough programs to give each of `sms` SMs
+    PRECOMPUTE_PROGRAMS_PER_SM (one a head with sms = 0, as under the interpreter), each over a contiguous run of
+    key blocks; together they cover h's padding."""
+    nsplit = max(1, min(nk_pad, cdiv(PRECOMPUTE_PROGRAMS_PER_SM * sms, bh)))
+    per_split = blocks_per_program or cdiv(nk_pad, nsplit)
+    return per_split, cdiv(nk_pad, per_split)
+
+
 def precompute(k: torch.Tensor, v: torch.Tensor, *, block_k: int, layout: str, quant: bool = False,
                config: PrecomputeConfig | None = None) -> KVState:
     """h_j, z_j, Z_tot and the key-block sums in one pass over K, V; with quant also K̂, V̂."""
@@ -64,11 +73,7 @@ def build_state(k, v, shape, k_strides, v_strides, block_k: int, layout: str, qu
     dev = k.device
     cfg = config or PrecomputeConfig()
     interpret = launch.interpreting()
-    # Enough programs to fill the GPU, each over a contiguous run of key blocks; together they cover h's padding.
-    per_sm = PRECOMPUTE_PROGRAMS_PER_SM * launch.num_sms(dev)
-    nsplit = 1 if interpret else max(1, min(nk_pad, cdiv(per_sm, BH)))
-    per_split = cfg.blocks_per_program or cdiv(nk_pad, nsplit)
-    nsplit = cdiv(nk_pad, per_split)
+    per_split, nsplit = key_block_runs(nk_pad, BH, 0 if interpret else launch.num_sms(dev), cfg.blocks_per_program)
     f32 = dict(device=dev, dtype=torch.float32)
     hblk = launch.empty(BH, nk_pad, D, D, device=dev, dtype=torch.bfloat16)
     zblk = launch.empty(BH, nk, D, **f32)
