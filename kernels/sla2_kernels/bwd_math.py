@@ -75,6 +75,13 @@ def linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET: tl.constexp
 
 
 @triton.jit
+def head_stats(ROWS, bh64, NQ, BQ: tl.constexpr):
+    """Where (batch·head) bh64's row statistics start in ROWS, fp32 [B·H, 2, NQ·BQ] (row_stats): the log2
+    normalisers there, Ds NQ·BQ further on."""
+    return ROWS + bh64 * 2 * NQ * BQ
+
+
+@triton.jit
 def row_stats(lse2, alpha, d_s, ROWS_BH, rows, NPAD, LINEAR: tl.constexpr):
     """Store what the dk/dv kernel needs of query rows `rows` into their (batch, head)'s row statistics ROWS_BH
     (fp32 [2, NPAD], NPAD = nq·b_q, so rows past N are stored too and no step masks its load): row 0 the log2

@@ -53,7 +53,7 @@ O(N·D²/b_k + N²/(b_q·b_k)), never O(N²·D) or O(N·N/b_k).
 import triton
 import triton.language as tl
 
-from .bwd_math import (centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, linear_rows,
+from .bwd_math import (centred_state, dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, head_stats, linear_rows,
                        mixed_sparse_rows, row_stats)
 from .dot import mma_acc
 from .quant_math import LOG2E
@@ -115,7 +115,7 @@ def sla2_bwd_dq_kernel(
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     tl.store(DQ + b64 * sdqb + h64 * sdqh + offs_m[:, None] * sdqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok)
-    row_stats(lse2, alpha, d_s, ROWS + bh64 * 2 * NQ * BQ, offs_m, NQ * BQ, LINEAR)
+    row_stats(lse2, alpha, d_s, head_stats(ROWS, bh64, NQ, BQ), offs_m, NQ * BQ, LINEAR)
 
 
 @triton.jit
@@ -162,7 +162,7 @@ def sla2_bwd_linear_kernel(
         q_ok = offs_m < N
         do = tl.load(do_bh + offs_m[:, None] * sdon + offs_d[None, :], mask=q_ok[:, None], other=0.0)
         q = tl.load(q_bh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-        d_s = mixed_sparse_rows(do, ROWS + (bh64 * 2 + 1) * NQ * BQ + offs_m,
+        d_s = mixed_sparse_rows(do, head_stats(ROWS, bh64, NQ, BQ) + NQ * BQ + offs_m,
                                 os_bh + offs_m[:, None] * sosn + offs_d[None, :], q_ok, DALPHA_FROM_OS)
         da, dz, dq_lin, psi16 = linear_rows(do, d_s, q, q_ok, ht16, vbar, z_i, alpha, INTERPRET)
         dalpha += da
@@ -224,7 +224,7 @@ def sla2_bwd_dkdv_kernel(
     # Loop B: sparse dK, dV over the query blocks that selected this key block, QS query rows at a time (QS ≤ b_q:
     # narrower S/P/dP tiles next to the two fp32 accumulators).
     qk_scale = sm_scale * LOG2E
-    rows_bh = ROWS + bh64 * 2 * NQ * BQ
+    rows_bh = head_stats(ROWS, bh64, NQ, BQ)
     NSUBQ: tl.constexpr = BQ // QS
     offs_qs = tl.arange(0, QS)
     for u in range(start * NSUBQ, end * NSUBQ):

@@ -11,7 +11,7 @@ blocks come back as zeros; the output stores are clipped at N by the TMA unit.
 import triton
 import triton.language as tl
 
-from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, row_stats
+from .bwd_math import dkdv_init, dkdv_step, dq_finish, dq_rows, dq_step, head_stats, row_stats
 from .dot import register_operand
 from .quant_math import LOG2E
 
@@ -52,7 +52,7 @@ def sla2_bwd_dq_tma_kernel(
                                DELTA_KNOWN)
     dq = dq_finish(acc, pk, d_s, c, alpha, sm_scale, DELTA_KNOWN)
     dq_desc.store([b, h, row0, 0], dq.to(dq_desc.dtype).reshape(1, 1, BM, D))
-    row_stats(lse2, alpha, d_s, ROWS + bh64 * 2 * NQ * BQ, row0 + tl.arange(0, BM), NQ * BQ, LINEAR)
+    row_stats(lse2, alpha, d_s, head_stats(ROWS, bh64, NQ, BQ), row0 + tl.arange(0, BM), NQ * BQ, LINEAR)
 
 
 @triton.jit
