@@ -185,6 +185,9 @@ class Bench(BenchBase):
                                  self.bwd_cfg, o_s=o_s)
             T["bwd_dq_os"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p_os))
             self.record_resources(shape_name, {"dq_os": self.launch.LAST_COMPILED.get("dq")})
+            for tag, prob in (("", p), ("_os", p_os)):  # the other dq kernel (Gluon or Triton), in turns
+                T.update(self.safe(f"{shape_name} dq_gluon{tag}", lambda q_=prob, t_=tag: self.dq_flipped(q_, row, t_))
+                         or {})
             del p_os
             T["bwd_linear"] = self.time_ms(lambda: self.bwd.run_linear(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
@@ -327,6 +330,32 @@ class Bench(BenchBase):
         finally:
             p.cfg = cfg
         return {f"bwd_{field}_{value}": t_own, f"bwd_{field}_{not value}": t_flipped}
+
+    def dq_flipped(self, p, row, tag: str) -> dict:
+        """The dq kernel (run_dq_sparse) with the problem's configuration and with BwdConfig.dq_gluon flipped, timed
+        in turns (keys bwd_dq<tag>_gluon_<value>), with the flipped kernel's relative L1 difference in dQ and the
+        row statistics and its compiled name."""
+        cfg = p.cfg
+        flipped = dataclasses.replace(cfg, dq_gluon=not cfg.dq_gluon)
+
+        def run(c):
+            p.cfg = c
+            self.bwd.run_dq_sparse(p)
+
+        def rel(a, b):
+            return float((a.float() - b.float()).abs().sum() / b.float().abs().sum().clamp_min(1e-30))
+
+        try:
+            run(cfg)
+            want = p.dq.clone(), p.rows.clone()
+            run(flipped)
+            row[f"dq{tag}_gluon_flipped_kernel"] = getattr(self.launch.LAST_COMPILED.get("dq"), "name", None)
+            row[f"dq{tag}_gluon_flipped_rel_dq"] = rel(p.dq, want[0])
+            row[f"dq{tag}_gluon_flipped_rel_rows"] = rel(p.rows.nan_to_num(posinf=0.0), want[1].nan_to_num(posinf=0.0))
+            t_own, t_flipped = self.time_pair(lambda: run(cfg), lambda: run(flipped))
+        finally:
+            p.cfg = cfg
+        return {f"bwd_dq{tag}_gluon_{cfg.dq_gluon}": t_own, f"bwd_dq{tag}_gluon_{not cfg.dq_gluon}": t_flipped}
 
     # A selection with heavily selected key blocks, as learned attention has them (the testbed model at 97%: a
     # head's most selected key block in up to 60 of 68 query blocks' selections, scripts/testbed/

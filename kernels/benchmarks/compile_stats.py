@@ -41,6 +41,19 @@ class Ptr:
 class Desc:
     dtype: str
     block: tuple
+    gluon: bool = False  # a Gluon descriptor: its type names the shared-memory layout (the kernel's buffers)
+
+    def type_name(self) -> str:
+        name = f"tensordesc<{self.dtype}[{', '.join(map(str, self.block))}]"
+        if not self.gluon:
+            return name + ">"
+        from triton.experimental.gluon import language as gl
+
+        layout = gl.NVMMASharedLayout.get_default_for(list(self.block), getattr(gl, GLUON_DTYPES[self.dtype]))
+        return f"{name},{layout!r}>"
+
+
+GLUON_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def wan_ints():
@@ -62,6 +75,7 @@ def wan_ints():
 def specs():
     """name -> (kernel, {argument: Ptr | Desc | int | float}, constexprs, compile options), as the package launches
     each kernel by default (forward.run_forward, kv_state.build_state, backward.run_*)."""
+    from sla2_kernels import sla2_bwd_dq_gluon as dq_gluon
     from sla2_kernels import tuning
     from sla2_kernels.linear_precompute import kv_precompute_kernel
     from sla2_kernels.query_pass import query_pass_kernel
@@ -113,6 +127,15 @@ def specs():
                          options(pre.num_warps, pre.num_stages))
     bwd = tuning.default_bwd_config(bq, bk, D)
     bm = bwd.dq_rows or bq
+    if dq_gluon.AVAILABLE:
+        g = dq_gluon.GLUON_DQ_ROWS
+        out["dq_gluon"] = (dq_gluon.sla2_bwd_dq_gluon_kernel,
+                           dict(**{f"{t}_desc": Desc("bf16", (1, 1, g, D), gluon=True) for t in ("q", "o", "do", "dq")},
+                                k_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
+                                v_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
+                                LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
+                           dict(BQ=bq, BK=bk, D=D, BM=g, LINEAR=True, DELTA_KNOWN=False),
+                           options(dq_gluon.GLUON_DQ_WARPS))
     out["dq"] = (sla2_bwd_dq_tma_kernel,
                  dict(q_desc=tile(bm), k_desc=tile(bk), v_desc=tile(bk), o_desc=tile(bm), do_desc=tile(bm),
                       dq_desc=tile(bm), LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
@@ -152,7 +175,7 @@ def signature(kernel, args: dict, consts: dict):
         if name in consts or (type(value) is int and value == 1):
             sig[name], constexprs[(i,)] = "constexpr", value
         elif isinstance(value, Desc):
-            sig[name] = f"tensordesc<{value.dtype}[{', '.join(map(str, value.block))}]>"
+            sig[name] = value.type_name()
         elif isinstance(value, Ptr):
             sig[name], attrs[(i,)] = f"*{value.dtype}", [["tt.divisibility", 16]]
         elif isinstance(value, float):
@@ -177,8 +200,12 @@ def loops(sass: str) -> list[dict]:
             continue
         start = int(m[1], 16)
         body = [t for a, t in lines if start <= a <= addr]
-        ops = collections.Counter(op for t in body if (op := opcode(t)) in COUNTED)
-        out.append(dict(start=hex(start), end=hex(addr), instructions=len(body), **dict(sorted(ops.items()))))
+        ops = [opcode(t) for t in body]
+        counts = collections.Counter(op for op in ops if op in COUNTED)
+        # where in the loop each counted kind first comes: e.g. whether a step's TMA loads issue before its softmax
+        first = {op: ops.index(op) for op in sorted(counts)}
+        out.append(dict(start=hex(start), end=hex(addr), instructions=len(body), **dict(sorted(counts.items())),
+                        first=first))
     return out
 
 
@@ -198,6 +225,8 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    if getattr(kernel, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     sig, constexprs, attrs = signature(kernel, args, consts)
     compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options=options)
@@ -215,7 +244,7 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
 
 
 def main(argv=None):
-    all_kernels = ("fwd", "fwd_lowbit", "query_pass", "precompute", "dq", "dkdv", "linear")
+    all_kernels = ("fwd", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "linear")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", default=",".join(all_kernels), help=f"comma-separated, of {', '.join(all_kernels)}")
     p.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200, sm_90a)")
@@ -231,6 +260,9 @@ def main(argv=None):
     table = specs()
     results = dict(triton=triton.__version__, arch=args.arch, kernels={})
     for name in names:
+        if name not in table:  # dq_gluon with a Triton that has no Gluon
+            print(f"{name:11s} not built: this Triton ({triton.__version__}) has no Gluon", flush=True)
+            continue
         r = compile_one(*table[name], arch=args.arch)
         results["kernels"][name] = r
         print(f"{name:11s} {r['registers']:3d} registers, {r['stack_bytes']:4d} B stack, "

@@ -419,6 +419,42 @@ def test_tile_widths(qs, rows, tma, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
 
 
+def test_gluon_dq_option_falls_back_where_gluon_cannot_run(poison, monkeypatch):
+    """BwdConfig.dq_gluon under the interpreter (no Gluon there): the Triton dq kernel runs and the gradients are
+    those of the configuration without it; on a GPU the suitability rule refuses what the Gluon kernel is not built
+    for (32-bit tiles, b_k 128, head_dim 96, b_q 32), each alone."""
+    x = forward_problem(1, 2, 333, 64, 128, 64, 3)
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_rows=64, dq_tma=True, dkdv_tma=True)
+    want = x.backward(x.dok, cfg)
+    ran, run = [], backward.launch.run
+    monkeypatch.setattr(backward.launch, "run", lambda name, kernel, *a, **kw: (ran.append(kernel.__name__),
+                                                                                 run(name, kernel, *a, **kw))[1])
+    got = x.backward(x.dok, replace(cfg, dq_gluon=True))
+    assert "sla2_bwd_dq_tma_kernel" in ran and "sla2_bwd_dq_gluon_kernel" not in ran
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+
+    if not backward.dq_gluon.AVAILABLE:
+        return
+    monkeypatch.setattr(backward.launch, "interpreting", lambda: False)
+    monkeypatch.setattr(backward.layouts, "tma_hardware", lambda device: True)
+    on = replace(cfg, dq_gluon=True)
+
+    def suits(n=300, d=64, bq=128, bk=64, dtype=torch.bfloat16, c=on):
+        q = torch.zeros(1, 2, n, d, dtype=dtype)
+        idx = torch.zeros(1, 2, -(-n // bq), 1, dtype=torch.int32)
+        p = backward.prepare(q, q, q, q, q, torch.zeros(1, 2, n), idx, torch.ones(1, 2, 1), block_q=bq, block_k=bk,
+                             layout="bhnd", h_i=None, z_i=None, config=c)
+        return backward.gluon_dq_suits(p, [q] * 6)
+
+    assert suits() and suits(d=128, bq=64, bk=32, dtype=torch.float16)
+    assert not suits(c=cfg)
+    assert not suits(dtype=torch.float32)
+    assert not suits(bk=128)
+    assert not suits(d=96)
+    assert not suits(bq=32, bk=32)
+
+
 @pytest.mark.parametrize("tma", [False, True])
 def test_long_key_block_lists(tma, poison):
     """Key blocks selected by most query blocks (CSR lists of up to 20 query blocks; the other CPU tests

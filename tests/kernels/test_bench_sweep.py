@@ -125,6 +125,42 @@ def test_bench_train_times_each_dkdv_option_flipped_and_restores_the_problem(kt)
         assert row["dkdv_register_kv_flipped_equal"] is True and row["dkdv_register_kv_own"] is reg
 
 
+def test_bench_train_times_the_dq_kernel_with_the_gluon_option_flipped(kt):
+    """bench_train.py's dq kernel with BwdConfig.dq_gluon flipped, on the interpreter (where the option falls back to
+    the Triton kernel) with a stand-in timer that runs the kernel: both timed in turns and reported as medians, dQ
+    and the row statistics compared, and the problem keeps its configuration."""
+    import torch
+    from sla2_kernels import backward, launch
+    import bench_train
+
+    seen, times = [], []
+
+    def time_ms(fn):
+        fn()
+        seen.append(p.cfg.dq_gluon)
+        return times.pop(0)
+
+    b = object.__new__(bench_train.Bench)
+    b.torch, b.bwd, b.launch, b.time_ms, b.PAIR_ROUNDS = torch, backward, launch, time_ms, 3
+    q, k, v = kt.make_qkv(1, 2, 300, 64, torch.bfloat16, "bhnd")[0]
+    bq, bk = bench_train.BLOCK_Q, bench_train.BLOCK_K
+    idx = torch.arange(2, dtype=torch.int32).expand(1, 2, -(-300 // bq), 2).contiguous()
+    alpha = torch.full((1, 2, -(-300 // bq)), 0.5)
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, block_q=bq, block_k=bk, quant=False, layout="bhnd",
+                                            sparse_out=True)
+    b.fwd = sla2_kernels.forward
+    cfg = sla2_kernels.BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True)
+    for tag, kept in (("", None), ("_os", o_s)):
+        p = b.prepared(torch.randn_like(q), q, k, v, o, lse, idx, alpha, b.backward_state(k, v, idx), cfg, o_s=kept)
+        row = {}
+        seen.clear()
+        times[:] = [0.5, 0.2, 0.1, 0.9, 0.3, 0.4]  # own, flipped, own, ...: medians 0.3 and 0.4
+        got = b.dq_flipped(p, row, tag)
+        assert got == {f"bwd_dq{tag}_gluon_False": 0.3, f"bwd_dq{tag}_gluon_True": 0.4}
+        assert seen == [False, True] * 3 and p.cfg == cfg
+        assert row[f"dq{tag}_gluon_flipped_rel_dq"] == 0.0 and row[f"dq{tag}_gluon_flipped_rel_rows"] == 0.0
+
+
 def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt, monkeypatch):
     """bench_train.py's dk/dv step on a selection with a heavily selected key block a head, on the interpreter with a
     stand-in timer that runs the step: the default order takes the long lists first, the head-by-head one does not,

@@ -17,7 +17,7 @@ import compile_stats as cs  # noqa: E402  (a benchmark script beside bench.py)
 
 def test_every_kernel_argument_has_a_value():
     table = cs.specs()
-    assert set(table) == {"fwd", "fwd_lowbit", "query_pass", "precompute", "dq", "dkdv", "linear"}
+    assert set(table) == {"fwd", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "linear"}
     for kernel, args, consts, _ in table.values():
         sig, _, _ = cs.signature(kernel, args, consts)  # raises, naming them, on arguments out of step
         assert list(sig) == list(kernel.arg_names)
@@ -63,6 +63,7 @@ def test_loops_are_backward_branches_before_the_last_exit():
     (loop,) = cs.loops(SASS)
     assert (loop["start"], loop["end"], loop["instructions"]) == ("0x30", "0x90", 7)
     assert (loop["HGMMA"], loop["LDL"], loop["STL"], loop["MUFU"]) == (2, 1, 1, 1)
+    assert loop["first"] == {"HGMMA": 0, "LDL": 1, "MUFU": 2, "STL": 4}
 
 
 @pytest.mark.parametrize("regs, warps, shared, programs", [
@@ -81,12 +82,23 @@ def test_a_real_compile_reports_resources(tmp_path):
     pytest.importorskip("triton.backends.nvidia")
     env = {**os.environ, "TRITON_INTERPRET": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "kernels"), os.environ.get("PYTHONPATH", "")])}
+    from sla2_kernels.sla2_bwd_dq_gluon import AVAILABLE as gluon
+
+    names = ["dq", "dq_gluon"] if gluon else ["dq"]
     run = subprocess.run([sys.executable, str(ROOT / "kernels" / "benchmarks" / "compile_stats.py"), "--kernels",
-                          "dq", "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+                          ",".join(names), "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    dq = json.loads((tmp_path / "compile_stats.json").read_text())["kernels"]["dq"]
-    assert 0 < dq["registers"] <= 255 and dq["shared_bytes"] > 0 and dq["programs_per_sm"] >= 1
-    main_loop = max(dq["loops"], key=lambda lp: lp["instructions"])
-    # the dq step: S = Q Kᵀ, dP = dO Vᵀ, dS K and P K on the tensor cores; one exp2 a score; K, V by TMA
-    assert main_loop["HGMMA"] > 0 and main_loop["MUFU"] > 0 and main_loop["UTMALDG"] == 2
-    assert "dq" in run.stdout
+    kernels = json.loads((tmp_path / "compile_stats.json").read_text())["kernels"]
+    for name in names:
+        dq = kernels[name]
+        assert 0 < dq["registers"] <= 255 and dq["shared_bytes"] > 0 and dq["programs_per_sm"] >= 1, name
+        main_loop = max(dq["loops"], key=lambda lp: lp["instructions"])
+        # the dq step: S = Q Kᵀ, dP = dO Vᵀ, dS K and P K on the tensor cores; one exp2 a score; K, V by TMA
+        assert main_loop["HGMMA"] > 0 and main_loop["MUFU"] > 0 and main_loop["UTMALDG"] == 2, name
+        assert name in run.stdout
+    if gluon:  # what the Gluon kernel is for: the next key block's loads issue before this step's exponentials,
+        # with two programs an SM and nothing spilled
+        loop = max(kernels["dq_gluon"]["loops"], key=lambda lp: lp["instructions"])
+        assert loop["first"]["UTMALDG"] < loop["first"]["MUFU"]
+        assert kernels["dq_gluon"]["stack_bytes"] == 0 and kernels["dq_gluon"]["programs_per_sm"] == 2

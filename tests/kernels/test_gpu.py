@@ -144,12 +144,16 @@ def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape, sparse_out):
     (L2) of autograd through the float64 blocked oracle, at α = 0, 0.05, 0.5, 1 per head and per query block, with
     the dq loop's Δ summed in the loop or taken from the bf16 forward's O_s (sparse_out).
     The kernels run on all 12 heads; the oracle on two (heads are independent), ~4 GB of float64."""
+    _check_wan_1p3b_gradients(value, alpha_shape, sparse_out)
+
+
+def _check_wan_1p3b_gradients(value, alpha_shape, sparse_out, config=None):
     B, H, _, _, bq, bk = WAN_1P3B
     c = _wan_1p3b_gradient_case(value, alpha_shape, seed=11)
     q, k, v, do, idx, alpha, heads, nq, kw = c.q, c.k, c.v, c.do, c.idx, c.alpha, c.heads, c.nq, c.kw
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=sparse_out, **kw)
     got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if sparse_out else None, quant=False,
-                                     **kw)
+                                     config=config, **kw)
     leaves = [t[:, heads].double().requires_grad_() for t in (q, k, v)]
     a64 = alpha.expand(B, H, nq)[:, heads].double().requires_grad_()
     o_ref, _ = br.sla2_forward(*leaves, idx[:, heads], a64, bq, bk)
@@ -160,6 +164,58 @@ def test_wan_1p3b_gradients_at_every_alpha(value, alpha_shape, sparse_out):
         assert torch.isfinite(g).all(), name
         err = float((g - t.grad).norm() / t.grad.norm())
         assert err <= 2e-2, f"{name} at alpha={value} ({alpha_shape}): relative L2 error {err:.2e}"
+
+
+@pytest.mark.parametrize("value", [0.0, 0.05, 1.0])
+@pytest.mark.parametrize("sparse_out", [False, True], ids=["delta-summed", "delta-from-os"])
+def test_wan_1p3b_gradients_with_the_gluon_dq_kernel(value, sparse_out):
+    """The same float64 check with the dq kernel written in Gluon (BwdConfig.dq_gluon), which must be the one
+    that ran."""
+    from sla2_kernels import sla2_bwd_dq_gluon
+
+    if not sla2_bwd_dq_gluon.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    cfg = replace(tuning.default_bwd_config(128, 64, 128), dq_gluon=True)
+    _check_wan_1p3b_gradients(value, "head", sparse_out, config=cfg)
+    assert sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_gluon_kernel"
+
+
+@pytest.mark.parametrize("B, H, N, D, bq, bk, dtype, layout, topk, sparse_out", [
+    (1, 2, 32760, 128, 128, 64, torch.bfloat16, "bhnd", 15, False),  # Wan-1.3B's N, 97%
+    (1, 2, 32760, 128, 128, 64, torch.bfloat16, "bnhd", 15, True),  # Δ from O_s, diffusers' layout
+    (2, 3, 1000, 64, 64, 32, torch.float16, "bnhd", 5, False),  # ragged query and key blocks, head_dim 64
+    (1, 2, 777, 128, 128, 64, torch.bfloat16, "bhnd", 13, False),  # every key block: no linear branch, α = 1
+    (1, 1, 100, 128, 128, 64, torch.bfloat16, "bhnd", 1, False),  # one block, shorter than the tiles
+])
+def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, dtype, layout, topk, sparse_out):
+    """BwdConfig.dq_gluon: every gradient (the dq kernel's dQ, and through its row statistics dK, dV, dα) within
+    1e-3 relative L1 of the Triton dq kernel's, on the same forward; the same arithmetic in another schedule."""
+    from sla2_kernels import sla2_bwd_dq_gluon
+
+    if not sla2_bwd_dq_gluon.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    q, k, v, pq, pk = _inputs(B, H, N, D, dtype, seed=N + D)
+    nq = -(-N // bq)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
+    if layout == "bnhd":
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    kw = dict(block_q=bq, block_k=bk, layout=layout)
+    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=sparse_out, **kw)
+    do = torch.randn_like(q)
+    base = tuning.default_bwd_config(bq, bk, D)
+    grads = {}
+    for gluon in (False, True):
+        grads[gluon] = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if sparse_out else None,
+                                                  quant=False, config=replace(base, dq_gluon=gluon), **kw)
+        ran_gluon = sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_gluon_kernel"
+        assert ran_gluon == gluon
+    for name, got, ref in zip(("dq", "dk", "dv", "dalpha"), grads[True], grads[False]):
+        assert torch.isfinite(got).all(), name
+        if not ref.any():  # dα without a linear branch: α is fixed at 1
+            assert not got.any(), name
+            continue
+        assert _rel(got, ref) <= 1e-3, f"{name}: relative L1 {_rel(got, ref):.2e} from the Triton kernel's"
 
 
 @pytest.mark.parametrize("value", [0.0, 0.05, 0.5, 1.0])

@@ -1,0 +1,202 @@
+"""The dq kernel written in Gluon, Triton's explicit-layout dialect: the same contract, grid and arithmetic as
+sla2_bwd_tma.sla2_bwd_dq_tma_kernel (bwd_math.dq_rows, dq_step, dq_finish, row_stats), with the K, V pipeline
+placed by hand.
+
+Why by hand: Triton's software pipeliner at two stages issues the next key block's TMA loads at the end of an
+iteration, after its last product, although their buffer is free as soon as the iteration's score products have
+been waited for; the load's whole latency then falls on the next iteration's first wait (Nsight Compute, Wan-1.3B:
+a fifth of the dq kernel's samples wait there, docs/results.md "Where the sparse loops wait"). Here each load is
+issued right after that wait, a softmax and two products ahead of its use, with explicit mbarriers.
+
+One warp group (4 warps) a program of GLUON_DQ_ROWS query rows. Shared memory: Q, dO and O (O's buffer takes dQ
+at the end) and two stages of K and V, 112 KB at D 128, b_k 64: two programs an SM. Products are Hopper wgmma:
+S = Q Kᵀ and dP = dO Vᵀ with both operands in shared memory; dS K and P K with dS, P from registers.
+
+Gluon is not run by Triton's interpreter: the CPU tests compile this kernel for sm_90a and the GPU tests compare it
+with the Triton kernel (tests/kernels/test_gpu.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_init,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # Triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later releases
+    # async_load / async_store, same arguments.
+    tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - a Triton without Gluon (before 3.4)
+    AVAILABLE = False
+
+from .constants import LOG2E
+
+# One warp group: the wgmma atom is 4 warps × 16 rows, so 64 query rows a program.
+GLUON_DQ_WARPS = 4
+GLUON_DQ_ROWS = 64
+KV_STAGES = 2
+
+if AVAILABLE:
+    # module-level values a Gluon function reads must be constexpr
+    _LOG2E = gl.constexpr(LOG2E)
+    _WARPS = gl.constexpr(GLUON_DQ_WARPS)
+    _STAGES = gl.constexpr(KV_STAGES)
+
+    @gluon.jit
+    def _tiles_2d(buf, ROWS: gl.constexpr, D: gl.constexpr):
+        """A [1, 1, ROWS, D] TMA tile as the [ROWS, D] matrix the products take (same bytes, same swizzle)."""
+        return buf.reshape([ROWS, D])
+
+    @gluon.jit
+    def _load_kv(k_desc, v_desc, b, h, start, bar, k_buf, v_buf):
+        """TMA loads of one selected key block's K and V tiles, completing on `bar`."""
+        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma_load(k_desc, [b, h, start, 0], bar, k_buf)
+        tma_load(v_desc, [b, h, start, 0], bar, v_buf)
+
+    @gluon.jit
+    def sla2_bwd_dq_gluon_kernel(
+        q_desc, k_desc, v_desc, o_desc, do_desc, dq_desc,  # Gluon descriptors of [B, H, N, D] views; blocks
+        # [1, 1, BM or BK, D]; o_desc: O, or O_s with DELTA_KNOWN
+        LSE, ROWS, IDX, ALPHA,  # ROWS fp32 [B·H, 2, nq·b_q]: the row statistics (bwd_math.row_stats), written here
+        sab, sah, saq,
+        N, H, NQ, TOPK, sm_scale,
+        BQ: gl.constexpr, BK: gl.constexpr, D: gl.constexpr, BM: gl.constexpr,  # BM: query rows per program
+        LINEAR: gl.constexpr, DELTA_KNOWN: gl.constexpr,
+    ):
+        """Sparse dQ over the selected key blocks (the linear kernel adds the linear dQ later) and the rows'
+        statistics (log2 normaliser of α·P, Ds = dO·O_s)."""
+        gl.static_assert(BM == 16 * _WARPS, "one warp group: 16 query rows a warp")
+        dtype: gl.constexpr = q_desc.dtype
+        # wgmma accumulators: scores [BM, BK] and dQ [BM, D]; dS and P enter dS K, P K from registers.
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_WARPS, 1],
+                                                           instr_shape=[16, BK, 16])
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_WARPS, 1],
+                                                             instr_shape=[16, D, 16])
+        op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+        col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+        pid_m = gl.program_id(0) // (BQ // BM)  # the query block
+        bh = gl.program_id(1)
+        b = bh // H
+        h = bh % H
+        bh64 = bh.to(gl.int64)
+        row0 = pid_m * BQ + (gl.program_id(0) % (BQ // BM)) * BM
+        idx_base = IDX + (bh64 * NQ + pid_m) * TOPK
+
+        q_buf = gl.allocate_shared_memory(dtype, [1, 1, BM, D], q_desc.layout)
+        do_buf = gl.allocate_shared_memory(dtype, [1, 1, BM, D], do_desc.layout)
+        o_buf = gl.allocate_shared_memory(dtype, [1, 1, BM, D], o_desc.layout)  # then dQ's staging for its store
+        k_bufs = gl.allocate_shared_memory(dtype, [_STAGES, 1, 1, BK, D], k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [_STAGES, 1, 1, BK, D], v_desc.layout)
+        bar_q = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        bar_kv = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(bar_q, count=1)
+        for st in gl.static_range(_STAGES):
+            mbarrier.init(bar_kv.index(st), count=1)
+        fence_async_shared()
+
+        # The query tiles and the first two key blocks are in flight together.
+        mbarrier.expect(bar_q, 3 * q_desc.block_type.nbytes)
+        tma_load(q_desc, [b, h, row0, 0], bar_q, q_buf)
+        tma_load(do_desc, [b, h, row0, 0], bar_q, do_buf)
+        tma_load(o_desc, [b, h, row0, 0], bar_q, o_buf)
+        for st in gl.static_range(_STAGES):
+            if st < TOPK:
+                _load_kv(k_desc, v_desc, b, h, gl.load(idx_base + st) * BK, bar_kv.index(st), k_bufs.index(st),
+                         v_bufs.index(st))
+
+        # The rows' statistics (bwd_math.dq_rows): log2-domain lse (0 past N), α, c = α dO·O (Δ with DELTA_KNOWN).
+        rows = row0 + gl.arange(0, BM, layout=row_layout)
+        lse2 = gl.load(LSE + bh64 * N + rows, mask=rows < N, other=0.0) * _LOG2E
+        if LINEAR:
+            alpha = gl.load(ALPHA + b.to(gl.int64) * sab + h.to(gl.int64) * sah + pid_m * saq)
+        else:
+            alpha = 1.0
+        mbarrier.wait(bar_q, 0)
+        q = _tiles_2d(q_buf, BM, D)
+        do = _tiles_2d(do_buf, BM, D)
+        o_do = gl.sum(do.load(acc_layout).to(gl.float32) * _tiles_2d(o_buf, BM, D).load(acc_layout).to(gl.float32),
+                      axis=1)
+        c = gl.convert_layout(o_do, row_layout) * alpha
+
+        qk_scale = sm_scale * _LOG2E
+        zero_s = gl.zeros([BM, BK], dtype=gl.float32, layout=s_layout)
+        # dS K and P K stay in flight across steps: their accumulators are carried as wgmma tokens
+        acc = warpgroup_mma_init(gl.zeros([BM, D], dtype=gl.float32, layout=acc_layout))
+        pk = gl.zeros([BM, D], dtype=gl.float32, layout=acc_layout)
+        if not DELTA_KNOWN:
+            pk = warpgroup_mma_init(pk)
+        d_s = gl.zeros([BM], dtype=gl.float32, layout=row_layout)
+        for it in range(0, TOPK):
+            stage = it % _STAGES
+            start = gl.load(idx_base + it) * BK
+            mbarrier.wait(bar_kv.index(stage), (it // _STAGES) & 1)
+            k = _tiles_2d(k_bufs.index(stage), BK, D)
+            v = _tiles_2d(v_bufs.index(stage), BK, D)
+            s_tok = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            dp_tok = warpgroup_mma(do, v.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            # waits for the previous step's dS K and P K too: the other stage's K is free from here on
+            if DELTA_KNOWN:
+                sc, dp, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc))
+            else:
+                sc, dp, acc, pk = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc, pk))
+            if (it >= 1) & (it + 1 < TOPK):  # steps 0 and 1 were issued before the loop
+                nxt = (it + 1) % _STAGES
+                _load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 1) * BK, bar_kv.index(nxt), k_bufs.index(nxt),
+                         v_bufs.index(nxt))
+            if start + BK > N:  # the ragged last key block (sla2_fwd.keys_before_n)
+                sc = gl.where((start + gl.arange(0, BK, layout=col_layout))[None, :] < N, sc, float("-inf"))
+            p = gl.exp2(sc * qk_scale - lse2[:, None])
+            d_s += gl.sum(p * dp, axis=1)
+            ds = p * (dp * alpha - c[:, None])
+            acc = warpgroup_mma(gl.convert_layout(ds.to(dtype), op_layout), k, acc, is_async=True)
+            if not DELTA_KNOWN:
+                pk = warpgroup_mma(gl.convert_layout(p.to(dtype), op_layout), k, pk, is_async=True)
+        if DELTA_KNOWN:
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        else:
+            acc, pk = warpgroup_mma_wait(num_outstanding=0, deps=(acc, pk))
+        for st in gl.static_range(_STAGES):
+            mbarrier.invalidate(bar_kv.index(st))
+        mbarrier.invalidate(bar_q)
+
+        # bwd_math.dq_finish
+        if DELTA_KNOWN:
+            dq = acc * sm_scale
+        else:
+            corr = gl.convert_layout(c - alpha * d_s, gl.SliceLayout(1, acc_layout))
+            dq = (acc + corr[:, None] * pk) * sm_scale
+        out = _tiles_2d(o_buf, BM, D)  # O was read before the loop
+        out.store(dq.to(dq_desc.dtype))
+        fence_async_shared()
+        tma_store(dq_desc, [b, h, row0, 0], o_buf)
+
+        # bwd_math.row_stats: the log2 normaliser of α·P and Ds, for the dk/dv kernel
+        rows_bh = ROWS + bh64 * 2 * NQ * BQ
+        if LINEAR:
+            a_rows = gl.zeros([BM], dtype=gl.float32, layout=row_layout) + alpha
+            lse2 = lse2 - gl.where(a_rows > 0, gl.log2(gl.maximum(a_rows, 1e-30)), float("-inf"))
+        gl.store(rows_bh + rows, lse2)
+        gl.store(rows_bh + NQ * BQ + rows, d_s)
+        tma.store_wait(0)
+
+    def descriptor(t, rows: int):
+        """Gluon descriptor of a [B, H, N, D] view in blocks of `rows` rows of one (b, h): the shared-memory
+        layout the kernel's buffers and products take (widest swizzle the row allows)."""
+        gdtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
+        block = [1, 1, rows, t.shape[-1]]
+        return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, gdtype))
