@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from functools import partial
 
 from bench_common import (  # run as a script: a sibling module
@@ -152,6 +153,10 @@ class Bench(BenchBase):
                 T[f"main{tag}_linear_pass_{oc.linear_pass}"] = self.safe(
                     f"{shape_name} main{tag} linear_pass={oc.linear_pass}", lambda: self.time_ms(
                         lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=oc, **kw)))
+                if not quant:  # the bf16 kernel's Gluon twin (or the Triton kernel, if the rows run Gluon's)
+                    T.update(self.safe(f"{shape_name} gluon flipped", lambda: self.gluon_flipped(
+                        row, oc, lambda c: self.forward(q, k, v, idx, alpha, quant=False, kv_state=st, config=c,
+                                                        **kw))) or {})
                 T["sparse_only" + tag] = self.time_ms(lambda: self.forward(
                     q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, config=fc, **kw))
 
@@ -162,6 +167,12 @@ class Bench(BenchBase):
 
                 T["total" + tag] = self.time_ms(whole)
                 T["total_graph" + tag] = self.safe(f"{shape_name} graph{tag}", lambda: self.time_ms(whole, graph=True))
+                if not quant:  # the whole forward with the main kernel's Gluon option flipped
+                    base_cfg = fc or self.fwd_mod.default_fwd_config(BLOCK_Q, BLOCK_K, D, False)
+                    gc = dataclasses.replace(base_cfg, gluon=not base_cfg.gluon, linear_pass=False)
+                    T[f"total_graph_gluon_{gc.gluon}"] = self.safe(
+                        f"{shape_name} graph gluon={gc.gluon}", lambda: self.time_ms(lambda: whole(False, gc),
+                                                                                      graph=True))
             if flex is not None:
                 T["flex"] = self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, q, k, v, idx, nk))
             # dense attention doing the sparse part's work: every query against topk·b_k keys (the same FLOPs and
@@ -332,6 +343,28 @@ class Bench(BenchBase):
             self.results["chosen_precompute"] = repr(self.pre_cfg)
         print("chosen", self.results.get("chosen_configs"), self.results.get("chosen_precompute"), flush=True)
         self.save()
+
+    def gluon_flipped(self, row, cfg, forward) -> dict:
+        """The bf16 main kernel with FwdConfig.gluon as in cfg and flipped, timed in turns (keys main_gluon_<value>),
+        with the flipped kernel's relative L1 difference in o and largest in lse. cfg's linear_pass is undone first
+        (the Gluon kernel computes the linear branch in its epilogue)."""
+        torch = self.torch
+        own = dataclasses.replace(cfg, linear_pass=False)
+        other = dataclasses.replace(own, gluon=not own.gluon)
+        o1, lse1, _ = forward(own)
+        o2, lse2, _ = forward(other)
+        row["gluon_flipped_rel_o"] = float((o2.float() - o1.float()).abs().sum() / o1.float().abs().sum())
+        row["gluon_flipped_max_dlse"] = float((lse2 - lse1).abs().max())
+        a, b = [], []
+        for _ in range(self.PAIR_ROUNDS):
+            a.append(self.time_ms(lambda: forward(own)))
+            b.append(self.time_ms(lambda: forward(other)))
+        del o1, o2, lse1, lse2
+        torch.cuda.empty_cache()
+        return {f"main_gluon_{own.gluon}": statistics.median(a), f"main_gluon_{other.gluon}": statistics.median(b)}
+
+    # rounds of the two variants a comparison times in turns
+    PAIR_ROUNDS = 5
 
     def time_candidate(self, what, kernel, res, into, run):
         """One sweep candidate: its time (None if it failed), and the compiled kernel's registers, spills and

@@ -76,6 +76,7 @@ def specs():
     """name -> (kernel, {argument: Ptr | Desc | int | float}, constexprs, compile options), as the package launches
     each kernel by default (forward.run_forward, kv_state.build_state, backward.run_*)."""
     from sla2_kernels import sla2_bwd_dq_gluon as dq_gluon
+    from sla2_kernels import sla2_fwd_gluon as fwd_gluon
     from sla2_kernels import tuning
     from sla2_kernels.linear_precompute import kv_precompute_kernel
     from sla2_kernels.query_pass import query_pass_kernel
@@ -127,6 +128,16 @@ def specs():
                          options(pre.num_warps, pre.num_stages))
     bwd = tuning.default_bwd_config(bq, bk, D)
     bm = bwd.dq_rows or bq
+    if fwd_gluon.AVAILABLE:
+        out["fwd_gluon"] = (fwd_gluon.sla2_fwd_gluon_kernel,
+                            dict(q_desc=Desc("bf16", (1, 1, bq, D), gluon=True),
+                                 o_desc=Desc("bf16", (1, 1, bq, D), gluon=True),
+                                 k_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
+                                 v_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
+                                 h_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
+                                 IDX=i32, ALPHA=f32, LSE=f32, ZI=f32, sm_scale=D ** -0.5),
+                            dict(BQ=bq, BK=bk, D=D, LINEAR=True),
+                            options(fwd_gluon.GLUON_FWD_WARPS))
     if dq_gluon.AVAILABLE:
         g = dq_gluon.GLUON_DQ_ROWS
         out["dq_gluon"] = (dq_gluon.sla2_bwd_dq_gluon_kernel,
@@ -244,7 +255,7 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
 
 
 def main(argv=None):
-    all_kernels = ("fwd", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "linear")
+    all_kernels = ("fwd", "fwd_gluon", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "linear")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", default=",".join(all_kernels), help=f"comma-separated, of {', '.join(all_kernels)}")
     p.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200, sm_90a)")
@@ -260,7 +271,7 @@ def main(argv=None):
     table = specs()
     results = dict(triton=triton.__version__, arch=args.arch, kernels={})
     for name in names:
-        if name not in table:  # dq_gluon with a Triton that has no Gluon
+        if name not in table:  # a Gluon kernel with a Triton that has no Gluon
             print(f"{name:11s} not built: this Triton ({triton.__version__}) has no Gluon", flush=True)
             continue
         r = compile_one(*table[name], arch=args.arch)

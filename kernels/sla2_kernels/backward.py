@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import launch, layouts
+from . import gluon_tiles
 from . import sla2_bwd_dq_gluon as dq_gluon
 from .backward_state import backward_linear_state
 from .checks import check_sparse_output
@@ -145,7 +146,7 @@ def run_dq_sparse(p: BwdProblem) -> None:
 
     if gluon_dq_suits(p, views):
         rows = dq_gluon.GLUON_DQ_ROWS
-        descs = (dq_gluon.descriptor(t, r) for t, r in zip(views, [rows, p.block_k, p.block_k, rows, rows, rows]))
+        descs = (gluon_tiles.descriptor(t, r) for t, r in zip(views, [rows, p.block_k, p.block_k, rows, rows, rows]))
         launch.run("dq", dq_gluon.sla2_bwd_dq_gluon_kernel, (nq * (p.block_q // rows), bh),
                    *descs, p.lse, p.rows, p.idx, p.alpha, sa[0], sa[1], sa[2],
                    n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
@@ -164,15 +165,11 @@ def run_dq_sparse(p: BwdProblem) -> None:
 
 
 def gluon_dq_suits(p: BwdProblem, views) -> bool:
-    """Whether the Gluon dq kernel takes this problem: asked for (BwdConfig.dq_gluon), compiled for a GPU with TMA
-    (Gluon has no interpreter), 16-bit tiles TMA can move, and the sizes its layouts and shared memory are built
-    for: head_dim 64 or 128, b_k ≤ 64 (two stages of K and V beside three query tiles, two programs an SM), b_q a
-    multiple of its 64-row programs."""
-    d = p.shape[3]
-    return (p.cfg.dq_gluon and dq_gluon.AVAILABLE and not launch.interpreting() and layouts.tma_hardware(p.q.device)
-            and all(t.dtype == p.q.dtype for t in views) and p.q.dtype in (torch.bfloat16, torch.float16)
-            and d in (64, 128) and p.block_k in (16, 32, 64) and p.block_q % dq_gluon.GLUON_DQ_ROWS == 0
-            and layouts.tma_ready(*views))
+    """Whether the Gluon dq kernel takes this problem: asked for (BwdConfig.dq_gluon), Gluon's own conditions
+    (gluon_tiles.suits), and the sizes its layouts and shared memory are built for: head_dim 64 or 128, b_k 64
+    (two stages of K and V beside three query tiles, two programs an SM), b_q a multiple of its 64-row programs."""
+    return (p.cfg.dq_gluon and gluon_tiles.suits(*views) and p.shape[3] in (64, 128) and p.block_k == 64
+            and p.block_q % dq_gluon.GLUON_DQ_ROWS == 0)
 
 
 def run_linear(p: BwdProblem) -> None:

@@ -3,7 +3,7 @@ launch.
 
 sla2_forward, which the training op runs, validates its inputs once (`check_forward`) and then calls only
 unchecked parts (kv_state.build_state, `run_forward`).
-Kernels: sla2_fwd_tma.py (bf16/fp16 default), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
+Kernels: sla2_fwd_tma.py (bf16/fp16 default; its Gluon twin sla2_fwd_gluon.py with FwdConfig.gluon), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
 sla2_fwd_lowbit.py (quant=True), sla2_fwd_lowbit_tma.py (quant=True with a TMA configuration); query_pass.py before
 the low-bit TMA kernel (Q̂) and, with FwdConfig.linear_pass, before either TMA kernel (the linear branch's O_l);
 complement.py for the selection's complement and Z_I.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import launch, layouts
+from . import gluon_tiles, launch, layouts, sla2_fwd_gluon
 from .checks import alpha_view, check_block, check_indices, check_lin_state, check_qkv, check_state
 from .kv_state import KVState, build_state
 from .launch import cdiv
@@ -137,6 +137,17 @@ def query_pass(q: torch.Tensor, p: ForwardProblem, o: torch.Tensor, lse: torch.T
     return q8, sq
 
 
+def fwd_gluon_suits(cfg: FwdConfig, p: ForwardProblem, q, o, k, v, h_i, sparse_out: bool) -> bool:
+    """Whether the Gluon forward (sla2_fwd_gluon.py) takes this bf16 TMA call: asked for (FwdConfig.gluon), what it
+    implements (whole query blocks a program, the linear branch in the epilogue, no O_s stored), the sizes its
+    layouts and shared memory are built for (b_q 64 or 128, head_dim 64 or 128, b_k 64: two stages of K and V
+    beside Q, two programs an SM, and H_I's row pieces fill one stage's buffers), bf16 (H_I's dtype, loaded into
+    K's buffers), and Gluon's own conditions."""
+    return (cfg.gluon and cfg.tma and not cfg.linear_pass and cfg.rows in (0, p.block_q) and not sparse_out
+            and q.dtype == torch.bfloat16 and p.block_q in (64, 128) and p.D in (64, 128) and p.block_k == 64
+            and gluon_tiles.suits(*(bhnd_view(t, p.layout) for t in (q, k, v, o)), *(() if h_i is None else (h_i,))))
+
+
 def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state, quant: bool,
                 config: FwdConfig | None = None, sparse_out: bool = True):
     """The main kernel's launch on a validated problem: (o, lse, o_s). lin_state None: no linear branch (α = 1);
@@ -157,7 +168,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
                                              *((h_i,) if linear else ()))):
         # The GPU has no TMA, or the tensors' strides or alignment do not suit it. A caller's own configuration
         # keeps its warps and stages; the default becomes the pointer one.
-        cfg = replace(cfg, tma=False, rows=0) if config is not None else pointer_config(bq, D)
+        cfg = replace(cfg, tma=False, rows=0, gluon=False) if config is not None else pointer_config(bq, D)
     rows = cfg.rows or bq  # query rows a program (a TMA kernel may take a query block in several)
     if bq % rows:
         raise ValueError(f"sla2_kernels: FwdConfig.rows={rows} must divide block_q={bq}")
@@ -171,6 +182,14 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
             kw["maxnreg"] = c.maxnreg
         return kw
 
+    if not quant and fwd_gluon_suits(cfg, p, q, o, k, v, h_i if linear else None, sparse_out):
+        q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
+        h4 = h_i.view(BH * nq, 1, D, D) if linear else q4  # never read without the linear branch
+        tiles = ((q4, bq), (bhnd_view(k, layout), bk), (bhnd_view(v, layout), bk), (o4, bq), (h4, bk))
+        launch.run("sla2_fwd_gluon", sla2_fwd_gluon.sla2_fwd_gluon_kernel, (nq, BH),
+                   *(gluon_tiles.descriptor(t, r) for t, r in tiles), idx, alpha3, lse, z_i, *alpha3.stride(),
+                   N, H, nq, topk, scale, BQ=bq, BK=bk, D=D, LINEAR=linear, num_warps=sla2_fwd_gluon.GLUON_FWD_WARPS)
+        return o, lse, o_s
     if cfg.tma:
         # Both TMA kernels: Q and O tiles; with the linear branch in the epilogue (not linear_pass) its Q column
         # pieces and H_I rows, otherwise never read (q_desc stands in; no H_I placeholder to fill).

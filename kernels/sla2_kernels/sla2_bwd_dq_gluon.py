@@ -12,59 +12,40 @@ One warp group (4 warps) a program of GLUON_DQ_ROWS query rows. Shared memory: Q
 at the end) and two stages of K and V, 112 KB at D 128, b_k 64: two programs an SM. Products are Hopper wgmma:
 S = Q Kᵀ and dP = dO Vᵀ with both operands in shared memory; dS K and P K with dS, P from registers.
 
-Gluon is not run by Triton's interpreter: the CPU tests compile this kernel for sm_90a and the GPU tests compare it
-with the Triton kernel (tests/kernels/test_gpu.py).
+Host side: backward.run_dq_sparse, where gluon_tiles.suits and backward.gluon_dq_suits allow it.
 """
 
 from __future__ import annotations
 
-import torch
+from .constants import LOG2E
+from .gluon_tiles import AVAILABLE, WARPS
 
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
+# 64 query rows a program: one warp group, 16 rows a warp
+GLUON_DQ_WARPS = WARPS
+GLUON_DQ_ROWS = 16 * WARPS
+KV_STAGES = 2
+
+if AVAILABLE:
+    from .gluon_tiles import (
         fence_async_shared,
+        gl,
+        gluon,
+        load_kv,
         mbarrier,
+        tiles_2d,
         tma,
+        tma_load,
+        tma_store,
+        thread_barrier,
         warpgroup_mma,
         warpgroup_mma_init,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    # Triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later releases
-    # async_load / async_store, same arguments.
-    tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-    tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
-    AVAILABLE = True
-except ImportError:  # pragma: no cover - a Triton without Gluon (before 3.4)
-    AVAILABLE = False
-
-from .constants import LOG2E
-
-# One warp group: the wgmma atom is 4 warps × 16 rows, so 64 query rows a program.
-GLUON_DQ_WARPS = 4
-GLUON_DQ_ROWS = 64
-KV_STAGES = 2
-
-if AVAILABLE:
     # module-level values a Gluon function reads must be constexpr
     _LOG2E = gl.constexpr(LOG2E)
     _WARPS = gl.constexpr(GLUON_DQ_WARPS)
     _STAGES = gl.constexpr(KV_STAGES)
-
-    @gluon.jit
-    def _tiles_2d(buf, ROWS: gl.constexpr, D: gl.constexpr):
-        """A [1, 1, ROWS, D] TMA tile as the [ROWS, D] matrix the products take (same bytes, same swizzle)."""
-        return buf.reshape([ROWS, D])
-
-    @gluon.jit
-    def _load_kv(k_desc, v_desc, b, h, start, bar, k_buf, v_buf):
-        """TMA loads of one selected key block's K and V tiles, completing on `bar`."""
-        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma_load(k_desc, [b, h, start, 0], bar, k_buf)
-        tma_load(v_desc, [b, h, start, 0], bar, v_buf)
 
     @gluon.jit
     def sla2_bwd_dq_gluon_kernel(
@@ -116,7 +97,7 @@ if AVAILABLE:
         tma_load(o_desc, [b, h, row0, 0], bar_q, o_buf)
         for st in gl.static_range(_STAGES):
             if st < TOPK:
-                _load_kv(k_desc, v_desc, b, h, gl.load(idx_base + st) * BK, bar_kv.index(st), k_bufs.index(st),
+                load_kv(k_desc, v_desc, b, h, gl.load(idx_base + st) * BK, bar_kv.index(st), k_bufs.index(st),
                          v_bufs.index(st))
 
         # The rows' statistics (bwd_math.dq_rows): log2-domain lse (0 past N), α, c = α dO·O (Δ with DELTA_KNOWN).
@@ -127,9 +108,9 @@ if AVAILABLE:
         else:
             alpha = 1.0
         mbarrier.wait(bar_q, 0)
-        q = _tiles_2d(q_buf, BM, D)
-        do = _tiles_2d(do_buf, BM, D)
-        o_do = gl.sum(do.load(acc_layout).to(gl.float32) * _tiles_2d(o_buf, BM, D).load(acc_layout).to(gl.float32),
+        q = tiles_2d(q_buf, BM, D)
+        do = tiles_2d(do_buf, BM, D)
+        o_do = gl.sum(do.load(acc_layout).to(gl.float32) * tiles_2d(o_buf, BM, D).load(acc_layout).to(gl.float32),
                       axis=1)
         c = gl.convert_layout(o_do, row_layout) * alpha
 
@@ -145,8 +126,8 @@ if AVAILABLE:
             stage = it % _STAGES
             start = gl.load(idx_base + it) * BK
             mbarrier.wait(bar_kv.index(stage), (it // _STAGES) & 1)
-            k = _tiles_2d(k_bufs.index(stage), BK, D)
-            v = _tiles_2d(v_bufs.index(stage), BK, D)
+            k = tiles_2d(k_bufs.index(stage), BK, D)
+            v = tiles_2d(v_bufs.index(stage), BK, D)
             s_tok = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             dp_tok = warpgroup_mma(do, v.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             # waits for the previous step's dS K and P K too: the other stage's K is free from here on
@@ -156,7 +137,7 @@ if AVAILABLE:
                 sc, dp, acc, pk = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc, pk))
             if (it >= 1) & (it + 1 < TOPK):  # steps 0 and 1 were issued before the loop
                 nxt = (it + 1) % _STAGES
-                _load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 1) * BK, bar_kv.index(nxt), k_bufs.index(nxt),
+                load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 1) * BK, bar_kv.index(nxt), k_bufs.index(nxt),
                          v_bufs.index(nxt))
             if start + BK > N:  # the ragged last key block (sla2_fwd.keys_before_n)
                 sc = gl.where((start + gl.arange(0, BK, layout=col_layout))[None, :] < N, sc, float("-inf"))
@@ -180,7 +161,8 @@ if AVAILABLE:
         else:
             corr = gl.convert_layout(c - alpha * d_s, gl.SliceLayout(1, acc_layout))
             dq = (acc + corr[:, None] * pk) * sm_scale
-        out = _tiles_2d(o_buf, BM, D)  # O was read before the loop
+        thread_barrier()  # O's buffer takes dQ: every thread read O before the loop
+        out = tiles_2d(o_buf, BM, D)
         out.store(dq.to(dq_desc.dtype))
         fence_async_shared()
         tma_store(dq_desc, [b, h, row0, 0], o_buf)
@@ -193,10 +175,3 @@ if AVAILABLE:
         gl.store(rows_bh + rows, lse2)
         gl.store(rows_bh + NQ * BQ + rows, d_s)
         tma.store_wait(0)
-
-    def descriptor(t, rows: int):
-        """Gluon descriptor of a [B, H, N, D] view in blocks of `rows` rows of one (b, h): the shared-memory
-        layout the kernel's buffers and products take (widest swizzle the row allows)."""
-        gdtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
-        block = [1, 1, rows, t.shape[-1]]
-        return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, gdtype))

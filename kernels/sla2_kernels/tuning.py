@@ -35,10 +35,16 @@ class FwdConfig:
     # 97%, main kernel 0.617 against 0.669 ms with the pass (bf16), 0.633 against 0.704 (low bit); the pass with the
     # linear branch alone 0.139 ms (bench.py times the other variant beside its rows).
     linear_pass: bool = False
+    # bf16 TMA kernel: its twin written in Gluon (sla2_fwd_gluon.py), where it suits the call (forward.fwd_gluon_suits;
+    # whole query blocks a program, no O_s stored, the linear branch in the epilogue): each step's K, V and the
+    # epilogue's H_I loaded a softmax ahead of use, Q kept in shared memory through the loop.
+    gluon: bool = False
 
     def __post_init__(self):
         if self.rows and not self.tma:
             raise ValueError("FwdConfig: rows (query rows a program) is a setting of the TMA kernels; use tma=True")
+        if self.gluon and not self.tma:
+            raise ValueError("FwdConfig: gluon is a variant of the TMA kernel; use tma=True with it")
         if self.tma and self.exact_max:
             raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
                              "use tma=False with it")
@@ -57,9 +63,11 @@ def default_fwd_config(block_q: int, block_k: int, head_dim: int, quant: bool) -
     cap (four programs an SM). H100, 2026-12-06, main kernel at the Wan-1.3B shape: 0.609 ms, against (4, 3) with
     128-row programs 0.654, (4, 3, 64 rows) uncapped (167 registers, three an SM) 0.677, (8, 2, maxnreg 128) 0.653,
     the pointer kernel (8, 3) 0.859; the bf16 main kernel 0.618 in the same run. Where TMA cannot be used
-    (forward.run_forward) either default becomes pointer_config."""
+    (forward.run_forward) either default becomes pointer_config. bf16 with the Gluon twin (gluon=True, where it suits
+    the call: forward.fwd_gluon_suits): H100, 2026-12-07, Wan-1.3B at 97%, main kernel 0.564 against 0.638 ms timed
+    in turns (o within 5e-8 relative L1, lse equal), whole forward 0.847 against 0.902 ms as a graph (`bench.py`)."""
     if not quant:
-        return FwdConfig(4, 2, tma=True)
+        return FwdConfig(4, 2, tma=True, gluon=True)
     rows = 64 if block_q > 64 and block_q % 64 == 0 else 0
     return FwdConfig(4, 2, tma=True, maxnreg=128, rows=rows)
 
@@ -149,7 +157,10 @@ def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
         # applied at the load (82 KB of shared memory), 13:16 UTC: 16.19 against 17.41, 1.332 against 1.347.
         # The sweep at 1.3B that hour: (4 warps, 3 stages, 32 rows) with them 1.306 ms, without 1.320; 2 stages
         # 1.355 / 1.347; the pointer kernel 1.391.
-        return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True)
+        # The dq kernel in Gluon (dq_gluon), H100, 2026-12-07 (`bench_train.py`, in turns, dQ bit-equal): 0.596
+        # against 0.719 ms, with Δ from O_s 0.549 against 0.700.
+        return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True,
+                         dq_gluon=True)
     return BwdConfig(warps, 2, warps, 2)
 
 

@@ -447,12 +447,12 @@ def test_gluon_dq_option_falls_back_where_gluon_cannot_run(poison, monkeypatch):
                              layout="bhnd", h_i=None, z_i=None, config=c)
         return backward.gluon_dq_suits(p, [q] * 6)
 
-    assert suits() and suits(d=128, bq=64, bk=32, dtype=torch.float16)
+    assert suits() and suits(d=128, bq=64, dtype=torch.float16)
     assert not suits(c=cfg)
     assert not suits(dtype=torch.float32)
     assert not suits(bk=128)
     assert not suits(d=96)
-    assert not suits(bq=32, bk=32)
+    assert not suits(bq=32)
 
 
 @pytest.mark.parametrize("tma", [False, True])

@@ -161,6 +161,34 @@ def test_bench_train_times_the_dq_kernel_with_the_gluon_option_flipped(kt):
         assert row[f"dq{tag}_gluon_flipped_rel_dq"] == 0.0 and row[f"dq{tag}_gluon_flipped_rel_rows"] == 0.0
 
 
+def test_bench_times_the_forward_with_the_gluon_option_flipped(kt):
+    """bench.py's bf16 main kernel with FwdConfig.gluon flipped, on the interpreter (where the option falls back to
+    the Triton kernel) with a stand-in timer: each configuration timed in turns and reported as a median, the
+    flipped kernel's o and lse compared, linear_pass undone for both."""
+    import statistics
+
+    import torch
+
+    seen, times = [], [0.5, 0.2, 0.1, 0.9, 0.3, 0.4, 0.7, 0.8, 0.6, 0.1]  # own, flipped, own, ...
+
+    def forward(c):
+        seen.append((c.gluon, c.linear_pass))
+        q, k, v = kt.make_qkv(1, 2, 300, 64, torch.bfloat16, "bhnd", seed=5)[0]
+        idx = torch.arange(2, dtype=torch.int32).expand(1, 2, 3, 2).contiguous()
+        return sla2_kernels.sla2_forward(q, k, v, idx, 0.5, block_q=128, block_k=64, quant=False, layout="bhnd",
+                                         config=c, sparse_out=False)
+
+    b = object.__new__(bench.Bench)
+    b.torch, b.time_ms = torch, lambda fn: (fn(), times.pop(0))[1]
+    row = {}
+    cfg = sla2_kernels.FwdConfig(4, 2, tma=True, linear_pass=True)
+    got = b.gluon_flipped(row, cfg, forward)
+    own, other = [0.5, 0.1, 0.3, 0.7, 0.6], [0.2, 0.9, 0.4, 0.8, 0.1]
+    assert got == {"main_gluon_False": statistics.median(own), "main_gluon_True": statistics.median(other)}
+    assert seen == [(False, False), (True, False)] * (1 + b.PAIR_ROUNDS)
+    assert row["gluon_flipped_rel_o"] == 0.0 and row["gluon_flipped_max_dlse"] == 0.0
+
+
 def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt, monkeypatch):
     """bench_train.py's dk/dv step on a selection with a heavily selected key block a head, on the interpreter with a
     stand-in timer that runs the step: the default order takes the long lists first, the head-by-head one does not,

@@ -132,6 +132,51 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
     assert kernels() == ["sla2_fwd"]
 
 
+def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt):
+    """FwdConfig.gluon needs tma; under the interpreter (no Gluon there) the Triton TMA kernel runs with the same
+    output; on a GPU the rule refuses, each alone, what the Gluon kernel does not implement: O_s stored, the pass
+    over Q, 64-row programs of a 128-row block, fp16, b_k 128, head_dim 96."""
+    from types import SimpleNamespace
+
+    from sla2_kernels import forward
+
+    with pytest.raises(ValueError, match="gluon"):
+        sla2_kernels.FwdConfig(4, 2, gluon=True)
+    launched = []
+    run_kernel = launch.run
+    monkeypatch.setattr(launch, "run", lambda name, *a, **kw: (launched.append(name), run_kernel(name, *a, **kw)))
+    (q, k, v), _ = kt.make_qkv(1, 2, 300, 64, torch.bfloat16, "bhnd")
+    sel, alpha = kt.random_selection(1, 2, 300, 64, 64, 2, seed=7)
+    run = lambda cfg: sla2_kernels.sla2_forward(q, k, v, sel.indices, alpha, block_q=64, block_k=64,  # noqa: E731
+                                                quant=False, layout="bhnd", config=cfg, sparse_out=False)[:2]
+    want = run(sla2_kernels.FwdConfig(4, 2, tma=True))
+    launched.clear()
+    got = run(sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True))
+    assert [n for n in launched if n.startswith("sla2_fwd")] == ["sla2_fwd_tma"]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    if not forward.gluon_tiles.AVAILABLE:
+        return
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(layouts, "tma_hardware", lambda device: True)
+    on = sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True)
+
+    def suits(cfg=on, bq=128, bk=64, d=128, dtype=torch.bfloat16, sparse_out=False):
+        t = torch.zeros(1, 2, 300, d, dtype=dtype)
+        p = SimpleNamespace(block_q=bq, block_k=bk, D=d, layout="bhnd")
+        return forward.fwd_gluon_suits(cfg, p, t, t, t, t, None, sparse_out)
+
+    assert suits() and suits(bq=64, d=64)
+    assert not suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True))
+    assert not suits(sparse_out=True)
+    assert not suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True, linear_pass=True))
+    assert not suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True, rows=64))
+    assert not suits(dtype=torch.float16)
+    assert not suits(bk=128)
+    assert not suits(d=96)
+
+
 def test_rows_a_program_are_checked(kt):
     """FwdConfig.rows is refused without TMA tiles at once, and where it does not divide block_q at the call."""
     with pytest.raises(ValueError, match="rows"):

@@ -168,22 +168,19 @@ def _check_wan_1p3b_gradients(value, alpha_shape, sparse_out, config=None):
 
 @pytest.mark.parametrize("value", [0.0, 0.05, 1.0])
 @pytest.mark.parametrize("sparse_out", [False, True], ids=["delta-summed", "delta-from-os"])
-def test_wan_1p3b_gradients_with_the_gluon_dq_kernel(value, sparse_out):
-    """The same float64 check with the dq kernel written in Gluon (BwdConfig.dq_gluon), which must be the one
-    that ran."""
-    from sla2_kernels import sla2_bwd_dq_gluon
-
-    if not sla2_bwd_dq_gluon.AVAILABLE:
-        pytest.skip("this Triton has no Gluon")
-    cfg = replace(tuning.default_bwd_config(128, 64, 128), dq_gluon=True)
+def test_wan_1p3b_gradients_with_the_triton_dq_kernel(value, sparse_out):
+    """The same float64 check with the dq kernel in Triton (BwdConfig.dq_gluon off; the default runs its Gluon
+    twin where Gluon is available), which must be the one that ran."""
+    cfg = replace(tuning.default_bwd_config(128, 64, 128), dq_gluon=False)
     _check_wan_1p3b_gradients(value, "head", sparse_out, config=cfg)
-    assert sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_gluon_kernel"
+    assert sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_tma_kernel"
 
 
 @pytest.mark.parametrize("B, H, N, D, bq, bk, dtype, layout, topk, sparse_out", [
     (1, 2, 32760, 128, 128, 64, torch.bfloat16, "bhnd", 15, False),  # Wan-1.3B's N, 97%
     (1, 2, 32760, 128, 128, 64, torch.bfloat16, "bnhd", 15, True),  # Δ from O_s, diffusers' layout
-    (2, 3, 1000, 64, 64, 32, torch.float16, "bnhd", 5, False),  # ragged query and key blocks, head_dim 64
+    (1, 2, 75600, 128, 128, 64, torch.bfloat16, "bhnd", 35, False),  # Wan-14B's N, 97%
+    (2, 3, 1000, 64, 64, 64, torch.float16, "bnhd", 5, False),  # ragged query and key blocks, head_dim 64
     (1, 2, 777, 128, 128, 64, torch.bfloat16, "bhnd", 13, False),  # every key block: no linear branch, α = 1
     (1, 1, 100, 128, 128, 64, torch.bfloat16, "bhnd", 1, False),  # one block, shorter than the tiles
 ])
@@ -216,6 +213,46 @@ def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, 
             assert not got.any(), name
             continue
         assert _rel(got, ref) <= 1e-3, f"{name}: relative L1 {_rel(got, ref):.2e} from the Triton kernel's"
+
+
+@pytest.mark.parametrize("B, H, N, D, bq, bk, layout, topk, alpha_ones", [
+    (1, 2, 32760, 128, 128, 64, "bhnd", 15, False),  # Wan-1.3B's N, 97%
+    (1, 2, 32760, 128, 128, 64, "bnhd", 15, True),  # diffusers' layout; α = 1 in some query blocks
+    (1, 40, 75600, 128, 128, 64, "bhnd", 35, False),  # Wan-14B, all 40 heads
+    (2, 3, 1000, 64, 64, 64, "bnhd", 5, False),  # ragged query and key blocks, head_dim 64
+    (1, 2, 777, 128, 128, 64, "bhnd", 13, False),  # every key block: no linear branch
+    (1, 1, 100, 128, 128, 64, "bhnd", 1, False),  # one block, shorter than the tiles
+])
+def test_gluon_forward_gives_the_triton_kernels_output(B, H, N, D, bq, bk, layout, topk, alpha_ones):
+    """FwdConfig.gluon: o within 1e-3 relative L1 of the Triton TMA kernel's and lse within 1e-4, the Gluon kernel
+    the one that ran; at the Wan shape also within 1e-2 of the float64 oracle on two heads."""
+    from sla2_kernels import sla2_fwd_gluon
+
+    if not sla2_fwd_gluon.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=N + D + 1)
+    nq = -(-N // bq)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
+    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    if alpha_ones:
+        alpha[..., ::3] = 1.0
+    qb, kb, vb = q, k, v
+    if layout == "bnhd":
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    kw = dict(block_q=bq, block_k=bk, layout=layout, quant=False, sparse_out=False)
+    want, want_lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=sla2_kernels.FwdConfig(4, 2, tma=True),
+                                                  **kw)
+    sla2_kernels.launch.LAST_COMPILED.pop("sla2_fwd_gluon", None)
+    got, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha,
+                                            config=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True), **kw)
+    assert "sla2_fwd_gluon" in sla2_kernels.launch.LAST_COMPILED
+    assert torch.isfinite(got).all() and _rel(got, want) <= 1e-3, _rel(got, want)
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=1e-4)
+    if N > 10000:
+        ob = got.transpose(1, 2) if layout == "bnhd" else got
+        heads = [0, H - 1]
+        o_ref, _ = br.sla2_forward(qb[:, heads], kb[:, heads], vb[:, heads], idx[:, heads], alpha[:, heads], bq, bk)
+        assert _rel(ob[:, heads], o_ref) <= 1e-2
 
 
 @pytest.mark.parametrize("value", [0.0, 0.05, 0.5, 1.0])

@@ -1,0 +1,72 @@
+"""What the Gluon kernels (sla2_bwd_dq_gluon.py, sla2_fwd_gluon.py) share: the import of Gluon, which older
+Tritons lack (AVAILABLE), the TMA copies under the names of the installed release, the [1, 1, rows, D] tiles of
+the [B, H, N, D] views as the matrices the products take, and the host's descriptors of those tiles.
+
+Gluon is Triton's explicit dialect: layouts, shared-memory buffers, barriers and asynchronous wgmma are written
+out, so a kernel can place each TMA load where its buffer becomes free. It has no interpreter: the CPU tests
+compile these kernels for sm_90a, the GPU tests compare them with their Triton twins.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: F401  (re-exported to the kernels)
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_init,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # Triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later releases
+    # async_load / async_store, same arguments.
+    tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    # a barrier of the program's threads: thread_barrier in Triton 3.6, barrier later
+    thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - a Triton without Gluon's Hopper API
+    AVAILABLE = False
+
+# Every Gluon kernel here is one warp group: the wgmma atom is 4 warps × 16 rows.
+WARPS = 4
+
+if AVAILABLE:
+    GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+
+    @gluon.jit
+    def tiles_2d(buf, ROWS: gl.constexpr, D: gl.constexpr):
+        """A [1, 1, ROWS, D] TMA tile as the [ROWS, D] matrix the products take (same bytes, same swizzle)."""
+        return buf.reshape([ROWS, D])
+
+    @gluon.jit
+    def load_kv(k_desc, v_desc, b, h, start, bar, k_buf, v_buf):
+        """TMA loads of one selected key block's K and V tiles, completing on `bar`."""
+        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma_load(k_desc, [b, h, start, 0], bar, k_buf)
+        tma_load(v_desc, [b, h, start, 0], bar, v_buf)
+
+    def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+        """Gluon descriptor of a 4-D view ([B, H, N, D], or H_I as [B·H·nq, 1, D, D]) in blocks of `rows` rows of
+        one (b, h), all of the last dimension, with the shared-memory layout the kernels' buffers and products take
+        (the widest swizzle the row allows)."""
+        block = [1, 1, rows, t.shape[-1]]
+        return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype]))
+
+
+def suits(q: torch.Tensor, *others: torch.Tensor) -> bool:
+    """The host's part of every Gluon kernel's rule: Gluon built, a compiled launch (not the interpreter) on a GPU
+    with TMA, 16-bit tiles of one dtype that TMA can move."""
+    from . import layouts
+    from .launch import interpreting
+
+    tensors = (q, *others)
+    return (AVAILABLE and not interpreting() and layouts.tma_hardware(q.device)
+            and q.dtype in (torch.bfloat16, torch.float16) and all(t.dtype == q.dtype for t in tensors)
+            and layouts.tma_ready(*tensors))
