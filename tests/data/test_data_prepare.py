@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ import torch
 
 from sla2_train.data import LatentDataModule, collate, read_index
 from sla2_train.data.prep import ClipSpec, EncoderSpec, OutputSpec, Preparer, TextEncoder, VaeEncoder, discover, load_clip
+from sla2_train.data.prep import pipeline
 from sla2_train.data.prep.encoders import component_dir
 
 CLIP = ClipSpec(num_frames=9, fps=8, height=32, width=48)  # 9 frames → 3 latent frames; 32x48 → 4x6
@@ -257,21 +259,21 @@ def test_any_per_video_decode_error_is_skipped_not_fatal(tiny_wan, tmp_path, vid
     assert read_index(tmp_path / "out")["skipped"] == {"unreadable_video": 1}
 
 
+class _KillerClips(pipeline._Clips):
+    """The pipeline's dataset, whose decoder dies of a segfault (as libav can) on any video named killer."""
+
+    def decode(self, item):
+        if item.path.endswith("killer.mp4"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return super().decode(item)
+
+
 def test_a_video_that_kills_its_decoder_is_skipped_on_the_next_run(tiny_wan, tmp_path, video_writer, random_caption,
                                                                    monkeypatch):
     """A libav segfault takes the decode worker down with it; the re-run must not die on the same file again."""
-    import signal
-
-    from sla2_train.data.prep import pipeline
-
     _captioned_videos(tmp_path / "videos", ("ok", "killer"), video_writer, random_caption)
-
-    def load(path, spec):
-        if path.endswith("killer.mp4"):
-            os.kill(os.getpid(), signal.SIGSEGV)
-        return load_clip(path, spec)
-
-    monkeypatch.setattr(pipeline, "load_clip", load)  # fork: the decode worker inherits the patch
+    # the decode worker is spawned: it finds the patched class by importing this module
+    monkeypatch.setattr(pipeline, "_Clips", _KillerClips)
     prep = _preparer(tmp_path / "videos", tmp_path / "out", tiny_wan)
     prep.decode_workers = 1
     with pytest.raises(RuntimeError, match="DataLoader worker"):

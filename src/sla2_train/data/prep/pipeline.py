@@ -64,6 +64,12 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# How decode workers start. Spawned, not forked: this process has libav's and torch's threads running (and the
+# encoders, on a GPU), and a fork copies their held locks into a child that can then wait on them forever (seen: a
+# worker stuck in libswscale's frame conversion after its parent had decoded videos itself).
+DECODE_WORKER_START = "spawn"
+
+
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
     return record  # keep records as they are (a module-level function pickles to spawned workers)
 
@@ -82,13 +88,17 @@ class _Clips(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def decode(self, item: VideoItem) -> torch.Tensor:
+        """The clip of one video (while its marker file exists)."""
+        return load_clip(item.path, self.spec)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
         marker = f"{self.marker_prefix}{os.getpid()}"
         with open(marker, "w") as f:
             f.write(f"{item.key}\t{item.relpath}")
         try:
-            return {"item": item, "clip": load_clip(item.path, self.spec), "source_hash": _sha256(item.path)}
+            return {"item": item, "clip": self.decode(item), "source_hash": _sha256(item.path)}
         except VideoError as exn:
             return {"item": item, "error": (exn.reason, str(exn))}
         except Exception as exn:
@@ -181,7 +191,8 @@ class Preparer:
 
         clips = _Clips(todo, self.clip, store.decoding_marker_prefix())
         loader = DataLoader(clips, batch_size=None, num_workers=self.decode_workers,
-                            collate_fn=_identity, prefetch_factor=2 if self.decode_workers else None)
+                            collate_fn=_identity, prefetch_factor=2 if self.decode_workers else None,
+                            multiprocessing_context=DECODE_WORKER_START if self.decode_workers else None)
         writer = ShardWriter(store.root, self.output.samples_per_shard, prefix=store.prefix,
                              start_index=store.next_shard_index(), on_flush=on_flush)
         with writer:
