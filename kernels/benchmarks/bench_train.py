@@ -307,14 +307,18 @@ class Bench(BenchBase):
         self.save()
 
     # BwdConfig's dk/dv options that bench_train times flipped on every run (TMA dk/dv kernel only)
-    DKDV_FLIPS = ("dkdv_register_kv",)
+    DKDV_FLIPS = ("dkdv_register_kv", "dkdv_gluon")
 
     def dkdv_flipped(self, p, row, field: str) -> dict:
         """The dk/dv step (run_dkdv) with the problem's configuration and with the BwdConfig option `field` flipped,
-        timed in turns (keys bwd_<field>_<value>), and whether dK and dV come out bit for bit the same."""
+        timed in turns (keys bwd_<field>_<value>), and whether dK and dV come out bit for bit the same. An option of
+        the Triton kernel is flipped on the Triton kernel (dkdv_gluon off for both)."""
         cfg = p.cfg
+        if field != "dkdv_gluon":
+            cfg = dataclasses.replace(cfg, dkdv_gluon=False)
         value = getattr(cfg, field)
         flipped = dataclasses.replace(cfg, **{field: not value})
+        own = p.cfg
 
         def run(c):
             p.cfg = c
@@ -325,10 +329,13 @@ class Bench(BenchBase):
             want = p.dk.clone(), p.dv.clone()
             run(flipped)
             row[f"{field}_flipped_equal"] = bool(self.torch.equal(p.dk, want[0]) and self.torch.equal(p.dv, want[1]))
+            for name, got, ref in (("dk", p.dk, want[0]), ("dv", p.dv, want[1])):
+                row[f"{field}_flipped_rel_{name}"] = float((got.float() - ref.float()).abs().sum()
+                                                           / ref.float().abs().sum().clamp_min(1e-30))
             row[f"{field}_own"] = value
             t_own, t_flipped = self.time_pair(lambda: run(cfg), lambda: run(flipped))
         finally:
-            p.cfg = cfg
+            p.cfg = own
         return {f"bwd_{field}_{value}": t_own, f"bwd_{field}_{not value}": t_flipped}
 
     def dq_flipped(self, p, row, tag: str) -> dict:
@@ -535,6 +542,9 @@ class Bench(BenchBase):
         def f(x, p=3):
             return f"{x:8.{p}f}" if isinstance(x, (int, float)) else f"{'-':>8}"
 
+        def e(x):
+            return f"{x:.1e}" if isinstance(x, (int, float)) else "-"
+
         hdr = ("shape", "spars", "cuDNN", "flash", "flex", "flex128", "fwd", "bwd", "fwd+bwd", "graph", "x cuDNN",
                "bwd/fwd", "fwd8", "f+b qat", "x cuDNN8", "linear", "dq", "dkdv", "pre+csr", "MB sla2", "MB cuDNN",
                "MB flex")
@@ -565,7 +575,14 @@ class Bench(BenchBase):
                     lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv with BwdConfig.{field} True / False, timed "
                                  f"in turns: {f(r[f't_bwd_{field}_True'])} / {f(r.get(f't_bwd_{field}_False'))} "
                                  f"(the run's own: {r.get(field + '_own')}); dK, dV bit-equal: "
-                                 f"{r.get(field + '_flipped_equal')}")
+                                 f"{r.get(field + '_flipped_equal')} (relative L1 {e(r.get(field + '_flipped_rel_dk'))}"
+                                 f" / {e(r.get(field + '_flipped_rel_dv'))})")
+            for tag in ("", "_os"):
+                if f"t_bwd_dq{tag}_gluon_True" in r:
+                    lines.append(f"  {r['shape']} {r['sparsity']}: dq kernel{' with Δ from O_s' if tag else ''}, "
+                                 f"BwdConfig.dq_gluon True / False, timed in turns: "
+                                 f"{f(r[f't_bwd_dq{tag}_gluon_True'])} / {f(r.get(f't_bwd_dq{tag}_gluon_False'))}; "
+                                 f"dQ relative L1 {e(r.get(f'dq{tag}_gluon_flipped_rel_dq'))}")
             if r.get("t_bwd_dkdv_skewed"):
                 lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv on a selection with one key block a head in "
                              f"{Bench.SKEW_SHARE:.0%} of the query blocks' (longest list "

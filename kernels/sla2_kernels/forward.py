@@ -3,7 +3,8 @@ launch.
 
 sla2_forward, which the training op runs, validates its inputs once (`check_forward`) and then calls only
 unchecked parts (kv_state.build_state, `run_forward`).
-Kernels: sla2_fwd_tma.py (bf16/fp16 default; its Gluon twin sla2_fwd_gluon.py with FwdConfig.gluon), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
+Kernels: sla2_fwd_tma.py (bf16/fp16; its Gluon twin sla2_fwd_gluon.py, FwdConfig.gluon, the bf16 default where it
+suits the call), sla2_fwd.py (where a tensor or the GPU does not suit TMA),
 sla2_fwd_lowbit.py (quant=True), sla2_fwd_lowbit_tma.py (quant=True with a TMA configuration); query_pass.py before
 the low-bit TMA kernel (Q̂) and, with FwdConfig.linear_pass, before either TMA kernel (the linear branch's O_l);
 complement.py for the selection's complement and Z_I.

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - a Triton without Gluon's Hopper API
 WARPS = 4
 
 if AVAILABLE:
-    GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+    GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 
     @gluon.jit
     def tiles_2d(buf, ROWS: gl.constexpr, D: gl.constexpr):
@@ -52,11 +52,11 @@ if AVAILABLE:
         tma_load(k_desc, [b, h, start, 0], bar, k_buf)
         tma_load(v_desc, [b, h, start, 0], bar, v_buf)
 
-    def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-        """Gluon descriptor of a 4-D view ([B, H, N, D], or H_I as [B·H·nq, 1, D, D]) in blocks of `rows` rows of
-        one (b, h), all of the last dimension, with the shared-memory layout the kernels' buffers and products take
-        (the widest swizzle the row allows)."""
-        block = [1, 1, rows, t.shape[-1]]
+    def descriptor(t: torch.Tensor, rows: int, cols: int | None = None) -> TensorDescriptor:
+        """Gluon descriptor of a view ([B, H, N, D]; H_I or dh_j as [·, 1, D, D]; the row statistics [B·H, 2, n])
+        in blocks of `rows` rows of its last two dimensions and `cols` of the last (all of it by default), with the
+        shared-memory layout the kernels' buffers and products take (the widest swizzle the row allows)."""
+        block = [1] * (t.dim() - 2) + [rows, cols or t.shape[-1]]
         return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype]))
 
 

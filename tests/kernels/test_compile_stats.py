@@ -18,7 +18,7 @@ import compile_stats as cs  # noqa: E402  (a benchmark script beside bench.py)
 def test_every_kernel_argument_has_a_value():
     table = cs.specs()
     assert set(table) == {"fwd", "fwd_gluon", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv",
-                          "linear"}
+                          "dkdv_gluon", "linear"}
     for kernel, args, consts, _ in table.values():
         sig, _, _ = cs.signature(kernel, args, consts)  # raises, naming them, on arguments out of step
         assert list(sig) == list(kernel.arg_names)
@@ -114,8 +114,8 @@ def test_the_gluon_forward_compiles_without_a_linear_branch(tmp_path):
     if not AVAILABLE:
         pytest.skip("this Triton has no Gluon")
     env = {**os.environ, "TRITON_INTERPRET": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "kernels"), str(ROOT / "kernels" / "benchmarks"),
-                                          os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "kernels"),
+                                          str(ROOT / "kernels" / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     script = ("import json, compile_stats as cs; k, a, c, o = cs.specs()['fwd_gluon']; "
               "print(json.dumps(cs.compile_one(k, a, {**c, 'LINEAR': False}, o, arch=90)))")
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,

@@ -215,6 +215,46 @@ def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, 
         assert _rel(got, ref) <= 1e-3, f"{name}: relative L1 {_rel(got, ref):.2e} from the Triton kernel's"
 
 
+@pytest.mark.parametrize("B, H, N, D, layout, topk, qs", [
+    (1, 2, 32760, 128, "bhnd", 15, 32),  # Wan-1.3B's N, 97%
+    (1, 2, 32760, 128, "bnhd", 15, 16),  # diffusers' layout, 16 query rows a step
+    (1, 2, 75600, 128, "bhnd", 35, 32),  # Wan-14B's N, 97%
+    (2, 3, 1000, 64, "bnhd", 5, 32),  # ragged query and key blocks, head_dim 64
+    (1, 2, 777, 128, "bhnd", 13, 32),  # every key block: no linear branch
+    (1, 1, 100, 128, "bhnd", 1, 32),  # one block, shorter than the tiles
+])
+def test_gluon_dkdv_kernel_gives_the_triton_kernels_gradients(B, H, N, D, layout, topk, qs):
+    """BwdConfig.dkdv_gluon: dK and dV within 1e-3 relative L1 of the Triton TMA dk/dv kernel's (K, V as register
+    operands), on the same forward and dq kernel, the Gluon kernel the one that ran."""
+    from sla2_kernels import sla2_bwd_dkdv_gluon
+
+    if not sla2_bwd_dkdv_gluon.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    bq, bk = 128, 64
+    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=N + D + 2)
+    nq = -(-N // bq)
+    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
+    if layout == "bnhd":
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    kw = dict(block_q=bq, block_k=bk, layout=layout)
+    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=False, **kw)
+    do = torch.randn_like(q)
+    base = replace(tuning.default_bwd_config(bq, bk, D), qs=qs, dkdv_tma=True, dkdv_register_kv=True)
+    grads = {}
+    for gluon in (False, True):
+        grads[gluon] = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, quant=False,
+                                                  config=replace(base, dkdv_gluon=gluon), **kw)
+        ran_gluon = sla2_kernels.launch.LAST_COMPILED["dkdv"].name == "sla2_bwd_dkdv_gluon_kernel"
+        assert ran_gluon == gluon
+    for name, got, ref in zip(("dq", "dk", "dv", "dalpha"), grads[True], grads[False]):
+        assert torch.isfinite(got).all(), name
+        if not ref.any():  # dα without a linear branch: α is fixed at 1
+            assert not got.any(), name
+            continue
+        assert _rel(got, ref) <= 1e-3, f"{name}: relative L1 {_rel(got, ref):.2e} from the Triton kernel's"
+
+
 @pytest.mark.parametrize("B, H, N, D, bq, bk, layout, topk, alpha_ones", [
     (1, 2, 32760, 128, 128, 64, "bhnd", 15, False),  # Wan-1.3B's N, 97%
     (1, 2, 32760, 128, 128, 64, "bnhd", 15, True),  # diffusers' layout; α = 1 in some query blocks
@@ -333,7 +373,7 @@ def test_dkdv_with_k_and_v_as_register_operands_at_the_wan_shape(layout):
     kw = dict(block_q=128, block_k=64, layout=layout)
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, **kw)
     do = torch.randn_like(q)
-    base = tuning.default_bwd_config(128, 64, 128)
+    base = replace(tuning.default_bwd_config(128, 64, 128), dkdv_gluon=False)  # the option of the Triton kernel
     want = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_register_kv=False),
                                       **kw)
     got = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, config=replace(base, dkdv_register_kv=True),
