@@ -248,10 +248,11 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if getattr(kernel, "is_gluon", lambda: False)():
-        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
+    source = ASTSource
+    if getattr(kernel, "is_gluon", lambda: False)():  # a Gluon kernel: its own front end
+        from triton.experimental.gluon._runtime import GluonASTSource as source
     sig, constexprs, attrs = signature(kernel, args, consts)
-    compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+    compiled = triton.compile(source(kernel, sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options=options)
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:

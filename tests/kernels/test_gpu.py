@@ -200,13 +200,18 @@ def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, 
     alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=sparse_out, **kw)
     do = torch.randn_like(q)
-    base = tuning.default_bwd_config(bq, bk, D)
+    _check_gluon_option(lambda cfg: sla2_kernels.sla2_backward(
+        do, q, k, v, o, lse, idx, alpha, o_s=o_s if sparse_out else None, quant=False, config=cfg, **kw),
+        tuning.default_bwd_config(bq, bk, D), "dq_gluon", "dq", "sla2_bwd_dq_gluon_kernel")
+
+
+def _check_gluon_option(backward, base, option, site, kernel):
+    """Every gradient of backward(config) with BwdConfig `option` on within 1e-3 relative L1 of those with it off,
+    finite, and the launch site `site` running `kernel` exactly when it is on."""
     grads = {}
     for gluon in (False, True):
-        grads[gluon] = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if sparse_out else None,
-                                                  quant=False, config=replace(base, dq_gluon=gluon), **kw)
-        ran_gluon = sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_gluon_kernel"
-        assert ran_gluon == gluon
+        grads[gluon] = backward(replace(base, **{option: gluon}))
+        assert (sla2_kernels.launch.LAST_COMPILED[site].name == kernel) == gluon
     for name, got, ref in zip(("dq", "dk", "dv", "dalpha"), grads[True], grads[False]):
         assert torch.isfinite(got).all(), name
         if not ref.any():  # dα without a linear branch: α is fixed at 1
@@ -241,18 +246,9 @@ def test_gluon_dkdv_kernel_gives_the_triton_kernels_gradients(B, H, N, D, layout
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=False, **kw)
     do = torch.randn_like(q)
     base = replace(tuning.default_bwd_config(bq, bk, D), qs=qs, dkdv_tma=True, dkdv_register_kv=True)
-    grads = {}
-    for gluon in (False, True):
-        grads[gluon] = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, quant=False,
-                                                  config=replace(base, dkdv_gluon=gluon), **kw)
-        ran_gluon = sla2_kernels.launch.LAST_COMPILED["dkdv"].name == "sla2_bwd_dkdv_gluon_kernel"
-        assert ran_gluon == gluon
-    for name, got, ref in zip(("dq", "dk", "dv", "dalpha"), grads[True], grads[False]):
-        assert torch.isfinite(got).all(), name
-        if not ref.any():  # dα without a linear branch: α is fixed at 1
-            assert not got.any(), name
-            continue
-        assert _rel(got, ref) <= 1e-3, f"{name}: relative L1 {_rel(got, ref):.2e} from the Triton kernel's"
+    _check_gluon_option(lambda cfg: sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, quant=False,
+                                                               config=cfg, **kw),
+                        base, "dkdv_gluon", "dkdv", "sla2_bwd_dkdv_gluon_kernel")
 
 
 @pytest.mark.parametrize("B, H, N, D, bq, bk, layout, topk, alpha_ones", [
