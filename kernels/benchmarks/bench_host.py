@@ -48,7 +48,7 @@ def _add_one(x_ptr, BLOCK: tl.constexpr):
 
 def skip_launches(torch) -> collections.Counter:
     """Replace every launch by a count of it and let the kernels' host code take CPU tensors; returns the counter."""
-    from sla2_kernels import checks, launch, layouts
+    from sla2_kernels import checks, gluon_tiles, launch, layouts
     from sla2_train.attention import ops
 
     counts = collections.Counter()
@@ -56,6 +56,7 @@ def skip_launches(torch) -> collections.Counter:
     empty = torch.empty
     torch.bmm = lambda a, b: empty(a.shape[0], a.shape[1], b.shape[2], dtype=b.dtype)  # H_I's product
     layouts.tma_hardware = lambda device: True  # the TMA kernels' host code, as on a Hopper GPU
+    gluon_tiles.hopper = lambda device: True  # and the Gluon kernels' where the defaults take them
     checks.interpreting = lambda: True  # the kernels' device check lets CPU tensors through
     checks.check_index_values = lambda *args: None  # no selection is computed: nothing to check
     torch.library.register_kernel("sla2::router", "cpu", ops.router_kernels)

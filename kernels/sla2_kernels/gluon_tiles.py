@@ -61,12 +61,18 @@ if AVAILABLE:
 
 
 def suits(q: torch.Tensor, *others: torch.Tensor) -> bool:
-    """The host's part of every Gluon kernel's rule: Gluon built, a compiled launch (not the interpreter) on a GPU
-    with TMA, 16-bit tiles of one dtype that TMA can move."""
+    """The host's part of every Gluon kernel's rule: Gluon built, a compiled launch (not the interpreter) on a Hopper
+    GPU (the kernels are written for its wgmma; later GPUs take the Triton kernels), 16-bit tiles of one dtype that
+    TMA can move."""
     from . import layouts
     from .launch import interpreting
 
     tensors = (q, *others)
-    return (AVAILABLE and not interpreting() and layouts.tma_hardware(q.device)
+    return (AVAILABLE and not interpreting() and layouts.tma_hardware(q.device) and hopper(q.device)
             and q.dtype in (torch.bfloat16, torch.float16) and all(t.dtype == q.dtype for t in tensors)
             and layouts.tma_ready(*tensors))
+
+
+def hopper(device: torch.device) -> bool:
+    """sm_90: the GPUs whose warp-group MMA (wgmma) the Gluon kernels use."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9

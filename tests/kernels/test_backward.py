@@ -423,7 +423,7 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
     """BwdConfig.dq_gluon and dkdv_gluon under the interpreter (no Gluon there): the Triton kernels run and the
     gradients are those of the configuration without them; on a GPU the suitability rules refuse what the Gluon
     kernels are not built for (dq: 32-bit tiles, b_k 128, head_dim 96, b_q 32; dk/dv: fp16, b_k 128, head_dim 96,
-    64 query rows a step, the pointer kernel's configuration), each alone."""
+    64 query rows a step, the pointer kernel's configuration; both: a GPU other than Hopper), each alone."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3)
     cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_rows=64, dq_tma=True, dkdv_tma=True)
     want = x.backward(x.dok, cfg)
@@ -444,6 +444,7 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
         return
     monkeypatch.setattr(backward.launch, "interpreting", lambda: False)
     monkeypatch.setattr(backward.layouts, "tma_hardware", lambda device: True)
+    monkeypatch.setattr(backward.gluon_tiles, "hopper", lambda device: True)
     on = replace(cfg, dq_gluon=True)
 
     def suits(n=300, d=64, bq=128, bk=64, dtype=torch.bfloat16, c=on):
@@ -475,6 +476,8 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
     assert not suits_dkdv(bk=128)
     assert not suits_dkdv(d=96)
     assert not suits_dkdv(qs=64)
+    monkeypatch.setattr(backward.gluon_tiles, "hopper", lambda device: False)  # a GPU after Hopper: no wgmma
+    assert not suits() and not suits_dkdv()
 
 
 @pytest.mark.parametrize("tma", [False, True])

@@ -135,7 +135,7 @@ def test_tma_kernel_is_used_where_the_tensors_allow_it(monkeypatch, kt):
 def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt):
     """FwdConfig.gluon needs tma; under the interpreter (no Gluon there) the Triton TMA kernel runs with the same
     output; on a GPU the rule refuses, each alone, what the Gluon kernel does not implement: O_s stored, the pass
-    over Q, 64-row programs of a 128-row block, fp16, b_k 128, head_dim 96."""
+    over Q, 64-row programs of a 128-row block, fp16, b_k 128, head_dim 96, a GPU other than Hopper."""
     from types import SimpleNamespace
 
     from sla2_kernels import forward
@@ -160,6 +160,7 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
         return
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     monkeypatch.setattr(layouts, "tma_hardware", lambda device: True)
+    monkeypatch.setattr(forward.gluon_tiles, "hopper", lambda device: True)
     on = sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True)
 
     def suits(cfg=on, bq=128, bk=64, d=128, dtype=torch.bfloat16, sparse_out=False):
@@ -175,6 +176,8 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
     assert not suits(dtype=torch.float16)
     assert not suits(bk=128)
     assert not suits(d=96)
+    monkeypatch.setattr(forward.gluon_tiles, "hopper", lambda device: False)  # a GPU after Hopper: no wgmma
+    assert not suits()
 
 
 def test_rows_a_program_are_checked(kt):
