@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -259,21 +259,30 @@ def test_any_per_video_decode_error_is_skipped_not_fatal(tiny_wan, tmp_path, vid
     assert read_index(tmp_path / "out")["skipped"] == {"unreadable_video": 1}
 
 
-class _KillerClips(pipeline._Clips):
-    """The pipeline's dataset, whose decoder dies of a segfault (as libav can) on any video named killer."""
+# The pipeline's dataset, whose decoder dies of a segfault (as libav can) on any video named killer. A module of its
+# own on sys.path, since the spawned decode worker imports the class by name (the tests folder is no package).
+KILLER_CLIPS = """
+import os
+import signal
 
+from sla2_train.data.prep.pipeline import _Clips
+
+
+class KillerClips(_Clips):
     def decode(self, item):
         if item.path.endswith("killer.mp4"):
             os.kill(os.getpid(), signal.SIGSEGV)
         return super().decode(item)
+"""
 
 
 def test_a_video_that_kills_its_decoder_is_skipped_on_the_next_run(tiny_wan, tmp_path, video_writer, random_caption,
                                                                    monkeypatch):
     """A libav segfault takes the decode worker down with it; the re-run must not die on the same file again."""
     _captioned_videos(tmp_path / "videos", ("ok", "killer"), video_writer, random_caption)
-    # the decode worker is spawned: it finds the patched class by importing this module
-    monkeypatch.setattr(pipeline, "_Clips", _KillerClips)
+    (tmp_path / "sla2_killer_clips.py").write_text(KILLER_CLIPS)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned decode worker inherits the path
+    monkeypatch.setattr(pipeline, "_Clips", importlib.import_module("sla2_killer_clips").KillerClips)
     prep = _preparer(tmp_path / "videos", tmp_path / "out", tiny_wan)
     prep.decode_workers = 1
     with pytest.raises(RuntimeError, match="DataLoader worker"):
