@@ -9,6 +9,8 @@ compile these kernels for sm_90a, the GPU tests compare them with their Triton t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:
@@ -73,6 +75,7 @@ def suits(q: torch.Tensor, *others: torch.Tensor) -> bool:
             and layouts.tma_ready(*tensors))
 
 
+@functools.cache
 def hopper(device: torch.device) -> bool:
-    """sm_90: the GPUs whose warp-group MMA (wgmma) the Gluon kernels use."""
+    """sm_90: the GPUs whose warp-group MMA (wgmma) the Gluon kernels use (asked once per device)."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
