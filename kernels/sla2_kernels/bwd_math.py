@@ -10,7 +10,7 @@ from .sla2_fwd import keys_before_n
 
 
 @triton.jit
-def _phi_rows(x):
+def phi_rows(x):
     """Softmax over the last axis (head_dim) in fp32."""
     xf = x.to(tl.float32)
     e = tl.exp(xf - tl.max(xf, axis=1)[:, None])
@@ -21,7 +21,7 @@ def _phi_rows(x):
 def phi_inv(q, q_ok, z_i):
     """(bf16 φQ, 1/den) of a tile of query rows, den = φQ·Z_I in fp32 (0 on padding), as the pointer forward's
     epilogue (sla2_fwd.linear_output) forms them."""
-    fq16 = _phi_rows(q).to(tl.bfloat16)
+    fq16 = phi_rows(q).to(tl.bfloat16)
     den = tl.sum(fq16.to(tl.float32) * z_i[None, :], axis=1)
     return fq16, tl.where(q_ok & (den > 0), 1.0 / den, 0.0)
 
@@ -155,7 +155,7 @@ def dkdv_step(k, v, q, do, k_ok, q_ok, lse2a, d_s, dv_acc, dk_acc, qk_scale, INT
 def dkdv_linear(k, v, k_ok, dh16, dz, sm_scale, INTERPRET: tl.constexpr):
     """Linear-branch (dV_j, dK_j·√D) of key block j from dh_j and dz_j: dV = φK dh, dφK = V dhᵀ + dz, then φ's
     backward (the sparse loop adds to both and dK is scaled by 1/√D at the end)."""
-    fk = tl.where(k_ok[:, None], _phi_rows(k), 0.0)
+    fk = tl.where(k_ok[:, None], phi_rows(k), 0.0)
     dv_acc = mma(fk.to(tl.bfloat16), dh16, INTERPRET)
     dfk = mma(v.to(tl.bfloat16), tl.trans(dh16), INTERPRET) + dz[None, :]
     return dv_acc, fk * (dfk - tl.sum(dfk * fk, axis=1)[:, None]) / sm_scale

@@ -1,6 +1,7 @@
-"""What the Gluon kernels (sla2_bwd_dq_gluon.py, sla2_fwd_gluon.py) share: the import of Gluon, which older
-Tritons lack (AVAILABLE), the TMA copies under the names of the installed release, the [1, 1, rows, D] tiles of
-the [B, H, N, D] views as the matrices the products take, and the host's descriptors of those tiles.
+"""What the Gluon kernels (sla2_fwd_gluon.py, sla2_bwd_dq_gluon.py, sla2_bwd_dkdv_gluon.py) share: the import of
+Gluon, which older Tritons lack (AVAILABLE), the TMA copies under the names of the installed release, the
+[1, 1, rows, D] tiles of the [B, H, N, D] views as the matrices the products take, the key mask at N, and the
+host's descriptors of those tiles and rule for taking a call (`suits`).
 
 Gluon is Triton's explicit dialect: layouts, shared-memory buffers, barriers and asynchronous wgmma are written
 out, so a kernel can place each TMA load where its buffer becomes free. It has no interpreter: the CPU tests
@@ -54,6 +55,15 @@ if AVAILABLE:
         tma_load(k_desc, [b, h, start, 0], bar, k_buf)
         tma_load(v_desc, [b, h, start, 0], bar, v_buf)
 
+    @gluon.jit
+    def keys_before_n(sc, start, N, BK: gl.constexpr):
+        """sla2_fwd.keys_before_n for Gluon's score tiles (whose key index needs the tile's column layout): −inf on
+        keys at or past N, a select paid only by the block that reaches past N."""
+        if start + BK > N:
+            cols: gl.constexpr = gl.SliceLayout(0, sc.type.layout)
+            sc = gl.where((start + gl.arange(0, BK, layout=cols))[None, :] < N, sc, float("-inf"))
+        return sc
+
     def descriptor(t: torch.Tensor, rows: int, cols: int | None = None) -> TensorDescriptor:
         """Gluon descriptor of a view ([B, H, N, D]; H_I or dh_j as [·, 1, D, D]; the row statistics [B·H, 2, n])
         in blocks of `rows` rows of its last two dimensions and `cols` of the last (all of it by default), with the
@@ -62,17 +72,14 @@ if AVAILABLE:
         return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype]))
 
 
-def suits(q: torch.Tensor, *others: torch.Tensor) -> bool:
-    """The host's part of every Gluon kernel's rule: Gluon built, a compiled launch (not the interpreter) on a Hopper
-    GPU (the kernels are written for its wgmma; later GPUs take the Triton kernels), 16-bit tiles of one dtype that
-    TMA can move."""
-    from . import layouts
+def suits(device: torch.device, *dtypes: torch.dtype) -> bool:
+    """Gluon's part of every Gluon kernel's rule, beside the caller's (which has decided that its tensors take TMA
+    tiles): Gluon built, a compiled launch (not the interpreter) on a Hopper GPU (the kernels are written for its
+    wgmma; later GPUs take the Triton kernels), 16-bit tiles of one dtype."""
     from .launch import interpreting
 
-    tensors = (q, *others)
-    return (AVAILABLE and not interpreting() and layouts.tma_hardware(q.device) and hopper(q.device)
-            and q.dtype in (torch.bfloat16, torch.float16) and all(t.dtype == q.dtype for t in tensors)
-            and layouts.tma_ready(*tensors))
+    return (AVAILABLE and not interpreting() and hopper(device) and dtypes[0] in (torch.bfloat16, torch.float16)
+            and all(d == dtypes[0] for d in dtypes))
 
 
 @functools.cache

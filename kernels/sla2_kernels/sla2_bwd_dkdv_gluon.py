@@ -17,6 +17,7 @@ programs an SM. Host side: backward.run_dkdv, where backward.gluon_dkdv_suits al
 
 from __future__ import annotations
 
+from .bwd_math import phi_rows
 from .constants import LOG2E
 from .gluon_tiles import AVAILABLE, WARPS
 
@@ -123,9 +124,8 @@ if AVAILABLE:
                            q_bufs.index(st), do_bufs.index(st), lse_bufs.index(st), ds_bufs.index(st), BQ, QS)
 
         # bwd_math.dkdv_init: the linear part, (dV_j, dK_j·√D) before the loop
-        offs_d = gl.arange(0, D, layout=acc_cols)
-        k_ok_acc = (row_k + gl.arange(0, BK, layout=acc_keys)) < N
         if LINEAR:
+            offs_d = gl.arange(0, D, layout=acc_cols)
             dz_sel = gl.zeros([D], dtype=gl.float32, layout=acc_cols)
             for t in range(start, end):
                 dz_sel += gl.load(DZ + (bh64 * NQ + gl.load(KV_QBLK + t).to(gl.int64)) * D + offs_d)
@@ -135,9 +135,8 @@ if AVAILABLE:
         v2 = tiles_2d(v_buf, BK, D)
         if LINEAR:
             # bwd_math.dkdv_linear: dV = φK dh, dφK = V dhᵀ + dz, then φ's backward
-            kf = k2.load(acc_layout).to(gl.float32)
-            e = gl.exp(kf - gl.max(kf, axis=1)[:, None])
-            fk = gl.where(k_ok_acc[:, None], e / gl.sum(e, axis=1)[:, None], 0.0)
+            k_ok_acc = (row_k + gl.arange(0, BK, layout=acc_keys)) < N
+            fk = gl.where(k_ok_acc[:, None], phi_rows(k2.load(acc_layout)), 0.0)
             mbarrier.wait(bar_dh, 0)
             dh = tiles_2d(dh_buf, D, D)
             zero_acc = gl.zeros([BK, D], dtype=gl.float32, layout=acc_layout)

@@ -12,11 +12,12 @@ One warp group (4 warps) a program of GLUON_DQ_ROWS query rows. Shared memory: Q
 at the end) and two stages of K and V, 112 KB at D 128, b_k 64: two programs an SM. Products are Hopper wgmma:
 S = Q Kᵀ and dP = dO Vᵀ with both operands in shared memory; dS K and P K with dS, P from registers.
 
-Host side: backward.run_dq_sparse, where gluon_tiles.suits and backward.gluon_dq_suits allow it.
+Host side: backward.run_dq_sparse, where backward.gluon_dq_suits allows it.
 """
 
 from __future__ import annotations
 
+from .bwd_math import head_stats, row_stats
 from .constants import LOG2E
 from .gluon_tiles import AVAILABLE, WARPS
 
@@ -30,6 +31,7 @@ if AVAILABLE:
         fence_async_shared,
         gl,
         gluon,
+        keys_before_n,
         load_kv,
         mbarrier,
         tiles_2d,
@@ -68,7 +70,6 @@ if AVAILABLE:
                                                              instr_shape=[16, D, 16])
         op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-        col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
 
         pid_m = gl.program_id(0) // (BQ // BM)  # the query block
         bh = gl.program_id(1)
@@ -139,8 +140,7 @@ if AVAILABLE:
                 nxt = (it + 1) % _STAGES
                 load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 1) * BK, bar_kv.index(nxt), k_bufs.index(nxt),
                          v_bufs.index(nxt))
-            if start + BK > N:  # the ragged last key block (sla2_fwd.keys_before_n)
-                sc = gl.where((start + gl.arange(0, BK, layout=col_layout))[None, :] < N, sc, float("-inf"))
+            sc = keys_before_n(sc, start, N, BK)  # the ragged last key block
             p = gl.exp2(sc * qk_scale - lse2[:, None])
             d_s += gl.sum(p * dp, axis=1)
             ds = p * (dp * alpha - c[:, None])
@@ -167,11 +167,5 @@ if AVAILABLE:
         fence_async_shared()
         tma_store(dq_desc, [b, h, row0, 0], o_buf)
 
-        # bwd_math.row_stats: the log2 normaliser of α·P and Ds, for the dk/dv kernel
-        rows_bh = ROWS + bh64 * 2 * NQ * BQ
-        if LINEAR:
-            a_rows = gl.zeros([BM], dtype=gl.float32, layout=row_layout) + alpha
-            lse2 = lse2 - gl.where(a_rows > 0, gl.log2(gl.maximum(a_rows, 1e-30)), float("-inf"))
-        gl.store(rows_bh + rows, lse2)
-        gl.store(rows_bh + NQ * BQ + rows, d_s)
+        row_stats(lse2, alpha, d_s, head_stats(ROWS, bh64, NQ, BQ), rows, NQ * BQ, LINEAR)  # for the dk/dv kernel
         tma.store_wait(0)

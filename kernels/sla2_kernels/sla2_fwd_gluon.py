@@ -28,6 +28,7 @@ if AVAILABLE:
         fence_async_shared,
         gl,
         gluon,
+        keys_before_n,
         load_kv,
         mbarrier,
         tiles_2d,
@@ -137,8 +138,7 @@ if AVAILABLE:
                             k_bufs.index(nxt), v_bufs.index(nxt))
             elif mixes:
                 _load_h(h_desc, blk, bar_h, k_bufs.index(nxt), v_bufs.index(nxt), BK, D)
-            if start + BK > N:  # the ragged last key block (sla2_fwd.keys_before_n)
-                sc = gl.where((start + gl.arange(0, BK, layout=col_layout))[None, :] < N, sc, float("-inf"))
+            sc = keys_before_n(sc, start, N, BK)  # the ragged last key block
             # sla2_fwd.online_step: the row maximum on the raw scores, one fused multiply-add a score
             m_new = gl.maximum(m_i, gl.max(sc, axis=1) * qk_scale)
             p = gl.exp2(sc * qk_scale - m_new[:, None])
@@ -165,7 +165,7 @@ if AVAILABLE:
                 den += gl.sum(e * z_c[None, :], axis=1)
             acc = acc * gl.convert_layout(alpha * den / (1.0 - alpha), acc_rows)[:, None] * inv_l[:, None]
             mbarrier.wait(bar_h, 0)
-            last = (TOPK - 1 + 1) % _STAGES  # the stage the last step freed
+            last = TOPK % _STAGES  # the stage that the last step (TOPK − 1) freed
             for c in gl.static_range(NP):
                 qc = q.slice(c * BK, BK, dim=1).load(s_layout).to(gl.float32)
                 e = gl.exp2((qc - mx[:, None]) * _LOG2E).to(gl.bfloat16)
