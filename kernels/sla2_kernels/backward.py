@@ -145,7 +145,8 @@ def run_dq_sparse(p: BwdProblem) -> None:
                   INTERPRET=launch.interpreting(), num_warps=c.dq_warps, num_stages=c.dq_stages)
         return args, kw
 
-    if gluon_dq_suits(p, views):
+    tma = layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views)
+    if tma and gluon_dq_suits(p, views):
         rows = dq_gluon.GLUON_DQ_ROWS
         descs = (gluon_tiles.descriptor(t, r) for t, r in zip(views, [rows, p.block_k, p.block_k, rows, rows, rows]))
         launch.run("dq", dq_gluon.sla2_bwd_dq_gluon_kernel, (nq * (p.block_q // rows), bh),
@@ -159,28 +160,29 @@ def run_dq_sparse(p: BwdProblem) -> None:
     if p.block_q % rows:
         raise ValueError(f"sla2_kernels: BwdConfig.dq_rows={rows} must divide block_q={p.block_q}")
     grid = (nq * (p.block_q // rows), bh)
-    if p.cfg.dq_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
+    if p.cfg.dq_tma and tma:
         launch.with_fallback("dq", sla2_bwd_dq_tma_kernel, grid, key, p.cfg, make_tma, "dq_stages")
     else:
         launch.with_fallback("dq", sla2_bwd_dq_kernel, grid, key, replace(p.cfg, dq_tma=False), make, "dq_stages")
 
 
 def gluon_dq_suits(p: BwdProblem, views) -> bool:
-    """Whether the Gluon dq kernel takes this problem: asked for (BwdConfig.dq_gluon), Gluon's own conditions
-    (gluon_tiles.suits), and the sizes its layouts and shared memory are built for: head_dim 64 or 128, b_k 64
-    (two stages of K and V beside three query tiles, two programs an SM), b_q a multiple of its 64-row programs."""
-    return (p.cfg.dq_gluon and gluon_tiles.suits(*views) and p.shape[3] in (64, 128) and p.block_k == 64
-            and p.block_q % dq_gluon.GLUON_DQ_ROWS == 0)
+    """Whether the Gluon dq kernel takes a problem whose tiles suit TMA: asked for (BwdConfig.dq_gluon), Gluon's own
+    conditions (gluon_tiles.suits), and the sizes its layouts and shared memory are built for: head_dim 64 or 128,
+    b_k 64 (two stages of K and V beside three query tiles, two programs an SM), b_q a multiple of its 64-row
+    programs."""
+    return (p.cfg.dq_gluon and p.shape[3] in (64, 128) and p.block_k == 64
+            and p.block_q % dq_gluon.GLUON_DQ_ROWS == 0 and gluon_tiles.suits(p.q.device, *(t.dtype for t in views)))
 
 
-def gluon_dkdv_suits(p: BwdProblem, views, dhk) -> bool:
-    """Whether the Gluon dk/dv kernel takes this problem: asked for (BwdConfig.dkdv_gluon) on the TMA path, Gluon's
-    own conditions (gluon_tiles.suits), bf16 (dh_j's dtype, a product's operand beside V), and the sizes its layouts
-    and shared memory are built for: head_dim 64 or 128, b_k 64 (one warp group's rows), 16 or 32 query rows a step
-    (three stages of Q and dO beside K, V and dh_j, two programs an SM)."""
+def gluon_dkdv_suits(p: BwdProblem, views) -> bool:
+    """Whether the Gluon dk/dv kernel takes a problem whose tiles suit TMA: asked for (BwdConfig.dkdv_gluon) on the
+    TMA path, Gluon's own conditions (gluon_tiles.suits), bf16 (dh_j's dtype, a product's operand beside V), and
+    the sizes its layouts and shared memory are built for: head_dim 64 or 128, b_k 64 (one warp group's rows), 16
+    or 32 query rows a step (three stages of Q and dO beside K, V and dh_j, two programs an SM)."""
     return (p.cfg.dkdv_gluon and p.cfg.dkdv_tma and p.q.dtype == torch.bfloat16 and p.shape[3] in (64, 128)
             and p.block_k == 64 and (p.cfg.qs or p.block_q) in (16, 32)
-            and gluon_tiles.suits(*views, *(() if dhk is None else (dhk,))))
+            and gluon_tiles.suits(p.q.device, *(t.dtype for t in views)))
 
 
 def run_linear(p: BwdProblem) -> None:
@@ -267,18 +269,20 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
                   REGISTER_KV=c.dkdv_register_kv, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
-    if gluon_dkdv_suits(p, views, dhk if p.linear else None):
+    tma = layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views)
+    if tma and gluon_dkdv_suits(p, views):
         qs = p.cfg.qs or p.block_q
-        dh4 = dhk.view(bh * dhk.shape[1], 1, d, d) if p.linear else views[1]  # never read without the linear branch
-        tiles = zip((*views, p.rows, dh4), (qs, p.block_k, p.block_k, qs, p.block_k, p.block_k, 1, d if p.linear
-                                            else p.block_k))
-        descs = [gluon_tiles.descriptor(t, r, qs if t is p.rows else None) for t, r in tiles]
-        launch.run("dkdv", dkdv_gluon.sla2_bwd_dkdv_gluon_kernel, (nk * bh,), *descs, ptr, qblk, order,
+        descs = [gluon_tiles.descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k,
+                                                                       p.block_k))]
+        # dh_j as [B·H·NK_PAD, 1, D, D] (bmm's contiguous output); K's descriptor stands in without the linear branch
+        dh = gluon_tiles.descriptor(dhk.view(-1, 1, d, d), d) if p.linear else descs[1]
+        launch.run("dkdv", dkdv_gluon.sla2_bwd_dkdv_gluon_kernel, (nk * bh,), *descs,
+                   gluon_tiles.descriptor(p.rows, 1, qs), dh, ptr, qblk, order,
                    dz, dztot, dhk.shape[1] if p.linear else 0, n, heads, nq, nk, 1.0 / math.sqrt(d),
                    BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear, num_warps=dkdv_gluon.GLUON_DKDV_WARPS)
         return
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
-    if p.cfg.dkdv_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
+    if p.cfg.dkdv_tma and tma:
         launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk * bh,), key, p.cfg, make_tma, "dkdv_stages")
     else:
         launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk * bh,), key, p.cfg.pointer_dkdv(), make, "dkdv_stages")

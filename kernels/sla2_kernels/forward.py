@@ -138,15 +138,15 @@ def query_pass(q: torch.Tensor, p: ForwardProblem, o: torch.Tensor, lse: torch.T
     return q8, sq
 
 
-def fwd_gluon_suits(cfg: FwdConfig, p: ForwardProblem, q, o, k, v, h_i, sparse_out: bool) -> bool:
-    """Whether the Gluon forward (sla2_fwd_gluon.py) takes this bf16 TMA call: asked for (FwdConfig.gluon), what it
-    implements (whole query blocks a program, the linear branch in the epilogue, no O_s stored), the sizes its
-    layouts and shared memory are built for (b_q 64 or 128, head_dim 64 or 128, b_k 64: two stages of K and V
-    beside Q, two programs an SM, and H_I's row pieces fill one stage's buffers), bf16 (H_I's dtype, loaded into
-    K's buffers), and Gluon's own conditions."""
+def fwd_gluon_suits(cfg: FwdConfig, p: ForwardProblem, q: torch.Tensor, sparse_out: bool) -> bool:
+    """Whether the Gluon forward (sla2_fwd_gluon.py) takes a bf16 call that run_forward has given TMA tiles (cfg.tma
+    after its check of the GPU and the tensors): asked for (FwdConfig.gluon), what it implements (whole query blocks
+    a program, the linear branch in the epilogue, no O_s stored), the sizes its layouts and shared memory are built
+    for (b_q 64 or 128, head_dim 64 or 128, b_k 64: two stages of K and V beside Q, two programs an SM, and H_I's
+    row pieces fill one stage's buffers), bf16 (H_I's dtype, loaded into K's buffers), and Gluon's own conditions."""
     return (cfg.gluon and cfg.tma and not cfg.linear_pass and cfg.rows in (0, p.block_q) and not sparse_out
             and q.dtype == torch.bfloat16 and p.block_q in (64, 128) and p.D in (64, 128) and p.block_k == 64
-            and gluon_tiles.suits(*(bhnd_view(t, p.layout) for t in (q, k, v, o)), *(() if h_i is None else (h_i,))))
+            and gluon_tiles.suits(q.device, q.dtype))
 
 
 def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state, quant: bool,
@@ -183,7 +183,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
             kw["maxnreg"] = c.maxnreg
         return kw
 
-    if not quant and fwd_gluon_suits(cfg, p, q, o, k, v, h_i if linear else None, sparse_out):
+    if not quant and fwd_gluon_suits(cfg, p, q, sparse_out):
         q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
         h4 = h_i.view(BH * nq, 1, D, D) if linear else q4  # never read without the linear branch
         tiles = ((q4, bq), (bhnd_view(k, layout), bk), (bhnd_view(v, layout), bk), (o4, bq), (h4, bk))

@@ -443,7 +443,6 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
     if not backward.dq_gluon.AVAILABLE:
         return
     monkeypatch.setattr(backward.launch, "interpreting", lambda: False)
-    monkeypatch.setattr(backward.layouts, "tma_hardware", lambda device: True)
     monkeypatch.setattr(backward.gluon_tiles, "hopper", lambda device: True)
     on = replace(cfg, dq_gluon=True)
 
@@ -467,7 +466,7 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
         c = c or replace(cfg, qs=qs, dkdv_gluon=True)
         p = backward.prepare(q, q, q, q, q, torch.zeros(1, 2, 300), idx, torch.ones(1, 2, 1), block_q=128,
                              block_k=bk, layout="bhnd", h_i=None, z_i=None, config=c)
-        return backward.gluon_dkdv_suits(p, [q] * 6, None)
+        return backward.gluon_dkdv_suits(p, [q] * 6)
 
     assert suits_dkdv() and suits_dkdv(d=128, qs=16)
     assert not suits_dkdv(c=replace(cfg, qs=32))

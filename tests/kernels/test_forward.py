@@ -159,14 +159,13 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
     if not forward.gluon_tiles.AVAILABLE:
         return
     monkeypatch.setattr(launch, "interpreting", lambda: False)
-    monkeypatch.setattr(layouts, "tma_hardware", lambda device: True)
     monkeypatch.setattr(forward.gluon_tiles, "hopper", lambda device: True)
     on = sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True)
 
     def suits(cfg=on, bq=128, bk=64, d=128, dtype=torch.bfloat16, sparse_out=False):
         t = torch.zeros(1, 2, 300, d, dtype=dtype)
         p = SimpleNamespace(block_q=bq, block_k=bk, D=d, layout="bhnd")
-        return forward.fwd_gluon_suits(cfg, p, t, t, t, t, None, sparse_out)
+        return forward.fwd_gluon_suits(cfg, p, t, sparse_out)
 
     assert suits() and suits(bq=64, d=64)
     assert not suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True))
