@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 from functools import partial
 
 from bench_common import (  # run as a script: a sibling module
@@ -348,23 +347,15 @@ class Bench(BenchBase):
         """The bf16 main kernel with FwdConfig.gluon as in cfg and flipped, timed in turns (keys main_gluon_<value>),
         with the flipped kernel's relative L1 difference in o and largest in lse. cfg's linear_pass is undone first
         (the Gluon kernel computes the linear branch in its epilogue)."""
-        torch = self.torch
         own = dataclasses.replace(cfg, linear_pass=False)
         other = dataclasses.replace(own, gluon=not own.gluon)
         o1, lse1, _ = forward(own)
         o2, lse2, _ = forward(other)
         row["gluon_flipped_rel_o"] = float((o2.float() - o1.float()).abs().sum() / o1.float().abs().sum())
         row["gluon_flipped_max_dlse"] = float((lse2 - lse1).abs().max())
-        a, b = [], []
-        for _ in range(self.PAIR_ROUNDS):
-            a.append(self.time_ms(lambda: forward(own)))
-            b.append(self.time_ms(lambda: forward(other)))
         del o1, o2, lse1, lse2
-        torch.cuda.empty_cache()
-        return {f"main_gluon_{own.gluon}": statistics.median(a), f"main_gluon_{other.gluon}": statistics.median(b)}
-
-    # rounds of the two variants a comparison times in turns
-    PAIR_ROUNDS = 5
+        t_own, t_other = self.time_pair(lambda: forward(own), lambda: forward(other))
+        return {f"main_gluon_{own.gluon}": t_own, f"main_gluon_{other.gluon}": t_other}
 
     def time_candidate(self, what, kernel, res, into, run):
         """One sweep candidate: its time (None if it failed), and the compiled kernel's registers, spills and

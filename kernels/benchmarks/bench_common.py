@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import pathlib
+import statistics
 import time
 import traceback
 
@@ -86,6 +87,18 @@ class BenchBase:
 
     def left(self) -> float:
         return self.args.budget_s - (time.time() - self.t0)
+
+    # Comparisons time their two variants in turns, this many rounds each: between calls the same dk/dv launch at
+    # the Wan-14B shape took 16.7 to 19.3 ms (H100, 2026-12-07), more than the differences compared.
+    PAIR_ROUNDS = 5
+
+    def time_pair(self, first, second) -> tuple[float, float]:
+        """Medians of PAIR_ROUNDS timings (the subclass's time_ms) of each of two variants, taken alternately."""
+        a, b = [], []
+        for _ in range(self.PAIR_ROUNDS):
+            a.append(self.time_ms(first))
+            b.append(self.time_ms(second))
+        return float(statistics.median(a)), float(statistics.median(b))
 
     def safe(self, what, fn, default=None):
         try:

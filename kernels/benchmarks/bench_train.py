@@ -82,18 +82,6 @@ class Bench(BenchBase):
             return float(self.triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median"))
         return float(self.triton.testing.do_bench(fn, warmup=5, rep=40, return_mode="median"))
 
-    # Comparisons time their two variants in turns, this many rounds each: between calls the same dk/dv launch at
-    # the Wan-14B shape took 16.7 to 19.3 ms (H100, 2026-12-07), more than the differences compared.
-    PAIR_ROUNDS = 5
-
-    def time_pair(self, first, second) -> tuple[float, float]:
-        """Medians of PAIR_ROUNDS timings of each of two variants, taken alternately."""
-        a, b = [], []
-        for _ in range(self.PAIR_ROUNDS):
-            a.append(self.time_ms(first))
-            b.append(self.time_ms(second))
-        return float(statistics.median(a)), float(statistics.median(b))
-
     def peak_mb(self, fn) -> float:
         torch = self.torch
         torch.cuda.synchronize()
