@@ -176,6 +176,19 @@ def test_wan_1p3b_gradients_with_the_triton_dq_kernel(value, sparse_out):
     assert sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_tma_kernel"
 
 
+def _gluon_case(B, H, N, D, bq, bk, dtype, layout, topk, seed):
+    """Inputs of the Gluon-against-Triton tests: q, k, v in `layout` (and [B, H, N, D] as qb, kb, vb), the router's
+    top-k selection, α in (0.2, 0.8) per query block, and the kernels' block and layout keywords kw."""
+    from types import SimpleNamespace
+
+    qb, kb, vb, pq, pk = _inputs(B, H, N, D, dtype, seed=seed)
+    _, idx = sla2_kernels.router(qb, kb, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
+    q, k, v = ((t.transpose(1, 2).contiguous() for t in (qb, kb, vb)) if layout == "bnhd" else (qb, kb, vb))
+    alpha = 0.2 + 0.6 * torch.rand(B, H, -(-N // bq), device="cuda")
+    return SimpleNamespace(q=q, k=k, v=v, qb=qb, kb=kb, vb=vb, idx=idx, alpha=alpha,
+                           kw=dict(block_q=bq, block_k=bk, layout=layout))
+
+
 @pytest.mark.parametrize("B, H, N, D, bq, bk, dtype, layout, topk, sparse_out", [
     (1, 2, 32760, 128, 128, 64, torch.bfloat16, "bhnd", 15, False),  # Wan-1.3B's N, 97%
     (1, 2, 32760, 128, 128, 64, torch.bfloat16, "bnhd", 15, True),  # Δ from O_s, diffusers' layout
@@ -191,13 +204,8 @@ def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, 
 
     if not sla2_bwd_dq_gluon.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    q, k, v, pq, pk = _inputs(B, H, N, D, dtype, seed=N + D)
-    nq = -(-N // bq)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
-    if layout == "bnhd":
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    kw = dict(block_q=bq, block_k=bk, layout=layout)
-    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    c = _gluon_case(B, H, N, D, bq, bk, dtype, layout, topk, seed=N + D)
+    q, k, v, idx, alpha, kw = c.q, c.k, c.v, c.idx, c.alpha, c.kw
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=sparse_out, **kw)
     do = torch.randn_like(q)
     _check_gluon_option(lambda cfg: sla2_kernels.sla2_backward(
@@ -236,13 +244,8 @@ def test_gluon_dkdv_kernel_gives_the_triton_kernels_gradients(B, H, N, D, layout
     if not sla2_bwd_dkdv_gluon.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
     bq, bk = 128, 64
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=N + D + 2)
-    nq = -(-N // bq)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
-    if layout == "bnhd":
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    kw = dict(block_q=bq, block_k=bk, layout=layout)
-    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    c = _gluon_case(B, H, N, D, bq, bk, torch.bfloat16, layout, topk, seed=N + D + 2)
+    q, k, v, idx, alpha, kw = c.q, c.k, c.v, c.idx, c.alpha, c.kw
     o, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=False, **kw)
     do = torch.randn_like(q)
     base = replace(tuning.default_bwd_config(bq, bk, D), qs=qs, dkdv_tma=True, dkdv_register_kv=True)
@@ -266,16 +269,11 @@ def test_gluon_forward_gives_the_triton_kernels_output(B, H, N, D, bq, bk, layou
 
     if not sla2_fwd_gluon.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    q, k, v, pq, pk = _inputs(B, H, N, D, torch.bfloat16, seed=N + D + 1)
-    nq = -(-N // bq)
-    _, idx = sla2_kernels.router(q, k, pq, pk, block_q=bq, block_k=bk, topk=topk, layout="bhnd")
-    alpha = 0.2 + 0.6 * torch.rand(B, H, nq, device="cuda")
+    c = _gluon_case(B, H, N, D, bq, bk, torch.bfloat16, layout, topk, seed=N + D + 1)
+    q, k, v, qb, kb, vb, idx, alpha = c.q, c.k, c.v, c.qb, c.kb, c.vb, c.idx, c.alpha
     if alpha_ones:
         alpha[..., ::3] = 1.0
-    qb, kb, vb = q, k, v
-    if layout == "bnhd":
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    kw = dict(block_q=bq, block_k=bk, layout=layout, quant=False, sparse_out=False)
+    kw = dict(c.kw, quant=False, sparse_out=False)
     want, want_lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha, config=sla2_kernels.FwdConfig(4, 2, tma=True),
                                                   **kw)
     sla2_kernels.launch.LAST_COMPILED.pop("sla2_fwd_gluon", None)
