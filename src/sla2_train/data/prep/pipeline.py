@@ -64,12 +64,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-# How decode workers start. Spawned, not forked: this process has libav's and torch's threads running (and the
-# encoders, on a GPU), and a fork copies their held locks into a child that can then wait on them forever (seen: a
-# worker stuck in libswscale's frame conversion after its parent had decoded videos itself).
-DECODE_WORKER_START = "spawn"
-
-
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
     return record  # keep records as they are (a module-level function pickles to spawned workers)
 
@@ -190,9 +184,12 @@ class Preparer:
             store.record_shard(info, [pending.pop(k) for k in info.keys])
 
         clips = _Clips(todo, self.clip, store.decoding_marker_prefix())
+        # Decode workers are spawned, not forked: this process has libav's and torch's threads running (and the
+        # encoders, on a GPU), and a fork copies their held locks into a child that can then wait on them forever
+        # (seen: a worker stuck in libswscale's frame conversion after its parent had decoded videos itself).
         loader = DataLoader(clips, batch_size=None, num_workers=self.decode_workers,
                             collate_fn=_identity, prefetch_factor=2 if self.decode_workers else None,
-                            multiprocessing_context=DECODE_WORKER_START if self.decode_workers else None)
+                            multiprocessing_context="spawn" if self.decode_workers else None)
         writer = ShardWriter(store.root, self.output.samples_per_shard, prefix=store.prefix,
                              start_index=store.next_shard_index(), on_flush=on_flush)
         with writer:
