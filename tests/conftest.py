@@ -4,6 +4,12 @@ import tempfile
 import pytest
 import torch
 
+# Without CUDA the kernel tests run under Triton's interpreter, which Triton reads when a function is decorated:
+# also its own library's (triton.language), decorated when anything first imports Triton. Diffusers' import of
+# torch._dynamo does so, so a test module that imports diffusers before sla2_kernels would leave tl.cdiv and friends
+# compiled-only and every interpreted kernel failing ("Cannot call @triton.jit'd outside of the scope of a kernel").
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Tests never reach W&B's servers.
 os.environ.setdefault("WANDB_MODE", "disabled")
 # Inductor's on-disk cache keys do not cover a custom op's schema: graphs compiled for an earlier `sla2::attention`

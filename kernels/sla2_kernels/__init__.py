@@ -39,7 +39,8 @@ import os
 import torch
 
 # Without CUDA, Triton can only run its interpreter (tests on CPU). It reads TRITON_INTERPRET when a
-# kernel is decorated, so it must be set before any kernel module is imported.
+# function is decorated: ours, imported after this line, and triton.language's own, decorated when Triton is first
+# imported. A process that imported Triton before this (torch._dynamo does) must set it itself, as the tests do.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

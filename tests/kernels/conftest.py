@@ -1,19 +1,10 @@
-"""Kernel tests: on a machine without CUDA the Triton kernels run under Triton's interpreter.
+"""Kernel tests: on a machine without CUDA the Triton kernels run under Triton's interpreter (tests/conftest.py
+sets TRITON_INTERPRET before anything imports Triton)."""
 
-TRITON_INTERPRET must be set before any kernel is decorated, i.e. before sla2_kernels is imported.
-"""
-
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-import pytest  # noqa: E402
-
-from sla2_kernels import launch  # noqa: E402
+from sla2_kernels import launch
 
 INT8_POISON = -128  # never produced: quantisation clamps to [-127, 127]
 FP8_NAN_BITS = 0x7F  # e4m3fn NaN
