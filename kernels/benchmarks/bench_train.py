@@ -295,18 +295,14 @@ class Bench(BenchBase):
         self.save()
 
     # BwdConfig's dk/dv options that bench_train times flipped on every run (TMA dk/dv kernel only)
-    DKDV_FLIPS = ("dkdv_register_kv", "dkdv_gluon")
+    DKDV_FLIPS = ("dkdv_register_kv",)
 
     def dkdv_flipped(self, p, row, field: str) -> dict:
         """The dk/dv step (run_dkdv) with the problem's configuration and with the BwdConfig option `field` flipped,
-        timed in turns (keys bwd_<field>_<value>), and whether dK and dV come out bit for bit the same. An option of
-        the Triton kernel is flipped on the Triton kernel (dkdv_gluon off for both)."""
+        timed in turns (keys bwd_<field>_<value>), and whether dK and dV come out bit for bit the same."""
         cfg = p.cfg
-        if field != "dkdv_gluon":
-            cfg = dataclasses.replace(cfg, dkdv_gluon=False)
         value = getattr(cfg, field)
         flipped = dataclasses.replace(cfg, **{field: not value})
-        own = p.cfg
 
         def run(c):
             p.cfg = c
@@ -323,7 +319,7 @@ class Bench(BenchBase):
             row[f"{field}_own"] = value
             t_own, t_flipped = self.time_pair(lambda: run(cfg), lambda: run(flipped))
         finally:
-            p.cfg = own
+            p.cfg = cfg
         return {f"bwd_{field}_{value}": t_own, f"bwd_{field}_{not value}": t_flipped}
 
     def dq_flipped(self, p, row, tag: str) -> dict:

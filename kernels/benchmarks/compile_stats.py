@@ -75,7 +75,6 @@ def wan_ints():
 def specs():
     """name -> (kernel, {argument: Ptr | Desc | int | float}, constexprs, compile options), as the package launches
     each kernel by default (forward.run_forward, kv_state.build_state, backward.run_*)."""
-    from sla2_kernels import sla2_bwd_dkdv_gluon as dkdv_gluon
     from sla2_kernels import sla2_bwd_dq_gluon as dq_gluon
     from sla2_kernels import sla2_fwd_gluon as fwd_gluon
     from sla2_kernels import tuning
@@ -148,17 +147,6 @@ def specs():
                                 LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
                            dict(BQ=bq, BK=bk, D=D, BM=g, LINEAR=True, DELTA_KNOWN=False),
                            options(dq_gluon.GLUON_DQ_WARPS))
-    if dkdv_gluon.AVAILABLE:
-        qs = bwd.qs or bq
-        out["dkdv_gluon"] = (dkdv_gluon.sla2_bwd_dkdv_gluon_kernel,
-                             dict(**{f"{t}_desc": Desc("bf16", (1, 1, qs, D), gluon=True) for t in ("q", "do")},
-                                  **{f"{t}_desc": Desc("bf16", (1, 1, bk, D), gluon=True)
-                                     for t in ("k", "v", "dk", "dv")},
-                                  rows_desc=Desc("fp32", (1, 1, qs), gluon=True),
-                                  dh_desc=Desc("bf16", (1, 1, D, D), gluon=True),
-                                  KV_PTR=i32, KV_QBLK=i32, KV_ORDER=i32, DZ=f32, DZTOT=f32, sm_scale=D ** -0.5),
-                             dict(BQ=bq, BK=bk, D=D, QS=qs, LINEAR=True),
-                             options(dkdv_gluon.GLUON_DKDV_WARPS))
     out["dq"] = (sla2_bwd_dq_tma_kernel,
                  dict(q_desc=tile(bm), k_desc=tile(bk), v_desc=tile(bk), o_desc=tile(bm), do_desc=tile(bm),
                       dq_desc=tile(bm), LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
@@ -268,8 +256,7 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
 
 
 def main(argv=None):
-    all_kernels = ("fwd", "fwd_gluon", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "dkdv_gluon",
-                   "linear")
+    all_kernels = ("fwd", "fwd_gluon", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "linear")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", default=",".join(all_kernels), help=f"comma-separated, of {', '.join(all_kernels)}")
     p.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200, sm_90a)")

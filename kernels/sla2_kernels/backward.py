@@ -14,7 +14,6 @@ import torch
 
 from . import launch, layouts
 from . import gluon_tiles
-from . import sla2_bwd_dkdv_gluon as dkdv_gluon
 from . import sla2_bwd_dq_gluon as dq_gluon
 from .backward_state import backward_linear_state
 from .checks import check_sparse_output
@@ -175,16 +174,6 @@ def gluon_dq_suits(p: BwdProblem, views) -> bool:
             and p.block_q % dq_gluon.GLUON_DQ_ROWS == 0 and gluon_tiles.suits(p.q.device, *(t.dtype for t in views)))
 
 
-def gluon_dkdv_suits(p: BwdProblem, views) -> bool:
-    """Whether the Gluon dk/dv kernel takes a problem whose tiles suit TMA: asked for (BwdConfig.dkdv_gluon) on the
-    TMA path, Gluon's own conditions (gluon_tiles.suits), bf16 (dh_j's dtype, a product's operand beside V), and
-    the sizes its layouts and shared memory are built for: head_dim 64 or 128, b_k 64 (one warp group's rows), 16
-    or 32 query rows a step (three stages of Q and dO beside K, V and dh_j, two programs an SM)."""
-    return (p.cfg.dkdv_gluon and p.cfg.dkdv_tma and p.q.dtype == torch.bfloat16 and p.shape[3] in (64, 128)
-            and p.block_k == 64 and (p.cfg.qs or p.block_q) in (16, 32)
-            and gluon_tiles.suits(p.q.device, *(t.dtype for t in views)))
-
-
 def run_linear(p: BwdProblem) -> None:
     """The linear kernel, after the dq kernel: dα_I, dH_I, dZ_I, and the linear dQ added into p.dq."""
     bsz, heads, n, d = p.shape
@@ -269,20 +258,8 @@ def run_dkdv(p: BwdProblem, release_dh: bool = False) -> None:
                   REGISTER_KV=c.dkdv_register_kv, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages)
         return args, kw
 
-    tma = layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views)
-    if tma and gluon_dkdv_suits(p, views):
-        qs = p.cfg.qs or p.block_q
-        descs = [gluon_tiles.descriptor(t, r) for t, r in zip(views, (qs, p.block_k, p.block_k, qs, p.block_k,
-                                                                       p.block_k))]
-        # dh_j as [B·H·NK_PAD, 1, D, D] (bmm's contiguous output); K's descriptor stands in without the linear branch
-        dh = gluon_tiles.descriptor(dhk.view(-1, 1, d, d), d) if p.linear else descs[1]
-        launch.run("dkdv", dkdv_gluon.sla2_bwd_dkdv_gluon_kernel, (nk * bh,), *descs,
-                   gluon_tiles.descriptor(p.rows, 1, qs), dh, ptr, qblk, order,
-                   dz, dztot, dhk.shape[1] if p.linear else 0, n, heads, nq, nk, 1.0 / math.sqrt(d),
-                   BQ=p.block_q, BK=p.block_k, D=d, QS=qs, LINEAR=p.linear, num_warps=dkdv_gluon.GLUON_DKDV_WARPS)
-        return
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype)
-    if p.cfg.dkdv_tma and tma:
+    if p.cfg.dkdv_tma and layouts.tma_hardware(p.q.device) and layouts.tma_ready(*views):
         launch.with_fallback("dkdv", sla2_bwd_dkdv_tma_kernel, (nk * bh,), key, p.cfg, make_tma, "dkdv_stages")
     else:
         launch.with_fallback("dkdv", sla2_bwd_dkdv_kernel, (nk * bh,), key, p.cfg.pointer_dkdv(), make, "dkdv_stages")

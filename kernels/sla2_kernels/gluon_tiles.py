@@ -1,4 +1,4 @@
-"""What the Gluon kernels (sla2_fwd_gluon.py, sla2_bwd_dq_gluon.py, sla2_bwd_dkdv_gluon.py) share: the import of
+"""What the Gluon kernels (sla2_fwd_gluon.py, sla2_bwd_dq_gluon.py) share: the import of
 Gluon, which older Tritons lack (AVAILABLE), the TMA copies under the names of the installed release, the
 [1, 1, rows, D] tiles of the [B, H, N, D] views as the matrices the products take, the key mask at N, and the
 host's descriptors of those tiles and rule for taking a call (`suits`).
@@ -64,11 +64,11 @@ if AVAILABLE:
             sc = gl.where((start + gl.arange(0, BK, layout=cols))[None, :] < N, sc, float("-inf"))
         return sc
 
-    def descriptor(t: torch.Tensor, rows: int, cols: int | None = None) -> TensorDescriptor:
-        """Gluon descriptor of a view ([B, H, N, D]; H_I or dh_j as [·, 1, D, D]; the row statistics [B·H, 2, n])
-        in blocks of `rows` rows of its last two dimensions and `cols` of the last (all of it by default), with the
-        shared-memory layout the kernels' buffers and products take (the widest swizzle the row allows)."""
-        block = [1] * (t.dim() - 2) + [rows, cols or t.shape[-1]]
+    def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+        """Gluon descriptor of a [B, H, N, D] view (H_I as [B·H·nq, 1, D, D]) in tiles of `rows` whole rows of its
+        last two dimensions, with the shared-memory layout the kernels' buffers and products take (the widest
+        swizzle the row allows)."""
+        block = [1] * (t.dim() - 2) + [rows, t.shape[-1]]
         return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype]))
 
 

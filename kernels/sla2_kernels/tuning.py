@@ -110,10 +110,6 @@ class BwdConfig:
     # same arithmetic with each step's K, V loads issued a softmax ahead of their use, which Triton's pipeliner
     # does not do. 64-row programs of 4 warps whatever dq_rows and dq_warps say.
     dq_gluon: bool = False
-    # dk/dv kernel written in Gluon (sla2_bwd_dkdv_gluon.py), where it suits the problem (backward.gluon_dkdv_suits):
-    # the TMA kernel's arithmetic with K, V as register operands, dh_j by TMA, and every load issued as soon as its
-    # buffer is free. 4 warps and 3 stages whatever dkdv_warps and dkdv_stages say.
-    dkdv_gluon: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
     # 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); one pass 0.553.

@@ -419,11 +419,10 @@ def test_tile_widths(qs, rows, tma, poison):
     assert_grads(x.backward(x.dok, cfg), x.g_ref, TOL, do=x.do, o=x.o, bq=x.bq)
 
 
-def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeypatch):
-    """BwdConfig.dq_gluon and dkdv_gluon under the interpreter (no Gluon there): the Triton kernels run and the
-    gradients are those of the configuration without them; on a GPU the suitability rules refuse what the Gluon
-    kernels are not built for (dq: 32-bit tiles, b_k 128, head_dim 96, b_q 32; dk/dv: fp16, b_k 128, head_dim 96,
-    64 query rows a step, the pointer kernel's configuration; both: a GPU other than Hopper), each alone."""
+def test_the_gluon_dq_option_falls_back_where_gluon_cannot_run(poison, monkeypatch):
+    """BwdConfig.dq_gluon under the interpreter (no Gluon there): the Triton kernel runs and the gradients are those
+    of the configuration without it; on a GPU the suitability rule refuses what the Gluon kernel is not built for
+    (32-bit tiles, b_k 128, head_dim 96, b_q 32, a GPU other than Hopper), each alone."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3)
     cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_rows=64, dq_tma=True, dkdv_tma=True)
     want = x.backward(x.dok, cfg)
@@ -432,11 +431,6 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
                                                                                  run(name, kernel, *a, **kw))[1])
     got = x.backward(x.dok, replace(cfg, dq_gluon=True))
     assert "sla2_bwd_dq_tma_kernel" in ran and "sla2_bwd_dq_gluon_kernel" not in ran
-    ran.clear()
-    got_dkdv = x.backward(x.dok, replace(cfg, dkdv_gluon=True))
-    assert "sla2_bwd_dkdv_tma_kernel" in ran and "sla2_bwd_dkdv_gluon_kernel" not in ran
-    for g1, g2 in zip(got_dkdv, want):
-        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, rtol=0, atol=0)
 
@@ -460,23 +454,8 @@ def test_gluon_backward_options_fall_back_where_gluon_cannot_run(poison, monkeyp
     assert not suits(d=96)
     assert not suits(bq=32)
 
-    def suits_dkdv(d=64, bk=64, qs=32, dtype=torch.bfloat16, c=None):
-        q = torch.zeros(1, 2, 300, d, dtype=dtype)
-        idx = torch.zeros(1, 2, 3, 1, dtype=torch.int32)
-        c = c or replace(cfg, qs=qs, dkdv_gluon=True)
-        p = backward.prepare(q, q, q, q, q, torch.zeros(1, 2, 300), idx, torch.ones(1, 2, 1), block_q=128,
-                             block_k=bk, layout="bhnd", h_i=None, z_i=None, config=c)
-        return backward.gluon_dkdv_suits(p, [q] * 6)
-
-    assert suits_dkdv() and suits_dkdv(d=128, qs=16)
-    assert not suits_dkdv(c=replace(cfg, qs=32))
-    assert not suits_dkdv(c=replace(cfg, qs=32, dkdv_gluon=True, dkdv_tma=False))
-    assert not suits_dkdv(dtype=torch.float16)
-    assert not suits_dkdv(bk=128)
-    assert not suits_dkdv(d=96)
-    assert not suits_dkdv(qs=64)
     monkeypatch.setattr(backward.gluon_tiles, "hopper", lambda device: False)  # a GPU after Hopper: no wgmma
-    assert not suits() and not suits_dkdv()
+    assert not suits()
 
 
 @pytest.mark.parametrize("tma", [False, True])
