@@ -152,10 +152,10 @@ class Bench(BenchBase):
                 T[f"main{tag}_linear_pass_{oc.linear_pass}"] = self.safe(
                     f"{shape_name} main{tag} linear_pass={oc.linear_pass}", lambda: self.time_ms(
                         lambda: self.forward(q, k, v, idx, alpha, quant=quant, kv_state=st, config=oc, **kw)))
-                if not quant:  # the bf16 kernel's Gluon twin (or the Triton kernel, if the rows run Gluon's)
-                    T.update(self.safe(f"{shape_name} gluon flipped", lambda: self.gluon_flipped(
+                for field in self.GLUON_FLIPS if not quant else ():  # the bf16 kernel's Gluon twin and its loops
+                    T.update(self.safe(f"{shape_name} {field} flipped", lambda f=field: self.gluon_flipped(
                         row, oc, lambda c: self.forward(q, k, v, idx, alpha, quant=False, kv_state=st, config=c,
-                                                        **kw))) or {})
+                                                        **kw), f)) or {})
                 T["sparse_only" + tag] = self.time_ms(lambda: self.forward(
                     q, k, v, idx, alpha, quant=quant, kv_state=st, linear=False, config=fc, **kw))
 
@@ -166,12 +166,17 @@ class Bench(BenchBase):
 
                 T["total" + tag] = self.time_ms(whole)
                 T["total_graph" + tag] = self.safe(f"{shape_name} graph{tag}", lambda: self.time_ms(whole, graph=True))
-                if not quant:  # the whole forward with the main kernel's Gluon option flipped
+                if not quant:  # the whole forward with the main kernel's Gluon option, and its loop, flipped
                     base_cfg = fc or self.fwd_mod.default_fwd_config(BLOCK_Q, BLOCK_K, D, False)
-                    gc = dataclasses.replace(base_cfg, gluon=not base_cfg.gluon, linear_pass=False)
-                    T[f"total_graph_gluon_{gc.gluon}"] = self.safe(
-                        f"{shape_name} graph gluon={gc.gluon}", lambda: self.time_ms(lambda: whole(False, gc),
-                                                                                      graph=True))
+                    for field in self.GLUON_FLIPS:
+                        gc = dataclasses.replace(base_cfg, linear_pass=False, **{field: not getattr(base_cfg, field)})
+                        if field == "gluon_overlap":
+                            gc = dataclasses.replace(gc, gluon=True)
+                        elif not gc.gluon:
+                            gc = dataclasses.replace(gc, gluon_overlap=False)
+                        T[f"total_graph_{field}_{getattr(gc, field)}"] = self.safe(
+                            f"{shape_name} graph {field}={getattr(gc, field)}",
+                            lambda gc=gc: self.time_ms(lambda: whole(False, gc), graph=True))
             if flex is not None:
                 T["flex"] = self.safe(f"{shape_name} flex {sparsity}", lambda: self.time_flex(flex, q, k, v, idx, nk))
             # dense attention doing the sparse part's work: every query against topk·b_k keys (the same FLOPs and
@@ -343,19 +348,25 @@ class Bench(BenchBase):
         print("chosen", self.results.get("chosen_configs"), self.results.get("chosen_precompute"), flush=True)
         self.save()
 
-    def gluon_flipped(self, row, cfg, forward) -> dict:
-        """The bf16 main kernel with FwdConfig.gluon as in cfg and flipped, timed in turns (keys main_gluon_<value>),
-        with the flipped kernel's relative L1 difference in o and largest in lse. cfg's linear_pass is undone first
-        (the Gluon kernel computes the linear branch in its epilogue)."""
-        own = dataclasses.replace(cfg, linear_pass=False)
-        other = dataclasses.replace(own, gluon=not own.gluon)
+    # FwdConfig's options of the bf16 main kernel that bench.py times flipped on every run
+    GLUON_FLIPS = ("gluon", "gluon_overlap")
+
+    def gluon_flipped(self, row, cfg, forward, field: str = "gluon") -> dict:
+        """The bf16 main kernel with the FwdConfig option `field` as in cfg and flipped, timed in turns (keys
+        main_<field>_<value>), with the flipped kernel's relative L1 difference in o and largest in lse. cfg's
+        linear_pass is undone first (the Gluon kernel computes the linear branch in its epilogue), and a loop of
+        the Gluon kernel (gluon_overlap) is flipped on the Gluon kernel."""
+        own = dataclasses.replace(cfg, linear_pass=False, **({"gluon": True} if field != "gluon" else {}))
+        if field == "gluon" and own.gluon_overlap:  # the Triton kernel has no such loop
+            own = dataclasses.replace(own, gluon_overlap=False)
+        other = dataclasses.replace(own, **{field: not getattr(own, field)})
         o1, lse1, _ = forward(own)
         o2, lse2, _ = forward(other)
-        row["gluon_flipped_rel_o"] = float((o2.float() - o1.float()).abs().sum() / o1.float().abs().sum())
-        row["gluon_flipped_max_dlse"] = float((lse2 - lse1).abs().max())
+        row[f"{field}_flipped_rel_o"] = float((o2.float() - o1.float()).abs().sum() / o1.float().abs().sum())
+        row[f"{field}_flipped_max_dlse"] = float((lse2 - lse1).abs().max())
         del o1, o2, lse1, lse2
         t_own, t_other = self.time_pair(lambda: forward(own), lambda: forward(other))
-        return {f"main_gluon_{own.gluon}": t_own, f"main_gluon_{other.gluon}": t_other}
+        return {f"main_{field}_{getattr(own, field)}": t_own, f"main_{field}_{getattr(other, field)}": t_other}
 
     def time_candidate(self, what, kernel, res, into, run):
         """One sweep candidate: its time (None if it failed), and the compiled kernel's registers, spills and
@@ -421,10 +432,11 @@ class Bench(BenchBase):
                              f"{f(r.get('actual_TFLOPs_sparse_only_lowbit'), 0).strip()}")
         for r in self.results["rows"]:
             other = {n[2:]: t for n, t in r.items()
-                     if n.startswith("t_") and ("_tma_store_" in n or "_linear_pass_" in n)}
+                     if n.startswith("t_") and any(s in n for s in ("_tma_store_", "_linear_pass_", "_gluon"))}
             if other:
                 lines.append(f"{r['shape']} {r['sparsity']}, the other variant of the rows' configurations: "
-                             + ", ".join(f"{n} {f(t).strip()}" for n, t in other.items()))
+                             + ", ".join(f"{n} {f(t).strip()}" for n, t in other.items())
+                             + "".join(f"; {n} {r[n]:.1e}" for n in r if n.endswith("_flipped_rel_o")))
         if self.results["configs"]:
             lines.append("main-kernel configs (warps, stages, exact_max, tma, maxnreg, rows, linear_pass): ms "
                          "[regs/spills/shared]")

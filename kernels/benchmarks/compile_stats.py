@@ -128,16 +128,15 @@ def specs():
                          options(pre.num_warps, pre.num_stages))
     bwd = tuning.default_bwd_config(bq, bk, D)
     bm = bwd.dq_rows or bq
-    if fwd_gluon.AVAILABLE:
-        out["fwd_gluon"] = (fwd_gluon.sla2_fwd_gluon_kernel,
-                            dict(q_desc=Desc("bf16", (1, 1, bq, D), gluon=True),
-                                 o_desc=Desc("bf16", (1, 1, bq, D), gluon=True),
-                                 k_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
-                                 v_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
-                                 h_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
-                                 IDX=i32, ALPHA=f32, LSE=f32, ZI=f32, sm_scale=D ** -0.5),
-                            dict(BQ=bq, BK=bk, D=D, LINEAR=True),
-                            options(fwd_gluon.GLUON_FWD_WARPS))
+    for overlap in (False, True) if fwd_gluon.AVAILABLE else ():  # FwdConfig.gluon_overlap off (the default), on
+        warps, stages = fwd_gluon.launch_shape(bq, overlap)
+        out["fwd_gluon_overlap" if overlap else "fwd_gluon"] = (
+            fwd_gluon.sla2_fwd_gluon_kernel,
+            dict(**{f"{t}_desc": Desc("bf16", (1, 1, bq, D), gluon=True) for t in ("q", "o")},
+                 **{f"{t}_desc": Desc("bf16", (1, 1, bk, D), gluon=True) for t in ("k", "v", "h")},
+                 IDX=i32, ALPHA=f32, LSE=f32, ZI=f32, sm_scale=D ** -0.5),
+            dict(BQ=bq, BK=bk, D=D, LINEAR=True, OVERLAP=overlap, WARPS=warps, STAGES=stages),
+            options(warps))
     if dq_gluon.AVAILABLE:
         g = dq_gluon.GLUON_DQ_ROWS
         out["dq_gluon"] = (dq_gluon.sla2_bwd_dq_gluon_kernel,
@@ -256,7 +255,8 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
 
 
 def main(argv=None):
-    all_kernels = ("fwd", "fwd_gluon", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv", "linear")
+    all_kernels = ("fwd", "fwd_gluon", "fwd_gluon_overlap", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon",
+                   "dkdv", "linear")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", default=",".join(all_kernels), help=f"comma-separated, of {', '.join(all_kernels)}")
     p.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200, sm_90a)")

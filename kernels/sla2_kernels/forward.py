@@ -169,7 +169,8 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
                                              *((h_i,) if linear else ()))):
         # The GPU has no TMA, or the tensors' strides or alignment do not suit it. A caller's own configuration
         # keeps its warps and stages; the default becomes the pointer one.
-        cfg = replace(cfg, tma=False, rows=0, gluon=False) if config is not None else pointer_config(bq, D)
+        cfg = (replace(cfg, tma=False, rows=0, gluon=False, gluon_overlap=False) if config is not None
+               else pointer_config(bq, D))
     rows = cfg.rows or bq  # query rows a program (a TMA kernel may take a query block in several)
     if bq % rows:
         raise ValueError(f"sla2_kernels: FwdConfig.rows={rows} must divide block_q={bq}")
@@ -187,9 +188,11 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
         q4, o4 = bhnd_view(q, layout), bhnd_view(o, layout)
         h4 = h_i.view(BH * nq, 1, D, D) if linear else q4  # never read without the linear branch
         tiles = ((q4, bq), (bhnd_view(k, layout), bk), (bhnd_view(v, layout), bk), (o4, bq), (h4, bk))
+        warps, stages = sla2_fwd_gluon.launch_shape(bq, cfg.gluon_overlap)
         launch.run("sla2_fwd_gluon", sla2_fwd_gluon.sla2_fwd_gluon_kernel, (nq, BH),
                    *(gluon_tiles.descriptor(t, r) for t, r in tiles), idx, alpha3, lse, z_i, *alpha3.stride(),
-                   N, H, nq, topk, scale, BQ=bq, BK=bk, D=D, LINEAR=linear, num_warps=sla2_fwd_gluon.GLUON_FWD_WARPS)
+                   N, H, nq, topk, scale, BQ=bq, BK=bk, D=D, LINEAR=linear, OVERLAP=cfg.gluon_overlap, WARPS=warps,
+                   STAGES=stages, num_warps=warps)
         return o, lse, o_s
     if cfg.tma:
         # Both TMA kernels: Q and O tiles; with the linear branch in the epilogue (not linear_pass) its Q column

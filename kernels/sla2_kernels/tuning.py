@@ -39,12 +39,17 @@ class FwdConfig:
     # whole query blocks a program, no O_s stored, the linear branch in the epilogue): each step's K, V and the
     # epilogue's H_I loaded a softmax ahead of use, Q kept in shared memory through the loop.
     gluon: bool = False
+    # the Gluon twin's overlapped loop (sla2_fwd_gluon.py): step j's softmax runs while step j − 1's P V is in the
+    # tensor cores; b_q / 16 warps, one program an SM, three stages, whatever num_warps and num_stages say.
+    gluon_overlap: bool = False
 
     def __post_init__(self):
         if self.rows and not self.tma:
             raise ValueError("FwdConfig: rows (query rows a program) is a setting of the TMA kernels; use tma=True")
         if self.gluon and not self.tma:
             raise ValueError("FwdConfig: gluon is a variant of the TMA kernel; use tma=True with it")
+        if self.gluon_overlap and not self.gluon:
+            raise ValueError("FwdConfig: gluon_overlap is a loop of the Gluon kernel; use gluon=True with it")
         if self.tma and self.exact_max:
             raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
                              "use tma=False with it")

@@ -188,6 +188,15 @@ def test_bench_times_the_forward_with_the_gluon_option_flipped(kt):
     assert seen == [(False, False), (True, False)] * (1 + b.PAIR_ROUNDS)
     assert row["gluon_flipped_rel_o"] == 0.0 and row["gluon_flipped_max_dlse"] == 0.0
 
+    # the Gluon kernel's loop flipped on the Gluon kernel, whatever cfg says of gluon
+    loops = []
+    times.extend([0.5, 0.2] * b.PAIR_ROUNDS)
+    got = b.gluon_flipped(row, cfg, lambda c: (loops.append((c.gluon, c.gluon_overlap)), forward(c))[1],
+                          "gluon_overlap")
+    assert got == {"main_gluon_overlap_False": 0.5, "main_gluon_overlap_True": 0.2}
+    assert loops == [(True, False), (True, True)] * (1 + b.PAIR_ROUNDS)
+    assert row["gluon_overlap_flipped_rel_o"] == 0.0
+
 
 def test_bench_train_times_the_skewed_selection_in_both_launch_orders(kt, monkeypatch):
     """bench_train.py's dk/dv step on a selection with a heavily selected key block a head, on the interpreter with a

@@ -17,7 +17,7 @@ import compile_stats as cs  # noqa: E402  (a benchmark script beside bench.py)
 
 def test_every_kernel_argument_has_a_value():
     table = cs.specs()
-    assert set(table) == {"fwd", "fwd_gluon", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv",
+    assert set(table) == {"fwd", "fwd_gluon", "fwd_gluon_overlap", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv",
                           "linear"}
     for kernel, args, consts, _ in table.values():
         sig, _, _ = cs.signature(kernel, args, consts)  # raises, naming them, on arguments out of step
@@ -105,9 +105,12 @@ def test_a_real_compile_reports_resources(tmp_path):
         assert kernels["dq_gluon"]["stack_bytes"] == 0 and kernels["dq_gluon"]["programs_per_sm"] == 2
 
 
-def test_the_gluon_forward_compiles_without_a_linear_branch(tmp_path):
-    """The Gluon forward with LINEAR=False (every key block selected), which Triton 3.6 failed to lower while the
-    epilogue's linear branch was compiled out: it builds for sm_90a, spill-free, with the installed Triton."""
+@pytest.mark.parametrize("name, linear, programs", [("fwd_gluon", False, 2), ("fwd_gluon_overlap", True, 1),
+                                                   ("fwd_gluon_overlap", False, 1)])
+def test_the_gluon_forward_compiles(tmp_path, name, linear, programs):
+    """Both loops of the Gluon forward build for sm_90a, spill-free, with the installed Triton, the overlapped one
+    at one program (two warp groups) an SM; also with LINEAR=False (every key block selected), which Triton 3.6
+    failed to lower while the epilogue's linear branch was compiled out."""
     pytest.importorskip("triton.backends.nvidia")
     from sla2_kernels.sla2_fwd_gluon import AVAILABLE
 
@@ -116,11 +119,11 @@ def test_the_gluon_forward_compiles_without_a_linear_branch(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "kernels"),
                                           str(ROOT / "kernels" / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
-    script = ("import json, compile_stats as cs; k, a, c, o = cs.specs()['fwd_gluon']; "
-              "print(json.dumps(cs.compile_one(k, a, {**c, 'LINEAR': False}, o, arch=90)))")
+    script = (f"import json, compile_stats as cs; k, a, c, o = cs.specs()[{name!r}]; "
+              f"print(json.dumps(cs.compile_one(k, a, {{**c, 'LINEAR': {linear}}}, o, arch=90)))")
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
                          cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     r = json.loads(run.stdout.strip().splitlines()[-1])
-    assert r["stack_bytes"] == 0 and r["programs_per_sm"] == 2
+    assert r["stack_bytes"] == 0 and r["programs_per_sm"] == programs
     assert max(lp["instructions"] for lp in r["loops"]) > 0

@@ -142,6 +142,8 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
 
     with pytest.raises(ValueError, match="gluon"):
         sla2_kernels.FwdConfig(4, 2, gluon=True)
+    with pytest.raises(ValueError, match="gluon_overlap"):
+        sla2_kernels.FwdConfig(4, 2, tma=True, gluon_overlap=True)
     launched = []
     run_kernel = launch.run
     monkeypatch.setattr(launch, "run", lambda name, *a, **kw: (launched.append(name), run_kernel(name, *a, **kw)))
@@ -152,9 +154,11 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
     want = run(sla2_kernels.FwdConfig(4, 2, tma=True))
     launched.clear()
     got = run(sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True))
-    assert [n for n in launched if n.startswith("sla2_fwd")] == ["sla2_fwd_tma"]
-    for a, b in zip(got, want):
+    got_overlap = run(sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True, gluon_overlap=True))
+    assert [n for n in launched if n.startswith("sla2_fwd")] == ["sla2_fwd_tma"] * 2
+    for a, b, c in zip(got, want, got_overlap):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(c, b, rtol=0, atol=0)
 
     if not forward.gluon_tiles.AVAILABLE:
         return
@@ -168,6 +172,7 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
         return forward.fwd_gluon_suits(cfg, p, t, sparse_out)
 
     assert suits() and suits(bq=64, d=64)
+    assert suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True, gluon_overlap=True), bq=64)
     assert not suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True))
     assert not suits(sparse_out=True)
     assert not suits(cfg=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True, linear_pass=True))

@@ -229,10 +229,14 @@ def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, 
     (2, 3, 1000, 64, 64, 64, "bnhd", 5, False),  # ragged query and key blocks, head_dim 64
     (1, 2, 777, 128, 128, 64, "bhnd", 13, False),  # every key block: no linear branch
     (1, 1, 100, 128, 128, 64, "bhnd", 1, False),  # one block, shorter than the tiles
+    (1, 2, 1000, 128, 128, 64, "bhnd", 2, False),  # fewer blocks than the overlapped loop's stages
+    (1, 2, 1000, 128, 128, 64, "bnhd", 3, True),  # as many: H_I comes in the loop's only step
 ])
-def test_gluon_forward_gives_the_triton_kernels_output(B, H, N, D, bq, bk, layout, topk, alpha_ones):
-    """FwdConfig.gluon: o within 1e-3 relative L1 of the Triton TMA kernel's and lse within 1e-4, the Gluon kernel
-    the one that ran; at the Wan shape also within 1e-2 of the float64 oracle on two heads."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_gluon_forward_gives_the_triton_kernels_output(B, H, N, D, bq, bk, layout, topk, alpha_ones, overlap):
+    """FwdConfig.gluon, with either loop (gluon_overlap): o within 1e-3 relative L1 of the Triton TMA kernel's and
+    lse within 1e-4, the Gluon kernel the one that ran; at the Wan shape also within 1e-2 of the float64 oracle on
+    two heads."""
     from sla2_kernels import sla2_fwd_gluon
 
     if not sla2_fwd_gluon.AVAILABLE:
@@ -246,7 +250,8 @@ def test_gluon_forward_gives_the_triton_kernels_output(B, H, N, D, bq, bk, layou
                                                   **kw)
     sla2_kernels.launch.LAST_COMPILED.pop("sla2_fwd_gluon", None)
     got, lse, _ = sla2_kernels.sla2_forward(q, k, v, idx, alpha,
-                                            config=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True), **kw)
+                                            config=sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True,
+                                                                          gluon_overlap=overlap), **kw)
     assert "sla2_fwd_gluon" in sla2_kernels.launch.LAST_COMPILED
     assert torch.isfinite(got).all() and _rel(got, want) <= 1e-3, _rel(got, want)
     torch.testing.assert_close(lse, want_lse, rtol=0, atol=1e-4)
