@@ -76,7 +76,7 @@ def test_the_router_pooling_sweep_times_every_candidate_and_restores_the_default
 
     b = object.__new__(bench.Bench)
     b.torch, b.sk, b.routing, b.time_ms = torch, sla2_kernels, routing, time_ms
-    (q, k, v), _ = kt.make_qkv(1, 2, 640, 64, torch.bfloat16, "bhnd")
+    (q, k, v), _ = kt.make_qkv(1, 2, 320, 64, torch.bfloat16, "bhnd")
     eye = torch.eye(64).expand(2, 64, 64)
     kw = dict(block_q=64, block_k=64, layout="bhnd")
     defaults = routing.ROUTER_POOL_PROGRAMS_PER_SM, routing.ROUTER_POOL_WARPS
