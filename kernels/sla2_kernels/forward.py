@@ -142,8 +142,9 @@ def fwd_gluon_suits(cfg: FwdConfig, p: ForwardProblem, q: torch.Tensor, sparse_o
     """Whether the Gluon forward (sla2_fwd_gluon.py) takes a bf16 call that run_forward has given TMA tiles (cfg.tma
     after its check of the GPU and the tensors): asked for (FwdConfig.gluon), what it implements (whole query blocks
     a program, the linear branch in the epilogue, no O_s stored), the sizes its layouts and shared memory are built
-    for (b_q 64 or 128, head_dim 64 or 128, b_k 64: two stages of K and V beside Q, two programs an SM, and H_I's
-    row pieces fill one stage's buffers), bf16 (H_I's dtype, loaded into K's buffers), and Gluon's own conditions."""
+    for (b_q 64 or 128, head_dim 64 or 128, b_k 64: two stages of K and V beside Q, two programs an SM, or the
+    overlapped loop's three and one, and H_I's row pieces fill one stage's buffers), bf16 (H_I's dtype, loaded into
+    K's buffers), and Gluon's own conditions."""
     return (cfg.gluon and cfg.tma and not cfg.linear_pass and cfg.rows in (0, p.block_q) and not sparse_out
             and q.dtype == torch.bfloat16 and p.block_q in (64, 128) and p.D in (64, 128) and p.block_k == 64
             and gluon_tiles.suits(q.device, q.dtype))

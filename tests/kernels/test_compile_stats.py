@@ -17,8 +17,8 @@ import compile_stats as cs  # noqa: E402  (a benchmark script beside bench.py)
 
 def test_every_kernel_argument_has_a_value():
     table = cs.specs()
-    assert set(table) == {"fwd", "fwd_gluon", "fwd_gluon_overlap", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon", "dkdv",
-                          "linear"}
+    assert set(table) == {"fwd", "fwd_gluon", "fwd_gluon_overlap", "fwd_lowbit", "query_pass", "precompute", "dq",
+                          "dq_gluon", "dkdv", "linear"}
     for kernel, args, consts, _ in table.values():
         sig, _, _ = cs.signature(kernel, args, consts)  # raises, naming them, on arguments out of step
         assert list(sig) == list(kernel.arg_names)
