@@ -169,11 +169,7 @@ class Bench(BenchBase):
                 if not quant:  # the whole forward with the main kernel's Gluon option, and its loop, flipped
                     base_cfg = fc or self.fwd_mod.default_fwd_config(BLOCK_Q, BLOCK_K, D, False)
                     for field in self.GLUON_FLIPS:
-                        gc = dataclasses.replace(base_cfg, linear_pass=False, **{field: not getattr(base_cfg, field)})
-                        if field == "gluon_overlap":
-                            gc = dataclasses.replace(gc, gluon=True)
-                        elif not gc.gluon:
-                            gc = dataclasses.replace(gc, gluon_overlap=False)
+                        gc = self.gluon_pair(base_cfg, field)[1]
                         T[f"total_graph_{field}_{getattr(gc, field)}"] = self.safe(
                             f"{shape_name} graph {field}={getattr(gc, field)}",
                             lambda gc=gc: self.time_ms(lambda: whole(False, gc), graph=True))
@@ -351,15 +347,21 @@ class Bench(BenchBase):
     # FwdConfig's options of the bf16 main kernel that bench.py times flipped on every run
     GLUON_FLIPS = ("gluon", "gluon_overlap")
 
+    @staticmethod
+    def gluon_pair(cfg, field: str):
+        """(cfg, cfg with the FwdConfig option `field` flipped), the pair a Gluon flip times: linear_pass undone in
+        both (the Gluon kernel computes the linear branch in its epilogue), and a loop of the Gluon kernel
+        (gluon_overlap) flipped on the Gluon kernel."""
+        own = dataclasses.replace(cfg, linear_pass=False)
+        if field != "gluon" and not own.gluon:
+            own = own.flipped("gluon")
+        return own, own.flipped(field)
+
     def gluon_flipped(self, row, cfg, forward, field: str = "gluon") -> dict:
-        """The bf16 main kernel with the FwdConfig option `field` as in cfg and flipped, timed in turns (keys
-        main_<field>_<value>), with the flipped kernel's relative L1 difference in o and largest in lse. cfg's
-        linear_pass is undone first (the Gluon kernel computes the linear branch in its epilogue), and a loop of
-        the Gluon kernel (gluon_overlap) is flipped on the Gluon kernel."""
-        own = dataclasses.replace(cfg, linear_pass=False, **({"gluon": True} if field != "gluon" else {}))
-        if field == "gluon" and own.gluon_overlap:  # the Triton kernel has no such loop
-            own = dataclasses.replace(own, gluon_overlap=False)
-        other = dataclasses.replace(own, **{field: not getattr(own, field)})
+        """The bf16 main kernel with the FwdConfig option `field` as in cfg and flipped (gluon_pair), timed in
+        turns (keys main_<field>_<value>), with the flipped kernel's relative L1 difference in o and largest in
+        lse."""
+        own, other = self.gluon_pair(cfg, field)
         o1, lse1, _ = forward(own)
         o2, lse2, _ = forward(other)
         row[f"{field}_flipped_rel_o"] = float((o2.float() - o1.float()).abs().sum() / o1.float().abs().sum())

@@ -13,7 +13,7 @@ complement.py for the selection's complement and Z_I.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -170,8 +170,7 @@ def run_forward(p: ForwardProblem, q, k, v, alpha3, kv_state: KVState, lin_state
                                              *((h_i,) if linear else ()))):
         # The GPU has no TMA, or the tensors' strides or alignment do not suit it. A caller's own configuration
         # keeps its warps and stages; the default becomes the pointer one.
-        cfg = (replace(cfg, tma=False, rows=0, gluon=False, gluon_overlap=False) if config is not None
-               else pointer_config(bq, D))
+        cfg = cfg.flipped("tma") if config is not None else pointer_config(bq, D)
     rows = cfg.rows or bq  # query rows a program (a TMA kernel may take a query block in several)
     if bq % rows:
         raise ValueError(f"sla2_kernels: FwdConfig.rows={rows} must divide block_q={bq}")

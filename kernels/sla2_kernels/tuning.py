@@ -54,6 +54,20 @@ class FwdConfig:
             raise ValueError("FwdConfig: exact_max (two passes) is a variant of the pointer low-bit kernel only; "
                              "use tma=False with it")
 
+    def flipped(self, field: str) -> FwdConfig:
+        """This configuration with the boolean option `field` flipped and the options that depend on it following:
+        TMA off takes rows and the Gluon kernel with it, the Gluon kernel off its overlapped loop; the Gluon kernel
+        or its loop on brings what it is a variant of."""
+        on = not getattr(self, field)
+        changes = {field: on}
+        if not on and field == "tma":
+            changes.update(rows=0, gluon=False, gluon_overlap=False)
+        elif not on and field == "gluon":
+            changes.update(gluon_overlap=False)
+        elif on and field in ("gluon", "gluon_overlap"):
+            changes.update(tma=True, gluon=True, exact_max=False)
+        return replace(self, **changes)
+
 
 def pointer_config(block_q: int, head_dim: int) -> FwdConfig:
     """The pointer kernels' best (3 stages; 8 warps for 128-row or 128-wide tiles). H100, 2026-11-27: bf16 (8, 3)

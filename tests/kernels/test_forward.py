@@ -144,6 +144,12 @@ def test_gluon_forward_option_falls_back_where_gluon_cannot_run(monkeypatch, kt)
         sla2_kernels.FwdConfig(4, 2, gluon=True)
     with pytest.raises(ValueError, match="gluon_overlap"):
         sla2_kernels.FwdConfig(4, 2, tma=True, gluon_overlap=True)
+    # FwdConfig.flipped: the options that depend on the flipped one follow it, and the result is valid
+    full = sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True, gluon_overlap=True)
+    assert full.flipped("tma") == sla2_kernels.FwdConfig(4, 2)
+    assert full.flipped("gluon") == sla2_kernels.FwdConfig(4, 2, tma=True)
+    assert sla2_kernels.FwdConfig(4, 2, exact_max=True).flipped("gluon_overlap") == full
+    assert full.flipped("gluon_overlap") == sla2_kernels.FwdConfig(4, 2, tma=True, gluon=True)
     launched = []
     run_kernel = launch.run
     monkeypatch.setattr(launch, "run", lambda name, *a, **kw: (launched.append(name), run_kernel(name, *a, **kw)))
