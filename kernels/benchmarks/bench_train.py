@@ -34,6 +34,7 @@ table is printed last; JSON goes to DIR/bench_train.json (DIR: --out, default $O
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import statistics
 import time
@@ -173,9 +174,10 @@ class Bench(BenchBase):
                                  self.bwd_cfg, o_s=o_s)
             T["bwd_dq_os"] = self.time_ms(lambda: self.bwd.run_dq_sparse(p_os))
             self.record_resources(shape_name, {"dq_os": self.launch.LAST_COMPILED.get("dq")})
-            for tag, prob in (("", p), ("_os", p_os)):  # the other dq kernel (Gluon or Triton), in turns
-                T.update(self.safe(f"{shape_name} dq_gluon{tag}", lambda q_=prob, t_=tag: self.dq_flipped(q_, row, t_))
-                         or {})
+            for tag, prob in (("", p), ("_os", p_os)):  # the other dq kernel (Gluon or Triton), and Gluon's loops
+                for field in self.DQ_FLIPS:
+                    T.update(self.safe(f"{shape_name} {field}{tag}",
+                                       lambda q_=prob, t_=tag, f_=field: self.dq_flipped(q_, row, t_, f_)) or {})
             del p_os
             T["bwd_linear"] = self.time_ms(lambda: self.bwd.run_linear(p))
             T["bwd_dkdv"] = self.time_ms(lambda: self.bwd.run_dkdv(p))  # includes the dh product and the CSR lists
@@ -322,12 +324,19 @@ class Bench(BenchBase):
             p.cfg = cfg
         return {f"bwd_{field}_{value}": t_own, f"bwd_{field}_{not value}": t_flipped}
 
-    def dq_flipped(self, p, row, tag: str) -> dict:
-        """The dq kernel (run_dq_sparse) with the problem's configuration and with BwdConfig.dq_gluon flipped, timed
-        in turns (keys bwd_dq<tag>_gluon_<value>), with the flipped kernel's relative L1 difference in dQ and the
-        row statistics and its compiled name."""
-        cfg = p.cfg
-        flipped = dataclasses.replace(cfg, dq_gluon=not cfg.dq_gluon)
+    # BwdConfig's dq options that bench_train times flipped on every run: the Gluon kernel, and its overlapped loop
+    # (flipped on the Gluon kernel)
+    DQ_FLIPS = ("dq_gluon", "dq_gluon_overlap")
+
+    def dq_flipped(self, p, row, tag: str, field: str = "dq_gluon") -> dict:
+        """The dq kernel (run_dq_sparse) with the problem's configuration and with the BwdConfig option `field`
+        flipped (a loop of the Gluon kernel flipped on that kernel), timed in turns (keys bwd_dq<tag>_<option>_<value>,
+        option: `field` less its dq_), with the flipped kernel's relative L1 difference in dQ and the row statistics
+        and its compiled name."""
+        own = p.cfg
+        cfg = own if field == "dq_gluon" or own.dq_gluon else own.flipped("dq_gluon")
+        flipped = cfg.flipped(field)
+        name = field.removeprefix("dq_")
 
         def run(c):
             p.cfg = c
@@ -340,13 +349,15 @@ class Bench(BenchBase):
             run(cfg)
             want = p.dq.clone(), p.rows.clone()
             run(flipped)
-            row[f"dq{tag}_gluon_flipped_kernel"] = getattr(self.launch.LAST_COMPILED.get("dq"), "name", None)
-            row[f"dq{tag}_gluon_flipped_rel_dq"] = rel(p.dq, want[0])
-            row[f"dq{tag}_gluon_flipped_rel_rows"] = rel(p.rows.nan_to_num(posinf=0.0), want[1].nan_to_num(posinf=0.0))
+            row[f"dq{tag}_{name}_flipped_kernel"] = getattr(self.launch.LAST_COMPILED.get("dq"), "name", None)
+            row[f"dq{tag}_{name}_flipped_rel_dq"] = rel(p.dq, want[0])
+            row[f"dq{tag}_{name}_flipped_rel_rows"] = rel(p.rows.nan_to_num(posinf=0.0),
+                                                          want[1].nan_to_num(posinf=0.0))
             t_own, t_flipped = self.time_pair(lambda: run(cfg), lambda: run(flipped))
         finally:
-            p.cfg = cfg
-        return {f"bwd_dq{tag}_gluon_{cfg.dq_gluon}": t_own, f"bwd_dq{tag}_gluon_{not cfg.dq_gluon}": t_flipped}
+            p.cfg = own
+        value = getattr(cfg, field)
+        return {f"bwd_dq{tag}_{name}_{value}": t_own, f"bwd_dq{tag}_{name}_{not value}": t_flipped}
 
     # A selection with heavily selected key blocks, as learned attention has them (the testbed model at 97%: a
     # head's most selected key block in up to 60 of 68 query blocks' selections, scripts/testbed/
@@ -561,12 +572,13 @@ class Bench(BenchBase):
                                  f"(the run's own: {r.get(field + '_own')}); dK, dV bit-equal: "
                                  f"{r.get(field + '_flipped_equal')} (relative L1 {e(r.get(field + '_flipped_rel_dk'))}"
                                  f" / {e(r.get(field + '_flipped_rel_dv'))})")
-            for tag in ("", "_os"):
-                if f"t_bwd_dq{tag}_gluon_True" in r:
+            for tag, field in itertools.product(("", "_os"), Bench.DQ_FLIPS):
+                key = f"bwd_dq{tag}_{field.removeprefix('dq_')}"
+                if f"t_{key}_True" in r:
                     lines.append(f"  {r['shape']} {r['sparsity']}: dq kernel{' with Δ from O_s' if tag else ''}, "
-                                 f"BwdConfig.dq_gluon True / False, timed in turns: "
-                                 f"{f(r[f't_bwd_dq{tag}_gluon_True'])} / {f(r.get(f't_bwd_dq{tag}_gluon_False'))}; "
-                                 f"dQ relative L1 {e(r.get(f'dq{tag}_gluon_flipped_rel_dq'))}")
+                                 f"BwdConfig.{field} True / False, timed in turns: "
+                                 f"{f(r[f't_{key}_True'])} / {f(r.get(f't_{key}_False'))}; dQ relative L1 "
+                                 f"{e(r.get(key.removeprefix('bwd_') + '_flipped_rel_dq'))}")
             if r.get("t_bwd_dkdv_skewed"):
                 lines.append(f"  {r['shape']} {r['sparsity']}: dk/dv on a selection with one key block a head in "
                              f"{Bench.SKEW_SHARE:.0%} of the query blocks' (longest list "

@@ -137,15 +137,15 @@ def specs():
                  IDX=i32, ALPHA=f32, LSE=f32, ZI=f32, sm_scale=D ** -0.5),
             dict(BQ=bq, BK=bk, D=D, LINEAR=True, OVERLAP=overlap, WARPS=warps, STAGES=stages),
             options(warps))
-    if dq_gluon.AVAILABLE:
-        g = dq_gluon.GLUON_DQ_ROWS
-        out["dq_gluon"] = (dq_gluon.sla2_bwd_dq_gluon_kernel,
-                           dict(**{f"{t}_desc": Desc("bf16", (1, 1, g, D), gluon=True) for t in ("q", "o", "do", "dq")},
-                                k_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
-                                v_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
-                                LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
-                           dict(BQ=bq, BK=bk, D=D, BM=g, LINEAR=True, DELTA_KNOWN=False),
-                           options(dq_gluon.GLUON_DQ_WARPS))
+    g = dq_gluon.GLUON_DQ_ROWS
+    for overlap in (False, True) if dq_gluon.AVAILABLE else ():  # BwdConfig.dq_gluon_overlap off (the default), on
+        out["dq_gluon_overlap" if overlap else "dq_gluon"] = (
+            dq_gluon.sla2_bwd_dq_gluon_kernel,
+            dict(**{f"{t}_desc": Desc("bf16", (1, 1, g, D), gluon=True) for t in ("q", "o", "do", "dq")},
+                 k_desc=Desc("bf16", (1, 1, bk, D), gluon=True), v_desc=Desc("bf16", (1, 1, bk, D), gluon=True),
+                 LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
+            dict(BQ=bq, BK=bk, D=D, BM=g, LINEAR=True, DELTA_KNOWN=False, OVERLAP=overlap),
+            options(dq_gluon.GLUON_DQ_WARPS))
     out["dq"] = (sla2_bwd_dq_tma_kernel,
                  dict(q_desc=tile(bm), k_desc=tile(bk), v_desc=tile(bk), o_desc=tile(bm), do_desc=tile(bm),
                       dq_desc=tile(bm), LSE=f32, ROWS=f32, IDX=i32, ALPHA=f32, sm_scale=D ** -0.5),
@@ -215,8 +215,22 @@ def loops(sass: str) -> list[dict]:
         # where in the loop each counted kind first comes: e.g. whether a step's TMA loads issue before its softmax
         first = {op: ops.index(op) for op in sorted(counts)}
         out.append(dict(start=hex(start), end=hex(addr), instructions=len(body), **dict(sorted(counts.items())),
-                        first=first))
+                        first=first, mufu_beside_wgmma=mufu_beside_wgmma(body)))
     return out
+
+
+def mufu_beside_wgmma(body: list[str]) -> int:
+    """How many of a loop's special-function instructions (exp2) issue while a tensor-core product is still in
+    flight: after a wait that leaves some asynchronous products outstanding (`WARPGROUP.DEPBAR.LE gsb0, 0x1`) and
+    before the next wait for all of them. ptxas places a wait where it likes among instructions that do not touch
+    the product's registers, so this, not the source's order, says whether a softmax overlaps a product."""
+    beside, count = False, 0
+    for text in body:
+        if opcode(text) == "WARPGROUP" and "DEPBAR" in text:
+            beside = not re.search(r",\s*0x0\s*$", text)
+        elif beside and opcode(text) == "MUFU":
+            count += 1
+    return count
 
 
 def opcode(text: str) -> str:
@@ -256,7 +270,7 @@ def compile_one(kernel, args, consts, options, arch: int) -> dict:
 
 def main(argv=None):
     all_kernels = ("fwd", "fwd_gluon", "fwd_gluon_overlap", "fwd_lowbit", "query_pass", "precompute", "dq", "dq_gluon",
-                   "dkdv", "linear")
+                   "dq_gluon_overlap", "dkdv", "linear")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", default=",".join(all_kernels), help=f"comma-separated, of {', '.join(all_kernels)}")
     p.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200, sm_90a)")
@@ -282,7 +296,8 @@ def main(argv=None):
               f"({r['num_warps']} warps, {r['num_stages']} stages)", flush=True)
         for lp in r["loops"]:
             ops = ", ".join(f"{k} {v}" for k, v in lp.items() if k in COUNTED)
-            print(f"    loop {lp['start']}–{lp['end']}: {lp['instructions']} instructions; {ops}", flush=True)
+            beside = f"; MUFU beside a product {lp['mufu_beside_wgmma']}" if lp["mufu_beside_wgmma"] else ""
+            print(f"    loop {lp['start']}–{lp['end']}: {lp['instructions']} instructions; {ops}{beside}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compile_stats.json"), "w") as f:
         json.dump(results, f, indent=1)

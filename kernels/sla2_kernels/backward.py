@@ -152,7 +152,7 @@ def run_dq_sparse(p: BwdProblem) -> None:
                    *descs, p.lse, p.rows, p.idx, p.alpha, sa[0], sa[1], sa[2],
                    n, heads, nq, p.idx.shape[-1], 1.0 / math.sqrt(d),
                    BQ=p.block_q, BK=p.block_k, D=d, BM=rows, LINEAR=p.linear, DELTA_KNOWN=p.delta_known,
-                   num_warps=dq_gluon.GLUON_DQ_WARPS)
+                   OVERLAP=p.cfg.dq_gluon_overlap, num_warps=dq_gluon.GLUON_DQ_WARPS)
         return
     key = (p.block_q, p.block_k, d, p.linear, p.q.dtype, p.delta_known)
     rows = p.cfg.dq_rows or p.block_q

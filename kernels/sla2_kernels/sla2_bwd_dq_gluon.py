@@ -10,7 +10,9 @@ issued right after that wait, a softmax and two products ahead of its use, with 
 
 One warp group (4 warps) a program of GLUON_DQ_ROWS query rows. Shared memory: Q, dO and O (O's buffer takes dQ
 at the end) and two stages of K and V, 112 KB at D 128, b_k 64: two programs an SM. Products are Hopper wgmma:
-S = Q Kᵀ and dP = dO Vᵀ with both operands in shared memory; dS K and P K with dS, P from registers.
+S = Q Kᵀ and dP = dO Vᵀ with both operands in shared memory; dS K and P K with dS, P from registers. Two loops
+(OVERLAP, BwdConfig.dq_gluon_overlap): a step waits for both score products before its exponentials, or (overlapped)
+for S alone, so that P's exponentials run while dO Vᵀ is still on the tensor cores.
 
 Host side: backward.run_dq_sparse, where backward.gluon_dq_suits allows it.
 """
@@ -50,6 +52,15 @@ if AVAILABLE:
     _STAGES = gl.constexpr(KV_STAGES)
 
     @gluon.jit
+    def _refill(it, idx_base, TOPK, k_desc, v_desc, b, h, bar_kv, k_bufs, v_bufs, BK: gl.constexpr):
+        """Step it + 1's K, V into the stage step it − 1 used, once that step's products are complete (steps 0
+        and 1 were issued before the loop)."""
+        if (it >= 1) & (it + 1 < TOPK):
+            nxt = (it + 1) % _STAGES
+            load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 1) * BK, bar_kv.index(nxt), k_bufs.index(nxt),
+                    v_bufs.index(nxt))
+
+    @gluon.jit
     def sla2_bwd_dq_gluon_kernel(
         q_desc, k_desc, v_desc, o_desc, do_desc, dq_desc,  # Gluon descriptors of [B, H, N, D] views; blocks
         # [1, 1, BM or BK, D]; o_desc: O, or O_s with DELTA_KNOWN
@@ -58,6 +69,7 @@ if AVAILABLE:
         N, H, NQ, TOPK, sm_scale,
         BQ: gl.constexpr, BK: gl.constexpr, D: gl.constexpr, BM: gl.constexpr,  # BM: query rows per program
         LINEAR: gl.constexpr, DELTA_KNOWN: gl.constexpr,
+        OVERLAP: gl.constexpr,  # BwdConfig.dq_gluon_overlap: P's exponentials while dO Vᵀ runs
     ):
         """Sparse dQ over the selected key blocks (the linear kernel adds the linear dQ later) and the rows'
         statistics (log2 normaliser of α·P, Ds = dO·O_s)."""
@@ -131,17 +143,30 @@ if AVAILABLE:
             v = tiles_2d(v_bufs.index(stage), BK, D)
             s_tok = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             dp_tok = warpgroup_mma(do, v.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            # waits for the previous step's dS K and P K too: the other stage's K is free from here on
-            if DELTA_KNOWN:
-                sc, dp, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc))
+            if OVERLAP:
+                # the scores, and the previous step's dS K and P K (issued before them); dO Vᵀ stays in flight
+                # through P's exponentials
+                if DELTA_KNOWN:
+                    sc, acc = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, acc))
+                else:
+                    sc, acc, pk = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, acc, pk))
+                sc = keys_before_n(sc, start, N, BK)  # the ragged last key block
+                p = gl.exp2(sc * qk_scale - lse2[:, None])
+                # The refill between the exponentials and the wait for dO Vᵀ: ptxas moves a wgmma wait up past
+                # arithmetic that does not touch the product's registers (with the refill before the exponentials,
+                # ahead of all but three of the 32 exp2), not past the refill's loads and barriers (sm_90a SASS,
+                # Triton 3.6 and 3.9; compile_stats' mufu_beside_wgmma counts them).
+                _refill(it, idx_base, TOPK, k_desc, v_desc, b, h, bar_kv, k_bufs, v_bufs, BK)
+                dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp_tok,))
             else:
-                sc, dp, acc, pk = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc, pk))
-            if (it >= 1) & (it + 1 < TOPK):  # steps 0 and 1 were issued before the loop
-                nxt = (it + 1) % _STAGES
-                load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 1) * BK, bar_kv.index(nxt), k_bufs.index(nxt),
-                         v_bufs.index(nxt))
-            sc = keys_before_n(sc, start, N, BK)  # the ragged last key block
-            p = gl.exp2(sc * qk_scale - lse2[:, None])
+                # waits for the previous step's dS K and P K too: the other stage's K is free from here on
+                if DELTA_KNOWN:
+                    sc, dp, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc))
+                else:
+                    sc, dp, acc, pk = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, dp_tok, acc, pk))
+                _refill(it, idx_base, TOPK, k_desc, v_desc, b, h, bar_kv, k_bufs, v_bufs, BK)
+                sc = keys_before_n(sc, start, N, BK)  # the ragged last key block
+                p = gl.exp2(sc * qk_scale - lse2[:, None])
             d_s += gl.sum(p * dp, axis=1)
             ds = p * (dp * alpha - c[:, None])
             acc = warpgroup_mma(gl.convert_layout(ds.to(dtype), op_layout), k, acc, is_async=True)

@@ -95,10 +95,16 @@ if AVAILABLE:
         if MASK:
             sc = keys_before_n(sc, gl.load(idx_base + it) * BK, N, BK)
         p, corr, m_i, l_i = _online_softmax(sc, m_i, l_i, qk_scale)
+        # The refill's block index is read between the softmax and the wait for P V: ptxas moves a wgmma wait up
+        # past arithmetic that does not touch the product's registers (without this load, before all but three of
+        # the softmax's 34 exp2), not past this load (sm_90a SASS, Triton 3.6 and 3.9; compile_stats'
+        # mufu_beside_wgmma counts them).
+        start_next = 0
+        if it + 2 < TOPK:
+            start_next = gl.load(idx_base + it + 2) * BK
         acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))  # P V read p_op's registers
         if it + 2 < TOPK:
-            load_kv(k_desc, v_desc, b, h, gl.load(idx_base + it + 2) * BK, bar_kv.index(prev), k_bufs.index(prev),
-                    v_bufs.index(prev))
+            load_kv(k_desc, v_desc, b, h, start_next, bar_kv.index(prev), k_bufs.index(prev), v_bufs.index(prev))
         elif it + 2 == TOPK and mixes:  # the stage after the last step's: H_I's
             _load_h(h_desc, blk, bar_h, k_bufs.index(prev), v_bufs.index(prev), BK, D)
         return gl.convert_layout(p.to(p_op.dtype), p_op.type.layout), corr, acc, m_i, l_i

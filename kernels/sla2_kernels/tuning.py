@@ -129,6 +129,11 @@ class BwdConfig:
     # same arithmetic with each step's K, V loads issued a softmax ahead of their use, which Triton's pipeliner
     # does not do. 64-row programs of 4 warps whatever dq_rows and dq_warps say.
     dq_gluon: bool = False
+    # the Gluon dq kernel's step with P's exponentials issued while dO Vᵀ is still in flight (a wait that leaves that
+    # product outstanding, then one for it before dP is read), where the other loop waits for both score products
+    # first. sm_90a compile with Triton 3.6: 252 registers, no stack, all 32 exp2 of a step beside the product
+    # (compile_stats' mufu_beside_wgmma) against 0. Not yet timed on a GPU: off until it is.
+    dq_gluon_overlap: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
     # 0.443 ms; 64 columns 0.459; 16 rows 0.50–0.57; 8 warps 0.59; 2 stages 0.54 (spills); one pass 0.553.
@@ -140,6 +145,19 @@ class BwdConfig:
     def __post_init__(self):
         if self.dkdv_register_kv and not self.dkdv_tma:
             raise ValueError("BwdConfig: dkdv_register_kv is a setting of the TMA dk/dv kernel; use dkdv_tma=True")
+        if self.dq_gluon_overlap and not self.dq_gluon:
+            raise ValueError("BwdConfig: dq_gluon_overlap is a loop of the Gluon dq kernel; use dq_gluon=True with it")
+
+    def flipped(self, field: str) -> "BwdConfig":
+        """This configuration with the boolean option `field` flipped and the options that depend on it following:
+        the Gluon dq kernel off takes its overlapped loop with it, the loop on brings the kernel."""
+        on = not getattr(self, field)
+        changes = {field: on}
+        if not on and field == "dq_gluon":
+            changes.update(dq_gluon_overlap=False)
+        elif on and field == "dq_gluon_overlap":
+            changes.update(dq_gluon=True)
+        return replace(self, **changes)
 
     def pointer_dkdv(self) -> "BwdConfig":
         """This configuration for the pointer dk/dv kernel: the TMA kernel's own options off."""

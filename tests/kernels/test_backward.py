@@ -420,19 +420,27 @@ def test_tile_widths(qs, rows, tma, poison):
 
 
 def test_the_gluon_dq_option_falls_back_where_gluon_cannot_run(poison, monkeypatch):
-    """BwdConfig.dq_gluon under the interpreter (no Gluon there): the Triton kernel runs and the gradients are those
-    of the configuration without it; on a GPU the suitability rule refuses what the Gluon kernel is not built for
-    (32-bit tiles, b_k 128, head_dim 96, b_q 32, a GPU other than Hopper), each alone."""
+    """BwdConfig.dq_gluon, with either of its loops (dq_gluon_overlap), under the interpreter (no Gluon there): the
+    Triton kernel runs and the gradients are those of the configuration without it; on a GPU the suitability rule
+    refuses what the Gluon kernel is not built for (32-bit tiles, b_k 128, head_dim 96, b_q 32, a GPU other than
+    Hopper), each alone. The overlapped loop needs the Gluon kernel, and BwdConfig.flipped keeps the pair valid."""
     x = forward_problem(1, 2, 333, 64, 128, 64, 3)
     cfg = sla2_kernels.BwdConfig(4, 2, 4, 2, dq_rows=64, dq_tma=True, dkdv_tma=True)
     want = x.backward(x.dok, cfg)
     ran, run = [], backward.launch.run
     monkeypatch.setattr(backward.launch, "run", lambda name, kernel, *a, **kw: (ran.append(kernel.__name__),
                                                                                  run(name, kernel, *a, **kw))[1])
-    got = x.backward(x.dok, replace(cfg, dq_gluon=True))
-    assert "sla2_bwd_dq_tma_kernel" in ran and "sla2_bwd_dq_gluon_kernel" not in ran
-    for g1, g2 in zip(got, want):
-        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    for gluon in (replace(cfg, dq_gluon=True), replace(cfg, dq_gluon=True, dq_gluon_overlap=True)):
+        ran.clear()
+        got = x.backward(x.dok, gluon)
+        assert "sla2_bwd_dq_tma_kernel" in ran and "sla2_bwd_dq_gluon_kernel" not in ran
+        for g1, g2 in zip(got, want):
+            torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="dq_gluon_overlap"):
+        replace(cfg, dq_gluon_overlap=True)
+    both = replace(cfg, dq_gluon=True, dq_gluon_overlap=True)
+    assert cfg.flipped("dq_gluon_overlap") == both and both.flipped("dq_gluon") == cfg
+    assert both.flipped("dq_gluon_overlap") == replace(cfg, dq_gluon=True) and cfg.flipped("dkdv_tma").dkdv_tma is False
 
     if not backward.dq_gluon.AVAILABLE:
         return

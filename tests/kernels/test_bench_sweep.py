@@ -125,10 +125,11 @@ def test_bench_train_times_each_dkdv_option_flipped_and_restores_the_problem(kt)
         assert row["dkdv_register_kv_flipped_equal"] is True and row["dkdv_register_kv_own"] is reg
 
 
-def test_bench_train_times_the_dq_kernel_with_the_gluon_option_flipped(kt):
-    """bench_train.py's dq kernel with BwdConfig.dq_gluon flipped, on the interpreter (where the option falls back to
-    the Triton kernel) with a stand-in timer that runs the kernel: both timed in turns and reported as medians, dQ
-    and the row statistics compared, and the problem keeps its configuration."""
+def test_bench_train_times_the_dq_kernel_with_the_gluon_options_flipped(kt):
+    """bench_train.py's dq kernel with BwdConfig.dq_gluon flipped, and the Gluon kernel's overlapped loop flipped on
+    the Gluon kernel, on the interpreter (where both fall back to the Triton kernel) with a stand-in timer that runs
+    the kernel: both timed in turns and reported as medians, dQ and the row statistics compared, and the problem
+    keeps its configuration."""
     import torch
     from sla2_kernels import backward, launch
     import bench_train
@@ -137,7 +138,7 @@ def test_bench_train_times_the_dq_kernel_with_the_gluon_option_flipped(kt):
 
     def time_ms(fn):
         fn()
-        seen.append(p.cfg.dq_gluon)
+        seen.append((p.cfg.dq_gluon, p.cfg.dq_gluon_overlap))
         return times.pop(0)
 
     b = object.__new__(bench_train.Bench)
@@ -157,8 +158,15 @@ def test_bench_train_times_the_dq_kernel_with_the_gluon_option_flipped(kt):
         times[:] = [0.5, 0.2, 0.1, 0.9, 0.3, 0.4]  # own, flipped, own, ...: medians 0.3 and 0.4
         got = b.dq_flipped(p, row, tag)
         assert got == {f"bwd_dq{tag}_gluon_False": 0.3, f"bwd_dq{tag}_gluon_True": 0.4}
-        assert seen == [False, True] * 3 and p.cfg == cfg
+        assert seen == [(False, False), (True, False)] * 3 and p.cfg == cfg
         assert row[f"dq{tag}_gluon_flipped_rel_dq"] == 0.0 and row[f"dq{tag}_gluon_flipped_rel_rows"] == 0.0
+        seen.clear()
+        times[:] = [0.5, 0.2, 0.1, 0.9, 0.3, 0.4]
+        assert b.DQ_FLIPS == ("dq_gluon", "dq_gluon_overlap")
+        got = b.dq_flipped(p, row, tag, "dq_gluon_overlap")
+        assert got == {f"bwd_dq{tag}_gluon_overlap_False": 0.3, f"bwd_dq{tag}_gluon_overlap_True": 0.4}
+        assert seen == [(True, False), (True, True)] * 3 and p.cfg == cfg
+        assert row[f"dq{tag}_gluon_overlap_flipped_rel_dq"] == 0.0
 
 
 def test_bench_times_the_forward_with_the_gluon_option_flipped(kt):

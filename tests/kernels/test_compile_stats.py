@@ -18,7 +18,7 @@ import compile_stats as cs  # noqa: E402  (a benchmark script beside bench.py)
 def test_every_kernel_argument_has_a_value():
     table = cs.specs()
     assert set(table) == {"fwd", "fwd_gluon", "fwd_gluon_overlap", "fwd_lowbit", "query_pass", "precompute", "dq",
-                          "dq_gluon", "dkdv", "linear"}
+                          "dq_gluon", "dq_gluon_overlap", "dkdv", "linear"}
     for kernel, args, consts, _ in table.values():
         sig, _, _ = cs.signature(kernel, args, consts)  # raises, naming them, on arguments out of step
         assert list(sig) == list(kernel.arg_names)
@@ -65,6 +65,14 @@ def test_loops_are_backward_branches_before_the_last_exit():
     assert (loop["start"], loop["end"], loop["instructions"]) == ("0x30", "0x90", 7)
     assert (loop["HGMMA"], loop["LDL"], loop["STL"], loop["MUFU"]) == (2, 1, 1, 1)
     assert loop["first"] == {"HGMMA": 0, "LDL": 1, "MUFU": 2, "STL": 4}
+    assert loop["mufu_beside_wgmma"] == 0  # no wait leaves a product in flight
+
+
+def test_exponentials_beside_a_product_are_those_between_a_partial_and_a_full_wait():
+    body = ["HGMMA.64x64x16.F32.BF16 R88, gdesc[UR8], RZ, !UPT, gsb0", "MUFU.EX2 R4, R4",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x1", "MUFU.EX2 R5, R5", "FADD R5, R5, R4", "MUFU.EX2 R6, R6",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x0", "MUFU.EX2 R7, R7", "WARPGROUP.DEPBAR.LE gsb0, 0x2", "@P0 MUFU.EX2 R8, R8"]
+    assert cs.mufu_beside_wgmma(body) == 3
 
 
 @pytest.mark.parametrize("regs, warps, shared, programs", [
@@ -85,7 +93,7 @@ def test_a_real_compile_reports_resources(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "kernels"), os.environ.get("PYTHONPATH", "")])}
     from sla2_kernels.sla2_bwd_dq_gluon import AVAILABLE as gluon
 
-    names = ["dq", "dq_gluon"] if gluon else ["dq"]
+    names = ["dq", "dq_gluon", "dq_gluon_overlap"] if gluon else ["dq"]
     run = subprocess.run([sys.executable, str(ROOT / "kernels" / "benchmarks" / "compile_stats.py"), "--kernels",
                           ",".join(names), "--out", str(tmp_path)], env=env, capture_output=True, text=True,
                          timeout=600)
@@ -99,18 +107,22 @@ def test_a_real_compile_reports_resources(tmp_path):
         assert main_loop["HGMMA"] > 0 and main_loop["MUFU"] > 0 and main_loop["UTMALDG"] == 2, name
         assert name in run.stdout
     if gluon:  # what the Gluon kernel is for: the next key block's loads issue before this step's exponentials,
-        # with two programs an SM and nothing spilled
+        # with two programs an SM and nothing spilled; its overlapped loop takes every exp2 while dO Vᵀ runs
         loop = max(kernels["dq_gluon"]["loops"], key=lambda lp: lp["instructions"])
-        assert loop["first"]["UTMALDG"] < loop["first"]["MUFU"]
-        assert kernels["dq_gluon"]["stack_bytes"] == 0 and kernels["dq_gluon"]["programs_per_sm"] == 2
+        assert loop["first"]["UTMALDG"] < loop["first"]["MUFU"] and loop["mufu_beside_wgmma"] == 0
+        overlapped = max(kernels["dq_gluon_overlap"]["loops"], key=lambda lp: lp["instructions"])
+        assert overlapped["mufu_beside_wgmma"] == overlapped["MUFU"] == loop["MUFU"]
+        for name in ("dq_gluon", "dq_gluon_overlap"):
+            assert kernels[name]["stack_bytes"] == 0 and kernels[name]["programs_per_sm"] == 2, name
 
 
 @pytest.mark.parametrize("name, linear, programs", [("fwd_gluon", False, 2), ("fwd_gluon_overlap", True, 1),
                                                    ("fwd_gluon_overlap", False, 1)])
 def test_the_gluon_forward_compiles(tmp_path, name, linear, programs):
     """Both loops of the Gluon forward build for sm_90a, spill-free, with the installed Triton, the overlapped one
-    at one program (two warp groups) an SM; also with LINEAR=False (every key block selected), which Triton 3.6
-    failed to lower while the epilogue's linear branch was compiled out."""
+    at one program (two warp groups) an SM and with its exponentials beside the previous step's P V in the SASS;
+    also with LINEAR=False (every key block selected), which Triton 3.6 failed to lower while the epilogue's linear
+    branch was compiled out."""
     pytest.importorskip("triton.backends.nvidia")
     from sla2_kernels.sla2_fwd_gluon import AVAILABLE
 
@@ -126,4 +138,6 @@ def test_the_gluon_forward_compiles(tmp_path, name, linear, programs):
     assert run.returncode == 0, run.stderr[-2000:]
     r = json.loads(run.stdout.strip().splitlines()[-1])
     assert r["stack_bytes"] == 0 and r["programs_per_sm"] == programs
-    assert max(lp["instructions"] for lp in r["loops"]) > 0
+    loop = max(r["loops"], key=lambda lp: lp["instructions"])
+    # the overlapped loop's point, as ptxas scheduled it: every exp2 of the softmax while the previous P V runs
+    assert loop["MUFU"] > 0 and loop["mufu_beside_wgmma"] == (loop["MUFU"] if name == "fwd_gluon_overlap" else 0)

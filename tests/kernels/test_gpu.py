@@ -197,9 +197,12 @@ def _gluon_case(B, H, N, D, bq, bk, dtype, layout, topk, seed):
     (1, 2, 777, 128, 128, 64, torch.bfloat16, "bhnd", 13, False),  # every key block: no linear branch, α = 1
     (1, 1, 100, 128, 128, 64, torch.bfloat16, "bhnd", 1, False),  # one block, shorter than the tiles
 ])
-def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, dtype, layout, topk, sparse_out):
-    """BwdConfig.dq_gluon: every gradient (the dq kernel's dQ, and through its row statistics dK, dV, dα) within
-    1e-3 relative L1 of the Triton dq kernel's, on the same forward; the same arithmetic in another schedule."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, dtype, layout, topk, sparse_out,
+                                                            overlap, monkeypatch):
+    """BwdConfig.dq_gluon, with either loop (dq_gluon_overlap): every gradient (the dq kernel's dQ, and through its
+    row statistics dK, dV, dα) within 1e-3 relative L1 of the Triton dq kernel's, on the same forward, the loop
+    asked for the one that ran; the same arithmetic in another schedule."""
     from sla2_kernels import sla2_bwd_dq_gluon
 
     if not sla2_bwd_dq_gluon.AVAILABLE:
@@ -208,12 +211,16 @@ def test_gluon_dq_kernel_gives_the_triton_kernels_gradients(B, H, N, D, bq, bk, 
     q, k, v, idx, alpha, kw = c.q, c.k, c.v, c.idx, c.alpha, c.kw
     o, lse, o_s = sla2_kernels.sla2_forward(q, k, v, idx, alpha, quant=False, sparse_out=sparse_out, **kw)
     do = torch.randn_like(q)
+    launched, run = {}, sla2_kernels.launch.run
+    monkeypatch.setattr(sla2_kernels.launch, "run", lambda name, *a, **k: (launched.update({name: k}),
+                                                                          run(name, *a, **k))[1])
     grads = {}
     for gluon in (False, True):
-        cfg = replace(tuning.default_bwd_config(bq, bk, D), dq_gluon=gluon)
+        cfg = replace(tuning.default_bwd_config(bq, bk, D), dq_gluon=gluon, dq_gluon_overlap=gluon and overlap)
         grads[gluon] = sla2_kernels.sla2_backward(do, q, k, v, o, lse, idx, alpha, o_s=o_s if sparse_out else None,
                                                   quant=False, config=cfg, **kw)
         assert (sla2_kernels.launch.LAST_COMPILED["dq"].name == "sla2_bwd_dq_gluon_kernel") == gluon
+    assert launched["dq"]["OVERLAP"] == overlap
     for name, got, ref in zip(("dq", "dk", "dv", "dalpha"), grads[True], grads[False]):
         assert torch.isfinite(got).all(), name
         if not ref.any():  # dα without a linear branch: α is fixed at 1
