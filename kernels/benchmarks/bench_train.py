@@ -33,7 +33,6 @@ table is printed last; JSON goes to DIR/bench_train.json (DIR: --out, default $O
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import statistics
@@ -304,7 +303,7 @@ class Bench(BenchBase):
         timed in turns (keys bwd_<field>_<value>), and whether dK and dV come out bit for bit the same."""
         cfg = p.cfg
         value = getattr(cfg, field)
-        flipped = dataclasses.replace(cfg, **{field: not value})
+        flipped = cfg.flipped(field)
 
         def run(c):
             p.cfg = c

@@ -150,13 +150,18 @@ class BwdConfig:
 
     def flipped(self, field: str) -> "BwdConfig":
         """This configuration with the boolean option `field` flipped and the options that depend on it following:
-        the Gluon dq kernel off takes its overlapped loop with it, the loop on brings the kernel."""
+        a kernel off takes its options with it (the Gluon dq kernel its overlapped loop, the TMA dk/dv kernel its
+        register operands), an option on brings its kernel."""
         on = not getattr(self, field)
         changes = {field: on}
         if not on and field == "dq_gluon":
             changes.update(dq_gluon_overlap=False)
         elif on and field == "dq_gluon_overlap":
             changes.update(dq_gluon=True)
+        elif not on and field == "dkdv_tma":
+            changes.update(dkdv_register_kv=False)
+        elif on and field == "dkdv_register_kv":
+            changes.update(dkdv_tma=True)
         return replace(self, **changes)
 
     def pointer_dkdv(self) -> "BwdConfig":

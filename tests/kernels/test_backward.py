@@ -440,7 +440,10 @@ def test_the_gluon_dq_option_falls_back_where_gluon_cannot_run(poison, monkeypat
         replace(cfg, dq_gluon_overlap=True)
     both = replace(cfg, dq_gluon=True, dq_gluon_overlap=True)
     assert cfg.flipped("dq_gluon_overlap") == both and both.flipped("dq_gluon") == cfg
-    assert both.flipped("dq_gluon_overlap") == replace(cfg, dq_gluon=True) and cfg.flipped("dkdv_tma").dkdv_tma is False
+    assert both.flipped("dq_gluon_overlap") == replace(cfg, dq_gluon=True)
+    registers = replace(cfg, dkdv_register_kv=True)
+    assert registers.flipped("dkdv_tma") == replace(cfg, dkdv_tma=False) and registers.flipped("dkdv_tma").flipped(
+        "dkdv_register_kv") == registers
 
     if not backward.dq_gluon.AVAILABLE:
         return
