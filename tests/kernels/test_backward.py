@@ -441,9 +441,9 @@ def test_the_gluon_dq_option_falls_back_where_gluon_cannot_run(poison, monkeypat
     both = replace(cfg, dq_gluon=True, dq_gluon_overlap=True)
     assert cfg.flipped("dq_gluon_overlap") == both and both.flipped("dq_gluon") == cfg
     assert both.flipped("dq_gluon_overlap") == replace(cfg, dq_gluon=True)
-    registers = replace(cfg, dkdv_register_kv=True)
-    assert registers.flipped("dkdv_tma") == replace(cfg, dkdv_tma=False) and registers.flipped("dkdv_tma").flipped(
-        "dkdv_register_kv") == registers
+    registers = replace(cfg, dkdv_register_kv=True)  # the TMA dk/dv kernel's option follows that kernel
+    pointer = registers.flipped("dkdv_tma")
+    assert pointer == replace(cfg, dkdv_tma=False) and pointer.flipped("dkdv_register_kv") == registers
 
     if not backward.dq_gluon.AVAILABLE:
         return
