@@ -11,8 +11,8 @@ issued right after that wait, a softmax and two products ahead of its use, with 
 One warp group (4 warps) a program of GLUON_DQ_ROWS query rows. Shared memory: Q, dO and O (O's buffer takes dQ
 at the end) and two stages of K and V, 112 KB at D 128, b_k 64: two programs an SM. Products are Hopper wgmma:
 S = Q Kᵀ and dP = dO Vᵀ with both operands in shared memory; dS K and P K with dS, P from registers. Two loops
-(OVERLAP, BwdConfig.dq_gluon_overlap): a step waits for both score products before its exponentials, or (overlapped)
-for S alone, so that P's exponentials run while dO Vᵀ is still on the tensor cores.
+(OVERLAP, BwdConfig.dq_gluon_overlap, on by default): a step waits for both score products before its exponentials,
+or (overlapped) for S alone, so that P's exponentials run while dO Vᵀ is still on the tensor cores.
 
 Host side: backward.run_dq_sparse, where backward.gluon_dq_suits allows it.
 """

@@ -132,7 +132,8 @@ class BwdConfig:
     # the Gluon dq kernel's step with P's exponentials issued while dO Vᵀ is still in flight (a wait that leaves that
     # product outstanding, then one for it before dP is read), where the other loop waits for both score products
     # first. sm_90a compile with Triton 3.6: 252 registers, no stack, all 32 exp2 of a step beside the product
-    # (compile_stats' mufu_beside_wgmma) against 0. Not yet timed on a GPU: off until it is.
+    # (compile_stats' mufu_beside_wgmma) against 0. Off here because only the Gluon kernel has it; default_bwd_config
+    # turns it on with that kernel.
     dq_gluon_overlap: bool = False
     # linear kernel: query rows a step and columns of dH_I a pass (powers of two ≥ 16; b_q / head_dim if larger).
     # H100, 2026-11-27, with a bf16 H_I and run before the dq kernel: 32 rows, all 128 columns, 4 warps, 1 stage
@@ -200,9 +201,12 @@ def default_bwd_config(block_q: int, block_k: int, head_dim: int) -> BwdConfig:
         # The sweep at 1.3B that hour: (4 warps, 3 stages, 32 rows) with them 1.306 ms, without 1.320; 2 stages
         # 1.355 / 1.347; the pointer kernel 1.391.
         # The dq kernel in Gluon (dq_gluon), H100, 2026-12-07 (`bench_train.py`, in turns, dQ bit-equal): 0.596
-        # against 0.719 ms, with Δ from O_s 0.549 against 0.700.
+        # against 0.719 ms, with Δ from O_s 0.549 against 0.700. Its overlapped loop (dq_gluon_overlap), H100,
+        # 2026-12-08, two runs, in turns, dQ bit-equal: 0.625 / 0.625 against 0.644 / 0.640 ms at Wan-1.3B,
+        # 10.58 / 10.65 against 10.75 / 11.50 at Wan-14B; with Δ from O_s (not the default) 0.568 / 0.565 against
+        # 0.577 / 0.564 and 9.43 / 9.65 against 9.18 / 9.60.
         return BwdConfig(4, 2, 4, 3, qs=32, dq_rows=64, dq_tma=True, dkdv_tma=True, dkdv_register_kv=True,
-                         dq_gluon=True)
+                         dq_gluon=True, dq_gluon_overlap=True)
     return BwdConfig(warps, 2, warps, 2)
 
 
