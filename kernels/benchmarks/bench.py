@@ -28,7 +28,7 @@ import json
 from functools import partial
 
 from bench_common import (  # run as a script: a sibling module
-    BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists, topk_count,
+    BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, flip_pair, parse_lists, topk_count,
 )
 from l2_read import l2_read_gbps
 
@@ -352,10 +352,7 @@ class Bench(BenchBase):
         """(cfg, cfg with the FwdConfig option `field` flipped), the pair a Gluon flip times: linear_pass undone in
         both (the Gluon kernel computes the linear branch in its epilogue), and a loop of the Gluon kernel
         (gluon_overlap) flipped on the Gluon kernel."""
-        own = dataclasses.replace(cfg, linear_pass=False)
-        if field != "gluon" and not own.gluon:
-            own = own.flipped("gluon")
-        return own, own.flipped(field)
+        return flip_pair(dataclasses.replace(cfg, linear_pass=False), field, "gluon")
 
     def gluon_flipped(self, row, cfg, forward, field: str = "gluon") -> dict:
         """The bf16 main kernel with the FwdConfig option `field` as in cfg and flipped (gluon_pair), timed in

@@ -28,6 +28,14 @@ def topk_count(nk: int, sparsity: float) -> int:
     return count(nk, sparsity)
 
 
+def flip_pair(cfg, field: str, kernel: str):
+    """(cfg, cfg with the boolean option `field` flipped), the pair a flip times: an option of a kernel (field other
+    than `kernel`, e.g. a loop of the Gluon kernel) is flipped on that kernel; the config's own flipped() keeps the
+    other options valid."""
+    own = cfg if field == kernel or getattr(cfg, kernel) else cfg.flipped(kernel)
+    return own, own.flipped(field)
+
+
 def arg_parser(description: str, budget_s: float) -> argparse.ArgumentParser:
     """The options both benches take: output folder, shapes, sparsities, sweep, wall-clock budget."""
     p = argparse.ArgumentParser(description=description)

@@ -39,7 +39,7 @@ import statistics
 import time
 
 from bench_common import (  # run as a script: a sibling module
-    BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, parse_lists, topk_count,
+    BLOCK_K, BLOCK_Q, SHAPES, BenchBase, arg_parser, flip_pair, parse_lists, topk_count,
 )
 
 
@@ -333,8 +333,7 @@ class Bench(BenchBase):
         option: `field` less its dq_), with the flipped kernel's relative L1 difference in dQ and the row statistics
         and its compiled name."""
         own = p.cfg
-        cfg = own if field == "dq_gluon" or own.dq_gluon else own.flipped("dq_gluon")
-        flipped = cfg.flipped(field)
+        cfg, flipped = flip_pair(own, field, "dq_gluon")
         name = field.removeprefix("dq_")
 
         def run(c):
