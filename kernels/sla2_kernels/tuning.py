@@ -166,8 +166,8 @@ class BwdConfig:
         return replace(self, **changes)
 
     def pointer_dkdv(self) -> "BwdConfig":
-        """This configuration for the pointer dk/dv kernel: the TMA kernel's own options off."""
-        return replace(self, dkdv_tma=False, dkdv_register_kv=False)
+        """This configuration for the pointer dk/dv kernel: the TMA kernel's own options off (flipped)."""
+        return self.flipped("dkdv_tma") if self.dkdv_tma else self
 
 
 # Whether SLA2Attention's bf16 forward keeps its sparse output O_s for the backward (backend.keeps_sparse_output):
